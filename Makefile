@@ -1,0 +1,36 @@
+# apicache: the two set-up commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+DEV_KEY ?= dev-key-change-me
+
+.PHONY: run test demo lint bench bench-events install install-test clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# A regular (not editable) install: twistd finds the plugin only then.
+install: $(BIN)/python
+	$(BIN)/pip install --quiet .
+
+install-test: $(BIN)/python
+	$(BIN)/pip install --quiet '.[test]'
+
+run: install
+	@echo "apicache on http://127.0.0.1:$(PORT) -- development api-key: $(DEV_KEY)"
+	APICACHE_API_KEY=$(DEV_KEY) $(BIN)/twistd -n --pidfile= apicache --config apicache.toml --listen tcp:$(PORT):interface=127.0.0.1
+
+test: install-test
+	$(BIN)/python -m pytest tests
+
+demo: install
+	@APICACHE_API_KEY=$(DEV_KEY) PY=$(BIN)/python TWISTD=$(BIN)/twistd sh bench/demo.sh
+
+lint: install-test
+	$(BIN)/ruff check apicache tests bench
+	$(BIN)/mypy apicache
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,5 @@
+"""
+apicache: a caching proxy daemon for external API calls.
+"""
+
+__version__ = "0.1.0"

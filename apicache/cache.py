@@ -1,0 +1,508 @@
+"""
+The cache core: one :class:`TenantCache` per (tenant, route type), created on
+first use by the :class:`CacheRegistry` (the seed's process registry).
+
+A hit is answered synchronously; a miss returns a Deferred.  Concurrent
+misses for one key share one upstream fetch (coalescing), and an
+invalidation that arrives while a fetch is in flight wins (the race rule):
+the fetch's answer reaches the callers already waiting but is not stored,
+and a request after the invalidation starts a new fetch.
+
+This module imports neither Klein nor the HTTP layer nor the event listener:
+they call into it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from apicache.config import RouteConfig
+from apicache.keys import CacheKey
+from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+
+__all__ = [
+    "HIT",
+    "MISS",
+    "STALE",
+    "BYPASS",
+    "CacheResult",
+    "FetchRequest",
+    "TenantCache",
+    "CacheRegistry",
+    "is_storable",
+    "STORED_HEADERS",
+]
+
+HIT = "HIT"
+MISS = "MISS"
+STALE = "STALE"
+BYPASS = "BYPASS"
+
+#: Headers stored with a body and replayed on hits.
+STORED_HEADERS = (b"content-type", b"content-encoding", b"content-language", b"etag", b"last-modified")
+#: Further headers passed through on answers that are not stored.
+_PASSED_HEADERS = STORED_HEADERS + (b"location", b"www-authenticate", b"retry-after")
+_STORED_SET = frozenset(STORED_HEADERS)
+_PASSED_SET = frozenset(_PASSED_HEADERS)
+
+#: A failed background re-fetch is retried no sooner than this.
+REFRESH_RETRY_SECONDS = 1.0
+
+
+class FetchRequest:
+    """
+    What to ask the upstream for on a caller's behalf: the encoded path and
+    query under ``base_url``, and the caller's forwarded headers.
+    """
+
+    __slots__ = ("path", "headers")
+
+    def __init__(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
+        self.path = path
+        self.headers = headers
+
+
+class CacheResult:
+    """
+    An answer for a caller.
+
+    @ivar cache: ``HIT``, ``STALE``, ``MISS`` or ``BYPASS``.
+    @ivar response: status, replayed headers and body.
+    @ivar age: seconds since it was fetched (``HIT`` and ``STALE``), else ``None``.
+    """
+
+    __slots__ = ("cache", "response", "age")
+
+    def __init__(self, cache: str, response: CachedResponse, age: float | None = None) -> None:
+        self.cache = cache
+        self.response = response
+        self.age = age
+
+    def __repr__(self) -> str:
+        return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
+
+
+def is_storable(response: UpstreamResponse, keyed_headers: Iterable[str]) -> bool:
+    """
+    Return whether an upstream answer may be stored (SPEC.md section 3): a
+    ``200`` without ``no-store``/``private``, without ``Set-Cookie``, whose
+    ``Vary`` names only keyed headers.
+    """
+    if response.status != 200:
+        return False
+    keyed = set(keyed_headers)
+    for name, value in response.headers:
+        if name == b"set-cookie":
+            return False
+        if name == b"cache-control":
+            directives = {d.split(b"=", 1)[0].strip().lower() for d in value.split(b",")}
+            if b"no-store" in directives or b"private" in directives:
+                return False
+        elif name == b"vary":
+            for field in value.split(b","):
+                field = field.strip().lower()
+                if field and (field == b"*" or field.decode("latin-1") not in keyed):
+                    return False
+    return True
+
+
+class _Outcome:
+    """The result of one upstream fetch, as shared with its waiters."""
+
+    __slots__ = ("answer", "storable", "bypass")
+
+    def __init__(self, answer: CachedResponse, storable: bool, bypass: bool) -> None:
+        self.answer = answer
+        self.storable = storable
+        self.bypass = bypass
+
+
+class _Flight:
+    """
+    One upstream fetch in flight and the callers waiting for it.  Callers
+    wait on Deferreds of their own, so cancelling one (a disconnect) never
+    cancels the fetch.
+    """
+
+    __slots__ = ("waiters",)
+
+    def __init__(self) -> None:
+        self.waiters: list[Deferred[_Outcome]] = []
+
+    def wait(self) -> Deferred[_Outcome]:
+        d: Deferred[_Outcome] = Deferred(self.waiters.remove)
+        self.waiters.append(d)
+        return d
+
+    def settle(self, result: _Outcome | Failure) -> None:
+        waiters, self.waiters = self.waiters, []
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+
+class _Flights:
+    """
+    The coalescing table, shared by every tenant cache, indexed by resource
+    so that an invalidation finds the fetches it must detach.
+    """
+
+    def __init__(self) -> None:
+        self.by_key: dict[CacheKey, _Flight] = {}
+        self._by_resource: dict[tuple[str, tuple[str, ...]], set[CacheKey]] = {}
+
+    def add(self, key: CacheKey, flight: _Flight) -> None:
+        self.by_key[key] = flight
+        self._by_resource.setdefault((key.route, key.params), set()).add(key)
+
+    def remove(self, key: CacheKey, flight: _Flight) -> None:
+        if self.by_key.get(key) is flight:
+            self._drop(key)
+
+    def _drop(self, key: CacheKey) -> None:
+        del self.by_key[key]
+        keys = self._by_resource[(key.route, key.params)]
+        keys.discard(key)
+        if not keys:
+            del self._by_resource[(key.route, key.params)]
+
+    def detach(self, tenant: str | None, route: str, params: tuple[str, ...]) -> None:
+        """
+        Forget the fetches for a resource: later callers start new ones.
+        """
+        for key in list(self._by_resource.get((route, params), ())):
+            if tenant is None or key.tenant == tenant:
+                self._drop(key)
+
+    def detach_tenant(self, tenant: str | None) -> None:
+        """
+        Forget every fetch (of ``tenant``).
+        """
+        for key in list(self.by_key):
+            if tenant is None or key.tenant == tenant:
+                self._drop(key)
+
+    def busy(self, tenant: str, route: str) -> bool:
+        return any(k.tenant == tenant and k.route == route for k in self.by_key)
+
+
+class TenantCache:
+    """
+    One tenant's cache for one route type.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        tenant: str,
+        route: RouteConfig,
+        store: IStore,
+        upstream: IUpstream,
+        clock: IReactorTime,
+        keyed_headers: Sequence[str],
+        flights: _Flights | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> None:
+        self.tenant = tenant
+        self.route = route
+        self._store = store
+        self._upstream = upstream
+        self._clock = clock
+        self._keyed = frozenset(keyed_headers)
+        self._flights = _Flights() if flights is None else flights
+        self._refreshing: set[CacheKey] = set()
+        self.counters = counters if counters is not None else {}
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether no fetch of this cache is running.
+        """
+        return not self._refreshing and not self._flights.busy(self.tenant, self.route.type)
+
+    def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
+        """
+        Answer ``request`` for ``key``: a L{CacheResult} at once for a hit
+        (fresh, or stale while a refresh runs), else a Deferred firing with
+        one.  The Deferred errbacks with an L{UpstreamError} when there is no
+        answer and no stale entry to serve instead.
+        """
+        now = self._clock.seconds()
+        entry = self._store.lookup(key)
+        if entry is not None:
+            found = self._serve(key, request, entry, now)
+            if found is not None:
+                return found
+        return Deferred.fromCoroutine(self._miss(key, request, entry, now))
+
+    def _serve(
+        self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
+    ) -> CacheResult | None:
+        if now < entry.expires_at and not entry.stale:
+            return CacheResult(HIT, entry, now - entry.stored_at)
+        if entry.stale and now < entry.stale_until:
+            self._revalidate(key, request, entry, now)
+            return CacheResult(STALE, entry, now - entry.stored_at)
+        return None
+
+    async def _miss(
+        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float
+    ) -> CacheResult:
+        bypass = False
+        if self._store.shared:
+            try:
+                entry = await self._store.load(key)
+            except StoreUnavailable:
+                bypass = True
+            else:
+                if entry is not None:
+                    now = self._clock.seconds()
+                    found = self._serve(key, request, entry, now)
+                    if found is not None:
+                        return found
+                    stale = entry
+        flight = self._flights.by_key.get(key)
+        leader = flight is None
+        if flight is None:
+            flight = self._launch(key, request, bypass)
+        else:
+            self.counters["coalesced"] = self.counters.get("coalesced", 0) + 1
+        try:
+            outcome = await flight.wait()
+            if not (leader or outcome.storable):
+                # the leader's answer was for its own headers: fetch with ours
+                outcome = await self._fetch(key, request, outcome.bypass)
+        except UpstreamError:
+            served = self._stale_if_error(stale)
+            if served is None:
+                raise
+            return served
+        if outcome.answer.status >= 500:
+            served = self._stale_if_error(stale)
+            if served is not None:
+                return served
+        return CacheResult(BYPASS if outcome.bypass else MISS, outcome.answer)
+
+    def _stale_if_error(self, stale: CachedResponse | None) -> CacheResult | None:
+        now = self._clock.seconds()
+        if stale is not None and now < stale.stale_until:
+            return CacheResult(STALE, stale, now - stale.stored_at)
+        return None
+
+    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Flight:
+        flight = _Flight()
+        self._flights.add(key, flight)
+        d = Deferred.fromCoroutine(self._fetch(key, request, bypass))
+
+        def settle(result: _Outcome | Failure) -> None:
+            self._flights.remove(key, flight)
+            flight.settle(result)
+
+        d.addBoth(settle)
+        return flight
+
+    async def _fetch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Outcome:
+        token: Any = None
+        if not bypass:
+            try:
+                token = await self._store.begin(key)
+            except StoreUnavailable:
+                bypass = True
+        self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+        response = await self._upstream.fetch(request.path, request.headers)
+        storable = is_storable(response, self._keyed)
+        answer = self._answer(response, storable)
+        if storable and not bypass:
+            await self._put(key, answer, token)
+        return _Outcome(answer, storable, bypass)
+
+    async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:
+        try:
+            return await self._store.put(key, answer, token)
+        except StoreUnavailable as e:
+            self.counters["store_errors"] = self.counters.get("store_errors", 0) + 1
+            self.log.warn("could not store an answer: {error}", error=str(e))
+            return False
+
+    def _answer(self, response: UpstreamResponse, storable: bool) -> CachedResponse:
+        now = self._clock.seconds()
+        keep = _STORED_SET if storable else _PASSED_SET
+        expires = now + self.route.ttl
+        return CachedResponse(
+            response.status,
+            tuple((k, v) for k, v in response.headers if k in keep),
+            response.body,
+            stored_at=now,
+            expires_at=expires,
+            stale_until=expires + self.route.stale_if_error,
+        )
+
+    def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
+        """
+        Start one background re-fetch of a stale entry, unless one runs or
+        the last one failed less than a second ago.
+        """
+        if key in self._refreshing or now < entry.retry_at:
+            return
+        entry.retry_at = now + REFRESH_RETRY_SECONDS
+        self._refreshing.add(key)
+        d = Deferred.fromCoroutine(self._refresh(key, request))
+
+        def failed(f: Failure) -> None:
+            self.log.failure("background refresh failed", f)
+
+        def done(_: object) -> None:
+            self._refreshing.discard(key)
+
+        d.addErrback(failed).addBoth(done)
+
+    async def _refresh(self, key: CacheKey, request: FetchRequest) -> None:
+        try:
+            token = await self._store.begin(key)
+            self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+            response = await self._upstream.fetch(request.path, request.headers)
+        except (UpstreamError, StoreUnavailable) as e:
+            # left stale; a later request retries after REFRESH_RETRY_SECONDS
+            self.log.info("refresh of a stale entry failed: {error}", error=str(e))
+            return
+        if response.status >= 500:
+            self.log.info("refresh of a stale entry got {status}", status=response.status)
+            return
+        if response.status == 200 and is_storable(response, self._keyed):
+            if await self._put(key, self._answer(response, True), token):
+                return
+        try:
+            await self._store.discard(key)
+        except StoreUnavailable:
+            pass
+
+
+class CacheRegistry:
+    """
+    Every tenant cache, created on first use, at most ``max_tenants`` at
+    once: past that the least recently used idle one is reclaimed (a busy
+    one only if none is idle).
+
+    The HTTP layer and the event listener call :meth:`invalidate`,
+    :meth:`refresh` and :meth:`clear`.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        store: IStore,
+        upstream: IUpstream,
+        clock: IReactorTime,
+        routes: Iterable[RouteConfig],
+        keyed_headers: Sequence[str],
+        max_tenants: int = 10000,
+    ) -> None:
+        self.store = store
+        self.upstream = upstream
+        self._clock = clock
+        self.routes = {r.type: r for r in routes}
+        self._keyed = tuple(keyed_headers)
+        self.max_tenants = max_tenants
+        self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
+        self._flights = _Flights()
+        #: plain counters, read at scrape time
+        self.counters: dict[str, int] = {
+            "coalesced": 0,
+            "fetches": 0,
+            "store_errors": 0,
+            "reclaimed": 0,
+        }
+
+    def cache(self, tenant: str, route_type: str) -> TenantCache:
+        """
+        Return the cache for (``tenant``, ``route_type``), creating it.
+
+        @raise KeyError: no route has that type.
+        """
+        k = (tenant, route_type)
+        c = self._caches.get(k)
+        if c is not None:
+            self._caches.move_to_end(k)
+            return c
+        c = TenantCache(
+            tenant,
+            self.routes[route_type],
+            self.store,
+            self.upstream,
+            self._clock,
+            self._keyed,
+            self._flights,
+            self.counters,
+        )
+        self._caches[k] = c
+        if len(self._caches) > self.max_tenants:
+            self._reclaim()
+        return c
+
+    def _reclaim(self) -> None:
+        victim = next((k for k, c in self._caches.items() if c.idle), None)
+        if victim is None:
+            victim = next(iter(self._caches))
+        del self._caches[victim]
+        self.store.forget(*victim)
+        self.counters["reclaimed"] += 1
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+    def tenants(self) -> int:
+        """
+        Return how many distinct tenants hold a cache now.
+        """
+        return len({t for t, _ in self._caches})
+
+    def invalidate(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Drop every variant of a resource, for ``tenant`` or every tenant.
+        Fires with the number of entries dropped; errbacks with
+        L{StoreUnavailable}.
+        """
+        self._flights.detach(tenant, route_type, params)
+        return self._call(self.store.invalidate, tenant, route_type, params)
+
+    def refresh(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Mark every variant of a resource stale, for ``tenant`` or every
+        tenant.  Fires with the number marked; errbacks with
+        L{StoreUnavailable}.
+        """
+        self._flights.detach(tenant, route_type, params)
+        return self._call(self.store.mark_stale, tenant, route_type, params)
+
+    def clear(self, tenant: str | None) -> Deferred[int]:
+        """
+        Drop every entry (of ``tenant``).  Fires with the number dropped;
+        errbacks with L{StoreUnavailable}.
+        """
+        self._flights.detach_tenant(tenant)
+        return self._call(self.store.clear, tenant)
+
+    @staticmethod
+    def _call(f: Any, *args: Any) -> Deferred[int]:
+        try:
+            return f(*args)  # type: ignore[no-any-return]
+        except StoreUnavailable:
+            return fail()
+
+    def in_flight(self) -> int:
+        """
+        Return the number of coalesced fetches in flight.
+        """
+        return len(self._flights.by_key)
+

@@ -1,0 +1,602 @@
+"""
+The configuration file: loading, ``${NAME}`` substitution, defaults and
+validation (SPEC.md section 2).
+
+Every error is a :class:`ConfigError` whose ``str()`` is one line naming the
+file, the key and what was expected.  This module is a leaf: it imports
+nothing of the project's upper layers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
+
+__all__ = [
+    "ConfigError",
+    "Config",
+    "ServerConfig",
+    "StoreConfig",
+    "UpstreamConfig",
+    "RouteConfig",
+    "KafkaConfig",
+    "EventRule",
+    "load_config",
+    "parse_config",
+    "FORBIDDEN_FORWARD",
+    "UNKEYED_FORWARD",
+]
+
+
+class ConfigError(Exception):
+    """
+    A configuration file that can't be used.  ``str(error)`` is one line.
+    """
+
+    def __init__(self, source: str, key: str, message: str) -> None:
+        super().__init__(source, key, message)
+        self.source = source
+        self.key = key
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"apicache: configuration error in {self.source}: {self.key}: {self.message}"
+
+
+#: Headers that can never be forwarded: hop-by-hop, framing, our own.
+FORBIDDEN_FORWARD = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "upgrade",
+        "api-key",
+    }
+)
+
+#: Forwarded headers that are not part of the cache key (SPEC.md section 3).
+UNKEYED_FORWARD = frozenset({"authorization", "traceparent", "tracestate", "x-correlationid"})
+
+_LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+_TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
+_ROUTE_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_RULE_PARAM_RE = re.compile(r"<([^<>]*)>")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TEMPLATE_PARAM_RE = re.compile(r"\{([^{}]*)\}")
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str | None = None
+    tenant_header: str = "org_id"
+    api_keys: tuple[str, ...] = ()
+    allow_anonymous: bool = False
+    tenant_claim: str = ""
+    max_tenants: int = 10000
+    access_log: bool = True
+    log_level: str = "info"
+    shutdown_grace: float = 6.0
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    backend: str = "memory"
+    max_bytes: int = 268435456
+    max_entry_fraction: float = 0.1
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout: float = 0.5
+    local_max_bytes: int = 33554432
+    key_prefix: str = "apicache"
+
+
+@dataclass(frozen=True)
+class UpstreamConfig:
+    base_url: str = "http://127.0.0.1:9000/ext_service/services/api/v1"
+    timeout: float = 10.0
+    max_body_bytes: int = 10485760
+    max_connections: int = 64
+    max_in_flight: int = 256
+    forward_headers: tuple[str, ...] = (
+        "authorization",
+        "accept",
+        "accept-language",
+        "traceparent",
+        "tracestate",
+        "x-correlationid",
+    )
+
+    @property
+    def keyed_headers(self) -> tuple[str, ...]:
+        """
+        The forwarded headers whose values are part of the cache key.
+        """
+        return tuple(h for h in self.forward_headers if h not in UNKEYED_FORWARD)
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    type: str
+    path: str
+    upstream: str
+    ttl: float = 300.0
+    stale_if_error: float = 0.0
+    #: path parameter names, in the order they appear in ``path``
+    params: tuple[str, ...] = ()
+    #: changes whenever the upstream URL template changes
+    fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = ""
+    topics: tuple[str, ...] = ()
+    group_id: str = "apicache"
+    mode: str = "broadcast"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = field(default="", repr=False)
+    ssl_ca_location: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether an event listener should run.
+        """
+        return bool(self.bootstrap_servers)
+
+
+@dataclass(frozen=True)
+class EventRule:
+    types: tuple[str, ...]
+    route: str
+    type_field: str = "type"
+    #: path parameter name -> message field holding its value
+    fields: Mapping[str, str] = field(default_factory=dict)
+    tenant_field: str = ""
+    action: str = "invalidate"
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str = "<built-in defaults>"
+    server: ServerConfig = field(default_factory=ServerConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
+    routes: tuple[RouteConfig, ...] = ()
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    events: tuple[EventRule, ...] = ()
+
+    def route(self, route_type: str) -> RouteConfig:
+        """
+        Return the route of that type; raise ``KeyError`` if there is none.
+        """
+        for r in self.routes:
+            if r.type == route_type:
+                return r
+        raise KeyError(route_type)
+
+
+# --- value checkers -------------------------------------------------------
+
+Checker = Callable[[str, Any], Any]
+
+
+class _Invalid(Exception):
+    """A value is wrong: the message says what was expected."""
+
+
+def _str(key: str, v: Any) -> str:
+    if not isinstance(v, str):
+        raise _Invalid(f"expected a string, got {_typename(v)}")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise _Invalid(f"expected true or false, got {_typename(v)}")
+    return v
+
+
+def _int(key: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _Invalid(f"expected an integer, got {_typename(v)}")
+    return v
+
+
+def _number(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Invalid(f"expected a number of seconds, got {_typename(v)}")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise _Invalid("expected a finite number")
+    return float(v)
+
+
+def _str_list(key: str, v: Any) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise _Invalid(f"expected a list of strings, got {_typename(v)}")
+    return tuple(v)
+
+
+def _str_map(key: str, v: Any) -> dict[str, str]:
+    if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+        raise _Invalid(f"expected a table of strings, got {_typename(v)}")
+    return dict(v)
+
+
+def _scalar_map(key: str, v: Any) -> dict[str, Any]:
+    if not isinstance(v, dict) or not all(
+        isinstance(x, (str, int, float, bool)) for x in v.values()
+    ):
+        raise _Invalid("expected a table of strings, numbers or booleans")
+    return dict(v)
+
+
+def _typename(v: Any) -> str:
+    return {
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a float",
+        list: "a list",
+        dict: "a table",
+    }.get(type(v), type(v).__name__)
+
+
+def _positive(check: Checker) -> Checker:
+    def positive(key: str, v: Any) -> Any:
+        v = check(key, v)
+        if v <= 0:
+            raise _Invalid(f"expected a value greater than 0, got {v}")
+        return v
+
+    return positive
+
+
+def _non_negative(check: Checker) -> Checker:
+    def non_negative(key: str, v: Any) -> Any:
+        v = check(key, v)
+        if v < 0:
+            raise _Invalid(f"expected a value of 0 or more, got {v}")
+        return v
+
+    return non_negative
+
+
+def _one_of(*choices: str) -> Checker:
+    def one_of(key: str, v: Any) -> str:
+        v = _str(key, v)
+        if v not in choices:
+            raise _Invalid(f"expected one of {', '.join(repr(c) for c in choices)}, got {v!r}")
+        return v
+
+    return one_of
+
+
+# --- the schema -----------------------------------------------------------
+
+_SERVER: dict[str, Checker] = {
+    "listen": _str,
+    "tenant_header": _str,
+    "api_keys": _str_list,
+    "allow_anonymous": _bool,
+    "tenant_claim": _str,
+    "max_tenants": _positive(_int),
+    "access_log": _bool,
+    "log_level": _one_of(*_LOG_LEVELS),
+    "shutdown_grace": _non_negative(_number),
+}
+_STORE: dict[str, Checker] = {
+    "backend": _one_of("memory", "redis"),
+    "max_bytes": _positive(_int),
+    "max_entry_fraction": _positive(_number),
+    "redis_url": _str,
+    "redis_timeout": _positive(_number),
+    "local_max_bytes": _non_negative(_int),
+    "key_prefix": _str,
+}
+_UPSTREAM: dict[str, Checker] = {
+    "base_url": _str,
+    "timeout": _positive(_number),
+    "max_body_bytes": _positive(_int),
+    "max_connections": _positive(_int),
+    "max_in_flight": _positive(_int),
+    "forward_headers": _str_list,
+}
+_ROUTE: dict[str, Checker] = {
+    "type": _str,
+    "path": _str,
+    "upstream": _str,
+    "ttl": _positive(_number),
+    "stale_if_error": _non_negative(_number),
+}
+_KAFKA: dict[str, Checker] = {
+    "bootstrap_servers": _str,
+    "topics": _str_list,
+    "group_id": _str,
+    "mode": _one_of("broadcast", "group"),
+    "security_protocol": _one_of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl_mechanism": _one_of("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"),
+    "sasl_username": _str,
+    "sasl_password": _str,
+    "ssl_ca_location": _str,
+    "extra": _scalar_map,
+}
+_EVENT: dict[str, Checker] = {
+    "types": _str_list,
+    "type_field": _str,
+    "route": _str,
+    "id_field": _str,
+    "fields": _str_map,
+    "tenant_field": _str,
+    "action": _one_of("invalidate", "refresh"),
+}
+_TOP = {"server", "store", "upstream", "routes", "kafka", "events"}
+
+
+class _Reader:
+    """
+    Walks the parsed TOML, substituting the environment and checking values,
+    raising :class:`ConfigError` with the dotted key of the first problem.
+    """
+
+    def __init__(self, source: str, environ: Mapping[str, str]) -> None:
+        self.source = source
+        self.environ = environ
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(self.source, key, message)
+
+    def substitute(self, key: str, value: Any) -> Any:
+        if isinstance(value, str):
+
+            def replace(m: re.Match[str]) -> str:
+                name, default = m.group(1), m.group(2)
+                found = self.environ.get(name)
+                if found is not None and (found != "" or default is None):
+                    return found
+                if default is not None:
+                    return default
+                raise self.fail(key, f"environment variable {name} is not set (write ${{{name}:-default}} to allow that)")
+
+            return _ENV_RE.sub(replace, value)
+        if isinstance(value, list):
+            return [self.substitute(f"{key}[{i}]", v) for i, v in enumerate(value)]
+        if isinstance(value, dict):
+            return {k: self.substitute(f"{key}.{k}", v) for k, v in value.items()}
+        return value
+
+    def table(self, key: str, value: Any, schema: Mapping[str, Checker]) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(key, f"expected a table, got {_typename(value)}")
+        out: dict[str, Any] = {}
+        for name, raw in value.items():
+            dotted = f"{key}.{name}"
+            check = schema.get(name)
+            if check is None:
+                raise self.fail(dotted, f"unknown key (expected one of: {', '.join(schema)})")
+            try:
+                out[name] = check(dotted, self.substitute(dotted, raw))
+            except _Invalid as e:
+                raise self.fail(dotted, str(e)) from None
+        return out
+
+
+def _fingerprint(base_url: str, template: str) -> str:
+    return hashlib.sha256(f"{base_url}\n{template}".encode()).hexdigest()[:12]
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str, environ: Mapping[str, str]
+) -> Config:
+    """
+    Build a validated :class:`Config` from parsed TOML.
+
+    @raise ConfigError: naming the first key that is wrong.
+    """
+    r = _Reader(source, environ)
+    for name in data:
+        if name not in _TOP:
+            raise r.fail(name, f"unknown section (expected one of: {', '.join(sorted(_TOP))})")
+
+    server = r.table("server", data.get("server", {}), _SERVER)
+    server["api_keys"] = tuple(k for k in server.get("api_keys", ()) if k)
+    if "listen" in server and not server["listen"]:
+        server["listen"] = None
+    th = server.get("tenant_header", ServerConfig.tenant_header).lower()
+    if not _TENANT_HEADER_RE.match(th):
+        raise r.fail("server.tenant_header", "expected an HTTP header name")
+    server["tenant_header"] = th
+    if th in FORBIDDEN_FORWARD:
+        raise r.fail("server.tenant_header", f"{th!r} can't be the tenant header")
+    if server.get("log_level") == "warning":
+        server["log_level"] = "warn"
+    server_cfg = ServerConfig(**server)
+
+    store = r.table("store", data.get("store", {}), _STORE)
+    store_cfg = StoreConfig(**store)
+    if store_cfg.max_entry_fraction > 1:
+        raise r.fail("store.max_entry_fraction", "expected a share between 0 and 1")
+    if urlsplit(store_cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise r.fail("store.redis_url", "expected a redis://, rediss:// or unix:// URL")
+    if not re.match(r"^[A-Za-z0-9._:-]+$", store_cfg.key_prefix):
+        raise r.fail("store.key_prefix", "expected a non-empty string of [A-Za-z0-9._:-]")
+
+    upstream = r.table("upstream", data.get("upstream", {}), _UPSTREAM)
+    forward = []
+    for i, h in enumerate(upstream.get("forward_headers", UpstreamConfig.forward_headers)):
+        h = h.strip().lower()
+        key = f"upstream.forward_headers[{i}]"
+        if not _TENANT_HEADER_RE.match(h):
+            raise r.fail(key, f"expected an HTTP header name, got {h!r}")
+        if h in FORBIDDEN_FORWARD or h.startswith("proxy-") or h == th:
+            raise r.fail(key, f"header {h!r} can't be forwarded")
+        if h not in forward:
+            forward.append(h)
+    upstream["forward_headers"] = tuple(forward)
+    upstream_cfg = UpstreamConfig(**upstream)
+    base = urlsplit(upstream_cfg.base_url)
+    if base.scheme not in ("http", "https") or not base.hostname:
+        raise r.fail("upstream.base_url", "expected an http:// or https:// URL with a host")
+    if base.query or base.fragment:
+        raise r.fail("upstream.base_url", "expected a URL without query or fragment")
+
+    raw_routes = data.get("routes", [])
+    if not isinstance(raw_routes, list):
+        raise r.fail("routes", "expected an array of tables ([[routes]])")
+    routes: list[RouteConfig] = []
+    for i, raw in enumerate(raw_routes):
+        routes.append(_route(r, f"routes[{i}]", raw, upstream_cfg.base_url, routes))
+    if routes and "base_url" not in upstream:
+        raise r.fail("upstream.base_url", "required once a route exists")
+
+    kafka = r.table("kafka", data.get("kafka", {}), _KAFKA)
+    kafka_cfg = KafkaConfig(**kafka)
+    if kafka_cfg.enabled and not kafka_cfg.topics:
+        raise r.fail("kafka.topics", "expected at least one topic when bootstrap_servers is set")
+    if kafka_cfg.enabled and not kafka_cfg.group_id:
+        raise r.fail("kafka.group_id", "expected a non-empty group id")
+
+    raw_events = data.get("events", [])
+    if not isinstance(raw_events, list):
+        raise r.fail("events", "expected an array of tables ([[events]])")
+    events = tuple(
+        _event(r, f"events[{i}]", raw, {rt.type: rt for rt in routes})
+        for i, raw in enumerate(raw_events)
+    )
+
+    if source != Config.source and not server_cfg.api_keys and not server_cfg.allow_anonymous:
+        raise r.fail(
+            "server.api_keys",
+            "expected at least one api key (or server.allow_anonymous = true)",
+        )
+
+    return Config(
+        source=source,
+        server=server_cfg,
+        store=store_cfg,
+        upstream=upstream_cfg,
+        routes=tuple(routes),
+        kafka=kafka_cfg,
+        events=events,
+    )
+
+
+def _route(
+    r: _Reader, key: str, raw: Any, base_url: str, earlier: list[RouteConfig]
+) -> RouteConfig:
+    values = r.table(key, raw, _ROUTE)
+    for required in ("type", "path", "upstream"):
+        if not values.get(required):
+            raise r.fail(f"{key}.{required}", "required")
+    rtype, path, template = values["type"], values["path"], values["upstream"]
+    if not _ROUTE_TYPE_RE.match(rtype):
+        raise r.fail(f"{key}.type", "expected 1-64 characters of [A-Za-z0-9._-]")
+    if any(e.type == rtype for e in earlier):
+        raise r.fail(f"{key}.type", f"duplicate route type {rtype!r}")
+    if not path.startswith("/") or "?" in path or "#" in path:
+        raise r.fail(f"{key}.path", "expected a path starting with '/' (no query)")
+    params: list[str] = []
+    for m in _RULE_PARAM_RE.finditer(path):
+        name = m.group(1)
+        if ":" in name:
+            converter, name = name.split(":", 1)
+            if converter not in ("string", "int"):
+                raise r.fail(
+                    f"{key}.path",
+                    f"converter {converter!r} is not allowed (parameters can't span '/')",
+                )
+        if not _PARAM_NAME_RE.match(name):
+            raise r.fail(f"{key}.path", f"bad parameter name {name!r}")
+        if name in params:
+            raise r.fail(f"{key}.path", f"parameter {name!r} appears twice")
+        params.append(name)
+    if not template.startswith("/") or "?" in template or "#" in template:
+        raise r.fail(f"{key}.upstream", "expected a path template starting with '/' (no query)")
+    if ".." in template.split("/"):
+        raise r.fail(f"{key}.upstream", "'..' segments are not allowed")
+    for m in _TEMPLATE_PARAM_RE.finditer(template):
+        if m.group(1) not in params:
+            raise r.fail(
+                f"{key}.upstream",
+                f"template names parameter {m.group(1)!r} that the path {path!r} lacks",
+            )
+    if "{" in _TEMPLATE_PARAM_RE.sub("", template) or "}" in _TEMPLATE_PARAM_RE.sub("", template):
+        raise r.fail(f"{key}.upstream", "unbalanced '{' or '}' in template")
+    return RouteConfig(
+        type=rtype,
+        path=path,
+        upstream=template,
+        ttl=values.get("ttl", RouteConfig.ttl),
+        stale_if_error=values.get("stale_if_error", RouteConfig.stale_if_error),
+        params=tuple(params),
+        fingerprint=_fingerprint(base_url, template),
+    )
+
+
+def _event(r: _Reader, key: str, raw: Any, routes: Mapping[str, RouteConfig]) -> EventRule:
+    values = r.table(key, raw, _EVENT)
+    types = values.get("types", ())
+    if not types or not all(types):
+        raise r.fail(f"{key}.types", "expected a non-empty list of event types")
+    route_type = values.get("route", "")
+    route = routes.get(route_type)
+    if route is None:
+        raise r.fail(f"{key}.route", f"expected the type of a configured route, got {route_type!r}")
+    if "id_field" in values and "fields" in values:
+        raise r.fail(f"{key}.fields", "give id_field or fields, not both")
+    if "id_field" in values:
+        if len(route.params) != 1:
+            raise r.fail(
+                f"{key}.id_field",
+                f"route {route_type!r} has {len(route.params)} parameters: use fields = {{ name = \"field\" }}",
+            )
+        fields = {route.params[0]: values["id_field"]}
+    else:
+        fields = values.get("fields", {})
+    for name in route.params:
+        if not fields.get(name):
+            raise r.fail(f"{key}.fields", f"no message field given for path parameter {name!r}")
+    for name in fields:
+        if name not in route.params:
+            raise r.fail(f"{key}.fields", f"route {route_type!r} has no parameter {name!r}")
+    type_field = values.get("type_field", EventRule.type_field)
+    if not type_field:
+        raise r.fail(f"{key}.type_field", "expected a field name")
+    return EventRule(
+        types=tuple(types),
+        route=route_type,
+        type_field=type_field,
+        fields=dict(fields),
+        tenant_field=values.get("tenant_field", ""),
+        action=values.get("action", "invalidate"),
+    )
+
+
+def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+    """
+    Read and validate the TOML file at ``path``; ``None`` gives the built-in
+    defaults.
+
+    @raise ConfigError: the file is unreadable, not TOML, or invalid.
+    """
+    if path is None:
+        return parse_config({}, Config.source, environ)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, "-", f"can't read the file: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, "-", f"not valid TOML: {e}") from None
+    return parse_config(data, path, environ)

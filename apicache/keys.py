@@ -1,0 +1,186 @@
+"""
+Cache keys and the rules for what goes into them (SPEC.md section 3): tenant
+names, path parameters, the canonical query string, the keyed headers.
+
+A leaf module: it imports nothing of the project's.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, NamedTuple, Sequence
+from urllib.parse import parse_qsl, quote, unquote_to_bytes
+
+__all__ = [
+    "CacheKey",
+    "InvalidTenant",
+    "InvalidParameter",
+    "InvalidQuery",
+    "MAX_PARAM_BYTES",
+    "MAX_QUERY_BYTES",
+    "validate_tenant",
+    "decode_parameter",
+    "encode_parameter",
+    "canonical_query",
+    "variant",
+]
+
+MAX_PARAM_BYTES = 512
+MAX_QUERY_BYTES = 2048
+MAX_TENANT_BYTES = 128
+
+_TENANT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# C0 controls, DEL and C1 controls
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
+
+
+class InvalidTenant(ValueError):
+    """The tenant header's value is not a tenant name."""
+
+
+class InvalidParameter(ValueError):
+    """A path parameter is rejected by SPEC.md section 3."""
+
+
+class InvalidQuery(ValueError):
+    """The query string is too long or not decodable."""
+
+
+class CacheKey(NamedTuple):
+    """
+    Where one cached answer lives.
+
+    ``(tenant, route, params)`` names a resource: invalidation works on that
+    and drops every ``variant`` (query and keyed header values, plus the
+    route's fingerprint) under it.
+    """
+
+    tenant: str
+    route: str
+    params: tuple[str, ...]
+    variant: str
+
+    def size(self) -> int:
+        """
+        Return the number of bytes the key's strings hold (for budgets).
+        """
+        return (
+            len(self.tenant)
+            + len(self.route)
+            + sum(len(p) for p in self.params)
+            + len(self.variant)
+        )
+
+
+def validate_tenant(value: str) -> str:
+    """
+    Return ``value`` if it is a valid tenant name.
+
+    @raise InvalidTenant: empty, over 128 bytes, or outside ``[A-Za-z0-9._:-]``.
+    """
+    if not _TENANT_RE.match(value):
+        if not value:
+            raise InvalidTenant("the tenant is empty")
+        if len(value.encode("utf-8", "surrogateescape")) > MAX_TENANT_BYTES:
+            raise InvalidTenant("the tenant is longer than 128 bytes")
+        raise InvalidTenant("the tenant may only hold A-Z a-z 0-9 . _ : -")
+    return value
+
+
+def _forbidden(value: str) -> str | None:
+    if "/" in value:
+        return "holds '/'"
+    if "\\" in value:
+        return "holds '\\'"
+    if ".." in value:
+        return "holds '..'"
+    if _CONTROL_RE.search(value):
+        return "holds a control character"
+    return None
+
+
+def decode_parameter(name: str, raw: str | bytes) -> str:
+    """
+    Percent-decode a path parameter once and check it.
+
+    @param raw: the parameter as it appeared in the request path, still
+        percent-encoded (``str`` or ``bytes``).
+    @return: the decoded value.
+    @raise InvalidParameter: empty, over 512 bytes, not UTF-8, or holding
+        ``/``, ``\\``, ``..`` or a control character, directly or behind a
+        second level of percent-encoding.
+    """
+    try:
+        decoded_bytes = unquote_to_bytes(raw)
+        value = decoded_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidParameter(f"parameter {name!r} is not UTF-8") from None
+    if not value:
+        raise InvalidParameter(f"parameter {name!r} is empty")
+    if len(decoded_bytes) > MAX_PARAM_BYTES:
+        raise InvalidParameter(f"parameter {name!r} is longer than {MAX_PARAM_BYTES} bytes")
+    why = _forbidden(value)
+    if why is None and _ESCAPE_RE.search(value):
+        # double encoding: what a second decoder would make of it
+        twice = unquote_to_bytes(value).decode("utf-8", "replace")
+        why = _forbidden(twice)
+        if why is not None:
+            why += " once decoded again"
+    if why is not None:
+        raise InvalidParameter(f"parameter {name!r} {why}")
+    return value
+
+
+def encode_parameter(value: str) -> str:
+    """
+    Return ``value`` percent-encoded for a URL path with every reserved
+    character escaped.
+    """
+    return quote(value, safe="")
+
+
+def canonical_query(raw: bytes) -> str:
+    """
+    Return the canonical form of a query string: parameters sorted by name
+    (stable for repeated names), names and values re-encoded.
+
+    @raise InvalidQuery: over 2048 bytes or not decodable as UTF-8.
+    """
+    if not raw:
+        return ""
+    if len(raw) > MAX_QUERY_BYTES:
+        raise InvalidQuery(f"the query string is longer than {MAX_QUERY_BYTES} bytes")
+    try:
+        text = raw.decode("ascii")
+        pairs = parse_qsl(
+            text, keep_blank_values=True, strict_parsing=False, errors="strict"
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidQuery("the query string is not decodable") from None
+    if any(_CONTROL_RE.search(k) or _CONTROL_RE.search(v) for k, v in pairs):
+        raise InvalidQuery("the query string holds a control character")
+    pairs.sort(key=lambda p: p[0])
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+
+
+def variant(fingerprint: str, query: str, header_values: Iterable[str | None]) -> str:
+    """
+    Return the part of a key that tells variants of one resource apart:
+    the route fingerprint, the canonical query and the keyed header values.
+    """
+    # "\x00" can't occur in a header value or a canonical query; "\x01" marks
+    # an absent header so that absent and empty differ.
+    return "\x00".join(
+        [fingerprint, query, *("\x01" if v is None else v for v in header_values)]
+    )
+
+
+def header_value(values: Sequence[bytes] | None) -> str | None:
+    """
+    Return a request header's values joined as one string (latin-1), or
+    ``None`` if it is absent.
+    """
+    if not values:
+        return None
+    return ", ".join(v.decode("latin-1") for v in values)

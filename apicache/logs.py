@@ -1,0 +1,98 @@
+"""
+Logging: one JSON object per line (time, level, message, then the event's
+own fields), filtered by level.
+
+The observer is installed on the twistd application by
+L{apicache.tap.makeService}, so twistd's own lines are JSON too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogLevel,
+    LogLevelFilterPredicate,
+    formatEvent,
+)
+from zope.interface import implementer
+
+__all__ = ["JSONLineObserver", "json_log_observer", "SECRET_FIELDS"]
+
+#: Event fields that are never written, whatever logged them.
+SECRET_FIELDS = frozenset({"authorization", "api_key", "token", "password", "sasl_password"})
+
+_LEVELS = {
+    "debug": LogLevel.debug,
+    "info": LogLevel.info,
+    "warn": LogLevel.warn,
+    "warning": LogLevel.warn,
+    "error": LogLevel.error,
+    "critical": LogLevel.critical,
+}
+_SCALARS = (str, int, float, bool, type(None))
+
+
+@implementer(ILogObserver)
+class JSONLineObserver:
+    """
+    Writes each event as one JSON line: ``time`` (ISO 8601 UTC), ``level``,
+    ``message``, ``system``, the event's own scalar fields, and
+    ``traceback`` for failures.
+    """
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        level = event.get("log_level", LogLevel.info)
+        out: dict[str, Any] = {
+            "time": datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": getattr(level, "name", str(level)),
+            "message": (formatEvent(event) or "").strip(),
+        }
+        system = event.get("log_system") or event.get("log_namespace")
+        if system:
+            out["system"] = system
+        for k, v in event.items():
+            if k.startswith("log_") or k in out or k in SECRET_FIELDS:
+                continue
+            if k in ("message", "format", "isError", "why", "failure", "time", "system", "printed"):
+                continue
+            if isinstance(v, _SCALARS):
+                out[k] = v
+        failure = event.get("log_failure") or event.get("failure")
+        if failure is not None:
+            try:
+                out["traceback"] = failure.getTraceback()
+            except Exception:  # noqa: BLE001 - logging must not fail
+                out["traceback"] = repr(failure)
+        try:
+            line = json.dumps(out, default=str, ensure_ascii=False)
+        except (TypeError, ValueError):
+            line = json.dumps({"time": out["time"], "level": out["level"], "message": repr(out["message"])})
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+def json_log_observer(level: str = "info", stream: IO[str] | None = None) -> ILogObserver:
+    """
+    Return an observer writing JSON lines to ``stream`` (stdout) for events
+    at ``level`` or above.
+    """
+    predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
+    return FilteringLogObserver(JSONLineObserver(stream or sys.stdout), [predicate])
+
+
+def observer() -> ILogObserver:
+    """
+    A factory for twistd's ``--logger apicache.logs.observer``.
+    """
+    return json_log_observer()

@@ -1,0 +1,115 @@
+"""
+Configured routes: matching request paths (werkzeug rules, as Klein uses)
+and building the upstream path from a route's template.
+
+Matching works on the raw request path with every percent-escape decoded
+except ``%2F``, ``%5C`` and ``%25``: an encoded slash can't split a
+parameter into two path segments, so ``..%2Fetc`` reaches the parameter
+check (and is rejected there) instead of being routed somewhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+from urllib.parse import quote
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+
+from apicache.config import ConfigError, RouteConfig
+from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
+
+__all__ = ["Route", "Router", "RESERVED_PATHS"]
+
+#: Paths that win over any route.
+RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})
+
+_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_KEEP_ENCODED = frozenset({0x2F, 0x5C, 0x25})
+_TEMPLATE_PARAM = re.compile(r"\{([^{}]*)\}")
+# what may stand unescaped in a path segment (RFC 3986 pchar) plus '/'
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def _partly_unquote(raw: bytes) -> bytes:
+    def one(m: re.Match[bytes]) -> bytes:
+        c = int(m.group(1), 16)
+        return m.group(0) if c in _KEEP_ENCODED else bytes((c,))
+
+    return _ESCAPE.sub(one, raw) if b"%" in raw else raw
+
+
+class Route:
+    """
+    One configured route, compiled.
+    """
+
+    def __init__(self, config: RouteConfig) -> None:
+        self.config = config
+        self.type = config.type
+        self.params = config.params
+        self._template: list[tuple[str, bool]] = []
+        pos = 0
+        for m in _TEMPLATE_PARAM.finditer(config.upstream):
+            self._template.append((quote(config.upstream[pos : m.start()], safe=_PATH_SAFE), False))
+            self._template.append((m.group(1), True))
+            pos = m.end()
+        self._template.append((quote(config.upstream[pos:], safe=_PATH_SAFE), False))
+
+    def decode(self, raw: Mapping[str, str]) -> tuple[str, ...]:
+        """
+        Return the decoded path parameters in the route's order.
+
+        @raise InvalidParameter: one is rejected (SPEC.md section 3).
+        """
+        return tuple(decode_parameter(name, raw[name]) for name in self.params)
+
+    def upstream_path(self, params: Sequence[str], query: str) -> str:
+        """
+        Return the upstream path (to append to ``base_url``) with each
+        parameter re-encoded with every reserved character escaped, and the
+        canonical query.
+        """
+        values = dict(zip(self.params, params))
+        path = "".join(encode_parameter(values[s]) if is_param else s for s, is_param in self._template)
+        return f"{path}?{query}" if query else path
+
+
+class Router:
+    """
+    Matches request paths against the configured routes.
+    """
+
+    def __init__(self, routes: Sequence[RouteConfig], source: str = "<config>") -> None:
+        self.routes = {r.type: Route(r) for r in routes}
+        rules = []
+        for i, r in enumerate(routes):
+            try:
+                rules.append(Rule(r.path, endpoint=r.type, methods=None))
+            except (ValueError, TypeError) as e:
+                raise ConfigError(source, f"routes[{i}].path", f"not a valid route rule: {e}") from None
+        try:
+            self._map = Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+            self._adapter = self._map.bind("apicache", "/")
+        except (ValueError, TypeError) as e:
+            raise ConfigError(source, "routes", f"not valid route rules: {e}") from None
+
+    def match(self, raw_path: bytes) -> tuple[Route, dict[str, str]] | None:
+        """
+        Return the route matching ``raw_path`` (as sent, percent-encoded) and
+        its parameters (still percent-encoded where it matters), or ``None``.
+
+        @raise InvalidParameter: the path is not UTF-8 once decoded.
+        """
+        if not self.routes:
+            return None
+        try:
+            path = _partly_unquote(raw_path).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidParameter("the path is not UTF-8 once decoded") from None
+        try:
+            endpoint, args = self._adapter.match(path)
+        except HTTPException:
+            return None
+        return self.routes[endpoint], {k: str(v) for k, v in args.items()}

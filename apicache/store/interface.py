@@ -1,0 +1,162 @@
+"""
+The store interface: where cached answers live.
+
+A store holds :class:`CachedResponse` values under :class:`CacheKey` keys.
+It knows nothing of tenants' caches, routes or HTTP; the cache core calls it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import Attribute, Interface
+
+from apicache.keys import CacheKey
+
+__all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
+
+#: Bytes charged for each entry on top of its body, headers and key: the
+#: Python objects that hold it (measured by ``make bench``; see README).
+ENTRY_OVERHEAD = 512
+
+
+class StoreUnavailable(Exception):
+    """The store could not be reached (Redis down or too slow)."""
+
+
+class CachedResponse:
+    """
+    An upstream answer as the cache keeps it.
+
+    @ivar status: the HTTP status code.
+    @ivar headers: the replayed headers, as ``(name, value)`` byte pairs.
+    @ivar body: the body.
+    @ivar stored_at: when it was fetched (``clock.seconds()``).
+    @ivar expires_at: when it stops being fresh.
+    @ivar stale_until: the last moment it may be served stale
+        (``expires_at`` plus the route's ``stale_if_error``).
+    @ivar stale: marked stale by a ``refresh`` event: served as ``STALE``
+        while one background re-fetch replaces it.
+    @ivar retry_at: no background re-fetch starts before this time.
+    """
+
+    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at")
+
+    def __init__(
+        self,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        stored_at: float = 0.0,
+        expires_at: float = 0.0,
+        stale_until: float = 0.0,
+        stale: bool = False,
+        retry_at: float = 0.0,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.stored_at = stored_at
+        self.expires_at = expires_at
+        self.stale_until = stale_until
+        self.stale = stale
+        self.retry_at = retry_at
+
+    def size(self) -> int:
+        """
+        Return the bytes of body and headers.
+        """
+        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+
+    def __eq__(self, other: Any) -> bool:
+        if not isinstance(other, CachedResponse):
+            return NotImplemented
+        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+
+    def __repr__(self) -> str:
+        return (
+            f"CachedResponse(status={self.status}, body={len(self.body)} bytes, "
+            f"stored_at={self.stored_at}, expires_at={self.expires_at}, stale={self.stale})"
+        )
+
+
+class IStore(Interface):
+    """
+    A place to keep cached answers, bounded in bytes.
+
+    Invalidation works on resources: ``(tenant, route, params)``, with every
+    variant under it.  ``tenant=None`` means every tenant.
+
+    The race rule (SPEC.md section 3) is the store's: :meth:`begin` returns a
+    token before a fetch starts, and :meth:`put` with that token stores
+    nothing if the resource was invalidated, marked stale or cleared since.
+    """
+
+    shared = Attribute(
+        "True if other processes may write the store (then a local miss must "
+        "be confirmed with load())."
+    )
+
+    def lookup(key: CacheKey) -> CachedResponse | None:
+        """
+        Return the entry held in this process for ``key``, or ``None``.
+        Synchronous: the cache-hit path.
+        """
+
+    def load(key: CacheKey) -> Deferred[CachedResponse | None]:
+        """
+        Fire with the entry for ``key`` wherever it is held, or ``None``.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def begin(key: CacheKey) -> Deferred[Any]:
+        """
+        Fire with a token to pass to :meth:`put` for a fetch starting now.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def put(key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+        """
+        Store ``entry`` unless the resource changed since ``token`` was
+        taken, or the entry is too big.  Fire with whether it was stored.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def discard(key: CacheKey) -> Deferred[int]:
+        """
+        Drop the one entry under ``key``.  Fire with the number dropped.
+        """
+
+    def invalidate(tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Drop every variant of the resource.  Fire with the number dropped.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def mark_stale(tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Mark every variant of the resource stale.  Fire with the number marked.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def clear(tenant: str | None) -> Deferred[int]:
+        """
+        Drop every entry (of ``tenant``).  Fire with the number dropped.
+        Errback with L{StoreUnavailable}.
+        """
+
+    def forget(tenant: str, route: str) -> None:
+        """
+        Release what this process holds for a reclaimed (tenant, route) cache.
+        """
+
+    def stats() -> dict[str, int]:
+        """
+        Return ``entries``, ``bytes`` and ``evictions`` of this process's tier.
+        """
+
+    def is_ready() -> bool:
+        """
+        Return whether the store is reachable.
+        """

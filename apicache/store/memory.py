@@ -1,0 +1,193 @@
+"""
+The in-process store: a least-recently-used map bounded in bytes.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any, Iterable
+
+from twisted.internet.defer import Deferred, succeed
+from zope.interface import implementer
+
+from apicache.keys import CacheKey
+from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
+
+__all__ = ["MemoryStore"]
+
+Resource = tuple[str, str, tuple[str, ...]]
+
+#: How many invalidated resources are remembered for the race rule; a fetch
+#: older than the oldest one forgotten is conservatively not stored.
+_CHANGES_KEPT = 65536
+
+
+@implementer(IStore)
+class MemoryStore:
+    """
+    Entries in this process, least recently used evicted first.
+
+    The budget counts each entry's body, stored headers, key and a fixed
+    :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An entry
+    bigger than ``max_entry_bytes`` is not stored.
+    """
+
+    shared = False
+
+    def __init__(self, max_bytes: int, max_entry_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.max_entry_bytes = max_bytes if max_entry_bytes is None else min(max_entry_bytes, max_bytes)
+        self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
+        self._variants: dict[Resource, set[CacheKey]] = {}
+        self._tenants_of: dict[tuple[str, tuple[str, ...]], set[str]] = {}
+        self._resources_of: dict[str, set[Resource]] = {}
+        self._bytes = 0
+        self._evictions = 0
+        # the race rule: a counter bumped by every change, and when each
+        # resource (tenant None = every tenant) or tenant last changed
+        self._epoch = 0
+        self._changed: dict[Any, int] = {}
+        self._forgotten_epoch = 0
+
+    # -- reading -----------------------------------------------------------
+
+    def lookup(self, key: CacheKey) -> CachedResponse | None:
+        entry = self._entries.get(key)
+        if entry is not None:
+            self._entries.move_to_end(key)
+        return entry
+
+    def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
+        return succeed(self.lookup(key))
+
+    # -- writing -----------------------------------------------------------
+
+    def begin(self, key: CacheKey) -> Deferred[Any]:
+        return succeed(self._epoch)
+
+    def _changed_since(self, key: CacheKey, token: int) -> bool:
+        if token < self._forgotten_epoch:
+            return True
+        get = self._changed.get
+        return (
+            get((key.tenant, key.route, key.params), 0) > token
+            or get((None, key.route, key.params), 0) > token
+            or get(("tenant", key.tenant), 0) > token
+            or get("all", 0) > token
+        )
+
+    def _note_change(self, what: Any) -> None:
+        self._epoch += 1
+        self._changed.pop(what, None)
+        self._changed[what] = self._epoch
+        if len(self._changed) > _CHANGES_KEPT:
+            oldest = next(iter(self._changed))
+            self._forgotten_epoch = self._changed.pop(oldest)
+
+    def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+        return succeed(self.put_now(key, entry, token))
+
+    def put_now(self, key: CacheKey, entry: CachedResponse, token: int) -> bool:
+        """
+        Like :meth:`put`, synchronously: return whether ``entry`` was stored.
+        """
+        if self._changed_since(key, token):
+            return False
+        size = self._charge(key, entry)
+        if size > self.max_entry_bytes:
+            return False
+        self._remove(key)
+        while self._bytes + size > self.max_bytes and self._entries:
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+            self._evictions += 1
+        self._entries[key] = entry
+        self._bytes += size
+        resource = (key.tenant, key.route, key.params)
+        variants = self._variants.get(resource)
+        if variants is None:
+            variants = self._variants[resource] = set()
+            self._tenants_of.setdefault((key.route, key.params), set()).add(key.tenant)
+            self._resources_of.setdefault(key.tenant, set()).add(resource)
+        variants.add(key)
+        return True
+
+    @staticmethod
+    def _charge(key: CacheKey, entry: CachedResponse) -> int:
+        return entry.size() + key.size() + ENTRY_OVERHEAD
+
+    def _remove(self, key: CacheKey) -> bool:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return False
+        self._bytes -= self._charge(key, entry)
+        resource = (key.tenant, key.route, key.params)
+        variants = self._variants[resource]
+        variants.discard(key)
+        if not variants:
+            del self._variants[resource]
+            tenants = self._tenants_of[(key.route, key.params)]
+            tenants.discard(key.tenant)
+            if not tenants:
+                del self._tenants_of[(key.route, key.params)]
+            resources = self._resources_of[key.tenant]
+            resources.discard(resource)
+            if not resources:
+                del self._resources_of[key.tenant]
+        return True
+
+    def _resources(self, tenant: str | None, route: str, params: tuple[str, ...]) -> list[Resource]:
+        if tenant is not None:
+            return [(tenant, route, params)]
+        return [(t, route, params) for t in self._tenants_of.get((route, params), ())]
+
+    def _keys(self, resources: Iterable[Resource]) -> list[CacheKey]:
+        return [k for r in resources for k in self._variants.get(r, ())]
+
+    def discard(self, key: CacheKey) -> Deferred[int]:
+        return succeed(int(self._remove(key)))
+
+    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        self._note_change((tenant, route, params))
+        keys = self._keys(self._resources(tenant, route, params))
+        for k in keys:
+            self._remove(k)
+        return succeed(len(keys))
+
+    def mark_stale(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        self._note_change((tenant, route, params))
+        keys = self._keys(self._resources(tenant, route, params))
+        for k in keys:
+            entry = self._entries[k]
+            entry.stale = True
+            entry.retry_at = 0.0
+        return succeed(len(keys))
+
+    def clear(self, tenant: str | None) -> Deferred[int]:
+        if tenant is None:
+            self._note_change("all")
+            n = len(self._entries)
+            self._entries.clear()
+            self._variants.clear()
+            self._tenants_of.clear()
+            self._resources_of.clear()
+            self._bytes = 0
+            return succeed(n)
+        self._note_change(("tenant", tenant))
+        keys = self._keys(list(self._resources_of.get(tenant, ())))
+        for k in keys:
+            self._remove(k)
+        return succeed(len(keys))
+
+    def forget(self, tenant: str, route: str) -> None:
+        resources = [r for r in self._resources_of.get(tenant, ()) if r[1] == route]
+        for k in self._keys(resources):
+            self._remove(k)
+
+    # -- health ------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self._evictions}
+
+    def is_ready(self) -> bool:
+        return True

