@@ -28,6 +28,10 @@ test: install-test
 demo: install
 	@APICACHE_API_KEY=$(DEV_KEY) PY=$(BIN)/python TWISTD=$(BIN)/twistd sh bench/demo.sh
 
+# The benchmark of issue 5 (needs `apt-get install wrk nginx`; says so without them).
+bench: install
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
 	$(BIN)/mypy apicache

@@ -43,7 +43,7 @@ from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.store.interface import StoreUnavailable
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
-__all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest"]
+__all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest", "cache_key"]
 
 _JSON = b"application/json"
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
@@ -354,12 +354,7 @@ class CacheAPI:
         for name in self._forward:
             for value in headers.getRawHeaders(name, ()):
                 forwarded.append((name, value))
-        key = CacheKey(
-            tenant,
-            route.type,
-            params,
-            variant(route.config.fingerprint, query, [header_value(headers.getRawHeaders(h)) for h in self._keyed]),
-        )
+        key = cache_key(tenant, route, params, query, [headers.getRawHeaders(h) for h in self._keyed])
         fetch = FetchRequest(route.upstream_path(params, query), forwarded)
         result = self.registry.cache(tenant, route.type).get(key, fetch)
         if isinstance(result, CacheResult):
@@ -439,6 +434,25 @@ class CacheAPI:
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)
         return _error_body("internal_error", "an unexpected error occurred", id=error_id)
+
+
+def cache_key(
+    tenant: str,
+    route: Route,
+    params: tuple[str, ...],
+    query: str,
+    keyed_values: Sequence[Sequence[bytes] | None],
+) -> CacheKey:
+    """
+    Return the cache key of a request: its tenant, route, decoded path
+    parameters, canonical query and the raw values of the keyed headers.
+    """
+    return CacheKey(
+        tenant,
+        route.type,
+        params,
+        variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values]),
+    )
 
 
 def _bearer_claim(values: Sequence[bytes] | None, claim: str) -> Any:
