@@ -230,6 +230,20 @@ class TenantCache:
         """
         return not self._refreshing and not self._flights.busy(self.tenant, self.route.type)
 
+    def hit(self, key: CacheKey) -> CacheResult | None:
+        """
+        Return a L{CacheResult} for a fresh entry held in this process, or
+        ``None`` (then call L{get}).  Synchronous and free of side effects
+        but the store's recency: the fast hit path.
+        """
+        entry = self._store.lookup(key)
+        if entry is None or entry.stale:
+            return None
+        now = self._clock.seconds()
+        if now < entry.expires_at:
+            return CacheResult(HIT, entry, now - entry.stored_at)
+        return None
+
     def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
         """
         Answer ``request`` for ``key``: a L{CacheResult} at once for a hit

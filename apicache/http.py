@@ -10,8 +10,10 @@ import binascii
 import hmac
 import json
 import socket
+import sys
 import uuid
 from typing import Any, Callable, Sequence
+from urllib.parse import unquote_to_bytes as unquote
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -19,12 +21,13 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
+from twisted.web.http import datetimeToString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
-from apicache.cache import CacheRegistry, CacheResult, FetchRequest
+from apicache.cache import BYPASS, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
 from apicache.config import Config
 from apicache.health import Readiness
 from apicache.keys import (
@@ -47,6 +50,9 @@ __all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest", "cache_key"]
 
 _JSON = b"application/json"
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
+_X_CACHE = {c: [c.encode("ascii")] for c in (HIT, STALE, MISS, BYPASS)}
+#: How many valid tenant names are remembered (then forgotten at once).
+_MEMO_SIZE = 16384
 
 
 class ApiError(Exception):
@@ -76,12 +82,38 @@ class ApiRequest(server.Request):
     cache = "-"
     _counted = False
 
+    _postpath: list[bytes] | None = None
+
     def process(self) -> None:
         site: ApiSite = self.channel.site  # type: ignore[attr-defined]
         self.started = site.clock.seconds()
         self._counted = True
         site.active += 1
-        super().process()
+        if not site.leaf_root or self.path == b"*":
+            super().process()
+            return
+        # twisted.web's Request.process without what this API never uses,
+        # since the hit path is short enough for these to matter: no
+        # Server header, the Date formatted once a second, no traversal
+        # below a leaf root, postpath split only if Klein asks for it
+        self.site = site
+        self.responseHeaders.setRawHeaders(b"date", [site.http_date(self.started)])
+        self.prepath = []
+        self.sitepath = []
+        try:
+            self.render(site.resource)
+        except BaseException:
+            self.processingFailed(Failure())
+
+    @property
+    def postpath(self) -> list[bytes]:  # type: ignore[override]
+        if self._postpath is None:
+            self._postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, value: list[bytes]) -> None:
+        self._postpath = value
 
     def _done(self) -> None:
         if self._counted:
@@ -120,7 +152,20 @@ class ApiSite(server.Site):
         self.access_log = access_log
         self.active = 0
         self.displayTracebacks = False
+        self.leaf_root = bool(getattr(resource, "isLeaf", False))
+        self._date_second = -1
+        self._date = b""
         self._idle_waiters: list[Deferred[None]] = []
+
+    def http_date(self, now: float) -> bytes:
+        """
+        Return the ``Date`` header value for ``now``, formatted once a second.
+        """
+        second = int(now)
+        if second != self._date_second:
+            self._date = datetimeToString(second)
+            self._date_second = second
+        return self._date
 
     def log(self, request: server.Request) -> None:
         """
@@ -182,6 +227,10 @@ class _Front(Resource):
         if api.key_required and request.path not in _UNAUTHENTICATED:
             if not given or not api.key_matches(given[0]):
                 return api.refuse(request, ApiError(401, "unauthorized", "api-key missing or wrong"))
+        if request.method == b"GET":
+            body = api.answer_hit(request)
+            if body is not None:
+                return body
         return self._inner.render(request)
 
 
@@ -223,6 +272,8 @@ class CacheAPI:
         upstream = config.upstream
         self._forward = [h.encode("ascii") for h in upstream.forward_headers]
         self._keyed = [h.encode("ascii") for h in upstream.keyed_headers]
+        self._tenants: dict[bytes, str] = {}
+        self._keys: dict[tuple[Any, ...], tuple[Route, tuple[str, ...], str, str, CacheKey]] = {}
 
     def resource(self) -> IResource:
         """
@@ -256,11 +307,21 @@ class CacheAPI:
             if required:
                 raise ApiError(400, "missing_tenant", f"the {self.tenant_header.decode()} header is required")
             return None
+        raw = values[0]
+        tenant = self._tenants.get(raw)
+        if tenant is not None:
+            return tenant
         try:
-            return validate_tenant(values[0].decode("ascii"))
+            tenant = sys.intern(validate_tenant(raw.decode("ascii")))
         except (InvalidTenant, UnicodeDecodeError) as e:
             msg = str(e) if isinstance(e, InvalidTenant) else "the tenant may only hold A-Z a-z 0-9 . _ : -"
             raise ApiError(400, "invalid_tenant", msg) from None
+        # valid names only, remembered so that the hit path neither decodes
+        # nor matches again and every key of a tenant shares one string
+        if len(self._tenants) >= _MEMO_SIZE:
+            self._tenants.clear()
+        self._tenants[raw] = tenant
+        return tenant
 
     def _check_claim(self, request: IRequest, tenant: str) -> None:
         claim = _bearer_claim(request.requestHeaders.getRawHeaders(b"authorization"), self._tenant_claim)
@@ -269,11 +330,10 @@ class CacheAPI:
 
     def _match(self, request: IRequest) -> tuple[Route, tuple[str, ...]]:
         try:
-            found = self.router.match(request.path)
+            found = self.router.resolve(request.path)
             if found is None:
                 raise ApiError(404, "no_route", "no route matches this path")
-            route, raw = found
-            return route, route.decode(raw)
+            return found
         except InvalidParameter as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
 
@@ -336,25 +396,69 @@ class CacheAPI:
         self._match(request)
         raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
 
-    def _get(self, request: IRequest) -> Any:
-        route, params = self._match(request)
-        request.route_type = route.type
-        tenant = self._tenant(request, required=True)
-        assert tenant is not None
-        request.tenant = tenant
+    def _key(self, request: IRequest) -> tuple[Route, tuple[str, ...], str, str, CacheKey]:
+        """
+        Check a GET on a route and return its route, parameters, tenant,
+        canonical query and cache key.  Sets the request's ``route_type``
+        and ``tenant`` (for the access log) as they become known.
+
+        @raise ApiError: a check failed.
+        """
+        headers = request.requestHeaders
+        tenants = headers.getRawHeaders(self.tenant_header)
+        keyed = [headers.getRawHeaders(h) for h in self._keyed]
+        # the key is a pure function of these: a request seen before is
+        # neither matched, decoded nor canonicalized again
+        seen = (request.uri, tenants[0] if tenants else None, *(tuple(v) if v else None for v in keyed))
+        found = self._keys.get(seen)
+        if found is None:
+            route, params = self._match(request)
+            request.route_type = route.type
+            tenant = self._tenant(request, required=True)
+            assert tenant is not None
+            request.tenant = tenant
+            raw_query = request.uri.partition(b"?")[2]
+            try:
+                query = canonical_query(raw_query) if raw_query else ""
+            except InvalidQuery as e:
+                raise ApiError(400, "invalid_query", str(e)) from None
+            found = (route, params, tenant, query, cache_key(tenant, route, params, query, keyed))
+            if len(self._keys) >= _MEMO_SIZE:
+                self._keys.clear()
+            self._keys[seen] = found
+        else:
+            request.route_type = found[0].type
+            request.tenant = found[2]
         if self._tenant_claim:
-            self._check_claim(request, tenant)
-        raw_query = request.uri.partition(b"?")[2]
+            self._check_claim(request, found[2])
+        return found
+
+    def answer_hit(self, request: IRequest) -> bytes | None:
+        """
+        The fast path: answer a GET whose fresh answer is cached, at once,
+        before Klein's dispatch.  Return the body, or ``None`` to leave the
+        request to Klein (a miss, a stale entry, a reserved path, or any
+        check that fails: Klein's route runs the same checks again and
+        answers the error).  Creates no Deferred and no coroutine.
+        """
+        if request.path in RESERVED_PATHS:
+            return None
         try:
-            query = canonical_query(raw_query)
-        except InvalidQuery as e:
-            raise ApiError(400, "invalid_query", str(e)) from None
+            route, _, tenant, _, key = self._key(request)
+        except ApiError:
+            return None
+        result = self.registry.cache(tenant, route.type).hit(key)
+        if result is None:
+            return None
+        return self._write(request, result, length=False)
+
+    def _get(self, request: IRequest) -> Any:
+        route, params, tenant, query, key = self._key(request)
         headers = request.requestHeaders
         forwarded: list[tuple[bytes, bytes]] = []
         for name in self._forward:
             for value in headers.getRawHeaders(name, ()):
                 forwarded.append((name, value))
-        key = cache_key(tenant, route, params, query, [headers.getRawHeaders(h) for h in self._keyed])
         fetch = FetchRequest(route.upstream_path(params, query), forwarded)
         result = self.registry.cache(tenant, route.type).get(key, fetch)
         if isinstance(result, CacheResult):
@@ -373,7 +477,12 @@ class CacheAPI:
             raise ApiError(502, "upstream_unreachable", str(e))
         failure.raiseException()
 
-    def _write(self, request: IRequest, result: CacheResult) -> bytes:
+    def _write(self, request: IRequest, result: CacheResult, length: bool = True) -> bytes:
+        """
+        Set ``request``'s status and headers for ``result``; return the body.
+        ``length=False`` leaves ``Content-Length`` to twisted.web (which
+        sets it for a body that C{render} returns).
+        """
         r = result.response
         request.cache = result.cache
         request.setResponseCode(r.status)
@@ -381,10 +490,11 @@ class CacheAPI:
         out = request.responseHeaders
         for k, v in r.headers:
             out.addRawHeader(k, v)
-        out.setRawHeaders(b"x-cache", [result.cache.encode("ascii")])
+        out.setRawHeaders(b"x-cache", _X_CACHE[result.cache])
         if result.age is not None:
             out.setRawHeaders(b"age", [b"%d" % max(0, int(result.age))])
-        out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
+        if length:
+            out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
         return r.body
 
     async def _delete(self, request: IRequest) -> bytes:
@@ -447,11 +557,13 @@ def cache_key(
     Return the cache key of a request: its tenant, route, decoded path
     parameters, canonical query and the raw values of the keyed headers.
     """
+    # interned: keys of one route without a query or keyed headers share
+    # one variant string (memory per entry)
     return CacheKey(
         tenant,
         route.type,
         params,
-        variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values]),
+        sys.intern(variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values])),
     )
 
 

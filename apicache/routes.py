@@ -22,6 +22,9 @@ from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
 
 __all__ = ["Route", "Router", "RESERVED_PATHS"]
 
+#: How many matched paths L{Router.resolve} remembers (then forgets at once).
+MEMO_SIZE = 16384
+
 #: Paths that win over any route.
 RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})
 
@@ -83,6 +86,7 @@ class Router:
 
     def __init__(self, routes: Sequence[RouteConfig], source: str = "<config>") -> None:
         self.routes = {r.type: Route(r) for r in routes}
+        self._memo: dict[bytes, tuple[Route, tuple[str, ...]]] = {}
         rules = []
         for i, r in enumerate(routes):
             try:
@@ -94,6 +98,29 @@ class Router:
             self._adapter = self._map.bind("apicache", "/")
         except (ValueError, TypeError) as e:
             raise ConfigError(source, "routes", f"not valid route rules: {e}") from None
+
+    def resolve(self, raw_path: bytes) -> tuple[Route, tuple[str, ...]] | None:
+        """
+        Return the route matching ``raw_path`` and its decoded parameters,
+        or ``None``.  Successful answers are remembered (a bounded memo of
+        a pure function), so that a path seen before is neither matched nor
+        decoded again.
+
+        @raise InvalidParameter: the path is not UTF-8 once decoded, or a
+            parameter is rejected (SPEC.md section 3).
+        """
+        found = self._memo.get(raw_path)
+        if found is not None:
+            return found
+        matched = self.match(raw_path)
+        if matched is None:
+            return None
+        route, raw = matched
+        found = (route, route.decode(raw))
+        if len(self._memo) >= MEMO_SIZE:
+            self._memo.clear()
+        self._memo[raw_path] = found
+        return found
 
     def match(self, raw_path: bytes) -> tuple[Route, dict[str, str]] | None:
         """

@@ -74,6 +74,25 @@ def rss_bytes(pid: int) -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of ``pid`` and its children (workers)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_seconds(k) for k in _children(pid))
+
+
 def tree_rss(pid: int) -> int:
     """RSS of ``pid`` and its children (workers)."""
     total = rss_bytes(pid)
@@ -243,6 +262,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    cpu_us: float = 0.0
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -256,7 +276,7 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(port: int, prefix: str, suffix: str, keys: int, duration: float, connections: int,
-            tmp: str, unique: bool = False, pin: str | None = None) -> WrkResult:
+            tmp: str, unique: bool = False, pin: str | None = None, pid: int | None = None) -> WrkResult:
     script = os.path.join(tmp, f"wrk-{prefix.strip('/').replace('/', '_')}-{int(unique)}.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT.format(keys=keys, unique="true" if unique else "false", prefix=prefix, suffix=suffix,
@@ -264,7 +284,10 @@ def run_wrk(port: int, prefix: str, suffix: str, keys: int, duration: float, con
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", script, f"http://127.0.0.1:{port}"]
     if pin is not None:
         argv = ["taskset", "-c", pin, *argv]
+    cpu = cpu_seconds(pid) if pid else 0.0
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    cpu = cpu_seconds(pid) - cpu if pid else 0.0
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
@@ -273,13 +296,14 @@ def run_wrk(port: int, prefix: str, suffix: str, keys: int, duration: float, con
         m = re.search(pat, out)
         if m:
             errors += sum(int(g) for g in m.groups())
-    return WrkResult(rps, p50, p99, errors)
+    return WrkResult(rps, p50, p99, errors, cpu / max(total, 1) * 1e6)
 
 
 @dataclass
 class Target:
     name: str
     port: int
+    pid: int | None = None
     prefix: str = "/server/object("
     suffix: str = ")/header"
     results: list[WrkResult] = field(default_factory=list)
@@ -293,12 +317,13 @@ class Target:
         note = f"  ({errors} errors)" if errors else ""
         spread = f"{self.median('rps'):,.0f} ({min(rps):,.0f}–{max(rps):,.0f})"
         return (f"| {self.name:<38} | {spread:>28} "
-                f"| {self.median('p50_ms'):>7.2f} ms | {self.median('p99_ms'):>7.2f} ms |{note}")
+                f"| {self.median('p50_ms'):>7.2f} ms | {self.median('p99_ms'):>7.2f} ms "
+                f"| {self.median('cpu_us'):>6.1f} µs |{note}")
 
 
 def table(targets: list[Target]) -> str:
-    head = f"| {'target':<38} | {'req/s median (min–max)':<28} | {'p50':>10} | {'p99':>10} |"
-    rule = "|" + "-" * 40 + "|" + "-" * 30 + "|" + "-" * 12 + "|" + "-" * 12 + "|"
+    head = f"| {'target':<38} | {'req/s median (min–max)':<28} | {'p50':>10} | {'p99':>10} | {'CPU/req':>9} |"
+    rule = "|" + "-" * 40 + "|" + "-" * 30 + "|" + "-" * 12 + "|" + "-" * 12 + "|" + "-" * 11 + "|"
     return "\n".join([head, rule, *(t.row() for t in targets)])
 
 
@@ -481,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2, help="also measure --workers N with wrk pinned to one core (0: skip)")
     p.add_argument("--no-wrk", action="store_true", help="behave as if wrk were missing")
     p.add_argument("--no-nginx", action="store_true", help="behave as if nginx were missing")
+    p.add_argument("--throughput-only", action="store_true", help="only the wrk table (apicache, bare)")
     p.add_argument("--quick", action="store_true", help="the smoke test's tiny run: about a second per part")
     p.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -512,18 +538,23 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="apicache-bench-")
     ps = Processes(tmp)
     try:
-        _, up_port = start_server(ps, "upstream", args.latency)
-        _, bare_port = start_server(ps, "bare", args.latency)
-        _, api_port = start_apicache(ps, "apicache", up_port, access_log=False)
-        _, log_port = start_apicache(ps, "apicache-log", up_port, access_log=True)
+        up_proc, up_port = start_server(ps, "upstream", args.latency)
+        bare_proc, bare_port = start_server(ps, "bare", args.latency)
+        api_proc, api_port = start_apicache(ps, "apicache", up_port, access_log=False)
+        log_proc, log_port = start_apicache(ps, "apicache-log", up_port, access_log=True)
         targets = [
-            Target("apicache (access log off)", api_port),
-            Target("bare twisted.web Resource", bare_port),
+            Target("apicache (access log off)", api_port, api_proc.pid),
+            Target("bare twisted.web Resource", bare_port, bare_proc.pid),
         ]
+        if args.throughput_only:
+            targets = targets[:2]
+            have_nginx = False
         if have_nginx:
-            targets.append(Target("nginx proxy_cache, 1 worker", start_nginx(ps, up_port)[1]))
-        targets.append(Target("apicache (access log on)", log_port))
-        targets.append(Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, prefix="/api/object("))
+            nginx_proc, nginx_port = start_nginx(ps, up_port)
+            targets.append(Target("nginx proxy_cache, 1 worker", nginx_port, nginx_proc.pid))
+        if not args.throughput_only:
+            targets.append(Target("apicache (access log on)", log_port, log_proc.pid))
+            targets.append(Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, up_proc.pid, prefix="/api/object("))
         for t in targets:
             warm(t.port, t.prefix, t.suffix, args.keys)
         status, headers, _ = get(api_port, "/server/object(0)/header")
@@ -535,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_wrk(t.port, t.prefix, t.suffix, args.keys, 1, args.connections, tmp)
             for r in range(args.rounds):
                 for t in targets:
-                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp))
+                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp, pid=t.pid))
                 print(f"  round {r + 1}/{args.rounds} done", flush=True)
             print()
             print(table(targets))
@@ -543,10 +574,13 @@ def main(argv: list[str] | None = None) -> int:
             up = targets[-1]
             print()
             ratio = api.median("rps") / bare.median("rps")
-            print(f"apicache / bare twisted.web: {ratio:.2f}× req/s (target ≥ 0.85)")
+            print(f"apicache / bare twisted.web: {ratio:.2f}× req/s (target ≥ 0.85); "
+                  f"CPU per request {api.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's")
+            print(f"apicache p99 / p50: {api.median('p99_ms') / api.median('p50_ms'):.2f} (target ≤ 2)")
+            if args.throughput_only:
+                return 0
             if have_nginx:
                 print(f"apicache / nginx proxy_cache: {api.median('rps') / targets[2].median('rps'):.2f}× req/s")
-            print(f"apicache p99 / p50: {api.median('p99_ms') / api.median('p50_ms'):.2f} (target ≤ 2)")
             print(f"latency gain over the upstream called directly: p50 {up.median('p50_ms') / api.median('p50_ms'):.1f}× lower "
                   f"({up.median('p50_ms'):.2f} → {api.median('p50_ms'):.2f} ms), "
                   f"{api.median('rps') / up.median('rps'):.1f}× the req/s")
@@ -585,14 +619,14 @@ def main(argv: list[str] | None = None) -> int:
             pin = "0" if have_taskset else None
             scale = []
             for n in (1, args.workers):
-                _, port = start_apicache(ps, f"apicache-w{n}", up_port, access_log=False, workers=n)
+                proc, port = start_apicache(ps, f"apicache-w{n}", up_port, access_log=False, workers=n)
                 # enough requests that every worker has every key
                 for _ in range(4 * n):
                     warm(port, "/server/object(", ")/header", args.keys)
-                scale.append(Target(f"apicache --workers {n} (wrk on cpu {pin})", port))
+                scale.append(Target(f"apicache --workers {n} (wrk on cpu {pin})", port, proc.pid))
             for _ in range(args.rounds):
                 for t in scale:
-                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp, pin=pin))
+                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp, pin=pin, pid=t.pid))
             print()
             print(table(scale))
             print(f"--workers {args.workers} / --workers 1: {scale[1].median('rps') / scale[0].median('rps'):.2f}× req/s")
