@@ -113,6 +113,22 @@ def is_storable(response: UpstreamResponse, keyed_headers: Iterable[str]) -> boo
     return True
 
 
+#: Stored header tuples seen so far: answers with the same replayed headers
+#: (most hold only a Content-Type) share one tuple.  Bounded: past the
+#: limit, new ones are kept unshared.
+_HEADER_TUPLES: dict[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]] = {}
+_HEADER_TUPLES_MAX = 4096
+
+
+def _shared_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    found = _HEADER_TUPLES.get(headers)
+    if found is not None:
+        return found
+    if len(_HEADER_TUPLES) < _HEADER_TUPLES_MAX:
+        _HEADER_TUPLES[headers] = headers
+    return headers
+
+
 class _Outcome:
     """The result of one upstream fetch, as shared with its waiters."""
 
@@ -352,13 +368,15 @@ class TenantCache:
         now = self._clock.seconds()
         keep = _STORED_SET if storable else _PASSED_SET
         expires = now + self.route.ttl
+        grace = self.route.stale_if_error
         return CachedResponse(
             response.status,
-            tuple((k, v) for k, v in response.headers if k in keep),
+            _shared_headers(tuple((k, v) for k, v in response.headers if k in keep)),
             response.body,
             stored_at=now,
             expires_at=expires,
-            stale_until=expires + self.route.stale_if_error,
+            # one float object less per entry when there is no grace
+            stale_until=expires + grace if grace else expires,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:

@@ -400,7 +400,9 @@ def memory_probe(entries: int) -> dict[str, Any]:
 
         def fetch(self, path: str, headers: Any) -> Any:
             body = body_for(path.encode())
-            return succeed(UpstreamResponse(200, [(b"content-type", b"application/json"), (b"date", b"now")], body))
+            # fresh objects for every answer, as the real client makes them
+            headers = [(b"Content-Type".lower(), b"".join([b"application/", b"json"])), (b"date".lower(), b"".join([b"n", b"ow"]))]
+            return succeed(UpstreamResponse(200, headers, body))
 
     config = RouteConfig("object", "/server/object(<id>)/header", "/object({id})/header", ttl=3600,
                          params=("id",), fingerprint="0123456789abcdef")
@@ -414,7 +416,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
     key_bytes = 0
     for i in range(entries):
         raw_id = f"{i:08d}"
-        tenant = f"{TENANT}".encode().decode()  # a fresh string, as a header gives
+        tenant = sys.intern(TENANT.encode().decode())  # as the HTTP layer interns valid tenants
         params = route.decode({"id": raw_id})
         key = cache_key(tenant, route, params, "", keyed)
         cache = registry.cache(tenant, route.type)

@@ -15,8 +15,6 @@ from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 
 __all__ = ["MemoryStore"]
 
-Resource = tuple[str, str, tuple[str, ...]]
-
 #: How many invalidated resources are remembered for the race rule; a fetch
 #: older than the oldest one forgotten is conservatively not stored.
 _CHANGES_KEPT = 65536
@@ -38,9 +36,11 @@ class MemoryStore:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes if max_entry_bytes is None else min(max_entry_bytes, max_bytes)
         self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
-        self._variants: dict[Resource, set[CacheKey]] = {}
-        self._tenants_of: dict[tuple[str, tuple[str, ...]], set[str]] = {}
-        self._resources_of: dict[str, set[Resource]] = {}
+        # tenant -> route -> params -> the key of the one variant, or a set
+        # of them: an entry costs one slot here (a set only where a resource
+        # has several variants), which counts in ENTRY_OVERHEAD.  Dropping
+        # a resource for every tenant visits each tenant holding entries.
+        self._index: dict[str, dict[str, dict[tuple[str, ...], CacheKey | set[CacheKey]]]] = {}
         self._bytes = 0
         self._evictions = 0
         # the race rule: a counter bumped by every change, and when each
@@ -103,13 +103,14 @@ class MemoryStore:
             self._evictions += 1
         self._entries[key] = entry
         self._bytes += size
-        resource = (key.tenant, key.route, key.params)
-        variants = self._variants.get(resource)
-        if variants is None:
-            variants = self._variants[resource] = set()
-            self._tenants_of.setdefault((key.route, key.params), set()).add(key.tenant)
-            self._resources_of.setdefault(key.tenant, set()).add(resource)
-        variants.add(key)
+        by_params = self._index.setdefault(key.tenant, {}).setdefault(key.route, {})
+        held = by_params.get(key.params)
+        if held is None:
+            by_params[key.params] = key
+        elif isinstance(held, set):
+            held.add(key)
+        else:
+            by_params[key.params] = {held, key}
         return True
 
     @staticmethod
@@ -121,42 +122,61 @@ class MemoryStore:
         if entry is None:
             return False
         self._bytes -= self._charge(key, entry)
-        resource = (key.tenant, key.route, key.params)
-        variants = self._variants[resource]
-        variants.discard(key)
-        if not variants:
-            del self._variants[resource]
-            tenants = self._tenants_of[(key.route, key.params)]
-            tenants.discard(key.tenant)
-            if not tenants:
-                del self._tenants_of[(key.route, key.params)]
-            resources = self._resources_of[key.tenant]
-            resources.discard(resource)
-            if not resources:
-                del self._resources_of[key.tenant]
+        routes = self._index[key.tenant]
+        by_params = routes[key.route]
+        held = by_params[key.params]
+        if isinstance(held, set):
+            held.discard(key)
+            if len(held) == 1:
+                by_params[key.params] = held.pop()
+            return True
+        del by_params[key.params]
+        if not by_params:
+            del routes[key.route]
+            if not routes:
+                del self._index[key.tenant]
         return True
 
-    def _resources(self, tenant: str | None, route: str, params: tuple[str, ...]) -> list[Resource]:
-        if tenant is not None:
-            return [(tenant, route, params)]
-        return [(t, route, params) for t in self._tenants_of.get((route, params), ())]
+    def _variants(self, tenant: str | None, route: str, params: tuple[str, ...]) -> list[CacheKey]:
+        """
+        Return the keys of every variant of a resource, for ``tenant`` or
+        every tenant.
+        """
+        tenants = self._index if tenant is None else {tenant: self._index.get(tenant, {})}
+        keys: list[CacheKey] = []
+        for routes in tenants.values():
+            held = routes.get(route, {}).get(params)
+            if held is None:
+                continue
+            if isinstance(held, set):
+                keys.extend(held)
+            else:
+                keys.append(held)
+        return keys
 
-    def _keys(self, resources: Iterable[Resource]) -> list[CacheKey]:
-        return [k for r in resources for k in self._variants.get(r, ())]
+    @staticmethod
+    def _all(by_params: Iterable[CacheKey | set[CacheKey]]) -> list[CacheKey]:
+        keys: list[CacheKey] = []
+        for held in by_params:
+            if isinstance(held, set):
+                keys.extend(held)
+            else:
+                keys.append(held)
+        return keys
 
     def discard(self, key: CacheKey) -> Deferred[int]:
         return succeed(int(self._remove(key)))
 
     def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
         self._note_change((tenant, route, params))
-        keys = self._keys(self._resources(tenant, route, params))
+        keys = self._variants(tenant, route, params)
         for k in keys:
             self._remove(k)
         return succeed(len(keys))
 
     def mark_stale(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
         self._note_change((tenant, route, params))
-        keys = self._keys(self._resources(tenant, route, params))
+        keys = self._variants(tenant, route, params)
         for k in keys:
             entry = self._entries[k]
             entry.stale = True
@@ -168,20 +188,17 @@ class MemoryStore:
             self._note_change("all")
             n = len(self._entries)
             self._entries.clear()
-            self._variants.clear()
-            self._tenants_of.clear()
-            self._resources_of.clear()
+            self._index.clear()
             self._bytes = 0
             return succeed(n)
         self._note_change(("tenant", tenant))
-        keys = self._keys(list(self._resources_of.get(tenant, ())))
+        keys = [k for by_params in self._index.get(tenant, {}).values() for k in self._all(by_params.values())]
         for k in keys:
             self._remove(k)
         return succeed(len(keys))
 
     def forget(self, tenant: str, route: str) -> None:
-        resources = [r for r in self._resources_of.get(tenant, ()) if r[1] == route]
-        for k in self._keys(resources):
+        for k in self._all(self._index.get(tenant, {}).get(route, {}).values()):
             self._remove(k)
 
     # -- health ------------------------------------------------------------

@@ -1,0 +1,75 @@
+"""
+The fast hit path (issue 5) answers fresh hits before Klein's dispatch, and
+every check stays exactly as strict as on Klein's route.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+
+PATH = "/server/object(42)/header"
+
+
+def token(**claims: str) -> str:
+    payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"Bearer e30.{payload}.sig"
+
+
+def test_hit_carries_the_stored_headers_age_and_length(make_daemon):
+    d = make_daemon()
+    assert d.get(PATH).cache == "MISS"
+    hit = d.get(PATH)
+    assert (hit.status, hit.cache) == (200, "HIT")
+    assert hit.headers["content-type"] == "application/json"
+    assert hit.headers["content-length"] == str(len(hit.body))
+    assert "age" in hit.headers and "date" in hit.headers
+    assert "transfer-encoding" not in hit.headers
+
+
+def test_checks_stay_strict_on_a_cached_path(make_daemon, upstream):
+    d = make_daemon()
+    assert d.get(PATH).cache == "MISS"
+    assert d.get(PATH).cache == "HIT"
+    no_key = d.request("GET", PATH, [("org_id", "t1"), ("api-key", "wrong")])
+    assert (no_key.status, no_key.json()["error"]) == (401, "unauthorized")
+    twice = d.request("GET", PATH, [("org_id", "t1"), ("org_id", "t1")])
+    assert (twice.status, twice.json()["error"]) == (400, "duplicate_header")
+    bad = d.get(PATH, tenant="t 1")
+    assert (bad.status, bad.json()["error"]) == (400, "invalid_tenant")
+    missing = d.get(PATH, tenant=None)
+    assert (missing.status, missing.json()["error"]) == (400, "missing_tenant")
+    assert d.get(PATH, tenant="t2").cache == "MISS"
+    assert d.get(PATH + "?a=1").cache == "MISS"
+    assert d.get(PATH, accept_language="de").cache == "MISS"
+    post = d.request("POST", PATH, [("org_id", "t1")])
+    assert post.status == 405
+    head = d.request("HEAD", PATH, [("org_id", "t1")])
+    assert (head.status, head.body) == (200, b"")
+    assert d.get(PATH).cache == "HIT"
+    assert upstream.calls("/api/object(42)/header") == 4
+
+
+def test_tenant_claim_is_checked_on_hits(make_daemon):
+    d = make_daemon({"server": {"tenant_claim": "zid"}})
+    assert d.get(PATH, authorization=token(zid="t1")).cache == "MISS"
+    assert d.get(PATH, authorization=token(zid="t1")).cache == "HIT"
+    other = d.get(PATH, authorization=token(zid="t2"))
+    assert (other.status, other.json()["error"]) == (403, "tenant_mismatch")
+    none = d.get(PATH)
+    assert none.status == 403
+
+
+def test_invalid_parameter_is_refused_even_after_hits(make_daemon):
+    d = make_daemon()
+    d.get(PATH)
+    r = d.get("/server/object(..%2Fx)/header")
+    assert (r.status, r.json()["error"]) == (400, "invalid_parameter")
+    r = d.get("/server/object(..%2Fx)/header")
+    assert (r.status, r.json()["error"]) == (400, "invalid_parameter")
+
+
+def test_reserved_paths_win_over_the_hit_path(make_daemon):
+    d = make_daemon()
+    assert d.get("/healthz").status == 200
+    assert d.get("/").json()["service"] == "apicache"
