@@ -264,6 +264,9 @@ class CacheAPI:
         self.node = node or socket.gethostname()
         self.started = clock.seconds()
         self.info_sources: list[Callable[[], dict[str, Any]]] = []
+        #: what HTTP DELETE and /clear call: the registry, or with several
+        #: workers something that also reaches the siblings
+        self.invalidator: Any = registry
         server_cfg = config.server
         self.tenant_header = server_cfg.tenant_header.encode("ascii")
         self._api_keys = [k.encode("utf-8") for k in server_cfg.api_keys]
@@ -377,7 +380,7 @@ class CacheAPI:
         if tenant is not None:
             request.tenant = tenant
         try:
-            n = await self.registry.clear(tenant)
+            n = await self.invalidator.clear(tenant)
         except StoreUnavailable:
             raise ApiError(503, "store_unavailable", "the store could not be reached; nothing was cleared") from None
         return self._json(request, 200, {"invalidated": n})
@@ -504,7 +507,7 @@ class CacheAPI:
         if tenant is not None:
             request.tenant = tenant
         try:
-            n = await self.registry.invalidate(tenant, route.type, params)
+            n = await self.invalidator.invalidate(tenant, route.type, params)
         except StoreUnavailable:
             raise ApiError(503, "store_unavailable", "the store could not be reached; nothing was invalidated") from None
         return self._json(request, 200, {"invalidated": n})

@@ -9,6 +9,7 @@ environment, and the only one that knows every part.
 from __future__ import annotations
 
 import gc
+import json
 import os
 import sys
 from typing import Any, Iterator, Mapping
@@ -32,6 +33,15 @@ from apicache.metrics import Metrics
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
 from apicache.upstream import UpstreamClient
+from apicache.workers import (
+    WORKER_ENV,
+    AdoptedPortEndpoint,
+    SiblingRelay,
+    WorkerLink,
+    WorkersUnsupported,
+    WorkerSupervisor,
+    worker_argv,
+)
 
 __all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
 
@@ -79,8 +89,6 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["workers"] = int(self["workers"])
-        if self["workers"] != 1:
-            raise usage.UsageError("--workers: only 1 worker is supported so far")
 
 
 class ApiCacheService(MultiService):
@@ -280,6 +288,7 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
+    worker = json.loads(environ[WORKER_ENV]) if environ.get(WORKER_ENV) else None
     try:
         config = load_config(path, environ)
         listen = choose_listen(options["listen"], config, environ)
@@ -287,12 +296,62 @@ def makeService(options: Options) -> IService:
             endpoint = serverFromString(reactor, listen)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
-        root = build(config, reactor, endpoint, json_log_observer(config.server.log_level))
+        observer = json_log_observer(config.server.log_level)
+        if worker is None and options["workers"] > 1:
+            try:
+                return supervise(config, reactor, endpoint, options["workers"], path, environ, observer, listen)
+            except WorkersUnsupported as e:
+                raise ConfigError(config.source, "server.listen", f"{e}, not {listen!r}") from None
+        if worker is not None:
+            endpoint = AdoptedPortEndpoint(reactor, worker["listen_fd"], worker["family"])
+            listen = f"{worker.get('listen', listen)} (worker {worker['index']} of {worker['count']})"
+        root = build(config, reactor, endpoint, observer)
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    if worker is not None:
+        _join_supervisor(root, reactor, worker)
     notes = _StartupNotes(config, listen)
     notes.setServiceParent(root)
     GarbageCollectorTuning().setServiceParent(root)
     return root
+
+
+def supervise(
+    config: Config,
+    reactor: Any,
+    endpoint: IStreamServerEndpoint,
+    count: int,
+    config_path: str | None,
+    environ: Mapping[str, str],
+    observer: ILogObserver,
+    listen: str,
+) -> IService:
+    """
+    Return the supervisor of ``count`` workers sharing ``endpoint``.
+
+    @raise WorkersUnsupported: ``endpoint`` can't be shared.
+    """
+    root = ApiCacheService(observer)
+    env = {k: v for k, v in environ.items() if k != WORKER_ENV}
+    supervisor = WorkerSupervisor(
+        reactor, endpoint, count, worker_argv(config_path), env, config.server.shutdown_grace, listen
+    )
+    supervisor.setServiceParent(root)
+    root.supervisor = supervisor  # type: ignore[attr-defined]
+    return root
+
+
+def _join_supervisor(root: ApiCacheService, reactor: Any, worker: dict[str, Any]) -> None:
+    api: CacheAPI = root.api  # type: ignore[attr-defined]
+
+    def orphaned() -> None:
+        if reactor.running:
+            reactor.stop()
+
+    link = WorkerLink(reactor, worker["control_fd"], api.registry, orphaned)
+    link.setServiceParent(root)
+    api.invalidator = SiblingRelay(api.registry, link)
+    pid = os.getpid()
+    api.info_sources.append(lambda: {"worker": worker["index"], "workers": worker["count"], "pid": pid})
