@@ -52,7 +52,7 @@ _JSON = b"application/json"
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
 _X_CACHE = {c: [c.encode("ascii")] for c in (HIT, STALE, MISS, BYPASS)}
 #: How many valid tenant names are remembered (then forgotten at once).
-_MEMO_SIZE = 16384
+_MEMO_SIZE = 8192
 
 
 class ApiError(Exception):

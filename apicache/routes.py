@@ -23,7 +23,7 @@ from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
 __all__ = ["Route", "Router", "RESERVED_PATHS"]
 
 #: How many matched paths L{Router.resolve} remembers (then forgets at once).
-MEMO_SIZE = 16384
+MEMO_SIZE = 8192
 
 #: Paths that win over any route.
 RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})

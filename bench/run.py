@@ -504,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--misses", type=int, default=1000, help="concurrent misses on one key")
     p.add_argument("--memory-entries", type=int, default=100_000)
     p.add_argument("--flood-seconds", type=float, default=10.0)
-    p.add_argument("--flood-max-bytes", type=int, default=16 << 20)
+    p.add_argument("--flood-max-bytes", type=int, default=8 << 20)
     p.add_argument("--workers", type=int, default=2, help="also measure --workers N with wrk pinned to one core (0: skip)")
     p.add_argument("--no-wrk", action="store_true", help="behave as if wrk were missing")
     p.add_argument("--no-nginx", action="store_true", help="behave as if nginx were missing")
@@ -527,14 +527,16 @@ def main(argv: list[str] | None = None) -> int:
 
     have_wrk = shutil.which("wrk") is not None and not args.no_wrk
     have_nginx = shutil.which("nginx") is not None and not args.no_nginx
+    wrk_why = "skipped (--no-wrk)" if args.no_wrk else f"wrk is not installed (install it: {INSTALL_HINT})"
+    nginx_why = "skipped (--no-nginx)" if args.no_nginx else f"nginx is not installed (install it: {INSTALL_HINT})"
     have_taskset = shutil.which("taskset") is not None
     print(f"apicache benchmark: {os.cpu_count()} cores, Python {sys.version.split()[0]}, "
           f"wrk -t1 -c{args.connections}, {args.keys} keys, {args.rounds} rounds of {args.duration:g} s, "
           f"upstream latency {args.latency * 1000:g} ms, 1 KiB JSON bodies", flush=True)
     if not have_wrk:
-        print(f"NOTE: wrk is not installed: the throughput table is skipped (install it: {INSTALL_HINT}).", flush=True)
+        print(f"NOTE: {wrk_why}: no throughput table, no workers scaling; the flood uses a Python client.", flush=True)
     if not have_nginx:
-        print(f"NOTE: nginx is not installed: the nginx proxy_cache target is skipped (install it: {INSTALL_HINT}).", flush=True)
+        print(f"NOTE: {nginx_why}: no nginx proxy_cache target.", flush=True)
 
     ok = True
     tmp = tempfile.mkdtemp(prefix="apicache-bench-")
