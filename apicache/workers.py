@@ -186,7 +186,7 @@ class WorkerSupervisor(Service):
 
     def privilegedStartService(self) -> None:
         # listen first (a privileged port, an address in use: fail at once)
-        d = self.endpoint.listen(_NeverAccepts())
+        d = self.endpoint.listen(_NeverAccepts())  # type: ignore[call-arg]
         result: list[Any] = []
         d.addBoth(result.append)
         if isinstance(result[0], Failure):
@@ -303,7 +303,7 @@ class WorkerSupervisor(Service):
 
         def close(_: object) -> Deferred[None] | None:
             if self.port is not None:
-                return self.port.stopListening()  # type: ignore[no-any-return]
+                return self.port.stopListening()  # type: ignore[no-any-return, misc]
             return None
 
         ended = DeferredList([w.ended for w in workers])
@@ -319,7 +319,7 @@ class WorkerSupervisor(Service):
     @staticmethod
     def _signal(worker: _Worker, name: str) -> None:
         try:
-            worker.transport.signalProcess(name)  # type: ignore[union-attr]
+            worker.transport.signalProcess(name)  # type: ignore[union-attr, call-arg, misc]
         except Exception:  # noqa: BLE001 - gone already
             pass
 
