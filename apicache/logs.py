@@ -22,10 +22,24 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
+from apicache.tracing import current_trace_id
+
 __all__ = ["JSONLineObserver", "json_log_observer", "SECRET_FIELDS"]
 
 #: Event fields that are never written, whatever logged them.
-SECRET_FIELDS = frozenset({"authorization", "api_key", "token", "password", "sasl_password"})
+SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "token",
+        "access_token",
+        "password",
+        "sasl_password",
+        "client_secret",
+        "credentials",
+        "redis_url",
+    }
+)
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -68,6 +82,10 @@ class JSONLineObserver:
                 continue
             if isinstance(v, _SCALARS):
                 out[k] = v
+        if "trace_id" not in out:
+            trace_id = current_trace_id()
+            if trace_id is not None:
+                out["trace_id"] = trace_id
         failure = event.get("log_failure") or event.get("failure")
         if failure is not None:
             try:
