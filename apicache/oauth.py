@@ -28,9 +28,10 @@ from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
-from twisted.web.client import readBody
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
+
+from apicache.upstream import read_body
 
 __all__ = ["TokenProvider", "TokenError", "NoTokenYet"]
 
@@ -208,7 +209,7 @@ class TokenProvider(Service):
         try:
             request = self._agent.request(b"POST", self.token_url.encode("ascii"), headers, body)
             response = await request.addTimeout(self._timeout, self._clock)
-            data = await readBody(response).addTimeout(self._timeout, self._clock)
+            data = await read_body(response, 65536).addTimeout(self._timeout, self._clock)
         except DeferredTimeout:
             raise TokenError(f"no answer within {self._timeout:g} s") from None
         except TokenError:
