@@ -27,7 +27,7 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
 from apicache.instrument import TimedUpstream
-from apicache.logs import json_log_observer
+from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
@@ -322,6 +322,7 @@ def makeService(options: Options) -> IService:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
+    capture_stdlib_logging(config.server.log_level)
     notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
     notes.setServiceParent(root)
     return root

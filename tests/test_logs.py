@@ -25,3 +25,26 @@ def test_default_log_level_writes_json_access_lines_with_trace_ids(make_daemon):
     access = [ln for ln in lines if ln.get("path") == "/server/object(1)/header"]
     assert access[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert access[0]["level"] == "info"
+
+
+def test_standard_library_records_become_twisted_events():
+    import logging
+
+    from twisted.logger import globalLogPublisher
+
+    from apicache.logs import capture_stdlib_logging
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        capture_stdlib_logging("info")
+        logging.getLogger("some.library").warning("disk %s", "full")
+        logging.getLogger("some.library").debug("not at info")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if type(h).__name__ == "_ToTwistedLogger"]:
+            root.removeHandler(h)
+    mine = [e for e in seen if e.get("log_namespace") == "some.library"]
+    assert [e["stdlib_message"] for e in mine] == ["disk full"]
+    assert mine[0]["log_level"].name == "warn"
