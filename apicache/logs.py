@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
-    Logger,
     formatEvent,
 )
 from zope.interface import implementer
@@ -68,7 +68,7 @@ class JSONLineObserver:
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level", LogLevel.info)
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc).isoformat(
+            "time": datetime.fromtimestamp(event.get("log_time") or 0, UTC).isoformat(
                 timespec="milliseconds"
             ),
             "level": getattr(level, "name", str(level)),

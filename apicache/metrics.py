@@ -8,7 +8,7 @@ A leaf module: components hand it callables that read their own counters.
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -60,7 +60,7 @@ class LatencyHistogram:
         """
         buckets = []
         total = 0
-        for bound, n in zip(self.bounds, self.counts):
+        for bound, n in zip(self.bounds, self.counts[:-1], strict=True):
             total += n
             buckets.append((repr(float(bound)), total))
         total += self.counts[-1]

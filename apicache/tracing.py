@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
-from typing import Any, Mapping
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
@@ -60,7 +61,7 @@ def leave(token: Token[str | None]) -> None:
     _current.reset(token)
 
 
-def parse_traceparent(values: list[bytes] | None) -> tuple[str, str, str] | None:
+def parse_traceparent(values: Sequence[bytes] | None) -> tuple[str, str, str] | None:
     """
     Return ``(trace id, parent span id, flags)`` of a valid W3C
     ``traceparent`` (one header value), else ``None``.

@@ -22,8 +22,9 @@ import json
 import os
 import tempfile
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 from twisted.logger import Logger

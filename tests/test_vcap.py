@@ -163,3 +163,22 @@ def test_first_kafka_service_is_used():
     data["kafka"].append({"name": "second", "label": "kafka", "credentials": {"cluster": {"brokers": "other:1"}}})
     b = parse_vcap_services(json.dumps(data))
     assert b.kafka is not None and b.kafka.brokers.startswith("broker-0")
+
+
+def test_daemon_with_bad_vcap_services_exits_with_one_line(tmp_path):
+    import subprocess
+
+    from apicache.testing import twistd_path
+
+    (tmp_path / "apicache.toml").write_text('[server]\nallow_anonymous = true\n')
+    p = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "apicache", "--config", "apicache.toml", "--listen", "tcp:0:interface=127.0.0.1"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", "VCAP_SERVICES": "{not json"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "VCAP_SERVICES" in lines[0]
