@@ -11,9 +11,13 @@ The Kafka listener uses a L{TokenProvider} like this::
     creds.subscribe(on_renewal)    # on_renewal(new_password), in the reactor
                                    # thread, after each renewal
 
-On renewal the listener hands the new password to its client
-(confluent-kafka's ``set_sasl_credentials(username, password)`` on its own
-thread) and reconnects with it.
+On renewal the listener hands the new password to its client on the
+client's own thread: confluent-kafka's ``set_sasl_credentials(username,
+password)`` makes every new broker connection use it, but keeps existing ones;
+to reconnect at once, close the consumer (after committing) and create it
+again with ``sasl.password`` set to the new token.  Start the consumer only
+after ``when_ready()`` fires, and stop it before this service stops (add this
+service to the daemon before the listener: it then stops after it).
 """
 
 from __future__ import annotations

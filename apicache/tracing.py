@@ -191,8 +191,14 @@ class OpenTelemetryTracer(Tracer):
             span.set_attribute(k, v)
         span.end()
 
-    def close(self) -> None:
-        self._provider.shutdown()
+    def close(self, wait: float = 2.0) -> None:
+        # the exporter may block for its own timeout on an unreachable
+        # collector: flush on a thread and wait no longer than ``wait``
+        import threading
+
+        t = threading.Thread(target=self._provider.shutdown, name="otel-shutdown", daemon=True)
+        t.start()
+        t.join(wait)
 
 
 def tracer_from_environ(environ: Mapping[str, str]) -> Tracer:
