@@ -255,8 +255,8 @@ class BindingFiller:
             self._set("kafka", values, "sasl_username", k.username)
         if k.username and _left_out(values, "sasl_mechanism"):
             self._set("kafka", values, "sasl_mechanism", "PLAIN")
-        if k.username and _left_out(values, "security_protocol"):
-            self._set("kafka", values, "security_protocol", "SASL_SSL")
+        if _left_out(values, "security_protocol") and (k.username or k.ca_cert):
+            self._set("kafka", values, "security_protocol", "SASL_SSL" if k.username else "SSL")
         if _left_out(values, "sasl_password"):
             if k.token_url:
                 self.kafka_token_url = k.token_url

@@ -57,19 +57,20 @@ async def test_first_token_is_fetched_with_client_credentials(endpoint):
 
 @pytest_twisted.ensureDeferred
 async def test_token_is_renewed_before_it_expires(endpoint):
-    """A 1 s token is renewed after 0.8 s; subscribers get the new one."""
-    endpoint.expires_in = 1
+    """A 2 s token is renewed after 1.6 s; subscribers get the new one."""
+    endpoint.expires_in = 2
     p = provider(endpoint)
     renewed: list[str] = []
-    p.subscribe(renewed.append)
+    renewed_at: list[float] = []
+    p.subscribe(lambda token: (renewed.append(token), renewed_at.append(reactor.seconds())))
     p.startService()
     try:
         first = await p.when_ready()
         expires_at = p.expires_at
         await until(lambda: len(renewed) >= 1)
-        assert reactor.seconds() < expires_at  # renewed before expiry
     finally:
         p.stopService()
+    assert expires_at - 1.0 < renewed_at[0] < expires_at  # renewed shortly before expiry
     assert renewed[0] == endpoint.tokens[1] != first
     assert p.password() == renewed[0]
 

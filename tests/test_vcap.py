@@ -182,3 +182,12 @@ def test_daemon_with_bad_vcap_services_exits_with_one_line(tmp_path):
     assert p.returncode == 1
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and "VCAP_SERVICES" in lines[0]
+
+
+def test_kafka_with_a_ca_but_no_user_uses_ssl():
+    data = json.loads(vcap_services())
+    creds = data["kafka"][0]["credentials"]
+    del creds["username"], creds["password"], creds["urls"]["token"]
+    filler = BindingFiller(parse_vcap_services(json.dumps(data)), fetch_ca=lambda u: "/ca.pem")
+    c, _ = config({"kafka": {"topics": ["events"]}}, filler=filler)
+    assert (c.kafka.security_protocol, c.kafka.sasl_mechanism, c.kafka.ssl_ca_location) == ("SSL", "", "/ca.pem")
