@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.web.client import Agent
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apicache.cache import CacheRegistry
@@ -306,8 +307,6 @@ def makeService(options: Options) -> IService:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
         credentials = None
         if filler is not None and filler.kafka_token_url and config.kafka.enabled:
-            from twisted.web.client import Agent
-
             client_id, secret = filler.kafka_client
             credentials = TokenProvider(filler.kafka_token_url, client_id, secret, reactor, Agent(reactor))
         root = build(
