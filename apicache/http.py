@@ -44,6 +44,7 @@ from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
 from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.store.interface import StoreUnavailable
+from apicache.tracing import RequestTrace, Tracer, enter as enter_trace, leave as leave_trace
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest", "cache_key"]
@@ -80,6 +81,7 @@ class ApiRequest(server.Request):
     route_type = "-"
     tenant = "-"
     cache = "-"
+    trace: RequestTrace | None = None
     _counted = False
 
     _postpath: list[bytes] | None = None
@@ -89,21 +91,30 @@ class ApiRequest(server.Request):
         self.started = site.clock.seconds()
         self._counted = True
         site.active += 1
-        if not site.leaf_root or self.path == b"*":
-            super().process()
-            return
-        # twisted.web's Request.process without what this API never uses,
-        # since the hit path is short enough for these to matter: no
-        # Server header, the Date formatted once a second, no traversal
-        # below a leaf root, postpath split only if Klein asks for it
-        self.site = site
-        self.responseHeaders.setRawHeaders(b"date", [site.http_date(self.started)])
-        self.prepath = []
-        self.sitepath = []
+        # log lines written while handling carry the trace id; the upstream
+        # gets our span as its parent (CacheAPI._get forwards it: a hit
+        # never goes upstream)
+        trace = self.trace = site.tracer.start(self.requestHeaders, "apicache")
+        token = enter_trace(trace.trace_id)
         try:
-            self.render(site.resource)
-        except BaseException:
-            self.processingFailed(Failure())
+            if not site.leaf_root or self.path == b"*":
+                super().process()
+                return
+            # twisted.web's Request.process without what this API never
+            # uses, since the hit path is short enough for these to matter:
+            # no Server header, the Date formatted once a second, no
+            # traversal below a leaf root, postpath split only if Klein
+            # asks for it
+            self.site = site
+            self.responseHeaders.setRawHeaders(b"date", [site.http_date(self.started)])
+            self.prepath = []
+            self.sitepath = []
+            try:
+                self.render(site.resource)
+            except BaseException:
+                self.processingFailed(Failure())
+        finally:
+            leave_trace(token)
 
     @property
     def postpath(self) -> list[bytes]:  # type: ignore[override]
@@ -145,9 +156,11 @@ class ApiSite(server.Site):
         clock: IReactorTime,
         metrics: Metrics | None = None,
         access_log: bool = True,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(resource)
         self.clock = clock
+        self.tracer = tracer or Tracer()
         self.metrics = metrics
         self.access_log = access_log
         self.active = 0
@@ -176,7 +189,14 @@ class ApiSite(server.Site):
         self.active -= 1
         status = request.code
         if self.metrics is not None:
-            self.metrics.count_request(request.route_type, status, request.cache)
+            self.metrics.count_request(request.route_type, status, request.cache, request.tenant)
+        trace = request.trace
+        if trace is not None and trace.span is not None:  # only exported spans end
+            self.tracer.end(
+                trace,
+                f"{request.method.decode('ascii', 'replace')} {request.route_type}",
+                {"http.status_code": status, "apicache.cache": request.cache, "apicache.tenant": request.tenant},
+            )
         if self.access_log:
             self.log_.info(
                 "{method} {path} {status}",
@@ -187,6 +207,7 @@ class ApiSite(server.Site):
                 status=status,
                 cache=request.cache,
                 duration_ms=round((self.clock.seconds() - request.started) * 1000, 3),
+                trace_id=trace.trace_id if trace is not None else None,
             )
         if self.active == 0 and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -458,6 +479,8 @@ class CacheAPI:
     def _get(self, request: IRequest) -> Any:
         route, params, tenant, query, key = self._key(request)
         headers = request.requestHeaders
+        if request.trace is not None:
+            headers.setRawHeaders(b"traceparent", [request.trace.traceparent()])
         forwarded: list[tuple[bytes, bytes]] = []
         for name in self._forward:
             for value in headers.getRawHeaders(name, ()):
@@ -543,6 +566,7 @@ class CacheAPI:
             error_id=error_id,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace")[:512],
+            trace_id=request.trace.trace_id if getattr(request, "trace", None) else None,
         )
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)

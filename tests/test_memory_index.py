@@ -58,6 +58,10 @@ def test_index_agrees_with_a_model(steps):
         model -= gone
         assert {k for k in model if store.lookup(k) is not None} == model
         assert store.stats()["entries"] == len(model)
+        per_tenant: dict[str, int] = {}
+        for k in model:
+            per_tenant[k.tenant] = per_tenant.get(k.tenant, 0) + 1
+        assert store.tenant_entries() == per_tenant
     store.clear(None)
     assert store.stats() == {"entries": 0, "bytes": 0, "evictions": 0}
 

@@ -41,6 +41,7 @@ class MemoryStore:
         # has several variants), which counts in ENTRY_OVERHEAD.  Dropping
         # a resource for every tenant visits each tenant holding entries.
         self._index: dict[str, dict[str, dict[tuple[str, ...], CacheKey | set[CacheKey]]]] = {}
+        self._per_tenant: dict[str, int] = {}
         self._bytes = 0
         self._evictions = 0
         # the race rule: a counter bumped by every change, and when each
@@ -103,6 +104,7 @@ class MemoryStore:
             self._evictions += 1
         self._entries[key] = entry
         self._bytes += size
+        self._per_tenant[key.tenant] = self._per_tenant.get(key.tenant, 0) + 1
         by_params = self._index.setdefault(key.tenant, {}).setdefault(key.route, {})
         held = by_params.get(key.params)
         if held is None:
@@ -122,6 +124,11 @@ class MemoryStore:
         if entry is None:
             return False
         self._bytes -= self._charge(key, entry)
+        left = self._per_tenant[key.tenant] - 1
+        if left:
+            self._per_tenant[key.tenant] = left
+        else:
+            del self._per_tenant[key.tenant]
         routes = self._index[key.tenant]
         by_params = routes[key.route]
         held = by_params[key.params]
@@ -189,6 +196,7 @@ class MemoryStore:
             n = len(self._entries)
             self._entries.clear()
             self._index.clear()
+            self._per_tenant.clear()
             self._bytes = 0
             return succeed(n)
         self._note_change(("tenant", tenant))
@@ -205,6 +213,12 @@ class MemoryStore:
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self._evictions}
+
+    def tenant_entries(self) -> dict[str, int]:
+        """
+        Return the entries held per tenant (read at metrics scrape time).
+        """
+        return dict(self._per_tenant)
 
     def is_ready(self) -> bool:
         return True
