@@ -32,6 +32,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -339,9 +340,32 @@ class AdoptedPortEndpoint:
         self.family = family
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
-        port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            # what reactor.adoptStreamPort does, with a fair port
+            port: Any = _FairPort._fromListeningDescriptor(self.reactor, self.fd, self.family, factory)
+            port.startListening()
+        else:
+            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
         os.close(self.fd)  # adopted as a duplicate
         return succeed(port)
+
+
+class _FairPort(tcp.Port):
+    """
+    A TCP port that accepts one connection each time the socket is
+    readable.  Twisted's port accepts as many as are queued (up to 100,
+    growing): with several workers on one socket, a burst of connections
+    (a client pool opening 50 at once) would all go to whichever worker
+    woke first.  One at a time, every woken worker takes its share.
+    """
+
+    @property  # type: ignore[override]
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
 
 
 class WorkerLink(Service):
