@@ -198,10 +198,15 @@ class ApiSite(server.Site):
                 {"http.status_code": status, "apicache.cache": request.cache, "apicache.tenant": request.tenant},
             )
         if self.access_log:
+            method = request.method.decode("ascii", "replace")
+            path = request.path.decode("utf-8", "replace")[:512]
+            # the message is formatted here: twisted.logger's own formatting
+            # of "{method} {path} {status}" cost more than the rest of the line
+            text = f"{method} {path} {status}"
             self.log_.info(
-                "{method} {path} {status}",
-                method=request.method.decode("ascii", "replace"),
-                path=request.path.decode("utf-8", "replace")[:512],
+                text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text,
+                method=method,
+                path=path,
                 route=request.route_type,
                 tenant=request.tenant,
                 status=status,
