@@ -54,6 +54,8 @@ _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
 _X_CACHE = {c: [c.encode("ascii")] for c in (HIT, STALE, MISS, BYPASS)}
 #: How many valid tenant names are remembered (then forgotten at once).
 _MEMO_SIZE = 8192
+#: Requests longer than this (URI and keyed header values) are not remembered.
+_MEMO_REQUEST_BYTES = 512
 
 
 class ApiError(Exception):
@@ -452,9 +454,12 @@ class CacheAPI:
             except InvalidQuery as e:
                 raise ApiError(400, "invalid_query", str(e)) from None
             found = (route, params, tenant, query, cache_key(tenant, route, params, query, keyed))
-            if len(self._keys) >= _MEMO_SIZE:
-                self._keys.clear()
-            self._keys[seen] = found
+            # only short requests are remembered: the memo's size stays a
+            # small fixed overhead whatever callers send
+            if len(request.uri) + sum(len(v) for vs in keyed if vs for v in vs) <= _MEMO_REQUEST_BYTES:
+                if len(self._keys) >= _MEMO_SIZE:
+                    self._keys.clear()
+                self._keys[seen] = found
         else:
             request.route_type = found[0].type
             request.tenant = found[2]

@@ -24,6 +24,8 @@ __all__ = ["Route", "Router", "RESERVED_PATHS"]
 
 #: How many matched paths L{Router.resolve} remembers (then forgets at once).
 MEMO_SIZE = 8192
+#: Longer paths are not remembered: the memo stays a small fixed overhead.
+MEMO_PATH_BYTES = 512
 
 #: Paths that win over any route.
 RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})
@@ -117,9 +119,10 @@ class Router:
             return None
         route, raw = matched
         found = (route, route.decode(raw))
-        if len(self._memo) >= MEMO_SIZE:
-            self._memo.clear()
-        self._memo[raw_path] = found
+        if len(raw_path) <= MEMO_PATH_BYTES:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
+            self._memo[raw_path] = found
         return found
 
     def match(self, raw_path: bytes) -> tuple[Route, dict[str, str]] | None:

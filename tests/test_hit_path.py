@@ -73,3 +73,16 @@ def test_reserved_paths_win_over_the_hit_path(make_daemon):
     d = make_daemon()
     assert d.get("/healthz").status == 200
     assert d.get("/").json()["service"] == "apicache"
+
+
+def test_the_path_memo_is_bounded_in_entries_and_length():
+    from apicache.config import RouteConfig
+    from apicache.routes import MEMO_PATH_BYTES, MEMO_SIZE, Router
+
+    router = Router([RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f")])
+    for i in range(MEMO_SIZE + 10):
+        assert router.resolve(b"/o/%d" % i)[1] == (str(i),)
+    assert len(router._memo) <= MEMO_SIZE
+    long = b"/o/" + b"a" * (MEMO_PATH_BYTES - 2)
+    assert router.resolve(long)[1] == ("a" * (MEMO_PATH_BYTES - 2),)
+    assert long not in router._memo
