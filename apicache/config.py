@@ -96,6 +96,10 @@ class StoreConfig:
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
+    #: an answer whose stored form is bigger than this is not written to Redis
+    redis_max_value_bytes: int = 1048576
+    #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
+    redis_lock_ttl: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +308,8 @@ _STORE: dict[str, Checker] = {
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
     "key_prefix": _str,
+    "redis_max_value_bytes": _positive(_int),
+    "redis_lock_ttl": _non_negative(_number),
 }
 _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,

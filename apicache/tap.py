@@ -30,6 +30,7 @@ from apicache.logs import json_log_observer
 from apicache.metrics import Metrics
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
+from apicache.store.redis import RedisStore
 from apicache.upstream import UpstreamClient
 
 __all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
@@ -171,9 +172,36 @@ def choose_listen(options_listen: str | None, config: Config, environ: Mapping[s
     return DEFAULT_LISTEN
 
 
-def _store(config: Config) -> IStore:
+class RedisStoreService(Service):
+    """
+    Connects a L{RedisStore} on start (reconnecting in the background) and
+    closes its connections on stop.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.store.close()
+
+
+def _store(config: Config, reactor: Any = None) -> IStore:
     s = config.store
+    if s.backend == "redis":
+        return RedisStore.from_config(s, reactor)
     return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
+
+
+def _wire_redis(store: IStore, root: MultiService, readiness: Readiness, metrics: Metrics) -> None:
+    if isinstance(store, RedisStore):
+        readiness.add("redis", store.is_ready)
+        metrics.add_source(store.metrics)
+        RedisStoreService(store).setServiceParent(root)
 
 
 def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, upstream: UpstreamClient) -> None:
@@ -204,7 +232,7 @@ def build(
     router = Router(config.routes, config.source)
     metrics = Metrics()
     readiness = Readiness()
-    store = _store(config)
+    store = _store(config, reactor)
     up = config.upstream
     upstream = UpstreamClient(
         reactor,
@@ -220,6 +248,8 @@ def build(
     site = ApiSite(api.resource(), reactor, metrics, config.server.access_log)
 
     root = ApiCacheService(log_observer)
+    # first child: stopped last, after HTTP has drained
+    _wire_redis(store, root, readiness, metrics)
     UpstreamService(upstream).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     root.api = api  # type: ignore[attr-defined]

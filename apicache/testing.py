@@ -304,6 +304,79 @@ class Daemon:
             self.proc.wait()
 
 
+class RedisServer:
+    """
+    A private ``redis-server`` on a free loopback port, for tests and
+    measurements: never the machine's shared instance.  It saves nothing to
+    disk; :meth:`stop` and :meth:`start` again keep the port.
+    """
+
+    def __init__(self, directory: str, port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, wait: float = 10.0) -> RedisServer:
+        """
+        Start and wait until it answers PING.
+        """
+        log = open(os.path.join(self.directory, f"redis-{self.port}.log"), "ab")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.directory,
+                *self.extra_args,
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer within {wait} s")
+
+    def command(self, *args: str | bytes, password: str | None = None) -> bytes:
+        """
+        Send one command and return the first line of the reply (blocking).
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            f = s.makefile("rb")
+            cmds = ([("AUTH", password)] if password else []) + [args]
+            for cmd in cmds:
+                parts = [a.encode() if isinstance(a, str) else a for a in cmd]
+                s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+                line = f.readline().rstrip(b"\r\n")
+            if line[:1] == b"$" and line != b"$-1":
+                line = f.read(int(line[1:]) + 2)[:-2]
+            return line
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+
 def main() -> None:
     """
     Run the stub as the demo upstream until interrupted.
