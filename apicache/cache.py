@@ -319,11 +319,19 @@ class TenantCache:
             except StoreUnavailable:
                 bypass = True
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-        response = await self._upstream.fetch(request.path, request.headers)
+        try:
+            response = await self._upstream.fetch(request.path, request.headers)
+        except BaseException:
+            if not bypass:
+                self._store.release(key, token)
+            raise
         storable = is_storable(response, self._keyed)
         answer = self._answer(response, storable)
         if storable and not bypass:
             await self._put(key, answer, token)
+        elif not bypass:
+            # nothing to share: other instances waiting for it fetch now
+            self._store.release(key, token)
         return _Outcome(answer, storable, bypass)
 
     async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:

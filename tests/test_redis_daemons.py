@@ -6,6 +6,7 @@ a scaled-out deployment see.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -142,3 +143,27 @@ def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: Up
         ready(d, timeout=5.0)
     assert a.get("/server/object(8)/header").cache == "MISS"
     assert b.get("/server/object(8)/header").cache == "HIT"
+
+
+def test_concurrent_misses_on_two_instances_cost_one_upstream_call(pair: Any, upstream: UpstreamStub) -> None:
+    upstream.set("/api/object(42)/header", delay=0.3, body=b'{"one": 1}')
+    a, b = pair()
+    with ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda i: (a if i % 2 else b).get(OBJ), range(20)))
+    assert {(r.status, r.body) for r in replies} == {(200, b'{"one": 1}')}
+    assert upstream.calls(UP) == 1
+
+
+def test_an_answer_that_is_not_stored_does_not_hold_up_the_other_instance(pair: Any, upstream: UpstreamStub) -> None:
+    upstream.set("/api/object(42)/header", status=404, delay=0.3, body=b"{}")
+    a, b = pair(redis_lock_ttl=5.0)
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(a.get, OBJ)
+        time.sleep(0.1)  # a holds the lock now
+        started = time.monotonic()
+        second = b.get(OBJ)
+        elapsed = time.monotonic() - started
+    assert first.result().status == second.status == 404
+    # b waited for a's fetch, then fetched itself: not for the lock's 5 s
+    assert elapsed < 1.5
+    assert upstream.calls(UP) == 2

@@ -267,3 +267,18 @@ async def test_password_protected_redis(stores: Callable[..., RedisStore], tmp_p
             await bad.load(key())
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., RedisStore]) -> None:
+    a = await ready(stores(prefix="shared6", lock_ttl=5.0))
+    b = await ready(stores(prefix="shared6", lock_ttl=5.0))
+    assert await a.load(key()) is None
+    token = await a.begin(key())
+    waiting = b.load(key())
+    await sleep(0.05)
+    assert not waiting.called
+    started = time.monotonic()
+    a.release(key(), token)
+    assert await waiting is None
+    assert time.monotonic() - started < 0.5

@@ -112,6 +112,10 @@ class MemoryStore:
         variants.add(key)
         return True
 
+    def release(self, key: CacheKey, token: Any) -> None:
+        # nobody outside this process waits for a fetch
+        pass
+
     @staticmethod
     def _charge(key: CacheKey, entry: CachedResponse) -> int:
         return entry.size() + key.size() + ENTRY_OVERHEAD

@@ -278,6 +278,12 @@ end
 return {2}
 """
 
+# KEYS: lock   ARGV: instance id
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # Invalidate or mark stale the variants under a list of resource sets.
 # KEYS: generation, then either a resource set (one tenant) or the tenants set
 # ARGV: mode ('one' | 'all'), action ('drop' | 'stale'), channel, message, generation ttl
@@ -673,6 +679,13 @@ class RedisStore:
             return True
 
         return d.addCallback(stored)
+
+    def release(self, key: CacheKey, token: Any) -> None:
+        if not self.lock_ttl:
+            return
+        d = self._eval(_RELEASE, [self._lock_key(key)], [self.instance])
+        # best effort: the lock expires by itself after lock_ttl
+        d.addErrback(lambda f: f.trap(StoreUnavailable))
 
     def discard(self, key: CacheKey) -> Deferred[int]:
         self.local._remove(key)
