@@ -64,7 +64,7 @@ def coalescing(a: Daemon, b: Daemon, upstream: UpstreamStub, rounds: int) -> lis
         for r in range(rounds):
             path = f"/server/object(c{r}-{uuid.uuid4().hex[:6]})/header"
             before = upstream.calls()
-            replies = list(pool.map(lambda i: (a if i % 2 else b).get(path), range(100)))
+            replies = list(pool.map(lambda i, path=path: (a if i % 2 else b).get(path), range(100)))
             assert all(x.status == 200 for x in replies), {x.status for x in replies}
             calls.append(upstream.calls() - before)
     return calls

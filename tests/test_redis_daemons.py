@@ -6,15 +6,14 @@ a scaled-out deployment see.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
 from apicache.testing import Daemon, RedisServer, Reply, UpstreamStub
-from redis_support import redis_server, redis_url  # noqa: F401
 
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"
@@ -46,7 +45,7 @@ def metric(d: Daemon, name: str) -> float:
 
 
 @pytest.fixture
-def pair(make_daemon: Callable[..., Daemon], redis_url: str) -> Callable[..., tuple[Daemon, Daemon]]:  # noqa: F811
+def pair(make_daemon: Callable[..., Daemon], redis_url: str) -> Callable[..., tuple[Daemon, Daemon]]:
     """
     Return ``make(url=None)`` starting two daemons that share one Redis
     under a fresh key prefix.
@@ -95,7 +94,7 @@ def test_delete_for_every_tenant_reaches_every_instance(pair: Any, upstream: Ups
     assert b.get(OBJ, tenant="t2").cache == "MISS"
 
 
-def test_an_entry_survives_a_daemon_restart(make_daemon: Callable[..., Daemon], redis_url: str,  # noqa: F811
+def test_an_entry_survives_a_daemon_restart(make_daemon: Callable[..., Daemon], redis_url: str,
                                             upstream: UpstreamStub) -> None:
     cfg = {"store": {"backend": "redis", "redis_url": redis_url, "key_prefix": f"it-{uuid.uuid4().hex[:8]}"}}
     a = ready(make_daemon(cfg))
@@ -117,7 +116,7 @@ def test_tenants_stay_isolated_across_instances(pair: Any, upstream: UpstreamStu
     assert upstream.calls(UP) == 2
 
 
-def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: UpstreamStub) -> None:  # noqa: F811
+def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: UpstreamStub) -> None:
     a, b = pair(url=redis_server.url)
     a.get(OBJ)
     assert b.get(OBJ).cache == "HIT"
@@ -128,7 +127,7 @@ def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: Up
         return r if r.status == 503 else None
 
     for d in (a, b):
-        r = poll(lambda: not_ready(d), timeout=5.0)
+        r = poll(lambda d=d: not_ready(d), timeout=5.0)
         assert r.json() == {"ready": False, "failing": ["redis"]}
     for d in (a, b):
         # held in this process: still a hit; not held: fetched without the store

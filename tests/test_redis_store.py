@@ -5,6 +5,8 @@ namespacing, limits, faults, and what two instances sharing one Redis see.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +15,8 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
+from redis_support import ready, sleep, until
+from store_contract import ENTRY_LIMIT, StoreContract, entry, key, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.keys import CacheKey
@@ -24,9 +28,7 @@ from apicache.store.redis import (
     encode_key,
     parse_redis_url,
 )
-from apicache.testing import RedisServer
-from redis_support import ready, redis_server, redis_url, sleep, stores, until  # noqa: F401
-from store_contract import ENTRY_LIMIT, StoreContract, entry, key, store_entry
+from apicache.testing import RedisServer, free_port
 
 
 @pytest.fixture
@@ -282,3 +284,28 @@ async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., Redis
     a.release(key(), token)
     assert await waiting is None
     assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_a_private_ca_and_a_password(stores: Callable[..., RedisStore], tmp_path: Any) -> None:
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key_file), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    tls_port = free_port()
+    server = RedisServer(str(tmp_path), extra_args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key_file),
+        "--tls-auth-clients", "no", "--requirepass", "pw"]).start()
+    try:
+        good = await ready(stores(url=f"rediss://:pw@localhost:{tls_port}/0?ssl_ca_certs={cert}"))
+        assert await store_entry(good, key())
+        assert (await good.load(key())) is not None
+        # the same server, but its certificate is not trusted
+        untrusted = stores(url=f"rediss://:pw@localhost:{tls_port}/0", wait=False)
+        await sleep(0.5)
+        assert not untrusted.is_ready()
+    finally:
+        server.stop()
