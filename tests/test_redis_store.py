@@ -245,6 +245,11 @@ async def test_slow_redis_times_out_and_never_stalls_local_hits(
             await s.load(key(params=("9",)))
         assert 0.25 < time.monotonic() - started < 0.6
         await until(lambda: not s.is_ready(), timeout=2)
+        # until Redis answers a PING again, calls don't wait out the timeout
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.begin(key(params=("9",)))
+        assert time.monotonic() - started < 0.05
         started = time.monotonic()
         for _ in range(1000):
             assert s.lookup(key()) is not None
@@ -309,3 +314,18 @@ async def test_rediss_with_a_private_ca_and_a_password(stores: Callable[..., Red
         assert not untrusted.is_ready()
     finally:
         server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_frozen_for_several_pings_is_remade(
+    stores: Callable[..., RedisStore], redis_server: RedisServer
+) -> None:
+    s = await ready(stores(url=redis_server.url, timeout=0.2))
+    first = s._commands.protocol
+    redis_server.pause()
+    try:
+        await until(lambda: s._commands.protocol is not first, timeout=6)
+    finally:
+        redis_server.resume()
+    await until(s.is_ready, timeout=5)
+    assert await store_entry(s, key())

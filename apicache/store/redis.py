@@ -74,6 +74,10 @@ _GENERATION_TTL = 86400
 MAX_RECONNECT_DELAY = 2.0
 #: How often the connection is checked with PING (readiness, slow Redis).
 PING_INTERVAL = 1.0
+#: Missed PINGs in a row after which the connection is dropped and remade.
+_PINGS_BEFORE_RECONNECT = 3
+#: Seconds a new connection may take to authenticate and subscribe.
+_PREPARE_TIMEOUT = 5.0
 #: How often a waiter looks for the value another instance is fetching.
 _POLL_INTERVAL = 0.02
 
@@ -346,6 +350,7 @@ class _Connection:
         on_change: Callable[[bool], None] = lambda up: None,
     ) -> None:
         self.name = name
+        self._clock = reactor
         self.address = address
         self.protocol: Any = None
         self._prepare_more = prepare
@@ -386,7 +391,7 @@ class _Connection:
                     await self._prepare_more(p)
             except Exception as e:
                 self.log.error("redis {name} connection to {address} refused: {error}", name=self.name, address=repr(a), error=str(e))
-                p.transport.loseConnection()
+                p.transport.abortConnection()
                 raise
             lost = p.connectionLost
 
@@ -402,7 +407,7 @@ class _Connection:
             self.log.info("redis {name} connection ready: {address}", name=self.name, address=repr(a))
             self._on_change(True)
 
-        return Deferred.fromCoroutine(prepare())
+        return Deferred.fromCoroutine(prepare()).addTimeout(_PREPARE_TIMEOUT, self._clock)
 
     def start(self) -> None:
         self.service.startService()
@@ -456,6 +461,7 @@ class RedisStore:
             "local_clears": 0,
         }
         self._ping_ok = False
+        self._pings_missed = 0
         self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
         self._commands = _Connection("commands", reactor, self.address, RedisProtocol, on_change=self._commands_changed)
         self._subscriber = _Connection(
@@ -524,25 +530,40 @@ class RedisStore:
         self.local.clear(None)
 
     def _ping(self) -> None:
+        p = self._commands.protocol
+
         def ok(_: object) -> None:
             self._ping_ok = True
+            self._pings_missed = 0
 
         def failed(_: Failure) -> None:
             self._ping_ok = False
+            if p is not None and p is self._commands.protocol:
+                self._pings_missed += 1
+                if self._pings_missed >= _PINGS_BEFORE_RECONNECT:
+                    # a connection that stopped answering: start afresh
+                    self._pings_missed = 0
+                    p.transport.abortConnection()
 
-        self._call(lambda p: p.execute_command("PING")).addCallbacks(ok, failed)
+        self._call(lambda p: p.execute_command("PING"), probe=True).addCallbacks(ok, failed)
 
     def is_ready(self) -> bool:
         return self._ping_ok and self._commands.protocol is not None and self._subscriber.protocol is not None
 
-    def _call(self, command: Callable[[Any], Deferred[Any]]) -> Deferred[Any]:
+    def _call(self, command: Callable[[Any], Deferred[Any]], probe: bool = False) -> Deferred[Any]:
         """
         Run ``command(protocol)``; errback with L{StoreUnavailable} at once
-        when not connected, or after ``timeout`` seconds without an answer.
+        when not connected or, unless ``probe``, while Redis is not
+        answering (a call timed out and no PING has succeeded since), else
+        after ``timeout`` seconds without an answer.
         """
         p = self._commands.protocol
         if p is None or not p.connected:
             return fail(StoreUnavailable("redis is not connected"))
+        if not (probe or self._ping_ok):
+            # a slow or frozen Redis: callers go on without the store at
+            # once rather than each waiting out the timeout
+            return fail(StoreUnavailable("redis is not answering"))
         result: Deferred[Any] = Deferred()
         try:
             d = command(p)
@@ -619,6 +640,8 @@ class RedisStore:
         def settle(outcome: Any) -> None:
             del self._loading[key]
             for w in waiters:
+                if w.called:
+                    continue  # cancelled: the caller went away
                 if isinstance(outcome, Failure):
                     w.errback(outcome)
                 else:
