@@ -805,6 +805,13 @@ class RedisStore:
     def stats(self) -> dict[str, int]:
         return self.local.stats()
 
+    def tenant_entries(self) -> dict[str, int]:
+        """
+        Return the entries held in this process per tenant (read at metrics
+        scrape time); Redis holds more.
+        """
+        return self.local.tenant_entries()
+
     def metrics(self) -> Iterator[Metric]:
         """
         Yield this store's Prometheus metric families (a source for
