@@ -166,3 +166,18 @@ def test_an_answer_that_is_not_stored_does_not_hold_up_the_other_instance(pair: 
     # b waited for a's fetch, then fetched itself: not for the lock's 5 s
     assert elapsed < 1.5
     assert upstream.calls(UP) == 2
+
+
+def test_starting_while_redis_is_down(make_daemon: Callable[..., Daemon], redis_server: RedisServer,
+                                      upstream: UpstreamStub) -> None:
+    redis_server.stop()
+    d = make_daemon({"store": {"backend": "redis", "redis_url": redis_server.url}})
+    r = d.request("GET", "/readyz")
+    assert (r.status, r.json()) == (503, {"ready": False, "failing": ["redis"]})
+    first = d.get(OBJ)
+    assert (first.status, first.cache) == (200, "BYPASS")
+    redis_server.start()
+    ready(d, timeout=5.0)
+    assert d.get(OBJ).cache == "MISS"
+    assert d.get(OBJ).cache == "HIT"
+    assert upstream.calls(UP) == 2

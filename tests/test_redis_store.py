@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,11 @@ def store(stores: Callable[..., RedisStore]) -> RedisStore:
 
 class TestRedisStoreContract(StoreContract):
     """The store contract, on Redis."""
+
+
+def unique(name: str) -> str:
+    """A key prefix of its own for each test (REDIS_URL may be shared)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def raw(s: RedisStore, *args: Any) -> Deferred[Any]:
@@ -112,15 +118,17 @@ async def test_value_over_the_redis_limit_is_not_written(stores: Callable[..., R
 
 @pytest_twisted.ensureDeferred
 async def test_clear_touches_only_keys_under_the_prefix(stores: Callable[..., RedisStore]) -> None:
-    s = await ready(stores(prefix="mine"))
-    other = await ready(stores(prefix="theirs"))
-    await raw(s, "SET", "unrelated", "1")
+    mine, theirs, unrelated = unique("mine"), unique("theirs"), unique("unrelated")
+    s = await ready(stores(prefix=mine))
+    other = await ready(stores(prefix=theirs))
+    await raw(s, "SET", unrelated, "1")
     await store_entry(s, key())
     await store_entry(other, key())
     assert await s.clear(None) == 1
-    assert await raw(s, "GET", "unrelated") == b"1"
+    assert await raw(s, "GET", unrelated) == b"1"
+    await raw(s, "DEL", unrelated)
     assert await other.load(key()) is not None
-    assert await raw(s, "EXISTS", encode_key("mine", key())) == 0
+    assert await raw(s, "EXISTS", encode_key(mine, key())) == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -137,8 +145,9 @@ async def test_a_tenant_named_like_a_pattern_clears_only_itself(stores: Callable
 
 @pytest_twisted.ensureDeferred
 async def test_entry_stored_by_one_instance_is_loaded_by_another(stores: Callable[..., RedisStore]) -> None:
-    a = await ready(stores(prefix="shared1"))
-    b = await ready(stores(prefix="shared1"))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
     await store_entry(a, key())
     assert b.lookup(key()) is None
     assert (await b.load(key())).body == entry().body
@@ -148,8 +157,9 @@ async def test_entry_stored_by_one_instance_is_loaded_by_another(stores: Callabl
 @pytest.mark.parametrize("change", ["invalidate", "invalidate_all", "mark_stale", "clear", "discard"])
 @pytest_twisted.ensureDeferred
 async def test_change_reaches_the_other_instance_within_100_ms(stores: Callable[..., RedisStore], change: str) -> None:
-    a = await ready(stores(prefix="shared2"))
-    b = await ready(stores(prefix="shared2"))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
     await store_entry(a, key())
     await b.load(key())
     assert b.lookup(key()) is not None
@@ -175,8 +185,9 @@ async def test_change_reaches_the_other_instance_within_100_ms(stores: Callable[
 async def test_fetch_on_one_instance_does_not_store_after_an_invalidation_on_another(
     stores: Callable[..., RedisStore],
 ) -> None:
-    a = await ready(stores(prefix="shared3"))
-    b = await ready(stores(prefix="shared3"))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
     token = await a.begin(key())
     await b.invalidate(None, "object", ("42",))
     assert not await a.put(key(), entry(), token)
@@ -185,8 +196,9 @@ async def test_fetch_on_one_instance_does_not_store_after_an_invalidation_on_ano
 
 @pytest_twisted.ensureDeferred
 async def test_a_miss_waits_for_the_fetch_another_instance_holds(stores: Callable[..., RedisStore]) -> None:
-    a = await ready(stores(prefix="shared4", lock_ttl=2.0))
-    b = await ready(stores(prefix="shared4", lock_ttl=2.0))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=2.0))
+    b = await ready(stores(prefix=shared, lock_ttl=2.0))
     assert await a.load(key()) is None  # a takes the lock
     token = await a.begin(key())
     waiting = b.load(key())
@@ -199,8 +211,9 @@ async def test_a_miss_waits_for_the_fetch_another_instance_holds(stores: Callabl
 
 @pytest_twisted.ensureDeferred
 async def test_a_waiter_fetches_itself_once_the_lock_expires(stores: Callable[..., RedisStore]) -> None:
-    a = await ready(stores(prefix="shared5", lock_ttl=0.2))
-    b = await ready(stores(prefix="shared5", lock_ttl=0.2))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=0.2))
+    b = await ready(stores(prefix=shared, lock_ttl=0.2))
     assert await a.load(key()) is None
     started = time.monotonic()
     assert await b.load(key()) is None
@@ -278,8 +291,9 @@ async def test_password_protected_redis(stores: Callable[..., RedisStore], tmp_p
 
 @pytest_twisted.ensureDeferred
 async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., RedisStore]) -> None:
-    a = await ready(stores(prefix="shared6", lock_ttl=5.0))
-    b = await ready(stores(prefix="shared6", lock_ttl=5.0))
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=5.0))
+    b = await ready(stores(prefix=shared, lock_ttl=5.0))
     assert await a.load(key()) is None
     token = await a.begin(key())
     waiting = b.load(key())

@@ -27,6 +27,7 @@ once with :class:`StoreUnavailable` instead of queueing.
 from __future__ import annotations
 
 import json
+import random
 import struct
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +36,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
@@ -323,6 +324,14 @@ return 1
 """
 
 
+_backoff = backoffPolicy(initialDelay=0.1, maxDelay=MAX_RECONNECT_DELAY, jitter=lambda: random.uniform(0, 0.1))
+
+
+def _retry_delay(attempt: int) -> float:
+    # backoffPolicy adds its jitter on top of maxDelay: cap the sum
+    return min(MAX_RECONNECT_DELAY, _backoff(attempt))
+
+
 class _Subscriber(SubscriberProtocol):  # type: ignore[misc]
     """The pub/sub connection: hands every message to the store."""
 
@@ -369,7 +378,7 @@ class _Connection:
         self.service = ClientService(
             address.endpoint(reactor),
             factory,
-            retryPolicy=backoffPolicy(initialDelay=0.1, maxDelay=MAX_RECONNECT_DELAY),
+            retryPolicy=_retry_delay,
             clock=reactor,
             prepareConnection=self._prepare,
         )
@@ -413,7 +422,18 @@ class _Connection:
         self.service.startService()
 
     def stop(self) -> Deferred[None]:
-        return self.service.stopService()  # type: ignore[no-any-return]
+        """
+        Close the connection (at most a few seconds, even if Redis is frozen).
+        """
+        p = self.protocol
+
+        def abort(f: Failure) -> None:
+            f.trap(TimeoutError, CancelledError)
+            if p is not None and p.transport is not None:
+                p.transport.abortConnection()
+
+        d: Deferred[None] = self.service.stopService()
+        return d.addTimeout(_PREPARE_TIMEOUT, self._clock).addErrback(abort)
 
 
 @implementer(IStore)
