@@ -638,6 +638,14 @@ class RedisStore:
     def _publish_message(self, *change: Any) -> str:
         return json.dumps([self.instance, *change], separators=(",", ":"))
 
+    def _local_token(self) -> Any:
+        # the in-process tier answers begin() at once: its race-rule token,
+        # so that a copy loaded or stored here is refused if an invalidation
+        # (ours or from pub/sub) was applied meanwhile
+        token: list[Any] = []
+        self.local.begin(CacheKey("", "", (), "")).addCallback(token.append)
+        return token[0]
+
     # -- reading -----------------------------------------------------------
 
     def lookup(self, key: CacheKey) -> CachedResponse | None:
@@ -671,7 +679,7 @@ class RedisStore:
         return mine
 
     async def _load(self, key: CacheKey) -> CachedResponse | None:
-        local_token = self.local._epoch
+        local_token = self._local_token()
         rkey = encode_key(self.prefix, key)
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
@@ -684,7 +692,7 @@ class RedisStore:
                 return entry
             if reply[0] == 1 or self._clock.seconds() >= deadline:
                 # ours to fetch (or waited long enough: fetch anyway)
-                self.local._remove(key)
+                self.local.discard(key)
                 return None
             self.counters["coalesce_waits"] += 1
             await deferLater(self._clock, _POLL_INTERVAL, lambda: None)
@@ -692,7 +700,7 @@ class RedisStore:
     # -- writing -----------------------------------------------------------
 
     def begin(self, key: CacheKey) -> Deferred[Any]:
-        local_token = self.local._epoch
+        local_token = self._local_token()
         d = self._call(lambda p: p.execute_command("MGET", *self._gen_keys(key)))
         d.addCallback(lambda gens: (tuple(g if g is not None else b"0" for g in gens), local_token))
         return d
@@ -732,7 +740,7 @@ class RedisStore:
         d.addErrback(lambda f: f.trap(StoreUnavailable))
 
     def discard(self, key: CacheKey) -> Deferred[int]:
-        self.local._remove(key)
+        self.local.discard(key)
         rkey = encode_key(self.prefix, key)
         message = self._publish_message("d", key.tenant, key.route, list(key.params), key.variant)
 
@@ -818,7 +826,7 @@ class RedisStore:
             self.local.clear(rest[0])
         elif kind == "d":
             tenant, route, params, variant = rest
-            self.local._remove(CacheKey(tenant, route, tuple(params), variant))
+            self.local.discard(CacheKey(tenant, route, tuple(params), variant))
 
     # -- health ------------------------------------------------------------
 
