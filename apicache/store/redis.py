@@ -614,6 +614,9 @@ class RedisStore:
         d.addBoth(done)
         return result
 
+    def _command(self, *args: Any) -> Deferred[Any]:
+        return self._call(lambda p: p.execute_command(*args))
+
     def _eval(self, script: str, keys: list[str], args: list[Any]) -> Deferred[Any]:
         return self._call(lambda p: p.eval(script, keys, args))
 
@@ -792,11 +795,9 @@ class RedisStore:
         for pattern in patterns:
             cursor = b"0"
             while True:
-                cursor, found = await self._call(
-                    lambda c, cursor=cursor, pattern=pattern: c.execute_command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
-                )
+                cursor, found = await self._command("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
                 if found:
-                    await self._call(lambda c, found=found: c.execute_command("UNLINK", *found))
+                    await self._command("UNLINK", *found)
                     n += sum(1 for k in found if k.startswith(entry_prefix))
                 if cursor in (b"0", 0, "0"):
                     break
