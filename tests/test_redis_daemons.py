@@ -137,6 +137,8 @@ def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: Up
         for path in (OBJ, "/clear"):
             r = d.delete(path, tenant="t1")
             assert (r.status, r.json()["error"]) == (503, "store_unavailable")
+        assert metric(d, "apicache_redis_up") == 0
+        assert metric(d, "apicache_redis_errors") >= 3
     redis_server.start()
     for d in (a, b):
         ready(d, timeout=5.0)

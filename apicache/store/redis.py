@@ -579,10 +579,12 @@ class RedisStore:
         """
         p = self._commands.protocol
         if p is None or not p.connected:
+            self.counters["errors"] += 1
             return fail(StoreUnavailable("redis is not connected"))
         if not (probe or self._ping_ok):
             # a slow or frozen Redis: callers go on without the store at
             # once rather than each waiting out the timeout
+            self.counters["errors"] += 1
             return fail(StoreUnavailable("redis is not answering"))
         result: Deferred[Any] = Deferred()
         try:
@@ -847,7 +849,7 @@ class RedisStore:
         L{apicache.metrics.Metrics.add_source}).
         """
         c = self.counters
-        yield CounterMetricFamily("apicache_redis_errors", "Redis calls that failed (not connected, error reply).", value=c["errors"])
+        yield CounterMetricFamily("apicache_redis_errors", "Redis calls that failed: not connected, not answering, or an error reply (timeouts are counted apart).", value=c["errors"])
         yield CounterMetricFamily("apicache_redis_timeouts", "Redis calls without an answer within store.redis_timeout.", value=c["timeouts"])
         yield CounterMetricFamily("apicache_redis_values_too_big", "Answers over store.redis_max_value_bytes, not written to Redis.", value=c["too_big"])
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
