@@ -399,7 +399,13 @@ class _Connection:
                 if self._prepare_more is not None:
                     await self._prepare_more(p)
             except Exception as e:
-                self.log.error("redis {name} connection to {address} refused: {error}", name=self.name, address=repr(a), error=str(e))
+                if not self._down_logged:
+                    # once per outage: retries come every 2 s
+                    self._down_logged = True
+                    self.log.error(
+                        "redis {name} connection to {address} refused: {error}",
+                        name=self.name, address=repr(a), error=str(e) or type(e).__name__,
+                    )
                 p.transport.abortConnection()
                 raise
             lost = p.connectionLost
@@ -413,6 +419,7 @@ class _Connection:
 
             p.connectionLost = connection_lost
             self.protocol = p
+            self._down_logged = False
             self.log.info("redis {name} connection ready: {address}", name=self.name, address=repr(a))
             self._on_change(True)
 
@@ -443,6 +450,14 @@ class RedisStore:
     with the hot ones also held in this process (``local_max_bytes``).
 
     Call :meth:`start` to connect and :meth:`close` to disconnect.
+
+    @param reactor: connects, and is the clock unless ``clock`` is given.
+    @param url: see L{parse_redis_url}.
+    @param timeout: seconds any one Redis call may take.
+    @param max_entry_bytes: a bigger entry is not stored at all.
+    @param max_value_bytes: a bigger stored value is not written to Redis.
+    @param lock_ttl: how long a fetch on one instance holds off the others'
+        (cross-instance coalescing); 0 turns that off.
     """
 
     shared = True
@@ -461,7 +476,6 @@ class RedisStore:
         lock_ttl: float = 1.0,
         clock: IReactorTime | None = None,
     ) -> None:
-        self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self.address = parse_redis_url(url)
         self.prefix = prefix
@@ -503,8 +517,8 @@ class RedisStore:
             timeout=s.redis_timeout,
             local_max_bytes=s.local_max_bytes,
             max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
-            max_value_bytes=getattr(s, "redis_max_value_bytes", 1048576),
-            lock_ttl=getattr(s, "redis_lock_ttl", 1.0),
+            max_value_bytes=s.redis_max_value_bytes,
+            lock_ttl=s.redis_lock_ttl,
         )
 
     # -- connections -------------------------------------------------------
@@ -854,4 +868,5 @@ class RedisStore:
         yield CounterMetricFamily("apicache_redis_values_too_big", "Answers over store.redis_max_value_bytes, not written to Redis.", value=c["too_big"])
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
         yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
+        yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
         yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
