@@ -129,6 +129,9 @@ async def test_clear_touches_only_keys_under_the_prefix(stores: Callable[..., Re
     await raw(s, "DEL", unrelated)
     assert await other.load(key()) is not None
     assert await raw(s, "EXISTS", encode_key(mine, key())) == 0
+    # entries, indexes and locks are gone; only generations stay
+    left = await raw(s, "KEYS", f"{mine}:*")
+    assert left and {k.split(b":")[1] for k in left} <= {b"g", b"G", b"T", b"A"}
 
 
 @pytest_twisted.ensureDeferred

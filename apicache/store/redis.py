@@ -68,9 +68,9 @@ _HEADER = struct.Struct("!HI")
 #: Offset of the stale flag in a stored value (set in place by mark_stale).
 _STALE_OFFSET = 1
 
-#: Generations outlive any fetch in flight by far; an expired one reads as 0,
-#: which only makes a store conservative (a token taken before differs).
-_GENERATION_TTL = 86400
+#: Generations must outlive any fetch in flight (upstream.timeout, plus
+#: lock_ttl): an hour is far more.  An expired one reads as 0 again.
+_GENERATION_TTL = 3600
 #: Reconnection never waits longer than this between attempts.
 MAX_RECONNECT_DELAY = 2.0
 #: How often the connection is checked with PING (readiness, slow Redis).
@@ -801,11 +801,11 @@ class RedisStore:
         gen = f"{p}:A" if tenant is None else f"{p}:T:{_enc(tenant)}"
         await self._eval(_BUMP, [gen], [self.channel, message, _GENERATION_TTL])
         # SCAN, not KEYS nor FLUSHDB: only our prefix, without blocking Redis
+        # one pass over the keyspace; generations stay (they only grow)
         if tenant is None:
-            patterns = [f"{p}:{kind}:*" for kind in "ertl"]
+            patterns = [f"{p}:[ertl]:*"]
         else:
-            t = _enc(tenant)
-            patterns = [f"{p}:e:{t}:*", f"{p}:r:{t}:*", f"{p}:l:{t}:*"]
+            patterns = [f"{p}:[erl]:{_enc(tenant)}:*"]
         entry_prefix = f"{p}:e:".encode()
         n = 0
         for pattern in patterns:
