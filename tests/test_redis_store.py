@@ -259,7 +259,7 @@ async def test_slow_redis_times_out_and_never_stalls_local_hits(
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await s.load(key(params=("9",)))
-        assert 0.25 < time.monotonic() - started < 0.6
+        assert 0.25 < time.monotonic() - started < 1.0
         await until(lambda: not s.is_ready(), timeout=2)
         # until Redis answers a PING again, calls don't wait out the timeout
         started = time.monotonic()
