@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 import pytest_twisted
@@ -68,7 +69,11 @@ def test_value_of_another_version_is_a_miss() -> None:
     assert decode_entry(data[:5]) is None
 
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+# any text, and text made mostly of the separators and escape characters
+_text = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+    st.text(st.sampled_from(":,%*?[]\\ a1\x00é"), max_size=6),
+)
 
 
 @given(
@@ -83,6 +88,20 @@ def test_keys_from_arbitrary_strings_never_collide_across_tenants(a: Any, b: Any
         # no key of one tenant falls under another tenant's namespace (clear's SCAN pattern)
         tb = encode_key("apicache", kb._replace(route="", params=(), variant="")).rsplit(":", 3)[0]
         assert not ea.startswith(tb + ":")
+
+
+@given(k=st.tuples(_text, _text, st.lists(_text, max_size=3).map(tuple), _text))
+def test_a_key_reads_back_unambiguously(k: Any) -> None:
+    """The encoded key splits into exactly its components: no value can
+    reach into another tenant's (or route's, parameter's) field."""
+    key_ = CacheKey(*k)
+    parts = encode_key("apicache", key_).split(":")
+    assert len(parts) == 6 and parts[:2] == ["apicache", "e"]
+    count, *params = parts[4].split(",")
+    assert int(count) == len(key_.params)
+    assert len(params) == max(1, len(key_.params))
+    decoded = (unquote(parts[2]), unquote(parts[3]), tuple(unquote(p) for p in params[: len(key_.params)]), unquote(parts[5]))
+    assert decoded == tuple(key_)
 
 
 def test_redis_urls() -> None:
