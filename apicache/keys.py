@@ -65,11 +65,10 @@ class CacheKey(NamedTuple):
         """
         Return the number of bytes the key's strings hold (for budgets).
         """
-        return (
-            len(self.tenant)
-            + len(self.route)
-            + sum(len(p) for p in self.params)
-            + len(self.variant)
+        # str.isascii() is cheap and holds for almost every key
+        return sum(
+            len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+            for s in (self.tenant, self.route, *self.params, self.variant)
         )
 
 

@@ -23,9 +23,95 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["UpstreamStub", "Answer", "free_port", "Daemon", "Reply", "twistd_path"]
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from apicache.upstream import IUpstream, Overloaded, UpstreamResponse
+
+__all__ = [
+    "UpstreamStub",
+    "Answer",
+    "free_port",
+    "Daemon",
+    "Reply",
+    "twistd_path",
+    "FakeUpstream",
+    "PendingFetch",
+]
+
+
+@dataclass
+class PendingFetch:
+    """
+    One fetch a L{FakeUpstream} was asked for, waiting to be answered.
+    """
+
+    path: str
+    headers: Sequence[tuple[bytes, bytes]]
+    deferred: Deferred[UpstreamResponse]
+
+    def respond(
+        self,
+        status: int = 200,
+        body: bytes = b"{}",
+        headers: Sequence[tuple[bytes, bytes]] = ((b"content-type", b"application/json"),),
+    ) -> None:
+        """
+        Fire the fetch with an answer.
+        """
+        self.deferred.callback(UpstreamResponse(status, list(headers), body))
+
+    def fail(self, error: Exception) -> None:
+        """
+        Fail the fetch with ``error`` (an L{apicache.upstream.UpstreamError}).
+        """
+        self.deferred.errback(error)
+
+
+@implementer(IUpstream)
+class FakeUpstream:
+    """
+    An L{IUpstream} for synchronous tests: each fetch returns a Deferred
+    that the test fires by hand (``pending[i].respond(...)``), or, with
+    ``auto`` set, a callable ``(path, headers) -> UpstreamResponse`` answers
+    at once.
+    """
+
+    def __init__(self, max_in_flight: int = 1000, auto: Any = None) -> None:
+        self.pending: list[PendingFetch] = []
+        self.fetched: list[PendingFetch] = []
+        self.max_in_flight = max_in_flight
+        self.auto = auto
+        self.in_flight = 0
+        self.closed = False
+
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self.in_flight} upstream fetches in flight")
+        d: Deferred[UpstreamResponse] = Deferred()
+        p = PendingFetch(path, headers, d)
+        self.fetched.append(p)
+        self.in_flight += 1
+
+        def done(result: Any) -> Any:
+            self.in_flight -= 1
+            if p in self.pending:
+                self.pending.remove(p)
+            return result
+
+        d.addBoth(done)
+        self.pending.append(p)
+        if self.auto is not None:
+            d.callback(self.auto(path, headers))
+        return d
+
+    def close(self) -> Deferred[None]:
+        self.closed = True
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
 
 
 def free_port() -> int:
