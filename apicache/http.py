@@ -218,7 +218,9 @@ class CacheAPI:
         server_cfg = config.server
         self.tenant_header = server_cfg.tenant_header.encode("ascii")
         self._api_keys = [k.encode("utf-8") for k in server_cfg.api_keys]
-        self.key_required = not server_cfg.allow_anonymous
+        # SPEC.md section 4: keys are checked whenever some are configured
+        # (the configuration refuses none without allow_anonymous)
+        self.key_required = bool(self._api_keys)
         self._tenant_claim = server_cfg.tenant_claim
         upstream = config.upstream
         self._forward = [h.encode("ascii") for h in upstream.forward_headers]
