@@ -137,6 +137,8 @@ class Answer:
     body: bytes | None = None
     delay: float = 0.0
     drop: bool = False
+    #: when set, a request whose ``authorization`` differs gets a 401
+    require_authorization: str | None = None
 
 
 @dataclass
@@ -145,6 +147,14 @@ class Seen:
 
     path: str
     headers: dict[str, str]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Callers that give up (a timeout, a body too large) are expected."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class UpstreamStub:
@@ -171,7 +181,7 @@ class UpstreamStub:
             def do_GET(self) -> None:
                 stub._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -221,6 +231,8 @@ class UpstreamStub:
             except OSError:
                 pass
             return
+        if a.require_authorization is not None and h.headers.get("authorization") != a.require_authorization:
+            a = Answer(401, {"Content-Type": "application/json", "WWW-Authenticate": "Bearer"}, b'{"error": "unauthorized"}')
         body = a.body
         if body is None:
             body = json.dumps(
@@ -275,7 +287,7 @@ class Daemon:
 
     def __init__(
         self,
-        config_path: str,
+        config_path: str | None,
         port: int | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -285,7 +297,11 @@ class Daemon:
         self.config_path = config_path
         self.port = port or free_port()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.cwd = cwd or os.path.dirname(os.path.abspath(config_path))
+        if cwd is None:
+            if config_path is None:
+                raise ValueError("a daemon without --config needs a cwd")
+            cwd = os.path.dirname(os.path.abspath(config_path))
+        self.cwd = cwd
         self.extra_args = extra_args or []
         self.api_key = api_key
         self.proc: subprocess.Popen[bytes] | None = None
@@ -293,9 +309,10 @@ class Daemon:
 
     @property
     def argv(self) -> list[str]:
+        config = [] if self.config_path is None else ["--config", self.config_path]
         return [
             twistd_path(), "-n", "--pidfile=", "apicache",
-            "--config", self.config_path,
+            *config,
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             *self.extra_args,
         ]
@@ -304,8 +321,21 @@ class Daemon:
         """
         Start and wait until ``/healthz`` answers.
         """
+        return self.spawn().wait_ready(wait)
+
+    def spawn(self) -> Daemon:
+        """
+        Start the process without waiting for it (see L{wait_ready}).
+        """
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, wait: float = 20.0) -> Daemon:
+        """
+        Wait until ``/healthz`` answers; raise if the process exits first.
+        """
+        assert self.proc is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
