@@ -11,7 +11,8 @@ import hmac
 import json
 import socket
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import Deferred
@@ -86,7 +87,7 @@ class ApiRequest(server.Request):
     def _done(self) -> None:
         if self._counted:
             self._counted = False
-            self.site.request_done(self)
+            self.site.request_done(self)  # type: ignore[union-attr]
 
     def finish(self) -> None:
         super().finish()
@@ -122,7 +123,7 @@ class ApiSite(server.Site):
         self.displayTracebacks = False
         self._idle_waiters: list[Deferred[None]] = []
 
-    def log(self, request: server.Request) -> None:
+    def log(self, request: Any) -> None:
         """
         Write nothing: see L{request_done}.
         """
@@ -314,7 +315,7 @@ class CacheAPI:
         return self.metrics.render()
 
     @app.route("/clear", methods=["DELETE"])
-    async def clear(self, request: IRequest) -> bytes:
+    async def clear(self, request: ApiRequest) -> bytes:
         tenant = self._tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
@@ -327,7 +328,7 @@ class CacheAPI:
     # -- routes ------------------------------------------------------------
 
     @app.route("/<path:_rest>", methods=None)
-    def proxy(self, request: IRequest, _rest: str) -> Any:
+    def proxy(self, request: ApiRequest, _rest: str) -> Any:
         if request.path in RESERVED_PATHS:
             raise MethodNotAllowed()
         method = request.method
@@ -338,7 +339,7 @@ class CacheAPI:
         self._match(request)
         raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
 
-    def _get(self, request: IRequest) -> Any:
+    def _get(self, request: ApiRequest) -> Any:
         route, params = self._match(request)
         request.route_type = route.type
         tenant = self._tenant(request, required=True)
@@ -380,7 +381,7 @@ class CacheAPI:
             raise ApiError(502, "upstream_unreachable", str(e))
         failure.raiseException()
 
-    def _write(self, request: IRequest, result: CacheResult) -> bytes:
+    def _write(self, request: ApiRequest, result: CacheResult) -> bytes:
         r = result.response
         request.cache = result.cache
         request.setResponseCode(r.status)
@@ -394,7 +395,7 @@ class CacheAPI:
         out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
         return r.body
 
-    async def _delete(self, request: IRequest) -> bytes:
+    async def _delete(self, request: ApiRequest) -> bytes:
         route, params = self._match(request)
         request.route_type = route.type
         tenant = self._tenant(request, required=False)
@@ -415,7 +416,7 @@ class CacheAPI:
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self.refuse(request, failure.value)
+        return self.refuse(request, failure.value)  # type: ignore[arg-type]
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -429,7 +430,7 @@ class CacheAPI:
         )
 
     @app.handle_errors
-    def _internal(self, request: IRequest, failure: Failure) -> bytes:
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:  # type: ignore[misc]
         error_id = uuid.uuid4().hex
         self.log.failure(
             "internal error {error_id} answering {method} {path}",

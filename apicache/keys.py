@@ -8,7 +8,8 @@ A leaf module: it imports nothing of the project's.
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 __all__ = [

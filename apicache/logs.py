@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
@@ -52,7 +52,7 @@ class JSONLineObserver:
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level", LogLevel.info)
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc).isoformat(
+            "time": datetime.fromtimestamp(event.get("log_time") or 0, UTC).isoformat(
                 timespec="milliseconds"
             ),
             "level": getattr(level, "name", str(level)),

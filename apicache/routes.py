@@ -11,7 +11,7 @@ check (and is rejected there) instead of being routed somewhere else.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from werkzeug.exceptions import HTTPException
@@ -78,7 +78,7 @@ class Route:
         parameter re-encoded with every reserved character escaped, and the
         canonical query.
         """
-        values = dict(zip(self.params, params))
+        values = dict(zip(self.params, params, strict=True))
         path = "".join(encode_parameter(values[s]) if is_param else s for s, is_param in self._template)
         return f"{path}?{query}" if query else path
 

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
@@ -43,7 +45,7 @@ def _check_endpoint(option: str, value: str) -> str:
         # parsing needs no reactor; the endpoint is built again in makeService
         serverFromString(None, value)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}")
+        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}") from None
     return value
 
 
@@ -271,7 +273,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     notes = _StartupNotes(config, listen)
     notes.setServiceParent(root)
     return root

@@ -11,7 +11,8 @@ real Redis) run the same tests as the in-memory one.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest_twisted
 from twisted.internet.defer import Deferred

@@ -102,6 +102,9 @@ class CacheTests(SynchronousTestCase):
         self.h.upstream.pending[0].respond(headers=[(b"set-cookie", b"s=1")])
         self.successResultOf(leader)
         assert len(self.h.upstream.pending) == 1
+        self.assertNoResult(waiter)
+        self.h.upstream.pending[0].respond(body=b"own")
+        assert self.successResultOf(waiter).response.body == b"own"
 
     def test_upstream_failure_reaches_every_waiter(self):
         ds = [self.h.get() for _ in range(3)]

@@ -7,14 +7,13 @@ Daemons are slow to start, so one daemon serves many checks in a test.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from apicache.testing import free_port
-
 from conftest import API_KEY, ROUTES
+
+from apicache.testing import free_port
 
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"

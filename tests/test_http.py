@@ -9,9 +9,9 @@ import base64
 import json
 
 import pytest
+from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from treq.testing import StubTreq
 
 from apicache.cache import CacheRegistry
 from apicache.config import parse_config

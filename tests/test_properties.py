@@ -20,7 +20,6 @@ from apicache.routes import Router
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamResponse
 
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=10.0, params=("id",), fingerprint="f")
 TENANTS = ["a", "b", "c"]

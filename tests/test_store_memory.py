@@ -2,9 +2,10 @@
 The in-process store: the store contract, and the byte budget.
 """
 
+from store_contract import entry, key, make_store_tests
+
 from apicache.store.interface import ENTRY_OVERHEAD
 from apicache.store.memory import MemoryStore
-from store_contract import entry, key, make_store_tests
 
 
 class TestMemoryStoreContract(make_store_tests(lambda max_bytes: MemoryStore(max_bytes))):

@@ -6,11 +6,11 @@ and a task.Clock: URLs, headers, size and time limits, concurrency.
 from __future__ import annotations
 
 import pytest
+from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
-from treq.testing import RequestTraversalAgent
 
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 

@@ -5,7 +5,8 @@ The in-process store: a least-recently-used map bounded in bytes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
