@@ -7,6 +7,7 @@ Daemons are slow to start, so one daemon serves many checks in a test.
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -125,15 +126,24 @@ def test_proxying_caching_and_passing_through(make_daemon, upstream):
         assert upstream.calls(UP_OBJ.format(name)) == 2
 
     # stored headers are replayed; others are not
+    gzipped = gzip.compress(b"plain")
     upstream.set(
         UP_OBJ.format("headers"),
-        headers={"Content-Type": "text/plain", "ETag": '"v1"', "Content-Language": "de", "X-Internal": "1"},
-        body=b"plain",
+        headers={
+            "Content-Type": "text/plain",
+            "Content-Encoding": "gzip",
+            "ETag": '"v1"',
+            "Content-Language": "de",
+            "Last-Modified": "Tue, 01 Sep 2026 10:00:00 GMT",
+            "X-Internal": "1",
+        },
+        body=gzipped,
     )
     for cache in ("MISS", "HIT"):
         r = d.get(OBJ.format("headers"))
-        assert (r.cache, r.body, r.headers["content-type"], r.headers["etag"]) == (cache, b"plain", "text/plain", '"v1"')
-        assert r.headers["content-language"] == "de"
+        assert (r.cache, r.body, r.headers["content-type"], r.headers["etag"]) == (cache, gzipped, "text/plain", '"v1"')
+        assert (r.headers["content-language"], r.headers["content-encoding"]) == ("de", "gzip")
+        assert r.headers["last-modified"] == "Tue, 01 Sep 2026 10:00:00 GMT"
         assert "x-internal" not in r.headers
 
     # a redirect is passed through, not followed
@@ -214,7 +224,7 @@ def test_invalidation(make_daemon, upstream):
 
 
 def test_request_errors(make_daemon, upstream):
-    d = make_daemon()
+    d = make_daemon({"upstream": {"max_in_flight": 1}})
 
     def error(method, path, headers):
         r = d.request(method, path, headers)
@@ -238,6 +248,15 @@ def test_request_errors(make_daemon, upstream):
     assert upstream.calls() == 0
     for line in d.log_lines():
         assert isinstance(line, dict) and {"time", "level", "message"} <= set(line)
+
+    # max_in_flight fetches running: the next miss is 503 overloaded
+    upstream.set(UP_OBJ.format("slow"), delay=1.0)
+    slow = in_thread(d.get, OBJ.format("slow"))
+    wait_for(lambda: upstream.calls(UP_OBJ.format("slow")) == 1)
+    assert error("GET", OBJ.format(2), T) == (503, "overloaded")
+    slow["thread"].join(10)
+    assert slow["result"].status == 200
+    assert d.get(OBJ.format(2)).status == 200
 
 
 def test_sigterm_lets_a_request_in_flight_finish(make_daemon, upstream):

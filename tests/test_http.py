@@ -348,3 +348,37 @@ def test_built_in_defaults_serve_info_and_no_routes():
         d = treq.get(url, headers={"org_id": "t1"})
         treq.flush()
         assert result(tc, d)[0] == status
+
+
+class _Finished:
+    code = 200
+    method = b"GET"
+    path = b"/server/object(1)/header"
+    route_type = "object"
+    tenant = "t1"
+    cache = "HIT"
+    started = 0.0
+
+
+@pytest.mark.parametrize("access_log, lines", [(True, 1), (False, 0)])
+def test_access_log_line_follows_the_setting(access_log, lines):
+    from apicache.http import ApiSite
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        site = ApiSite(App().api.resource(), Clock(), None, access_log)
+        site.active = 1
+        site.request_done(_Finished())
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    access = [e for e in events if e.get("route") == "object"]
+    assert len(access) == lines
+    if lines:
+        assert {k: access[0][k] for k in ("method", "tenant", "status", "cache")} == {
+            "method": "GET",
+            "tenant": "t1",
+            "status": 200,
+            "cache": "HIT",
+        }
+        assert "duration_ms" in access[0]
