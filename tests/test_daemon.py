@@ -8,6 +8,7 @@ Daemons are slow to start, so one daemon serves many checks in a test.
 from __future__ import annotations
 
 import gzip
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -257,6 +258,16 @@ def test_request_errors(make_daemon, upstream):
     slow["thread"].join(10)
     assert slow["result"].status == 200
     assert d.get(OBJ.format(2)).status == 200
+
+    # a caller that disconnects does not cancel the fetch: it is stored
+    upstream.set(UP_OBJ.format("gone"), delay=1.0)
+    with socket.create_connection(("127.0.0.1", d.port)) as s:
+        s.sendall(f"GET {OBJ.format('gone')} HTTP/1.1\r\nHost: x\r\napi-key: {API_KEY}\r\norg_id: t1\r\n\r\n".encode())
+        wait_for(lambda: upstream.calls(UP_OBJ.format("gone")) == 1)
+    time.sleep(0.2)
+    r = d.get(OBJ.format("gone"))
+    assert (r.status, upstream.calls(UP_OBJ.format("gone"))) == (200, 1)
+    assert d.get(OBJ.format("gone")).cache == "HIT"
 
 
 def test_sigterm_lets_a_request_in_flight_finish(make_daemon, upstream):
