@@ -23,16 +23,21 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.web.client import Agent
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
-from apicache.logs import json_log_observer
+from apicache.instrument import TimedUpstream
+from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics
+from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
+from apicache.tracing import Tracer, tracer_from_environ
 from apicache.upstream import UpstreamClient
+from apicache.vcap import BindingFiller, bindings_from_environ
 
 __all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
 
@@ -194,14 +199,32 @@ def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, 
     metrics.add_source(source)
 
 
+class TracerService(Service):
+    """
+    Flushes exported spans on stop (after HTTP has drained).
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.tracer.close()
+
+
 def build(
     config: Config,
     reactor: Any,
     endpoint: IStreamServerEndpoint,
     log_observer: ILogObserver | None = None,
+    tracer: Tracer | None = None,
+    kafka_credentials: TokenProvider | None = None,
 ) -> ApiCacheService:
     """
     Compose the daemon's services from a validated configuration.
+
+    @param kafka_credentials: when the Kafka SASL password is an OAuth token
+        (Cloud Foundry binding): started first, stopped last.
     """
     router = Router(config.routes, config.source)
     metrics = Metrics()
@@ -216,15 +239,24 @@ def build(
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
     )
-    registry = CacheRegistry(store, upstream, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    timed = TimedUpstream(upstream, metrics, reactor)
+    registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     _register_metrics(metrics, registry, store, upstream)
-    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log)
+    tenant_entries = getattr(store, "tenant_entries", None)
+    if tenant_entries is not None:
+        metrics.tenant_entries(tenant_entries)
+    tracer = tracer or Tracer()
+    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
 
     root = ApiCacheService(log_observer)
+    if kafka_credentials is not None:
+        kafka_credentials.setServiceParent(root)
+    TracerService(tracer).setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     root.api = api  # type: ignore[attr-defined]
+    root.kafka_credentials = kafka_credentials  # type: ignore[attr-defined]
     return root
 
 
@@ -233,9 +265,10 @@ class _StartupNotes(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, listen: str) -> None:
+    def __init__(self, config: Config, listen: str, bound: list[str] | None = None) -> None:
         self.config = config
         self.listen = listen
+        self.bound = bound or []
 
     def startService(self) -> None:
         super().startService()
@@ -247,6 +280,9 @@ class _StartupNotes(Service):
             store=c.store.backend,
             n=len(c.routes),
         )
+        if self.bound:
+            # the keys only: the values are secrets
+            self.log.info("from VCAP_SERVICES: {keys}", keys=", ".join(self.bound))
         if not c.routes:
             self.log.warn("no routes are configured: only /healthz, /readyz, / and /metrics answer")
 
@@ -263,17 +299,31 @@ def makeService(options: Options) -> IService:
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
     try:
-        config = load_config(path, environ)
+        bindings = bindings_from_environ(environ)
+        filler = BindingFiller(bindings) if bindings is not None else None
+        config = load_config(path, environ, filler) if filler is not None else load_config(path, environ)
         listen = choose_listen(options["listen"], config, environ)
         try:
             endpoint = serverFromString(reactor, listen)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
-        root = build(config, reactor, endpoint, json_log_observer(config.server.log_level))
+        credentials = None
+        if filler is not None and filler.kafka_token_url and config.kafka.enabled:
+            client_id, secret = filler.kafka_client
+            credentials = TokenProvider(filler.kafka_token_url, client_id, secret, reactor, Agent(reactor))
+        root = build(
+            config,
+            reactor,
+            endpoint,
+            json_log_observer(config.server.log_level),
+            tracer=tracer_from_environ(environ),
+            kafka_credentials=credentials,
+        )
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
-    notes = _StartupNotes(config, listen)
+    capture_stdlib_logging(config.server.log_level)
+    notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
     notes.setServiceParent(root)
     return root
