@@ -42,7 +42,9 @@ from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
 from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.store.interface import StoreUnavailable
-from apicache.tracing import RequestTrace, Tracer, enter as enter_trace, leave as leave_trace
+from apicache.tracing import RequestTrace, Tracer
+from apicache.tracing import enter as enter_trace
+from apicache.tracing import leave as leave_trace
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest"]
@@ -458,7 +460,7 @@ class CacheAPI:
             error_id=error_id,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace")[:512],
-            trace_id=request.trace.trace_id if getattr(request, "trace", None) else None,
+            trace_id=getattr(getattr(request, "trace", None), "trace_id", None),
         )
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)

@@ -358,6 +358,7 @@ class _Finished:
     tenant = "t1"
     cache = "HIT"
     started = 0.0
+    trace = None
 
 
 @pytest.mark.parametrize("access_log, lines", [(True, 1), (False, 0)])
