@@ -5,7 +5,12 @@ every L{apicache.store.interface.IStore} implementation runs.
 ``fixture`` is a callable ``fixture(max_bytes) -> store`` (or a Deferred or
 coroutine firing with one); the store must start empty.  Every test is a
 coroutine run by pytest-twisted, so stores whose Deferreds fire later (a
-real Redis) run the same tests as the in-memory one.
+real Redis) run the same tests as the in-memory one::
+
+    from store_contract import make_store_tests
+
+    class TestRedisStoreContract(make_store_tests(make_redis_store)):
+        pass
 """
 
 from __future__ import annotations
