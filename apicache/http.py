@@ -136,6 +136,50 @@ class ApiSite(server.Site):
         self.active = 0
         self.displayTracebacks = False
         self._idle_waiters: list[Deferred[None]] = []
+        #: the transports of open connections, closed gracefully on shutdown
+        self.connections: set[Any] = set()
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        made, lost = protocol.makeConnection, protocol.connectionLost
+        transports = []
+
+        def makeConnection(transport: Any) -> None:
+            transports.append(transport)
+            self.connections.add(transport)
+            made(transport)
+
+        def connectionLost(reason: Failure) -> None:
+            for t in transports:
+                self.connections.discard(t)
+            try:
+                lost(reason)
+            finally:
+                if not self.connections and self._closed_waiters:
+                    waiters, self._closed_waiters = self._closed_waiters, []
+                    for d in waiters:
+                        d.callback(None)
+
+        protocol.makeConnection, protocol.connectionLost = makeConnection, connectionLost
+        return protocol
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every connection once what was written to it is sent (the
+        reactor's own shutdown would drop unsent answers).  Fire when all
+        are closed.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        for transport in list(self.connections):
+            transport.loseConnection()
+        return d
 
     def log(self, request: Any) -> None:
         """

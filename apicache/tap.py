@@ -140,6 +140,7 @@ class HTTPService(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None]:
         async def drain() -> None:
+            started = self.clock.seconds()
             await super(HTTPService, self).stopService()
             if self.site.active:
                 self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
@@ -147,6 +148,13 @@ class HTTPService(StreamServerEndpointService):
                     await self.site.when_idle().addTimeout(self.grace, self.clock)
                 except DeferredTimeout:
                     self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
+            # let the last answers reach their callers before the reactor
+            # drops every connection
+            left = max(self.grace - (self.clock.seconds() - started), 0.5)
+            try:
+                await self.site.close_connections().addTimeout(left, self.clock)
+            except DeferredTimeout:
+                pass
 
         return Deferred.fromCoroutine(drain())
 
