@@ -46,6 +46,9 @@ class ConfigError(Exception):
         self.message = message
 
     def __str__(self) -> str:
+        # "-": the file as a whole (unreadable, not TOML) rather than a key
+        if self.key in ("", "-"):
+            return f"apicache: configuration error in {self.source}: {self.message}"
         return f"apicache: configuration error in {self.source}: {self.key}: {self.message}"
 
 
