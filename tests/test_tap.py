@@ -51,3 +51,18 @@ def test_build_wires_an_http_service():
     names = [type(s).__name__ for s in root]
     assert "HTTPService" in names
     assert root.api.registry.routes.keys() == {"o"}
+
+
+def test_bad_listen_in_the_file_is_a_configuration_error(tmp_path, capsys, monkeypatch):
+    from apicache.tap import makeService
+
+    monkeypatch.delenv("VCAP_SERVICES", raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\napi_keys = ["k"]\nlisten = "nonsense:1"\n')
+    o = Options()
+    o.parseOptions(["--config", str(path)])
+    with pytest.raises(SystemExit) as e:
+        makeService(o)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "server.listen" in err[0]
