@@ -304,3 +304,21 @@ def test_built_in_defaults_start_without_routes(tmp_path, upstream):
         assert any("no routes are configured" in line["message"] for line in d.log_lines())
     finally:
         assert d.stop() in (0, -15)
+
+
+def test_shipped_example_is_found_in_the_working_directory(tmp_path, upstream):
+    import shutil
+    from pathlib import Path
+
+    from apicache.testing import Daemon
+
+    shutil.copy(Path(__file__).resolve().parent.parent / "apicache.toml", tmp_path / "apicache.toml")
+    env = {"APICACHE_API_KEY": "example-key", "APICACHE_UPSTREAM_URL": upstream.url, "PORT": "", "VCAP_SERVICES": ""}
+    d = Daemon(None, cwd=str(tmp_path), env=env, api_key="example-key").start()
+    try:
+        assert d.get("/server/object(1)/header").cache == "MISS"
+        assert d.get("/server/object(1)/header").cache == "HIT"
+        assert d.get("/server/templates/abc").status == 200
+        assert [s.path for s in upstream.seen] == ["/object(1)/header", "/templates/abc"]
+    finally:
+        assert d.stop() in (0, -15)
