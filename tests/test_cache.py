@@ -264,7 +264,7 @@ def response(status=200, headers=()):
         (response(headers=[(b"vary", b"cookie")]), False),
     ],
 )
-def test_what_is_storable(resp, storable):
+def test_only_plain_200_answers_are_storable(resp, storable):
     assert is_storable(resp, KEYED) is storable
 
 

@@ -192,7 +192,7 @@ def test_proxying_caching_and_passing_through(make_daemon, upstream):
     assert down.stop() in (0, -15)
 
 
-def test_invalidation(make_daemon, upstream):
+def test_delete_drops_one_tenant_every_tenant_or_everything(make_daemon, upstream):
     d = make_daemon()
 
     def fill():
@@ -225,7 +225,7 @@ def test_invalidation(make_daemon, upstream):
     assert d.stop() in (0, -15)
 
 
-def test_request_errors(make_daemon, upstream):
+def test_bad_requests_and_overload_get_json_errors(make_daemon, upstream):
     d = make_daemon({"upstream": {"max_in_flight": 1}})
 
     def error(method, path, headers):

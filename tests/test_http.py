@@ -225,7 +225,7 @@ class TestRequests:
             ("DELETE", "http://x/", KEY, 405, "method_not_allowed"),
         ],
     )
-    def test_errors(self, app, method, url, headers, status, code):
+    def test_bad_requests_get_json_errors_without_reaching_the_upstream(self, app, method, url, headers, status, code):
         assert error_of(_tc(), app.request(method, url, headers=headers)) == (status, code)
         assert app.upstream.fetched == []
 
@@ -256,7 +256,7 @@ class TestRequests:
         code, _, body = result(_tc(), app.request("GET", "http://x/readyz"))
         assert (code, json.loads(body)) == (503, {"ready": False, "failing": ["redis"]})
 
-    def test_info(self, app):
+    def test_info_reports_node_uptime_tenants_entries_and_bytes(self, app):
         tc = _tc()
         result(tc, app.request("GET", OBJ, headers=T1))
         app.clock.advance(2)
@@ -283,7 +283,7 @@ class TestRequests:
         assert code == 200
         assert app.upstream.fetched == []
 
-    def test_anonymous_without_keys(self):
+    def test_anonymous_access_needs_no_key(self):
         app = App(server={"api_keys": [], "allow_anonymous": True})
         code, _, _ = result(_tc(), app.request("GET", OBJ, headers={"org_id": "t1"}))
         assert code == 200

@@ -92,7 +92,7 @@ def test_failures_carry_a_traceback():
     assert "ZeroDivisionError" in line["traceback"]
 
 
-def test_level_filter():
+def test_lines_below_the_level_are_left_out():
     out = io.StringIO()
     observer = json_log_observer("warn", out)
     log = Logger(observer=observer)

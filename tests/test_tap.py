@@ -11,7 +11,7 @@ from apicache.tap import DEFAULT_LISTEN, Options, choose_listen
 CONFIG = parse_config({"server": {"api_keys": ["k"], "listen": "tcp:9999"}}, "c.toml", {})
 
 
-def test_listen_precedence():
+def test_listen_comes_from_the_option_then_the_file_then_port_then_loopback():
     defaults = load_config(None, {})
     assert choose_listen("tcp:1", CONFIG, {"PORT": "2"}) == "tcp:1"
     assert choose_listen(None, CONFIG, {"PORT": "2"}) == "tcp:9999"
@@ -19,7 +19,7 @@ def test_listen_precedence():
     assert choose_listen(None, defaults, {}) == DEFAULT_LISTEN == "tcp:8080:interface=127.0.0.1"
 
 
-def test_options():
+def test_options_are_parsed():
     o = Options()
     o.parseOptions(["--config", "x.toml", "--listen", "tcp:1234:interface=127.0.0.1"])
     assert (o["config"], o["listen"], o["workers"]) == ("x.toml", "tcp:1234:interface=127.0.0.1", 1)
