@@ -141,6 +141,10 @@ class ApiSite(server.Site):
         self._closed_waiters: list[Deferred[None]] = []
 
     def buildProtocol(self, addr: Any) -> Any:
+        """
+        Return the site's protocol for a new connection, tracked in
+        L{connections} until it is lost.
+        """
         protocol = super().buildProtocol(addr)
         if protocol is None:
             return None

@@ -91,6 +91,12 @@ class FakeUpstream:
         self.closed = False
 
     def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+        """
+        Record the fetch; return a Deferred the test fires (or ``auto``
+        fired already).
+
+        @raise Overloaded: ``max_in_flight`` fetches are unanswered.
+        """
         if self.in_flight >= self.max_in_flight:
             raise Overloaded(f"{self.in_flight} upstream fetches in flight")
         d: Deferred[UpstreamResponse] = Deferred()
@@ -111,6 +117,9 @@ class FakeUpstream:
         return d
 
     def close(self) -> Deferred[None]:
+        """
+        Note that it was closed; return a fired Deferred.
+        """
         self.closed = True
         d: Deferred[None] = Deferred()
         d.callback(None)
