@@ -15,9 +15,10 @@ they call into it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -131,17 +132,23 @@ class _Flight:
     cancels the fetch.
     """
 
-    __slots__ = ("waiters",)
+    __slots__ = ("waiters", "result")
 
     def __init__(self) -> None:
         self.waiters: list[Deferred[_Outcome]] = []
+        self.result: _Outcome | Failure | None = None
 
     def wait(self) -> Deferred[_Outcome]:
+        # a fetch can end synchronously (Overloaded, a synchronous store):
+        # a caller arriving after that still gets its result
+        if self.result is not None:
+            return fail(self.result) if isinstance(self.result, Failure) else succeed(self.result)
         d: Deferred[_Outcome] = Deferred(self.waiters.remove)
         self.waiters.append(d)
         return d
 
     def settle(self, result: _Outcome | Failure) -> None:
+        self.result = result
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             if isinstance(result, Failure):

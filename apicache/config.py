@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -45,6 +46,9 @@ class ConfigError(Exception):
         self.message = message
 
     def __str__(self) -> str:
+        # "-": the file as a whole (unreadable, not TOML) rather than a key
+        if self.key in ("", "-"):
+            return f"apicache: configuration error in {self.source}: {self.message}"
         return f"apicache: configuration error in {self.source}: {self.key}: {self.message}"
 
 

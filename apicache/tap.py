@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.web.client import Agent
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
@@ -49,7 +51,7 @@ def _check_endpoint(option: str, value: str) -> str:
         # parsing needs no reactor; the endpoint is built again in makeService
         serverFromString(None, value)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}")
+        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}") from None
     return value
 
 
@@ -139,6 +141,7 @@ class HTTPService(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None]:
         async def drain() -> None:
+            started = self.clock.seconds()
             await super(HTTPService, self).stopService()
             if self.site.active:
                 self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
@@ -146,6 +149,13 @@ class HTTPService(StreamServerEndpointService):
                     await self.site.when_idle().addTimeout(self.grace, self.clock)
                 except DeferredTimeout:
                     self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
+            # let the last answers reach their callers before the reactor
+            # drops every connection
+            left = max(self.grace - (self.clock.seconds() - started), 0.5)
+            try:
+                await self.site.close_connections().addTimeout(left, self.clock)
+            except DeferredTimeout:
+                pass
 
         return Deferred.fromCoroutine(drain())
 
@@ -350,7 +360,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     capture_stdlib_logging(config.server.log_level)
     notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
     notes.setServiceParent(root)

@@ -18,7 +18,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from redis_support import ready, sleep, until
-from store_contract import ENTRY_LIMIT, StoreContract, entry, key, store_entry
+from store_behaviours import ENTRY_LIMIT, StoreContract, entry, key, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.keys import CacheKey

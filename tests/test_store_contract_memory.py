@@ -1,12 +1,12 @@
 """
-The store contract of tests/store_contract.py, on MemoryStore: the same
+The store contract of tests/store_behaviours.py, on MemoryStore: the same
 tests RedisStore passes, so the contract is the interface's, not Redis's.
 """
 
 from __future__ import annotations
 
 import pytest
-from store_contract import ENTRY_LIMIT, StoreContract
+from store_behaviours import ENTRY_LIMIT, StoreContract
 
 from apicache.store.memory import MemoryStore
 
