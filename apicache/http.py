@@ -12,7 +12,8 @@ import json
 import socket
 import sys
 import uuid
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
 from klein import Klein
@@ -44,7 +45,9 @@ from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
 from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.store.interface import StoreUnavailable
-from apicache.tracing import RequestTrace, Tracer, enter as enter_trace, leave as leave_trace
+from apicache.tracing import RequestTrace, Tracer
+from apicache.tracing import enter as enter_trace
+from apicache.tracing import leave as leave_trace
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest", "cache_key"]
@@ -110,7 +113,7 @@ class ApiRequest(server.Request):
             self.site = site
             self.responseHeaders.setRawHeaders(b"date", [site.http_date(self.started)])
             self.prepath = []
-            self.sitepath = []
+            self.sitepath: list[bytes] = []
             try:
                 self.render(site.resource)
             except BaseException:
@@ -131,7 +134,7 @@ class ApiRequest(server.Request):
     def _done(self) -> None:
         if self._counted:
             self._counted = False
-            self.site.request_done(self)
+            self.site.request_done(self)  # type: ignore[union-attr]
 
     def finish(self) -> None:
         super().finish()
@@ -171,6 +174,9 @@ class ApiSite(server.Site):
         self._date_second = -1
         self._date = b""
         self._idle_waiters: list[Deferred[None]] = []
+        #: the transports of open connections, closed gracefully on shutdown
+        self.connections: set[Any] = set()
+        self._closed_waiters: list[Deferred[None]] = []
 
     def http_date(self, now: float) -> bytes:
         """
@@ -182,7 +188,52 @@ class ApiSite(server.Site):
             self._date_second = second
         return self._date
 
-    def log(self, request: server.Request) -> None:
+    def buildProtocol(self, addr: Any) -> Any:
+        """
+        Return the site's protocol for a new connection, tracked in
+        L{connections} until it is lost.
+        """
+        protocol = super().buildProtocol(addr)
+        if protocol is None:
+            return None
+        made, lost = protocol.makeConnection, protocol.connectionLost
+        transports = []
+
+        def makeConnection(transport: Any) -> None:
+            transports.append(transport)
+            self.connections.add(transport)
+            made(transport)
+
+        def connectionLost(reason: Failure) -> None:
+            for t in transports:
+                self.connections.discard(t)
+            try:
+                lost(reason)
+            finally:
+                if not self.connections and self._closed_waiters:
+                    waiters, self._closed_waiters = self._closed_waiters, []
+                    for d in waiters:
+                        d.callback(None)
+
+        protocol.makeConnection, protocol.connectionLost = makeConnection, connectionLost
+        return protocol
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every connection once what was written to it is sent (the
+        reactor's own shutdown would drop unsent answers).  Fire when all
+        are closed.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        for transport in list(self.connections):
+            transport.loseConnection()
+        return d
+
+    def log(self, request: Any) -> None:
         """
         Write nothing: see L{request_done}.
         """
@@ -256,7 +307,8 @@ class _Front(Resource):
             if not given or not api.key_matches(given[0]):
                 return api.refuse(request, ApiError(401, "unauthorized", "api-key missing or wrong"))
         if request.method == b"GET":
-            body = api.answer_hit(request)
+            # any twisted.web Request takes the attributes ApiRequest declares
+            body = api.answer_hit(cast(ApiRequest, request))
             if body is not None:
                 return body
         return self._inner.render(request)
@@ -298,7 +350,9 @@ class CacheAPI:
         server_cfg = config.server
         self.tenant_header = server_cfg.tenant_header.encode("ascii")
         self._api_keys = [k.encode("utf-8") for k in server_cfg.api_keys]
-        self.key_required = not server_cfg.allow_anonymous
+        # SPEC.md section 4: keys are checked whenever some are configured
+        # (the configuration refuses none without allow_anonymous)
+        self.key_required = bool(self._api_keys)
         self._tenant_claim = server_cfg.tenant_claim
         upstream = config.upstream
         self._forward = [h.encode("ascii") for h in upstream.forward_headers]
@@ -403,7 +457,7 @@ class CacheAPI:
         return self.metrics.render()
 
     @app.route("/clear", methods=["DELETE"])
-    async def clear(self, request: IRequest) -> bytes:
+    async def clear(self, request: ApiRequest) -> bytes:
         tenant = self._tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
@@ -416,7 +470,7 @@ class CacheAPI:
     # -- routes ------------------------------------------------------------
 
     @app.route("/<path:_rest>", methods=None)
-    def proxy(self, request: IRequest, _rest: str) -> Any:
+    def proxy(self, request: ApiRequest, _rest: str) -> Any:
         if request.path in RESERVED_PATHS:
             raise MethodNotAllowed()
         method = request.method
@@ -427,7 +481,7 @@ class CacheAPI:
         self._match(request)
         raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
 
-    def _key(self, request: IRequest) -> tuple[Route, tuple[str, ...], str, str, CacheKey]:
+    def _key(self, request: ApiRequest) -> tuple[Route, tuple[str, ...], str, str, CacheKey]:
         """
         Check a GET on a route and return its route, parameters, tenant,
         canonical query and cache key.  Sets the request's ``route_type``
@@ -467,7 +521,7 @@ class CacheAPI:
             self._check_claim(request, found[2])
         return found
 
-    def answer_hit(self, request: IRequest) -> bytes | None:
+    def answer_hit(self, request: ApiRequest) -> bytes | None:
         """
         The fast path: answer a GET whose fresh answer is cached, at once,
         before Klein's dispatch.  Return the body, or ``None`` to leave the
@@ -486,11 +540,12 @@ class CacheAPI:
             return None
         return self._write(request, result, length=False)
 
-    def _get(self, request: IRequest) -> Any:
+    def _get(self, request: ApiRequest) -> Any:
         route, params, tenant, query, key = self._key(request)
         headers = request.requestHeaders
-        if request.trace is not None:
-            headers.setRawHeaders(b"traceparent", [request.trace.traceparent()])
+        trace = getattr(request, "trace", None)
+        if trace is not None:
+            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
         forwarded: list[tuple[bytes, bytes]] = []
         for name in self._forward:
             for value in headers.getRawHeaders(name, ()):
@@ -513,7 +568,7 @@ class CacheAPI:
             raise ApiError(502, "upstream_unreachable", str(e))
         failure.raiseException()
 
-    def _write(self, request: IRequest, result: CacheResult, length: bool = True) -> bytes:
+    def _write(self, request: ApiRequest, result: CacheResult, length: bool = True) -> bytes:
         """
         Set ``request``'s status and headers for ``result``; return the body.
         ``length=False`` leaves ``Content-Length`` to twisted.web (which
@@ -533,7 +588,7 @@ class CacheAPI:
             out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
         return r.body
 
-    async def _delete(self, request: IRequest) -> bytes:
+    async def _delete(self, request: ApiRequest) -> bytes:
         route, params = self._match(request)
         request.route_type = route.type
         tenant = self._tenant(request, required=False)
@@ -554,7 +609,7 @@ class CacheAPI:
 
     @app.handle_errors(ApiError)
     def _api_error(self, request: IRequest, failure: Failure) -> bytes:
-        return self.refuse(request, failure.value)
+        return self.refuse(request, failure.value)  # type: ignore[arg-type]
 
     @app.handle_errors(NotFound)
     def _not_found(self, request: IRequest, failure: Failure) -> bytes:
@@ -568,7 +623,7 @@ class CacheAPI:
         )
 
     @app.handle_errors
-    def _internal(self, request: IRequest, failure: Failure) -> bytes:
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:  # type: ignore[misc]
         error_id = uuid.uuid4().hex
         self.log.failure(
             "internal error {error_id} answering {method} {path}",
@@ -576,7 +631,7 @@ class CacheAPI:
             error_id=error_id,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace")[:512],
-            trace_id=request.trace.trace_id if getattr(request, "trace", None) else None,
+            trace_id=getattr(getattr(request, "trace", None), "trace_id", None),
         )
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)

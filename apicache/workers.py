@@ -179,7 +179,7 @@ class WorkerSupervisor(Service):
         self.environ = environ
         self.grace = grace
         self.workers: dict[int, _Worker] = {}
-        self.port: IListeningPort | None = None
+        self.port: Any = None
         self._stopping = False
         self._delays: dict[int, float] = {}
         self._relays = 0

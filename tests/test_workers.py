@@ -15,7 +15,7 @@ PATH = "/server/object(7)/header"
 UPSTREAM_PATH = "/api/object(7)/header"
 
 
-def workers_info(d, want=lambda info: True, timeout=20.0):
+def workers_info(d, want=lambda info: True, timeout=30.0):
     """GET / until every worker answered with an info that ``want`` accepts."""
     seen = {}
     deadline = time.monotonic() + timeout
@@ -33,7 +33,10 @@ def workers_info(d, want=lambda info: True, timeout=20.0):
 
 def fill_both(d, upstream, path=PATH, upstream_path=UPSTREAM_PATH):
     before = upstream.calls(upstream_path)
-    for _ in range(400):
+    # which worker accepts a new connection is up to the kernel: ask until
+    # both have fetched (each fetches once, then serves its own copy)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         d.get(path)
         if upstream.calls(upstream_path) - before == 2:
             break
