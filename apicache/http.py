@@ -494,7 +494,11 @@ class CacheAPI:
         keyed = [headers.getRawHeaders(h) for h in self._keyed]
         # the key is a pure function of these: a request seen before is
         # neither matched, decoded nor canonicalized again
-        seen = (request.uri, tenants[0] if tenants else None, *(tuple(v) if v else None for v in keyed))
+        seen = (
+            request.uri,
+            tenants[0] if tenants else None,
+            tuple([tuple(v) if v else None for v in keyed]) if any(keyed) else (),
+        )
         found = self._keys.get(seen)
         if found is None:
             route, params = self._match(request)
@@ -510,7 +514,7 @@ class CacheAPI:
             found = (route, params, tenant, query, cache_key(tenant, route, params, query, keyed))
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send
-            if len(request.uri) + sum(len(v) for vs in keyed if vs for v in vs) <= _MEMO_REQUEST_BYTES:
+            if len(request.uri) + sum([len(v) for vs in keyed if vs for v in vs]) <= _MEMO_REQUEST_BYTES:
                 if len(self._keys) >= _MEMO_SIZE:
                     self._keys.clear()
                 self._keys[seen] = found
