@@ -22,9 +22,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import datetimeToString
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
@@ -542,7 +544,40 @@ class CacheAPI:
         result = self.registry.cache(tenant, route.type).hit(key)
         if result is None:
             return None
-        return self._write(request, result, length=False)
+        return self._send_hit(request, result)
+
+    def _send_hit(self, request: ApiRequest, result: CacheResult) -> Any:
+        """
+        Write a hit's whole answer in one go and finish ``request``; return
+        C{NOT_DONE_YET} (it is done, twisted.web must not write again).
+
+        This is twisted.web's C{Request.write} for one narrow case, a GET
+        answered with a known body: the status line and the headers already
+        set (``Date``, ``Connection: close`` when the connection does not
+        persist) are written with the stored headers, ``X-Cache``, ``Age``
+        and ``Content-Length`` without building and re-normalising a
+        C{Headers} object on every hit.
+        """
+        r = result.response
+        body = r.body
+        request.cache = result.cache
+        request.code = r.status
+        request.code_message = RESPONSES.get(r.status, b"Unknown Status")
+        head = [b"%s %d %s\r\n" % (request.clientproto, r.status, request.code_message)]
+        for name, values in request.responseHeaders.getAllRawHeaders():
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+        for name, value in r.headers:
+            head.append(b"%s: %s\r\n" % (_canonical(name), value))
+        head.append(
+            b"X-Cache: %s\r\nAge: %d\r\nContent-Length: %d\r\n\r\n"
+            % (_X_CACHE[result.cache][0], max(0, int(result.age or 0)), len(body))
+        )
+        request.startedWriting = 1
+        request.sentLength = len(body)
+        request.channel.writeSequence([b"".join(head), body])
+        request.finish()
+        return NOT_DONE_YET
 
     def _get(self, request: ApiRequest) -> Any:
         route, params, tenant, query, key = self._key(request)
@@ -572,12 +607,7 @@ class CacheAPI:
             raise ApiError(502, "upstream_unreachable", str(e))
         failure.raiseException()
 
-    def _write(self, request: ApiRequest, result: CacheResult, length: bool = True) -> bytes:
-        """
-        Set ``request``'s status and headers for ``result``; return the body.
-        ``length=False`` leaves ``Content-Length`` to twisted.web (which
-        sets it for a body that C{render} returns).
-        """
+    def _write(self, request: ApiRequest, result: CacheResult) -> bytes:
         r = result.response
         request.cache = result.cache
         request.setResponseCode(r.status)
@@ -588,8 +618,7 @@ class CacheAPI:
         out.setRawHeaders(b"x-cache", _X_CACHE[result.cache])
         if result.age is not None:
             out.setRawHeaders(b"age", [b"%d" % max(0, int(result.age))])
-        if length:
-            out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
+        out.setRawHeaders(b"content-length", [b"%d" % len(r.body)])
         return r.body
 
     async def _delete(self, request: ApiRequest) -> bytes:
@@ -640,6 +669,22 @@ class CacheAPI:
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)
         return _error_body("internal_error", "an unexpected error occurred", id=error_id)
+
+
+_CANONICAL: dict[bytes, bytes] = {}
+
+
+def _canonical(name: bytes) -> bytes:
+    """
+    Return a stored header's name as twisted.web writes it (``ETag``,
+    ``Content-Type``), learnt from twisted.web itself once per name.
+    """
+    found = _CANONICAL.get(name)
+    if found is None:
+        found = next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+        if len(_CANONICAL) < 1024:
+            _CANONICAL[name] = found
+    return found
 
 
 def cache_key(

@@ -86,3 +86,38 @@ def test_the_path_memo_is_bounded_in_entries_and_length():
     long = b"/o/" + b"a" * (MEMO_PATH_BYTES - 2)
     assert router.resolve(long)[1] == ("a" * (MEMO_PATH_BYTES - 2),)
     assert long not in router._memo
+
+
+def _raw(port: int, data: bytes) -> bytes:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        out = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_hits_answer_http_1_0_and_pipelined_requests(make_daemon):
+    """A hit written in one go keeps HTTP/1.0 and pipelining right."""
+    d = make_daemon()
+    assert d.get(PATH).cache == "MISS"
+    get = f"GET {PATH} HTTP/1.1\r\nHost: x\r\napi-key: test-key\r\norg_id: t1\r\n\r\n".encode()
+    last = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    out = _raw(d.port, get + get + last)
+    answers = out.split(b"HTTP/1.1 200 OK\r\n")
+    assert len(answers) == 4 and answers[0] == b""
+    for a in answers[1:3]:
+        head, _, body = a.partition(b"\r\n\r\n")
+        assert b"X-Cache: HIT" in head
+        assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
+    assert b'"status": "ok"' in answers[3]
+
+    old = _raw(d.port, f"GET {PATH} HTTP/1.0\r\napi-key: test-key\r\norg_id: t1\r\n\r\n".encode())
+    head, _, body = old.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"X-Cache: HIT" in head  # and the server closed the connection: _raw returned
+    assert int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]) == len(body)
