@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
+from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
 from apicache.logs import json_log_observer
@@ -192,6 +193,21 @@ def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, 
     metrics.add_source(source)
 
 
+def _events(
+    config: Config, registry: CacheRegistry, reactor: Any, api: CacheAPI, readiness: Readiness, metrics: Metrics
+) -> EventListenerService:
+    handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
+    listener = EventListenerService(config.kafka, handler, reactor, instance=api.node)
+    try:
+        check_consumer_settings(listener.settings)
+    except ValueError as e:
+        raise ConfigError(config.source, "kafka", f"librdkafka refuses the settings: {e}") from None
+    readiness.add("kafka", listener.is_ready)
+    api.info_sources.append(listener.info)
+    metrics.add_source(listener.metrics)
+    return listener
+
+
 def build(
     config: Config,
     reactor: Any,
@@ -221,6 +237,9 @@ def build(
 
     root = ApiCacheService(log_observer)
     UpstreamService(upstream).setServiceParent(root)
+    if config.kafka.enabled:
+        # after the upstream, before HTTP: stopped after HTTP drains
+        _events(config, registry, reactor, api, readiness, metrics).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     root.api = api  # type: ignore[attr-defined]
     return root
