@@ -372,7 +372,7 @@ class _Links:
     def __init__(self) -> None:
         self.connected = False
         self.joined = False
-        self.partitions = 0
+        self.assigned: list[str] = []
         self.error = ""
 
 
@@ -434,7 +434,8 @@ class EventListenerService(Service):
                 "mode": self.kafka.mode,
                 "group_id": self.group_id,
                 "connected": self.links.connected,
-                "partitions": self.links.partitions,
+                "partitions": len(self.links.assigned),
+                "assigned": list(self.links.assigned),
             }
         }
 
@@ -453,7 +454,7 @@ class EventListenerService(Service):
             value=h.last_applied or 0.0,
         )
         yield GaugeMetricFamily("apicache_kafka_ready", "1 when the event listener is connected and assigned.", value=float(self.is_ready()))
-        yield GaugeMetricFamily("apicache_kafka_partitions", "Partitions assigned to this instance.", value=self.links.partitions)
+        yield GaugeMetricFamily("apicache_kafka_partitions", "Partitions assigned to this instance.", value=len(self.links.assigned))
 
     # -- the service ------------------------------------------------------
 
@@ -531,7 +532,7 @@ class EventListenerService(Service):
             partitions = self._broadcast_positions(consumer, partitions)
         consumer.assign(partitions)
         self._seen.update((p.topic, p.partition) for p in partitions)
-        self.links.partitions = len(partitions)
+        self.links.assigned = [f"{p.topic}:{p.partition}" for p in partitions]
         self.links.joined = True
         self._from_thread(
             self.log.info,
@@ -568,11 +569,11 @@ class EventListenerService(Service):
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)
         consumer.unassign()
-        self.links.partitions = 0
+        self.links.assigned = []
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         consumer.unassign()
-        self.links.partitions = 0
+        self.links.assigned = []
         self.links.joined = False
         self._from_thread(self.log.warn, "kafka: partitions lost; rejoining the group")
 
