@@ -617,7 +617,12 @@ class EventListenerService(Service):
 
     def _consume(self, consumer: Consumer) -> None:
         while not self._stop.is_set():
-            messages = consumer.consume(_BATCH, _POLL_SECONDS)
+            # consume() waits for a full batch or its timeout: wait for one
+            # message, then take what else has arrived
+            first = consumer.poll(_POLL_SECONDS)
+            if first is None:
+                continue
+            messages = [first, *consumer.consume(_BATCH - 1, 0)]
             batch: list[Message] = []
             for m in messages:
                 error = m.error()
