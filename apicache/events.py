@@ -422,7 +422,10 @@ class EventListenerService(Service):
         Return whether a broker is reachable and the consumer has its
         partitions (for ``/readyz``).
         """
-        return self.links.connected and self.links.joined
+        links = self.links
+        # a broadcast listener without partitions hears nothing (no such
+        # topic?); in a group, more members than partitions is normal
+        return links.connected and links.joined and (bool(links.assigned) or not self.broadcast)
 
     def info(self) -> dict[str, Any]:
         """
@@ -528,11 +531,13 @@ class EventListenerService(Service):
                 self._from_thread(self.log.warn, "kafka: no broker reachable")
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # (confluent-kafka assigns the partitions itself after this returns,
+        # eagerly or incrementally as the group's protocol says, unless we did)
         if self.broadcast and partitions:
             partitions = self._broadcast_positions(consumer, partitions)
-        consumer.assign(partitions)
+            consumer.assign(partitions)
         self._seen.update((p.topic, p.partition) for p in partitions)
-        self.links.assigned = [f"{p.topic}:{p.partition}" for p in partitions]
+        self.links.assigned = sorted(set(self.links.assigned) | {f"{p.topic}:{p.partition}" for p in partitions})
         self.links.joined = True
         self._from_thread(
             self.log.info,
@@ -568,11 +573,10 @@ class EventListenerService(Service):
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)
-        consumer.unassign()
-        self.links.assigned = []
+        gone = {f"{p.topic}:{p.partition}" for p in partitions}
+        self.links.assigned = [a for a in self.links.assigned if a not in gone]
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        consumer.unassign()
         self.links.assigned = []
         self.links.joined = False
         self._from_thread(self.log.warn, "kafka: partitions lost; rejoining the group")
@@ -617,34 +621,46 @@ class EventListenerService(Service):
 
     def _consume(self, consumer: Consumer) -> None:
         while not self._stop.is_set():
-            # consume() waits for a full batch or its timeout: wait for one
-            # message, then take what else has arrived
-            first = consumer.poll(_POLL_SECONDS)
-            if first is None:
-                continue
-            messages = [first, *consumer.consume(_BATCH - 1, 0)]
-            batch: list[Message] = []
-            for m in messages:
-                error = m.error()
-                if error is None:
-                    batch.append(m)
-                elif error.code() != KafkaError._PARTITION_EOF:
-                    self._on_error(error)
-            if not batch:
-                continue
-            work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
             try:
-                done = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)
-            except Exception:  # noqa: BLE001 - the reactor is going away
-                return
-            if done:
-                consumer.store_offsets(offsets=_next_offsets(batch[:done]))
-            if done < len(batch):
-                # not applied: go back to the first message of each
-                # partition that was not, and try again a little later
-                for m in _first_per_partition(batch[done:]):
-                    consumer.seek(TopicPartition(m.topic(), m.partition(), m.offset()))
+                self._consume_once(consumer)
+            except Exception:  # noqa: BLE001 - the listener must go on
+                self._from_thread(self.log.failure, "kafka: unexpected error in the event listener", Failure())
                 self._stop.wait(_RETRY_SECONDS)
+
+    def _consume_once(self, consumer: Consumer) -> None:
+        """
+        Take the messages that have arrived (waiting a moment for the
+        first), apply them on the reactor thread, and store the offsets of
+        those applied or skipped.
+        """
+        # consume() waits for a full batch or its timeout: wait for one
+        # message, then take what else has arrived
+        first = consumer.poll(_POLL_SECONDS)
+        if first is None:
+            return
+        batch: list[Message] = []
+        for m in [first, *consumer.consume(_BATCH - 1, 0)]:
+            error = m.error()
+            if error is None:
+                batch.append(m)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._on_error(error)
+        if not batch:
+            return
+        work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
+        try:
+            done: int = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - the reactor is going away
+            self._stop.set()
+            return
+        if done:
+            consumer.store_offsets(offsets=_next_offsets(batch[:done]))
+        if done < len(batch):
+            # not applied: go back to the first message of each partition
+            # that was not, and try again a little later
+            for m in _first_per_partition(batch[done:]):
+                consumer.seek(TopicPartition(m.topic() or "", m.partition() or 0, m.offset() or 0))
+            self._stop.wait(_RETRY_SECONDS)
 
 
 def _timestamp(m: Message) -> float | None:
@@ -655,14 +671,14 @@ def _timestamp(m: Message) -> float | None:
 def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
     last: dict[tuple[str, int], int] = {}
     for m in messages:
-        last[(m.topic(), m.partition())] = m.offset()
+        last[(m.topic() or "", m.partition() or 0)] = m.offset() or 0
     return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
 
 
 def _first_per_partition(messages: Sequence[Message]) -> list[Message]:
     first: dict[tuple[str, int], Message] = {}
     for m in messages:
-        first.setdefault((m.topic(), m.partition()), m)
+        first.setdefault((m.topic() or "", m.partition() or 0), m)
     return list(first.values())
 
 

@@ -388,7 +388,9 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
     # a stops: it commits what it applied, b takes over from there
     [held] = info(a)["assigned"]
     a_partition = int(held.rsplit(":", 1)[1])
+    stopping = time.monotonic()
     assert a.stop() in (0, -15)
+    assert time.monotonic() - stopping < 5.0
     committed = _committed(kafka, group, topic)
     assert committed[a_partition] == ends[a_partition]
     eventually(lambda: info(b)["partitions"] == 2, JOIN_SECONDS, 0.1)
