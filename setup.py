@@ -21,7 +21,14 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
+        # OpenTelemetry span export, on when OTEL_EXPORTER_OTLP_ENDPOINT is set
+        "otel": [
+            "opentelemetry-sdk>=1.20",
+            "opentelemetry-exporter-otlp-proto-http>=1.20",
+        ],
         "test": [
+            "opentelemetry-sdk>=1.20",
+            "opentelemetry-exporter-otlp-proto-http>=1.20",
             "pytest>=8",
             "pytest-twisted>=1.14",
             "hypothesis>=6.100",

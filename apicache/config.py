@@ -27,6 +27,7 @@ __all__ = [
     "EventRule",
     "load_config",
     "parse_config",
+    "SectionFiller",
     "FORBIDDEN_FORWARD",
     "UNKEYED_FORWARD",
 ]
@@ -396,11 +397,25 @@ def _fingerprint(base_url: str, template: str) -> str:
     return hashlib.sha256(f"{base_url}\n{template}".encode()).hexdigest()[:12]
 
 
+#: Called with a section's name and the values the file gives it (after
+#: ``${NAME}`` substitution, empty api keys dropped); may add what the file
+#: leaves out, before the values are checked (Cloud Foundry bindings).
+SectionFiller = Callable[[str, dict[str, Any]], None]
+
+
+def _no_fill(section: str, values: dict[str, Any]) -> None:
+    pass
+
+
 def parse_config(
-    data: Mapping[str, Any], source: str, environ: Mapping[str, str]
+    data: Mapping[str, Any],
+    source: str,
+    environ: Mapping[str, str],
+    fill: SectionFiller = _no_fill,
 ) -> Config:
     """
-    Build a validated :class:`Config` from parsed TOML.
+    Build a validated :class:`Config` from parsed TOML; ``fill`` may supply
+    values the file leaves out (see L{SectionFiller}).
 
     @raise ConfigError: naming the first key that is wrong.
     """
@@ -411,6 +426,7 @@ def parse_config(
 
     server = r.table("server", data.get("server", {}), _SERVER)
     server["api_keys"] = tuple(k for k in server.get("api_keys", ()) if k)
+    fill("server", server)
     if "listen" in server and not server["listen"]:
         server["listen"] = None
     th = server.get("tenant_header", ServerConfig.tenant_header).lower()
@@ -424,6 +440,7 @@ def parse_config(
     server_cfg = ServerConfig(**server)
 
     store = r.table("store", data.get("store", {}), _STORE)
+    fill("store", store)
     store_cfg = StoreConfig(**store)
     if store_cfg.max_entry_fraction > 1:
         raise r.fail("store.max_entry_fraction", "expected a share between 0 and 1")
@@ -461,6 +478,7 @@ def parse_config(
         raise r.fail("upstream.base_url", "required once a route exists")
 
     kafka = r.table("kafka", data.get("kafka", {}), _KAFKA)
+    fill("kafka", kafka)
     kafka_cfg = KafkaConfig(**kafka)
     if kafka_cfg.enabled and not kafka_cfg.topics:
         raise r.fail("kafka.topics", "expected at least one topic when bootstrap_servers is set")
@@ -583,15 +601,17 @@ def _event(r: _Reader, key: str, raw: Any, routes: Mapping[str, RouteConfig]) ->
     )
 
 
-def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
+def load_config(
+    path: str | None, environ: Mapping[str, str], fill: SectionFiller = _no_fill
+) -> Config:
     """
     Read and validate the TOML file at ``path``; ``None`` gives the built-in
-    defaults.
+    defaults.  ``fill`` is passed to L{parse_config}.
 
     @raise ConfigError: the file is unreadable, not TOML, or invalid.
     """
     if path is None:
-        return parse_config({}, Config.source, environ)
+        return parse_config({}, Config.source, environ, fill)
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -599,4 +619,4 @@ def load_config(path: str | None, environ: Mapping[str, str]) -> Config:
         raise ConfigError(path, "-", f"can't read the file: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "-", f"not valid TOML: {e}") from None
-    return parse_config(data, path, environ)
+    return parse_config(data, path, environ, fill)

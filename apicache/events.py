@@ -24,7 +24,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -38,6 +38,9 @@ from twisted.python.failure import Failure
 from apicache.cache import CacheRegistry
 from apicache.config import EventRule, KafkaConfig, RouteConfig
 from apicache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
+
+if TYPE_CHECKING:
+    from apicache.oauth import TokenProvider
 
 __all__ = [
     "BadEvent",
@@ -355,9 +358,16 @@ def check_consumer_settings(settings: Mapping[str, Any]) -> None:
     @raise ValueError: librdkafka refuses a setting; the message names it.
     """
     try:
-        Consumer(dict(settings)).close()
+        Consumer(dict(settings), logger=_Silent()).close()
     except (KafkaException, ValueError, TypeError) as e:
         raise ValueError(str(e.args[0] if e.args else e)) from None
+
+
+class _Silent:
+    """A logger for the throw-away consumer: librdkafka would write to stderr."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        pass
 
 
 # --- the service -------------------------------------------------------------
@@ -396,8 +406,17 @@ class EventListenerService(Service):
         handler: EventHandler,
         reactor: Any,
         instance: str | None = None,
+        credentials: TokenProvider | None = None,
     ) -> None:
+        """
+        @param instance: names this instance in its broadcast group's id.
+        @param credentials: when the SASL password is an OAuth token: the
+            consumer starts once the first token is there, and each renewed
+            token is handed to it.
+        """
         self.kafka = kafka
+        self.credentials = credentials
+        self._new_password: str | None = None
         self.handler = handler
         self.reactor = reactor
         self.broadcast = kafka.mode == "broadcast"
@@ -471,9 +490,25 @@ class EventListenerService(Service):
             settings=json.dumps(redact(self.settings), sort_keys=True),
         )
         self._stop.clear()
+        if self.credentials is None:
+            self._start_thread()
+            return
+        self.log.info("event listener waiting for its first Kafka token")
+        self.credentials.subscribe(self._renewed)
+        self.credentials.when_ready().addCallback(self._start_thread)
+
+    def _start_thread(self, password: str | None = None) -> None:
+        if not self.running or self._thread is not None:
+            return
+        if password is not None:
+            self.settings = {"sasl.password": password, **self.settings}
         self._stopped = Deferred()
         self._thread = threading.Thread(target=self._run, name="apicache-kafka", daemon=True)
         self._thread.start()
+
+    def _renewed(self, password: str) -> None:
+        # picked up by the consumer thread before its next poll
+        self._new_password = password
 
     def stopService(self) -> Deferred[None]:
         """
@@ -633,6 +668,10 @@ class EventListenerService(Service):
         first), apply them on the reactor thread, and store the offsets of
         those applied or skipped.
         """
+        password, self._new_password = self._new_password, None
+        if password is not None and self.credentials is not None:
+            # new connections use it; existing ones stay authenticated
+            consumer.set_sasl_credentials(self.credentials.username, password)
         # consume() waits for a full batch or its timeout: wait for one
         # message, then take what else has arrived
         first = consumer.poll(_POLL_SECONDS)

@@ -41,6 +41,7 @@ from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
 from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.store.interface import StoreUnavailable
+from apicache.tracing import RequestTrace, Tracer, enter as enter_trace, leave as leave_trace
 from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["CacheAPI", "ApiError", "ApiSite", "ApiRequest"]
@@ -74,6 +75,7 @@ class ApiRequest(server.Request):
     route_type = "-"
     tenant = "-"
     cache = "-"
+    trace: RequestTrace | None = None
     _counted = False
 
     def process(self) -> None:
@@ -81,7 +83,15 @@ class ApiRequest(server.Request):
         self.started = site.clock.seconds()
         self._counted = True
         site.active += 1
-        super().process()
+        # the upstream gets our span as its parent (forwarded like any
+        # traceparent); log lines written while handling carry the trace id
+        trace = self.trace = site.tracer.start(self.requestHeaders, "apicache")
+        self.requestHeaders.setRawHeaders(b"traceparent", [trace.traceparent()])
+        token = enter_trace(trace.trace_id)
+        try:
+            super().process()
+        finally:
+            leave_trace(token)
 
     def _done(self) -> None:
         if self._counted:
@@ -113,9 +123,11 @@ class ApiSite(server.Site):
         clock: IReactorTime,
         metrics: Metrics | None = None,
         access_log: bool = True,
+        tracer: Tracer | None = None,
     ) -> None:
         super().__init__(resource)
         self.clock = clock
+        self.tracer = tracer or Tracer()
         self.metrics = metrics
         self.access_log = access_log
         self.active = 0
@@ -131,7 +143,14 @@ class ApiSite(server.Site):
         self.active -= 1
         status = request.code
         if self.metrics is not None:
-            self.metrics.count_request(request.route_type, status, request.cache)
+            self.metrics.count_request(request.route_type, status, request.cache, request.tenant)
+        trace = request.trace
+        if trace is not None:
+            self.tracer.end(
+                trace,
+                f"{request.method.decode('ascii', 'replace')} {request.route_type}",
+                {"http.status_code": status, "apicache.cache": request.cache, "apicache.tenant": request.tenant},
+            )
         if self.access_log:
             self.log_.info(
                 "{method} {path} {status}",
@@ -142,6 +161,7 @@ class ApiSite(server.Site):
                 status=status,
                 cache=request.cache,
                 duration_ms=round((self.clock.seconds() - request.started) * 1000, 3),
+                trace_id=trace.trace_id if trace is not None else None,
             )
         if self.active == 0 and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
@@ -435,6 +455,7 @@ class CacheAPI:
             error_id=error_id,
             method=request.method.decode("ascii", "replace"),
             path=request.path.decode("utf-8", "replace")[:512],
+            trace_id=request.trace.trace_id if getattr(request, "trace", None) else None,
         )
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)

@@ -9,23 +9,39 @@ L{apicache.tap.makeService}, so twistd's own lines are JSON too.
 from __future__ import annotations
 
 import json
+import logging
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
     ILogObserver,
+    Logger,
     LogLevel,
     LogLevelFilterPredicate,
     formatEvent,
 )
 from zope.interface import implementer
 
-__all__ = ["JSONLineObserver", "json_log_observer", "SECRET_FIELDS"]
+from apicache.tracing import current_trace_id
+
+__all__ = ["JSONLineObserver", "json_log_observer", "SECRET_FIELDS", "capture_stdlib_logging"]
 
 #: Event fields that are never written, whatever logged them.
-SECRET_FIELDS = frozenset({"authorization", "api_key", "token", "password", "sasl_password"})
+SECRET_FIELDS = frozenset(
+    {
+        "authorization",
+        "api_key",
+        "token",
+        "access_token",
+        "password",
+        "sasl_password",
+        "client_secret",
+        "credentials",
+        "redis_url",
+    }
+)
 
 _LEVELS = {
     "debug": LogLevel.debug,
@@ -52,7 +68,7 @@ class JSONLineObserver:
     def __call__(self, event: dict[str, Any]) -> None:
         level = event.get("log_level", LogLevel.info)
         out: dict[str, Any] = {
-            "time": datetime.fromtimestamp(event.get("log_time") or 0, timezone.utc).isoformat(
+            "time": datetime.fromtimestamp(event.get("log_time") or 0, UTC).isoformat(
                 timespec="milliseconds"
             ),
             "level": getattr(level, "name", str(level)),
@@ -68,6 +84,10 @@ class JSONLineObserver:
                 continue
             if isinstance(v, _SCALARS):
                 out[k] = v
+        if "trace_id" not in out:
+            trace_id = current_trace_id()
+            if trace_id is not None:
+                out["trace_id"] = trace_id
         failure = event.get("log_failure") or event.get("failure")
         if failure is not None:
             try:
@@ -89,6 +109,38 @@ def json_log_observer(level: str = "info", stream: IO[str] | None = None) -> ILo
     """
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
     return FilteringLogObserver(JSONLineObserver(stream or sys.stdout), [predicate])
+
+
+class _ToTwistedLogger(logging.Handler):
+    """Hands standard-library log records to Twisted's logging (so they are JSON lines too)."""
+
+    _levels = {
+        logging.DEBUG: LogLevel.debug,
+        logging.INFO: LogLevel.info,
+        logging.WARNING: LogLevel.warn,
+        logging.ERROR: LogLevel.error,
+        logging.CRITICAL: LogLevel.critical,
+    }
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = self._levels.get(record.levelno, LogLevel.warn if record.levelno > logging.INFO else LogLevel.info)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad log call must not fail the caller
+            message = str(record.msg)
+        Logger(namespace=record.name).emit(level, "{stdlib_message}", stdlib_message=message)
+
+
+def capture_stdlib_logging(level: str = "info") -> None:
+    """
+    Send the standard library's log records (libraries such as the
+    OpenTelemetry exporter use it) to Twisted's logging at ``level`` or
+    above, instead of plain text on stderr.
+    """
+    root = logging.getLogger()
+    if not any(isinstance(h, _ToTwistedLogger) for h in root.handlers):
+        root.addHandler(_ToTwistedLogger())
+    root.setLevel({"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}.get(level, logging.ERROR))
 
 
 def observer() -> ILogObserver:

@@ -7,17 +7,65 @@ A leaf module: components hand it callables that read their own counters.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "CONTENT_TYPE"]
+__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 Source = Callable[[], Iterable[Metric]]
+
+#: The ``tenant`` label of every tenant outside the top ones.
+OTHER_TENANTS = "other"
+#: Cache results that count as a tenant's hit; MISS and BYPASS are misses.
+_HITS = frozenset({"HIT", "STALE"})
+_MISSES = frozenset({"MISS", "BYPASS"})
+
+#: Upstream latency buckets, seconds.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LatencyHistogram:
+    """
+    A histogram kept as plain bucket counts, turned into a Prometheus
+    family at scrape time.
+    """
+
+    def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.bounds = tuple(sorted(bounds))
+        #: one count per bound, then one for above the last bound
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        """
+        Count one observation.
+        """
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.sum += seconds
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        """
+        Return the Prometheus histogram family of the counts so far.
+        """
+        buckets = []
+        total = 0
+        for bound, n in zip(self.bounds, self.counts[:-1], strict=True):
+            total += n
+            buckets.append((repr(float(bound)), total))
+        total += self.counts[-1]
+        buckets.append(("+Inf", total))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
 
 
 class Metrics(Collector):
@@ -25,19 +73,62 @@ class Metrics(Collector):
     Request counters and other components' sources, collected at scrape time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tenant_labels: int = 20, tenants_tracked: int = 10000) -> None:
         #: (route type, status, cache result) -> count
         self.requests: dict[tuple[str, int, str], int] = {}
+        #: tenant -> [hits, misses]; past ``tenants_tracked`` tenants, new
+        #: ones are counted under L{OTHER_TENANTS}
+        self.tenants: dict[str, list[int]] = {}
+        self.tenant_labels = tenant_labels
+        self.tenants_tracked = tenants_tracked
+        self.upstream_latency = LatencyHistogram()
+        #: kind of failure ("timeout", "unreachable", "overloaded") -> count
+        self.upstream_errors: dict[str, int] = {}
+        self._tenant_entries: Callable[[], Mapping[str, int]] = dict
         self._sources: list[Source] = []
         self._registry = CollectorRegistry(auto_describe=False)
         self._registry.register(self)
 
-    def count_request(self, route: str, status: int, cache: str) -> None:
+    def count_request(self, route: str, status: int, cache: str, tenant: str = "-") -> None:
         """
-        Count one answered request.
+        Count one answered request, and ``tenant``'s hit or miss.
         """
         k = (route, status, cache)
         self.requests[k] = self.requests.get(k, 0) + 1
+        if cache in _HITS:
+            hit = 0
+        elif cache in _MISSES:
+            hit = 1
+        else:
+            return
+        t = self.tenants.get(tenant)
+        if t is None:
+            if len(self.tenants) >= self.tenants_tracked:
+                tenant = OTHER_TENANTS
+                t = self.tenants.get(tenant)
+            if t is None:
+                t = self.tenants[tenant] = [0, 0]
+        t[hit] += 1
+
+    def observe_upstream(self, seconds: float) -> None:
+        """
+        Count an upstream answer that took ``seconds``.
+        """
+        self.upstream_latency.observe(seconds)
+
+    def count_upstream_error(self, kind: str) -> None:
+        """
+        Count an upstream fetch that failed (``kind``: timeout, unreachable,
+        overloaded).
+        """
+        self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
+
+    def tenant_entries(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """
+        Set the callable returning entries held per tenant, read at scrape
+        time.
+        """
+        self._tenant_entries = read
 
     def add_source(self, source: Source) -> None:
         """
@@ -74,8 +165,59 @@ class Metrics(Collector):
         for (route, status, cache), n in list(self.requests.items()):
             requests.add_metric([route, str(status), cache], n)
         yield requests
+        yield self.upstream_latency.family(
+            "apicache_upstream_latency_seconds", "Time to a complete upstream answer."
+        )
+        errors = CounterMetricFamily(
+            "apicache_upstream_errors", "Upstream fetches without an answer, by kind.", labels=["kind"]
+        )
+        for kind, n in sorted(self.upstream_errors.items()):
+            errors.add_metric([kind], n)
+        yield errors
+        yield from self._tenant_families()
         for source in self._sources:
             yield from source()
+
+    def _tenant_families(self) -> Iterator[Metric]:
+        entries = self._tenant_entries()
+        counts = self.tenants
+        names = set(counts) | set(entries)
+        names.discard(OTHER_TENANTS)
+
+        def activity(t: str) -> tuple[int, str]:
+            c = counts.get(t, (0, 0))
+            return (c[0] + c[1] + entries.get(t, 0), t)
+
+        top = sorted(names, key=activity, reverse=True)[: self.tenant_labels]
+        shown = set(top)
+        hits = CounterMetricFamily(
+            "apicache_tenant_hits", "Hits (fresh or stale) per tenant: the busiest ones, then 'other'.", labels=["tenant"]
+        )
+        misses = CounterMetricFamily(
+            "apicache_tenant_misses", "Misses per tenant: the busiest ones, then 'other'.", labels=["tenant"]
+        )
+        held = GaugeMetricFamily(
+            "apicache_tenant_entries", "Entries held per tenant: the busiest ones, then 'other'.", labels=["tenant"]
+        )
+        other = [0, 0, 0]
+        for t in names | {OTHER_TENANTS}:
+            c = counts.get(t, (0, 0))
+            e = entries.get(t, 0)
+            if t in shown:
+                hits.add_metric([t], c[0])
+                misses.add_metric([t], c[1])
+                held.add_metric([t], e)
+            else:
+                other[0] += c[0]
+                other[1] += c[1]
+                other[2] += e
+        if len(names) > len(shown) or OTHER_TENANTS in counts or OTHER_TENANTS in entries:
+            hits.add_metric([OTHER_TENANTS], other[0])
+            misses.add_metric([OTHER_TENANTS], other[1])
+            held.add_metric([OTHER_TENANTS], other[2])
+        yield hits
+        yield misses
+        yield held
 
     def render(self) -> bytes:
         """

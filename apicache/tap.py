@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
+from twisted.web.client import Agent
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apicache.cache import CacheRegistry
@@ -27,11 +28,15 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
-from apicache.logs import json_log_observer
+from apicache.instrument import TimedUpstream
+from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics
+from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
+from apicache.tracing import Tracer, tracer_from_environ
 from apicache.upstream import UpstreamClient
+from apicache.vcap import BindingFiller, bindings_from_environ
 
 __all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
 
@@ -194,12 +199,19 @@ def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, 
 
 
 def _events(
-    config: Config, registry: CacheRegistry, reactor: Any, api: CacheAPI, readiness: Readiness, metrics: Metrics
+    config: Config,
+    registry: CacheRegistry,
+    reactor: Any,
+    api: CacheAPI,
+    readiness: Readiness,
+    metrics: Metrics,
+    credentials: TokenProvider | None,
 ) -> EventListenerService:
     handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
-    listener = EventListenerService(config.kafka, handler, reactor, instance=api.node)
+    listener = EventListenerService(config.kafka, handler, reactor, instance=api.node, credentials=credentials)
     try:
-        check_consumer_settings(listener.settings)
+        # with token credentials the password comes later: check with a stand-in
+        check_consumer_settings({"sasl.password": "-"} | listener.settings if credentials else listener.settings)
     except ValueError as e:
         raise ConfigError(config.source, "kafka", f"librdkafka refuses the settings: {e}") from None
     readiness.add("kafka", listener.is_ready)
@@ -208,14 +220,32 @@ def _events(
     return listener
 
 
+class TracerService(Service):
+    """
+    Flushes exported spans on stop (after HTTP has drained).
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.tracer.close()
+
+
 def build(
     config: Config,
     reactor: Any,
     endpoint: IStreamServerEndpoint,
     log_observer: ILogObserver | None = None,
+    tracer: Tracer | None = None,
+    kafka_credentials: TokenProvider | None = None,
 ) -> ApiCacheService:
     """
     Compose the daemon's services from a validated configuration.
+
+    @param kafka_credentials: when the Kafka SASL password is an OAuth token
+        (Cloud Foundry binding): started first, stopped last.
     """
     router = Router(config.routes, config.source)
     metrics = Metrics()
@@ -230,18 +260,27 @@ def build(
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
     )
-    registry = CacheRegistry(store, upstream, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    timed = TimedUpstream(upstream, metrics, reactor)
+    registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     _register_metrics(metrics, registry, store, upstream)
-    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log)
+    tenant_entries = getattr(store, "tenant_entries", None)
+    if tenant_entries is not None:
+        metrics.tenant_entries(tenant_entries)
+    tracer = tracer or Tracer()
+    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
 
     root = ApiCacheService(log_observer)
+    if kafka_credentials is not None:
+        kafka_credentials.setServiceParent(root)
+    TracerService(tracer).setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
-        _events(config, registry, reactor, api, readiness, metrics).setServiceParent(root)
+        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     root.api = api  # type: ignore[attr-defined]
+    root.kafka_credentials = kafka_credentials  # type: ignore[attr-defined]
     return root
 
 
@@ -250,9 +289,10 @@ class _StartupNotes(Service):
 
     log = Logger()
 
-    def __init__(self, config: Config, listen: str) -> None:
+    def __init__(self, config: Config, listen: str, bound: list[str] | None = None) -> None:
         self.config = config
         self.listen = listen
+        self.bound = bound or []
 
     def startService(self) -> None:
         super().startService()
@@ -264,6 +304,9 @@ class _StartupNotes(Service):
             store=c.store.backend,
             n=len(c.routes),
         )
+        if self.bound:
+            # the keys only: the values are secrets
+            self.log.info("from VCAP_SERVICES: {keys}", keys=", ".join(self.bound))
         if not c.routes:
             self.log.warn("no routes are configured: only /healthz, /readyz, / and /metrics answer")
 
@@ -280,17 +323,31 @@ def makeService(options: Options) -> IService:
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
     try:
-        config = load_config(path, environ)
+        bindings = bindings_from_environ(environ)
+        filler = BindingFiller(bindings) if bindings is not None else None
+        config = load_config(path, environ, filler) if filler is not None else load_config(path, environ)
         listen = choose_listen(options["listen"], config, environ)
         try:
             endpoint = serverFromString(reactor, listen)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
-        root = build(config, reactor, endpoint, json_log_observer(config.server.log_level))
+        credentials = None
+        if filler is not None and filler.kafka_token_url and config.kafka.enabled:
+            client_id, secret = filler.kafka_client
+            credentials = TokenProvider(filler.kafka_token_url, client_id, secret, reactor, Agent(reactor))
+        root = build(
+            config,
+            reactor,
+            endpoint,
+            json_log_observer(config.server.log_level),
+            tracer=tracer_from_environ(environ),
+            kafka_credentials=credentials,
+        )
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
         raise SystemExit(1)
-    notes = _StartupNotes(config, listen)
+    capture_stdlib_logging(config.server.log_level)
+    notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
     notes.setServiceParent(root)
     return root

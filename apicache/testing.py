@@ -25,7 +25,17 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["UpstreamStub", "Answer", "free_port", "Daemon", "Reply", "twistd_path", "KafkaBroker"]
+__all__ = [
+    "UpstreamStub",
+    "Answer",
+    "free_port",
+    "Daemon",
+    "Reply",
+    "twistd_path",
+    "TokenEndpoint",
+    "vcap_services",
+    "KafkaBroker",
+]
 
 
 def free_port() -> int:
@@ -155,6 +165,102 @@ class UpstreamStub:
             h.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             pass
+
+
+class TokenEndpoint:
+    """
+    A loopback OAuth 2 token endpoint (client credentials).  Each POST gets
+    the next of ``failures`` statuses while any are left, else a new token
+    ``token-N`` valid ``expires_in`` seconds.  ``requests`` records each
+    ``(authorization header, body)``; ``tokens`` every token issued.
+    """
+
+    def __init__(self, expires_in: float = 3600.0) -> None:
+        self.expires_in = expires_in
+        self.failures: list[int] = []
+        self.requests: list[tuple[str, str]] = []
+        self.tokens: list[str] = []
+        self._lock = threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                n = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(n).decode("latin-1")
+                with endpoint._lock:
+                    endpoint.requests.append((self.headers.get("authorization", ""), body))
+                    status = endpoint.failures.pop(0) if endpoint.failures else 200
+                    if status == 200:
+                        token = f"token-{len(endpoint.tokens) + 1}-{os.urandom(6).hex()}"
+                        endpoint.tokens.append(token)
+                        out = json.dumps(
+                            {"access_token": token, "token_type": "bearer", "expires_in": endpoint.expires_in}
+                        ).encode()
+                    else:
+                        out = b'{"error": "server_error"}'
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/oauth/token"
+
+    def start(self) -> TokenEndpoint:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def vcap_services(
+    api_key: str = "vcap-api-key",
+    brokers: str = "broker-0.kafka.example:9093,broker-1.kafka.example:9093",
+    token_url: str = "https://token.example/oauth/token",
+    ca_cert: str = "https://certs.example/kafka-ca.pem",
+    redis: dict[str, Any] | None = None,
+) -> str:
+    """
+    Return a ``VCAP_SERVICES`` value as Cloud Foundry writes it, binding a
+    ``cache-key`` user-provided service, a ``kafka`` service and, when
+    given, a ``redis`` service (the README shows the same shape).
+    """
+    services: dict[str, Any] = {
+        "user-provided": [
+            {
+                "name": "cache-key",
+                "label": "user-provided",
+                "tags": [],
+                "credentials": {"key": api_key},
+            }
+        ],
+        "kafka": [
+            {
+                "name": "events-kafka",
+                "label": "kafka",
+                "plan": "standard",
+                "tags": ["kafka"],
+                "credentials": {
+                    "username": "apicache-client",
+                    "password": "kafka-client-secret",
+                    "cluster": {"brokers": brokers},
+                    "urls": {"ca_cert": ca_cert, "token": token_url},
+                },
+            }
+        ],
+    }
+    if redis is not None:
+        services["redis"] = [{"name": "cache-redis", "label": "redis", "plan": "small", "credentials": redis}]
+    return json.dumps(services)
 
 
 def twistd_path() -> str:

@@ -189,5 +189,14 @@ class MemoryStore:
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self._evictions}
 
+    def tenant_entries(self) -> dict[str, int]:
+        """
+        Return the entries held per tenant (read at metrics scrape time).
+        """
+        return {
+            tenant: sum(len(self._variants[r]) for r in resources)
+            for tenant, resources in self._resources_of.items()
+        }
+
     def is_ready(self) -> bool:
         return True

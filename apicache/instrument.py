@@ -1,0 +1,74 @@
+"""
+Measuring wrappers: components wrapped here count into L{Metrics} without
+knowing about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from apicache.metrics import Metrics
+from apicache.upstream import (
+    IUpstream,
+    Overloaded,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
+
+__all__ = ["TimedUpstream"]
+
+
+@implementer(IUpstream)
+class TimedUpstream:
+    """
+    An L{IUpstream} that times each answer into the upstream latency
+    histogram and counts failures by kind.
+    """
+
+    def __init__(self, upstream: IUpstream, metrics: Metrics, clock: IReactorTime) -> None:
+        self._upstream = upstream
+        self._metrics = metrics
+        self._clock = clock
+
+    @property
+    def in_flight(self) -> int:
+        return self._upstream.in_flight  # type: ignore[no-any-return]
+
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+        """
+        Like the wrapped upstream's ``fetch``, measured.
+        """
+        started = self._clock.seconds()
+        try:
+            d = self._upstream.fetch(path, headers)
+        except Overloaded:
+            self._metrics.count_upstream_error("overloaded")
+            raise
+
+        def answered(response: UpstreamResponse) -> UpstreamResponse:
+            self._metrics.observe_upstream(self._clock.seconds() - started)
+            return response
+
+        def failed(f: Failure) -> Failure:
+            if f.check(UpstreamTimeout):
+                kind = "timeout"
+            elif f.check(Overloaded):
+                kind = "overloaded"
+            else:
+                kind = "unreachable"
+            self._metrics.count_upstream_error(kind)
+            return f
+
+        return d.addCallbacks(answered, failed)
+
+    def close(self) -> Deferred[None]:
+        return self._upstream.close()  # type: ignore[no-any-return]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._upstream, name)

@@ -1,0 +1,50 @@
+"""
+Logs: one JSON object per stdout line, filtered by server.log_level.
+"""
+
+from __future__ import annotations
+
+
+def test_log_level_warn_leaves_out_info_lines(make_daemon):
+    d = make_daemon({"server": {"log_level": "warn"}, "routes": []})
+    assert d.get("/healthz").status == 200
+    assert d.stop() in (0, -15)
+    lines = d.log_lines()
+    assert lines, "the warning about no routes is missing"
+    assert {ln["level"] for ln in lines} <= {"warn", "error", "critical"}
+    assert any("no routes are configured" in ln["message"] for ln in lines)
+
+
+def test_default_log_level_writes_json_access_lines_with_trace_ids(make_daemon):
+    d = make_daemon()
+    r = d.get("/server/object(1)/header", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert r.status == 200
+    assert d.stop() in (0, -15)
+    lines = d.log_lines()  # raises unless every line is JSON
+    assert lines[0]["message"].startswith("twistd ") and "starting up" in lines[0]["message"]
+    access = [ln for ln in lines if ln.get("path") == "/server/object(1)/header"]
+    assert access[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert access[0]["level"] == "info"
+
+
+def test_standard_library_records_become_twisted_events():
+    import logging
+
+    from twisted.logger import globalLogPublisher
+
+    from apicache.logs import capture_stdlib_logging
+
+    seen: list[dict] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        capture_stdlib_logging("info")
+        logging.getLogger("some.library").warning("disk %s", "full")
+        logging.getLogger("some.library").debug("not at info")
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+        root = logging.getLogger()
+        for h in [h for h in root.handlers if type(h).__name__ == "_ToTwistedLogger"]:
+            root.removeHandler(h)
+    mine = [e for e in seen if e.get("log_namespace") == "some.library"]
+    assert [e["stdlib_message"] for e in mine] == ["disk full"]
+    assert mine[0]["log_level"].name == "warn"

@@ -1,0 +1,140 @@
+"""
+Metrics: plain counters rendered in the Prometheus text format at scrape time.
+"""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import Clock
+
+from apicache.instrument import TimedUpstream
+from apicache.metrics import OTHER_TENANTS, Metrics
+from apicache.store import MemoryStore
+from apicache.upstream import Overloaded, UpstreamResponse, UpstreamTimeout
+
+
+def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(m.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_requests_by_route_status_and_cache():
+    m = Metrics()
+    m.count_request("object", 200, "MISS", "t1")
+    m.count_request("object", 200, "HIT", "t1")
+    m.count_request("object", 200, "HIT", "t1")
+    s = samples(m)
+    assert s[("apicache_requests_total", (("cache", "HIT"), ("route", "object"), ("status", "200")))] == 2
+    assert s[("apicache_tenant_hits_total", (("tenant", "t1"),))] == 2
+    assert s[("apicache_tenant_misses_total", (("tenant", "t1"),))] == 1
+
+
+def test_stale_counts_as_hit_and_bypass_as_miss():
+    m = Metrics()
+    m.count_request("object", 200, "STALE", "t1")
+    m.count_request("object", 200, "BYPASS", "t1")
+    m.count_request("-", 404, "-", "t1")
+    s = samples(m)
+    assert s[("apicache_tenant_hits_total", (("tenant", "t1"),))] == 1
+    assert s[("apicache_tenant_misses_total", (("tenant", "t1"),))] == 1
+
+
+def test_tenant_labels_are_capped_with_other():
+    m = Metrics(tenant_labels=2)
+    for i, n in enumerate([5, 4, 3, 2, 1]):
+        for _ in range(n):
+            m.count_request("object", 200, "HIT", f"t{i}")
+    s = samples(m)
+    tenants = {dict(k[1])["tenant"] for k in s if k[0] == "apicache_tenant_hits_total"}
+    assert tenants == {"t0", "t1", OTHER_TENANTS}
+    assert s[("apicache_tenant_hits_total", (("tenant", OTHER_TENANTS),))] == 3 + 2 + 1
+
+
+def test_tracked_tenants_are_bounded():
+    m = Metrics(tenants_tracked=3)
+    for i in range(10):
+        m.count_request("object", 200, "MISS", f"t{i}")
+    assert len(m.tenants) <= 4
+    assert sum(h + mi for h, mi in m.tenants.values()) == 10
+
+
+def test_a_tenant_called_other_is_not_a_duplicate_label():
+    m = Metrics(tenant_labels=1)
+    m.count_request("object", 200, "HIT", "other")
+    m.count_request("object", 200, "HIT", "a")
+    m.count_request("object", 200, "HIT", "a")
+    s = samples(m)
+    assert s[("apicache_tenant_hits_total", (("tenant", "a"),))] == 2
+    assert s[("apicache_tenant_hits_total", (("tenant", "other"),))] == 1
+
+
+def test_tenant_entries_come_from_the_store():
+    from apicache.keys import CacheKey
+    from apicache.store.interface import CachedResponse
+
+    store = MemoryStore(1 << 20)
+    for tenant, ident in [("a", "1"), ("a", "2"), ("b", "1")]:
+        store.put_now(CacheKey(tenant, "object", (ident,), "v"), CachedResponse(200, (), b"x", 0, 10, 10), 0)
+    m = Metrics()
+    m.tenant_entries(store.tenant_entries)
+    s = samples(m)
+    assert s[("apicache_tenant_entries", (("tenant", "a"),))] == 2
+    assert s[("apicache_tenant_entries", (("tenant", "b"),))] == 1
+
+
+class FakeUpstream:
+    in_flight = 0
+
+    def __init__(self, result):
+        self.result = result
+
+    def fetch(self, path, headers):
+        if isinstance(self.result, Exception):
+            raise self.result
+        return self.result
+
+    def close(self):
+        return succeed(None)
+
+
+def test_upstream_latency_lands_in_its_bucket():
+    clock = Clock()
+    d: Deferred[UpstreamResponse] = Deferred()
+    m = Metrics()
+    timed = TimedUpstream(FakeUpstream(d), m, clock)
+    result = timed.fetch("/x", [])
+    clock.advance(0.03)
+    d.callback(UpstreamResponse(200, [], b""))
+    assert result.called
+    s = samples(m)
+    assert s[("apicache_upstream_latency_seconds_bucket", (("le", "0.025"),))] == 0
+    assert s[("apicache_upstream_latency_seconds_bucket", (("le", "0.05"),))] == 1
+    assert s[("apicache_upstream_latency_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert s[("apicache_upstream_latency_seconds_sum", ())] == 0.03
+
+
+def test_upstream_failures_are_counted_by_kind():
+    clock = Clock()
+    m = Metrics()
+    d: Deferred[UpstreamResponse] = Deferred()
+    TimedUpstream(FakeUpstream(d), m, clock).fetch("/x", []).addErrback(lambda f: None)
+    d.errback(UpstreamTimeout("slow"))
+    try:
+        TimedUpstream(FakeUpstream(Overloaded("busy")), m, clock).fetch("/x", [])
+    except Overloaded:
+        pass
+    s = samples(m)
+    assert s[("apicache_upstream_errors_total", (("kind", "timeout"),))] == 1
+    assert s[("apicache_upstream_errors_total", (("kind", "overloaded"),))] == 1
+
+
+def test_other_components_add_sources():
+    from prometheus_client.core import CounterMetricFamily
+
+    m = Metrics()
+    m.add_source(lambda: [CounterMetricFamily("apicache_events_received", "Events.", value=7)])
+    assert samples(m)[("apicache_events_received_total", ())] == 7

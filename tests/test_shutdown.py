@@ -1,0 +1,71 @@
+"""
+Orderly shutdown: services stop one after another, in reverse order, each
+waiting for the one before it (HTTP drains, then events commit, then
+connections close).
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+
+from apicache.tap import ApiCacheService
+
+
+class Recorder(Service):
+    def __init__(self, name: str, log: list[str], result: Deferred[None] | None = None) -> None:
+        self.name = name
+        self.log = log
+        self.result = result
+
+    def stopService(self):
+        Service.stopService(self)
+        self.log.append(f"stop {self.name}")
+        return self.result
+
+
+def test_children_stop_in_reverse_order_each_after_the_last_finished():
+    log: list[str] = []
+    http_drained: Deferred[None] = Deferred()
+    kafka_committed: Deferred[None] = Deferred()
+    root = ApiCacheService()
+    Recorder("redis", log).setServiceParent(root)
+    Recorder("kafka", log, kafka_committed).setServiceParent(root)
+    Recorder("http", log, http_drained).setServiceParent(root)
+    root.startService()
+
+    stopped = root.stopService()
+    assert log == ["stop http"]
+    http_drained.callback(None)
+    assert log == ["stop http", "stop kafka"]
+    assert not stopped.called
+    kafka_committed.callback(None)
+    assert log == ["stop http", "stop kafka", "stop redis"]
+    assert stopped.called
+
+
+def test_request_slower_than_the_grace_does_not_hold_the_exit(make_daemon, upstream):
+    import threading
+    import time
+
+    upstream.set("/api/object(slow)/header", delay=4.0)
+    d = make_daemon({"server": {"shutdown_grace": 1.0}, "upstream": {"timeout": 8.0}})
+    caller = threading.Thread(target=lambda: _swallow(d.get, "/server/object(slow)/header"))
+    caller.start()
+    deadline = time.monotonic() + 5
+    while upstream.calls("/api/object(slow)/header") == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    started = time.monotonic()
+    status = d.stop()
+    took = time.monotonic() - started
+    caller.join(10)
+    assert status in (0, -15)
+    assert 0.9 < took < 3.0
+    assert any("still in flight after the grace period" in ln["message"] for ln in d.log_lines())
+
+
+def _swallow(f, *args):
+    try:
+        f(*args)
+    except OSError:
+        pass
