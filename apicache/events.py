@@ -732,7 +732,8 @@ class _LibrdkafkaLog:
         self._service = service
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
-        if level < 30:  # logging.WARNING
+        # connection failures come through the error callback as well
+        if level < 30 or (args and args[0] == "FAIL"):  # 30: logging.WARNING
             return
         try:
             text = fmt % args
