@@ -323,6 +323,9 @@ def consumer_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         "reconnect.backoff.max.ms": 5000,
         # broker states for the readiness check
         "statistics.interval.ms": 1000,
+        # a subscribed topic created after start-up is found within seconds
+        # (librdkafka's default: 5 minutes)
+        "topic.metadata.refresh.interval.ms": 5000,
         "security.protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:

@@ -344,6 +344,20 @@ def test_broker_down_then_restarted(make_daemon, upstream):
         broker.stop()
 
 
+def test_a_topic_created_after_start_up_is_consumed(make_daemon, kafka):
+    topic = f"late-{uuid.uuid4().hex[:10]}"
+    d = make_daemon(kafka_config(kafka, topic))
+    time.sleep(1.0)
+    r = readyz(d)
+    assert (r.status, r.json()["failing"]) == (503, ["kafka"])
+    kafka.create_topic(topic)
+    wait_ready(d, timeout=12.0)  # metadata is refreshed every 5 s
+    prime(d, obj(3), "t1")
+    kafka.send(topic, {"type": "object.update", "objectid": 3})
+    wait_applied(d, 1)
+    assert d.get(obj(3), "t1").cache == "MISS"
+
+
 def _cpu_seconds(d: Daemon) -> float:
     assert d.proc is not None
     with open(f"/proc/{d.proc.pid}/stat") as f:
