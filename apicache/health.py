@@ -5,7 +5,7 @@ named check that ``/readyz`` reports.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 __all__ = ["Readiness"]
 

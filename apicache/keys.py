@@ -8,7 +8,8 @@ A leaf module: it imports nothing of the project's.
 from __future__ import annotations
 
 import re
-from typing import Iterable, NamedTuple, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 __all__ = [
@@ -65,11 +66,10 @@ class CacheKey(NamedTuple):
         """
         Return the number of bytes the key's strings hold (for budgets).
         """
-        return (
-            len(self.tenant)
-            + len(self.route)
-            + sum(len(p) for p in self.params)
-            + len(self.variant)
+        # str.isascii() is cheap and holds for almost every key
+        return sum(
+            len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+            for s in (self.tenant, self.route, *self.params, self.variant)
         )
 
 

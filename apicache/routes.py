@@ -11,7 +11,7 @@ check (and is rejected there) instead of being routed somewhere else.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from werkzeug.exceptions import HTTPException
@@ -25,7 +25,7 @@ __all__ = ["Route", "Router", "RESERVED_PATHS"]
 #: Paths that win over any route.
 RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})
 
-_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+_ESCAPE_OR_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
 _KEEP_ENCODED = frozenset({0x2F, 0x5C, 0x25})
 _TEMPLATE_PARAM = re.compile(r"\{([^{}]*)\}")
 # what may stand unescaped in a path segment (RFC 3986 pchar) plus '/'
@@ -33,11 +33,18 @@ _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
 def _partly_unquote(raw: bytes) -> bytes:
+    # A bare '%' is escaped as %25 first: otherwise "%%34%31" would become
+    # "%41" here and "A" once the parameter is decoded (decoded twice).
+    if b"%" not in raw:
+        return raw
+
     def one(m: re.Match[bytes]) -> bytes:
+        if m.group(1) is None:
+            return b"%25"
         c = int(m.group(1), 16)
         return m.group(0) if c in _KEEP_ENCODED else bytes((c,))
 
-    return _ESCAPE.sub(one, raw) if b"%" in raw else raw
+    return _ESCAPE_OR_PERCENT.sub(one, raw)
 
 
 class Route:
@@ -71,7 +78,7 @@ class Route:
         parameter re-encoded with every reserved character escaped, and the
         canonical query.
         """
-        values = dict(zip(self.params, params))
+        values = dict(zip(self.params, params, strict=True))
         path = "".join(encode_parameter(values[s]) if is_param else s for s, is_param in self._template)
         return f"{path}?{query}" if query else path
 

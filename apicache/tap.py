@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, TimeoutError as DeferredTimeout
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.web.client import Agent
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
@@ -34,6 +36,7 @@ from apicache.metrics import Metrics
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
+from apicache.store.redis import RedisStore
 from apicache.tracing import Tracer, tracer_from_environ
 from apicache.upstream import UpstreamClient
 from apicache.vcap import BindingFiller, bindings_from_environ
@@ -49,7 +52,7 @@ def _check_endpoint(option: str, value: str) -> str:
         # parsing needs no reactor; the endpoint is built again in makeService
         serverFromString(None, value)  # type: ignore[arg-type]
     except (ValueError, TypeError, KeyError, IndexError) as e:
-        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}")
+        raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}") from None
     return value
 
 
@@ -139,6 +142,7 @@ class HTTPService(StreamServerEndpointService):
 
     def stopService(self) -> Deferred[None]:
         async def drain() -> None:
+            started = self.clock.seconds()
             await super(HTTPService, self).stopService()
             if self.site.active:
                 self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
@@ -146,6 +150,13 @@ class HTTPService(StreamServerEndpointService):
                     await self.site.when_idle().addTimeout(self.grace, self.clock)
                 except DeferredTimeout:
                     self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
+            # let the last answers reach their callers before the reactor
+            # drops every connection
+            left = max(self.grace - (self.clock.seconds() - started), 0.5)
+            try:
+                await self.site.close_connections().addTimeout(left, self.clock)
+            except DeferredTimeout:
+                pass
 
         return Deferred.fromCoroutine(drain())
 
@@ -177,9 +188,36 @@ def choose_listen(options_listen: str | None, config: Config, environ: Mapping[s
     return DEFAULT_LISTEN
 
 
-def _store(config: Config) -> IStore:
+class RedisStoreService(Service):
+    """
+    Connects a L{RedisStore} on start (reconnecting in the background) and
+    closes its connections on stop.
+    """
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        self.store.start()
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return self.store.close()
+
+
+def _store(config: Config, reactor: Any = None) -> IStore:
     s = config.store
+    if s.backend == "redis":
+        return RedisStore.from_config(s, reactor)
     return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
+
+
+def _wire_redis(store: IStore, root: MultiService, readiness: Readiness, metrics: Metrics) -> None:
+    if isinstance(store, RedisStore):
+        readiness.add("redis", store.is_ready)
+        metrics.add_source(store.metrics)
+        RedisStoreService(store).setServiceParent(root)
 
 
 def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, upstream: UpstreamClient) -> None:
@@ -250,7 +288,7 @@ def build(
     router = Router(config.routes, config.source)
     metrics = Metrics()
     readiness = Readiness()
-    store = _store(config)
+    store = _store(config, reactor)
     up = config.upstream
     upstream = UpstreamClient(
         reactor,
@@ -271,6 +309,8 @@ def build(
     site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
 
     root = ApiCacheService(log_observer)
+    # first child: stopped last, after HTTP has drained
+    _wire_redis(store, root, readiness, metrics)
     if kafka_credentials is not None:
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
@@ -346,7 +386,7 @@ def makeService(options: Options) -> IService:
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
-        raise SystemExit(1)
+        raise SystemExit(1) from None
     capture_stdlib_logging(config.server.log_level)
     notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
     notes.setServiceParent(root)

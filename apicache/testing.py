@@ -21,9 +21,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+
+from apicache.upstream import IUpstream, Overloaded, UpstreamResponse
 
 __all__ = [
     "UpstreamStub",
@@ -32,10 +38,93 @@ __all__ = [
     "Daemon",
     "Reply",
     "twistd_path",
+    "FakeUpstream",
+    "PendingFetch",
     "TokenEndpoint",
     "vcap_services",
     "KafkaBroker",
 ]
+
+
+@dataclass
+class PendingFetch:
+    """
+    One fetch a L{FakeUpstream} was asked for, waiting to be answered.
+    """
+
+    path: str
+    headers: Sequence[tuple[bytes, bytes]]
+    deferred: Deferred[UpstreamResponse]
+
+    def respond(
+        self,
+        status: int = 200,
+        body: bytes = b"{}",
+        headers: Sequence[tuple[bytes, bytes]] = ((b"content-type", b"application/json"),),
+    ) -> None:
+        """
+        Fire the fetch with an answer.
+        """
+        self.deferred.callback(UpstreamResponse(status, list(headers), body))
+
+    def fail(self, error: Exception) -> None:
+        """
+        Fail the fetch with ``error`` (an L{apicache.upstream.UpstreamError}).
+        """
+        self.deferred.errback(error)
+
+
+@implementer(IUpstream)
+class FakeUpstream:
+    """
+    An L{IUpstream} for synchronous tests: each fetch returns a Deferred
+    that the test fires by hand (``pending[i].respond(...)``), or, with
+    ``auto`` set, a callable ``(path, headers) -> UpstreamResponse`` answers
+    at once.
+    """
+
+    def __init__(self, max_in_flight: int = 1000, auto: Any = None) -> None:
+        self.pending: list[PendingFetch] = []
+        self.fetched: list[PendingFetch] = []
+        self.max_in_flight = max_in_flight
+        self.auto = auto
+        self.in_flight = 0
+        self.closed = False
+
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+        """
+        Record the fetch; return a Deferred the test fires (or ``auto``
+        fired already).
+
+        @raise Overloaded: ``max_in_flight`` fetches are unanswered.
+        """
+        if self.in_flight >= self.max_in_flight:
+            raise Overloaded(f"{self.in_flight} upstream fetches in flight")
+        d: Deferred[UpstreamResponse] = Deferred()
+        p = PendingFetch(path, headers, d)
+        self.fetched.append(p)
+        self.in_flight += 1
+
+        def done(result: Any) -> Any:
+            self.in_flight -= 1
+            if p in self.pending:
+                self.pending.remove(p)
+            return result
+
+        d.addBoth(done)
+        self.pending.append(p)
+        if self.auto is not None:
+            d.callback(self.auto(path, headers))
+        return d
+
+    def close(self) -> Deferred[None]:
+        """
+        Note that it was closed; return a fired Deferred.
+        """
+        self.closed = True
+        d: Deferred[None] = Deferred()
+        d.callback(None)
+        return d
 
 
 def free_port() -> int:
@@ -61,6 +150,8 @@ class Answer:
     body: bytes | None = None
     delay: float = 0.0
     drop: bool = False
+    #: when set, a request whose ``authorization`` differs gets a 401
+    require_authorization: str | None = None
 
 
 @dataclass
@@ -69,6 +160,14 @@ class Seen:
 
     path: str
     headers: dict[str, str]
+
+
+class _QuietServer(ThreadingHTTPServer):
+    """Callers that give up (a timeout, a body too large) are expected."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
 
 
 class UpstreamStub:
@@ -95,7 +194,7 @@ class UpstreamStub:
             def do_GET(self) -> None:
                 stub._handle(self)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.server = _QuietServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}"
@@ -145,6 +244,8 @@ class UpstreamStub:
             except OSError:
                 pass
             return
+        if a.require_authorization is not None and h.headers.get("authorization") != a.require_authorization:
+            a = Answer(401, {"Content-Type": "application/json", "WWW-Authenticate": "Bearer"}, b'{"error": "unauthorized"}')
         body = a.body
         if body is None:
             body = json.dumps(
@@ -295,7 +396,7 @@ class Daemon:
 
     def __init__(
         self,
-        config_path: str,
+        config_path: str | None,
         port: int | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
@@ -305,7 +406,11 @@ class Daemon:
         self.config_path = config_path
         self.port = port or free_port()
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.cwd = cwd or os.path.dirname(os.path.abspath(config_path))
+        if cwd is None:
+            if config_path is None:
+                raise ValueError("a daemon without --config needs a cwd")
+            cwd = os.path.dirname(os.path.abspath(config_path))
+        self.cwd = cwd
         self.extra_args = extra_args or []
         self.api_key = api_key
         self.proc: subprocess.Popen[bytes] | None = None
@@ -313,9 +418,10 @@ class Daemon:
 
     @property
     def argv(self) -> list[str]:
+        config = [] if self.config_path is None else ["--config", self.config_path]
         return [
             twistd_path(), "-n", "--pidfile=", "apicache",
-            "--config", self.config_path,
+            *config,
             "--listen", f"tcp:{self.port}:interface=127.0.0.1",
             *self.extra_args,
         ]
@@ -324,8 +430,21 @@ class Daemon:
         """
         Start and wait until ``/healthz`` answers.
         """
+        return self.spawn().wait_ready(wait)
+
+    def spawn(self) -> Daemon:
+        """
+        Start the process without waiting for it (see L{wait_ready}).
+        """
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_ready(self, wait: float = 20.0) -> Daemon:
+        """
+        Wait until ``/healthz`` answers; raise if the process exits first.
+        """
+        assert self.proc is not None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -408,6 +527,79 @@ class Daemon:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class RedisServer:
+    """
+    A private ``redis-server`` on a free loopback port, for tests and
+    measurements: never the machine's shared instance.  It saves nothing to
+    disk; :meth:`stop` and :meth:`start` again keep the port.
+    """
+
+    def __init__(self, directory: str, port: int | None = None, extra_args: list[str] | None = None) -> None:
+        self.directory = directory
+        self.port = port or free_port()
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, wait: float = 10.0) -> RedisServer:
+        """
+        Start and wait until it answers PING.
+        """
+        log = open(os.path.join(self.directory, f"redis-{self.port}.log"), "ab")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.directory,
+                *self.extra_args,
+            ],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        log.close()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+            try:
+                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer within {wait} s")
+
+    def command(self, *args: str | bytes, password: str | None = None) -> bytes:
+        """
+        Send one command and return the first line of the reply (blocking).
+        """
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            f = s.makefile("rb")
+            cmds = ([("AUTH", password)] if password else []) + [args]
+            for cmd in cmds:
+                parts = [a.encode() if isinstance(a, str) else a for a in cmd]
+                s.sendall(b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts))
+                line = f.readline().rstrip(b"\r\n")
+            if line[:1] == b"$" and line != b"$-1":
+                line = f.read(int(line[1:]) + 2)[:-2]
+            return line
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def pause(self) -> None:
+        """Freeze the server (SIGSTOP): connections stay open, nothing answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
 
 
 class KafkaBroker:

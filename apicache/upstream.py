@@ -7,7 +7,7 @@ It knows nothing of caches: the cache core calls :meth:`IUpstream.fetch`.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
@@ -139,7 +139,7 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     """
     def cancel(d: Deferred[bytes]) -> None:
         if reader.transport is not None:
-            reader.transport.stopProducing()
+            reader.transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
     reader = _BodyReader(limit, finished)

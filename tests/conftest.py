@@ -16,6 +16,9 @@ from hypothesis import HealthCheck, settings
 
 from apicache.testing import Daemon, UpstreamStub
 
+# Redis fixtures (a private redis-server, RedisStore factories)
+pytest_plugins = ["redis_support"]
+
 settings.register_profile(
     "ci", derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )

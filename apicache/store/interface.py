@@ -123,6 +123,13 @@ class IStore(Interface):
         Errback with L{StoreUnavailable}.
         """
 
+    def release(key: CacheKey, token: Any) -> None:
+        """
+        The fetch that took ``token`` ends without :meth:`put` (not storable,
+        or failed): a shared store lets other instances waiting for it
+        fetch now.  Never raises.
+        """
+
     def discard(key: CacheKey) -> Deferred[int]:
         """
         Drop the one entry under ``key``.  Fire with the number dropped.

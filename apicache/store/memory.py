@@ -5,7 +5,8 @@ The in-process store: a least-recently-used map bounded in bytes.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
@@ -94,9 +95,11 @@ class MemoryStore:
         if self._changed_since(key, token):
             return False
         size = self._charge(key, entry)
+        # the old entry goes even when the new answer is too big to keep:
+        # it is no longer the upstream's answer
+        self._remove(key)
         if size > self.max_entry_bytes:
             return False
-        self._remove(key)
         while self._bytes + size > self.max_bytes and self._entries:
             oldest = next(iter(self._entries))
             self._remove(oldest)
@@ -111,6 +114,10 @@ class MemoryStore:
             self._resources_of.setdefault(key.tenant, set()).add(resource)
         variants.add(key)
         return True
+
+    def release(self, key: CacheKey, token: Any) -> None:
+        # nobody outside this process waits for a fetch
+        pass
 
     @staticmethod
     def _charge(key: CacheKey, entry: CachedResponse) -> int:

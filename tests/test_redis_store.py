@@ -1,0 +1,367 @@
+"""
+RedisStore against a real Redis: the store contract, the stored format,
+namespacing, limits, faults, and what two instances sharing one Redis see.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+import pytest_twisted
+from hypothesis import given
+from hypothesis import strategies as st
+from redis_support import ready, sleep, until
+from store_behaviours import ENTRY_LIMIT, StoreContract, entry, key, store_entry
+from twisted.internet.defer import Deferred
+
+from apicache.keys import CacheKey
+from apicache.store.interface import CachedResponse, StoreUnavailable
+from apicache.store.redis import (
+    RedisStore,
+    decode_entry,
+    encode_entry,
+    encode_key,
+    parse_redis_url,
+)
+from apicache.testing import RedisServer, free_port
+
+
+@pytest.fixture
+def store(stores: Callable[..., RedisStore]) -> RedisStore:
+    return stores(local_max_bytes=StoreContract.local_budget, max_entry_bytes=ENTRY_LIMIT)
+
+
+class TestRedisStoreContract(StoreContract):
+    """The store contract, on Redis."""
+
+
+def unique(name: str) -> str:
+    """A key prefix of its own for each test (REDIS_URL may be shared)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def raw(s: RedisStore, *args: Any) -> Deferred[Any]:
+    """Run one raw command on the store's connection."""
+    return s._call(lambda p: p.execute_command(*args))
+
+
+# -- format and keys -----------------------------------------------------------
+
+
+def test_value_round_trips_with_a_version_byte() -> None:
+    e = CachedResponse(203, ((b"etag", b'"x"'), (b"content-type", b"a/b")), b"\x00body\xff", 1.5, 2.5, 3.5, True)
+    data = encode_entry(e)
+    assert data[0] == 1
+    assert decode_entry(data) == e
+    assert len(data) < len(e.body) + 80
+
+
+def test_value_of_another_version_is_a_miss() -> None:
+    data = encode_entry(entry())
+    assert decode_entry(b"\x02" + data[1:]) is None
+    assert decode_entry(data[:5]) is None
+
+
+# any text, and text made mostly of the separators and escape characters
+_text = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), max_size=12),
+    st.text(st.sampled_from(":,%*?[]\\ a1\x00é"), max_size=6),
+)
+
+
+@given(
+    a=st.tuples(_text, _text, st.lists(_text, max_size=3).map(tuple), _text),
+    b=st.tuples(_text, _text, st.lists(_text, max_size=3).map(tuple), _text),
+)
+def test_keys_from_arbitrary_strings_never_collide_across_tenants(a: Any, b: Any) -> None:
+    ka, kb = CacheKey(*a), CacheKey(*b)
+    ea, eb = encode_key("apicache", ka), encode_key("apicache", kb)
+    assert (ea == eb) == (ka == kb)
+    if ka.tenant != kb.tenant:
+        # no key of one tenant falls under another tenant's namespace (clear's SCAN pattern)
+        tb = encode_key("apicache", kb._replace(route="", params=(), variant="")).rsplit(":", 3)[0]
+        assert not ea.startswith(tb + ":")
+
+
+@given(k=st.tuples(_text, _text, st.lists(_text, max_size=3).map(tuple), _text))
+def test_a_key_reads_back_unambiguously(k: Any) -> None:
+    """The encoded key splits into exactly its components: no value can
+    reach into another tenant's (or route's, parameter's) field."""
+    key_ = CacheKey(*k)
+    parts = encode_key("apicache", key_).split(":")
+    assert len(parts) == 6 and parts[:2] == ["apicache", "e"]
+    count, *params = parts[4].split(",")
+    assert int(count) == len(key_.params)
+    assert len(params) == max(1, len(key_.params))
+    decoded = (unquote(parts[2]), unquote(parts[3]), tuple(unquote(p) for p in params[: len(key_.params)]), unquote(parts[5]))
+    assert decoded == tuple(key_)
+
+
+def test_redis_urls() -> None:
+    a = parse_redis_url("rediss://user:s%3Acret@cache.example:6380/3?ssl_ca_certs=/ca.pem")
+    assert (a.host, a.port, a.db, a.username, a.password, a.tls, a.ca_certs) == (
+        "cache.example", 6380, 3, "user", "s:cret", True, "/ca.pem")
+    b = parse_redis_url("redis://:pw@127.0.0.1")
+    assert (b.port, b.db, b.password, b.username, b.tls) == (6379, 0, "pw", None, False)
+
+
+# -- Redis specifics -------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_entry_expires_in_redis_after_stale_until(stores: Callable[..., RedisStore]) -> None:
+    s = await ready(stores())
+    e = entry(ttl=0.2, stale_if_error=0.1)
+    assert await store_entry(s, key(), e)
+    pttl = await raw(s, "PTTL", encode_key(s.prefix, key()))
+    assert 0 < pttl <= 300
+    await sleep(0.4)
+    assert await s.load(key()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_value_over_the_redis_limit_is_not_written(stores: Callable[..., RedisStore]) -> None:
+    s = await ready(stores(max_value_bytes=1000))
+    assert not await store_entry(s, key(), entry(b"z" * 1000))
+    assert await raw(s, "EXISTS", encode_key(s.prefix, key())) == 0
+    assert s.counters["too_big"] == 1
+    assert await store_entry(s, key(), entry(b"z" * 500))
+
+
+@pytest_twisted.ensureDeferred
+async def test_clear_touches_only_keys_under_the_prefix(stores: Callable[..., RedisStore]) -> None:
+    mine, theirs, unrelated = unique("mine"), unique("theirs"), unique("unrelated")
+    s = await ready(stores(prefix=mine))
+    other = await ready(stores(prefix=theirs))
+    await raw(s, "SET", unrelated, "1")
+    await store_entry(s, key())
+    await store_entry(other, key())
+    assert await s.clear(None) == 1
+    assert await raw(s, "GET", unrelated) == b"1"
+    await raw(s, "DEL", unrelated)
+    assert await other.load(key()) is not None
+    assert await raw(s, "EXISTS", encode_key(mine, key())) == 0
+    # entries, indexes and locks are gone; only generations stay
+    left = await raw(s, "KEYS", f"{mine}:*")
+    assert left and {k.split(b":")[1] for k in left} <= {b"g", b"G", b"T", b"A"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tenant_named_like_a_pattern_clears_only_itself(stores: Callable[..., RedisStore]) -> None:
+    s = await ready(stores())
+    await store_entry(s, key(tenant="t*"))
+    await store_entry(s, key(tenant="t1"))
+    assert await s.clear("t*") == 1
+    assert await s.load(key(tenant="t1")) is not None
+
+
+# -- two instances ------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_entry_stored_by_one_instance_is_loaded_by_another(stores: Callable[..., RedisStore]) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
+    await store_entry(a, key())
+    assert b.lookup(key()) is None
+    assert (await b.load(key())).body == entry().body
+    assert b.lookup(key()) is not None
+
+
+@pytest.mark.parametrize("change", ["invalidate", "invalidate_all", "mark_stale", "clear", "discard"])
+@pytest_twisted.ensureDeferred
+async def test_change_reaches_the_other_instance_within_100_ms(stores: Callable[..., RedisStore], change: str) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
+    await store_entry(a, key())
+    await b.load(key())
+    assert b.lookup(key()) is not None
+    started = time.monotonic()
+    if change == "invalidate":
+        await a.invalidate("t1", "object", ("42",))
+    elif change == "invalidate_all":
+        await a.invalidate(None, "object", ("42",))
+    elif change == "mark_stale":
+        await a.mark_stale("t1", "object", ("42",))
+    elif change == "clear":
+        await a.clear(None)
+    else:
+        await a.discard(key())
+    if change == "mark_stale":
+        await until(lambda: b.lookup(key()).stale, timeout=0.1, step=0.001)
+    else:
+        await until(lambda: b.lookup(key()) is None, timeout=0.1, step=0.001)
+    assert time.monotonic() - started < 0.1
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_on_one_instance_does_not_store_after_an_invalidation_on_another(
+    stores: Callable[..., RedisStore],
+) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared))
+    token = await a.begin(key())
+    await b.invalidate(None, "object", ("42",))
+    assert not await a.put(key(), entry(), token)
+    assert await b.load(key()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_miss_waits_for_the_fetch_another_instance_holds(stores: Callable[..., RedisStore]) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=2.0))
+    b = await ready(stores(prefix=shared, lock_ttl=2.0))
+    assert await a.load(key()) is None  # a takes the lock
+    token = await a.begin(key())
+    waiting = b.load(key())
+    await sleep(0.1)
+    assert not waiting.called
+    await a.put(key(), entry(b"from a"), token)
+    got = await waiting
+    assert got is not None and got.body == b"from a"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_fetches_itself_once_the_lock_expires(stores: Callable[..., RedisStore]) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=0.2))
+    b = await ready(stores(prefix=shared, lock_ttl=0.2))
+    assert await a.load(key()) is None
+    started = time.monotonic()
+    assert await b.load(key()) is None
+    assert 0.1 < time.monotonic() - started < 1.0
+
+
+# -- faults -----------------------------------------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_redis_down_fails_fast_and_comes_back(stores: Callable[..., RedisStore], redis_server: RedisServer) -> None:
+    s = await ready(stores(url=redis_server.url, timeout=0.5))
+    await store_entry(s, key())
+    redis_server.stop()
+    await until(lambda: not s.is_ready(), timeout=2)
+    # the in-process tier still answers, synchronously
+    assert s.lookup(key()) is not None
+    for call in (lambda: s.load(key(params=("1",))), lambda: s.begin(key()),
+                 lambda: s.invalidate(None, "object", ("42",)), lambda: s.clear(None)):
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await call()
+        assert time.monotonic() - started < 0.1
+    redis_server.start()
+    waited = await until(s.is_ready, timeout=5)
+    assert waited < 3.5  # reconnection backoff is capped at 2 s
+    assert await store_entry(s, key(params=("2",)))
+    assert (await s.load(key(params=("2",)))) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_slow_redis_times_out_and_never_stalls_local_hits(
+    stores: Callable[..., RedisStore], redis_server: RedisServer
+) -> None:
+    s = await ready(stores(url=redis_server.url, timeout=0.3))
+    await store_entry(s, key())
+    redis_server.pause()
+    try:
+        assert s.lookup(key()) is not None
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.load(key(params=("9",)))
+        assert 0.25 < time.monotonic() - started < 1.0
+        await until(lambda: not s.is_ready(), timeout=2)
+        # until Redis answers a PING again, calls don't wait out the timeout
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await s.begin(key(params=("9",)))
+        assert time.monotonic() - started < 0.05
+        started = time.monotonic()
+        for _ in range(1000):
+            assert s.lookup(key()) is not None
+        assert time.monotonic() - started < 0.1
+    finally:
+        redis_server.resume()
+    await until(s.is_ready, timeout=3)
+    assert await s.load(key()) is not None
+
+
+@pytest_twisted.ensureDeferred
+async def test_password_protected_redis(stores: Callable[..., RedisStore], tmp_path: Any) -> None:
+    server = RedisServer(str(tmp_path), extra_args=["--requirepass", "s3cret"]).start()
+    try:
+        good = await ready(stores(url=f"redis://:s3cret@127.0.0.1:{server.port}/1"))
+        assert await store_entry(good, key())
+        assert server.command("EXISTS", encode_key(good.prefix, key()), password="s3cret") == b":0"  # db 0
+        bad = stores(url=f"redis://:wrong@127.0.0.1:{server.port}/0", wait=False)
+        await sleep(0.5)
+        assert not bad.is_ready()
+        with pytest.raises(StoreUnavailable):
+            await bad.load(key())
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., RedisStore]) -> None:
+    shared = unique("shared")
+    a = await ready(stores(prefix=shared, lock_ttl=5.0))
+    b = await ready(stores(prefix=shared, lock_ttl=5.0))
+    assert await a.load(key()) is None
+    token = await a.begin(key())
+    waiting = b.load(key())
+    await sleep(0.05)
+    assert not waiting.called
+    started = time.monotonic()
+    a.release(key(), token)
+    assert await waiting is None
+    assert time.monotonic() - started < 0.5
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@pytest_twisted.ensureDeferred
+async def test_rediss_with_a_private_ca_and_a_password(stores: Callable[..., RedisStore], tmp_path: Any) -> None:
+    cert, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key_file), "-out", str(cert),
+         "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    tls_port = free_port()
+    server = RedisServer(str(tmp_path), extra_args=[
+        "--tls-port", str(tls_port), "--tls-cert-file", str(cert), "--tls-key-file", str(key_file),
+        "--tls-auth-clients", "no", "--requirepass", "pw"]).start()
+    try:
+        good = await ready(stores(url=f"rediss://:pw@localhost:{tls_port}/0?ssl_ca_certs={cert}"))
+        assert await store_entry(good, key())
+        assert (await good.load(key())) is not None
+        # the same server, but its certificate is not trusted
+        untrusted = stores(url=f"rediss://:pw@localhost:{tls_port}/0", wait=False)
+        await sleep(0.5)
+        assert not untrusted.is_ready()
+    finally:
+        server.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_connection_frozen_for_several_pings_is_remade(
+    stores: Callable[..., RedisStore], redis_server: RedisServer
+) -> None:
+    s = await ready(stores(url=redis_server.url, timeout=0.2))
+    first = s._commands.protocol
+    redis_server.pause()
+    try:
+        await until(lambda: s._commands.protocol is not first, timeout=6)
+    finally:
+        redis_server.resume()
+    await until(s.is_ready, timeout=5)
+    assert await store_entry(s, key())

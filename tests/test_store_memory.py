@@ -1,0 +1,65 @@
+"""
+The in-process store: the store contract, and the byte budget.
+"""
+
+from store_contract import entry, key, make_store_tests
+
+from apicache.store.interface import ENTRY_OVERHEAD
+from apicache.store.memory import MemoryStore
+
+
+class TestMemoryStoreContract(make_store_tests(lambda max_bytes: MemoryStore(max_bytes))):
+    pass
+
+
+def charge(k, e):
+    return e.size() + k.size() + ENTRY_OVERHEAD
+
+
+def test_budget_counts_body_headers_key_and_overhead():
+    s = MemoryStore(1 << 20)
+    k, e = key(), entry(b"x" * 100)
+    s.put_now(k, e, 0)
+    assert s.stats()["bytes"] == 100 + len(b"content-type") + len(b"application/json") + k.size() + ENTRY_OVERHEAD
+
+
+def test_least_recently_used_is_evicted_first():
+    one = charge(key(params=("1",)), entry(b"x" * 100))
+    s = MemoryStore(one * 3)
+    for i in "123":
+        assert s.put_now(key(params=(i,)), entry(b"x" * 100), 0)
+    s.lookup(key(params=("1",)))  # now "2" is the least recently used
+    s.put_now(key(params=("4",)), entry(b"x" * 100), 0)
+    assert s.lookup(key(params=("2",))) is None
+    assert s.lookup(key(params=("1",))) is not None
+    assert s.stats()["evictions"] == 1
+    assert s.stats()["bytes"] <= one * 3
+
+
+def test_entry_over_the_entry_limit_is_not_stored_and_drops_the_old_one():
+    s = MemoryStore(1 << 20, max_entry_bytes=1000)
+    assert s.put_now(key(), entry(b"small"), 0)
+    assert s.put_now(key(), entry(b"x" * 1000), 0) is False
+    assert s.lookup(key()) is None
+    assert s.stats() == {"entries": 0, "bytes": 0, "evictions": 0}
+
+
+def test_removing_everything_returns_the_budget_to_zero():
+    s = MemoryStore(1 << 20)
+    s.put_now(key(tenant="a"), entry(), 0)
+    s.put_now(key(tenant="b", variant="w"), entry(), 0)
+    s.invalidate("a", "object", ("1",))
+    s.clear("b")
+    assert s.stats()["bytes"] == 0
+
+
+def test_forgotten_changes_make_old_tokens_conservative(monkeypatch):
+    import apicache.store.memory as memory
+
+    monkeypatch.setattr(memory, "_CHANGES_KEPT", 2)
+    s = MemoryStore(1 << 20)
+    token = s._epoch
+    for i in range(4):
+        s.invalidate("t9", "object", (str(i),))
+    assert s.put_now(key(), entry(), token) is False
+    assert s.put_now(key(), entry(), s._epoch) is True

@@ -1,0 +1,68 @@
+"""
+The twistd plugin's options and wiring.
+"""
+
+import pytest
+from twisted.python import usage
+
+from apicache.config import load_config, parse_config
+from apicache.tap import DEFAULT_LISTEN, Options, choose_listen
+
+CONFIG = parse_config({"server": {"api_keys": ["k"], "listen": "tcp:9999"}}, "c.toml", {})
+
+
+def test_listen_comes_from_the_option_then_the_file_then_port_then_loopback():
+    defaults = load_config(None, {})
+    assert choose_listen("tcp:1", CONFIG, {"PORT": "2"}) == "tcp:1"
+    assert choose_listen(None, CONFIG, {"PORT": "2"}) == "tcp:9999"
+    assert choose_listen(None, defaults, {"PORT": "2"}) == "tcp:2"
+    assert choose_listen(None, defaults, {}) == DEFAULT_LISTEN == "tcp:8080:interface=127.0.0.1"
+
+
+def test_options_are_parsed():
+    o = Options()
+    o.parseOptions(["--config", "x.toml", "--listen", "tcp:1234:interface=127.0.0.1"])
+    assert (o["config"], o["listen"], o["workers"]) == ("x.toml", "tcp:1234:interface=127.0.0.1", 1)
+
+
+@pytest.mark.parametrize("argv", [["--listen", "nonsense:1"], ["--workers", "0"], ["--workers", "x"], ["--bogus"]])
+def test_bad_options_are_usage_errors(argv):
+    with pytest.raises(usage.UsageError):
+        Options().parseOptions(argv)
+
+
+def test_build_wires_an_http_service():
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    from apicache.tap import build
+
+    config = parse_config(
+        {
+            "server": {"api_keys": ["k"]},
+            "upstream": {"base_url": "http://127.0.0.1:9"},
+            "routes": [{"type": "o", "path": "/o/<id>", "upstream": "/o/{id}"}],
+        },
+        "c.toml",
+        {},
+    )
+    from twisted.internet import reactor
+
+    root = build(config, reactor, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    names = [type(s).__name__ for s in root]
+    assert "HTTPService" in names
+    assert root.api.registry.routes.keys() == {"o"}
+
+
+def test_bad_listen_in_the_file_is_a_configuration_error(tmp_path, capsys, monkeypatch):
+    from apicache.tap import makeService
+
+    monkeypatch.delenv("VCAP_SERVICES", raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\napi_keys = ["k"]\nlisten = "nonsense:1"\n')
+    o = Options()
+    o.parseOptions(["--config", str(path)])
+    with pytest.raises(SystemExit) as e:
+        makeService(o)
+    assert e.value.code == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "server.listen" in err[0]
