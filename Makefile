@@ -32,6 +32,10 @@ demo: install
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
+# 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
+bench-events: install-test
+	$(BIN)/python bench/events.py --events 1000 --rate 100
+
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
 	$(BIN)/mypy apicache

@@ -413,6 +413,12 @@ class TenantCache:
 
         d.addErrback(failed).addBoth(done)
 
+    def _retry_later(self, key: CacheKey) -> None:
+        # counted from the failure, not from the start of a slow re-fetch
+        entry = self._store.lookup(key)
+        if entry is not None and entry.stale:
+            entry.retry_at = max(entry.retry_at, self._clock.seconds() + REFRESH_RETRY_SECONDS)
+
     async def _refresh(self, key: CacheKey, request: FetchRequest) -> None:
         try:
             token = await self._store.begin(key)
@@ -421,9 +427,11 @@ class TenantCache:
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
             self.log.info("refresh of a stale entry failed: {error}", error=str(e))
+            self._retry_later(key)
             return
         if response.status >= 500:
             self.log.info("refresh of a stale entry got {status}", status=response.status)
+            self._retry_later(key)
             return
         if response.status == 200 and is_storable(response, self._keyed):
             if await self._put(key, self._answer(response, True), token):

