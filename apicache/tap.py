@@ -18,7 +18,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
@@ -124,14 +124,9 @@ class ApiCacheService(MultiService):
 
         async def stop_in_order() -> None:
             for child in children:
-                await Deferred.fromCoroutine(_maybe_await(child.stopService()))
+                await maybeDeferred(child.stopService)
 
         return Deferred.fromCoroutine(stop_in_order())
-
-
-async def _maybe_await(result: Any) -> None:
-    if isinstance(result, Deferred):
-        await result
 
 
 class HTTPService(StreamServerEndpointService):

@@ -219,8 +219,6 @@ class UpstreamClient:
             body = await read_body(response, self._max_body)
         except (UpstreamError, CancelledError):
             raise
-        # a connect timeout shorter than the deadline can only come from the
-        # Agent's connectTimeout, which equals it
         except (ConnectTimeoutError, ConnectingCancelledError) as e:
             raise UpstreamTimeout(f"connect timed out: {e}") from None
         except Exception as e:
