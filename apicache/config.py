@@ -475,6 +475,14 @@ def parse_config(
     base = urlsplit(upstream_cfg.base_url)
     if base.scheme not in ("http", "https") or not base.hostname:
         raise r.fail("upstream.base_url", "expected an http:// or https:// URL with a host")
+    if not upstream_cfg.base_url.isascii():
+        raise r.fail("upstream.base_url", "expected an ASCII URL (IDNA host, percent-encoded path)")
+    try:
+        port = base.port
+    except ValueError:
+        port = 0
+    if port is not None and not 0 < port < 65536:
+        raise r.fail("upstream.base_url", "expected a port number from 1 to 65535")
     if base.query or base.fragment:
         raise r.fail("upstream.base_url", "expected a URL without query or fragment")
 

@@ -313,7 +313,24 @@ class _Front(Resource):
             body = api.answer_hit(cast(ApiRequest, request))
             if body is not None:
                 return body
+        if not _utf8_path(request.path):
+            # Klein would answer a plain-text 400 of its own (and log a
+            # traceback): answer the JSON error a route gives instead
+            return api.refuse(request, api.undecodable(request))
         return self._inner.render(request)
+
+
+def _utf8_path(path: bytes) -> bool:
+    """
+    Return whether ``path`` is UTF-8 once percent-decoded (as Klein needs).
+    """
+    if path.isascii() and b"%" not in path:
+        return True
+    try:
+        unquote(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class CacheAPI:
@@ -423,6 +440,17 @@ class CacheAPI:
             return found
         except InvalidParameter as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
+
+    def undecodable(self, request: IRequest) -> ApiError:
+        """
+        Return the error for a request whose path is not UTF-8 once decoded:
+        ``invalid_parameter`` where routes are configured, else ``no_route``.
+        """
+        try:
+            self._match(request)
+        except ApiError as e:
+            return e
+        return ApiError(400, "invalid_parameter", "the path is not UTF-8 once decoded")
 
     # -- reserved paths ----------------------------------------------------
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from urllib.parse import quote
 
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
+from werkzeug.routing import Map, Rule, UnicodeConverter
 
 from apicache.config import ConfigError, RouteConfig
 from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
@@ -50,6 +50,17 @@ def _partly_unquote(raw: bytes) -> bytes:
         return m.group(0) if c in _KEEP_ENCODED else bytes((c,))
 
     return _ESCAPE_OR_PERCENT.sub(one, raw)
+
+
+class _MaybeEmpty(UnicodeConverter):
+    """
+    The default (string) converter, matching an empty segment too: an empty
+    path parameter is then rejected by the parameter check (400
+    ``invalid_parameter``, SPEC.md section 3) instead of matching no route.
+    """
+
+    def __init__(self, map: Map, minlength: int = 0, maxlength: int | None = None, length: int | None = None) -> None:
+        super().__init__(map, minlength, maxlength, length)
 
 
 class Route:
@@ -103,7 +114,13 @@ class Router:
             except (ValueError, TypeError) as e:
                 raise ConfigError(source, f"routes[{i}].path", f"not a valid route rule: {e}") from None
         try:
-            self._map = Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+            self._map = Map(
+                rules,
+                strict_slashes=False,
+                merge_slashes=False,
+                redirect_defaults=False,
+                converters={"default": _MaybeEmpty, "string": _MaybeEmpty},
+            )
             self._adapter = self._map.bind("apicache", "/")
         except (ValueError, TypeError) as e:
             raise ConfigError(source, "routes", f"not valid route rules: {e}") from None

@@ -62,7 +62,8 @@ def _check_endpoint(option: str, value: str) -> str:
     try:
         # parsing needs no reactor; the endpoint is built again in makeService
         serverFromString(None, value)  # type: ignore[arg-type]
-    except (ValueError, TypeError, KeyError, IndexError) as e:
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
+        # OSError: an ssl: endpoint's certificate or key file can't be read
         raise usage.UsageError(f"{option}: not a server endpoint description ({value!r}): {e}") from None
     return value
 
@@ -213,7 +214,13 @@ class RedisStoreService(Service):
 def _store(config: Config, reactor: Any = None) -> IStore:
     s = config.store
     if s.backend == "redis":
-        return RedisStore.from_config(s, reactor)
+        try:
+            return RedisStore.from_config(s, reactor)
+        except ValueError as e:
+            # the message names the bad part, never the URL (it may hold a password)
+            raise ConfigError(
+                config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
+            ) from None
     return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
 
 
@@ -393,7 +400,7 @@ def makeService(options: Options) -> IService:
         listen = choose_listen(options["listen"], config, environ)
         try:
             endpoint = serverFromString(reactor, listen)
-        except (ValueError, TypeError, KeyError, IndexError) as e:
+        except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
         observer = json_log_observer(config.server.log_level)
         if worker is None and options["workers"] > 1:

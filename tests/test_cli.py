@@ -30,6 +30,10 @@ BAD = {
     "no api key": (UP + ROUTE, "server.api_keys"),
     "no base_url": (KEY + ROUTE, "upstream.base_url"),
     "unknown table": (KEY + "[server.x]\n", "server.x"),
+    # these died with a traceback, or served with an unusable upstream
+    "bad redis url": (KEY + '[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:port/0"\n', "store.redis_url"),
+    "bad redis db": (KEY + '[store]\nbackend = "redis"\nredis_url = "redis://127.0.0.1/first"\n', "store.redis_url"),
+    "bad upstream port": (KEY + '[upstream]\nbase_url = "http://127.0.0.1:port"\n' + ROUTE, "upstream.base_url"),
 }
 
 
@@ -79,6 +83,20 @@ def test_shipped_example_without_a_key_is_refused(tmp_path):
     assert p.stderr.decode().splitlines() == [
         p.stderr.decode().strip()
     ] and "apicache.toml: server.api_keys" in p.stderr.decode()
+
+
+def test_unreadable_ssl_key_in_server_listen_is_one_line(tmp_path):
+    port = free_port()
+    path = tmp_path / "ssl.toml"
+    path.write_text(KEY + f'listen = "ssl:{port}:interface=127.0.0.1:privateKey={tmp_path}/missing.pem"\n')
+    p = subprocess.run(
+        [twistd_path(), "-n", "--pidfile=", "apicache", "--config", str(path)],
+        cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60,
+    )
+    assert p.returncode == 1
+    lines = p.stderr.decode().splitlines()
+    assert len(lines) == 1 and "server.listen" in lines[0] and str(path) in lines[0], p.stderr.decode()
+    assert refused(port)
 
 
 def test_bad_option_is_a_usage_error(tmp_path):

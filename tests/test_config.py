@@ -87,6 +87,10 @@ def test_unset_variable_is_an_error_naming_it():
         ({"upstream": {"timeout": "soon"}}, "upstream.timeout"),
         ({"upstream": {"timeout": 0}}, "upstream.timeout"),
         ({"upstream": {"base_url": "ftp://x"}}, "upstream.base_url"),
+        # these started the daemon, or died with a traceback at start-up
+        ({"upstream": {"base_url": "http://127.0.0.1:abc/api"}}, "upstream.base_url"),
+        ({"upstream": {"base_url": "http://127.0.0.1:70000/api"}}, "upstream.base_url"),
+        ({"upstream": {"base_url": "http://h\u00e9.example/api"}}, "upstream.base_url"),
         ({"store": {"backend": "disk"}}, "store.backend"),
         ({"upstream": {"forward_headers": ["host"]}}, "upstream.forward_headers[0]"),
         ({"upstream": {"forward_headers": ["accept", "api-key"]}}, "upstream.forward_headers[1]"),

@@ -216,6 +216,14 @@ class TestRequests:
             ("GET", "http://x/server/templates/a%00b", T1, 400, "invalid_parameter"),
             ("GET", "http://x/server/templates/" + "x" * 513, T1, 400, "invalid_parameter"),
             ("DELETE", "http://x/server/templates/..%2F", T1, 400, "invalid_parameter"),
+            # SPEC.md section 3: an empty parameter is rejected, not unrouted
+            ("GET", "http://x/server/object()/header", T1, 400, "invalid_parameter"),
+            ("DELETE", "http://x/server/object()/header", KEY, 400, "invalid_parameter"),
+            ("GET", "http://x/server/templates/", T1, 400, "invalid_parameter"),
+            # not UTF-8 once decoded: a JSON error, not Klein's plain text
+            ("GET", "http://x/server/templates/%FF", T1, 400, "invalid_parameter"),
+            ("DELETE", "http://x/server/templates/%C3", KEY, 400, "invalid_parameter"),
+            ("POST", "http://x/nowhere%FF", KEY, 400, "invalid_parameter"),
             ("GET", OBJ + "?a=" + "x" * 2048, T1, 400, "invalid_query"),
             ("GET", OBJ + "?a=%FF", T1, 400, "invalid_query"),
             ("POST", OBJ, T1, 405, "method_not_allowed"),

@@ -47,6 +47,24 @@ def test_entry_over_the_entry_limit_is_not_stored_and_drops_the_old_one():
     assert s.stats() == {"entries": 0, "bytes": 0, "evictions": 0}
 
 
+def test_the_entry_limit_applies_to_the_answer_not_its_bookkeeping():
+    # SPEC.md section 2: max_entry_fraction limits the answer's size; with a
+    # small budget its share is below ENTRY_OVERHEAD, yet small answers are kept
+    s = MemoryStore(4000, max_entry_bytes=400)
+    e = entry(b"x" * 300)
+    assert e.size() <= 400 < charge(key(), e)
+    assert s.put_now(key(), e, 0)
+    assert s.lookup(key()) is e
+    assert s.put_now(key(params=("2",)), entry(b"x" * 400), 0) is False
+
+
+def test_an_entry_whose_charge_exceeds_the_budget_is_not_stored():
+    e = entry(b"x" * 100)
+    s = MemoryStore(charge(key(), e) - 1, max_entry_bytes=1 << 20)
+    assert s.put_now(key(), e, 0) is False
+    assert s.stats() == {"entries": 0, "bytes": 0, "evictions": 0}
+
+
 def test_removing_everything_returns_the_budget_to_zero():
     s = MemoryStore(1 << 20)
     s.put_now(key(tenant="a"), entry(), 0)

@@ -27,8 +27,8 @@ class MemoryStore:
     Entries in this process, least recently used evicted first.
 
     The budget counts each entry's body, stored headers, key and a fixed
-    :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An entry
-    bigger than ``max_entry_bytes`` is not stored.
+    :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An answer
+    (body and stored headers) bigger than ``max_entry_bytes`` is not stored.
     """
 
     shared = False
@@ -99,7 +99,9 @@ class MemoryStore:
         # the old entry goes even when the new answer is too big to keep:
         # it is no longer the upstream's answer
         self._remove(key)
-        if size > self.max_entry_bytes:
+        # SPEC.md section 2: the share of max_bytes limits the answer (body
+        # and stored headers), not its bookkeeping; the budget still counts both
+        if entry.size() > self.max_entry_bytes or size > self.max_bytes:
             return False
         while self._bytes + size > self.max_bytes and self._entries:
             oldest = next(iter(self._entries))

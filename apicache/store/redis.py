@@ -728,7 +728,7 @@ class RedisStore:
         gens, local_token = token
         value = encode_entry(entry)
         ttl_ms = int((entry.stale_until - self._clock.seconds()) * 1000)
-        if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() + key.size() > self.max_entry_bytes:
+        if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
             if len(value) > self.max_value_bytes:
                 self.counters["too_big"] += 1
             return succeed(False)
