@@ -546,7 +546,14 @@ class CacheRegistry:
         errbacks with L{StoreUnavailable}.
         """
         self._flights.detach_tenant(tenant)
-        return self._call(self.store.clear, tenant)
+
+        def release(n: int) -> int:
+            # their entries are gone: idle caches of those tenants go too
+            for k in [k for k, c in self._caches.items() if (tenant is None or k[0] == tenant) and c.idle]:
+                del self._caches[k]
+            return n
+
+        return self._call(self.store.clear, tenant).addCallback(release)
 
     @staticmethod
     def _call(f: Any, *args: Any) -> Deferred[int]:

@@ -238,6 +238,20 @@ class CacheTests(SynchronousTestCase):
         assert h.store.lookup(key("b")) is None
         assert not busy.called
 
+    def test_clear_releases_idle_tenant_caches(self):
+        for t in ("a", "b"):
+            d = self.h.get(t, k=key(t))
+            self.h.upstream.pending[-1].respond()
+            self.successResultOf(d)
+        busy = self.h.get("c", k=key("c"))
+        self.successResultOf(self.h.registry.clear("a"))
+        assert self.h.registry.tenants() == 2
+        self.successResultOf(self.h.registry.clear(None))
+        assert self.h.registry.tenants() == 0
+        self.h.upstream.pending[-1].respond()
+        assert self.successResultOf(busy).cache == MISS
+        assert self.h.store.lookup(key("c")) is None
+
     def test_info_counts_tenants(self):
         self.h.get("a")
         self.h.get("b", k=key("b"))
