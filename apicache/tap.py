@@ -404,6 +404,13 @@ def makeService(options: Options) -> IService:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
         observer = json_log_observer(config.server.log_level)
         if worker is None and options["workers"] > 1:
+            if config.kafka.enabled and config.kafka.mode == "group" and config.store.backend == "memory":
+                # each worker has its own memory store: each must see every event
+                raise ConfigError(
+                    config.source,
+                    "kafka.mode",
+                    'with --workers above 1 and the memory store every worker needs every event: use "broadcast"',
+                )
             try:
                 return supervise(config, reactor, endpoint, options["workers"], path, environ, observer, listen)
             except WorkersUnsupported as e:

@@ -112,3 +112,17 @@ def test_workers_need_a_shareable_endpoint(make_daemon):
     assert out.returncode == 1
     assert "--workers" in out.stderr and "tcp:" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_workers_with_memory_stores_refuse_kafka_group_mode(make_daemon):
+    """Each worker's memory store needs every event: group mode would split them."""
+    d = make_daemon(
+        {"kafka": {"bootstrap_servers": "127.0.0.1:9", "topics": ["t"], "mode": "group"}},
+        start=False,
+        extra_args=["--workers", "2"],
+    )
+
+    out = subprocess.run(d.argv, capture_output=True, text=True, cwd=d.cwd, env=d.env, timeout=30)
+    assert out.returncode == 1
+    assert "kafka.mode" in out.stderr and "broadcast" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
