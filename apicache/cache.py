@@ -182,8 +182,13 @@ class _Flights:
     def __init__(self) -> None:
         self.by_key: dict[CacheKey, _Flight] = {}
         self._by_resource: dict[tuple[str, tuple[str, ...]], set[CacheKey]] = {}
+        #: (tenant, route) -> fetches in flight, for L{busy}
+        self._per_cache: dict[tuple[str, str], int] = {}
 
     def add(self, key: CacheKey, flight: _Flight) -> None:
+        if key not in self.by_key:
+            owner = (key.tenant, key.route)
+            self._per_cache[owner] = self._per_cache.get(owner, 0) + 1
         self.by_key[key] = flight
         self._by_resource.setdefault((key.route, key.params), set()).add(key)
 
@@ -193,6 +198,12 @@ class _Flights:
 
     def _drop(self, key: CacheKey) -> None:
         del self.by_key[key]
+        owner = (key.tenant, key.route)
+        left = self._per_cache[owner] - 1
+        if left:
+            self._per_cache[owner] = left
+        else:
+            del self._per_cache[owner]
         keys = self._by_resource[(key.route, key.params)]
         keys.discard(key)
         if not keys:
@@ -215,7 +226,10 @@ class _Flights:
                 self._drop(key)
 
     def busy(self, tenant: str, route: str) -> bool:
-        return any(k.tenant == tenant and k.route == route for k in self.by_key)
+        """
+        Return whether (``tenant``, ``route``) has a fetch in flight.
+        """
+        return (tenant, route) in self._per_cache
 
 
 class TenantCache:
