@@ -1,17 +1,12 @@
 """
-The event listener (SPEC.md section 5): Kafka messages invalidate or refresh
-cached entries.
+The Kafka side of the event listener (SPEC.md section 5): one confluent-kafka
+consumer on a thread of its own, its librdkafka settings and log lines, and
+the offsets.
 
-Three parts, each testable on its own:
-
-- :class:`EventDecoder` turns a message value into the cache actions it asks
-  for, synchronously and without I/O, or raises :class:`BadEvent`.
-- :class:`EventHandler` applies a decoded message through the
-  :class:`~apicache.cache.CacheRegistry` on the reactor thread and counts.
-- :class:`EventListenerService` runs one confluent-kafka consumer on a
-  dedicated thread, hands each batch of messages to the reactor and stores a
-  message's offset for commit only after its actions were applied
-  (at-least-once).
+The consumer thread hands each batch of messages to the reactor, where an
+L{EventHandler} applies them, and stores a message's offset for commit only
+after it was applied or skipped (at-least-once).  Stored offsets are
+committed in the background, when partitions are revoked and on close.
 """
 
 from __future__ import annotations
@@ -21,282 +16,34 @@ import re
 import threading
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from apicache.cache import CacheRegistry
-from apicache.config import EventRule, KafkaConfig, RouteConfig
-from apicache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
+from apicache.config import KafkaConfig
+from apicache.events.handling import EventHandler
 
 if TYPE_CHECKING:
     from apicache.oauth import TokenProvider
 
-__all__ = [
-    "BadEvent",
-    "CacheAction",
-    "EventDecoder",
-    "EventHandler",
-    "EventListenerService",
-    "MAX_EVENT_BYTES",
-    "consumer_settings",
-    "redact",
-    "check_consumer_settings",
-]
+__all__ = ["EventListenerService", "consumer_settings", "redact", "check_consumer_settings"]
 
-#: A message value longer than this is skipped unread: events name a
-#: resource, they don't carry it.
-MAX_EVENT_BYTES = 65536
-#: How much of a bad message's value a log line shows.
-_LOGGED_BYTES = 200
 #: librdkafka settings whose values are never logged.
 _SECRET_SETTING = re.compile(r"password|secret|token|key$|\.pem$|jaas", re.IGNORECASE)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 # the consumer thread's pacing
 _POLL_SECONDS = 0.2
 _BATCH = 500
 _RETRY_SECONDS = 1.0
 _STOP_SECONDS = 5.0
-
-
-class BadEvent(ValueError):
-    """
-    A message that can't be applied.  ``str(error)`` says why, in a few words.
-    """
-
-
-@dataclass(frozen=True)
-class CacheAction:
-    """
-    One thing a message asks for: ``action`` (``"invalidate"`` or
-    ``"refresh"``) on the resource (``tenant`` or every tenant when
-    ``None``, ``route``, ``params``).
-    """
-
-    action: str
-    tenant: str | None
-    route: str
-    params: tuple[str, ...]
-
-
-def _id_value(name: str, value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadEvent(f"field {name!r} is not a string or an integer")
-    text = value if isinstance(value, str) else str(value)
-    if not text:
-        raise BadEvent(f"field {name!r} is empty")
-    if len(text.encode("utf-8", "surrogatepass")) > MAX_PARAM_BYTES:
-        raise BadEvent(f"field {name!r} is longer than {MAX_PARAM_BYTES} bytes")
-    return text
-
-
-def _tenant_value(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise BadEvent(f"field {name!r} is not a string or an integer")
-    try:
-        return validate_tenant(value if isinstance(value, str) else str(value))
-    except InvalidTenant as e:
-        raise BadEvent(f"field {name!r}: {e}") from None
-
-
-class EventDecoder:
-    """
-    Turns message values into :class:`CacheAction` lists, following the
-    ``[[events]]`` rules.  Pure and synchronous.
-    """
-
-    def __init__(self, rules: Sequence[EventRule], routes: Iterable[RouteConfig]) -> None:
-        params = {r.type: r.params for r in routes}
-        #: each rule with its route's parameter names in path order
-        self._rules = [(rule, params[rule.route]) for rule in rules]
-
-    def decode(self, value: bytes | None) -> list[CacheAction]:
-        """
-        Return the actions ``value`` asks for, in rule order, without
-        duplicates.  A field the rules name for a tenant may be absent (or
-        ``null``): then the action is for every tenant.
-
-        @raise BadEvent: not a JSON object in UTF-8 of at most
-            L{MAX_EVENT_BYTES}, no rule matches its type, or a matching rule
-            finds a field missing or of the wrong type.
-        """
-        if value is None or len(value) == 0:
-            raise BadEvent("empty message")
-        if len(value) > MAX_EVENT_BYTES:
-            raise BadEvent(f"message of {len(value)} bytes is over {MAX_EVENT_BYTES}")
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            raise BadEvent("not UTF-8") from None
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError):
-            raise BadEvent("not JSON") from None
-        if not isinstance(data, dict):
-            raise BadEvent("not a JSON object")
-        actions: list[CacheAction] = []
-        matched = False
-        for rule, names in self._rules:
-            kind = data.get(rule.type_field)
-            if not isinstance(kind, str) or kind not in rule.types:
-                continue
-            matched = True
-            params = []
-            for name in names:
-                field = rule.fields[name]
-                if field not in data:
-                    raise BadEvent(f"type {kind!r} lacks field {field!r}")
-                params.append(_id_value(field, data[field]))
-            tenant = _tenant_value(rule.tenant_field, data.get(rule.tenant_field)) if rule.tenant_field else None
-            action = CacheAction(rule.action, tenant, rule.route, tuple(params))
-            if action not in actions:
-                actions.append(action)
-        if not matched:
-            kinds = {rule.type_field for rule, _ in self._rules}
-            found = [data.get(k) for k in kinds if k in data]
-            if not found:
-                raise BadEvent(f"no {' or '.join(sorted(repr(k) for k in kinds)) or 'type'} field")
-            raise BadEvent(f"no [[events]] entry for type {_excerpt(str(found[0]).encode('utf-8', 'replace'), 64)}")
-        return actions
-
-
-def _excerpt(value: bytes | None, limit: int = _LOGGED_BYTES) -> str:
-    """
-    Return the start of ``value`` fit for a log line: at most ``limit``
-    bytes, control characters escaped.
-    """
-    if value is None:
-        return ""
-    text = value[:limit].decode("utf-8", "backslashreplace")
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-    return text + ("..." if len(value) > limit else "")
-
-
-class EventHandler:
-    """
-    Applies messages to the cache registry, on the reactor thread, and
-    counts them.
-
-    @ivar received: messages handed to :meth:`handle`.
-    @ivar applied: messages whose every action was applied.
-    @ivar skipped: messages that were not events (logged and dropped).
-    @ivar failed: attempts to apply that failed (the message is retried).
-    @ivar last_applied: ``clock.seconds()`` of the last applied message.
-    @ivar lags: seconds from each of the last applied messages' timestamps
-        to its application.
-    """
-
-    log = Logger()
-
-    def __init__(self, decoder: EventDecoder, registry: CacheRegistry, clock: IReactorTime) -> None:
-        self.decoder = decoder
-        self.registry = registry
-        self.clock = clock
-        self.received = 0
-        self.applied = 0
-        self.skipped = 0
-        self.failed = 0
-        self.last_applied: float | None = None
-        self.lags: deque[float] = deque(maxlen=10000)
-
-    def handle(self, value: bytes | None, timestamp: float | None = None, where: str = "") -> Deferred[bool]:
-        """
-        Decode and apply one message.  Fires with ``True`` once applied, or
-        ``False`` if the message was skipped (not an event); errbacks when
-        an action could not be applied (the store was unreachable): the
-        message should be retried.
-
-        @param timestamp: the message's timestamp (seconds since the epoch),
-            for the produce-to-applied lag.
-        @param where: topic/partition/offset, for log lines.
-        """
-        self.received += 1
-        try:
-            actions = self.decoder.decode(value)
-        except BadEvent as e:
-            self.skipped += 1
-            self.log.warn(
-                "skipped a message that is not an event ({why}): {excerpt}",
-                why=str(e),
-                excerpt=_excerpt(value),
-                at=where,
-                size=len(value or b""),
-            )
-            return succeed(False)
-        return Deferred.fromCoroutine(self._apply(actions, timestamp, where))
-
-    async def _apply(self, actions: list[CacheAction], timestamp: float | None, where: str) -> bool:
-        try:
-            for a in actions:
-                if a.action == "refresh":
-                    n = await self.registry.refresh(a.tenant, a.route, a.params)
-                else:
-                    n = await self.registry.invalidate(a.tenant, a.route, a.params)
-                self.log.debug(
-                    "event: {action} {route} {params} for {tenant}: {n} entries",
-                    action=a.action,
-                    route=a.route,
-                    params=",".join(a.params),
-                    tenant=a.tenant or "every tenant",
-                    n=n,
-                    at=where,
-                )
-        except Exception:
-            self.failed += 1
-            raise
-        now = self.clock.seconds()
-        self.applied += 1
-        self.last_applied = now
-        if timestamp is not None:
-            lag = max(0.0, now - timestamp)
-            self.lags.append(lag)
-            self.log.debug("event applied {lag_ms} ms after it was produced", lag_ms=round(lag * 1000, 3), at=where)
-        return True
-
-    def handle_batch(self, batch: Sequence[tuple[bytes | None, float | None, str]]) -> Deferred[int]:
-        """
-        Apply messages one after another, in order.  Fires with how many
-        were dealt with (applied or skipped); that is fewer than
-        ``len(batch)`` only if one failed, and the rest were not tried.
-        """
-
-        async def run() -> int:
-            done = 0
-            for value, timestamp, where in batch:
-                try:
-                    await self.handle(value, timestamp, where)
-                except Exception as e:  # noqa: BLE001 - retried later, whatever it was
-                    self.log.warn("could not apply an event, will retry: {error}", error=str(e) or repr(e), at=where)
-                    break
-                done += 1
-            return done
-
-        return Deferred.fromCoroutine(run())
-
-    def info(self) -> dict[str, Any]:
-        """
-        Return the counters, for ``GET /``.
-        """
-        return {
-            "received": self.received,
-            "applied": self.applied,
-            "skipped": self.skipped,
-            "failed": self.failed,
-            "last_applied_at": self.last_applied,
-        }
 
 
 # --- librdkafka settings ----------------------------------------------------
@@ -407,11 +154,13 @@ class EventListenerService(Service):
         self,
         kafka: KafkaConfig,
         handler: EventHandler,
-        reactor: Any,
+        reactor: IReactorFromThreads,
         instance: str | None = None,
         credentials: TokenProvider | None = None,
     ) -> None:
         """
+        @param reactor: where the consumer thread hands its work; it must
+            provide L{IReactorTime} as well (the stop timeout).
         @param instance: names this instance in its broadcast group's id.
         @param credentials: when the SASL password is an OAuth token: the
             consumer starts once the first token is there, and each renewed
@@ -422,6 +171,8 @@ class EventListenerService(Service):
         self._new_password: str | None = None
         self.handler = handler
         self.reactor = reactor
+        # adapting checks now, not at stop time, that it keeps time too
+        self.clock = IReactorTime(reactor)
         self.broadcast = kafka.mode == "broadcast"
         if self.broadcast:
             # unique per instance (a restarted instance starts afresh too)
@@ -523,20 +274,19 @@ class EventListenerService(Service):
         stopped = self._stopped
         if stopped is None or self._thread is None:
             return succeed(None)
+        # a consumer thread stuck in librdkafka must not hold up the
+        # daemon's shutdown: wait for it at most _STOP_SECONDS
         d: Deferred[None] = Deferred()
 
         def done(_: object) -> None:
             if not d.called:
                 d.callback(None)
 
-        def late() -> None:
-            if not d.called:
-                self.log.warn("the event listener did not close within {s} s", s=_STOP_SECONDS)
-                d.callback(None)
+        def late(result: object, timeout: float) -> None:
+            self.log.warn("the event listener did not close within {s} s", s=timeout)
 
-        timer = self.reactor.callLater(_STOP_SECONDS, late)
         stopped.addBoth(done)
-        d.addBoth(lambda r: (timer.cancel() if timer.active() else None, r)[1])
+        d.addTimeout(_STOP_SECONDS, self.clock, onTimeoutCancel=late)
         return d
 
     # -- the consumer thread ----------------------------------------------
@@ -691,7 +441,7 @@ class EventListenerService(Service):
             return
         work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
         try:
-            done: int = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]
+            done: int = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]  # mypy infers Never for a Deferred-returning f
         except Exception:  # noqa: BLE001 - the reactor is going away
             self._stop.set()
             return
