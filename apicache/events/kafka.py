@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -44,6 +43,8 @@ _POLL_SECONDS = 0.2
 _BATCH = 500
 _RETRY_SECONDS = 1.0
 _STOP_SECONDS = 5.0
+#: the same complaint is logged once in this many seconds
+_REPEAT_SECONDS = 30.0
 
 
 # --- librdkafka settings ----------------------------------------------------
@@ -294,15 +295,26 @@ class EventListenerService(Service):
     def _from_thread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         self.reactor.callFromThread(f, *args, **kwargs)
 
+    def _due(self, complaint: int) -> bool:
+        """
+        Return whether a log line about ``complaint`` is due: none in the
+        last L{_REPEAT_SECONDS} (or the clock was set back), and note it.
+        """
+        # the reactor's clock: its seconds() may be read from any thread
+        now = self.clock.seconds()
+        last = self._last_error_log.get(complaint)
+        if last is not None and 0 <= now - last < _REPEAT_SECONDS:
+            return False
+        self._last_error_log[complaint] = now
+        return True
+
     def _on_error(self, error: KafkaError) -> None:
         code = error.code()
         if code in (KafkaError._ALL_BROKERS_DOWN, KafkaError._AUTHENTICATION, KafkaError._SSL):
             self.links.connected = False
         self.links.error = error.str()
         # a broker that is away reports the same error twice a second
-        now = time.monotonic()
-        if now - self._last_error_log.get(code, -1e9) >= 30.0:
-            self._last_error_log[code] = now
+        if self._due(code):
             self._from_thread(self.log.warn, "kafka: {error}", error=error.str(), code=error.name())
 
     def _on_stats(self, raw: str) -> None:
@@ -493,9 +505,6 @@ class _LibrdkafkaLog:
         except (TypeError, ValueError):
             text = fmt
         svc = self._service
-        now = time.monotonic()
         # the same complaint every reconnect attempt: once in a while is enough
-        if now - svc._last_error_log.get(hash(text[:60]), -1e9) < 30.0:
-            return
-        svc._last_error_log[hash(text[:60])] = now
-        svc._from_thread(svc.log.warn, "librdkafka: {line}", line=text[:500])
+        if svc._due(hash(text[:60])):
+            svc._from_thread(svc.log.warn, "librdkafka: {line}", line=text[:500])
