@@ -1,25 +1,48 @@
 """
-The listener service's own life cycle, with its real consumer thread but no
-broker (nothing listens at its bootstrap address) and a fake reactor that
-collects what the thread hands over.
+The listener service without a broker.
+
+Its life cycle runs the real consumer thread (nothing listens at its
+bootstrap address) with a fake reactor that collects what the thread hands
+over.  What the consumer thread does with its consumer (offsets, seeks,
+commits, readiness from librdkafka's callbacks, tokens) is driven here
+directly, from the test's thread, with a fake consumer and a
+:class:`~twisted.internet.task.Clock` for a reactor: no sleeping.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
+from twisted.logger import Logger, formatEvent
+from zope.interface import implementer
 
 from apicache.cache import CacheRegistry
-from apicache.config import KafkaConfig
+from apicache.config import KafkaConfig, parse_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService
+from apicache.events.kafka import _LibrdkafkaLog
 from apicache.store import MemoryStore
+from apicache.store.interface import StoreUnavailable
 from apicache.testing import free_port
 
+CONFIG = parse_config(
+    {
+        "server": {"allow_anonymous": True},
+        "upstream": {"base_url": "http://127.0.0.1:1/api"},
+        "routes": [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"}],
+        "events": [{"types": ["object.update"], "route": "object", "id_field": "objectid"}],
+    },
+    "test.toml",
+    {},
+)
 
+
+@implementer(IReactorFromThreads)
 class ThreadCollectingClock(Clock):
     """A Clock that also takes calls from other threads, to run later."""
 
@@ -36,6 +59,26 @@ class ThreadCollectingClock(Clock):
             f(*args, **kwargs)
 
 
+@implementer(IReactorFromThreads)
+class ImmediateClock(Clock):
+    """
+    A Clock that runs calls "from the consumer thread" at once: the test's
+    thread plays both the consumer thread and the reactor's.
+    """
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        f(*args, **kwargs)
+
+
+def is_log(handed: Callable[..., Any], method: Callable[..., Any]) -> bool:
+    """
+    Whether a call handed to the reactor is a log call of kind ``method``
+    (``Logger.warn``...).  ``svc.log`` is a new Logger at each access (a
+    descriptor), so its bound methods never compare equal.
+    """
+    return getattr(handed, "__func__", None) is method
+
+
 class FakeCredentials:
     username = "client-id"
 
@@ -50,19 +93,134 @@ class FakeCredentials:
         self.subscribers.append(callback)
 
 
-def listener(reactor: ThreadCollectingClock, credentials: Any = None) -> EventListenerService:
-    kafka = KafkaConfig(
+class FakeMessage:
+    """What the listener reads of a confluent-kafka ``Message``."""
+
+    def __init__(self, partition: int, offset: int, value: bytes | None = None, error: KafkaError | None = None) -> None:
+        self._partition, self._offset, self._value, self._error = partition, offset, value, error
+
+    def error(self) -> KafkaError | None:
+        return self._error
+
+    def value(self) -> bytes | None:
+        return self._value
+
+    def topic(self) -> str:
+        return "t"
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 990_000)  # TIMESTAMP_CREATE_TIME, in ms
+
+
+def event(objectid: str) -> bytes:
+    return json.dumps({"type": "object.update", "objectid": objectid}).encode()
+
+
+class FakeConsumer:
+    """
+    The parts of confluent-kafka's ``Consumer`` the listener's thread uses,
+    recording what it was asked to do.
+    """
+
+    def __init__(self, messages: Sequence[FakeMessage] = (), committed: dict[int, int] | None = None, high: int = 42) -> None:
+        self.messages = list(messages)
+        self.committed_offsets = committed or {}
+        self.high = high
+        self.stored: list[tuple[str, int, int]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.assigned: list[tuple[str, int, int]] = []
+        self.credentials: list[tuple[str, str]] = []
+        self.commits = 0
+        self.commit_error: KafkaError | None = None
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        return self.messages.pop(0) if self.messages else None
+
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
+        taken, self.messages = self.messages[:n], self.messages[n:]
+        return taken
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def commit(self, asynchronous: bool = True) -> None:
+        self.commits += 1
+        if self.commit_error is not None:
+            raise KafkaException(self.commit_error)
+
+    def set_sasl_credentials(self, username: str, password: str) -> None:
+        self.credentials.append((username, password))
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return [TopicPartition(p.topic, p.partition, self.committed_offsets.get(p.partition, -1001)) for p in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        return (0, self.high)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
+
+
+class FlakyInvalidator:
+    """
+    An L{apicache.events.Invalidator} that fails for the ids in ``failing``,
+    as the registry does when Redis is away.
+    """
+
+    def __init__(self, *failing: str) -> None:
+        self.failing = set(failing)
+        self.applied: list[tuple[str, str | None, str, tuple[str, ...]]] = []
+
+    def _do(self, action: str, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        if params[0] in self.failing:
+            return fail(StoreUnavailable("away"))
+        self.applied.append((action, tenant, route, params))
+        return succeed(1)
+
+    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        return self._do("invalidate", tenant, route, params)
+
+    def refresh(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        return self._do("refresh", tenant, route, params)
+
+
+def kafka_config(mode: str = "broadcast") -> KafkaConfig:
+    return KafkaConfig(
         bootstrap_servers=f"127.0.0.1:{free_port()}",
         topics=("t",),
+        mode=mode,
         security_protocol="SASL_PLAINTEXT",
         sasl_mechanism="PLAIN",
         sasl_username="client-id",
     )
+
+
+def listener(reactor: Clock, credentials: Any = None) -> EventListenerService:
     registry = CacheRegistry(MemoryStore(1 << 20), None, reactor, [], ())  # type: ignore[arg-type]
-    return EventListenerService(kafka, EventHandler(EventDecoder((), ()), registry, reactor), reactor, "host", credentials)
+    return EventListenerService(kafka_config(), EventHandler(EventDecoder((), ()), registry, reactor), reactor, "host", credentials)
 
 
-def test_the_consumer_waits_for_the_first_token_and_gets_renewed_ones() -> None:
+def driven(invalidator: Any = None, mode: str = "broadcast") -> tuple[EventListenerService, ImmediateClock]:
+    """A listener whose consumer-thread methods the test calls itself."""
+    clock = ImmediateClock()
+    clock.advance(1000)
+    handler = EventHandler(EventDecoder(CONFIG.events, CONFIG.routes), invalidator or FlakyInvalidator(), clock)
+    return EventListenerService(kafka_config(mode), handler, clock, "host"), clock
+
+
+# --- life cycle, with the real consumer thread -----------------------------------
+
+
+def test_the_consumer_waits_for_the_first_token() -> None:
     reactor = ThreadCollectingClock()
     creds = FakeCredentials()
     svc = listener(reactor, creds)
@@ -71,20 +229,31 @@ def test_the_consumer_waits_for_the_first_token_and_gets_renewed_ones() -> None:
     creds.ready.callback("token-1")
     assert svc._thread is not None and svc._thread.is_alive()
     assert svc.settings["sasl.password"] == "token-1"
-    for renewed in creds.subscribers:
-        renewed("token-2")
-    deadline = time.monotonic() + 3
-    while svc._new_password is not None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert svc._new_password is None, "the consumer thread took the renewed token"
     stopped = svc.stopService()
     svc._thread.join(5)
     assert not svc._thread.is_alive()
-    failures = [args for f, args, _ in reactor.handed if f == svc.log.failure]
+    failures = [args for f, args, _ in reactor.handed if is_log(f, Logger.failure)]
     assert failures == [], "the consumer thread hit an error"
     reactor.run_handed()
     assert stopped.called
+    assert reactor.getDelayedCalls() == [], "the stop timeout was cancelled"
     assert not svc.is_ready()
+
+
+def test_a_renewed_token_is_handed_to_the_consumer_before_its_next_poll() -> None:
+    reactor = ThreadCollectingClock()
+    creds = FakeCredentials()
+    svc = listener(reactor, creds)
+    svc.startService()
+    for renewed in creds.subscribers:
+        renewed("token-2")
+    consumer = FakeConsumer()
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    assert svc._new_password is None, "the consumer thread took the renewed token"
+    assert consumer.credentials == [("client-id", "token-2")]
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    assert consumer.credentials == [("client-id", "token-2")], "handed over once"
+    svc.stopService()
 
 
 def test_stopping_before_the_first_token_starts_nothing() -> None:
@@ -107,5 +276,161 @@ def test_stop_fires_within_five_seconds_even_if_the_thread_hangs() -> None:
     assert not stopped.called
     reactor.advance(0.1)
     assert stopped.called
+    assert stopped.result is None
     assert svc._thread is not None
     svc._thread.join(5)
+    reactor.run_handed()  # the thread's late "finished" changes nothing
+    assert stopped.result is None
+
+
+# --- offsets -----------------------------------------------------------------------
+
+
+def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
+    invalidator = FlakyInvalidator("bad")
+    svc, _ = driven(invalidator)
+    eof = KafkaError(KafkaError._PARTITION_EOF)
+    consumer = FakeConsumer(
+        [
+            FakeMessage(0, 5, event("1")),
+            FakeMessage(0, 6, b"not an event"),
+            FakeMessage(1, 3, event("2")),
+            FakeMessage(1, 4, error=eof),
+            FakeMessage(0, 7, event("bad")),
+            FakeMessage(1, 5, event("3")),
+            FakeMessage(0, 8, event("4")),
+        ]
+    )
+    # the retry pause is the thread's own Event.wait: with the stop flag
+    # set it returns at once
+    svc._stop.set()
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    assert consumer.stored == [("t", 0, 7), ("t", 1, 4)]
+    # back to the first message not applied, in each partition after it
+    assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
+    assert [a[3] for a in invalidator.applied] == [("1",), ("2",)]
+    assert svc.handler.info() | {"last_applied_at": None} == {
+        "received": 4,
+        "applied": 2,
+        "skipped": 1,
+        "failed": 1,
+        "last_applied_at": None,
+    }
+    assert list(svc.handler.lags) == [10.0, 10.0]
+
+    # the store is back: the retried messages apply and their offsets follow
+    invalidator.failing.clear()
+    consumer.messages = [FakeMessage(0, 7, event("bad")), FakeMessage(1, 5, event("3")), FakeMessage(0, 8, event("4"))]
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    assert consumer.stored[2:] == [("t", 0, 9), ("t", 1, 6)]
+    assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
+    assert svc.handler.applied == 5
+
+
+def test_nothing_is_stored_when_nothing_arrived() -> None:
+    svc, _ = driven()
+    consumer = FakeConsumer([FakeMessage(0, 9, error=KafkaError(KafkaError._PARTITION_EOF))])
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc._consume_once(consumer)  # type: ignore[arg-type]
+    assert (consumer.stored, consumer.seeks, svc.handler.received) == ([], [], 0)
+
+
+def test_revocation_commits_and_a_failed_commit_is_logged() -> None:
+    svc, _ = driven()
+    consumer = FakeConsumer()
+    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc._on_revoke(consumer, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    assert consumer.commits == 1
+    assert svc.links.assigned == ["t:0"]
+    # nothing stored yet is not worth a line; a refused commit is
+    consumer.commit_error = KafkaError(KafkaError._NO_OFFSET)
+    svc._commit(consumer)  # type: ignore[arg-type]
+    consumer.commit_error = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing")
+    warned: list[str] = []
+    svc.log = Logger(observer=lambda e: warned.append(formatEvent(e)))  # type: ignore[misc]
+    svc._commit(consumer)  # type: ignore[arg-type]
+    assert consumer.commits == 3
+    assert warned == ["kafka: commit failed: rebalancing"]
+
+
+def test_broadcast_starts_a_new_partition_at_its_end_and_a_known_one_at_the_beginning() -> None:
+    svc, _ = driven()
+    consumer = FakeConsumer(high=42)
+    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert consumer.assigned == [("t", 0, 42)]
+    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    # assigned again without committed offsets (the broker lost them)
+    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    assert consumer.assigned == [("t", 0, OFFSET_BEGINNING), ("t", 1, 42)]
+    consumer.committed_offsets = {0: 17}
+    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert consumer.assigned == [("t", 0, 17)], "committed offsets win"
+
+
+# --- readiness and log lines, from librdkafka's callbacks -----------------------------
+
+
+def stats(*states: str) -> str:
+    return json.dumps({"brokers": {f"b{i}": {"state": s} for i, s in enumerate(states)}})
+
+
+def test_readiness_follows_the_consumer_callbacks_in_broadcast_mode() -> None:
+    svc, _ = driven()
+    consumer = FakeConsumer()
+    assert not svc.is_ready()
+    svc._on_stats(stats("INIT", "UP"))
+    assert svc.links.connected and not svc.is_ready(), "connected, not yet assigned"
+    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert svc.is_ready()
+    assert svc.info()["events"]["partitions"] == 1
+    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert not svc.is_ready(), "a broadcast listener without partitions hears nothing"
+    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))
+    assert not svc.is_ready()
+    assert svc.links.error == "down"
+    svc._on_stats(stats("UP"))
+    assert svc.is_ready()
+    svc._on_stats(stats("DOWN", "CONNECT"))
+    assert not svc.is_ready()
+    svc._on_stats(stats("UP"))
+    svc._on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    assert not svc.is_ready() and svc.links.assigned == []
+    assert svc.info()["events"]["partitions"] == 0
+
+
+def test_in_group_mode_a_member_without_partitions_is_ready() -> None:
+    svc, _ = driven(mode="group")
+    consumer = FakeConsumer()
+    svc._on_stats(stats("UP"))
+    svc._on_assign(consumer, [])  # type: ignore[arg-type]
+    assert svc.is_ready()
+    assert consumer.assigned == [], "group mode keeps the group's offsets"
+
+
+def test_the_same_kafka_complaint_is_logged_once_in_thirty_seconds() -> None:
+    reactor = ThreadCollectingClock()
+    svc = listener(reactor)
+    down = KafkaError(KafkaError._ALL_BROKERS_DOWN, "down")
+
+    def warnings() -> int:
+        return sum(1 for f, _, _ in reactor.handed if is_log(f, Logger.warn))
+
+    svc._on_error(down)
+    svc._on_error(down)
+    assert warnings() == 1
+    svc._on_error(KafkaError(KafkaError._TRANSPORT, "reset"))
+    assert warnings() == 2, "another complaint is logged at once"
+    reactor.advance(29.9)
+    svc._on_error(down)
+    assert warnings() == 2
+    reactor.advance(0.1)
+    svc._on_error(down)
+    assert warnings() == 3
+    # librdkafka's own lines: the same rule, debug and connection failures left out
+    log = _LibrdkafkaLog(svc)
+    log.log(30, "%s: broker %s is odd", "ODD", "b1")
+    log.log(30, "%s: broker %s is odd", "ODD", "b1")
+    log.log(20, "%s: info", "INFO")
+    log.log(30, "%s: connect failed", "FAIL")
+    assert warnings() == 4
