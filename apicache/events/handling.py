@@ -23,8 +23,10 @@ __all__ = ["EventHandler", "Invalidator"]
 class Invalidator(Protocol):
     """
     What the handler needs of the cache: the two actions an event may ask
-    for.  :class:`~apicache.cache.CacheRegistry` provides it (so does the
-    workers' relay); the handler never sees the concrete class.
+    for.  :class:`~apicache.cache.CacheRegistry` provides it; the handler
+    never sees the concrete class, so the events package imports nothing of
+    the cache.  (A stand-in until the ``IInvalidator`` zope interface of
+    issue 9 lands: this protocol is its structural twin.)
     """
 
     def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...], /) -> Deferred[int]:
