@@ -816,7 +816,7 @@ class _AnyName:
     """Holds every name: tag templates of events may name any message field."""
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and bool(_PARAM_NAME_RE.match(name) or name)
+        return isinstance(name, str) and name != ""
 
 
 def load_config(
