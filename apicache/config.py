@@ -31,6 +31,8 @@ __all__ = [
     "SectionFiller",
     "FORBIDDEN_FORWARD",
     "UNKEYED_FORWARD",
+    "TRACING_HEADERS",
+    "PASS_METHODS",
 ]
 
 
@@ -64,11 +66,22 @@ FORBIDDEN_FORWARD = frozenset(
         "trailer",
         "upgrade",
         "api-key",
+        "via",
     }
 )
 
-#: Forwarded headers that are not part of the cache key (SPEC.md section 3).
-UNKEYED_FORWARD = frozenset({"authorization", "traceparent", "tracestate", "x-correlationid"})
+#: The default of ``upstream.unkeyed_headers`` (SPEC.md section 2).
+UNKEYED_FORWARD = ("authorization", "x-correlationid")
+
+#: Always forwarded and never keyed, whatever ``forward_headers`` says.
+TRACING_HEADERS = ("traceparent", "tracestate")
+
+#: Methods a route may forward with ``pass_methods`` (SPEC.md section 4).
+PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+#: Tags past these limits make an answer unstorable (SPEC.md section 3).
+MAX_TAGS = 64
+MAX_TAG_BYTES = 256
 
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
 _TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
@@ -90,6 +103,12 @@ class ServerConfig:
     access_log: bool = True
     log_level: str = "info"
     shutdown_grace: float = 6.0
+    admin_api_keys: tuple[str, ...] = ()
+    #: 0: 80 % of the open-file limit, resolved at start-up
+    max_connections: int = 0
+    header_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_body_bytes: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -101,6 +120,8 @@ class StoreConfig:
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
+    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
+    tenant_max_bytes: int = 0
     #: an answer whose stored form is bigger than this is not written to Redis
     redis_max_value_bytes: int = 1048576
     #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
@@ -114,21 +135,29 @@ class UpstreamConfig:
     max_body_bytes: int = 10485760
     max_connections: int = 64
     max_in_flight: int = 256
+    tenant_max_in_flight: int = 0
+    #: the forwarded headers, the tracing headers always among them
     forward_headers: tuple[str, ...] = (
         "authorization",
         "accept",
         "accept-language",
-        "traceparent",
-        "tracestate",
         "x-correlationid",
+        *TRACING_HEADERS,
     )
+    unkeyed_headers: tuple[str, ...] = UNKEYED_FORWARD
+    #: added to every upstream request; never logged
+    set_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    hide_headers: tuple[str, ...] = ()
+    tags_header: str = ""
 
     @property
     def keyed_headers(self) -> tuple[str, ...]:
         """
         The forwarded headers whose values are part of the cache key.
         """
-        return tuple(h for h in self.forward_headers if h not in UNKEYED_FORWARD)
+        return tuple(
+            h for h in self.forward_headers if h not in self.unkeyed_headers and h not in TRACING_HEADERS
+        )
 
 
 @dataclass(frozen=True)
@@ -138,9 +167,19 @@ class RouteConfig:
     upstream: str
     ttl: float = 300.0
     stale_if_error: float = 0.0
+    freshness: str = "route"
+    max_ttl: float = 86400.0
+    stale_while_revalidate: float = 0.0
+    keep: float = 3600.0
+    negative_ttl: float = 0.0
+    #: tag templates over the path parameters, e.g. ``object:{id}``
+    tags: tuple[str, ...] = ()
+    #: methods forwarded to the upstream (SPEC.md section 4)
+    pass_methods: tuple[str, ...] = ()
+    max_staleness: float = 0.0
     #: path parameter names, in the order they appear in ``path``
     params: tuple[str, ...] = ()
-    #: changes whenever the upstream URL template changes
+    #: changes whenever the upstream URL template or ``set_headers`` change
     fingerprint: str = ""
 
 
@@ -156,6 +195,7 @@ class KafkaConfig:
     sasl_password: str = field(default="", repr=False)
     ssl_ca_location: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    max_clock_skew: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -174,6 +214,8 @@ class EventRule:
     fields: Mapping[str, str] = field(default_factory=dict)
     tenant_field: str = ""
     action: str = "invalidate"
+    #: tag templates over message fields, e.g. ``object:{objectid}``
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -185,6 +227,8 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     events: tuple[EventRule, ...] = ()
+    #: things worth one warning line at start-up (the file is still used)
+    warnings: tuple[str, ...] = ()
 
     def route(self, route_type: str) -> RouteConfig:
         """
@@ -304,6 +348,11 @@ _SERVER: dict[str, Checker] = {
     "access_log": _bool,
     "log_level": _one_of(*_LOG_LEVELS),
     "shutdown_grace": _non_negative(_number),
+    "admin_api_keys": _str_list,
+    "max_connections": _non_negative(_int),
+    "header_timeout": _positive(_number),
+    "idle_timeout": _positive(_number),
+    "max_body_bytes": _positive(_int),
 }
 _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
@@ -315,6 +364,7 @@ _STORE: dict[str, Checker] = {
     "key_prefix": _str,
     "redis_max_value_bytes": _positive(_int),
     "redis_lock_ttl": _non_negative(_number),
+    "tenant_max_bytes": _non_negative(_int),
 }
 _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,
@@ -322,7 +372,12 @@ _UPSTREAM: dict[str, Checker] = {
     "max_body_bytes": _positive(_int),
     "max_connections": _positive(_int),
     "max_in_flight": _positive(_int),
+    "tenant_max_in_flight": _non_negative(_int),
     "forward_headers": _str_list,
+    "unkeyed_headers": _str_list,
+    "set_headers": _str_map,
+    "hide_headers": _str_list,
+    "tags_header": _str,
 }
 _ROUTE: dict[str, Checker] = {
     "type": _str,
@@ -330,6 +385,14 @@ _ROUTE: dict[str, Checker] = {
     "upstream": _str,
     "ttl": _positive(_number),
     "stale_if_error": _non_negative(_number),
+    "freshness": _one_of("route", "upstream"),
+    "max_ttl": _positive(_number),
+    "stale_while_revalidate": _non_negative(_number),
+    "keep": _non_negative(_number),
+    "negative_ttl": _non_negative(_number),
+    "tags": _str_list,
+    "pass_methods": _str_list,
+    "max_staleness": _non_negative(_number),
 }
 _KAFKA: dict[str, Checker] = {
     "bootstrap_servers": _str,
@@ -342,6 +405,7 @@ _KAFKA: dict[str, Checker] = {
     "sasl_password": _str,
     "ssl_ca_location": _str,
     "extra": _scalar_map,
+    "max_clock_skew": _non_negative(_number),
 }
 _EVENT: dict[str, Checker] = {
     "types": _str_list,
@@ -351,6 +415,7 @@ _EVENT: dict[str, Checker] = {
     "fields": _str_map,
     "tenant_field": _str,
     "action": _one_of("invalidate", "refresh"),
+    "tags": _str_list,
 }
 _TOP = {"server", "store", "upstream", "routes", "kafka", "events"}
 
@@ -403,8 +468,32 @@ class _Reader:
         return out
 
 
-def _fingerprint(base_url: str, template: str) -> str:
-    return hashlib.sha256(f"{base_url}\n{template}".encode()).hexdigest()[:12]
+def _fingerprint(base_url: str, template: str, set_headers: Mapping[str, str]) -> str:
+    # set_headers change what the upstream answers: a new value never
+    # serves entries fetched with the old one (the values are hashed, never kept)
+    fixed = "\n".join(f"{k}: {v}" for k, v in sorted(set_headers.items()))
+    return hashlib.sha256(f"{base_url}\n{template}\n{fixed}".encode()).hexdigest()[:12]
+
+
+def _header_name(r: _Reader, key: str, value: str) -> str:
+    name = value.strip().lower()
+    if not _TENANT_HEADER_RE.match(name):
+        raise r.fail(key, f"expected an HTTP header name, got {value!r}")
+    return name
+
+
+def _settable(name: str, tenant_header: str) -> bool:
+    """
+    Return whether apicache lets configuration put ``name`` on an upstream
+    request: not hop-by-hop or framing, not its own, not a conditional.
+    """
+    return not (
+        name in FORBIDDEN_FORWARD or name.startswith("proxy-") or name.startswith("if-") or name == tenant_header
+    )
+
+
+def _template_skeleton(template: str) -> str:
+    return _TEMPLATE_PARAM_RE.sub("{}", template)
 
 
 #: Called with a section's name and the values the file gives it (after
@@ -436,6 +525,7 @@ def parse_config(
 
     server = r.table("server", data.get("server", {}), _SERVER)
     server["api_keys"] = tuple(k for k in server.get("api_keys", ()) if k)
+    server["admin_api_keys"] = tuple(k for k in server.get("admin_api_keys", ()) if k)
     fill("server", server)
     if "listen" in server and not server["listen"]:
         server["listen"] = None
@@ -459,18 +549,49 @@ def parse_config(
     if not re.match(r"^[A-Za-z0-9._:-]+$", store_cfg.key_prefix):
         raise r.fail("store.key_prefix", "expected a non-empty string of [A-Za-z0-9._:-]")
 
+    warnings: list[str] = []
     upstream = r.table("upstream", data.get("upstream", {}), _UPSTREAM)
-    forward = []
+    forward: list[str] = []
     for i, h in enumerate(upstream.get("forward_headers", UpstreamConfig.forward_headers)):
-        h = h.strip().lower()
         key = f"upstream.forward_headers[{i}]"
-        if not _TENANT_HEADER_RE.match(h):
-            raise r.fail(key, f"expected an HTTP header name, got {h!r}")
-        if h in FORBIDDEN_FORWARD or h.startswith("proxy-") or h == th:
-            raise r.fail(key, f"header {h!r} can't be forwarded")
+        h = _header_name(r, key, h)
+        if not _settable(h, th):
+            raise r.fail(key, f"header {h!r} can't be forwarded (apicache sets it itself)")
+        if h == "accept-encoding":
+            warnings.append(
+                f"{source}: upstream.forward_headers: accept-encoding is dropped: apicache normalises it itself"
+            )
+            continue
         if h not in forward:
             forward.append(h)
+    configured = tuple(forward)
+    forward.extend(h for h in TRACING_HEADERS if h not in forward)
     upstream["forward_headers"] = tuple(forward)
+    if "unkeyed_headers" in upstream:
+        unkeyed: list[str] = []
+        for i, h in enumerate(upstream["unkeyed_headers"]):
+            key = f"upstream.unkeyed_headers[{i}]"
+            h = _header_name(r, key, h)
+            if h not in configured and h not in TRACING_HEADERS:
+                raise r.fail(key, f"header {h!r} is not in upstream.forward_headers")
+            unkeyed.append(h)
+        upstream["unkeyed_headers"] = tuple(unkeyed)
+    set_headers: dict[str, str] = {}
+    for name, value in upstream.get("set_headers", {}).items():
+        key = f"upstream.set_headers.{name}"
+        h = _header_name(r, key, name)
+        if not _settable(h, th) or h == "accept-encoding":
+            raise r.fail(key, f"header {h!r} can't be set (apicache sets it itself)")
+        if any(c in value for c in "\r\n\0"):
+            # the value is never quoted: it may be a secret
+            raise r.fail(key, "expected a value without CR, LF or NUL")
+        set_headers[h] = value
+    upstream["set_headers"] = set_headers
+    upstream["hide_headers"] = tuple(
+        _header_name(r, f"upstream.hide_headers[{i}]", h) for i, h in enumerate(upstream.get("hide_headers", ()))
+    )
+    if upstream.get("tags_header"):
+        upstream["tags_header"] = _header_name(r, "upstream.tags_header", upstream["tags_header"])
     upstream_cfg = UpstreamConfig(**upstream)
     base = urlsplit(upstream_cfg.base_url)
     if base.scheme not in ("http", "https") or not base.hostname:
@@ -491,7 +612,7 @@ def parse_config(
         raise r.fail("routes", "expected an array of tables ([[routes]])")
     routes: list[RouteConfig] = []
     for i, raw in enumerate(raw_routes):
-        routes.append(_route(r, f"routes[{i}]", raw, upstream_cfg.base_url, routes))
+        routes.append(_route(r, f"routes[{i}]", raw, upstream_cfg, routes))
     if routes and "base_url" not in upstream:
         raise r.fail("upstream.base_url", "required once a route exists")
 
@@ -510,6 +631,14 @@ def parse_config(
         _event(r, f"events[{i}]", raw, {rt.type: rt for rt in routes})
         for i, raw in enumerate(raw_events)
     )
+    for i, rt in enumerate(routes):
+        if rt.max_staleness <= 0:
+            continue
+        key = f"routes[{i}].max_staleness"
+        if not kafka_cfg.enabled:
+            raise r.fail(key, "needs events: kafka.bootstrap_servers is not set")
+        if not any(_targets(rule, rt, upstream_cfg) for rule in events):
+            raise r.fail(key, f"no [[events]] entry targets route {rt.type!r} (by route or by tags)")
 
     if source != Config.source and not server_cfg.api_keys and not server_cfg.allow_anonymous:
         raise r.fail(
@@ -525,11 +654,28 @@ def parse_config(
         routes=tuple(routes),
         kafka=kafka_cfg,
         events=events,
+        warnings=tuple(warnings),
     )
 
 
+def _targets(rule: EventRule, route: RouteConfig, upstream: UpstreamConfig) -> bool:
+    """
+    Return whether events of ``rule`` can reach entries of ``route``: by
+    route, or by tags (a tag template of the same shape as one of the
+    route's, or any tag while answers carry tags of their own).
+    """
+    if rule.route == route.type:
+        return True
+    if not rule.tags:
+        return False
+    if upstream.tags_header:
+        return True
+    shapes = {_template_skeleton(t) for t in route.tags}
+    return any(_template_skeleton(t) in shapes for t in rule.tags)
+
+
 def _route(
-    r: _Reader, key: str, raw: Any, base_url: str, earlier: list[RouteConfig]
+    r: _Reader, key: str, raw: Any, upstream: UpstreamConfig, earlier: list[RouteConfig]
 ) -> RouteConfig:
     values = r.table(key, raw, _ROUTE)
     for required in ("type", "path", "upstream"):
@@ -542,6 +688,8 @@ def _route(
         raise r.fail(f"{key}.type", f"duplicate route type {rtype!r}")
     if not path.startswith("/") or "?" in path or "#" in path:
         raise r.fail(f"{key}.path", "expected a path starting with '/' (no query)")
+    if path == "/tags" or path.startswith("/tags/"):
+        raise r.fail(f"{key}.path", "paths under /tags/ are reserved for tag purges")
     params: list[str] = []
     for m in _RULE_PARAM_RE.finditer(path):
         name = m.group(1)
@@ -569,15 +717,46 @@ def _route(
             )
     if "{" in _TEMPLATE_PARAM_RE.sub("", template) or "}" in _TEMPLATE_PARAM_RE.sub("", template):
         raise r.fail(f"{key}.upstream", "unbalanced '{' or '}' in template")
+    tags = values.get("tags", ())
+    for j, tag in enumerate(tags):
+        _check_tag_template(r, f"{key}.tags[{j}]", tag, params, "path parameter")
+    methods: list[str] = []
+    for j, m in enumerate(values.get("pass_methods", ())):
+        m = m.upper()
+        if m not in PASS_METHODS:
+            raise r.fail(f"{key}.pass_methods[{j}]", f"expected one of {', '.join(PASS_METHODS)}, got {m!r}")
+        if m not in methods:
+            methods.append(m)
     return RouteConfig(
         type=rtype,
         path=path,
         upstream=template,
         ttl=values.get("ttl", RouteConfig.ttl),
         stale_if_error=values.get("stale_if_error", RouteConfig.stale_if_error),
+        freshness=values.get("freshness", RouteConfig.freshness),
+        max_ttl=values.get("max_ttl", RouteConfig.max_ttl),
+        stale_while_revalidate=values.get("stale_while_revalidate", RouteConfig.stale_while_revalidate),
+        keep=values.get("keep", RouteConfig.keep),
+        negative_ttl=values.get("negative_ttl", RouteConfig.negative_ttl),
+        tags=tuple(tags),
+        pass_methods=tuple(methods),
+        max_staleness=values.get("max_staleness", RouteConfig.max_staleness),
         params=tuple(params),
-        fingerprint=_fingerprint(base_url, template),
+        fingerprint=_fingerprint(upstream.base_url, template, upstream.set_headers),
     )
+
+
+def _check_tag_template(r: _Reader, key: str, template: str, names: Any, what: str) -> None:
+    if not template or len(template.encode("utf-8")) > MAX_TAG_BYTES:
+        raise r.fail(key, f"expected a tag template of 1 to {MAX_TAG_BYTES} bytes")
+    if any(c.isspace() or c == "," for c in template):
+        raise r.fail(key, "expected a tag without spaces or commas")
+    for m in _TEMPLATE_PARAM_RE.finditer(template):
+        if m.group(1) not in names:
+            raise r.fail(key, f"template names {what} {m.group(1)!r}, which is not there")
+    rest = _TEMPLATE_PARAM_RE.sub("", template)
+    if "{" in rest or "}" in rest:
+        raise r.fail(key, "unbalanced '{' or '}' in template")
 
 
 def _event(r: _Reader, key: str, raw: Any, routes: Mapping[str, RouteConfig]) -> EventRule:
@@ -585,8 +764,21 @@ def _event(r: _Reader, key: str, raw: Any, routes: Mapping[str, RouteConfig]) ->
     types = values.get("types", ())
     if not types or not all(types):
         raise r.fail(f"{key}.types", "expected a non-empty list of event types")
+    tags = values.get("tags", ())
+    for j, tag in enumerate(tags):
+        # any message field may fill a tag: checked when a message arrives
+        _check_tag_template(r, f"{key}.tags[{j}]", tag, _AnyName(), "field")
     route_type = values.get("route", "")
     route = routes.get(route_type)
+    if route is None and tags and not route_type and "id_field" not in values and "fields" not in values:
+        return EventRule(
+            types=tuple(types),
+            route="",
+            type_field=values.get("type_field", EventRule.type_field) or "type",
+            tenant_field=values.get("tenant_field", ""),
+            action=values.get("action", "invalidate"),
+            tags=tuple(tags),
+        )
     if route is None:
         raise r.fail(f"{key}.route", f"expected the type of a configured route, got {route_type!r}")
     if "id_field" in values and "fields" in values:
@@ -616,7 +808,15 @@ def _event(r: _Reader, key: str, raw: Any, routes: Mapping[str, RouteConfig]) ->
         fields=dict(fields),
         tenant_field=values.get("tenant_field", ""),
         action=values.get("action", "invalidate"),
+        tags=tuple(tags),
     )
+
+
+class _AnyName:
+    """Holds every name: tag templates of events may name any message field."""
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name != ""
 
 
 def load_config(

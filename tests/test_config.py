@@ -41,9 +41,11 @@ def test_defaults_match_the_spec():
     assert c.upstream.max_body_bytes == 10485760
     assert c.upstream.max_connections == 64
     assert c.upstream.max_in_flight == 256
+    # v2: the four of SPEC section 2, and the tracing headers always
     assert c.upstream.forward_headers == (
-        "authorization", "accept", "accept-language", "traceparent", "tracestate", "x-correlationid",
+        "authorization", "accept", "accept-language", "x-correlationid", "traceparent", "tracestate",
     )
+    assert c.upstream.unkeyed_headers == ("authorization", "x-correlationid")
     assert c.upstream.keyed_headers == ("accept", "accept-language")
     assert c.kafka.enabled is False
 
@@ -140,3 +142,128 @@ def test_shipped_example_needs_a_key():
     with pytest.raises(ConfigError) as e:
         load_config(EXAMPLE, {})
     assert e.value.key == "server.api_keys"
+
+
+# --- version 2 keys ---------------------------------------------------------
+
+UP = {"base_url": "http://u"}
+
+
+def test_v2_defaults_match_the_spec():
+    c = load_config(None, {})
+    s, st, up, k = c.server, c.store, c.upstream, c.kafka
+    assert (s.admin_api_keys, s.max_connections, s.header_timeout, s.idle_timeout, s.max_body_bytes) == (
+        (), 0, 10.0, 120.0, 1048576,
+    )
+    assert st.tenant_max_bytes == 0
+    assert (up.tenant_max_in_flight, dict(up.set_headers), up.hide_headers, up.tags_header) == (0, {}, (), "")
+    assert k.max_clock_skew == 1.0
+    r = parse({"upstream": UP, "routes": [ROUTE]}).route("object")
+    assert (r.freshness, r.max_ttl, r.stale_while_revalidate, r.keep, r.negative_ttl) == ("route", 86400.0, 0.0, 3600.0, 0.0)
+    assert (r.tags, r.pass_methods, r.max_staleness) == ((), (), 0.0)
+
+
+def test_every_v2_route_key_is_read():
+    route = dict(
+        ROUTE, freshness="upstream", max_ttl=60, stale_while_revalidate=5, keep=10, negative_ttl=2,
+        tags=["object:{id}", "objects"], pass_methods=["post", "PATCH"], stale_if_error=1,
+    )
+    r = parse({"upstream": UP, "routes": [route]}).route("object")
+    assert (r.freshness, r.max_ttl, r.stale_while_revalidate, r.keep, r.negative_ttl) == ("upstream", 60.0, 5.0, 10.0, 2.0)
+    assert r.tags == ("object:{id}", "objects")
+    assert r.pass_methods == ("POST", "PATCH")
+
+
+def test_empty_admin_keys_are_dropped():
+    assert parse({"server": {"api_keys": ["k"], "admin_api_keys": ["", "a"]}}).server.admin_api_keys == ("a",)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"server": {"api_keys": ["k"], "max_connections": -1}}, "server.max_connections"),
+        ({"server": {"api_keys": ["k"], "header_timeout": 0}}, "server.header_timeout"),
+        ({"server": {"api_keys": ["k"], "idle_timeout": "x"}}, "server.idle_timeout"),
+        ({"server": {"api_keys": ["k"], "max_body_bytes": 0}}, "server.max_body_bytes"),
+        ({"store": {"tenant_max_bytes": -5}}, "store.tenant_max_bytes"),
+        ({"upstream": dict(UP, tenant_max_in_flight=-1)}, "upstream.tenant_max_in_flight"),
+        ({"upstream": dict(UP, forward_headers=["via"])}, "upstream.forward_headers[0]"),
+        ({"upstream": dict(UP, forward_headers=["If-None-Match"])}, "upstream.forward_headers[0]"),
+        ({"upstream": dict(UP, unkeyed_headers=["x-other"])}, "upstream.unkeyed_headers[0]"),
+        ({"upstream": dict(UP, set_headers={"host": "x"})}, "upstream.set_headers.host"),
+        ({"upstream": dict(UP, set_headers={"x-a": "a\r\nb"})}, "upstream.set_headers.x-a"),
+        ({"upstream": dict(UP, set_headers={"x-a": 1})}, "upstream.set_headers"),
+        ({"upstream": dict(UP, tags_header="bad header")}, "upstream.tags_header"),
+        ({"upstream": UP, "routes": [dict(ROUTE, freshness="cdn")]}, "routes[0].freshness"),
+        ({"upstream": UP, "routes": [dict(ROUTE, max_ttl=0)]}, "routes[0].max_ttl"),
+        ({"upstream": UP, "routes": [dict(ROUTE, keep=-1)]}, "routes[0].keep"),
+        ({"upstream": UP, "routes": [dict(ROUTE, negative_ttl=-1)]}, "routes[0].negative_ttl"),
+        ({"upstream": UP, "routes": [dict(ROUTE, tags=["object:{other}"])]}, "routes[0].tags[0]"),
+        ({"upstream": UP, "routes": [dict(ROUTE, tags=["a b"])]}, "routes[0].tags[0]"),
+        ({"upstream": UP, "routes": [dict(ROUTE, pass_methods=["GET"])]}, "routes[0].pass_methods[0]"),
+        ({"upstream": UP, "routes": [dict(ROUTE, path="/tags/<id>")]}, "routes[0].path"),
+        ({"upstream": UP, "routes": [dict(ROUTE, max_staleness=5)]}, "routes[0].max_staleness"),
+        ({"kafka": {"max_clock_skew": -1}}, "kafka.max_clock_skew"),
+    ],
+)
+def test_bad_v2_values_name_their_key(data, key):
+    e = error(data)
+    assert e.key == key, str(e)
+
+
+def test_set_header_values_are_never_quoted_in_errors():
+    e = error({"upstream": dict(UP, set_headers={"x-api-key": "s3cret\n"})})
+    assert "s3cret" not in str(e)
+
+
+def test_set_headers_change_the_route_fingerprint():
+    a = parse({"upstream": dict(UP, set_headers={"x-api-key": "one"}), "routes": [ROUTE]}).route("object")
+    b = parse({"upstream": dict(UP, set_headers={"x-api-key": "two"}), "routes": [ROUTE]}).route("object")
+    assert a.fingerprint != b.fingerprint
+    assert "one" not in repr(parse({"upstream": dict(UP, set_headers={"x-api-key": "one"})}).upstream)
+
+
+def test_accept_encoding_in_forward_headers_is_dropped_with_a_warning():
+    c = parse({"upstream": dict(UP, forward_headers=["accept", "Accept-Encoding"])})
+    assert "accept-encoding" not in c.upstream.forward_headers
+    assert len(c.warnings) == 1 and "accept-encoding" in c.warnings[0]
+
+
+def test_tracing_headers_are_always_forwarded_and_never_keyed():
+    c = parse({"upstream": dict(UP, forward_headers=["accept"])})
+    assert c.upstream.forward_headers == ("accept", "traceparent", "tracestate")
+    assert c.upstream.keyed_headers == ("accept",)
+    listed = parse({"upstream": dict(UP, forward_headers=["traceparent", "accept"])})
+    assert listed.upstream.forward_headers == ("traceparent", "accept", "tracestate")
+    assert listed.upstream.keyed_headers == ("accept",)
+
+
+def test_explicit_unkeyed_headers_leave_the_key():
+    c = parse({"upstream": dict(UP, forward_headers=["accept", "x-user"], unkeyed_headers=["x-user"])})
+    assert c.upstream.keyed_headers == ("accept",)
+    # the default list names headers that need not be forwarded
+    d = parse({"upstream": dict(UP, forward_headers=["accept"])})
+    assert d.upstream.keyed_headers == ("accept",)
+
+
+KAFKA = {"bootstrap_servers": "127.0.0.1:9092", "topics": ["t"]}
+
+
+def test_max_staleness_needs_an_event_targeting_the_route():
+    route = dict(ROUTE, max_staleness=5, tags=["object:{id}"])
+    e = error({"upstream": UP, "kafka": KAFKA, "routes": [route]})
+    assert e.key == "routes[0].max_staleness"
+    by_route = {"types": ["u"], "route": "object", "id_field": "objectid"}
+    assert parse({"upstream": UP, "kafka": KAFKA, "routes": [route], "events": [by_route]}).route("object").max_staleness == 5
+    by_tag = {"types": ["u"], "tags": ["object:{objectid}"]}
+    assert parse({"upstream": UP, "kafka": KAFKA, "routes": [route], "events": [by_tag]}).events[0].route == ""
+    other_tag = {"types": ["u"], "tags": ["user:{uid}:x"]}
+    assert error({"upstream": UP, "kafka": KAFKA, "routes": [route], "events": [other_tag]}).key == "routes[0].max_staleness"
+
+
+def test_events_with_tags_need_no_route():
+    rule = parse(
+        {"upstream": UP, "routes": [ROUTE], "events": [{"types": ["u"], "tags": ["object:{objectid}"], "action": "refresh"}]}
+    ).events[0]
+    assert (rule.route, rule.tags, rule.action, dict(rule.fields)) == ("", ("object:{objectid}",), "refresh", {})
+    assert error({"upstream": UP, "routes": [ROUTE], "events": [{"types": ["u"]}]}).key == "events[0].route"
