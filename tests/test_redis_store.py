@@ -50,7 +50,7 @@ def unique(name: str) -> str:
 
 def raw(s: RedisStore, *args: Any) -> Deferred[Any]:
     """Run one raw command on the store's connection."""
-    return s._call(lambda p: p.execute_command(*args))
+    return s.commands.execute(*args)
 
 
 # -- format and keys -----------------------------------------------------------
@@ -358,10 +358,10 @@ async def test_a_connection_frozen_for_several_pings_is_remade(
     stores: Callable[..., RedisStore], redis_server: RedisServer
 ) -> None:
     s = await ready(stores(url=redis_server.url, timeout=0.2))
-    first = s._commands.protocol
+    first = s.commands.protocol
     redis_server.pause()
     try:
-        await until(lambda: s._commands.protocol is not first, timeout=6)
+        await until(lambda: s.commands.protocol is not first, timeout=6)
     finally:
         redis_server.resume()
     await until(s.is_ready, timeout=5)
