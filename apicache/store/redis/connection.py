@@ -62,12 +62,15 @@ class _ConnectionFactory(Factory):
     that they lost their connection.
     """
 
-    def __init__(self, build: Callable[[], Any], lost: Callable[[Any, Failure], None]) -> None:
+    def __init__(
+        self, build: Callable[[IReactorTime], Any], clock: IReactorTime, lost: Callable[[Any, Failure], None]
+    ) -> None:
         self._build = build
+        self._clock = clock
         self.lost = lost
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        p = self._build()
+        p = self._build(self._clock)
         p.factory = self
         return p
 
@@ -79,10 +82,15 @@ class CommandProtocol(RedisProtocol):  # type: ignore[misc]
 
     No password or database here: AUTH and SELECT run when the connection is
     prepared, where a failure drops the connection and the service retries.
+
+    @param clock: txredisapi's parser resumes after a bulk reply on the
+        next turn of C{self.callLater}, the global reactor's unless set:
+        here, the clock the store was given.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         super().__init__(charset=None, convertNumbers=False)
+        self.callLater = clock.callLater
 
     def connectionLost(self, why: Failure) -> None:
         super().connectionLost(why)
@@ -95,8 +103,10 @@ class PubSubProtocol(SubscriberProtocol):  # type: ignore[misc]
     ``on_message``; its L{RedisConnection} hears of its loss.
     """
 
-    def __init__(self, on_message: Callable[[bytes], None]) -> None:
+    def __init__(self, clock: IReactorTime, on_message: Callable[[bytes], None]) -> None:
         super().__init__(charset=None, convertNumbers=False)
+        # see CommandProtocol
+        self.callLater = clock.callLater
         self._on_message = on_message
 
     def messageReceived(self, pattern: object, channel: object, message: bytes) -> None:
@@ -123,7 +133,7 @@ class RedisConnection:
         reactor: IReactorTCP,
         clock: IReactorTime,
         address: RedisAddress,
-        build: Callable[[], Any],
+        build: Callable[[IReactorTime], Any],
         prepare: Callable[[Any], Deferred[Any]] | None = None,
         on_change: Callable[[bool], None] = lambda up: None,
     ) -> None:
@@ -131,7 +141,7 @@ class RedisConnection:
         @param reactor: connects (see L{RedisAddress.endpoint}).
         @param clock: times the retries and the preparation.
         @param build: returns a new protocol (a L{CommandProtocol} or
-            L{PubSubProtocol}).
+            L{PubSubProtocol}) given the clock.
         @param prepare: called with each new connection once it is
             authenticated; the connection is used once its Deferred fires.
         @param on_change: called with C{True} when a prepared connection is
@@ -147,7 +157,7 @@ class RedisConnection:
         self._waiting: Deferred[Any] | None = None
         self.service = ClientService(
             address.endpoint(reactor),
-            _ConnectionFactory(build, self._lost),
+            _ConnectionFactory(build, clock, self._lost),
             retryPolicy=retry_delay,
             clock=clock,
             prepareConnection=self._prepare,

@@ -118,7 +118,7 @@ class RedisStore:
             reactor,
             self._clock,
             self.address,
-            lambda: PubSubProtocol(self._message),
+            lambda clock: PubSubProtocol(clock, self._message),
             prepare=lambda p: p.subscribe(self.channel),
             on_change=self._subscriber_changed,
         )
