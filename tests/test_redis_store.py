@@ -113,6 +113,17 @@ def test_redis_urls() -> None:
     assert (b.port, b.db, b.password, b.username, b.tls) == (6379, 0, "pw", None, False)
 
 
+def test_a_unix_socket_url() -> None:
+    a = parse_redis_url("unix:///run/redis.sock?db=2")
+    assert (a.unix_path, a.db, a.tls) == ("/run/redis.sock", 2, False)
+
+
+def test_a_url_of_another_scheme_is_refused_without_quoting_its_password() -> None:
+    with pytest.raises(ValueError) as e:
+        parse_redis_url("http://user:s3cret@cache.example:6379/0")
+    assert "http" in str(e.value) and "s3cret" not in str(e.value)
+
+
 # -- Redis specifics -------------------------------------------------------------
 
 

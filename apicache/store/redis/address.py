@@ -94,7 +94,8 @@ def parse_redis_url(url: str) -> RedisAddress:
             password=unquote(u.password) if u.password else None,
         )
     if u.scheme not in ("redis", "rediss"):
-        raise ValueError(f"not a redis URL: {url!r}")
+        # the scheme, never the URL: it may hold a password
+        raise ValueError(f"not a redis URL scheme: {u.scheme!r}")
     path = u.path.strip("/")
     return RedisAddress(
         host=u.hostname or "127.0.0.1",
