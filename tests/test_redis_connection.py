@@ -149,9 +149,9 @@ class ConnectionTests(SynchronousTestCase):
         assert self.store.is_ready()
         d = self.store.begin(key())
         assert self.commands.received()[0][0] == b"MGET"
-        self.commands.answer(b"*4\r\n:1\r\n$-1\r\n:2\r\n$-1\r\n")
+        self.commands.answer(b"*4\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n$-1\r\n")
         gens, _ = self.successResultOf(d)
-        assert gens == (1, b"0", 2, b"0")
+        assert gens == (b"1", b"0", b"2", b"0")
 
     def timed_out_begin(self) -> Any:
         d = self.store.begin(key())
@@ -245,6 +245,30 @@ class ConnectionTests(SynchronousTestCase):
         self.pubsub.answer(b"*3\r\n$7\r\nmessage\r\n$5\r\np:inv\r\n$%d\r\n%s\r\n" % (len(message), message))
         assert self.store.lookup(key()) is None
         assert self.store.counters["invalidations_received"] == 1
+
+    def test_a_miss_polls_while_another_instance_holds_the_lock_then_fetches_itself(self) -> None:
+        d = self.store.load(key())
+        started = self.reactor.seconds()
+        polls = 0
+        while self.reactor.seconds() - started < self.store.lock_ttl:
+            self.answer_lock_held()
+            self.assertNoResult(d)
+            polls += 1
+            self.reactor.advance(0.02)
+        self.answer_lock_held()
+        # waited long enough: fetch anyway
+        assert self.successResultOf(d) is None
+        assert self.store.counters["coalesce_waits"] == polls
+        assert 40 <= polls <= 51
+
+    def answer_lock_held(self) -> None:
+        """Answer the commands sent: another instance holds the lock."""
+        for command, *_ in self.commands.received():
+            if command == b"PING":
+                self.commands.answer(b"+PONG\r\n")
+            else:
+                assert command in (b"EVAL", b"EVALSHA")
+                self.commands.answer(b"*1\r\n:2\r\n")
 
     def test_preparing_a_connection_is_bounded(self) -> None:
         reactor = MemoryReactorClock()
