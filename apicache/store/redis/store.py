@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from apicache.config import StoreConfig
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.store.memory import MemoryStore
@@ -124,7 +125,7 @@ class RedisStore:
         )
 
     @classmethod
-    def from_config(cls, store_config: Any, reactor: IReactorTCP) -> RedisStore:
+    def from_config(cls, store_config: StoreConfig, reactor: IReactorTCP) -> RedisStore:
         """
         Return a store configured by a L{apicache.config.StoreConfig}.
         """
