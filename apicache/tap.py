@@ -38,7 +38,7 @@ from apicache.metrics import Metrics
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.store import IStore, MemoryStore
-from apicache.store.redis import RedisStore
+from apicache.store.redis import RedisStore, RedisStoreService
 from apicache.tracing import Tracer, tracer_from_environ
 from apicache.upstream import UpstreamClient
 from apicache.vcap import BindingFiller, bindings_from_environ
@@ -191,24 +191,6 @@ def choose_listen(options_listen: str | None, config: Config, environ: Mapping[s
     if environ.get("PORT"):
         return f"tcp:{environ['PORT']}"
     return DEFAULT_LISTEN
-
-
-class RedisStoreService(Service):
-    """
-    Connects a L{RedisStore} on start (reconnecting in the background) and
-    closes its connections on stop.
-    """
-
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-
-    def startService(self) -> None:
-        super().startService()
-        self.store.start()
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return self.store.close()
 
 
 def _store(config: Config, reactor: Any = None) -> IStore:
