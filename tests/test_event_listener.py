@@ -16,8 +16,8 @@ from twisted.internet.task import Clock
 from apicache.cache import CacheRegistry
 from apicache.config import KafkaConfig
 from apicache.events import EventDecoder, EventHandler, EventListenerService
+from apicache.launchers import free_port
 from apicache.store import MemoryStore
-from apicache.testing import free_port
 
 
 class ThreadCollectingClock(Clock):

@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.web.client import Agent
 
 from apicache.oauth import NoTokenYet, TokenProvider
-from apicache.testing import TokenEndpoint
+from apicache.token_endpoint import TokenEndpoint
 
 
 @pytest.fixture
