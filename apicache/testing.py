@@ -51,9 +51,10 @@ class PendingFetch:
         headers: Sequence[tuple[bytes, bytes]] = ((b"content-type", b"application/json"),),
     ) -> None:
         """
-        Fire the fetch with an answer.
+        Fire the fetch with an answer, header names in lower case as the
+        real client gives them.
         """
-        self.deferred.callback(UpstreamResponse(status, list(headers), body))
+        self.deferred.callback(UpstreamResponse(status, _lower(headers), body))
 
     def fail(self, error: Exception) -> None:
         """
@@ -116,6 +117,8 @@ class FakeUpstream:
                 d.errback(e)
             else:
                 if answer is not None:
+                    if any(name != name.lower() for name, _ in answer.headers):
+                        answer = UpstreamResponse(answer.status, _lower(answer.headers), answer.body)
                     d.callback(answer)
         return d
 
@@ -125,6 +128,10 @@ class FakeUpstream:
         """
         self.closed = True
         return succeed(None)
+
+
+def _lower(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name.lower(), value) for name, value in headers]
 
 
 class TokenIssuer:
