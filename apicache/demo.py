@@ -165,7 +165,7 @@ def main() -> None:
     """
     Run the stub as the demo upstream until interrupted.
     """
-    p = argparse.ArgumentParser(description="apicache's demo upstream")
+    p = argparse.ArgumentParser(prog="python -m apicache.demo", description="apicache's demo upstream")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--latency", type=float, default=0.05, help="seconds to wait before each answer")
     args = p.parse_args()
