@@ -20,7 +20,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from apicache.testing import Daemon, RedisServer, UpstreamStub
+from apicache.demo import UpstreamStub
+from apicache.launchers import Daemon, RedisServer
 
 KEY = "bench-key"
 

@@ -22,6 +22,7 @@ from store_contract import entry, key, make_store_tests, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.keys import CacheKey
+from apicache.launchers import RedisServer, free_port
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import (
     RedisStore,
@@ -30,7 +31,6 @@ from apicache.store.redis import (
     encode_key,
     parse_redis_url,
 )
-from apicache.testing import RedisServer, free_port
 
 
 async def redis_store(request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int) -> RedisStore:
