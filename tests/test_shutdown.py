@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
-from apicache.tap import ApiCacheService
+from apicache.service import ApiCacheService
 
 
 class Recorder(Service):

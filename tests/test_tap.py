@@ -47,10 +47,12 @@ def test_build_wires_an_http_service():
     )
     from twisted.internet import reactor
 
-    root = build(config, reactor, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-    names = [type(s).__name__ for s in root]
+    daemon = build(config, reactor, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    names = [type(s).__name__ for s in daemon.service]
     assert "HTTPService" in names
-    assert root.api.registry.routes.keys() == {"o"}
+    assert daemon.api.registry.routes.keys() == {"o"}
+    assert daemon.registry is daemon.api.registry
+    assert daemon.kafka_credentials is None
 
 
 def test_bad_listen_in_the_file_is_a_configuration_error(tmp_path, capsys, monkeypatch):
