@@ -29,9 +29,17 @@ class StartupFailed(SystemExit, Exception):
 
     An L{Exception} so that twistd's start-up runs its own clean-up (it
     removes the pid file and tells a daemonising parent), and a
-    L{SystemExit} so that the process then ends with this status, without a
-    traceback.
+    L{SystemExit} so that the process then ends with status 1, without a
+    traceback.  Its text is the reason: what a daemonising twistd's parent
+    prints.
     """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(1)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 class ApiCacheService(MultiService):
@@ -74,10 +82,11 @@ class ApiCacheService(MultiService):
         except CannotListenError as e:
             if self.errors is None:
                 raise
-            reason = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
-            self.errors.write(f"apicache: cannot listen on {self.listen or f'{e.interface}:{e.port}'}: {reason}\n")
+            why = e.socketError.strerror if isinstance(e.socketError, OSError) else e.socketError
+            reason = f"cannot listen on {self.listen or f'{e.interface}:{e.port}'}: {why}"
+            self.errors.write(f"apicache: {reason}\n")
             self.errors.flush()
-            raise StartupFailed(1) from None
+            raise StartupFailed(reason) from None
 
     def stopService(self) -> Deferred[None]:
         """
