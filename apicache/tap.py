@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import cast
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, Service
@@ -54,6 +54,7 @@ from apicache.vcap import BindingFiller, bindings_from_environ
 from apicache.workers import (
     WORKER_ENV,
     AdoptedPortEndpoint,
+    Inheritance,
     SiblingRelay,
     WorkerLink,
     WorkersUnsupported,
@@ -370,14 +371,13 @@ def supervisor(start: _Start, reactor: IReactorProcess, endpoint: IStreamServerE
     return root
 
 
-def worker(start: _Start, reactor: IReactorCore, inherited: Mapping[str, Any]) -> ApiCacheService:
+def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiCacheService:
     """
     Return one worker of a supervisor: a whole daemon accepting on the
     inherited socket, relaying its invalidations to its siblings, stopping
     when the supervisor is gone.
 
-    @param inherited: L{WORKER_ENV}'s JSON: the inherited descriptors, this
-        worker's index and the number of workers.
+    @param inherited: what the supervisor handed down in L{WORKER_ENV}.
     @raise ConfigError: a part refuses the configuration.
     """
     clock = IReactorTime(reactor)
@@ -403,8 +403,8 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Mapping[str, Any]) -
     daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
     index, count, pid = inherited["index"], inherited["count"], os.getpid()
     daemon.api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
-    listen = inherited.get("listen", start.listen)
-    return start.finish(daemon.service, f"HTTP on {listen} as worker {index} of {count}, on the supervisor's socket")
+    serving = f"HTTP on {inherited['listen']} as worker {index} of {count}, on the supervisor's socket"
+    return start.finish(daemon.service, serving)
 
 
 def makeService(options: Options) -> IService:
@@ -420,7 +420,7 @@ def makeService(options: Options) -> IService:
     path = options["config"]
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
-    inherited = json.loads(environ[WORKER_ENV]) if environ.get(WORKER_ENV) else None
+    inherited: Inheritance | None = json.loads(environ[WORKER_ENV]) if environ.get(WORKER_ENV) else None
     try:
         bindings = bindings_from_environ(environ)
         filler = BindingFiller(bindings) if bindings is not None else None

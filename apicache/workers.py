@@ -30,6 +30,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypedDict
 
 from twisted.application.service import Service
 from twisted.internet import tcp
@@ -56,6 +57,7 @@ from apicache.store.interface import StoreUnavailable
 
 __all__ = [
     "WORKER_ENV",
+    "Inheritance",
     "WorkerSupervisor",
     "WorkerLink",
     "SiblingRelay",
@@ -78,6 +80,22 @@ RELAY_TIMEOUT = 5.0
 #: growing delay (up to MAX_RESTART_DELAY) instead of at once.
 _STABLE_AFTER = 5.0
 MAX_RESTART_DELAY = 30.0
+
+
+class Inheritance(TypedDict):
+    """
+    What a worker inherits from its supervisor, as L{WORKER_ENV}'s JSON.
+
+    @ivar listen: the endpoint description the supervisor listens on.
+    @ivar family: the listening socket's address family.
+    """
+
+    listen_fd: int
+    family: int
+    listen: str
+    control_fd: int
+    index: int
+    count: int
 
 
 class WorkersUnsupported(Exception):
@@ -351,7 +369,7 @@ class WorkerSupervisor(Service):
         super().startService()
         if self.port is None:
             self.privilegedStartService()
-        self.log.info("supervising {n} workers", n=self.count)
+        self.log.info("supervising {n} workers serving HTTP on {listen}", n=self.count, listen=self.listen)
         for i in range(self.count):
             self._spawn(i)
 
@@ -362,8 +380,9 @@ class WorkerSupervisor(Service):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         worker = _Worker(self, index)
         env = dict(self.environ)
-        env[WORKER_ENV] = json.dumps({"listen_fd": _LISTEN_FD, "family": int(self.family), "listen": self.listen,
-                                      "control_fd": _CONTROL_FD, "index": index, "count": self.count})
+        inheritance = Inheritance(listen_fd=_LISTEN_FD, family=int(self.family), listen=self.listen,
+                                  control_fd=_CONTROL_FD, index=index, count=self.count)
+        env[WORKER_ENV] = json.dumps(inheritance)
         fds = {0: 0, 1: 1, 2: 2, _LISTEN_FD: self.port.fileno(), _CONTROL_FD: theirs.fileno()}  # type: ignore[attr-defined]
         worker.started = self.clock.seconds()
         self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env, childFDs=fds)
