@@ -185,7 +185,8 @@ class ControlLink(LineReceiver):
         self._lost = lost
         self._asked = 0
         self._waiting: dict[int, Deferred[int]] = {}
-        self.connected_now = True
+        #: connected, and not lost yet
+        self.is_open = False
 
     def ask(self, invalidation: Invalidation, timeout: float) -> Deferred[int]:
         """
@@ -197,7 +198,7 @@ class ControlLink(LineReceiver):
             L{twisted.internet.defer.TimeoutError} after ``timeout``
             seconds.
         """
-        if not self.connected_now:
+        if not self.is_open:
             return fail(ControlLost("the control link is closed"))
         self._asked += 1
         id_ = self._asked
@@ -218,6 +219,9 @@ class ControlLink(LineReceiver):
             }
         )
         return d.addTimeout(timeout, self._clock)
+
+    def connectionMade(self) -> None:
+        self.is_open = True
 
     def lineReceived(self, line: bytes) -> None:
         message = json.loads(line)
@@ -245,11 +249,11 @@ class ControlLink(LineReceiver):
         self._send({"op": "answer", "id": id_, "error": failure.getErrorMessage()})
 
     def _send(self, message: dict[str, object]) -> None:
-        if self.connected_now:
+        if self.is_open:
             self.sendLine(json.dumps(message).encode())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.connected_now = False
+        self.is_open = False
         waiting = list(self._waiting.values())
         self._waiting.clear()
         for d in waiting:
@@ -428,7 +432,7 @@ class WorkerSupervisor(Service):
         calls = [
             worker.control.ask(invalidation, RELAY_TIMEOUT).addErrback(gone)
             for worker in list(self.workers.values())
-            if worker is not origin and worker.control is not None and worker.control.connected_now
+            if worker is not origin and worker.control is not None and worker.control.is_open
         ]
 
         def total(results: list[tuple[bool, int]]) -> int:
