@@ -7,8 +7,8 @@ store, tenant caches and event listener.
 The supervisor restarts a worker that dies and, on SIGTERM, stops every
 worker (each drains its requests) before it exits itself.
 
-Each worker keeps a control connection (a Unix socket pair) to the
-supervisor.  With the memory store every worker holds its own entries, so an
+Each worker keeps a control connection (a Unix socket pair,
+:class:`ControlLink` at both ends) to the supervisor.  With the memory store every worker holds its own entries, so an
 HTTP ``DELETE`` or ``/clear`` that one worker receives must reach the
 others: the worker applies it, then the supervisor relays it to every
 sibling and the answer counts what all of them dropped.  Events need no
@@ -17,9 +17,10 @@ per worker: N workers make at most N upstream calls for one cold key.
 
 A worker whose supervisor is gone (its control connection closed) stops.
 
-This module imports nothing of the HTTP layer: the worker side wraps the
-cache registry's invalidation calls (:class:`SiblingRelay`), which the
-wiring hands to the HTTP API.
+This module imports nothing of the HTTP layer or the cache: the worker side
+wraps the registry as an :class:`~apicache.invalidator.IInvalidator`
+(:class:`SiblingRelay`, an IInvalidator itself), which the wiring hands to
+the HTTP API.
 """
 
 from __future__ import annotations
