@@ -121,3 +121,26 @@ def test_other_components_add_sources():
     m = Metrics()
     m.add_source(lambda: [CounterMetricFamily("apicache_events_received", "Events.", value=7)])
     assert samples(m)[("apicache_events_received_total", ())] == 7
+
+
+def test_cache_families_read_the_store_registry_and_upstream():
+    from apicache.metrics import cache_families
+
+    m = Metrics()
+    m.add_source(
+        lambda: cache_families(
+            {"entries": 3, "bytes": 300, "evictions": 1},
+            {"fetches": 5, "coalesced": 2, "store_errors": 0},
+            upstream_in_flight=4,
+            tenant_caches=6,
+        )
+    )
+    s = samples(m)
+    assert s[("apicache_store_entries", ())] == 3
+    assert s[("apicache_store_bytes", ())] == 300
+    assert s[("apicache_store_evictions_total", ())] == 1
+    assert s[("apicache_upstream_fetches_total", ())] == 5
+    assert s[("apicache_coalesced_waiters_total", ())] == 2
+    assert s[("apicache_store_errors_total", ())] == 0
+    assert s[("apicache_upstream_in_flight", ())] == 4
+    assert s[("apicache_tenant_caches", ())] == 6
