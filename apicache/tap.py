@@ -16,27 +16,26 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import ILogObserver, Logger
 from twisted.python import usage
 from twisted.python.components import Componentized
 from twisted.web.client import Agent
 
+from apicache.api import CacheAPI
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
-from apicache.http import ApiSite, CacheAPI
 from apicache.instrument import TimedUpstream
 from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
+from apicache.server import ApiSite, HTTPService
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore
 from apicache.tracing import Tracer, tracer_from_environ
@@ -128,42 +127,6 @@ class ApiCacheService(MultiService):
                 await maybeDeferred(child.stopService)
 
         return Deferred.fromCoroutine(stop_in_order())
-
-
-class HTTPService(StreamServerEndpointService):
-    """
-    Listens for HTTP; on stop, stops accepting and lets requests in flight
-    finish for up to ``grace`` seconds.
-    """
-
-    log = Logger()
-    _raiseSynchronously = True
-
-    def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
-        super().__init__(endpoint, site)
-        self.site = site
-        self.grace = grace
-        self.clock = clock
-
-    def stopService(self) -> Deferred[None]:
-        async def drain() -> None:
-            started = self.clock.seconds()
-            await super(HTTPService, self).stopService()
-            if self.site.active:
-                self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
-                try:
-                    await self.site.when_idle().addTimeout(self.grace, self.clock)
-                except DeferredTimeout:
-                    self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
-            # let the last answers reach their callers before the reactor
-            # drops every connection
-            left = max(self.grace - (self.clock.seconds() - started), 0.5)
-            try:
-                await self.site.close_connections().addTimeout(left, self.clock)
-            except DeferredTimeout:
-                pass
-
-        return Deferred.fromCoroutine(drain())
 
 
 class UpstreamService(Service):
