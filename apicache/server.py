@@ -17,7 +17,7 @@ from urllib.parse import unquote_to_bytes as unquote
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
+from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -121,12 +121,17 @@ class ApiChannel(HTTPChannel):
 
     site: ApiSite
 
+    _tracked: ITransport | None = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.site.connections.add(self.transport)
+        self._tracked = self.transport
+        if self._tracked is not None:
+            self.site.connections.add(self._tracked)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self.site.connections.discard(self.transport)
+        if self._tracked is not None:
+            self.site.connections.discard(self._tracked)
         try:
             super().connectionLost(reason)
         finally:
@@ -173,7 +178,7 @@ class ApiSite(server.Site):
         self._date = b""
         self._idle_waiters: list[Deferred[None]] = []
         #: the transports of open connections, closed gracefully on shutdown
-        self.connections: set[Any] = set()
+        self.connections: set[ITransport] = set()
         self._closed_waiters: list[Deferred[None]] = []
 
     def http_date(self, now: float) -> bytes:
