@@ -88,6 +88,9 @@ class CacheAPI:
 
     @app.route("/", methods=["GET"])
     def info(self, request: IRequest) -> bytes:
+        """
+        Return ``GET /``'s JSON: service, version, node, uptime and counts.
+        """
         stats = self.registry.store.stats()
         body: dict[str, Any] = {
             "service": "apicache",
@@ -104,10 +107,16 @@ class CacheAPI:
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
+        """
+        Return ``200`` while the process serves.
+        """
         return json_answer(request, 200, {"status": "ok"})
 
     @app.route("/readyz", methods=["GET"])
     def readyz(self, request: IRequest) -> bytes:
+        """
+        Return ``{"ready": true}``, or a ``503`` naming what is failing.
+        """
         failing = self.readiness.failing()
         if failing:
             return json_answer(request, 503, {"ready": False, "failing": failing})
@@ -115,11 +124,20 @@ class CacheAPI:
 
     @app.route("/metrics", methods=["GET"])
     def metrics_(self, request: IRequest) -> bytes:
+        """
+        Return the metrics in Prometheus text format.
+        """
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
         return self.metrics.render()
 
     @app.route("/clear", methods=["DELETE"])
     async def clear(self, request: ApiRequest) -> bytes:
+        """
+        Drop every entry (of the tenant, when the header is given); return
+        ``{"invalidated": N}``.
+
+        @raise StoreUnavailable: answered ``503 store_unavailable``.
+        """
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
@@ -130,6 +148,11 @@ class CacheAPI:
 
     @app.route("/<path:_rest>", methods=None)
     def proxy(self, request: ApiRequest, _rest: str) -> Any:
+        """
+        Answer a request on a configured route: ``GET``/``HEAD`` from the
+        cache or the upstream, ``DELETE`` invalidates; anything else is
+        ``405``.  Returns C{NOT_DONE_YET}, bytes, or a Deferred of either.
+        """
         if request.path in RESERVED_PATHS:
             raise MethodNotAllowed()
         method = request.method
