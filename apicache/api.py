@@ -36,6 +36,7 @@ from apicache.metrics import Metrics
 from apicache.resolve import Resolver
 from apicache.routes import RESERVED_PATHS, Router
 from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
+from apicache.tags import InvalidTag, decode_tag_path
 
 __all__ = ["CacheAPI", "ApiError"]
 
@@ -142,6 +143,28 @@ class CacheAPI:
         if tenant is not None:
             request.tenant = tenant
         n = await self.invalidator.clear(tenant)
+        return json_answer(request, 200, {"invalidated": n})
+
+    @app.route("/tags/<path:_tag>", methods=["DELETE"])
+    async def purge_tag(self, request: ApiRequest, _tag: str) -> bytes:
+        """
+        Drop every entry carrying the tag (of the tenant, when the header is
+        given); return ``{"invalidated": N}``.  The tag is the raw path
+        segment percent-decoded once (Klein's own decoding is not used).
+
+        @raise ApiError: ``invalid_parameter`` when it is not a tag.
+        @raise StoreUnavailable: answered ``503 store_unavailable``.
+        """
+        try:
+            tag = decode_tag_path(request.path[len(b"/tags/") :])
+        except InvalidTag as e:
+            raise ApiError(400, "invalid_parameter", str(e)) from None
+        tenant = self.resolver.tenant(request, required=False)
+        if tenant is not None:
+            request.tenant = tenant
+        # admin_api_keys (SPEC.md section 4): a purge of every tenant needs
+        # an admin key once they are set; checked here when that lands
+        n = await self.invalidator.invalidate_tags(tenant, (tag,), "http")
         return json_answer(request, 200, {"invalidated": n})
 
     # -- routes ------------------------------------------------------------

@@ -31,7 +31,9 @@ from apicache.config import RouteConfig
 from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers
 from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
+from apicache.metrics import LatencyHistogram
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.tags import TooManyTags, answer_tags, strip_tags_header
 from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
 
 __all__ = [
@@ -52,6 +54,8 @@ BYPASS = "BYPASS"
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
+#: Buckets of the entries-per-tag-purge histogram.
+TAG_PURGE_BUCKETS = (0, 1, 10, 100, 1000, 10000, 100000)
 
 
 class FetchRequest:
@@ -121,11 +125,13 @@ class _Flight:
     cancels the fetch.
     """
 
-    __slots__ = ("waiters", "result")
+    __slots__ = ("waiters", "result", "launched")
 
-    def __init__(self) -> None:
+    def __init__(self, launched: int = 0) -> None:
         self.waiters: list[Deferred[_Outcome]] = []
         self.result: _Outcome | Failure | None = None
+        #: L{_Flights.tag_purges} when it started
+        self.launched = launched
 
     def wait(self) -> Deferred[_Outcome]:
         # a fetch can end synchronously (Overloaded, a synchronous store):
@@ -157,6 +163,11 @@ class _Flights:
         self._by_resource: dict[tuple[str, tuple[str, ...]], set[CacheKey]] = {}
         #: (tenant, route) -> fetches in flight, for L{busy}
         self._per_cache: dict[tuple[str, str], int] = {}
+        #: tag purges so far, and the count at each tenant's (None: every
+        #: tenant's) latest one: a fetch started before a tag purge of its
+        #: tenant may carry that tag, so nobody arriving after joins it
+        self.tag_purges = 0
+        self._tag_purged_at: dict[str | None, int] = {}
 
     def add(self, key: CacheKey, flight: _Flight) -> None:
         if key not in self.by_key:
@@ -198,6 +209,28 @@ class _Flights:
             if tenant is None or key.tenant == tenant:
                 self._drop(key)
 
+    def tag_purged(self, tenant: str | None) -> None:
+        """
+        Note a tag purge of ``tenant`` (or every tenant): fetches running now
+        are joined by nobody else (which tags they carry is known only once
+        they are answered; the store refuses to keep the purged ones).
+        """
+        self.tag_purges += 1
+        self._tag_purged_at[tenant] = self.tag_purges
+        if len(self._tag_purged_at) > 65536:
+            # forgetting tenants' marks: fold them into the every-tenant one
+            self._tag_purged_at = {None: self.tag_purges}
+
+    def joinable(self, key: CacheKey, flight: _Flight) -> bool:
+        """
+        Return whether a caller arriving now may wait for ``flight``: no tag
+        purge of its tenant came after it started.
+        """
+        if not self._tag_purged_at:
+            return True
+        at = self._tag_purged_at
+        return flight.launched >= at.get(key.tenant, 0) and flight.launched >= at.get(None, 0)
+
     def busy(self, tenant: str, route: str) -> bool:
         """
         Return whether (``tenant``, ``route``) has a fetch in flight.
@@ -222,6 +255,7 @@ class TenantCache:
         keyed_headers: Sequence[str],
         flights: _Flights | None = None,
         counters: dict[str, int] | None = None,
+        tags_header: str = "",
     ) -> None:
         self.tenant = tenant
         self.route = route
@@ -232,6 +266,7 @@ class TenantCache:
         self._flights = _Flights() if flights is None else flights
         self._refreshing: set[CacheKey] = set()
         self.counters = counters if counters is not None else {}
+        self._tags_header = tags_header.lower().encode("ascii")
 
     @property
     def idle(self) -> bool:
@@ -304,6 +339,8 @@ class TenantCache:
                         return found
                     stale = entry
         flight = self._flights.by_key.get(key)
+        if flight is not None and not self._flights.joinable(key, flight):
+            flight = None
         leader = flight is None
         if flight is None:
             flight = self._launch(key, request, bypass)
@@ -332,7 +369,7 @@ class TenantCache:
         return None
 
     def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Flight:
-        flight = _Flight()
+        flight = _Flight(self._flights.tag_purges)
         self._flights.add(key, flight)
         d = Deferred.fromCoroutine(self._fetch(key, request, bypass))
 
@@ -358,7 +395,10 @@ class TenantCache:
                 self._store.release(key, token)
             raise
         storable = is_storable(response.status, response.headers, self._keyed)
-        answer = self._answer(response, storable)
+        tags: tuple[str, ...] = ()
+        if storable:
+            tags, storable = self._tags(key, response)
+        answer = self._answer(response, storable, tags)
         if storable and not bypass:
             await self._put(key, answer, token)
         elif not bypass:
@@ -374,18 +414,32 @@ class TenantCache:
             self.log.warn("could not store an answer: {error}", error=str(e))
             return False
 
-    def _answer(self, response: UpstreamResponse, storable: bool) -> CachedResponse:
+    def _tags(self, key: CacheKey, response: UpstreamResponse) -> tuple[tuple[str, ...], bool]:
+        """
+        Return the tags of a storable answer for ``key`` and whether it stays
+        storable: not with too many tags or one too long (``detail=tags``).
+        """
+        try:
+            return answer_tags(self.route, key.params, response.headers, self._tags_header), True
+        except TooManyTags as e:
+            self.counters["tags_refused"] = self.counters.get("tags_refused", 0) + 1
+            self.log.debug("answer not stored (detail=tags): {why}", why=str(e), route=self.route.type)
+            return (), False
+
+    def _answer(self, response: UpstreamResponse, storable: bool, tags: tuple[str, ...] = ()) -> CachedResponse:
         now = self._clock.seconds()
         expires = now + freshness_lifetime(self.route, response.status, response.headers)
         grace = self.route.stale_if_error
         return CachedResponse(
             response.status,
-            _shared_headers(kept_headers(response.headers, storable)),
+            # the tags header is never replayed, stored or not
+            _shared_headers(kept_headers(strip_tags_header(response.headers, self._tags_header), storable)),
             response.body,
             stored_at=now,
             expires_at=expires,
             # one float object less per entry when there is no grace
             stale_until=expires + grace if grace else expires,
+            tags=tags,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
@@ -428,7 +482,8 @@ class TenantCache:
             self._retry_later(key)
             return
         if is_storable(response.status, response.headers, self._keyed):
-            if await self._put(key, self._answer(response, True), token):
+            tags, storable = self._tags(key, response)
+            if storable and await self._put(key, self._answer(response, True, tags), token):
                 return
         try:
             await self._store.discard(key)
@@ -444,7 +499,12 @@ class CacheRegistry:
     one only if none is idle).
 
     The HTTP layer and the event listener call :meth:`invalidate`,
-    :meth:`refresh` and :meth:`clear`.
+    :meth:`refresh`, :meth:`clear`, :meth:`invalidate_tags` and
+    :meth:`refresh_tags`.
+
+    @ivar tag_purges: tag purges made, by source (``http``, ``event``,
+        ``write``); relayed ones (no source) are counted where they began.
+    @ivar tag_dropped: entries dropped (or marked) per tag purge.
     """
 
     log = Logger()
@@ -457,6 +517,7 @@ class CacheRegistry:
         routes: Iterable[RouteConfig],
         keyed_headers: Sequence[str],
         max_tenants: int = 10000,
+        tags_header: str = "",
     ) -> None:
         self.store = store
         self.upstream = upstream
@@ -464,6 +525,9 @@ class CacheRegistry:
         self.routes = {r.type: r for r in routes}
         self._keyed = tuple(keyed_headers)
         self.max_tenants = max_tenants
+        self.tags_header = tags_header
+        self.tag_purges: dict[str, int] = {"http": 0, "event": 0, "write": 0}
+        self.tag_dropped = LatencyHistogram(TAG_PURGE_BUCKETS)
         self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
         self._flights = _Flights()
         #: plain counters, read at scrape time
@@ -494,6 +558,7 @@ class CacheRegistry:
             self._keyed,
             self._flights,
             self.counters,
+            self.tags_header,
         )
         self._caches[k] = c
         if len(self._caches) > self.max_tenants:
@@ -549,6 +614,51 @@ class CacheRegistry:
             return n
 
         return self._call(self.store.clear, tenant).addCallback(release)
+
+    def invalidate_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        """
+        Drop every entry carrying one of ``tags``, of ``tenant`` or of every
+        tenant: at once for every later request, and fetches in flight don't
+        store answers carrying them.  The target of the pass-through write
+        hook (``source="write"``), of ``DELETE /tags/<tag>`` and of events.
+        Fires with the number of entries dropped; errbacks with
+        L{StoreUnavailable}.
+
+        @param source: ``http``, ``event`` or ``write``, for metrics; empty
+            for a purge relayed from another worker (counted there).
+        """
+        return self._purge_tags(tenant, tags, False, source)
+
+    def refresh_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        """
+        Mark stale every entry carrying one of ``tags``, of ``tenant`` or of
+        every tenant (see L{invalidate_tags}).  Fires with the number marked;
+        errbacks with L{StoreUnavailable}.
+        """
+        return self._purge_tags(tenant, tags, True, source)
+
+    def _purge_tags(self, tenant: str | None, tags: Sequence[str], stale: bool, source: str) -> Deferred[int]:
+        self._flights.tag_purged(tenant)
+        # every tag's purge starts now (each takes effect locally at once),
+        # then they are waited for together
+        started = [self._call(self.store.purge_tag, tenant, tag, stale) for tag in tags]
+
+        async def total() -> int:
+            n = 0
+            error: Failure | None = None
+            for d in started:
+                try:
+                    n += await d
+                except StoreUnavailable:
+                    error = error or Failure()
+            if error is not None:
+                error.raiseException()
+            if source:
+                self.tag_purges[source] = self.tag_purges.get(source, 0) + 1
+                self.tag_dropped.observe(n)
+            return n
+
+        return Deferred.fromCoroutine(total())
 
     @staticmethod
     def _call(f: Any, *args: Any) -> Deferred[int]:

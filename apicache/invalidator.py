@@ -6,6 +6,8 @@ or mark stale cached entries, without knowing whether one process holds them
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
@@ -42,4 +44,22 @@ class IInvalidator(Interface):
         Drop every entry of ``tenant``, or every entry when ``None``.
 
         @return: fires with the number of entries dropped.
+        """
+
+    def invalidate_tags(tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        """
+        Drop every entry carrying one of ``tags``, of ``tenant`` or, when
+        ``None``, of every tenant (SPEC.md section 3, "Tags").
+
+        @param source: where the purge comes from (``http``, ``event``,
+            ``write``), for metrics; empty when relayed.
+        @return: fires with the number of entries dropped.
+        """
+
+    def refresh_tags(tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        """
+        Mark stale every entry carrying one of ``tags``, of ``tenant`` or of
+        every tenant.
+
+        @return: fires with the number of entries marked.
         """

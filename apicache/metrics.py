@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families"]
+__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families", "tag_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -233,3 +233,25 @@ def cache_families(
     )
     yield GaugeMetricFamily("apicache_upstream_in_flight", "Upstream fetches running now.", value=upstream_in_flight)
     yield GaugeMetricFamily("apicache_tenant_caches", "(tenant, route type) caches held.", value=tenant_caches)
+
+
+def tag_families(
+    purges: Mapping[str, int], dropped: LatencyHistogram, index: Mapping[str, int]
+) -> Iterator[Metric]:
+    """
+    Return the tag families (SPEC.md section 3, "Tags"): purges by source,
+    entries dropped per purge, and the size of this process's tag index.
+
+    @param purges: tag purges by source (``http``, ``event``, ``write``).
+    @param dropped: entries dropped (or marked stale) per purge.
+    @param index: the store's ``tag_stats()``: ``tags`` and ``pairs``.
+    """
+    family = CounterMetricFamily("apicache_tag_purges", "Tag purges, by where they came from.", labels=["source"])
+    for source, n in sorted(purges.items()):
+        family.add_metric([source], n)
+    yield family
+    yield dropped.family("apicache_tag_purge_entries", "Entries dropped or marked stale per tag purge.")
+    yield GaugeMetricFamily("apicache_tag_index_tags", "Distinct tags in this process's tag index.", value=index["tags"])
+    yield GaugeMetricFamily(
+        "apicache_tag_index_pairs", "(entry, tag) pairs in this process's tag index.", value=index["pairs"]
+    )

@@ -38,7 +38,7 @@ from apicache.events import EventDecoder, EventHandler, EventListenerService, ch
 from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
 from apicache.logs import capture_stdlib_logging, json_log_observer
-from apicache.metrics import Metrics, cache_families
+from apicache.metrics import Metrics, cache_families, tag_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.server import ApiSite, HTTPService
@@ -156,7 +156,7 @@ def _store(config: Config, reactor: IReactorTime) -> IStore:
             raise ConfigError(
                 config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
             ) from None
-    return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
+    return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction), clock=reactor)
 
 
 def _events(
@@ -213,9 +213,12 @@ def build(
         max_in_flight=up.max_in_flight,
     )
     timed = TimedUpstream(upstream, metrics, reactor)
-    registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    registry = CacheRegistry(
+        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, tags_header=up.tags_header
+    )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
+    metrics.add_source(lambda: tag_families(registry.tag_purges, registry.tag_dropped, store.tag_stats()))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)

@@ -29,7 +29,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
@@ -127,9 +127,11 @@ class Invalidation:
     """
     One invalidation carried between processes: an L{IInvalidator} call.
 
-    @ivar action: ``"invalidate"``, ``"refresh"`` or ``"clear"``.
-    @ivar route: the route type (empty for ``clear``).
-    @ivar params: the path parameters (empty for ``clear``).
+    @ivar action: ``"invalidate"``, ``"refresh"``, ``"clear"``,
+        ``"invalidate_tags"`` or ``"refresh_tags"``.
+    @ivar route: the route type (empty for ``clear`` and the tag actions).
+    @ivar params: the path parameters (empty for ``clear``), or the tags
+        of a tag action.
     """
 
     action: str
@@ -145,6 +147,11 @@ class Invalidation:
         """
         if self.action == "clear":
             return invalidator.clear(self.tenant)
+        # relayed tag purges carry no source: counted where they began
+        if self.action == "invalidate_tags":
+            return invalidator.invalidate_tags(self.tenant, self.params)
+        if self.action == "refresh_tags":
+            return invalidator.refresh_tags(self.tenant, self.params)
         if self.action == "refresh":
             return invalidator.refresh(self.tenant, self.route, self.params)
         return invalidator.invalidate(self.tenant, self.route, self.params)
@@ -610,8 +617,21 @@ class SiblingRelay:
     def clear(self, tenant: str | None) -> Deferred[int]:
         return self._everywhere(Invalidation("clear", tenant))
 
-    def _everywhere(self, invalidation: Invalidation) -> Deferred[int]:
-        local = invalidation.apply(self.registry)
+    def invalidate_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        return self._everywhere(
+            Invalidation("invalidate_tags", tenant, "", tuple(tags)),
+            self.registry.invalidate_tags(tenant, tags, source),
+        )
+
+    def refresh_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
+        return self._everywhere(
+            Invalidation("refresh_tags", tenant, "", tuple(tags)),
+            self.registry.refresh_tags(tenant, tags, source),
+        )
+
+    def _everywhere(self, invalidation: Invalidation, local: Deferred[int] | None = None) -> Deferred[int]:
+        if local is None:
+            local = invalidation.apply(self.registry)
 
         async def then_siblings() -> int:
             here = await local

@@ -13,6 +13,7 @@ from typing import Any
 
 from apicache.config import EventRule, RouteConfig
 from apicache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
+from apicache.tags import InvalidTag, fill_template, template_names, validate_tag
 
 __all__ = ["BadEvent", "CacheAction", "EventDecoder", "MAX_EVENT_BYTES", "excerpt"]
 
@@ -35,13 +36,15 @@ class CacheAction:
     """
     One thing a message asks for: ``action`` (``"invalidate"`` or
     ``"refresh"``) on the resource (``tenant`` or every tenant when
-    ``None``, ``route``, ``params``).
+    ``None``, ``route``, ``params``), or, when ``route`` is empty, on every
+    entry carrying one of ``tags`` (SPEC.md section 5).
     """
 
     action: str
     tenant: str | None
     route: str
     params: tuple[str, ...]
+    tags: tuple[str, ...] = ()
 
 
 def _id_value(name: str, value: Any) -> str:
@@ -53,6 +56,30 @@ def _id_value(name: str, value: Any) -> str:
     if len(text.encode("utf-8", "surrogatepass")) > MAX_PARAM_BYTES:
         raise BadEvent(f"field {name!r} is longer than {MAX_PARAM_BYTES} bytes")
     return text
+
+
+def _tags(kind: str, templates: Sequence[str], data: dict[str, Any]) -> tuple[str, ...]:
+    """
+    Return the tags of ``templates`` filled from the message's fields.
+
+    @raise BadEvent: a field is missing, of the wrong type, or makes a tag
+        that is not one.
+    """
+    values: dict[str, str] = {}
+    tags: list[str] = []
+    for template in templates:
+        for name in template_names(template):
+            if name not in values:
+                if name not in data:
+                    raise BadEvent(f"type {kind!r} lacks field {name!r}")
+                values[name] = _id_value(name, data[name])
+        try:
+            tag = validate_tag(fill_template(template, values))
+        except InvalidTag as e:
+            raise BadEvent(f"a tag of type {kind!r} is not a tag: {e}") from None
+        if tag not in tags:
+            tags.append(tag)
+    return tuple(tags)
 
 
 def _tenant_value(name: str, value: Any) -> str | None:
@@ -74,9 +101,9 @@ class EventDecoder:
 
     def __init__(self, rules: Sequence[EventRule], routes: Iterable[RouteConfig]) -> None:
         params = {r.type: r.params for r in routes}
-        #: each rule with its route's parameter names in path order
-        # a rule with tags only names no route (issue 12 applies its tags)
-        self._rules = [(rule, params[rule.route]) for rule in rules if rule.route]
+        #: each rule with its route's parameter names in path order (none
+        #: for a rule with tags only)
+        self._rules = [(rule, params[rule.route] if rule.route else ()) for rule in rules]
 
     def decode(self, value: bytes | None) -> list[CacheAction]:
         """
@@ -116,9 +143,14 @@ class EventDecoder:
                     raise BadEvent(f"type {kind!r} lacks field {field!r}")
                 params.append(_id_value(field, data[field]))
             tenant = _tenant_value(rule.tenant_field, data.get(rule.tenant_field)) if rule.tenant_field else None
-            action = CacheAction(rule.action, tenant, rule.route, tuple(params))
-            if action not in actions:
-                actions.append(action)
+            found: list[CacheAction] = []
+            if rule.route:
+                found.append(CacheAction(rule.action, tenant, rule.route, tuple(params)))
+            if rule.tags:
+                found.append(CacheAction(rule.action, tenant, "", (), _tags(kind, rule.tags, data)))
+            for action in found:
+                if action not in actions:
+                    actions.append(action)
         if not matched:
             kinds = {rule.type_field for rule, _ in self._rules}
             found = [data.get(k) for k in kinds if k in data]

@@ -77,6 +77,20 @@ class EventHandler:
     async def _apply(self, actions: list[CacheAction], timestamp: float | None, where: str) -> bool:
         try:
             for a in actions:
+                if a.tags:
+                    if a.action == "refresh":
+                        n = await self.registry.refresh_tags(a.tenant, a.tags, "event")
+                    else:
+                        n = await self.registry.invalidate_tags(a.tenant, a.tags, "event")
+                    self.log.debug(
+                        "event: {action} tags {tags} for {tenant}: {n} entries",
+                        action=a.action,
+                        tags=" ".join(a.tags),
+                        tenant=a.tenant or "every tenant",
+                        n=n,
+                        at=where,
+                    )
+                    continue
                 if a.action == "refresh":
                     n = await self.registry.refresh(a.tenant, a.route, a.params)
                 else:

@@ -43,9 +43,11 @@ class CachedResponse:
     @ivar stale: marked stale by a ``refresh`` event: served as ``STALE``
         while one background re-fetch replaces it.
     @ivar retry_at: no background re-fetch starts before this time.
+    @ivar tags: the tags it carries (L{apicache.tags}); a purge of any of
+        them drops it.
     """
 
-    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at")
+    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at", "tags")
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class CachedResponse:
         stale_until: float = 0.0,
         stale: bool = False,
         retry_at: float = 0.0,
+        tags: tuple[str, ...] = (),
     ) -> None:
         self.status = status
         self.headers = headers
@@ -66,6 +69,7 @@ class CachedResponse:
         self.stale_until = stale_until
         self.stale = stale
         self.retry_at = retry_at
+        self.tags = tags
 
     def size(self) -> int:
         """
@@ -155,6 +159,22 @@ class IStore(Interface):
         """
         Drop every entry (of ``tenant``).  Fire with the number dropped.
         Errback with L{StoreUnavailable}.
+        """
+
+    def purge_tag(tenant: str | None, tag: str, stale: bool = False) -> Deferred[int]:
+        """
+        Drop (or with ``stale``, mark stale) every entry carrying ``tag`` of
+        ``tenant``, or of every tenant when ``None``.  Takes effect for every
+        later read at once, and a fetch begun before it does not store an
+        answer carrying ``tag`` (the race rule); memory may be freed later.
+        Fire with the number of entries that carried it.  Errback with
+        L{StoreUnavailable}.
+        """
+
+    def tag_stats() -> dict[str, int]:
+        """
+        Return ``tags`` and ``pairs`` ((entry, tag) pairs) of this
+        process's tag index.
         """
 
     def forget(tenant: str, route: str) -> None:

@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from apicache.keys import CacheKey
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
+from apicache.store.tagindex import DROPPED, FRESH, TagIndex
 
 __all__ = ["MemoryStore"]
 
@@ -29,11 +31,16 @@ class MemoryStore:
     The budget counts each entry's body, stored headers, key and a fixed
     :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An answer
     (body and stored headers) bigger than ``max_entry_bytes`` is not stored.
+    Tagged entries are also in a L{TagIndex}, whose memory counts in the
+    budget too.
+
+    @param clock: spreads the freeing of a tag purge's entries over reactor
+        turns; without one they are freed at once.
     """
 
     shared = False
 
-    def __init__(self, max_bytes: int, max_entry_bytes: int | None = None) -> None:
+    def __init__(self, max_bytes: int, max_entry_bytes: int | None = None, clock: IReactorTime | None = None) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes if max_entry_bytes is None else min(max_entry_bytes, max_bytes)
         self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
@@ -50,14 +57,34 @@ class MemoryStore:
         self._epoch = 0
         self._changed: dict[Any, int] = {}
         self._forgotten_epoch = 0
+        self.tags = TagIndex(clock)
 
     # -- reading -----------------------------------------------------------
 
     def lookup(self, key: CacheKey) -> CachedResponse | None:
         entry = self._entries.get(key)
         if entry is not None:
+            if entry.tags and self._tag_purged(key, entry):
+                return None
             self._entries.move_to_end(key)
         return entry
+
+    def _tag_purged(self, key: CacheKey, entry: CachedResponse) -> bool:
+        """
+        Apply the purges of ``entry``'s tags that came after it was stored:
+        return whether it was dropped (it is then removed), after marking it
+        stale if one of them was a refresh.
+        """
+        verdict = self.tags.check(key, entry.tags)
+        if verdict == FRESH:
+            return False
+        if verdict == DROPPED:
+            self._remove(key)
+            return True
+        if not entry.stale:
+            entry.stale = True
+            entry.retry_at = 0.0
+        return False
 
     def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
         return succeed(self.lookup(key))
@@ -95,6 +122,8 @@ class MemoryStore:
         """
         if self._changed_since(key, token):
             return False
+        if entry.tags and self.tags.refused(key.tenant, entry.tags, token):
+            return False
         size = self._charge(key, entry)
         # the old entry goes even when the new answer is too big to keep:
         # it is no longer the upstream's answer
@@ -109,6 +138,8 @@ class MemoryStore:
             self._evictions += 1
         self._entries[key] = entry
         self._bytes += size
+        if entry.tags:
+            self.tags.add(key, entry.tags, token)
         self._per_tenant[key.tenant] = self._per_tenant.get(key.tenant, 0) + 1
         by_params = self._index.setdefault(key.tenant, {}).setdefault(key.route, {})
         held = by_params.get(key.params)
@@ -126,12 +157,14 @@ class MemoryStore:
 
     @staticmethod
     def _charge(key: CacheKey, entry: CachedResponse) -> int:
-        return entry.size() + key.size() + ENTRY_OVERHEAD
+        return entry.size() + key.size() + ENTRY_OVERHEAD + TagIndex.charge(entry.tags)
 
     def _remove(self, key: CacheKey) -> bool:
         entry = self._entries.pop(key, None)
         if entry is None:
             return False
+        if entry.tags:
+            self.tags.remove(key, entry.tags)
         self._bytes -= self._charge(key, entry)
         left = self._per_tenant[key.tenant] - 1
         if left:
@@ -206,6 +239,7 @@ class MemoryStore:
             self._entries.clear()
             self._index.clear()
             self._per_tenant.clear()
+            self.tags.clear()
             self._bytes = 0
             return succeed(n)
         self._note_change(("tenant", tenant))
@@ -213,6 +247,24 @@ class MemoryStore:
         for k in keys:
             self._remove(k)
         return succeed(len(keys))
+
+    def purge_tag(self, tenant: str | None, tag: str, stale: bool = False) -> Deferred[int]:
+        return succeed(self.purge_tag_now(tenant, tag, stale))
+
+    def purge_tag_now(self, tenant: str | None, tag: str, stale: bool = False) -> int:
+        """
+        Like :meth:`purge_tag`, synchronously: return the number of entries
+        that carried ``tag``.  Takes effect at once; their memory is freed
+        in batches (L{TagIndex.purge}).
+        """
+        self._epoch += 1
+        return self.tags.purge(tenant, tag, stale, self._epoch, self._reap_purged)
+
+    def _reap_purged(self, key: CacheKey) -> None:
+        entry = self._entries.get(key)
+        # the key may hold a newer entry, stored after the purge
+        if entry is not None and entry.tags and self.tags.check(key, entry.tags) == DROPPED:
+            self._remove(key)
 
     def forget(self, tenant: str, route: str) -> None:
         for k in self._all(self._index.get(tenant, {}).get(route, {}).values()):
@@ -222,6 +274,9 @@ class MemoryStore:
 
     def stats(self) -> dict[str, int]:
         return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self._evictions}
+
+    def tag_stats(self) -> dict[str, int]:
+        return self.tags.stats()
 
     def tenant_entries(self) -> dict[str, int]:
         """

@@ -13,12 +13,16 @@ no value can contain the ``:`` and ``,`` separators (see :func:`encode_key`)::
     P:A                                       generation of everything
     P:l:<tenant>:<route>:<params>:<variant>   coalescing lock (instance id)
     P:inv                                     pub/sub channel of invalidations
+
+and the tag keys (``P:n:``, ``P:z:``, ``P:Z:``, ``P:x:``/``P:X:``,
+``P:y:``/``P:Y:``, ``P:p:``, ``P:seq``, ``P:L``) described in
+L{apicache.store.redis.scripts}.
 """
 
 from __future__ import annotations
 
 import struct
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse
@@ -34,6 +38,9 @@ __all__ = [
     "route_name",
     "generation_keys",
     "lock_key",
+    "tag_record_key",
+    "encode_tag_record",
+    "decode_tag_record",
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
@@ -156,3 +163,27 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         stale_until=stale_until,
         stale=bool(stale),
     )
+
+
+def tag_record_key(prefix: str, key: CacheKey) -> str:
+    """
+    Return the key of the tag record of ``key``'s entry.
+    """
+    return f"{prefix}:n:{resource_name(key.tenant, key.route, key.params)}:{encode_component(key.variant)}"
+
+
+def encode_tag_record(seq: int, tags: tuple[str, ...]) -> list[str]:
+    """
+    Return the script arguments that make a tag record: the sequence, then
+    each tag encoded (never a space: the record is split on them).
+    """
+    return [str(seq), *(encode_component(t) for t in tags)]
+
+
+def decode_tag_record(record: bytes | None) -> tuple[str, ...]:
+    """
+    Return the tags of a tag record (``b"<seq> <tag> ..."``), or ``()``.
+    """
+    if not record:
+        return ()
+    return tuple(unquote(t) for t in record.decode("ascii").split()[1:])

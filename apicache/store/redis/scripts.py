@@ -6,14 +6,16 @@ L{apicache.store.redis.codec}.
 
 from __future__ import annotations
 
-__all__ = ["PUT", "GET_OR_LOCK", "RELEASE", "CHANGE", "BUMP"]
+__all__ = ["PUT", "PUT_TAGGED", "GET_OR_LOCK", "RELEASE", "CHANGE", "BUMP", "PURGE_TAG", "DROP_BATCH", "SWEEP_TAGS"]
 
 # Store an entry only if no invalidation covering it ran since the fetch
 # began (the race rule across instances): the four generations read by
 # RedisStore.begin must still hold.  Whatever the outcome, the coalescing
 # lock is released if this instance holds it.  The index sets (resource,
 # tenants) live at least as long as the entry, so an invalidation finds it.
-# KEYS: entry, resource set, tenants set, g, G, T, A, lock
+# An untagged entry drops the tag record a tagged one under the same key
+# left (it would make the new entry look purged).
+# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record
 # ARGV: 4 generation tokens, value, ttl ms, instance id
 # Returns 1 if stored, 0 if refused.
 PUT = """
@@ -28,6 +30,7 @@ if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
 if not ok then return 0 end
 local px = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[5], 'PX', px)
+redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[2], KEYS[1])
 redis.call('SADD', KEYS[3], KEYS[2])
 for i = 2, 3 do
@@ -36,15 +39,195 @@ end
 return 1
 """
 
+# Tags (SPEC.md section 3).  Under prefix P, with <t> an encoded tenant and
+# <tag> an encoded tag (see codec):
+#   P:seq            the sequence: every tag purge takes the next number
+#   P:x:<t>:<tag>    latest purge (drop or refresh) of a tenant's tag
+#   P:X:<tag>        latest purge of a tag for every tenant
+#   P:y:<t>:<tag>    latest drop of a tenant's tag;  P:Y:<tag>: every tenant
+#   P:n:<entry>      an entry's tag record: "<seq> <tag> <tag> ...", the
+#                    sequence its fetch began under and its tags
+#   P:z:<t>:<tag>    sorted set: the entry keys carrying it, scored by expiry
+#   P:Z:<tag>        sorted set: the tenants with a P:z: set for it
+#   P:L              lives as long as the longest-lived entry (PTTL only)
+# A purge bumps a generation to the next sequence (O(1)); reading an entry
+# compares its tags' generations with its sequence (GET_OR_LOCK), storing
+# one compares them with its fetch's (PUT_TAGGED): so a purge takes effect
+# for every later request at once, and the entries are deleted afterwards in
+# bounded batches (DROP_BATCH).  Generations live longer than any entry
+# (P:L), so an expired generation (read as 0) can't resurrect anything.
+
+# Store a tagged entry: PUT's checks, then every tag's generations must not
+# be newer than the fetch's sequence (the race rule for tags); then the tag
+# record and the sorted sets.  A few expired members are trimmed on the way.
+# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record, P:L
+# ARGV: 4 generation tokens, value, ttl ms, instance id, sequence, prefix,
+#       tenant, tag...
+# Returns 1 if stored, 0 if refused.
+PUT_TAGGED = """
+local cur = redis.call('MGET', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
+local ok = true
+for i = 1, 4 do
+  local v = cur[i]
+  if not v then v = '0' end
+  if v ~= ARGV[i] then ok = false end
+end
+if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
+if not ok then return 0 end
+local seq = tonumber(ARGV[8])
+local p, t = ARGV[9], ARGV[10]
+for i = 11, #ARGV do
+  local g = redis.call('MGET', p .. ':x:' .. t .. ':' .. ARGV[i], p .. ':X:' .. ARGV[i])
+  if (g[1] and tonumber(g[1]) > seq) or (g[2] and tonumber(g[2]) > seq) then return 0 end
+end
+local px = tonumber(ARGV[6])
+local now = redis.call('TIME')
+local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local exp = nowms + px
+redis.call('SET', KEYS[1], ARGV[5], 'PX', px)
+redis.call('SADD', KEYS[2], KEYS[1])
+redis.call('SADD', KEYS[3], KEYS[2])
+for i = 2, 3 do
+  if redis.call('PTTL', KEYS[i]) < px then redis.call('PEXPIRE', KEYS[i], px) end
+end
+local record = ARGV[8]
+for i = 11, #ARGV do
+  record = record .. ' ' .. ARGV[i]
+  local z = p .. ':z:' .. t .. ':' .. ARGV[i]
+  redis.call('ZADD', z, exp, KEYS[1])
+  if redis.call('PTTL', z) < px then redis.call('PEXPIRE', z, px) end
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', nowms, 'LIMIT', 0, 16)
+  if #old > 0 then redis.call('ZREM', z, unpack(old)) end
+  local zt = p .. ':Z:' .. ARGV[i]
+  redis.call('ZADD', zt, 'GT', exp, t)
+  if redis.call('PTTL', zt) < px then redis.call('PEXPIRE', zt, px) end
+end
+redis.call('SET', KEYS[9], record, 'PX', px)
+if redis.call('PTTL', KEYS[10]) < px then redis.call('SET', KEYS[10], '1', 'PX', px) end
+return 1
+"""
+
+# Purge a tag of one tenant (ARGV tenant) or of every tenant (empty): bump
+# its generations to the next sequence, publish, and then (drop) move each
+# tenant's sorted set aside, for DROP_BATCH to work through, or (refresh)
+# count the live entries.  O(1), or O(tenants holding the tag).
+# KEYS: P:seq, P:L
+# ARGV: prefix, tenant or '', tag, '1' refresh | '0' drop, channel, message,
+#       least generation ttl s
+# Returns {sequence, entries counted, {moved set...}}.
+PURGE_TAG = """
+local seq = redis.call('INCR', KEYS[1])
+local ttl = tonumber(ARGV[7]) * 1000
+local horizon = redis.call('PTTL', KEYS[2])
+if horizon + 60000 > ttl then ttl = horizon + 60000 end
+local p, t, tag = ARGV[1], ARGV[2], ARGV[3]
+local x, y
+if t == '' then
+  x = p .. ':X:' .. tag
+  y = p .. ':Y:' .. tag
+else
+  x = p .. ':x:' .. t .. ':' .. tag
+  y = p .. ':y:' .. t .. ':' .. tag
+end
+redis.call('SET', x, seq, 'PX', ttl)
+if ARGV[4] == '0' then redis.call('SET', y, seq, 'PX', ttl) end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+local tenants
+if t == '' then tenants = redis.call('ZRANGE', p .. ':Z:' .. tag, 0, -1) else tenants = {t} end
+local now = redis.call('TIME')
+local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local n = 0
+local moved = {}
+for i, tt in ipairs(tenants) do
+  local z = p .. ':z:' .. tt .. ':' .. tag
+  if ARGV[4] == '1' then
+    n = n + redis.call('ZCOUNT', z, nowms, '+inf')
+  elseif redis.call('EXISTS', z) == 1 then
+    local aside = p .. ':p:' .. seq .. ':' .. i
+    redis.call('RENAME', z, aside)
+    redis.call('PEXPIRE', aside, 3600000)
+    moved[#moved + 1] = aside
+  end
+end
+if t == '' and ARGV[4] == '0' then redis.call('DEL', p .. ':Z:' .. tag) end
+return {seq, n, moved}
+"""
+
+# Delete up to ARGV[1] entries of a set PURGE_TAG moved aside, those stored
+# before the purge (sequence below ARGV[2]); one stored again since is kept.
+# KEYS: the set   ARGV: batch size, purge sequence, length of the prefix
+# Returns {entries deleted, members left}.
+DROP_BATCH = """
+local popped = redis.call('ZPOPMIN', KEYS[1], ARGV[1])
+local purged = tonumber(ARGV[2])
+local plen = tonumber(ARGV[3])
+local n = 0
+for i = 1, #popped, 2 do
+  local k = popped[i]
+  local record = string.sub(k, 1, plen) .. ':n:' .. string.sub(k, plen + 4)
+  local r = redis.call('GET', record)
+  if r and tonumber(string.match(r, '^%d+')) < purged then
+    n = n + redis.call('UNLINK', k)
+    redis.call('UNLINK', record)
+  end
+end
+return {n, redis.call('ZCARD', KEYS[1])}
+"""
+
+# The background sweep: trim up to ARGV[1] expired members from each sorted
+# set given (P:z: or P:Z:).
+# KEYS: sorted sets   ARGV: most members per set
+# Returns the members trimmed.
+SWEEP_TAGS = """
+local now = redis.call('TIME')
+local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local n = 0
+for _, z in ipairs(KEYS) do
+  if redis.call('TYPE', z)['ok'] == 'zset' then
+    local old = redis.call('ZRANGEBYSCORE', z, '-inf', nowms, 'LIMIT', 0, tonumber(ARGV[1]))
+    if #old > 0 then n = n + redis.call('ZREM', z, unpack(old)) end
+  end
+end
+return n
+"""
+
 # Read an entry, or else make this instance the one that fetches it
 # (cross-instance coalescing): at most one instance holds a key's lock, for
 # at most its ttl; the holder may take it again.
-# KEYS: entry, lock   ARGV: instance id, lock ttl ms (0: no locking)
-# Returns {0, value} if there is a value; else {1} (the lock is ours, or
-# locking is off: fetch) or {2} (another instance holds it: wait).
+# A tagged entry is checked against its tags' generations first (see the
+# tags layout below): one purged since it was stored is deleted and reads
+# as missing; one refreshed since is returned as {3, ...}: serve it stale.
+# KEYS: entry, lock, tag record
+# ARGV: instance id, lock ttl ms (0: no locking), prefix, tenant
+# Returns {0, value, tag record or false} if there is a value (3: stale by
+# a tag); else {1} (the lock is ours, or locking is off: fetch) or {2}
+# (another instance holds it: wait).
 GET_OR_LOCK = """
 local v = redis.call('GET', KEYS[1])
-if v then return {0, v} end
+if v then
+  local record = redis.call('GET', KEYS[3])
+  if not record then return {0, v, false} end
+  local verdict = 0
+  local seq = nil
+  local p, t = ARGV[3], ARGV[4]
+  for w in string.gmatch(record, '%S+') do
+    if not seq then
+      seq = tonumber(w)
+    else
+      local g = redis.call('MGET', p .. ':x:' .. t .. ':' .. w, p .. ':X:' .. w)
+      if (g[1] and tonumber(g[1]) > seq) or (g[2] and tonumber(g[2]) > seq) then
+        local d = redis.call('MGET', p .. ':y:' .. t .. ':' .. w, p .. ':Y:' .. w)
+        if (d[1] and tonumber(d[1]) > seq) or (d[2] and tonumber(d[2]) > seq) then
+          verdict = 1
+          break
+        end
+        verdict = 3
+      end
+    end
+  end
+  if verdict ~= 1 then return {verdict, v, record} end
+  redis.call('DEL', KEYS[1], KEYS[3])
+end
 if ARGV[2] == '0' then return {1} end
 local owner = redis.call('GET', KEYS[2])
 if (not owner) or owner == ARGV[1] then

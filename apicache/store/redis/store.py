@@ -25,7 +25,7 @@ from typing import Any, cast
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -38,13 +38,16 @@ from apicache.store.redis import scripts
 from apicache.store.redis.address import parse_redis_url
 from apicache.store.redis.codec import (
     decode_entry,
+    decode_tag_record,
     encode_component,
     encode_entry,
     encode_key,
+    encode_tag_record,
     generation_keys,
     lock_key,
     resource_name,
     route_name,
+    tag_record_key,
 )
 from apicache.store.redis.connection import PubSubProtocol, RedisCommands, RedisConnection
 
@@ -55,6 +58,13 @@ __all__ = ["RedisStore"]
 _GENERATION_TTL = 3600
 #: How often a waiter looks for the value another instance is fetching.
 _POLL_INTERVAL = 0.02
+#: Entries a tag purge deletes per script call: each call holds Redis for
+#: about a millisecond or two.
+TAG_DROP_BATCH = 500
+#: The background sweep of expired tag members: every this many seconds,
+#: one SCAN step over the tag sets, trimming at most SWEEP_MEMBERS of each.
+SWEEP_INTERVAL = 10.0
+SWEEP_MEMBERS = 1000
 
 
 @implementer(IStore)
@@ -101,7 +111,7 @@ class RedisStore:
         self.max_entry_bytes = max_entry_bytes
         self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
         self.lock_ttl = lock_ttl
-        self.local = MemoryStore(local_max_bytes, max_entry_bytes)
+        self.local = MemoryStore(local_max_bytes, max_entry_bytes, clock=self._clock)
         self.instance = uuid.uuid4().hex
         self.channel = f"{prefix}:inv"
         self.counters: dict[str, int] = {
@@ -111,7 +121,11 @@ class RedisStore:
             "invalidations_received": 0,
             "coalesce_waits": 0,
             "local_clears": 0,
+            "tag_members_swept": 0,
         }
+        self._sweep = LoopingCall(self.sweep_tags)
+        self._sweep.clock = self._clock
+        self._sweep_cursor: bytes = b"0"
         self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
         self.commands = RedisCommands(reactor, self._clock, self.address, timeout, self.counters)
         self.subscriber = RedisConnection(
@@ -149,6 +163,7 @@ class RedisStore:
         """
         self.commands.start()
         self.subscriber.start()
+        self._sweep.start(SWEEP_INTERVAL, now=False)
 
     def close(self) -> Deferred[None]:
         """
@@ -156,6 +171,8 @@ class RedisStore:
         """
 
         async def close() -> None:
+            if self._sweep.running:
+                self._sweep.stop()
             await self.commands.stop()
             await self.subscriber.stop()
 
@@ -230,10 +247,19 @@ class RedisStore:
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
         while True:
-            reply = await self.commands.eval(scripts.GET_OR_LOCK, [rkey, lock_key(self.prefix, key)], [self.instance, lock_ms])
-            if reply[0] == 0:
+            reply = await self.commands.eval(
+                scripts.GET_OR_LOCK,
+                [rkey, lock_key(self.prefix, key), tag_record_key(self.prefix, key)],
+                [self.instance, lock_ms, self.prefix, encode_component(key.tenant)],
+            )
+            if reply[0] == 0 or reply[0] == 3:
                 entry = decode_entry(reply[1])
                 if entry is not None:
+                    entry.tags = decode_tag_record(reply[2])
+                    if reply[0] == 3:
+                        # a refresh of one of its tags came after it was stored
+                        entry.stale = True
+                        entry.retry_at = 0.0
                     self.local.put_now(key, entry, local_token)
                 return entry
             if reply[0] == 1 or self._clock.seconds() >= deadline:
@@ -247,12 +273,14 @@ class RedisStore:
 
     def begin(self, key: CacheKey) -> Deferred[Any]:
         local_token = self._local_token()
-        d = self.commands.execute("MGET", *generation_keys(self.prefix, key))
-        d.addCallback(lambda gens: (tuple(g if g is not None else b"0" for g in gens), local_token))
+        d = self.commands.execute("MGET", *generation_keys(self.prefix, key), f"{self.prefix}:seq")
+        d.addCallback(
+            lambda gens: (tuple(g if g is not None else b"0" for g in gens[:-1]), int(gens[-1] or 0), local_token)
+        )
         return d
 
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
-        gens, local_token = token
+        gens, seq, local_token = token
         value = encode_entry(entry)
         ttl_ms = int((entry.stale_until - self._clock.seconds()) * 1000)
         if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
@@ -266,8 +294,15 @@ class RedisStore:
             f"{p}:t:{route_name(key.route, key.params)}",
             *generation_keys(p, key),
             lock_key(p, key),
+            tag_record_key(p, key),
         ]
-        d = self.commands.eval(scripts.PUT, keys, [*gens, value, ttl_ms, self.instance])
+        if entry.tags:
+            keys.append(f"{p}:L")
+            args = [*gens, value, ttl_ms, self.instance, *encode_tag_record(seq, entry.tags)]
+            args[9:9] = [p, encode_component(key.tenant)]
+            d = self.commands.eval(scripts.PUT_TAGGED, keys, args)
+        else:
+            d = self.commands.eval(scripts.PUT, keys, [*gens, value, ttl_ms, self.instance])
 
         def stored(n: int) -> bool:
             if n != 1:
@@ -329,9 +364,9 @@ class RedisStore:
         # SCAN, not KEYS nor FLUSHDB: only our prefix, without blocking Redis
         # one pass over the keyspace; generations stay (they only grow)
         if tenant is None:
-            patterns = [f"{p}:[ertl]:*"]
+            patterns = [f"{p}:[ertlnzZp]:*"]
         else:
-            patterns = [f"{p}:[erl]:{encode_component(tenant)}:*"]
+            patterns = [f"{p}:[erlnz]:{encode_component(tenant)}:*"]
         entry_prefix = f"{p}:e:".encode()
         n = 0
         for pattern in patterns:
@@ -347,6 +382,66 @@ class RedisStore:
 
     def forget(self, tenant: str, route: str) -> None:
         self.local.forget(tenant, route)
+
+    # -- tags ----------------------------------------------------------------
+
+    def purge_tag(self, tenant: str | None, tag: str, stale: bool = False) -> Deferred[int]:
+        """
+        Purge ``tag`` here at once, then in Redis: its generation is bumped
+        and published (every instance's in-process tier drops the entries;
+        no fetch in flight stores them), then the entries are deleted in
+        batches of L{TAG_DROP_BATCH}.  Fires with the entries deleted (or
+        marked stale) in Redis; errbacks with L{StoreUnavailable}.
+        """
+        self.local.purge_tag_now(tenant, tag, stale)
+        return Deferred.fromCoroutine(self._purge_tag(tenant, tag, stale))
+
+    async def _purge_tag(self, tenant: str | None, tag: str, stale: bool) -> int:
+        p = self.prefix
+        message = self._publish_message("g", tenant, tag, stale)
+        seq, n, moved = await self.commands.eval(
+            scripts.PURGE_TAG,
+            [f"{p}:seq", f"{p}:L"],
+            [p, "" if tenant is None else encode_component(tenant), encode_component(tag),
+             "1" if stale else "0", self.channel, message, _GENERATION_TTL],
+        )
+        for aside in moved:
+            while True:
+                dropped, left = await self.commands.eval(scripts.DROP_BATCH, [aside], [TAG_DROP_BATCH, seq, len(p)])
+                n += dropped
+                if not left:
+                    break
+        return int(n)
+
+    def sweep_tags(self) -> Deferred[int]:
+        """
+        One step of the background sweep: SCAN on from where the last step
+        stopped over the tag sets, trimming expired members of each.  Fires
+        with the members trimmed (0 when Redis is unreachable: the next step
+        tries again).
+        """
+
+        async def step() -> int:
+            cursor, found = await self.commands.execute(
+                "SCAN", self._sweep_cursor, "MATCH", f"{self.prefix}:[zZ]:*", "COUNT", 200
+            )
+            self._sweep_cursor = cursor if cursor not in (b"0", 0, "0") else b"0"
+            if not found:
+                return 0
+            n = int(await self.commands.eval(scripts.SWEEP_TAGS, list(found), [SWEEP_MEMBERS]))
+            self.counters["tag_members_swept"] += n
+            return n
+
+        def failed(f: Failure) -> int:
+            # the sweep goes on at the next step whatever happened
+            if not f.check(StoreUnavailable):
+                self.log.failure("tag sweep step failed", f)
+            return 0
+
+        return Deferred.fromCoroutine(step()).addErrback(failed)
+
+    def tag_stats(self) -> dict[str, int]:
+        return self.local.tag_stats()
 
     # -- invalidations from other instances ----------------------------------
 
@@ -370,6 +465,9 @@ class RedisStore:
         elif kind == "d":
             tenant, route, params, variant = rest
             self.local.discard(CacheKey(tenant, route, tuple(params), variant))
+        elif kind == "g":
+            tenant, tag, stale = rest
+            self.local.purge_tag_now(tenant, tag, bool(stale))
 
     # -- health ------------------------------------------------------------
 
