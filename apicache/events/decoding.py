@@ -143,12 +143,12 @@ class EventDecoder:
                     raise BadEvent(f"type {kind!r} lacks field {field!r}")
                 params.append(_id_value(field, data[field]))
             tenant = _tenant_value(rule.tenant_field, data.get(rule.tenant_field)) if rule.tenant_field else None
-            found: list[CacheAction] = []
+            wanted: list[CacheAction] = []
             if rule.route:
-                found.append(CacheAction(rule.action, tenant, rule.route, tuple(params)))
+                wanted.append(CacheAction(rule.action, tenant, rule.route, tuple(params)))
             if rule.tags:
-                found.append(CacheAction(rule.action, tenant, "", (), _tags(kind, rule.tags, data)))
-            for action in found:
+                wanted.append(CacheAction(rule.action, tenant, "", (), _tags(kind, rule.tags, data)))
+            for action in wanted:
                 if action not in actions:
                     actions.append(action)
         if not matched:
