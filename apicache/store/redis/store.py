@@ -299,7 +299,7 @@ class RedisStore:
         if entry.tags:
             keys.append(f"{p}:L")
             args = [*gens, value, ttl_ms, self.instance, *encode_tag_record(seq, entry.tags)]
-            args[9:9] = [p, encode_component(key.tenant)]
+            args[8:8] = [p, encode_component(key.tenant)]
             d = self.commands.eval(scripts.PUT_TAGGED, keys, args)
         else:
             d = self.commands.eval(scripts.PUT, keys, [*gens, value, ttl_ms, self.instance])
