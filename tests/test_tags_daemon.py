@@ -1,0 +1,198 @@
+"""
+Tags with the real daemon (``twistd -n apicache``): an upstream that sends
+``Surrogate-Key``, ``DELETE /tags/<tag>``, two instances sharing a private
+redis-server (purges and the race rule across them), and an event from the
+real broker that purges a list page.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from apicache.demo import UpstreamStub
+from apicache.launchers import Daemon, KafkaBroker, Reply
+
+OBJ = "/server/object({})/header"
+UP_OBJ = "/api/object({})/header"
+LIST = "/server/templates/{}"
+UP_LIST = "/api/templates/{}"
+JSON = {"Content-Type": "application/json"}
+#: as in test_events: a group join on the test broker in ~3 s, not ~23 s
+KAFKA_EXTRA = {
+    "session.timeout.ms": 6000,
+    "max.poll.interval.ms": 7000,
+    "heartbeat.interval.ms": 1000,
+    "fetch.wait.max.ms": 20,
+}
+
+TAGGED = {
+    "upstream": {"tags_header": "surrogate-key"},
+    "routes": [
+        {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 300,
+         "tags": ["object:{id}"]},
+        {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 300},
+    ],
+}
+
+
+def poll(check: Callable[[], Any], timeout: float = 2.0, step: float = 0.01) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            assert got, f"still false after {timeout} s"
+            return got
+        time.sleep(step)
+
+
+def ready(d: Daemon, timeout: float = 20.0) -> Daemon:
+    poll(lambda: d.request("GET", "/readyz").status == 200, timeout, 0.05)
+    return d
+
+
+def metric_lines(d: Daemon, name: str) -> list[str]:
+    return [line for line in d.request("GET", "/metrics").body.decode().splitlines() if line.startswith(name)]
+
+
+def list_page(upstream: UpstreamStub, page: str, *object_ids: int, delay: float = 0.0) -> None:
+    """The list page ``page`` holds these objects: its answer is tagged with them."""
+    keys = " ".join(f"object:{i}" for i in object_ids)
+    upstream.set(UP_LIST.format(page), headers={**JSON, "Surrogate-Key": keys}, body=b'{"items": []}', delay=delay)
+
+
+def purge(d: Daemon, tag: str, tenant: str | None = None) -> Reply:
+    return d.delete(f"/tags/{tag}", tenant=tenant)
+
+
+def test_surrogate_key_tags_an_entry_and_delete_tags_purges_it(make_daemon: Callable[..., Daemon], upstream: UpstreamStub) -> None:
+    d = make_daemon(TAGGED)
+    list_page(upstream, "p1", 42, 43)
+    list_page(upstream, "p2", 44)
+    first = d.get(LIST.format("p1"))
+    assert first.cache == "MISS"
+    assert "surrogate-key" not in first.headers, "the tags header is never replayed"
+    hit = d.get(LIST.format("p1"))
+    assert hit.cache == "HIT" and "surrogate-key" not in hit.headers
+    d.get(OBJ.format(42))
+    d.get(LIST.format("p2"))
+    d.get(LIST.format("p1"), tenant="t2")
+
+    # one tag drops the object and the list that holds it, for one tenant
+    r = purge(d, "object%3A42", tenant="t1")
+    assert (r.status, r.json()) == (200, {"invalidated": 2})
+    assert d.get(LIST.format("p1")).cache == "MISS"
+    assert d.get(OBJ.format(42)).cache == "MISS"
+    assert d.get(LIST.format("p2")).cache == "HIT"
+    assert d.get(LIST.format("p1"), tenant="t2").cache == "HIT"
+
+    # without the tenant header: every tenant
+    r = purge(d, "object:43")
+    assert (r.status, r.json()) == (200, {"invalidated": 2})
+    assert d.get(LIST.format("p1"), tenant="t2").cache == "MISS"
+
+    assert purge(d, "a%20b").status == 400
+    assert any('source="http"} 2.0' in line for line in metric_lines(d, "apicache_tag_purges"))
+    assert metric_lines(d, "apicache_tag_index_pairs")
+
+
+def test_an_answer_with_too_many_tags_is_served_but_not_stored(make_daemon: Callable[..., Daemon], upstream: UpstreamStub) -> None:
+    d = make_daemon(TAGGED)
+    upstream.set(UP_LIST.format("big"), headers={**JSON, "Surrogate-Key": ",".join(f"t{i}" for i in range(65))})
+    assert d.get(LIST.format("big")).status == 200
+    assert d.get(LIST.format("big")).cache == "MISS"
+    assert upstream.calls(UP_LIST.format("big")) == 2
+
+
+# -- two instances, one Redis ----------------------------------------------------
+
+
+@pytest.fixture
+def pair(make_daemon: Callable[..., Daemon], redis_url: str) -> tuple[Daemon, Daemon]:
+    cfg = {**TAGGED, "store": {"backend": "redis", "redis_url": redis_url, "key_prefix": f"tags-{uuid.uuid4().hex[:8]}"}}
+    a, b = make_daemon(cfg), make_daemon(cfg)
+    return ready(a), ready(b)
+
+
+def test_a_purge_on_one_instance_is_a_miss_on_the_other(pair: tuple[Daemon, Daemon], upstream: UpstreamStub) -> None:
+    a, b = pair
+    list_page(upstream, "p1", 42)
+    a.get(LIST.format("p1"))
+    assert b.get(LIST.format("p1")).cache == "HIT"
+    assert b.get(LIST.format("p1")).cache == "HIT"  # now in b's in-process tier too
+    r = purge(a, "object:42", tenant="t1")
+    assert (r.status, r.json()) == (200, {"invalidated": 1})
+    poll(lambda: b.get(LIST.format("p1")).cache == "MISS", timeout=1.0)
+    assert a.get(LIST.format("p1")).cache == "HIT"  # b stored it again
+
+
+def test_race_rule_for_tags_across_instances(pair: tuple[Daemon, Daemon], upstream: UpstreamStub) -> None:
+    """
+    A fetch running on B when A purges a tag its answer turns out to carry:
+    B's caller gets the answer, nobody stores it, the next request fetches.
+    """
+    a, b = pair
+    list_page(upstream, "slow", 42, delay=1.0)
+    got: list[Reply] = []
+    t = threading.Thread(target=lambda: got.append(b.get(LIST.format("slow"))))
+    t.start()
+    poll(lambda: upstream.calls(UP_LIST.format("slow")) == 1)
+    assert purge(a, "object:42").status == 200
+    t.join()
+    assert got[0].cache == "MISS"
+    list_page(upstream, "slow", 42)
+    assert a.get(LIST.format("slow")).cache == "MISS"
+    assert b.get(LIST.format("slow")).cache == "HIT"
+    assert upstream.calls(UP_LIST.format("slow")) == 2
+
+
+def test_a_tag_purge_without_redis_is_a_503(make_daemon: Callable[..., Daemon], redis_server: Any) -> None:
+    d = ready(make_daemon({**TAGGED, "store": {"backend": "redis", "redis_url": redis_server.url}}))
+    redis_server.stop()
+    r = poll(lambda: (lambda r: r if r.status == 503 else None)(purge(d, "object:1")), timeout=5.0)
+    assert r.json()["error"] == "store_unavailable"
+
+
+# -- events ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[KafkaBroker]:
+    broker = KafkaBroker().start()
+    yield broker
+    broker.stop()
+
+
+def test_an_event_purges_the_list_pages_holding_the_object(
+    make_daemon: Callable[..., Daemon], upstream: UpstreamStub, kafka: KafkaBroker
+) -> None:
+    topic = f"tags-{uuid.uuid4().hex[:10]}"
+    kafka.create_topic(topic, partitions=1)
+    events = [
+        {"types": ["object.update"], "tags": ["object:{objectid}"], "tenant_field": "org_id"},
+        {"types": ["object.touch"], "tags": ["object:{objectid}"], "action": "refresh"},
+    ]
+    d = make_daemon({**TAGGED, "kafka": {"bootstrap_servers": kafka.bootstrap, "topics": [topic],
+                                         "extra": KAFKA_EXTRA},
+                     "events": events})
+    ready(d, 40.0)
+    list_page(upstream, "p1", 42, 43)
+    list_page(upstream, "p2", 44)
+    for page in ("p1", "p2"):
+        d.get(LIST.format(page))
+        assert d.get(LIST.format(page)).cache == "HIT"
+    d.get(LIST.format("p1"), tenant="t2")
+
+    kafka.send(topic, {"type": "object.update", "objectid": 42, "org_id": "t1"})
+    poll(lambda: d.get(LIST.format("p1")).cache == "MISS", timeout=10.0)
+    assert d.get(LIST.format("p2")).cache == "HIT"
+    assert d.get(LIST.format("p1"), tenant="t2").cache == "HIT"
+
+    kafka.send(topic, {"type": "object.touch", "objectid": 43})
+    poll(lambda: d.get(LIST.format("p1"), tenant="t2").cache == "STALE", timeout=10.0)
+    assert any('source="event"} 2.0' in line for line in metric_lines(d, "apicache_tag_purges"))
