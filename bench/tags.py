@@ -22,7 +22,6 @@ import argparse
 import gc
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import tracemalloc
@@ -36,8 +35,7 @@ from apicache.keys import CacheKey
 from apicache.launchers import RedisServer
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
-from apicache.store.redis import RedisStore
-from apicache.store.redis import scripts
+from apicache.store.redis import RedisStore, scripts
 
 BODY = b"x" * 1024
 
@@ -65,7 +63,7 @@ def memory_purge(n: int) -> tuple[float, float]:
         store.put_now(key(i), entry(("list:1", f"object:{i}"), 0.0), 0)
     gc.collect()
     started = time.perf_counter()
-    store.purge_tag_now("acme", "list:1")
+    store.purge_tag("acme", "list:1")
     effective = time.perf_counter() - started
     while clock.calls:
         clock.advance(0)

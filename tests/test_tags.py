@@ -108,6 +108,12 @@ class Harness:
         k = k or key(tenant, route)
         return self.registry.cache(tenant, route).get(k, req())
 
+    def purged(self, d: Deferred[int]) -> Deferred[int]:
+        """Let the purge's walk run (one batch per reactor turn) and return it."""
+        while self.clock.calls and not d.called:
+            self.clock.advance(0)
+        return d
+
     def answer(self, *tags: bytes, body: bytes = b"{}", i: int = 0) -> None:
         headers = [(b"content-type", b"application/json")]
         if tags:
@@ -138,7 +144,7 @@ class TagCacheTests(SynchronousTestCase):
     def test_a_purge_takes_effect_at_once_before_memory_is_freed(self) -> None:
         for i in range(3):
             self.fill("t1", key(id=str(i)), "object", b"list:1")
-        n = self.successResultOf(self.h.registry.invalidate_tags("t1", ["list:1"], "http"))
+        n = self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["list:1"], "http")))
         assert n == 3
         for i in range(3):
             assert isinstance(self.h.get("t1", key(id=str(i))), Deferred)
@@ -148,21 +154,21 @@ class TagCacheTests(SynchronousTestCase):
         self.fill("t1", key(variant="a"))
         self.fill("t1", key(variant="b"))
         self.fill("t1", key(id="2"))
-        assert self.successResultOf(self.h.registry.invalidate_tags("t1", ["object:1"])) == 2
+        assert self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["object:1"]))) == 2
         assert isinstance(self.h.get("t1", key(variant="a")), Deferred)
         assert isinstance(self.h.get("t1", key(id="2")), CacheResult)
 
     def test_a_tag_of_one_tenant_is_not_the_same_tag_of_another(self) -> None:
         self.fill("acme", key("acme"))
         self.fill("globex", key("globex"))
-        assert self.successResultOf(self.h.registry.invalidate_tags("acme", ["object:1"])) == 1
+        assert self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("acme", ["object:1"]))) == 1
         assert isinstance(self.h.get("globex", key("globex")), CacheResult)
         assert isinstance(self.h.get("acme", key("acme")), Deferred)
 
     def test_without_a_tenant_the_tag_is_purged_for_every_tenant(self) -> None:
         self.fill("acme", key("acme"))
         self.fill("globex", key("globex"))
-        assert self.successResultOf(self.h.registry.invalidate_tags(None, ["objects"])) == 2
+        assert self.successResultOf(self.h.purged(self.h.registry.invalidate_tags(None, ["objects"]))) == 2
         assert isinstance(self.h.get("acme", key("acme")), Deferred)
         assert isinstance(self.h.get("globex", key("globex")), Deferred)
 
@@ -173,7 +179,7 @@ class TagCacheTests(SynchronousTestCase):
         """
         first = self.h.get("t1", key(route="list"), "list")
         assert isinstance(first, Deferred)
-        self.successResultOf(self.h.registry.invalidate_tags("t1", ["object:9"]))
+        self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["object:9"])))
         after = self.h.get("t1", key(route="list"), "list")
         assert isinstance(after, Deferred)
         assert len(self.h.upstream.pending) == 2, "a request after the purge must not join the old fetch"
@@ -186,21 +192,21 @@ class TagCacheTests(SynchronousTestCase):
 
     def test_race_rule_the_old_answer_is_not_stored(self) -> None:
         first = self.h.get("t1", key(route="list"), "list")
-        self.successResultOf(self.h.registry.invalidate_tags("t1", ["object:9"]))
+        self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["object:9"])))
         self.h.answer(b"object:9", body=b"old")
         assert self.successResultOf(first).response.body == b"old"
         assert isinstance(self.h.get("t1", key(route="list"), "list"), Deferred)
 
     def test_a_purge_of_another_tag_lets_the_answer_be_stored(self) -> None:
         first = self.h.get("t1", key(route="list"), "list")
-        self.successResultOf(self.h.registry.invalidate_tags("t1", ["object:8"]))
+        self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["object:8"])))
         self.h.answer(b"object:9")
         self.successResultOf(first)
         assert isinstance(self.h.get("t1", key(route="list"), "list"), CacheResult)
 
     def test_a_purge_of_another_tenant_lets_the_answer_be_stored(self) -> None:
         first = self.h.get("t1", key(route="list"), "list")
-        self.successResultOf(self.h.registry.invalidate_tags("t2", ["object:9"]))
+        self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t2", ["object:9"])))
         self.h.answer(b"object:9")
         self.successResultOf(first)
         assert isinstance(self.h.get("t1", key(route="list"), "list"), CacheResult)
@@ -214,7 +220,7 @@ class TagCacheTests(SynchronousTestCase):
 
     def test_refresh_by_tag_serves_stale_once_and_refetches(self) -> None:
         self.fill("t1", key(route="list"), "list", b"p")
-        assert self.successResultOf(self.h.registry.refresh_tags("t1", ["p"], "event")) == 1
+        assert self.successResultOf(self.h.purged(self.h.registry.refresh_tags("t1", ["p"], "event"))) == 1
         stale = self.h.get("t1", key(route="list"), "list")
         assert isinstance(stale, CacheResult) and stale.cache == STALE
         assert len(self.h.upstream.pending) == 1
@@ -226,7 +232,7 @@ class TagCacheTests(SynchronousTestCase):
     def test_entries_dropped_per_purge_are_observed(self) -> None:
         self.fill("t1", key(id="1"))
         self.fill("t1", key(id="2"))
-        self.successResultOf(self.h.registry.invalidate_tags("t1", ["objects"], "write"))
+        self.successResultOf(self.h.purged(self.h.registry.invalidate_tags("t1", ["objects"], "write")))
         assert self.h.registry.tag_purges["write"] == 1
         assert self.h.registry.tag_dropped.sum == 2
 
@@ -247,21 +253,21 @@ class MemoryIndexTests(SynchronousTestCase):
         for i in range(n):
             assert store.put_now(key(id=str(i)), entry(("big",)), 0)
         full = store.stats()["bytes"]
-        assert self.successResultOf(store.purge_tag("t1", "big")) == n
-        # unreadable at once, freed one batch per turn
+        d = store.purge_tag("t1", "big")
+        # nothing freed yet, and unreadable at once
+        assert store.stats()["entries"] == n
         assert store.lookup(key(id=str(n - 1))) is None
-        # the first batch at once, then one per reactor turn
-        # (less the one the lookup dropped itself)
-        assert store.stats()["entries"] == n - REAP_BATCH - 1
         turns = 0
         while store.tags.reaping:
             assert len(clock.calls) == 1
             turn = clock.calls.pop(0)
             turn.func(*turn.args, **turn.kw)
             turns += 1
-            left = n - REAP_BATCH * (turns + 1)
+            left = n - REAP_BATCH * turns
+            # (less the one the lookup dropped itself)
             assert left - 1 <= store.stats()["entries"] <= max(0, left)
-        assert turns == 5
+        assert turns == 6
+        assert self.successResultOf(d) == n
         assert store.stats() == {"entries": 0, "bytes": empty, "evictions": 0}
         assert full > empty
         assert store.tag_stats() == {"tags": 0, "pairs": 0}
@@ -285,12 +291,12 @@ class MemoryIndexTests(SynchronousTestCase):
         for i in range(REAP_BATCH + 10):
             store.put_now(key(id=str(i)), entry(("a",)), 0)
         token = self.successResultOf(store.begin(key()))
-        store.purge_tag(None, "a")
+        purged = store.purge_tag(None, "a")
         last = key(id=str(REAP_BATCH + 9))
         token = self.successResultOf(store.begin(last))
         assert store.put_now(last, entry(("a",), b"new"), token)
         clock.advance(0)
-        clock.advance(0)
+        assert self.successResultOf(purged) == REAP_BATCH + 10
         found = store.lookup(last)
         assert found is not None and found.body == b"new"
         assert store.stats()["entries"] == 1
@@ -325,9 +331,8 @@ def test_no_tag_of_one_tenant_ever_drops_another_tenants_entry(entries, purges) 
         assert store.put_now(k, entry(tuple(tags)), 0)
         held[k] = tuple(tags)
     for tenant, tag in purges:
-        store.purge_tag_now(tenant, tag)
-        if clock.getDelayedCalls():
-            clock.advance(0)
+        store.purge_tag(tenant, tag)
+        clock.advance(0)
         for k, tags in held.items():
             found = store.lookup(k)
             if k.tenant == tenant and tag in tags:

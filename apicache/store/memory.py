@@ -249,16 +249,13 @@ class MemoryStore:
         return succeed(len(keys))
 
     def purge_tag(self, tenant: str | None, tag: str, stale: bool = False) -> Deferred[int]:
-        return succeed(self.purge_tag_now(tenant, tag, stale))
-
-    def purge_tag_now(self, tenant: str | None, tag: str, stale: bool = False) -> int:
         """
-        Like :meth:`purge_tag`, synchronously: return the number of entries
-        that carried ``tag``.  Takes effect at once; their memory is freed
-        in batches (L{TagIndex.purge}).
+        See L{IStore.purge_tag}: takes effect at once, and fires at once with
+        the entries that carried the tag; their memory is freed in batches,
+        one per reactor turn (L{TagIndex.purge}).
         """
         self._epoch += 1
-        return self.tags.purge(tenant, tag, stale, self._epoch, self._reap_purged)
+        return succeed(self.tags.purge(tenant, tag, stale, self._epoch, self._reap_purged))
 
     def _reap_purged(self, key: CacheKey) -> None:
         entry = self._entries.get(key)

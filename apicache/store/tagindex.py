@@ -17,7 +17,7 @@ The index's memory counts in the store's budget: L{TagIndex.charge}.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
@@ -38,27 +38,46 @@ PAIR_CHARGE = 48
 #: Bytes charged per tagged entry: its sequence number and its slot in the
 #: sequence map.
 ENTRY_CHARGE = 64
-#: Entries dropped per reactor turn by a purge.
-REAP_BATCH = 2000
+#: Entries a purge walks per reactor turn (about a millisecond's work).
+REAP_BATCH = 500
 #: Tags whose generations are remembered; past this the oldest is
 #: forgotten and every tagged entry stored before it is treated as purged
 #: (conservative: a spurious miss, never a purged entry served).
 MAX_GENERATIONS = 65536
 
 
+class _Sweep:
+    """
+    One purge's walk over the entries that carried its tag, reaping the
+    purged tenant's: at most a batch per reactor turn.
+    """
+
+    __slots__ = ("keys", "tenant", "reap")
+
+    def __init__(self, keys: Iterator[CacheKey], tenant: str | None, reap: Callable[[CacheKey], Any]) -> None:
+        self.keys = keys
+        self.tenant = tenant
+        self.reap = reap
+
+
 class TagIndex:
     """
     Tags of the entries of one in-process store.
 
-    @param clock: schedules the batched drops of a purge; ``None`` drops
-        every entry at once (tests).
+    An entry is indexed under each of its tags, whatever its tenant: a
+    tag's member is the entry's key alone while one entry carries it (the
+    common ``object:{id}`` case costs no set), a set of keys once several
+    do.  A tenant's purge walks the tag's members and skips other tenants'.
+
+    @param clock: spreads a purge's walk over reactor turns; ``None`` walks
+        at once (tests).
     """
 
     def __init__(self, clock: IReactorTime | None = None, batch: int = REAP_BATCH) -> None:
         self._clock = clock
         self._batch = batch
-        #: tag -> tenant -> keys of the entries carrying it
-        self._members: dict[str, dict[str, set[CacheKey]]] = {}
+        #: tag -> the key of the one entry carrying it, or their set
+        self._members: dict[str, CacheKey | set[CacheKey]] = {}
         #: tagged entry -> the sequence it was stored under
         self._seq: dict[CacheKey, int] = {}
         #: tag -> tenant (None: every tenant) -> latest purge (drop or stale)
@@ -66,7 +85,7 @@ class TagIndex:
         #: tag -> tenant (None: every tenant) -> latest drop
         self._drops: dict[str, dict[str | None, int]] = {}
         self._floor = 0
-        self._reaping: deque[tuple[Iterable[CacheKey], Callable[[CacheKey], Any]]] = deque()
+        self._sweeps: deque[_Sweep] = deque()
         self._scheduled = False
         #: (entry, tag) pairs held now
         self.pairs = 0
@@ -126,17 +145,14 @@ class TagIndex:
         """
         self._seq[key] = seq
         members = self._members
-        tenant = key.tenant
         for tag in tags:
-            by_tenant = members.get(tag)
-            if by_tenant is None:
-                members[tag] = {tenant: {key}}
-                continue
-            keys = by_tenant.get(tenant)
-            if keys is None:
-                by_tenant[tenant] = {key}
-            else:
-                keys.add(key)
+            held = members.get(tag)
+            if held is None:
+                members[tag] = key
+            elif isinstance(held, set):
+                held.add(key)
+            elif held != key:
+                members[tag] = {held, key}
         self.pairs += len(tags)
 
     def remove(self, key: CacheKey, tags: tuple[str, ...]) -> None:
@@ -147,19 +163,16 @@ class TagIndex:
             return
         self.pairs -= len(tags)
         members = self._members
-        tenant = key.tenant
         for tag in tags:
-            by_tenant = members.get(tag)
-            if by_tenant is None:
+            held = members.get(tag)
+            if held is None:
                 continue
-            keys = by_tenant.get(tenant)
-            if keys is None:
-                continue
-            keys.discard(key)
-            if not keys:
-                del by_tenant[tenant]
-                if not by_tenant:
-                    del members[tag]
+            if isinstance(held, set):
+                held.discard(key)
+                if len(held) == 1:
+                    members[tag] = next(iter(held))
+            elif held == key:
+                del members[tag]
 
     def clear(self) -> None:
         """
@@ -167,17 +180,7 @@ class TagIndex:
         """
         self._members.clear()
         self._seq.clear()
-        self._reaping.clear()
         self.pairs = 0
-
-    def carrying(self, tenant: str | None, tag: str) -> int:
-        """
-        Return how many entries (of ``tenant``, or of every tenant) carry ``tag``.
-        """
-        by_tenant = self._members.get(tag, {})
-        if tenant is None:
-            return sum(len(keys) for keys in by_tenant.values())
-        return len(by_tenant.get(tenant, ()))
 
     # -- purges --------------------------------------------------------------
 
@@ -185,31 +188,48 @@ class TagIndex:
         """
         Purge ``tag`` (of ``tenant``, or of every tenant) as of sequence
         ``seq``: at once for every later check; ``stale`` marks the entries
-        stale instead of dropping them.  The entries' memory is freed by
-        calling ``reap`` on each, in batches (``reap`` must check that the
-        entry is still purged: it may have been stored again since).
+        stale (as they are read) instead of dropping them.  The entries of a
+        drop are then walked in batches, one per reactor turn, calling
+        ``reap`` on each (``reap`` must check that the entry is still
+        purged: it may have been stored again since).
 
-        @return: the number of entries that carried the tag.
+        @return: the number of entries (of ``tenant``) carrying the tag.
+            O(1) for every tenant; a tenant's count walks the tag's members
+            once, in C (about 5 ms for 100k).
         """
         self._bump(self._latest, tag, tenant, seq)
-        if stale:
-            return self.carrying(tenant, tag)
-        self._bump(self._drops, tag, tenant, seq)
+        if not stale:
+            self._bump(self._drops, tag, tenant, seq)
+        held = self._members.get(tag)
+        if held is None:
+            return 0
+        if not isinstance(held, set):
+            if tenant is not None and held.tenant != tenant:
+                return 0
+            if not stale:
+                self._sweep(_Sweep(iter((held,)), tenant, reap))
+            return 1
         if tenant is None:
-            sets = list(self._members.pop(tag, {}).values())
-        else:
-            by_tenant = self._members.get(tag)
-            found = by_tenant.pop(tenant, None) if by_tenant is not None else None
-            if by_tenant is not None and not by_tenant:
+            n = len(held)
+            if not stale:
+                # nobody else's: detached whole, walked as it is
                 del self._members[tag]
-            sets = [found] if found else []
-        n = 0
-        for keys in sets:
-            n += len(keys)
-            self._reaping.append((iter(keys), reap))
-        if not self._scheduled:
-            self._reap()
+                self._sweep(_Sweep(iter(held), None, reap))
+            return n
+        # a snapshot: reaping changes the set
+        snapshot = list(held)
+        n = sum([1 for k in snapshot if k.tenant == tenant])
+        if n and not stale:
+            self._sweep(_Sweep(iter(snapshot), tenant, reap))
         return n
+
+    def _sweep(self, sweep: _Sweep) -> None:
+        self._sweeps.append(sweep)
+        if self._clock is None:
+            self._walk()
+        elif not self._scheduled:
+            self._scheduled = True
+            self._clock.callLater(0, self._walk)
 
     def _bump(self, table: dict[str, dict[str | None, int]], tag: str, tenant: str | None, seq: int) -> None:
         gens = table.pop(tag, None)
@@ -222,32 +242,34 @@ class TagIndex:
             oldest = next(iter(table))
             self._floor = max(self._floor, *table.pop(oldest).values())
 
-    def _reap(self) -> None:
+    def _walk(self) -> None:
         """
-        Drop up to one batch of purged entries; schedule the rest for a
-        later reactor turn.
+        Walk up to one batch of purged entries; leave the rest for a later
+        reactor turn.
         """
         self._scheduled = False
         budget = self._batch if self._clock is not None else -1
-        while self._reaping and budget != 0:
-            keys, reap = self._reaping[0]
-            for key in keys:
-                reap(key)
+        while self._sweeps and budget != 0:
+            sweep = self._sweeps[0]
+            tenant, reap = sweep.tenant, sweep.reap
+            for key in sweep.keys:
                 budget -= 1
+                if tenant is None or key.tenant == tenant:
+                    reap(key)
                 if budget == 0:
                     break
             else:
-                self._reaping.popleft()
-        if self._reaping and self._clock is not None and not self._scheduled:
+                self._sweeps.popleft()
+        if self._sweeps and self._clock is not None and not self._scheduled:
             self._scheduled = True
-            self._clock.callLater(0, self._reap)
+            self._clock.callLater(0, self._walk)
 
     @property
     def reaping(self) -> bool:
         """
-        Whether purged entries are still waiting to be dropped.
+        Whether purges are still walking their entries.
         """
-        return bool(self._reaping)
+        return bool(self._sweeps)
 
     def stats(self) -> dict[str, int]:
         """

@@ -393,7 +393,7 @@ class RedisStore:
         batches of L{TAG_DROP_BATCH}.  Fires with the entries deleted (or
         marked stale) in Redis; errbacks with L{StoreUnavailable}.
         """
-        self.local.purge_tag_now(tenant, tag, stale)
+        self.local.purge_tag(tenant, tag, stale)
         return Deferred.fromCoroutine(self._purge_tag(tenant, tag, stale))
 
     async def _purge_tag(self, tenant: str | None, tag: str, stale: bool) -> int:
@@ -467,7 +467,7 @@ class RedisStore:
             self.local.discard(CacheKey(tenant, route, tuple(params), variant))
         elif kind == "g":
             tenant, tag, stale = rest
-            self.local.purge_tag_now(tenant, tag, bool(stale))
+            self.local.purge_tag(tenant, tag, bool(stale))
 
     # -- health ------------------------------------------------------------
 
