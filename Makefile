@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events install install-test clean
+.PHONY: run test demo lint bench bench-events bench-tags install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: install
 # 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
+
+# Tag purges of 1k/10k/100k entries (memory and a private redis-server),
+# bytes per (entry, tag) pair, cross-instance purge latency p50/p99
+bench-tags: install-test
+	$(BIN)/python bench/tags.py $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

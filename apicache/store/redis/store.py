@@ -60,7 +60,7 @@ _GENERATION_TTL = 3600
 _POLL_INTERVAL = 0.02
 #: Entries a tag purge deletes per script call: each call holds Redis for
 #: about a millisecond or two.
-TAG_DROP_BATCH = 500
+TAG_DROP_BATCH = 200
 #: The background sweep of expired tag members: every this many seconds,
 #: one SCAN step over the tag sets, trimming at most SWEEP_MEMBERS of each.
 SWEEP_INTERVAL = 10.0
