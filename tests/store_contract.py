@@ -299,4 +299,48 @@ def make_store_tests(
             assert s.lookup(key()) is None
             assert s.lookup(key(tenant="t2")) is not None
 
+        # -- tags (SPEC.md section 3, "Tags") ------------------------------
+
+        @pytest_twisted.ensureDeferred
+        async def test_purge_tag_drops_the_tenants_entries_carrying_it(self, request: Any) -> None:
+            s = await self.store(request)
+            tagged = [key(params=("1",)), key(params=("2",), variant="w"), key(tenant="t2", params=("1",))]
+            for k in tagged:
+                assert await store_entry(s, k, entry(tags=("list:1", f"object:{k.params[0]}")))
+            assert await store_entry(s, key(params=("3",)), entry(tags=("list:2",)))
+            assert await s.purge_tag("t1", "list:1") == 2
+            assert s.lookup(tagged[0]) is None and await s.load(tagged[1]) is None
+            assert await s.load(tagged[2]) is not None, "a tag belongs to its tenant"
+            assert await s.load(key(params=("3",))) is not None
+            assert await s.purge_tag(None, "object:1") == 1
+            assert await s.load(tagged[2]) is None
+            assert await s.purge_tag("t1", "nothing") == 0
+
+        @pytest_twisted.ensureDeferred
+        async def test_token_taken_before_a_tag_purge_stores_nothing_carrying_it(self, request: Any) -> None:
+            s = await self.store(request)
+            before = await s.begin(key())
+            other = await s.begin(key(params=("43",)))
+            await s.purge_tag("t1", "list:1")
+            assert await s.put(key(), entry(tags=("list:1",)), before) is False
+            assert await s.load(key()) is None
+            assert await s.put(key(params=("43",)), entry(tags=("list:2",)), other) is True
+            assert await store_entry(s, key(), entry(tags=("list:1",))) is True
+
+        @pytest_twisted.ensureDeferred
+        async def test_refresh_by_tag_marks_entries_stale(self, request: Any) -> None:
+            s = await self.store(request)
+            assert await store_entry(s, key(), entry(tags=("list:1",)))
+            assert await s.purge_tag(None, "list:1", True) == 1
+            found = s.lookup(key()) or await s.load(key())
+            assert found is not None and found.stale
+
+        @pytest_twisted.ensureDeferred
+        async def test_tag_stats_count_pairs_held_here(self, request: Any) -> None:
+            s = await self.store(request)
+            await store_entry(s, key(), entry(tags=("a", "b")))
+            assert s.tag_stats() == {"tags": 2, "pairs": 2}
+            await s.discard(key())
+            assert s.tag_stats() == {"tags": 0, "pairs": 0}
+
     return StoreContract
