@@ -340,6 +340,9 @@ def test_no_tag_of_one_tenant_ever_drops_another_tenants_entry(entries, purges) 
                 held[k] = ()  # gone for good
             elif tags:
                 assert found is not None, (k, tags, tenant, tag)
+    clock.advance(0)
+    # the index holds exactly the pairs of the entries left
+    assert store.tag_stats()["pairs"] == sum(len(tags) for tags in held.values())
 
 
 # -- events ------------------------------------------------------------------
