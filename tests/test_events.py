@@ -245,6 +245,40 @@ def test_refresh_serves_the_stale_copy_then_the_new_body(event_daemon, kafka, to
     assert gone.body == b"gone"
 
 
+# --- tags (SPEC.md section 5: [[events]] tags) ----------------------------------
+
+TAG_EVENTS = [
+    {"types": ["object.update"], "tags": ["object:{objectid}"], "tenant_field": "org_id"},
+    {"types": ["object.touch"], "tags": ["object:{objectid}"], "action": "refresh"},
+]
+
+
+def test_tag_event_purges_the_list_pages_holding_the_object(event_daemon, kafka, topic, upstream: UpstreamStub):
+    """
+    The list pages' answers carry ``Surrogate-Key: object:N ...``: an event
+    naming object 42 drops (or refreshes) every page holding it.
+    """
+    d = event_daemon(TAG_EVENTS, upstream={"tags_header": "surrogate-key"})
+    json_type = {"Content-Type": "application/json"}
+    upstream.set("/api/templates/p1", headers={**json_type, "Surrogate-Key": "object:42 object:43"}, body=b"p1")
+    upstream.set("/api/templates/p2", headers={**json_type, "Surrogate-Key": "object:44"}, body=b"p2")
+    prime(d, "/server/templates/p1", "t1", "t2")
+    prime(d, "/server/templates/p2", "t1")
+
+    kafka.send(topic, {"type": "object.update", "objectid": 42, "org_id": "t1"})
+    wait_applied(d, 1)
+    assert d.get("/server/templates/p1", "t1").cache == "MISS"
+    assert d.get("/server/templates/p1", "t2").cache == "HIT"
+    assert d.get("/server/templates/p2", "t1").cache == "HIT"
+
+    kafka.send(topic, {"type": "object.touch", "objectid": 43})
+    wait_applied(d, 2)
+    for tenant in ("t1", "t2"):
+        assert d.get("/server/templates/p1", tenant).cache == "STALE"
+    metrics = d.request("GET", "/metrics").body.decode()
+    assert 'apicache_tag_purges_total{source="event"} 2.0' in metrics
+
+
 def test_event_during_a_slow_fetch_wins(event_daemon, kafka, topic, upstream: UpstreamStub):
     """
     The race rule: the answer of a fetch that was in flight when the event

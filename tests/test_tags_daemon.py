@@ -1,8 +1,8 @@
 """
 Tags with the real daemon (``twistd -n apicache``): an upstream that sends
-``Surrogate-Key``, ``DELETE /tags/<tag>``, two instances sharing a private
-redis-server (purges and the race rule across them), and an event from the
-real broker that purges a list page.
+``Surrogate-Key``, ``DELETE /tags/<tag>``, and two instances sharing a
+private redis-server (purges and the race rule across them).  Events that
+purge by tag, with the real broker, are in tests/test_events.py.
 """
 
 from __future__ import annotations
@@ -10,26 +10,19 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker, Reply
+from apicache.launchers import Daemon, Reply
 
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"
 LIST = "/server/templates/{}"
 UP_LIST = "/api/templates/{}"
 JSON = {"Content-Type": "application/json"}
-#: as in test_events: a group join on the test broker in ~3 s, not ~23 s
-KAFKA_EXTRA = {
-    "session.timeout.ms": 6000,
-    "max.poll.interval.ms": 7000,
-    "heartbeat.interval.ms": 1000,
-    "fetch.wait.max.ms": 20,
-}
 
 TAGGED = {
     "upstream": {"tags_header": "surrogate-key"},
@@ -157,42 +150,4 @@ def test_a_tag_purge_without_redis_is_a_503(make_daemon: Callable[..., Daemon], 
     r = poll(lambda: (lambda r: r if r.status == 503 else None)(purge(d, "object:1")), timeout=5.0)
     assert r.json()["error"] == "store_unavailable"
 
-
-# -- events ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def kafka() -> Iterator[KafkaBroker]:
-    broker = KafkaBroker().start()
-    yield broker
-    broker.stop()
-
-
-def test_an_event_purges_the_list_pages_holding_the_object(
-    make_daemon: Callable[..., Daemon], upstream: UpstreamStub, kafka: KafkaBroker
-) -> None:
-    topic = f"tags-{uuid.uuid4().hex[:10]}"
-    kafka.create_topic(topic, partitions=1)
-    events = [
-        {"types": ["object.update"], "tags": ["object:{objectid}"], "tenant_field": "org_id"},
-        {"types": ["object.touch"], "tags": ["object:{objectid}"], "action": "refresh"},
-    ]
-    d = make_daemon({**TAGGED, "kafka": {"bootstrap_servers": kafka.bootstrap, "topics": [topic],
-                                         "extra": KAFKA_EXTRA},
-                     "events": events})
-    ready(d, 40.0)
-    list_page(upstream, "p1", 42, 43)
-    list_page(upstream, "p2", 44)
-    for page in ("p1", "p2"):
-        d.get(LIST.format(page))
-        assert d.get(LIST.format(page)).cache == "HIT"
-    d.get(LIST.format("p1"), tenant="t2")
-
-    kafka.send(topic, {"type": "object.update", "objectid": 42, "org_id": "t1"})
-    poll(lambda: d.get(LIST.format("p1")).cache == "MISS", timeout=10.0)
-    assert d.get(LIST.format("p2")).cache == "HIT"
-    assert d.get(LIST.format("p1"), tenant="t2").cache == "HIT"
-
-    kafka.send(topic, {"type": "object.touch", "objectid": 43})
-    poll(lambda: d.get(LIST.format("p1"), tenant="t2").cache == "STALE", timeout=10.0)
-    assert any('source="event"} 2.0' in line for line in metric_lines(d, "apicache_tag_purges"))
+# the [[events]] tags case, with the real broker: tests/test_events.py -k tag
