@@ -38,8 +38,8 @@ PAIR_CHARGE = 48
 #: Bytes charged per tagged entry: its sequence number and its slot in the
 #: sequence map.
 ENTRY_CHARGE = 64
-#: Entries a purge walks per reactor turn (about a millisecond's work).
-REAP_BATCH = 500
+#: Entries a purge walks per reactor turn (1-2 ms of work).
+REAP_BATCH = 200
 #: Tags whose generations are remembered; past this the oldest is
 #: forgotten and every tagged entry stored before it is treated as purged
 #: (conservative: a spurious miss, never a purged entry served).
