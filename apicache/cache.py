@@ -530,6 +530,11 @@ class CacheRegistry:
         self.tag_dropped = LatencyHistogram(TAG_PURGE_BUCKETS)
         self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
         self._flights = _Flights()
+        # a shared store tells of other instances' tag purges: nobody here
+        # joins a fetch that began before one (the race rule across instances)
+        listeners = getattr(store, "tag_purge_listeners", None)
+        if listeners is not None:
+            listeners.append(self._flights.tag_purged)
         #: plain counters, read at scrape time
         self.counters: dict[str, int] = {
             "coalesced": 0,

@@ -18,11 +18,14 @@ from redis_support import ready, sleep, until
 from store_contract import entry, key
 from twisted.internet.defer import Deferred
 
+from apicache.cache import CacheRegistry, FetchRequest
+from apicache.config import RouteConfig
 from apicache.keys import CacheKey
 from apicache.launchers import RedisServer
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import RedisStore
 from apicache.store.redis import store as redis_store_module
+from apicache.testing import FakeUpstream
 
 
 def unique(name: str) -> str:
@@ -240,3 +243,37 @@ async def test_purge_fails_with_store_unavailable_when_redis_is_down(
         await s.purge_tag("t1", "a")
     # the in-process tier dropped it all the same
     assert s.lookup(key()) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_request_after_another_instances_purge_does_not_join_an_older_fetch(
+    stores: Callable[..., RedisStore],
+) -> None:
+    """
+    The race rule across instances for coalescing: once B hears of A's tag
+    purge, a request on B starts a fetch of its own instead of waiting for
+    one that began before the purge (and may carry the tag).
+    """
+    from twisted.internet import reactor
+
+    shared = unique("flights")
+    a = await ready(stores(prefix=shared))
+    b = await ready(stores(prefix=shared, lock_ttl=0))
+    upstream = FakeUpstream()
+    route = RouteConfig("list", "/l/<p>", "/l/{p}", params=("p",), fingerprint="f")
+    registry = CacheRegistry(b, upstream, reactor, [route], (), tags_header="surrogate-key")
+    k = CacheKey("t1", "list", ("1",), "v")
+    first = registry.cache("t1", "list").get(k, FetchRequest("/l/1", []))
+    await until(lambda: len(upstream.pending) == 1, timeout=2.0)
+    before = b.counters["invalidations_received"]
+    await a.purge_tag("t1", "object:42")
+    await until(lambda: b.counters["invalidations_received"] > before, timeout=1.0, step=0.001)
+    second = registry.cache("t1", "list").get(k, FetchRequest("/l/1", []))
+    await until(lambda: len(upstream.pending) == 2, timeout=2.0)
+    answer = [(b"content-type", b"application/json"), (b"surrogate-key", b"object:42")]
+    upstream.pending[0].respond(body=b"old", headers=answer)
+    upstream.pending[0].respond(body=b"new", headers=answer)
+    assert (await first).response.body == b"old"
+    assert (await second).response.body == b"new"
+    found = await a.load(k)
+    assert found is not None and found.body == b"new"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -123,6 +123,9 @@ class RedisStore:
             "local_clears": 0,
             "tag_members_swept": 0,
         }
+        #: called with the tenant (None: every tenant) of each tag purge
+        #: another instance made, once this one has applied it
+        self.tag_purge_listeners: list[Callable[[str | None], object]] = []
         self._sweep = LoopingCall(self.sweep_tags)
         self._sweep.clock = self._clock
         self._sweep_cursor: bytes = b"0"
@@ -468,6 +471,8 @@ class RedisStore:
         elif kind == "g":
             tenant, tag, stale = rest
             self.local.purge_tag(tenant, tag, bool(stale))
+            for listener in self.tag_purge_listeners:
+                listener(tenant)
 
     # -- health ------------------------------------------------------------
 
