@@ -277,3 +277,14 @@ async def test_a_request_after_another_instances_purge_does_not_join_an_older_fe
     assert (await second).response.body == b"new"
     found = await a.load(k)
     assert found is not None and found.body == b"new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_generations_outlive_every_entry(stores: Callable[..., RedisStore]) -> None:
+    s = await ready(stores(prefix=unique("gttl")))
+    assert await put(s, key(), tagged("a", ttl=7200.0))
+    await s.purge_tag("t1", "b")
+    await s.purge_tag(None, "c")
+    for gen in (f"{s.prefix}:x:t1:b", f"{s.prefix}:y:t1:b", f"{s.prefix}:X:c", f"{s.prefix}:Y:c"):
+        # longer than the longest-lived entry (2 h), not just the 1 h floor
+        assert int(await raw(s, "PTTL", gen)) > 7200 * 1000

@@ -413,3 +413,24 @@ class PurgeRouteTests(SynchronousTestCase):
         _, client = api(Harness())
         r = self.successResultOf(client.get("http://x/tags/a", headers={"org_id": "acme"}))
         assert r.code in (404, 405)
+
+
+def test_forgotten_generations_make_older_tagged_entries_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The generations kept are bounded; past the bound, a tagged entry stored
+    before the oldest one forgotten is treated as purged (never served
+    wrongly), and an untagged one is untouched.
+    """
+    import apicache.store.tagindex as tagindex
+
+    monkeypatch.setattr(tagindex, "MAX_GENERATIONS", 3)
+    store = MemoryStore(1 << 20)
+    store.put_now(key(id="old"), entry(("kept",)), 0)
+    store.put_now(key(id="plain"), entry(()), 0)
+    for i in range(4):
+        store.purge_tag("t1", f"gone-{i}")
+    assert store.lookup(key(id="old")) is None
+    assert store.lookup(key(id="plain")) is not None
+    token = store._epoch
+    assert store.put_now(key(id="new"), entry(("kept",)), token)
+    assert store.lookup(key(id="new")) is not None
