@@ -149,9 +149,11 @@ class ConnectionTests(SynchronousTestCase):
         assert self.store.is_ready()
         d = self.store.begin(key())
         assert self.commands.received()[0][0] == b"MGET"
-        self.commands.answer(b"*4\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n$-1\r\n")
-        gens, _ = self.successResultOf(d)
+        # the four generations, then the tag sequence (issue 12)
+        self.commands.answer(b"*5\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n$-1\r\n$1\r\n7\r\n")
+        gens, seq, _ = self.successResultOf(d)
         assert gens == (b"1", b"0", b"2", b"0")
+        assert seq == 7
 
     def timed_out_begin(self) -> Any:
         d = self.store.begin(key())

@@ -258,7 +258,8 @@ class RedisStore:
             if reply[0] == 0 or reply[0] == 3:
                 entry = decode_entry(reply[1])
                 if entry is not None:
-                    entry.tags = decode_tag_record(reply[2])
+                    # (a Lua nil at the end of a table is left out of the reply)
+                    entry.tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
                     if reply[0] == 3:
                         # a refresh of one of its tags came after it was stored
                         entry.stale = True
