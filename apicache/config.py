@@ -114,6 +114,8 @@ class UpstreamConfig:
     max_body_bytes: int = 10485760
     max_connections: int = 64
     max_in_flight: int = 256
+    #: concurrent upstream fetches of one tenant; 0: no per-tenant limit
+    tenant_max_in_flight: int = 0
     forward_headers: tuple[str, ...] = (
         "authorization",
         "accept",
@@ -322,6 +324,7 @@ _UPSTREAM: dict[str, Checker] = {
     "max_body_bytes": _positive(_int),
     "max_connections": _positive(_int),
     "max_in_flight": _positive(_int),
+    "tenant_max_in_flight": _non_negative(_int),
     "forward_headers": _str_list,
 }
 _ROUTE: dict[str, Checker] = {

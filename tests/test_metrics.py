@@ -92,7 +92,7 @@ class FakeUpstream:
     def __init__(self, result):
         self.result = result
 
-    def fetch(self, path, headers):
+    def fetch(self, path, headers, *, tenant):
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
@@ -106,7 +106,7 @@ def test_upstream_latency_lands_in_its_bucket():
     d: Deferred[UpstreamResponse] = Deferred()
     m = Metrics()
     timed = TimedUpstream(FakeUpstream(d), m, clock)
-    result = timed.fetch("/x", [])
+    result = timed.fetch("/x", [], tenant="acme")
     clock.advance(0.03)
     d.callback(UpstreamResponse(200, [], b""))
     assert result.called
@@ -121,10 +121,10 @@ def test_upstream_failures_are_counted_by_kind():
     clock = Clock()
     m = Metrics()
     d: Deferred[UpstreamResponse] = Deferred()
-    TimedUpstream(FakeUpstream(d), m, clock).fetch("/x", []).addErrback(lambda f: None)
+    TimedUpstream(FakeUpstream(d), m, clock).fetch("/x", [], tenant="acme").addErrback(lambda f: None)
     d.errback(UpstreamTimeout("slow"))
     try:
-        TimedUpstream(FakeUpstream(Overloaded("busy")), m, clock).fetch("/x", [])
+        TimedUpstream(FakeUpstream(Overloaded("busy")), m, clock).fetch("/x", [], tenant="acme")
     except Overloaded:
         pass
     s = samples(m)

@@ -5,7 +5,6 @@ and a task.Clock: URLs, headers, size and time limits, concurrency.
 
 from __future__ import annotations
 
-import pytest
 from treq.testing import RequestTraversalAgent
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -57,7 +56,7 @@ class Tests(SynchronousTestCase):
         )
 
     def fetch(self, path="/object(1)/header?a=1", headers=((b"authorization", b"Bearer t"),)):
-        d = self.client.fetch(path, list(headers))
+        d = self.client.fetch(path, list(headers), tenant="acme")
         self.agent.flush()
         return d
 
@@ -107,8 +106,7 @@ class Tests(SynchronousTestCase):
     def test_in_flight_is_bounded(self):
         self.resource.hang = True
         first, second = self.fetch(), self.fetch()
-        with pytest.raises(Overloaded):
-            self.client.fetch("/x", [])
+        self.failureResultOf(self.client.fetch("/x", [], tenant="acme"), Overloaded)
         self.clock.advance(6)
         self.failureResultOf(first, UpstreamTimeout)
         self.failureResultOf(second, UpstreamTimeout)
@@ -125,5 +123,5 @@ class Tests(SynchronousTestCase):
                 return fail(ConnectionRefusedError())
 
         client = UpstreamClient(self.clock, "http://u", 5.0, 10, 1, 1, agent=Refusing())
-        self.failureResultOf(client.fetch("/x", []), UpstreamUnreachable)
+        self.failureResultOf(client.fetch("/x", [], tenant="acme"), UpstreamUnreachable)
         assert client.in_flight == 0
