@@ -28,7 +28,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from apicache.config import ConfigError, parse_config
+from apicache.cache import CacheRegistry, FetchRequest
+from apicache.config import ConfigError, RouteConfig, parse_config
+from apicache.keys import CacheKey
+from apicache.store.memory import MemoryStore
+from apicache.testing import FakeUpstream
 from apicache.upstream import DETAIL_CHARS, Overloaded, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 
 #: how long after its answer the upstream sends what nobody asked for
@@ -281,3 +285,20 @@ def test_tenant_max_in_flight_is_configured_and_checked():
         with pytest.raises(ConfigError) as e:
             parse({"upstream": {"tenant_max_in_flight": bad}})
         assert e.value.key == "upstream.tenant_max_in_flight"
+
+
+def test_the_cache_fetches_on_its_tenants_behalf():
+    """Misses and background re-fetches name the tenant, which picks its pool."""
+    clock = Clock()
+    route = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=10.0, stale_if_error=5.0, params=("id",), fingerprint="f")
+    upstream = FakeUpstream()
+    registry = CacheRegistry(MemoryStore(1 << 20), upstream, clock, [route], (), 100)
+    for tenant in ("acme", "globex"):
+        registry.cache(tenant, "object").get(CacheKey(tenant, "object", ("1",), "v"), FetchRequest("/o/1", []))
+    assert [p.tenant for p in upstream.fetched] == ["acme", "globex"]
+    for p in list(upstream.pending):
+        p.respond()
+    registry.refresh("globex", "object", ("1",))
+    registry.cache("globex", "object").get(CacheKey("globex", "object", ("1",), "v"), FetchRequest("/o/1", []))
+    assert [p.tenant for p in upstream.fetched] == ["acme", "globex", "globex"]
+    upstream.pending[0].respond()
