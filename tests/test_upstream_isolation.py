@@ -116,6 +116,14 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (the upstream's late bytes go through the kernel)."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        assert reactor.seconds() < deadline, "condition not met in time"
+        await sleep(0.01)
+
+
 async def a_then_b(script) -> tuple[RawUpstream, list[object]]:
     """
     ROUNDS times: tenant A fetches /a, tenant B fetches /b B_AFTER seconds
@@ -179,7 +187,7 @@ async def test_bytes_on_an_idle_connection_retire_it():
     try:
         assert (await client.fetch("/a", [], tenant="acme")).body == b"a"
         assert client.pool.idle_of("acme") == 1
-        await sleep(LATE * 2)
+        await until(lambda: client.pool.retired == 1)
         assert client.pool.idle_of("acme") == 0
         assert client.pool.retired == 1
         assert (await client.fetch("/plain", [], tenant="acme")).body == b"p"
