@@ -34,7 +34,7 @@ class FakeUpstream:
         self.pending: list[Deferred[UpstreamResponse]] = []
         self.asked: list[Sequence[tuple[bytes, bytes]]] = []
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
         d: Deferred[UpstreamResponse] = Deferred()
         self.pending.append(d)
         self.asked.append(headers)
