@@ -14,6 +14,11 @@ that writes the bytes the test scripts, so nothing in between fixes them).
 
 from __future__ import annotations
 
+import contextlib
+import json
+import socket
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -310,3 +315,95 @@ def test_the_cache_fetches_on_its_tenants_behalf():
     registry.cache("globex", "object").get(CacheKey("globex", "object", ("1",), "v"), FetchRequest("/o/1", []))
     assert [p.tenant for p in upstream.fetched] == ["acme", "globex", "globex"]
     upstream.pending[0].respond()
+
+
+class ThreadedRawUpstream:
+    """
+    The misbehaving upstream for a real daemon: a blocking socket server, a
+    thread per connection, requests answered in order.  ``script(path)``
+    returns (bytes now, bytes LATE seconds later).
+    """
+
+    def __init__(self, script: Callable[[str], tuple[bytes, bytes]]) -> None:
+        self.script = script
+        self.connections: list[list[str]] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            paths: list[str] = []
+            self.connections.append(paths)
+            threading.Thread(target=self._serve, args=(conn, paths), daemon=True).start()
+
+    def _serve(self, conn: socket.socket, paths: list[str]) -> None:
+        buffer = b""
+        with conn, contextlib.suppress(OSError):  # apicache aborts retired connections
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                path = head.split(b" ")[1].decode()
+                paths.append(path)
+                now, late = self.script(path)
+                conn.sendall(now)
+                if late:
+                    time.sleep(LATE)
+                    conn.sendall(late)
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def misbehaving(path: str) -> tuple[bytes, bytes]:
+    if "(a" in path:
+        return answer(b"0123456789"), LEAK
+    if "(z" in path:
+        return b"HTTP/1.1 204 No Content\r\n\r\n", b'{"secret": "A"}'
+    if "(garbage" in path:
+        return b"HELLO THERE\r\n\r\n", b""
+    return answer(b'{"mine": true}'), b""
+
+
+def test_the_daemon_never_serves_one_tenants_upstream_bytes_to_another(make_daemon):
+    """Finding 1 end to end: B's misses, 20 ms after A's, get B's answers, and cache them."""
+    raw = ThreadedRawUpstream(misbehaving)
+    try:
+        d = make_daemon(upstream_url=raw.url)
+        for i in range(ROUNDS):
+            first = "a" if i % 2 else "z"  # the unasked answer, then the 204 with a body
+            assert d.get(f"/server/object({first}{i})/header", tenant="tenant-a").status in (200, 204)
+            time.sleep(B_AFTER)
+            r = d.get(f"/server/object(b{i})/header", tenant="tenant-b")
+            assert (r.status, r.body, r.headers["x-cache"]) == (200, b'{"mine": true}', "MISS")
+            time.sleep(LATE)
+            r = d.get(f"/server/object(b{i})/header", tenant="tenant-b")
+            assert (r.body, r.headers["x-cache"]) == (b'{"mine": true}', "HIT")
+        a_paths = {i for i, ps in enumerate(raw.connections) if any("(a" in p or "(z" in p for p in ps)}
+        b_paths = {i for i, ps in enumerate(raw.connections) if any("(b" in p for p in ps)}
+        assert a_paths and b_paths and not a_paths & b_paths
+    finally:
+        raw.stop()
+
+
+def test_the_daemons_502_quotes_no_upstream_bytes(make_daemon):
+    """Finding 8 end to end."""
+    raw = ThreadedRawUpstream(misbehaving)
+    try:
+        d = make_daemon(upstream_url=raw.url)
+        r = d.get("/server/object(garbage)/header", tenant="acme")
+        assert r.status == 502
+        body = json.loads(r.body)
+        assert body["error"] == "upstream_unreachable"
+        assert "HELLO" not in body["message"]
+        assert b"HELLO" not in r.body
+    finally:
+        raw.stop()
