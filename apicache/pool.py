@@ -29,7 +29,8 @@ on the connection before the extra bytes arrive: HTTP/1.1 gives a client no way
 to tell the two apart.  Such a connection is closed once the mismatch shows,
 but the one answer already misread goes to that caller (and may be cached for
 the tenant).  Every other tenant is out of reach: their requests never travel
-on that connection.
+on that connection.  (Handing out the connection idle the longest narrows
+the window; it cannot close it.)
 """
 
 from __future__ import annotations
@@ -234,10 +235,14 @@ class TenantConnectionPool:
 
     def getConnection(self, key: PoolKey, endpoint: IStreamClientEndpoint) -> Deferred[Any]:
         """
-        Fire with an idle connection of ``key`` (the most recently used one),
-        or a new one from ``endpoint``; errbacks as ``endpoint.connect`` does.
+        Fire with an idle connection of ``key``, or a new one from
+        ``endpoint``; errbacks as ``endpoint.connect`` does.
+
+        The connection idle the longest is taken: stray bytes an upstream
+        sends late then have the most time to arrive (and retire the
+        connection) before it carries another request.
         """
-        for protocol in reversed(self._idle):
+        for protocol in self._idle:
             if self._idle[protocol][0] == key:
                 self._take(protocol)
                 self.reused += 1

@@ -87,6 +87,14 @@ class Tests(SynchronousTestCase):
         self.answer(c2)
         assert self.successResultOf(d2) == b"ok"
 
+    def test_the_connection_idle_longest_is_reused_first(self):
+        """Late stray bytes get the most time to show before a reuse."""
+        (c1, d1), (c2, d2) = self.h.request("a"), self.h.request("a")
+        self.answer(c2)
+        self.answer(c1)
+        c3, _ = self.h.request("a")
+        assert c3 is c2
+
     def test_another_tenant_never_gets_the_connection(self):
         c, d = self.h.request("a")
         self.answer(c)
