@@ -92,6 +92,7 @@ class Tests(SynchronousTestCase):
         (c1, d1), (c2, d2) = self.h.request("a"), self.h.request("a")
         self.answer(c2)
         self.answer(c1)
+        assert [self.successResultOf(d) for d in (d1, d2)] == [b"ok", b"ok"]
         c3, _ = self.h.request("a")
         assert c3 is c2
 
