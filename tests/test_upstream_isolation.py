@@ -10,6 +10,9 @@ that writes the bytes the test scripts, so nothing in between fixes them).
 - 502 messages never quote the upstream's bytes (SPEC §4); the log has them,
   truncated.
 - One tenant at its ``tenant_max_in_flight`` does not overload another.
+
+The last tests run the real daemon (``twistd``) against a threaded raw
+upstream: the same faults, seen through the HTTP API and the cache.
 """
 
 from __future__ import annotations
