@@ -352,7 +352,7 @@ class TenantCache:
                 bypass = True
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
         try:
-            response = await self._upstream.fetch(request.path, request.headers)
+            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
         except BaseException:
             if not bypass:
                 self._store.release(key, token)
@@ -417,7 +417,7 @@ class TenantCache:
         try:
             token = await self._store.begin(key)
             self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-            response = await self._upstream.fetch(request.path, request.headers)
+            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
             self.log.info("refresh of a stale entry failed: {error}", error=str(e))

@@ -398,7 +398,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
     class Upstream:
         in_flight = 0
 
-        def fetch(self, path: str, headers: Any) -> Any:
+        def fetch(self, path: str, headers: Any, *, tenant: str) -> Any:
             body = body_for(path.encode())
             # fresh objects for every answer, as the real client makes them
             headers = [(b"Content-Type".lower(), b"".join([b"application/", b"json"])), (b"date".lower(), b"".join([b"n", b"ow"]))]
