@@ -18,9 +18,10 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
 
+# Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
+# starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
 run: install
-	@echo "apicache on http://127.0.0.1:$(PORT) -- development api-key: $(DEV_KEY)"
-	APICACHE_API_KEY=$(DEV_KEY) $(BIN)/twistd -n --pidfile= apicache --config apicache.toml --listen tcp:$(PORT):interface=127.0.0.1
+	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml
 
 test: install-test
 	$(BIN)/python -m pytest tests
