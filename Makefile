@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events install install-test clean
+.PHONY: run test demo lint bench bench-events dashboard-preview install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: install
 # 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
+
+# The dashboard's panels drawn from real /metrics scrapes under wrk load
+# (README: Dashboard and alerts): writes deploy/dashboard-preview.png.
+dashboard-preview: $(BIN)/python
+	$(BIN)/pip install --quiet '.[test,preview]'
+	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
