@@ -314,7 +314,7 @@ def draw(s: Scrapes, out: str) -> None:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("seconds", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.965))
     fig.savefig(out, dpi=90)
     print(f"wrote {out}")
 
@@ -332,7 +332,7 @@ def _config(directory: str, upstream_url: str, redis: RedisServer | None, kafka:
     ]
     if redis is not None:
         # a small in-process tier in front of Redis: its bytes level off and it evicts
-        lines += ['backend = "redis"', f'redis_url = "{redis.url}"', "local_max_bytes = 1000000", "redis_timeout = 0.2"]
+        lines += ['backend = "redis"', f'redis_url = "{redis.url}"', "local_max_bytes = 1000000"]
     else:
         lines += ['backend = "memory"', "max_bytes = 1000000"]
     lines += [
