@@ -20,8 +20,9 @@ install-test: $(BIN)/python
 
 # Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
 # starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
+# More apicache options: make run RUN_ARGS="--workers 2".
 run: install
-	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml
+	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml -- $(RUN_ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest tests

@@ -100,25 +100,59 @@ def _first_curl_twice(client: Daemon) -> tuple[str | None, str | None]:
     return first.cache, second.cache
 
 
+class Launched:
+    """
+    Processes a test started, and the children it saw them start: all
+    killed at the end, even those orphaned by a failed test.
+    """
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.pids: list[int] = []
+
+    def start(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """
+        Start ``argv`` in the repository, in a session of its own.
+        """
+        proc = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.procs.append(proc)
+        return proc
+
+    def children(self, pid: int) -> list[int]:
+        """
+        Return ``pid``'s live children, remembered for the clean-up.
+        """
+        found = _children(pid)
+        self.pids.extend(found)
+        return found
+
+    def kill_all(self) -> None:
+        for pid in self.pids:
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+
+
 @pytest.fixture
-def launched() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """
-    Processes this test started; killed (with their groups) at the end.
-    """
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        for child in _children(p.pid):
-            try:
-                os.kill(child, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if p.poll() is None:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
+def launched() -> Iterator[Launched]:
+    started = Launched()
+    yield started
+    started.kill_all()
+
+
+def _launcher(launched: Launched, port: int, **env: str) -> subprocess.Popen[bytes]:
+    return launched.start([sys.executable, str(LAUNCHER), "--port", str(port)], _env(APICACHE_API_KEY=API_KEY, **env))
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -129,14 +163,9 @@ def test_launcher_starts_demo_upstream_miss_then_hit_and_exits_0(launched, signu
     both, and the launcher exits 0.
     """
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), "--port", str(port)],
-        cwd=ROOT, env=_env(APICACHE_API_KEY=API_KEY),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    launched.append(proc)
+    proc = _launcher(launched, port)
     client = _wait_healthy(proc, port)
-    children = _children(proc.pid)
+    children = launched.children(proc.pid)
     commands = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
     assert len(children) == 2, commands
     assert any(b"apicache.testing" in argv for argv in commands), commands
@@ -159,14 +188,9 @@ def test_launcher_uses_the_configured_upstream_and_starts_no_demo(launched, upst
     With APICACHE_UPSTREAM_URL set, only the daemon runs, in front of it.
     """
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, str(LAUNCHER), "--port", str(port)],
-        cwd=ROOT, env=_env(APICACHE_API_KEY=API_KEY, APICACHE_UPSTREAM_URL=upstream.url),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    launched.append(proc)
+    proc = _launcher(launched, port, APICACHE_UPSTREAM_URL=upstream.url)
     client = _wait_healthy(proc, port)
-    assert len(_children(proc.pid)) == 1
+    assert len(launched.children(proc.pid)) == 1
     assert _first_curl_twice(client) == ("MISS", "HIT")
     assert upstream.calls("/object(42)/header") == 1
     proc.send_signal(signal.SIGTERM)
@@ -182,16 +206,11 @@ def test_launcher_exits_1_when_the_daemon_cannot_start(launched):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.Popen(
-            [sys.executable, str(LAUNCHER), "--port", str(port)],
-            cwd=ROOT, env=_env(APICACHE_API_KEY=API_KEY),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        launched.append(proc)
+        proc = _launcher(launched, port)
         deadline = time.monotonic() + 5
         children: list[int] = []
         while time.monotonic() < deadline and len(children) < 1 and proc.poll() is None:
-            children = _children(proc.pid)
+            children = launched.children(proc.pid)
             time.sleep(0.02)
         assert proc.wait(60) == 1
     assert [c for c in children if _alive(c)] == []
@@ -216,16 +235,11 @@ def test_make_run_serves_and_stops_without_an_error(launched, signum, to_group):
     with no error from make and nothing left running.
     """
     port = free_port()
-    proc = subprocess.Popen(
-        ["make", "--no-print-directory", "run", f"PORT={port}", f"DEV_KEY={API_KEY}"],
-        cwd=ROOT, env=_env(),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    launched.append(proc)
+    proc = launched.start(["make", "--no-print-directory", "run", f"PORT={port}", f"DEV_KEY={API_KEY}"], _env())
     client = _wait_healthy(proc, port, wait=180)
-    launcher = _children(proc.pid)
+    launcher = launched.children(proc.pid)
     assert len(launcher) == 1
-    children = _children(launcher[0])
+    children = launched.children(launcher[0])
     assert len(children) == 2
 
     assert _first_curl_twice(client) == ("MISS", "HIT")
@@ -242,3 +256,21 @@ def test_make_run_serves_and_stops_without_an_error(launched, signum, to_group):
     assert proc.returncode in (0, -signum), out[-3000:]
     assert "***" not in out and "Error" not in out, out[-3000:]
     assert [c for c in [*launcher, *children] if _alive(c)] == []
+
+
+def test_killing_the_launcher_outright_stops_both_children(launched):
+    """
+    SIGKILL leaves the launcher no chance to stop its children: the kernel
+    tells them (parent-death signal, SIGTERM), and neither outlives it.
+    """
+    port = free_port()
+    proc = _launcher(launched, port)
+    _wait_healthy(proc, port)
+    children = launched.children(proc.pid)
+    assert len(children) == 2
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 15
+    while [c for c in children if _alive(c)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [c for c in children if _alive(c)] == []
