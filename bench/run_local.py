@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 #: The demo upstream, run as ``python -m DEMO_MODULE --port N``.
-DEMO_MODULE = "apicache.testing"
+DEMO_MODULE = "apicache.demo"
 #: Exit statuses of a daemon that stopped in order: stock twistd re-raises
 #: the signal that stopped it (SPEC §1).
 CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
