@@ -7,19 +7,19 @@ It knows nothing of caches: the cache core calls :meth:`IUpstream.fetch`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.error import ConnectingCancelledError, ConnectionDone
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionDone, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool, RequestNotSent, ResponseDone, _HTTP11ClientFactory
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = [
@@ -32,11 +32,23 @@ __all__ = [
     "UpstreamTimeout",
     "BodyTooLarge",
     "Overloaded",
+    "VIA",
 ]
+
+#: The ``Via`` every upstream request carries (RFC 9110 section 7.6.3).
+VIA = b"1.1 apicache"
 
 
 class UpstreamError(Exception):
-    """The upstream gave no usable answer."""
+    """
+    The upstream gave no usable answer.
+
+    @ivar sent: whether the request may have reached the upstream (a write
+        lost after it was sent may have been applied: SPEC.md section 4
+        invalidates then).  ``False`` only when it surely was not sent.
+    """
+
+    sent = True
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -53,6 +65,13 @@ class UpstreamTimeout(UpstreamError):
 
 class Overloaded(UpstreamError):
     """``max_in_flight`` fetches are running already (503)."""
+
+    sent = False
+
+
+def _unsent(error: UpstreamError) -> UpstreamError:
+    error.sent = False
+    return error
 
 
 class UpstreamResponse:
@@ -86,13 +105,18 @@ class IUpstream(Interface):
 
     in_flight = Attribute("The number of fetches running now.")
 
-    def fetch(path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(
+        path: str, headers: Sequence[tuple[bytes, bytes]], method: bytes = b"GET", body: bytes | None = None
+    ) -> Deferred[UpstreamResponse]:
         """
-        GET ``base_url + path`` (``path`` already encoded, query included)
-        with ``headers``; redirects are not followed.
+        Send ``method`` (``GET`` unless a pass-through write says otherwise)
+        for ``base_url + path`` (``path`` already encoded, query included)
+        with ``headers`` and, for a write, ``body``; redirects are not
+        followed, and a request with a body is never retried.
 
         Fires with an L{UpstreamResponse}; errbacks with L{Overloaded},
-        L{UpstreamTimeout}, L{UpstreamUnreachable} or L{BodyTooLarge}.
+        L{UpstreamTimeout}, L{UpstreamUnreachable} or L{BodyTooLarge}
+        (each saying in C{sent} whether the request may have been sent).
         """
 
     def close() -> Deferred[None]:
@@ -149,6 +173,32 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     return finished
 
 
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A request body held in memory, written at once.  Giving every write a
+    producer, even an empty one, also keeps twisted.web's pool from
+    retrying it on a stale connection (it retries only bodiless requests).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
+
+
 @implementer(IUpstream)
 class UpstreamClient:
     """
@@ -170,8 +220,15 @@ class UpstreamClient:
         max_connections: int,
         max_in_flight: int,
         agent: IAgent | None = None,
+        set_headers: Mapping[str, str] | None = None,
+        rewrite_headers: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self._clock = reactor
+        fixed = {k.lower().encode("ascii"): v.encode("latin-1") for k, v in (set_headers or {}).items()}
+        #: names the caller may not send: apicache sets them
+        self._own = frozenset([*fixed, b"via"])
+        self._fixed = [*fixed.items(), (b"via", VIA)]
+        self._rewrite = rewrite_headers
         self._base = base_url.rstrip("/").encode("ascii")
         self._timeout = timeout
         self._max_body = max_body_bytes
@@ -193,12 +250,14 @@ class UpstreamClient:
         """
         return self._base + path.encode("ascii")
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], method: bytes = b"GET", body: bytes | None = None
+    ) -> Deferred[UpstreamResponse]:
         if self.in_flight >= self._max_in_flight:
             # an errback, never a synchronous raise: IUpstream's contract
             return fail(Overloaded(f"{self.in_flight} upstream fetches in flight"))
         self.in_flight += 1
-        d = Deferred.fromCoroutine(self._fetch(self.url(path), headers))
+        d = Deferred.fromCoroutine(self._fetch(self.url(path), headers, method, body))
         deadline = self._clock.callLater(self._timeout, d.cancel)
 
         def done(result: object) -> object:
@@ -207,35 +266,43 @@ class UpstreamClient:
                 deadline.cancel()
             elif isinstance(result, Failure):
                 # whatever the cancellation surfaced as, the cause is the deadline
-                return Failure(UpstreamTimeout(f"no complete answer within {self._timeout:g} s"))
+                timeout = UpstreamTimeout(f"no complete answer within {self._timeout:g} s")
+                timeout.sent = getattr(result.value, "sent", True)
+                return Failure(timeout)
             return result
 
         d.addBoth(done)
         return d
 
-    async def _fetch(self, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> UpstreamResponse:
+    async def _fetch(
+        self, url: bytes, headers: Sequence[tuple[bytes, bytes]], method: bytes, body: bytes | None
+    ) -> UpstreamResponse:
         h = Headers()
+        own = self._own
         for name, value in headers:
+            if name.lower() not in own:
+                h.addRawHeader(name, value)
+        for name, value in self._fixed:
             h.addRawHeader(name, value)
+        producer = None if body is None and method in (b"GET", b"HEAD") else _Body(body or b"")
         try:
-            response = await self._agent.request(b"GET", url, h, None)
-            body = await read_body(response, self._max_body)
+            response = await self._agent.request(method, url, h, producer)
+            answer = await read_body(response, self._max_body)
         except (UpstreamError, CancelledError):
             raise
         except (ConnectTimeoutError, ConnectingCancelledError) as e:
-            raise UpstreamTimeout(f"connect timed out: {e}") from None
+            raise _unsent(UpstreamTimeout(f"connect timed out: {e}")) from None
+        except (ConnectError, DNSLookupError, RequestNotSent) as e:
+            raise _unsent(UpstreamUnreachable(_describe(e))) from None
         except Exception as e:
             raise UpstreamUnreachable(_describe(e)) from None
-        return UpstreamResponse(
-            response.code,
-            [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs],
-            body,
-        )
+        got = [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs]
+        if self._rewrite is not None:
+            got = self._rewrite(got)
+        return UpstreamResponse(response.code, got, answer)
 
     def close(self) -> Deferred[None]:
         if self._pool is None:
-            from twisted.internet.defer import succeed
-
             return succeed(None)
         return self._pool.closeCachedConnections()
 
