@@ -1,0 +1,225 @@
+"""
+Pass-through writes (SPEC.md section 4): a ``POST``, ``PUT``, ``PATCH`` or
+``DELETE`` on a route whose ``pass_methods`` holds it is forwarded to the
+upstream with its body, and the answer is passed through, never stored.
+
+A write the upstream may have applied invalidates what the tenant holds of
+that resource (RFC 9111 section 4.4): a 2xx, 3xx, 404 or 410 answer, or
+an answer lost after the request was sent.  Writes are neither coalesced
+nor retried.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
+
+from apicache.cache import MISS, CacheResult
+from apicache.config import Config, RouteConfig
+from apicache.errors import ApiError
+from apicache.invalidator import IInvalidator
+from apicache.store.interface import CachedResponse, StoreUnavailable
+from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+
+__all__ = [
+    "PassThrough",
+    "WRITE_HEADERS",
+    "CACHE_STATUS",
+    "invalidates",
+    "replayed_headers",
+    "normalised_accept_encoding",
+    "route_tags",
+]
+
+#: The caller's headers a write forwards whatever ``forward_headers`` says.
+WRITE_HEADERS = (b"content-type", b"if-match", b"if-unmodified-since", b"if-none-match")
+
+#: apicache's ``Cache-Status`` member on a pass-through write (RFC 9211).
+CACHE_STATUS = b"apicache; fwd=method"
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+#: Never replayed besides the hop-by-hop ones (SPEC.md section 3).
+_NEVER = frozenset({b"set-cookie", b"content-length", b"age", b"alt-svc", b"x-cache"})
+_QUALIFIED = re.compile(rb'(?:^|,)\s*(?:no-cache|private)\s*=\s*"([^"]*)"', re.IGNORECASE)
+_TAG_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def invalidates(status: int) -> bool:
+    """
+    Return whether a write answered ``status`` invalidates the resource
+    (RFC 9111 section 4.4: a non-error status; SPEC.md adds 404 and 410).
+    """
+    return 200 <= status < 400 or status in (404, 410)
+
+
+def replayed_headers(
+    headers: Sequence[tuple[bytes, bytes]], hidden: Iterable[bytes] = ()
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    Return the headers of an upstream answer that are passed on to the
+    caller (names in lower case): all but those SPEC.md section 3 never
+    replays (hop-by-hop ones and those ``Connection`` names,
+    ``set-cookie``, ``content-length``, ``age``, ``alt-svc``, ``x-cache``,
+    ``hidden`` (``hide_headers`` and the ``tags_header``), the fields named
+    by a qualified ``no-cache="…"`` or ``private="…"``, and any value
+    holding CR, LF or NUL).
+
+    The minimal filter for pass-through answers: the caching half of issue
+    11 owns the one for stored answers, and this one defers to it on merge.
+    """
+    drop = set(_HOP_BY_HOP) | _NEVER | {h.lower() for h in hidden}
+    for name, value in headers:
+        if name == b"connection":
+            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
+        elif name == b"cache-control":
+            for m in _QUALIFIED.finditer(value):
+                drop.update(t.strip().lower() for t in m.group(1).split(b",") if t.strip())
+    return tuple(
+        (name, value)
+        for name, value in headers
+        if name not in drop and b"\r" not in value and b"\n" not in value and b"\0" not in value
+    )
+
+
+def normalised_accept_encoding(values: Sequence[bytes] | None) -> bytes:
+    """
+    Return ``gzip`` when the caller's ``Accept-Encoding`` admits gzip with
+    q > 0 (by name, or by ``*`` when gzip is not named), else ``identity``
+    (SPEC.md section 3).
+    """
+    star = named = None
+    for value in values or ():
+        for item in value.split(b","):
+            coding, _, params = item.partition(b";")
+            coding = coding.strip().lower()
+            q = 1.0
+            for p in params.split(b";"):
+                k, _, v = p.partition(b"=")
+                if k.strip().lower() == b"q":
+                    try:
+                        q = float(v.strip())
+                    except ValueError:
+                        q = 0.0
+            if coding in (b"gzip", b"x-gzip"):
+                named = q > 0 if named is None else named or q > 0
+            elif coding == b"*":
+                star = q > 0
+    admitted = named if named is not None else bool(star)
+    return b"gzip" if admitted else b"identity"
+
+
+def route_tags(route: RouteConfig, params: Sequence[str]) -> list[str]:
+    """
+    Return the route's ``tags`` templates filled with ``params``.
+    """
+    values = dict(zip(route.params, params, strict=True))
+    return [_TAG_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), t) for t in route.tags]
+
+
+class PassThrough:
+    """
+    Forwards writes to the upstream and invalidates what they may have
+    changed.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, upstream: IUpstream) -> None:
+        self._upstream = upstream
+        self.max_body_bytes = config.server.max_body_bytes
+        up = config.upstream
+        self._hidden = tuple(h.encode("ascii") for h in (*up.hide_headers, up.tags_header) if h)
+
+    def body(self, request: Any) -> bytes:
+        """
+        Return ``request``'s body, read (by twisted.web, after the checks
+        made before routing) into ``request.content``.
+
+        @raise ApiError: ``413 body_too_large`` past ``server.max_body_bytes``,
+            whether declared or chunked.
+        """
+        content = getattr(request, "content", None)
+        if content is None:
+            return b""
+        content.seek(0)
+        body: bytes = content.read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            raise ApiError(413, "body_too_large", f"the request body is over {self.max_body_bytes} bytes")
+        return body
+
+    async def forward(
+        self,
+        method: bytes,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        tenant: str,
+        route: RouteConfig,
+        params: tuple[str, ...],
+        invalidator: IInvalidator,
+    ) -> CacheResult:
+        """
+        Send the write upstream and invalidate the tenant's entries of the
+        resource (and its route's tags) when it may have been applied.
+
+        @param path: the encoded upstream path, query included.
+        @return: the answer to pass through (``MISS``, never stored).
+        @raise UpstreamError: no answer; the resource was invalidated if the
+            request may have been sent.
+        """
+        try:
+            response: UpstreamResponse = await self._upstream.fetch(path, headers, method, body)
+        except UpstreamError as e:
+            if e.sent:
+                await self._after_write(invalidator, tenant, route, params)
+            raise
+        if invalidates(response.status):
+            await self._after_write(invalidator, tenant, route, params)
+        kept = replayed_headers(response.headers, self._hidden)
+        age = None
+        for name, value in response.headers:
+            # a non-zero upstream Age is passed on, as on a MISS
+            if name == b"age" and value.strip().isdigit() and int(value) > 0:
+                age = int(value)
+        answer = CachedResponse(response.status, (*kept, (b"cache-status", CACHE_STATUS)), response.body)
+        return CacheResult(MISS, answer, age)
+
+    async def _after_write(
+        self, invalidator: IInvalidator, tenant: str, route: RouteConfig, params: tuple[str, ...]
+    ) -> None:
+        try:
+            await invalidator.invalidate(tenant, route.type, params)
+            await self.purge_tags(invalidator, tenant, route_tags(route, params))
+        except StoreUnavailable as e:
+            # the upstream applied the write: its answer still reaches the
+            # caller, and the failure is logged (never a silent stale entry)
+            self.log.warn(
+                "a write to {route} could not invalidate the cache: {error}", route=route.type, error=str(e)
+            )
+
+    def purge_tags(self, invalidator: IInvalidator, tenant: str, tags: list[str]) -> Deferred[int]:
+        """
+        The tag hook (issue 12, ``DELETE /tags/<tag>``): drop the tenant's
+        entries carrying the write's route ``tags``.  Calls the
+        invalidator's ``invalidate_tag(tenant, tag)`` once that exists;
+        until then there are no tagged entries to drop.
+
+        @return: fires with the number of entries dropped.
+        """
+        purge = getattr(invalidator, "invalidate_tag", None)
+        if not tags or purge is None:
+            return succeed(0)
+
+        async def each() -> int:
+            n = 0
+            for tag in tags:
+                n += await purge(tenant, tag)
+            return n
+
+        return Deferred.fromCoroutine(each())
