@@ -262,7 +262,9 @@ class CacheAPI:
     def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
         valid = getattr(failure.value, "valid_methods", None)
         if valid and not request.responseHeaders.hasHeader(b"allow"):
-            request.setHeader(b"allow", ", ".join(valid).encode("ascii"))
+            order = ["GET", "HEAD", "DELETE"]
+            methods = sorted(valid, key=lambda m: (order.index(m) if m in order else len(order), m))
+            request.setHeader(b"allow", ", ".join(methods).encode("ascii"))
         return refuse(
             request,
             ApiError(405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here"),
