@@ -31,9 +31,10 @@ from apicache.config import Config
 from apicache.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
 from apicache.errors import JSON as _JSON
 from apicache.health import Readiness
+from apicache.httpcache import normalise_accept_encoding
 from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
-from apicache.passthrough import WRITE_HEADERS, PassThrough, normalised_accept_encoding
+from apicache.passthrough import WRITE_HEADERS, PassThrough
 from apicache.resolve import Resolver
 from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
@@ -217,7 +218,7 @@ class CacheAPI:
         headers = self.resolver.forwarded(request, WRITE_HEADERS)
         # as on a GET, only an encoding the caller accepts and apicache
         # never has to decode: gzip or identity
-        accept = normalised_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        accept = normalise_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
         headers.append((b"accept-encoding", accept))
         result = await self.passthrough.forward(
             request.method,

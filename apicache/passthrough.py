@@ -12,7 +12,7 @@ nor retried.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from apicache.cache import MISS, CacheResult
 from apicache.config import Config, RouteConfig
 from apicache.errors import ApiError
+from apicache.httpcache import replayed_headers
 from apicache.invalidator import IInvalidator
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
@@ -30,8 +31,6 @@ __all__ = [
     "WRITE_HEADERS",
     "CACHE_STATUS",
     "invalidates",
-    "replayed_headers",
-    "normalised_accept_encoding",
     "route_tags",
 ]
 
@@ -39,14 +38,8 @@ __all__ = [
 WRITE_HEADERS = (b"content-type", b"if-match", b"if-unmodified-since", b"if-none-match")
 
 #: apicache's ``Cache-Status`` member on a pass-through write (RFC 9211).
-CACHE_STATUS = b"apicache; fwd=method"
+CACHE_STATUS = b"apicache;fwd=method"
 
-_HOP_BY_HOP = frozenset(
-    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
-)
-#: Never replayed besides the hop-by-hop ones (SPEC.md section 3).
-_NEVER = frozenset({b"set-cookie", b"content-length", b"age", b"alt-svc", b"x-cache"})
-_QUALIFIED = re.compile(rb'(?:^|,)\s*(?:no-cache|private)\s*=\s*"([^"]*)"', re.IGNORECASE)
 _TAG_FIELD = re.compile(r"\{([^{}]*)\}")
 
 
@@ -56,62 +49,6 @@ def invalidates(status: int) -> bool:
     (RFC 9111 section 4.4: a non-error status; SPEC.md adds 404 and 410).
     """
     return 200 <= status < 400 or status in (404, 410)
-
-
-def replayed_headers(
-    headers: Sequence[tuple[bytes, bytes]], hidden: Iterable[bytes] = ()
-) -> tuple[tuple[bytes, bytes], ...]:
-    """
-    Return the headers of an upstream answer that are passed on to the
-    caller (names in lower case): all but those SPEC.md section 3 never
-    replays (hop-by-hop ones and those ``Connection`` names,
-    ``set-cookie``, ``content-length``, ``age``, ``alt-svc``, ``x-cache``,
-    ``hidden`` (``hide_headers`` and the ``tags_header``), the fields named
-    by a qualified ``no-cache="…"`` or ``private="…"``, and any value
-    holding CR, LF or NUL).
-
-    The minimal filter for pass-through answers: the caching half of issue
-    11 owns the one for stored answers, and this one defers to it on merge.
-    """
-    drop = set(_HOP_BY_HOP) | _NEVER | {h.lower() for h in hidden}
-    for name, value in headers:
-        if name == b"connection":
-            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
-        elif name == b"cache-control":
-            for m in _QUALIFIED.finditer(value):
-                drop.update(t.strip().lower() for t in m.group(1).split(b",") if t.strip())
-    return tuple(
-        (name, value)
-        for name, value in headers
-        if name not in drop and b"\r" not in value and b"\n" not in value and b"\0" not in value
-    )
-
-
-def normalised_accept_encoding(values: Sequence[bytes] | None) -> bytes:
-    """
-    Return ``gzip`` when the caller's ``Accept-Encoding`` admits gzip with
-    q > 0 (by name, or by ``*`` when gzip is not named), else ``identity``
-    (SPEC.md section 3).
-    """
-    star = named = None
-    for value in values or ():
-        for item in value.split(b","):
-            coding, _, params = item.partition(b";")
-            coding = coding.strip().lower()
-            q = 1.0
-            for p in params.split(b";"):
-                k, _, v = p.partition(b"=")
-                if k.strip().lower() == b"q":
-                    try:
-                        q = float(v.strip())
-                    except ValueError:
-                        q = 0.0
-            if coding in (b"gzip", b"x-gzip"):
-                named = q > 0 if named is None else named or q > 0
-            elif coding == b"*":
-                star = q > 0
-    admitted = named if named is not None else bool(star)
-    return b"gzip" if admitted else b"identity"
 
 
 def route_tags(route: RouteConfig, params: Sequence[str]) -> list[str]:

@@ -237,7 +237,7 @@ class TestWriteRequests(SynchronousTestCase):
         assert (method, uri, body) == (b"POST", b"/api/object(42)/header", b'{"a": 1}')
         assert headers[b"content-length"] == [b"8"]
         assert headers[b"content-type"] == [b"application/json"]
-        assert h[b"cache-status"] == [b"apicache; fwd=method"]
+        assert h[b"cache-status"] == [b"apicache;fwd=method"]
 
     def test_a_chunked_body_is_forwarded_whole(self):
         wire = Wire()
