@@ -37,6 +37,9 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "tomli-w>=1.0",
+            # maintained REST servers the integration tests run as upstreams
+            "httpbin>=0.10",
+            "waitress>=3.0",
         ],
     },
     classifiers=[
