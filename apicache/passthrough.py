@@ -142,21 +142,14 @@ class PassThrough:
 
     def purge_tags(self, invalidator: IInvalidator, tenant: str, tags: list[str]) -> Deferred[int]:
         """
-        The tag hook (issue 12, ``DELETE /tags/<tag>``): drop the tenant's
-        entries carrying the write's route ``tags``.  Calls the
-        invalidator's ``invalidate_tag(tenant, tag)`` once that exists;
-        until then there are no tagged entries to drop.
+        The tag hook (issue 12): drop the tenant's entries carrying the
+        write's route ``tags``, through the invalidator's
+        ``invalidate_tags(tenant, tags, source)`` once the tags issue has
+        added it to L{IInvalidator}; until then no entry carries tags.
 
         @return: fires with the number of entries dropped.
         """
-        purge = getattr(invalidator, "invalidate_tag", None)
+        purge = getattr(invalidator, "invalidate_tags", None)
         if not tags or purge is None:
             return succeed(0)
-
-        async def each() -> int:
-            n = 0
-            for tag in tags:
-                n += await purge(tenant, tag)
-            return n
-
-        return Deferred.fromCoroutine(each())
+        return purge(tenant, tags, "write")  # type: ignore[no-any-return]

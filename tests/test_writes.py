@@ -281,14 +281,14 @@ class TestPassThrough(SynchronousTestCase):
             def invalidate(self, tenant, route, params):
                 return succeed(0)
 
-            def invalidate_tag(self, tenant, tag):
-                purged.append((tenant, tag))
+            def invalidate_tags(self, tenant, tags, source=""):
+                purged.append((tenant, list(tags), source))
                 return succeed(1)
 
         app.api.invalidator = Invalidator()
         app.write_answers(200)
         result(self, app.request("PATCH", OBJ, headers=T1))
-        self.assertEqual(purged, [("t1", "object:42")])
+        self.assertEqual(purged, [("t1", ["object:42"], "write")])
 
 
 class TestDeleteAndPurge(SynchronousTestCase):
