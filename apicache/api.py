@@ -176,7 +176,7 @@ class CacheAPI:
         method = request.method
         if method == b"GET" or method == b"HEAD":
             return self._get(request)
-        route, params = self.resolver.match(request.path)
+        route, _ = self.resolver.match(request.path)
         request.route_type = route.type
         name = method.decode("ascii", "replace")
         if name in route.config.pass_methods:
@@ -189,7 +189,7 @@ class CacheAPI:
                 )
             return Deferred.fromCoroutine(self._write(request))
         if method == b"DELETE" or method == b"PURGE":
-            return Deferred.fromCoroutine(self._purge(request, route, params))
+            return Deferred.fromCoroutine(self._delete(request))
         request.setHeader(b"allow", allowed_methods(route))
         raise ApiError(405, "method_not_allowed", f"{name} is not allowed here")
 
@@ -232,11 +232,14 @@ class CacheAPI:
         )
         return write_result(request, result)
 
-    async def _purge(self, request: ApiRequest, route: Route, params: tuple[str, ...]) -> bytes:
+    async def _delete(self, request: ApiRequest) -> bytes:
         """
-        Drop the entries of a resource, of the tenant given or of every
-        tenant; answer ``{"invalidated": N}``.
+        Drop the entries of a resource (``PURGE``, or a ``DELETE`` the route
+        does not forward), of the tenant given or of every tenant; answer
+        ``{"invalidated": N}``.
         """
+        route, params = self.resolver.match(request.path)
+        request.route_type = route.type
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
