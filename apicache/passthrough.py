@@ -111,7 +111,7 @@ class PassThrough:
             request may have been sent.
         """
         try:
-            response: UpstreamResponse = await self._upstream.fetch(path, headers, method, body)
+            response: UpstreamResponse = await self._upstream.fetch(path, headers, method=method, body=body)
         except UpstreamError as e:
             if e.sent:
                 await self._after_write(invalidator, tenant, route, params)

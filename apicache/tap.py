@@ -15,7 +15,6 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import partial
 
 from twisted.application.service import IService
 from twisted.internet.endpoints import serverFromString
@@ -38,7 +37,8 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
-from apicache.links import LinkTargets, rewrite_links
+from apicache.intermediary import IntermediaryUpstream
+from apicache.links import LinkTargets
 from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families
 from apicache.oauth import TokenProvider
@@ -213,10 +213,9 @@ def build(
         max_body_bytes=up.max_body_bytes,
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
-        set_headers=up.set_headers,
-        rewrite_headers=partial(rewrite_links, targets=LinkTargets(up.base_url, config.routes, router)),
     )
-    timed = TimedUpstream(upstream, metrics, reactor)
+    intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
+    timed = TimedUpstream(intermediary, metrics, reactor)
     registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))

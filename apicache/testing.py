@@ -93,7 +93,7 @@ class FakeUpstream:
         self.closed = False
 
     def fetch(
-        self, path: str, headers: Sequence[tuple[bytes, bytes]], method: bytes = b"GET", body: bytes | None = None
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], *, method: bytes = b"GET", body: bytes | None = None
     ) -> Deferred[UpstreamResponse]:
         """
         Record the fetch (its method and body too); return a Deferred the

@@ -7,7 +7,7 @@ It knows nothing of caches: the cache core calls :meth:`IUpstream.fetch`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
@@ -32,11 +32,7 @@ __all__ = [
     "UpstreamTimeout",
     "BodyTooLarge",
     "Overloaded",
-    "VIA",
 ]
-
-#: The ``Via`` every upstream request carries (RFC 9110 section 7.6.3).
-VIA = b"1.1 apicache"
 
 
 class UpstreamError(Exception):
@@ -106,7 +102,7 @@ class IUpstream(Interface):
     in_flight = Attribute("The number of fetches running now.")
 
     def fetch(
-        path: str, headers: Sequence[tuple[bytes, bytes]], method: bytes = b"GET", body: bytes | None = None
+        path: str, headers: Sequence[tuple[bytes, bytes]], *, method: bytes = b"GET", body: bytes | None = None
     ) -> Deferred[UpstreamResponse]:
         """
         Send ``method`` (``GET`` unless a pass-through write says otherwise)
@@ -220,15 +216,8 @@ class UpstreamClient:
         max_connections: int,
         max_in_flight: int,
         agent: IAgent | None = None,
-        set_headers: Mapping[str, str] | None = None,
-        rewrite_headers: Callable[[list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self._clock = reactor
-        fixed = {k.lower().encode("ascii"): v.encode("latin-1") for k, v in (set_headers or {}).items()}
-        #: names the caller may not send: apicache sets them
-        self._own = frozenset([*fixed, b"via"])
-        self._fixed = [*fixed.items(), (b"via", VIA)]
-        self._rewrite = rewrite_headers
         self._base = base_url.rstrip("/").encode("ascii")
         self._timeout = timeout
         self._max_body = max_body_bytes
@@ -251,7 +240,7 @@ class UpstreamClient:
         return self._base + path.encode("ascii")
 
     def fetch(
-        self, path: str, headers: Sequence[tuple[bytes, bytes]], method: bytes = b"GET", body: bytes | None = None
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], *, method: bytes = b"GET", body: bytes | None = None
     ) -> Deferred[UpstreamResponse]:
         if self.in_flight >= self._max_in_flight:
             # an errback, never a synchronous raise: IUpstream's contract
@@ -278,11 +267,7 @@ class UpstreamClient:
         self, url: bytes, headers: Sequence[tuple[bytes, bytes]], method: bytes, body: bytes | None
     ) -> UpstreamResponse:
         h = Headers()
-        own = self._own
         for name, value in headers:
-            if name.lower() not in own:
-                h.addRawHeader(name, value)
-        for name, value in self._fixed:
             h.addRawHeader(name, value)
         producer = None if body is None and method in (b"GET", b"HEAD") else _Body(body or b"")
         try:
@@ -296,10 +281,11 @@ class UpstreamClient:
             raise _unsent(UpstreamUnreachable(_describe(e))) from None
         except Exception as e:
             raise UpstreamUnreachable(_describe(e)) from None
-        got = [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs]
-        if self._rewrite is not None:
-            got = self._rewrite(got)
-        return UpstreamResponse(response.code, got, answer)
+        return UpstreamResponse(
+            response.code,
+            [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs],
+            answer,
+        )
 
     def close(self) -> Deferred[None]:
         if self._pool is None:

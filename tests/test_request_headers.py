@@ -2,8 +2,8 @@
 What apicache sends upstream (SPEC.md sections 2 to 4): ``Via``,
 ``set_headers`` (never overridden, never logged), the tracing headers
 (always forwarded, never keyed), ``unkeyed_headers``, and a write's method
-and body; checked on the real L{UpstreamClient} over treq's in-memory
-agent, and through the whole site (raw HTTP bytes in, a StringTransport
+and body; checked on the real L{UpstreamClient}, wrapped as the daemon
+wraps it (L{IntermediaryUpstream}), over treq's in-memory agent, and through the whole site (raw HTTP bytes in, a StringTransport
 out) so that the request's own trace is what the upstream sees.
 """
 
@@ -25,12 +25,13 @@ from twisted.web.resource import Resource
 from apicache.api import CacheAPI
 from apicache.cache import CacheRegistry
 from apicache.config import parse_config
+from apicache.intermediary import VIA, IntermediaryUpstream
 from apicache.launchers import free_port
-from apicache.links import LinkTargets, rewrite_links
+from apicache.links import LinkTargets
 from apicache.routes import Router
 from apicache.server import ApiSite
 from apicache.store.memory import MemoryStore
-from apicache.upstream import VIA, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 
 SECRET = "s3cr3t-upstream-key"
 ROUTES = [
@@ -94,10 +95,11 @@ class Wire:
             max_connections=4,
             max_in_flight=8,
             agent=self.agent,
-            set_headers=up.set_headers,
-            rewrite_headers=lambda h: rewrite_links(h, LinkTargets(up.base_url, self.config.routes)),
         )
-        self.registry = CacheRegistry(MemoryStore(1 << 20), self.client, self.clock, self.config.routes, up.keyed_headers)
+        self.upstream = IntermediaryUpstream(self.client, up.set_headers, LinkTargets(up.base_url, self.config.routes))
+        self.registry = CacheRegistry(
+            MemoryStore(1 << 20), self.upstream, self.clock, self.config.routes, up.keyed_headers
+        )
         self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
         self.site = ApiSite(self.api.resource(), self.clock, None, access_log=True)
 
@@ -270,7 +272,7 @@ async def test_a_refused_connection_was_never_sent():
     client = UpstreamClient(reactor, f"http://127.0.0.1:{free_port()}", 5.0, 1000, 2, 2)
     try:
         with pytest.raises(UpstreamUnreachable) as e:
-            await client.fetch("/x", [], b"POST", b"body")
+            await client.fetch("/x", [], method=b"POST", body=b"body")
         assert e.value.sent is False
     finally:
         await client.close()
@@ -289,10 +291,36 @@ def test_a_deadline_keeps_whether_the_request_was_sent():
 
     agent = RequestTraversalAgent(Hang())
     client = UpstreamClient(clock, "http://up/api", 5.0, 1000, 2, 2, agent=agent)
-    d = client.fetch("/x", [], b"POST", b"body")
+    d = client.fetch("/x", [], method=b"POST", body=b"body")
     agent.flush()
     clock.advance(5)
     failure = []
     d.addErrback(failure.append)
     assert failure and failure[0].check(UpstreamTimeout)
     assert failure[0].value.sent is True
+
+
+class TestIntermediaryUpstream(SynchronousTestCase):
+    def make(self, set_headers=None):
+        from apicache.testing import FakeUpstream
+
+        fake = FakeUpstream()
+        cfg = config({"set_headers": set_headers or {}})
+        return fake, IntermediaryUpstream(fake, cfg.upstream.set_headers, LinkTargets(cfg.upstream.base_url, cfg.routes))
+
+    def test_callers_values_for_apicaches_names_are_dropped_whatever_their_case(self):
+        fake, up = self.make({"X-Api-Key": SECRET})
+        up.fetch("/p", [(b"X-API-KEY", b"mine"), (b"Via", b"1.0 other"), (b"accept", b"a")], method=b"PATCH", body=b"b")
+        sent = fake.fetched[-1]
+        assert sent.headers == [(b"accept", b"a"), (b"x-api-key", SECRET.encode()), (b"via", VIA)]
+        assert (sent.method, sent.body) == (b"PATCH", b"b")
+
+    def test_answers_links_are_rewritten_and_others_untouched(self):
+        fake, up = self.make()
+        moved = up.fetch("/p", [])
+        fake.pending[-1].respond(301, b"", [(b"location", b"http://up.example/api/object(7)/header")])
+        assert self.successResultOf(moved).headers == [(b"location", b"/server/object(7)/header")]
+        plain = up.fetch("/p", [])
+        fake.pending[-1].respond(200, b"{}", [(b"content-type", b"application/json")])
+        assert self.successResultOf(plain).headers == [(b"content-type", b"application/json")]
+        assert up.in_flight == 0
