@@ -90,7 +90,7 @@ class CacheAPI:
         self.invalidator: Any = registry
         self.resolver = Resolver(config, router)
         self.keys = ApiKeys(config.server.api_keys)
-        self.passthrough = PassThrough(config, registry.upstream)
+        self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
         """

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.web.http import datetimeToString
 
 from apicache.cache import MISS, CacheResult
 from apicache.config import Config, RouteConfig
@@ -67,8 +69,9 @@ class PassThrough:
 
     log = Logger()
 
-    def __init__(self, config: Config, upstream: IUpstream) -> None:
+    def __init__(self, config: Config, upstream: IUpstream, clock: IReactorTime) -> None:
         self._upstream = upstream
+        self._clock = clock
         self.max_body_bytes = config.server.max_body_bytes
         up = config.upstream
         self._hidden = tuple(h.encode("ascii") for h in (*up.hide_headers, up.tags_header) if h)
@@ -118,7 +121,8 @@ class PassThrough:
             raise
         if invalidates(response.status):
             await self._after_write(invalidator, tenant, route, params)
-        kept = replayed_headers(response.headers, self._hidden)
+        # the upstream's Date is passed on; apicache's own when it sent none
+        kept = replayed_headers(response.headers, self._hidden, datetimeToString(int(self._clock.seconds())))
         age = None
         for name, value in response.headers:
             # a non-zero upstream Age is passed on, as on a MISS

@@ -267,6 +267,15 @@ class TestPassThrough(SynchronousTestCase):
         self.assertEqual(result(self, app.request("POST", OBJ, headers=T1, data=b"x" * 8))[0], 201)
         self.assertEqual(app.upstream.fetched[-1].body, b"x" * 8)
 
+    def test_the_upstreams_date_is_passed_on_else_apicaches(self):
+        app = App()
+        app.write_answers(201, [(b"date", b"Sun, 06 Nov 1994 08:49:37 GMT")])
+        _, h, _ = result(self, app.request("POST", OBJ, headers=T1))
+        self.assertEqual(h.getRawHeaders("date"), ["Sun, 06 Nov 1994 08:49:37 GMT"])
+        app.write_answers(201)
+        _, h, _ = result(self, app.request("POST", OBJ, headers=T1))
+        self.assertEqual(h.getRawHeaders("date"), ["Thu, 01 Jan 1970 00:01:40 GMT"])
+
     def test_upstream_age_is_passed_on(self):
         app = App()
         app.write_answers(200, [(b"age", b"5")])
