@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from apicache.config import RouteConfig
-from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers
+from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, replayed_headers
 from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
@@ -380,7 +380,8 @@ class TenantCache:
         grace = self.route.stale_if_error
         return CachedResponse(
             response.status,
-            _shared_headers(kept_headers(response.headers, storable)),
+            # SPEC.md section 3 (v2): every header but those never replayed
+            _shared_headers(replayed_headers(response.headers)),
             response.body,
             stored_at=now,
             expires_at=expires,

@@ -11,6 +11,7 @@ headers so that RFC 9111's ``freshness = "upstream"`` fits in here.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from email.utils import parsedate_to_datetime
 
@@ -27,6 +28,8 @@ __all__ = [
     "weak_etag_match",
     "none_match",
     "not_modified_since",
+    "replayed_headers",
+    "normalise_accept_encoding",
 ]
 
 Headers = Sequence[tuple[bytes, bytes]]
@@ -163,3 +166,74 @@ def not_modified_since(if_modified_since: bytes, last_modified: bytes | None) ->
     if since is None or modified is None:
         return False
     return modified <= since
+
+
+# -- replayed headers (SPEC.md section 3, v2) ---------------------------------
+# The writes half of issue 11 needs these for pass-through answers and the
+# Link rewriting needs Link replayed; the caching half defines the same two
+# functions with the same signatures: on merge, keep theirs and drop these.
+
+_HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade"}
+)
+_NEVER_REPLAYED = _HOP_BY_HOP | frozenset({b"set-cookie", b"content-length", b"age", b"alt-svc", b"x-cache"})
+_QUALIFIED = re.compile(rb'(?:^|,)\s*(?:no-cache|private)\s*=\s*"([^"]*)"', re.IGNORECASE)
+
+
+def replayed_headers(
+    headers: Headers, hidden: Iterable[bytes] = (), date: bytes | None = None
+) -> tuple[tuple[bytes, bytes], ...]:
+    """
+    Return the headers of an upstream answer that are replayed to callers
+    (SPEC.md section 3), in their order: all but the hop-by-hop ones and
+    those named by ``Connection``, ``set-cookie``, ``content-length``,
+    ``age``, ``alt-svc``, ``x-cache``, the ``hidden`` ones (``hide_headers``,
+    the ``tags_header``), the fields named by a qualified ``no-cache="…"``
+    or ``private="…"``, and any header whose value holds CR, LF or NUL.
+
+    @param headers: the answer's headers, names in lower case.
+    @param date: the ``Date`` to add when the answer has none.
+    """
+    drop = set(_NEVER_REPLAYED)
+    drop.update(h.lower() for h in hidden)
+    for name, value in headers:
+        if name == b"connection":
+            drop.update(t.strip().lower() for t in value.split(b",") if t.strip())
+        elif name == b"cache-control":
+            for m in _QUALIFIED.finditer(value):
+                drop.update(t.strip().lower() for t in m.group(1).split(b",") if t.strip())
+    kept = [
+        (name, value)
+        for name, value in headers
+        if name not in drop and b"\r" not in value and b"\n" not in value and b"\0" not in value
+    ]
+    if date is not None and not any(name == b"date" for name, _ in kept):
+        kept.append((b"date", date))
+    return tuple(kept)
+
+
+def normalise_accept_encoding(values: Sequence[bytes] | None) -> bytes:
+    """
+    Return ``gzip`` when the caller's ``Accept-Encoding`` admits gzip with
+    q > 0 (``gzip``, ``x-gzip`` or ``*`` not ruled out), else ``identity``
+    (absent included; SPEC.md section 3).
+    """
+    q_of: dict[bytes, float] = {}
+    for value in values or ():
+        for item in value.split(b","):
+            coding, _, params = item.partition(b";")
+            coding = coding.strip().lower()
+            q = 1.0
+            for p in params.split(b";"):
+                k, _, v = p.partition(b"=")
+                if k.strip().lower() == b"q":
+                    try:
+                        q = float(v.strip())
+                    except ValueError:
+                        q = 0.0
+                    if q != q or q in (float("inf"), float("-inf")):
+                        q = 0.0
+            if coding:
+                q_of.setdefault(coding, q)
+    gzip_q = q_of.get(b"gzip", q_of.get(b"x-gzip", q_of.get(b"*", 0.0)))
+    return b"gzip" if gzip_q > 0 else b"identity"

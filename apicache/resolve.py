@@ -13,6 +13,7 @@ of what keeps the hit path fast).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -63,6 +64,7 @@ class Resolver:
         self.tenant_header = config.server.tenant_header.encode("ascii")
         self._tenant_claim = config.server.tenant_claim
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
+        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
@@ -154,3 +156,22 @@ class Resolver:
         ):
             raise ApiError(403, "tenant_mismatch", f"the token's {self._tenant_claim!r} claim does not match the tenant")
         return found
+
+    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """
+        Return the caller's headers to send upstream: those of
+        ``forward_headers`` (``traceparent``, always among them, set to this
+        request's span, and ``tracestate``) and those named in ``extra``,
+        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
+        are the upstream client's: no caller value replaces them.
+        """
+        headers = request.requestHeaders
+        trace = getattr(request, "trace", None)
+        if trace is not None:
+            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
+        forwarded: list[tuple[bytes, bytes]] = []
+        for names in (self._forward, extra):
+            for name in names:
+                for value in headers.getRawHeaders(name, ()):
+                    forwarded.append((name, value))
+        return forwarded

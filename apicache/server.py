@@ -371,7 +371,11 @@ def write_result(request: Any, result: CacheResult) -> Any:
     request.code = r.status
     request.code_message = RESPONSES.get(r.status, b"Unknown Status")
     head = [b"%s %d %s\r\n" % (request.clientproto, r.status, request.code_message)]
+    # the upstream's Date is replayed; apicache's own only when it sent none
+    upstream_date = any(name == b"date" for name, _ in r.headers)
     for name, values in request.responseHeaders.getAllRawHeaders():
+        if upstream_date and name == b"Date":
+            continue
         for value in values:
             head.append(b"%s: %s\r\n" % (name, value))
     for name, value in r.headers:
