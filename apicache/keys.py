@@ -217,7 +217,10 @@ def cache_key(
             variant(
                 route.config.fingerprint,
                 query,
-                [*[header_value(v) for v in keyed_values], encoding.decode("ascii")],
+                # identity adds nothing (the count of keyed headers is fixed
+                # per route, so one more component can't be confused)
+                [header_value(v) for v in keyed_values]
+                + ([] if encoding == b"identity" else [encoding.decode("ascii")]),
             )
         ),
     )

@@ -9,19 +9,19 @@ import pytest
 
 from apicache.config import RouteConfig
 from apicache.httpcache import (
-    PASSED_HEADERS,
-    STORED_HEADERS,
+    HOP_BY_HOP,
     current_age,
     freshness_lifetime,
     is_fresh,
     is_storable,
-    kept_headers,
     none_match,
     not_modified_since,
+    not_stored_reason,
+    replayed_headers,
     weak_etag_match,
 )
 
-KEYED = ("accept", "accept-language")
+VARYING = (b"authorization", b"x-correlationid", b"traceparent", b"tracestate")
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=30.0, params=("id",), fingerprint="f")
 CT = (b"content-type", b"application/json")
 
@@ -46,18 +46,19 @@ CT = (b"content-type", b"application/json")
     ],
 )
 def test_storable_follows_status_cache_control_cookies_and_vary(status, headers, storable):
-    assert is_storable(status, headers, KEYED) is storable
+    assert is_storable(status, headers, VARYING) is storable
 
 
-def test_stored_answers_keep_only_the_stored_headers():
+def test_stored_answers_replay_every_end_to_end_header():
+    """SPEC.md section 3 (v2): every header but the listed ones is replayed."""
     headers = [CT, (b"etag", b'"1"'), (b"location", b"/x"), (b"set-cookie", b"a"), (b"server", b"up")]
-    assert kept_headers(headers, True) == (CT, (b"etag", b'"1"'))
+    assert replayed_headers(headers) == (CT, (b"etag", b'"1"'), (b"location", b"/x"), (b"server", b"up"))
 
 
-def test_passed_answers_keep_the_passed_headers_in_order():
+def test_passed_answers_drop_hop_by_hop_headers_in_order():
     headers = [(b"www-authenticate", b"Bearer"), CT, (b"connection", b"close"), (b"location", b"/x")]
-    assert kept_headers(headers, False) == ((b"www-authenticate", b"Bearer"), CT, (b"location", b"/x"))
-    assert set(STORED_HEADERS) < set(PASSED_HEADERS)
+    assert replayed_headers(headers) == ((b"www-authenticate", b"Bearer"), CT, (b"location", b"/x"))
+    assert b"connection" in HOP_BY_HOP
 
 
 # -- freshness and age (RFC 9111 section 4.2) ---------------------------------
@@ -65,6 +66,7 @@ def test_passed_answers_keep_the_passed_headers_in_order():
 
 def test_lifetime_is_the_route_ttl_whatever_the_upstream_says():
     assert freshness_lifetime(ROUTE, 200, [(b"cache-control", b"max-age=5")]) == 30.0
+    assert not_stored_reason(200, [CT], VARYING) is None
 
 
 def test_an_entry_is_fresh_until_it_expires():
