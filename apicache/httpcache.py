@@ -304,9 +304,10 @@ def _token(name: bytes) -> bool:
     Return whether a field name is a token (RFC 9110 section 5.1), so that
     it can be written as it is.
     """
-    return bool(name) and b":" not in name and not any(c <= 32 or c >= 127 for c in name)
+    return bool(name) and not name.translate(None, _TCHAR)
 
 
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _CANONICAL: dict[bytes, bytes] = {}
 
 
