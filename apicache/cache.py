@@ -75,6 +75,8 @@ DEFAULT_VARYING = varying_headers(UpstreamConfig())
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
+#: No store token taken yet.
+_NO_TOKEN = object()
 
 
 class FetchRequest:
@@ -646,6 +648,7 @@ class TenantCache:
         replaces it, a 404/410 drops it (or replaces it when negative
         answers are stored), anything else leaves it stale.
         """
+        token: Any = _NO_TOKEN
         try:
             token = await self._store.begin(key)
             sent = self._clock.seconds()
@@ -660,6 +663,8 @@ class TenantCache:
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
             self.log.info("refresh of a stale entry failed: {error}", error=str(e))
+            if token is not _NO_TOKEN:
+                self._store.release(key, token)
             self._retry_later(key)
             return
         status = response.status
