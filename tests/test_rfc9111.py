@@ -287,3 +287,22 @@ class NegativeAndNotStoredTests(Harness):
         self.store.max_entry_bytes = 10
         r = self.fetched(self.get(), body=b"x" * 100)
         assert r.member.endswith(b"detail=too-large")
+
+
+class _DownStore(MemoryStore):
+    """A store whose writes can't be reached, as Redis down would be."""
+
+    def begin(self, key):
+        from twisted.internet.defer import fail
+
+        from apicache.store.interface import StoreUnavailable
+
+        return fail(StoreUnavailable("down"))
+
+
+class BypassTests(Harness):
+    def test_a_store_that_is_down_is_bypassed_and_says_so(self):
+        self.store = _DownStore(1 << 20)
+        self.registry = CacheRegistry(self.store, self.upstream, self.clock, [self.route], ())
+        r = self.fetched(self.get())
+        assert (r.cache, r.member, r.stored) == ("BYPASS", b"apicache;fwd=miss;detail=store-unavailable", False)
