@@ -200,7 +200,9 @@ class CacheAPI:
         """
         resolved = self.resolver.resolve(request)
         forwarded = self.resolver.forwarded(request)
-        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded)
+        # SPEC.md section 3: the normalised value, never the caller's own
+        forwarded.append((b"accept-encoding", resolved.encoding))
+        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
         result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)

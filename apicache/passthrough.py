@@ -130,8 +130,9 @@ class PassThrough:
             # a non-zero upstream Age is passed on, as on a MISS
             if name == b"age" and value.strip().isdigit() and int(value) > 0:
                 age = int(value)
-        answer = CachedResponse(response.status, (*kept, (b"cache-status", CACHE_STATUS)), response.body)
-        return CacheResult(MISS, answer, age)
+        answer = CachedResponse(response.status, kept, response.body)
+        # the writer appends apicache's member after any the upstream sent
+        return CacheResult(MISS, answer, age, member=CACHE_STATUS, stored=False)
 
     async def _after_write(
         self, invalidator: IInvalidator, tenant: str, route: RouteConfig, params: tuple[str, ...]

@@ -217,7 +217,9 @@ def build(
     )
     intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
     timed = TimedUpstream(intermediary, metrics, reactor)
-    registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    registry = CacheRegistry(
+        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, upstream_config=up
+    )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
     tenant_entries = getattr(store, "tenant_entries", None)
