@@ -97,6 +97,8 @@ class StoreConfig:
     backend: str = "memory"
     max_bytes: int = 268435456
     max_entry_fraction: float = 0.1
+    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
+    tenant_max_bytes: int = 0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
@@ -309,6 +311,7 @@ _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
     "max_bytes": _positive(_int),
     "max_entry_fraction": _positive(_number),
+    "tenant_max_bytes": _non_negative(_int),
     "redis_url": _str,
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),

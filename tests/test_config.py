@@ -140,3 +140,14 @@ def test_shipped_example_needs_a_key():
     with pytest.raises(ConfigError) as e:
         load_config(EXAMPLE, {})
     assert e.value.key == "server.api_keys"
+
+
+def test_tenant_max_bytes_defaults_to_no_cap_and_is_read():
+    assert load_config(None, {}).store.tenant_max_bytes == 0
+    assert parse({"store": {"tenant_max_bytes": 1048576}}).store.tenant_max_bytes == 1048576
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1MiB", True])
+def test_a_bad_tenant_max_bytes_is_one_line_naming_the_key(bad):
+    e = error({"store": {"tenant_max_bytes": bad}})
+    assert "store.tenant_max_bytes" in str(e)
