@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events install install-test clean
+.PHONY: run test demo lint bench bench-events bench-hitratio install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,12 @@ bench: install
 # 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
+
+# Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
+# A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
+bench-hitratio: $(BIN)/python
+	$(BIN)/pip install --quiet '.[bench]'
+	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

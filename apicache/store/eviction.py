@@ -167,11 +167,11 @@ class TenantQueues:
                     continue
                 self.small_bytes -= slot.size
                 if slot.freq:
-                    slot.freq = 0
+                    slot.freq = min(slot.freq, MAX_FREQ) - 1
                     slot.main = True
                     main.append(slot)
                     continue
-                self.ghost.add(hash(slot.key), self.entries)
+                self.ghost.add(hash(slot.key), self.entries // 2)
             else:
                 slot = main.popleft()
                 if slot.entry is None:
