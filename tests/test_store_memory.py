@@ -9,7 +9,12 @@ from apicache.store.memory import MemoryStore
 
 
 class TestMemoryStoreContract(
-    make_store_tests(lambda request, max_bytes, max_entry_bytes: MemoryStore(max_bytes, max_entry_bytes))
+    make_store_tests(
+        lambda request, max_bytes, max_entry_bytes, tenant_max_bytes=0: MemoryStore(
+            max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes
+        ),
+        tenant_cap=True,
+    )
 ):
     """The store contract, in memory."""
 
