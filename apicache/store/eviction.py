@@ -75,8 +75,9 @@ class Ghost:
 
     def add(self, h: int, capacity: int) -> None:
         """
-        Remember hash ``h``; a generation holds ``capacity`` keys (the
-        tenant's entries when the generation starts).
+        Remember hash ``h``; a generation holds ``capacity`` keys (half the
+        tenant's entries when the generation starts: on the Zipf traces of
+        ``make bench-hitratio`` that beat a whole one).
         """
         if self.added >= self.capacity:
             self.previous = self.current
