@@ -138,7 +138,7 @@ def replay_store(trace: Trace, budget: int) -> Result:
     lookup, put = store.lookup, store.put_now
     sizes = trace.sizes
     inf = float("inf")
-    for tenant, obj in zip(trace.tenants, trace.ids.tolist()):
+    for tenant, obj in zip(trace.tenants, trace.ids.tolist(), strict=True):
         key = CacheKey(tenant, ROUTE, (str(obj),), "")
         if lookup(key) is not None:
             append(True)
@@ -156,7 +156,7 @@ def replay_libcachesim(trace: Trace, budget: int, algorithm: str, charges: np.nd
     outcome = []
     append = outcome.append
     get = cache.get
-    for obj, charge in zip(trace.ids.tolist(), charges.tolist()):
+    for obj, charge in zip(trace.ids.tolist(), charges.tolist(), strict=True):
         req.obj_id = obj + 1
         req.obj_size = charge
         append(bool(get(req)))
@@ -165,7 +165,7 @@ def replay_libcachesim(trace: Trace, budget: int, algorithm: str, charges: np.nd
 
 def run(trace: Trace, out: Any) -> None:
     charge_of = np.array([0] * len(trace.sizes), dtype=np.int64)
-    owner: dict[int, str] = dict(zip(trace.ids.tolist(), trace.tenants))
+    owner: dict[int, str] = dict(zip(trace.ids.tolist(), trace.tenants, strict=True))
     for obj, tenant in owner.items():
         charge_of[obj] = trace.charge(tenant, obj)
     unique = int(charge_of[list(owner)].sum())
