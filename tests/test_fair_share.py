@@ -180,3 +180,14 @@ def test_no_inserts_by_others_evict_an_entry_of_a_tenant_within_its_fair_share(m
         assert s.stats()["bytes"] <= max_bytes
         if cap:
             assert all(b <= cap for _, b, _ in s.top_tenants(10))
+
+
+def test_an_answer_that_cannot_fit_evicts_nothing_of_its_own_tenant_first():
+    s = MemoryStore(10_000, 10_000)
+    s.put_now(k("a", 0), e(3000), 0)
+    s.put_now(k("b", 0), e(1000), 0)
+    s.put_now(k("b", 1), e(1000), 0)
+    # b with the new answer is furthest above its share, and a keeps its 3.6 kB
+    assert not s.put_now(k("b", 2), e(6000), 0)
+    assert held(s, "b", 2) == [0, 1] and held(s, "a", 1) == [0]
+    assert s.stats()["evictions"] == 0

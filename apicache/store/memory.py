@@ -185,6 +185,16 @@ class MemoryStore:
                 break
             self._remove(slot.key, on_wheel=False)
             self.evictions_by_reason["expiry"] += 1
+        if self._bytes + size > self.max_bytes and size > self.max_bytes / (
+            len(self._tenants) + (name not in self._tenants)
+        ):
+            # bigger than a fair share: the others keep up to its size each
+            # (they are never cut below the inserting tenant), so when that
+            # leaves no room, refuse before evicting anything (O(tenants),
+            # only for such rare answers)
+            kept = sum(min(t.bytes, size) for other, t in self._tenants.items() if other != name)
+            if kept + size > self.max_bytes:
+                return False
         while self._bytes + size > self.max_bytes:
             tenant = self._tenants.get(name)
             own = size + (tenant.bytes if tenant is not None else 0)
