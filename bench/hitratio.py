@@ -66,10 +66,11 @@ def single_tenant(alpha: float, objects: int, requests: int) -> Trace:
     return Trace(f"zipf {alpha}", ["t"] * requests, ids, object_sizes(rng, objects), ["t"])
 
 
-def multi_tenant(objects: int, requests: int, tenants: int = 20) -> Trace:
+def multi_tenant(objects: int, requests: int, skew: float, tenants: int = 20) -> Trace:
     """
-    ``tenants`` tenants with ``objects / tenants`` objects each and equal
-    traffic, Zipf alpha 1.0 within each; the last one also reads
+    ``tenants`` tenants with ``objects / tenants`` objects each, Zipf alpha
+    1.0 within each; tenant ``i`` sends a share of the traffic proportional
+    to ``1 / (i + 1) ** skew`` (0: equal traffic).  The last one also reads
     ``objects`` new keys once each (a one-pass scan, 10 % of requests with
     the defaults), spread evenly through the trace.
     """
@@ -77,7 +78,8 @@ def multi_tenant(objects: int, requests: int, tenants: int = 20) -> Trace:
     per = objects // tenants
     scan = objects
     normal = requests - scan
-    who = rng.integers(0, tenants, size=normal)
+    weights = 1.0 / np.arange(1, tenants + 1) ** skew
+    who = rng.choice(tenants, size=normal, p=weights / weights.sum())
     ids = np.empty(normal, dtype=np.int64)
     for t in range(tenants):
         mine = who == t
@@ -93,7 +95,8 @@ def multi_tenant(objects: int, requests: int, tenants: int = 20) -> Trace:
     order_ids[~is_scan] = ids
     order_who[~is_scan] = who
     names = [f"t{t:02d}" for t in range(tenants)]
-    return Trace("20 tenants, t19 scans", [names[w] for w in order_who.tolist()], order_ids,
+    traffic = "equal traffic" if not skew else f"traffic Zipf {skew} across tenants"
+    return Trace(f"20 tenants, {traffic}, t19 scans", [names[w] for w in order_who.tolist()], order_ids,
                  object_sizes(rng, tenants * per + scan), names)
 
 
@@ -210,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only != "multi":
         traces += [lambda a=a: single_tenant(a, args.objects, args.requests) for a in (0.8, 1.0, 1.2)]
     if args.only != "single":
-        traces.append(lambda: multi_tenant(args.objects, args.requests))
+        traces += [lambda s=s: multi_tenant(args.objects, args.requests, s) for s in (0.0, 1.0)]
     print(f"hit ratios (objects, bytes); seed {SEED}; ENTRY_OVERHEAD {ENTRY_OVERHEAD} B charged per object")
     for make in traces:
         run(make(), sys.stdout)

@@ -28,6 +28,8 @@ __all__ = ["Slot", "TenantQueues", "Ghost", "ExpiryWheel", "TenantSizes"]
 SMALL_SHARE = 0.1
 #: a main-queue entry survives this many passes of the queue without a hit
 MAX_FREQ = 3
+#: the ghost remembers this many keys per entry its tenant holds
+GHOST_SHARE = 0.5
 #: Bloom filter bits per key the ghost remembers (two hash functions: about
 #: 1.4 % false positives per generation)
 GHOST_BITS_PER_KEY = 16
@@ -172,7 +174,7 @@ class TenantQueues:
                     slot.main = True
                     main.append(slot)
                     continue
-                self.ghost.add(hash(slot.key), self.entries // 2)
+                self.ghost.add(hash(slot.key), int(self.entries * GHOST_SHARE))
             else:
                 slot = main.popleft()
                 if slot.entry is None:
