@@ -199,6 +199,9 @@ class MemoryStore:
             tenant = self._tenants.get(name)
             own = size + (tenant.bytes if tenant is not None else 0)
             share = self.max_bytes / (len(self._tenants) + (tenant is None))
+            # every share is equal, so the tenant furthest above its share is
+            # the largest; while there is no room, a tenant larger than the
+            # inserting one is above its share (the check says it anyway)
             other = self._sizes.largest(self._tenants, besides=name)
             if other is not None and other.bytes > share and other.bytes > own:
                 self._evict(other, "fair_share")
