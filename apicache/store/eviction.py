@@ -28,7 +28,8 @@ __all__ = ["Slot", "TenantQueues", "Ghost", "ExpiryWheel", "TenantSizes"]
 SMALL_SHARE = 0.1
 #: a main-queue entry survives this many passes of the queue without a hit
 MAX_FREQ = 3
-#: the ghost remembers this many keys per entry its tenant holds
+#: the ghost remembers this many keys per entry held (on the Zipf traces of
+#: ``make bench-hitratio`` half an entry beat one or two)
 GHOST_SHARE = 0.5
 #: Bloom filter bits per key the ghost remembers (two hash functions: about
 #: 1.4 % false positives per generation)
@@ -61,10 +62,18 @@ class Slot:
 
 class Ghost:
     """
-    The keys a tenant's small queue evicted lately, as hashes in two
-    generations of Bloom filters: a key asked for again soon after its
-    eviction goes straight to the main queue.  About 4 bytes per key
-    remembered, where a set of hashes would cost some 60.
+    The keys the small queues evicted lately, as hashes in two generations
+    of Bloom filters: a key asked for again soon after its eviction goes
+    straight to its tenant's main queue.  About 4 bytes per key remembered,
+    where a set of hashes would cost some 60.
+
+    One ghost serves every tenant, sized by the whole store, as in a global
+    S3-FIFO: a tenant scanning new keys churns its own small queue fast,
+    and a ghost of its own would forget its other keys as fast (on the
+    20-tenant trace of ``make bench-hitratio`` a shared ghost gained 2
+    points of hit ratio at 1 % of the unique bytes).  Membership only picks
+    the queue of the tenant's own insert, so it moves no bytes between
+    tenants.
     """
 
     __slots__ = ("current", "previous", "added", "capacity")
@@ -77,9 +86,9 @@ class Ghost:
 
     def add(self, h: int, capacity: int) -> None:
         """
-        Remember hash ``h``; a generation holds ``capacity`` keys (half the
-        tenant's entries when the generation starts: on the Zipf traces of
-        ``make bench-hitratio`` that beat a whole one).
+        Remember hash ``h``; a generation holds ``capacity`` keys (the
+        caller passes L{GHOST_SHARE} of the entries held when the
+        generation starts).
         """
         if self.added >= self.capacity:
             self.previous = self.current
@@ -113,10 +122,11 @@ class TenantQueues:
     queue when the small one evicts, the others leave (and the ghost
     remembers them).  The main queue reinserts an entry hit since its last
     turn, up to L{MAX_FREQ} turns.  So a one-pass scan of new keys flows
-    through the small queue without touching the main one.
+    through the small queue without touching the main one.  The store's
+    L{Ghost} remembers keys the small queue evicted.
     """
 
-    __slots__ = ("name", "bytes", "entries", "small", "main", "small_bytes", "dead", "ghost")
+    __slots__ = ("name", "bytes", "entries", "small", "main", "small_bytes", "dead")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -126,14 +136,13 @@ class TenantQueues:
         self.main: deque[Slot] = deque()
         self.small_bytes = 0
         self.dead = 0
-        self.ghost = Ghost()
 
-    def add(self, slot: Slot) -> None:
+    def add(self, slot: Slot, ghost: Ghost) -> None:
         """
         Queue a new slot: in the main queue when ``slot.main`` is set or the
         ghost remembers its key, else in the small queue.
         """
-        if slot.main or hash(slot.key) in self.ghost:
+        if slot.main or hash(slot.key) in ghost:
             slot.main = True
             self.main.append(slot)
         else:
@@ -156,10 +165,12 @@ class TenantQueues:
             self.main = deque(s for s in self.main if s.entry is not None)
             self.dead = 0
 
-    def victim(self) -> Slot | None:
+    def victim(self, ghost: Ghost, remembered: int) -> Slot | None:
         """
         Return the slot S3-FIFO evicts next, out of the queues and the
-        counts (the caller drops it), or C{None} when the tenant holds nothing.
+        counts (the caller drops it), or C{None} when the tenant holds
+        nothing.  A key the small queue evicts goes to ``ghost``, whose
+        generations hold ``remembered`` keys.
         """
         small, main = self.small, self.main
         while self.entries:
@@ -174,7 +185,7 @@ class TenantQueues:
                     slot.main = True
                     main.append(slot)
                     continue
-                self.ghost.add(hash(slot.key), int(self.entries * GHOST_SHARE))
+                ghost.add(hash(slot.key), remembered)
             else:
                 slot = main.popleft()
                 if slot.entry is None:

@@ -14,7 +14,7 @@ from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from apicache.keys import CacheKey
-from apicache.store.eviction import ExpiryWheel, Slot, TenantQueues, TenantSizes
+from apicache.store.eviction import GHOST_SHARE, ExpiryWheel, Ghost, Slot, TenantQueues, TenantSizes
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 
 __all__ = ["MemoryStore", "EVICTION_REASONS"]
@@ -69,6 +69,7 @@ class MemoryStore:
         self._tenants: dict[str, TenantQueues] = {}
         self._sizes = TenantSizes()
         self._wheel = ExpiryWheel()
+        self._ghost = Ghost()
         # tenant -> route -> params -> the key of the one variant, or a set
         # of them: an entry costs one slot here (a set only where a resource
         # has several variants), which counts in ENTRY_OVERHEAD.  Dropping
@@ -151,7 +152,7 @@ class MemoryStore:
         if tenant is None:
             tenant = self._tenants[key.tenant] = TenantQueues(key.tenant)
         slot = Slot(key, entry, size, seen)
-        tenant.add(slot)
+        tenant.add(slot, self._ghost)
         self._slots[key] = slot
         self._bytes += size
         self._sizes.grew(tenant, self._tenants)
@@ -213,7 +214,7 @@ class MemoryStore:
         return True
 
     def _evict(self, tenant: TenantQueues, reason: str) -> None:
-        slot = tenant.victim()
+        slot = tenant.victim(self._ghost, int(len(self._slots) * GHOST_SHARE))
         assert slot is not None, "a tenant holding entries has a victim"
         self._forget_slot(slot, tenant)
         self._wheel.removed(len(self._slots), self._slots.values())
@@ -324,6 +325,7 @@ class MemoryStore:
             self._tenants.clear()
             self._sizes.clear()
             self._wheel.clear()
+            self._ghost = Ghost()
             self._index.clear()
             self._bytes = 0
             return succeed(n)
