@@ -392,7 +392,9 @@ def make_store_tests(
             async def test_an_entry_over_the_tenant_cap_is_not_stored(self, request: Any) -> None:
                 s = await self.capped(request)
                 assert await store_entry(s, key(params=("1",)), entry(b"s" * 100)) is True
-                assert await store_entry(s, key(), entry(b"x" * cap)) is False
+                stored = await store_entry(s, key(), entry(b"x" * cap))
+                # the cap is on this process's tier: a shared store may keep it elsewhere
+                assert stored is (True if s.shared else False)
                 assert s.lookup(key()) is None
                 assert s.lookup(key(params=("1",))) is not None
 
