@@ -11,6 +11,7 @@ a request resolves to is L{apicache.resolve}.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
@@ -426,9 +427,10 @@ class ApiFront(Resource):
             body = self.answer_hit(cast(ApiRequest, request))
             if body is not None:
                 return body
-        if not _utf8_path(request.path):
+        if not _klein_path(request.path):
             # Klein would answer a plain-text 400 of its own (and log a
-            # traceback): answer the JSON error a route gives instead
+            # traceback), or no route for a control character its rules
+            # can't match: answer the JSON error a route gives instead
             return refuse(request, self._undecodable(request.path))
         return self._inner.render(request)
 
@@ -456,8 +458,9 @@ class ApiFront(Resource):
 
     def _undecodable(self, path: bytes) -> ApiError:
         """
-        Return the error for a path that is not UTF-8 once decoded:
-        ``invalid_parameter`` where routes are configured, else ``no_route``.
+        Return the error for a path Klein can't route (not UTF-8 once
+        decoded, or holding an encoded control character): the route's
+        error (``invalid_parameter`` for a parameter), else ``no_route``.
         """
         try:
             self._resolver.match(path)
@@ -466,12 +469,18 @@ class ApiFront(Resource):
         return ApiError(400, "invalid_parameter", "the path is not UTF-8 once decoded")
 
 
-def _utf8_path(path: bytes) -> bool:
+_ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9A-Fa-f]|7[Ff])")
+
+
+def _klein_path(path: bytes) -> bool:
     """
-    Return whether ``path`` is UTF-8 once percent-decoded (as Klein needs).
+    Return whether Klein can route ``path``: UTF-8 once percent-decoded,
+    without a control character (werkzeug's rules match none).
     """
     if path.isascii() and b"%" not in path:
         return True
+    if _ENCODED_CONTROL.search(path):
+        return False
     try:
         unquote(path).decode("utf-8")
     except UnicodeDecodeError:
