@@ -11,17 +11,15 @@ import json
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_http import KEY, OBJ, T1, App, _tc, error_of, result
+from test_http import OBJ, T1, App, _tc, error_of, result
 from twisted.internet.task import Clock
 
 from apicache.cache import CacheRegistry
-from apicache.config import RouteConfig
+from apicache.config import RouteConfig, parse_config
 from apicache.events.decoding import BadEvent, EventDecoder
-from apicache.config import parse_config
-from apicache.keys import InvalidParameter, InvalidTenant, CacheKey, decode_parameter, validate_tenant, variant
+from apicache.keys import CacheKey, InvalidParameter, InvalidTenant, decode_parameter, validate_tenant, variant
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-
 
 # -- finding 3: "." is a dot-segment ------------------------------------------
 
