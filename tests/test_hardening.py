@@ -134,3 +134,24 @@ def test_reclaimed_tenant_keeps_its_entries():
     assert ("victim", "object") not in registry._caches
     assert all(store.lookup(k) is not None for k in keys)
     assert all(registry.cache("victim", "object").hit(k) is not None for k in keys)
+
+
+# -- finding 4: accept errors are logged at most once a second -------------------
+
+
+def test_accept_errors_are_let_through_once_a_second():
+    from twisted.logger import PredicateResult
+
+    from apicache.logs import AcceptErrorsOncePerSecond
+
+    p = AcceptErrorsOncePerSecond()
+
+    def event(t, fmt="EMFILE encountered; releasing reserved file descriptor.", ns="twisted.internet.tcp.Port"):
+        return {"log_time": t, "log_format": fmt, "log_namespace": ns}
+
+    results = [p(event(100 + i / 10)) for i in range(25)]  # 2.5 s of events, 10 a second
+    assert results.count(PredicateResult.maybe) == 3
+    passed = event(103.0)
+    assert p(passed) == PredicateResult.maybe and passed["suppressed"] == 4
+    assert p(event(103.1, fmt="something else")) == PredicateResult.maybe
+    assert p(event(103.1, ns="apicache.server")) == PredicateResult.maybe
