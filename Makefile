@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events install install-test clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: run test demo lint bench bench-events install install-test clean fuzz chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +37,11 @@ bench: install
 # 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
+
+# The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
+# all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
+fuzz: install-test
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
