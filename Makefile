@@ -43,6 +43,11 @@ bench-events: install-test
 fuzz: install-test
 	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
+# Real daemons on Redis and group-mode Kafka, one killed with SIGKILL under
+# load and restarted (issue 10; about 30 s, so not part of `make test`).
+chaos: install-test
+	APICACHE_CHAOS=1 $(BIN)/python -m pytest tests/test_chaos.py -q -s
+
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
 	$(BIN)/mypy apicache
