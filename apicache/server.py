@@ -313,7 +313,8 @@ class ApiChannel(HTTPChannel):
         if not head:
             lines.append(body)
         self.transport.write(b"".join(lines))
-        self.site.refused(self._command if hasattr(self, "_command") else b"-", self._request_path(), error.status)
+        headers = self.requests[-1].requestHeaders if self.requests else Headers()
+        self.site.refused(getattr(self, "_command", b"-"), self._request_path(), error.status, headers)
         self.loseConnection()
 
     def _refuse_malformed(self, message: str) -> None:
@@ -436,16 +437,19 @@ class ApiSite(server.Site):
         yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
         yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
 
-    def refused(self, method: bytes, path: bytes, status: int) -> None:
+    def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
         """
-        Count (and log, as the access log does) a request refused by its
-        channel before it was processed.
+        Count, trace and log (as the access log does) a request refused by
+        its channel before it was processed.
         """
         self.counters["requests_refused"] += 1
         if self.metrics is not None:
             self.metrics.count_request("-", status, "-", "-")
+        m = method.decode("ascii", "replace")
+        trace = self.tracer.start(headers, "apicache")
+        if trace.span is not None:
+            self.tracer.end(trace, f"{m} -", {"http.status_code": status, "apicache.cache": "-", "apicache.tenant": "-"})
         if self.access_log:
-            m = method.decode("ascii", "replace")
             p = path.decode("utf-8", "replace")[:512]
             text = f"{m} {p} {status}"
             self.log_.info(
@@ -457,6 +461,7 @@ class ApiSite(server.Site):
                 status=status,
                 cache="-",
                 duration_ms=0.0,
+                trace_id=trace.trace_id,
             )
 
     def connection_closed(self) -> None:

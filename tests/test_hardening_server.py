@@ -298,3 +298,21 @@ def test_api_keys_are_built_with_the_admin_keys():
     assert not a.api.keys.may_purge_every_tenant([b"k1"])
     assert not a.api.keys.may_purge_every_tenant([b"adm", b"adm"])
     assert not a.api.keys.may_purge_every_tenant(None)
+
+
+def test_a_request_refused_before_its_body_is_logged_with_its_trace_id():
+    from twisted.logger import globalLogPublisher
+
+    w = Wire()
+    front = ApiFront(w.klein, w.api.resolver, w.api.keys, w.registry)
+    w.site = ApiSite(front, w.clock, None, access_log=True, keys=w.api.keys)
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        w.raw(head(headers=((b"Content-Length", b"10"), (b"traceparent", trace.encode()), T1)))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = [e for e in events if e.get("status") == 401]
+    assert (line["method"], line["path"], line["trace_id"]) == ("POST", "/server/object(42)/header", "4bf92f3577b34da6a3ce929d0e0e4736")
+    assert w.site.counters["requests_refused"] == 1
