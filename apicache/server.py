@@ -121,12 +121,13 @@ class ApiRequest(server.Request):
         length): past ``server.max_body_bytes`` the request is answered
         ``413`` and the connection closed, and nothing more is kept.
         """
-        channel = self.channel
-        if channel is None or channel.refused:  # type: ignore[attr-defined]
+        channel = cast("ApiChannel | None", self.channel)
+        if channel is None or channel.refused:
             return
         self._body_bytes += len(data)
-        if self._body_bytes > channel.site.limits.max_body_bytes:  # type: ignore[attr-defined]
-            channel.refuse(_too_large(channel.site.limits.max_body_bytes))  # type: ignore[attr-defined]
+        limit = channel.site.limits.max_body_bytes
+        if self._body_bytes > limit:
+            channel.refuse(_too_large(limit))
             return
         super().handleContentChunk(data)
 
@@ -219,7 +220,6 @@ class ApiChannel(HTTPChannel):
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
-    _log = Logger()
 
     def connectionMade(self) -> None:
         super().connectionMade()
