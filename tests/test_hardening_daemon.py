@@ -200,3 +200,35 @@ def test_running_out_of_file_descriptors_logs_once_a_second_and_recovers(
         assert limited.get(OBJ).status == 200
     finally:
         limited.kill()
+
+
+def test_many_keyless_uploads_do_not_grow_memory(make_daemon: Callable[..., Daemon]) -> None:
+    """The repro of issue 10: keyless connections sending 99 KB each leave RSS where it was."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = make_daemon()
+    before = rss_kib(d)
+    body = b"x" * (99 * 1024)
+    head = f"POST {OBJ} HTTP/1.1\r\nHost: x\r\norg_id: t1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+
+    def upload(_: int) -> socket.socket | None:
+        try:
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        except OSError:
+            return None
+        try:
+            s.sendall(head + body)
+        except OSError:
+            pass
+        return s
+
+    with ThreadPoolExecutor(32) as pool:
+        held = list(pool.map(upload, range(800)))
+    time.sleep(0.5)
+    grown = rss_kib(d) - before
+    for s in held:
+        if s is not None:
+            s.close()
+    # unread 64 KiB socket reads kept by refused channels grew it by ~50 MiB
+    assert grown < 16 * 1024, f"RSS grew by {grown // 1024} MiB"
+    assert d.get(OBJ).status == 200

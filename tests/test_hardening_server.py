@@ -316,3 +316,12 @@ def test_a_request_refused_before_its_body_is_logged_with_its_trace_id():
     [line] = [e for e in events if e.get("status") == 401]
     assert (line["method"], line["path"], line["trace_id"]) == ("POST", "/server/object(42)/header", "4bf92f3577b34da6a3ce929d0e0e4736")
     assert w.site.counters["requests_refused"] == 1
+
+
+def test_a_refused_channel_keeps_nothing_it_read():
+    w = LimitedWire()
+    protocol, transport = w.connect()
+    protocol.dataReceived(head(headers=((b"Content-Length", b"100000"), T1)) + b"x" * 60000)
+    assert answer_error(transport.value()) == (401, "unauthorized")
+    channel = channel_of(protocol)
+    assert channel._buffer == b"" and channel._dataBuffer == []
