@@ -7,11 +7,14 @@ recovered from (finding 4).
 
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from apicache.launchers import Daemon
 
@@ -174,6 +177,7 @@ def test_connections_past_max_connections_are_closed_at_once(make_daemon: Callab
     assert d.get(OBJ).status == 200
 
 
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is not installed")
 def test_running_out_of_file_descriptors_logs_once_a_second_and_recovers(
     tmp_path: Any, make_daemon: Callable[..., Daemon]
 ) -> None:

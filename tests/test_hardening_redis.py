@@ -8,6 +8,7 @@ invalidation channel neither raises nor loses the messages after it
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import time
 import uuid
@@ -83,6 +84,7 @@ def capture_logs() -> Any:
     globalLogPublisher.removeObserver(events.append)
 
 
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
 def test_a_poisoned_value_is_never_replayed_by_the_daemon(
     make_daemon: Callable[..., Daemon], redis_server: RedisServer
 ) -> None:
