@@ -17,6 +17,7 @@ no value can contain the ``:`` and ``,`` separators (see :func:`encode_key`)::
 
 from __future__ import annotations
 
+import re
 import struct
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ __all__ = [
     "encode_key",
     "encode_entry",
     "decode_entry",
+    "entry_problem",
     "encode_component",
     "resource_name",
     "route_name",
@@ -171,3 +173,27 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         keep_until=keep_until,
         no_cache=bool(no_cache),
     )
+
+
+# RFC 9110 section 5.6.2: a field name is a token
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def entry_problem(entry: CachedResponse) -> str | None:
+    """
+    Check an entry read from Redis before it is used: Redis is shared, so
+    what it holds is not trusted to be what this code wrote.
+
+    @return: ``None`` when the entry may be replayed, else why not (a
+        header name that is not a token, a header value holding CR, LF or
+        NUL, a status outside 100-599).
+    """
+    if not 100 <= entry.status <= 599:
+        return "status outside 100-599"
+    for name, value in entry.headers:
+        if not _TOKEN.fullmatch(name):
+            return "a header name that is not a token"
+        if _UNSAFE_VALUE.search(value):
+            return "a header value holding CR, LF or NUL"
+    return None
