@@ -154,13 +154,11 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             value = data[pos : pos + lv]
             pos += lv
             headers.append((name, value))
-        if pos > len(data) or not 100 <= status <= 999:
+        if pos > len(data):
             return None
-        # the wire form is rebuilt once per load, not stored twice in Redis
-        head = header_block(headers)
     except (struct.error, ValueError, TypeError, UnicodeError):
         return None
-    return CachedResponse(
+    entry = CachedResponse(
         status,
         tuple(headers),
         data[pos:],
@@ -168,11 +166,15 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         expires_at=expires_at,
         stale_until=stale_until,
         stale=bool(stale),
-        head=head,
         swr_until=swr_until,
         keep_until=keep_until,
         no_cache=bool(no_cache),
     )
+    # the wire form is rebuilt once per load, not stored twice in Redis; an
+    # entry that fails L{entry_problem} is never written, so it gets none
+    if entry_problem(entry) is None:
+        entry.head = header_block(entry.headers)
+    return entry
 
 
 # RFC 9110 section 5.6.2: a field name is a token
