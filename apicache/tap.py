@@ -37,7 +37,7 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
-from apicache.logs import capture_stdlib_logging, json_log_observer
+from apicache.logs import AccessLog, capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
@@ -188,11 +188,13 @@ def build(
     root: ApiCacheService | None = None,
     tracer: Tracer | None = None,
     kafka_credentials: TokenProvider | None = None,
+    worker: int | None = None,
 ) -> Daemon:
     """
     Compose the daemon's services from a validated configuration.
 
     @param root: the root service to add them to (a new one by default).
+    @param worker: the worker number with ``--workers``, for the access log.
     @param kafka_credentials: when the Kafka SASL password is an OAuth token
         (Cloud Foundry binding): started first, stopped last.
     @return: the daemon, its services added to C{root} in start order.
@@ -221,7 +223,9 @@ def build(
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)
     tracer = tracer or Tracer()
-    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
+    # access lines are info lines: a log_level above info leaves them out too
+    access_log = AccessLog(reactor) if config.server.access_log and config.server.log_level in ("debug", "info") else None
+    site = ApiSite(api.resource(), reactor, metrics, access_log, tracer, worker)
 
     root = root if root is not None else ApiCacheService()
     # first child: stopped last, after HTTP has drained
@@ -232,6 +236,9 @@ def build(
     if kafka_credentials is not None:
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
+    if access_log is not None:
+        # before HTTP: stopped after it drains, with the last lines
+        access_log.setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
@@ -334,6 +341,7 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiC
         start.root(),
         tracer=tracer_from_environ(start.environ),
         kafka_credentials=start.credentials(clock),
+        worker=inherited["index"],
     )
 
     def orphaned() -> None:

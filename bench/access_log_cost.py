@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import time
 from typing import Any
+
+# the checkout's apicache, not the installed one
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
