@@ -15,8 +15,10 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IReactorCore,
@@ -348,12 +350,32 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiC
         if reactor.running:
             reactor.stop()
 
-    registry = daemon.registry
-    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned)
-    link.setServiceParent(daemon.service)
-    daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    registry, api = daemon.registry, daemon.api
     index, count, pid = inherited["index"], inherited["count"], os.getpid()
-    daemon.api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def report(what: str) -> Any:
+        # what a sibling's GET / and /metrics ask this worker for
+        if what == "info":
+            return {"worker": index, "pid": pid, **api.figures()}
+        if what == "metrics":
+            return api.metrics.snapshot()
+        raise ValueError(f"no report {what!r}")
+
+    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned, report)
+    link.setServiceParent(daemon.service)
+    api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def every_worker() -> Deferred[list[dict[str, Any]]]:
+        mine = report("info")
+        return link.siblings("info").addCallback(
+            lambda others: sorted([mine, *(figures for _, figures in others)], key=lambda f: f["worker"])
+        )
+
+    # GET / and /metrics answer for every worker, whichever takes the request
+    api.workers_figures = every_worker
+    api.metrics.worker = index
+    api.metrics.siblings = lambda: link.siblings("metrics")
     serving = f"HTTP on {inherited['listen']} as worker {index} of {count}, on the supervisor's socket"
     return start.finish(daemon.service, serving)
 
