@@ -187,9 +187,6 @@ def redact_query(query: bytes, limit: int = QUERY_LOG_BYTES) -> str:
     """
     if not query:
         return ""
-    found = _REDACTED.get(query)
-    if found is not None:
-        return found
     text = query[:limit].decode("utf-8", "replace")
     if "%" in text or "+" in text or _SECRET_PARAM.search(text) is not None:
         parts = text.split("&")
@@ -198,15 +195,25 @@ def redact_query(query: bytes, limit: int = QUERY_LOG_BYTES) -> str:
             if eq and _SECRET_PARAM.search(unquote_plus(name)) is not None:
                 parts[i] = f"{name}=***"
         text = "&".join(parts)
-    # hot keys repeat their queries: remembered, a bounded number of them
-    if len(_REDACTED) >= _REDACTED_MAX:
-        _REDACTED.clear()
-    _REDACTED[query] = text
     return text
 
 
-_REDACTED: dict[bytes, str] = {}
-_REDACTED_MAX = 4096
+_LOGGED: dict[bytes, str] = {}
+_LOGGED_MAX = 4096
+
+
+def _logged_query(query: bytes) -> str:
+    """
+    Return L{redact_query}'s text as a JSON string, remembered (a bounded
+    number of them) since hot keys repeat their queries.
+    """
+    found = _LOGGED.get(query)
+    if found is None:
+        found = _json_str(redact_query(query))
+        if len(_LOGGED) >= _LOGGED_MAX:
+            _LOGGED.clear()
+        _LOGGED[query] = found
+    return found
 
 
 class AccessLog(Service):
@@ -296,14 +303,16 @@ class AccessLog(Service):
         j = _json_str
         m = esc.get(method) or self._escape(method)
         p = j(path)
+        # hex digits, ours or checked by parse_traceparent: nothing to escape
+        trace = "null" if trace_id is None else f'"{trace_id}"'
         line = (
             f'{{"time":"{self.timestamp(now)}","level":"info","message":"{m[1:-1]} {p[1:-1]} {status}",'
-            f'"system":"apicache.access","method":{m},"path":{p},"query":{j(redact_query(query))},'
+            f'"system":"apicache.access","method":{m},"path":{p},"query":{_logged_query(query)},'
             f'"status":{status},"bytes":{sent},"duration_ms":{duration * 1000:.3f},'
             f'"tenant":{esc.get(tenant) or self._escape(tenant)},"route":{esc.get(route) or self._escape(route)},'
             f'"x_cache":{esc.get(cache) or self._escape(cache)},"cache":{esc.get(cache)},'
-            f'"client":{"null" if client is None else j(client)},'
-            f'"trace_id":{"null" if trace_id is None else j(trace_id)}'
+            f'"client":{"null" if client is None else esc.get(client) or self._escape(client)},'
+            f'"trace_id":{trace}'
         )
         if upstream is not None:
             status_, took, error = upstream
