@@ -249,6 +249,8 @@ class AccessLog(Service):
         self._millisecond = -1
         self._time = ""
         self._escaped: dict[str, str] = {}
+        #: (method, path) -> (the message's start, the method and path fields)
+        self._heads: dict[tuple[bytes, bytes], tuple[str, str]] = {}
 
     def timestamp(self, now: float) -> str:
         """
@@ -269,8 +271,8 @@ class AccessLog(Service):
     def request(
         self,
         now: float,
-        method: str,
-        path: str,
+        method: bytes,
+        path: bytes,
         query: bytes,
         status: int,
         sent: int,
@@ -293,21 +295,23 @@ class AccessLog(Service):
         failed), ``upstream_ms`` and ``upstream_error``, and ``worker``
         with ``--workers``.
 
+        @param method: as received.
+        @param path: as received, without the query (logged up to 512
+            characters once decoded).
         @param upstream: the request's own upstream call: (status, seconds,
             kind of failure), or C{None} when it made none.
         """
         # one f-string, each string escaped by json's C encoder, the ones
-        # drawn from small sets (method, tenant, route, cache result)
+        # that repeat (method and path, tenant, route, cache result, client)
         # escaped once and remembered: a third of json.dumps's cost
         esc = self._escaped
         j = _json_str
-        m = esc.get(method) or self._escape(method)
-        p = j(path)
+        head = self._heads.get((method, path)) or self._head(method, path)
         # hex digits, ours or checked by parse_traceparent: nothing to escape
         trace = "null" if trace_id is None else f'"{trace_id}"'
         line = (
-            f'{{"time":"{self.timestamp(now)}","level":"info","message":"{m[1:-1]} {p[1:-1]} {status}",'
-            f'"system":"apicache.access","method":{m},"path":{p},"query":{_logged_query(query)},'
+            f'{{"time":"{self.timestamp(now)}","level":"info","message":"{head[0]} {status}",'
+            f'"system":"apicache.access",{head[1]},"query":{_logged_query(query)},'
             f'"status":{status},"bytes":{sent},"duration_ms":{duration * 1000:.3f},'
             f'"tenant":{esc.get(tenant) or self._escape(tenant)},"route":{esc.get(route) or self._escape(route)},'
             f'"x_cache":{esc.get(cache) or self._escape(cache)},"cache":{esc.get(cache)},'
@@ -324,6 +328,15 @@ class AccessLog(Service):
         self._lines.append(line + "}")
         if len(self._lines) >= self.max_lines or not self.running:
             self.flush()
+
+    def _head(self, method: bytes, path: bytes) -> tuple[str, str]:
+        m = _json_str(method.decode("ascii", "replace"))
+        p = _json_str(path.decode("utf-8", "replace")[:512])
+        head = (f"{m[1:-1]} {p[1:-1]}", f'"method":{m},"path":{p}')
+        if len(self._heads) >= 4096:
+            self._heads.clear()
+        self._heads[(method, path)] = head
+        return head
 
     def _escape(self, text: str) -> str:
         escaped: str = _json_str(text)

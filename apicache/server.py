@@ -265,8 +265,8 @@ class ApiSite(server.Site):
             upstream = (trace.upstream_status, trace.upstream_s, trace.upstream_error)
         log.request(
             now,
-            request.method.decode("ascii", "replace"),
-            request.path.decode("utf-8", "replace")[:512],
+            request.method,
+            request.path,
             request.uri.partition(b"?")[2],
             status,
             request.sentLength,

@@ -71,7 +71,7 @@ class _Writes:
 
 
 def _line(log: AccessLog, n: int, path: str = PATH) -> None:
-    log.request(1000.0, "GET", f"{path}?n={n}", b"n=%d" % n, 200, 10, 0.001, "t1", "object", "HIT", "127.0.0.1", "ab" * 16)
+    log.request(1000.0, b"GET", path.encode(), b"n=%d" % n, 200, 10, 0.001, "t1", "object", "HIT", "127.0.0.1", "ab" * 16)
 
 
 def test_lines_are_written_in_batches_on_the_clock_and_at_stop(monkeypatch):
@@ -246,3 +246,18 @@ def test_two_workers_on_one_stdout_pipe_never_interleave_lines(tmp_path, upstrea
     assert len(access) == threads * per_thread
     assert len({ln["query"] for ln in access}) == threads * per_thread
     assert {ln["worker"] for ln in access} == {0, 1}
+
+
+def test_odd_bytes_still_make_one_json_line(monkeypatch):
+    writes = _Writes(monkeypatch)
+    log = AccessLog(Clock(), fd=writes.fd)  # not started: written at once
+    log.request(
+        1.5, b'G"T', b"/a\\b\n\xc3\xa9\xff", b"q=%22&x=\n", 500, 0, 0.25, 't"1', "r\\", "-", None, None, (None, 2.0, "timeout"), 0
+    )
+    (line,) = writes.lines()
+    assert b"".join(writes.chunks).count(b"\n") == 1
+    assert (line["method"], line["path"], line["tenant"], line["route"]) == ('G"T', "/a\\b\né\ufffd", 't"1', "r\\")
+    assert line["query"] == "q=%22&x=\n"
+    assert (line["upstream_status"], line["upstream_ms"], line["upstream_error"]) == (None, 2000.0, "timeout")
+    assert (line["client"], line["trace_id"], line["worker"]) == (None, None, 0)
+    assert line["time"] == "1970-01-01T00:00:01.500+00:00"
