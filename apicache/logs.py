@@ -309,12 +309,13 @@ class AccessLog(Service):
         head = self._heads.get((method, path)) or self._head(method, path)
         # hex digits, ours or checked by parse_traceparent: nothing to escape
         trace = "null" if trace_id is None else f'"{trace_id}"'
+        c = esc.get(cache) or self._escape(cache)
         line = (
             f'{{"time":"{self.timestamp(now)}","level":"info","message":"{head[0]} {status}",'
             f'"system":"apicache.access",{head[1]},"query":{_logged_query(query)},'
             f'"status":{status},"bytes":{sent},"duration_ms":{duration * 1000:.3f},'
             f'"tenant":{esc.get(tenant) or self._escape(tenant)},"route":{esc.get(route) or self._escape(route)},'
-            f'"x_cache":{esc.get(cache) or self._escape(cache)},"cache":{esc.get(cache)},'
+            f'"x_cache":{c},"cache":{c},'
             f'"client":{"null" if client is None else esc.get(client) or self._escape(client)},'
             f'"trace_id":{trace}'
         )
@@ -330,9 +331,15 @@ class AccessLog(Service):
             self.flush()
 
     def _head(self, method: bytes, path: bytes) -> tuple[str, str]:
-        m = _json_str(method.decode("ascii", "replace"))
-        p = _json_str(path.decode("utf-8", "replace")[:512])
-        head = (f"{m[1:-1]} {p[1:-1]}", f'"method":{m},"path":{p}')
+        text = path.decode("utf-8", "replace")[:512]
+        m = _json_str(method.decode("ascii", "replace")[:32])
+        p = _json_str(text)
+        if len(p) > 1024:
+            # mostly escapes (up to 6 bytes a character): shorter, so that
+            # a line stays within PIPE_BUF
+            p = _json_str(text[:170])
+        # the message's copy of the path is for people: its first 100 characters
+        head = (f"{m[1:-1]} {_json_str(text[:100])[1:-1]}", f'"method":{m},"path":{p}')
         if len(self._heads) >= 4096:
             self._heads.clear()
         self._heads[(method, path)] = head
@@ -344,14 +351,6 @@ class AccessLog(Service):
             self._escaped.clear()
         self._escaped[text] = escaped
         return escaped
-
-    def write(self, line: dict[str, Any]) -> None:
-        """
-        Queue one line (a JSON-serialisable dict) for the next batch.
-        """
-        self._lines.append(json.dumps(line))
-        if len(self._lines) >= self.max_lines or not self.running:
-            self.flush()
 
     def flush(self) -> None:
         """

@@ -261,3 +261,14 @@ def test_odd_bytes_still_make_one_json_line(monkeypatch):
     assert (line["upstream_status"], line["upstream_ms"], line["upstream_error"]) == (None, 2000.0, "timeout")
     assert (line["client"], line["trace_id"], line["worker"]) == (None, None, 0)
     assert line["time"] == "1970-01-01T00:00:01.500+00:00"
+
+
+def test_a_line_of_the_longest_oddest_request_fits_in_pipe_buf(monkeypatch):
+    writes = _Writes(monkeypatch)
+    log = AccessLog(Clock(), fd=writes.fd)
+    path = b"/" + b"\x01" * 4000
+    log.request(1.0, b"GET", path, b"q=" + b"\x02" * 2000, 200, 1, 0.1, "t" * 128, "object", "HIT", "::1", "a" * 32, (200, 0.1, None), 1)
+    (chunk,) = writes.chunks
+    assert len(chunk) <= PIPE_BUF
+    (line,) = writes.lines()
+    assert line["path"].startswith("/\x01") and line["query"].startswith("q=\x02")
