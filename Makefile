@@ -52,9 +52,12 @@ dashboard-preview: $(BIN)/python
 
 # Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
 # A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
-bench-hitratio: $(BIN)/python
+# Then the noisy-neighbour scenario through the real daemon (about 55 s;
+# NOISY_ARGS=--help lists its knobs).
+bench-hitratio: install
 	$(BIN)/pip install --quiet '.[bench]'
 	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
+	$(BIN)/python bench/noisy_neighbour.py $(filter --quick,$(BENCH_ARGS)) $(NOISY_ARGS)
 
 # The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
 # all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
