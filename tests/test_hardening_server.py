@@ -301,19 +301,25 @@ def test_api_keys_are_built_with_the_admin_keys():
 
 
 def test_a_request_refused_before_its_body_is_logged_with_its_trace_id():
-    from twisted.logger import globalLogPublisher
+    import json
+    import os
+
+    from apicache.logs import AccessLog
 
     w = Wire()
     front = ApiFront(w.klein, w.api.resolver, w.api.keys, w.registry)
-    w.site = ApiSite(front, w.clock, None, access_log=True, keys=w.api.keys)
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    r, fd = os.pipe()
+    log = AccessLog(w.clock, fd=fd)
+    w.site = ApiSite(front, w.clock, None, access_log=log, keys=w.api.keys)
     try:
         trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         w.raw(head(headers=((b"Content-Length", b"10"), (b"traceparent", trace.encode()), T1)))
+        log.flush()
+        lines = [json.loads(line) for line in os.read(r, 65536).splitlines()]
     finally:
-        globalLogPublisher.removeObserver(events.append)
-    [line] = [e for e in events if e.get("status") == 401]
+        os.close(r)
+        os.close(fd)
+    [line] = [e for e in lines if e.get("status") == 401]
     assert (line["method"], line["path"], line["trace_id"]) == ("POST", "/server/object(42)/header", "4bf92f3577b34da6a3ce929d0e0e4736")
     assert w.site.counters["requests_refused"] == 1
 
