@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events bench-tags install install-test clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: run test demo lint bench bench-events bench-tags bench-hitratio dashboard-preview install install-test clean fuzz chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -15,12 +17,18 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet .
 
+# json-server (npm, pinned by its package-lock.json) is an integration-test
+# upstream; without npm the tests that need it say so and are skipped.
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
+	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund --prefix tests/upstreams/json-server; \
+	else echo "npm not found: the json-server integration tests will be skipped"; fi
 
+# Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
+# starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
+# More apicache options: make run RUN_ARGS="--workers 2".
 run: install
-	@echo "apicache on http://127.0.0.1:$(PORT) -- development api-key: $(DEV_KEY)"
-	APICACHE_API_KEY=$(DEV_KEY) $(BIN)/twistd -n --pidfile= apicache --config apicache.toml --listen tcp:$(PORT):interface=127.0.0.1
+	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml -- $(RUN_ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest tests
@@ -40,6 +48,31 @@ bench-events: install-test
 # bytes per (entry, tag) pair, cross-instance purge latency p50/p99
 bench-tags: install-test
 	$(BIN)/python bench/tags.py $(BENCH_ARGS)
+
+# The dashboard's panels drawn from real /metrics scrapes under wrk load
+# (README: Dashboard and alerts): writes deploy/dashboard-preview.png.
+dashboard-preview: $(BIN)/python
+	$(BIN)/pip install --quiet '.[test,preview]'
+	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
+
+# Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
+# A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
+# Then the noisy-neighbour scenario through the real daemon (about 55 s;
+# NOISY_ARGS=--help lists its knobs).
+bench-hitratio: install
+	$(BIN)/pip install --quiet '.[bench]'
+	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
+	$(BIN)/python bench/noisy_neighbour.py $(filter --quick,$(BENCH_ARGS)) $(NOISY_ARGS)
+
+# The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
+# all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
+fuzz: install-test
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+# Real daemons on Redis and group-mode Kafka, one killed with SIGKILL under
+# load and restarted (issue 10; about 30 s, so not part of `make test`).
+chaos: install-test
+	APICACHE_CHAOS=1 $(BIN)/python -m pytest tests/test_chaos.py -q -s
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

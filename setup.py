@@ -26,6 +26,11 @@ setup(
             "opentelemetry-sdk>=1.20",
             "opentelemetry-exporter-otlp-proto-http>=1.20",
         ],
+        # make bench-hitratio: traces and libCacheSim's reference policies
+        "bench": [
+            "numpy>=1.26",
+            "libcachesim>=0.3.5",
+        ],
         "test": [
             "opentelemetry-sdk>=1.20",
             "opentelemetry-exporter-otlp-proto-http>=1.20",
@@ -37,6 +42,15 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "tomli-w>=1.0",
+            # tests/test_dashboard.py reads deploy/prometheus-alerts.yml
+            "pyyaml>=6.0",
+            # maintained REST servers the integration tests run as upstreams
+            "httpbin>=0.10",
+            "waitress>=3.0",
+        ],
+        # `make dashboard-preview` draws deploy/dashboard-preview.png
+        "preview": [
+            "matplotlib>=3.8",
         ],
     },
     classifiers=[

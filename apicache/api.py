@@ -31,14 +31,29 @@ from apicache.config import Config
 from apicache.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
 from apicache.errors import JSON as _JSON
 from apicache.health import Readiness
+from apicache.httpcache import normalise_accept_encoding
 from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
+from apicache.passthrough import WRITE_HEADERS, PassThrough
 from apicache.resolve import Resolver
-from apicache.routes import RESERVED_PATHS, Router
+from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
 from apicache.tags import InvalidTag, decode_tag_path
 
-__all__ = ["CacheAPI", "ApiError"]
+__all__ = ["CacheAPI", "ApiError", "allowed_methods"]
+
+#: What the reserved paths answer to (the ``Allow`` of their 405s).
+_RESERVED_ALLOW = {b"/clear": b"DELETE"}
+_READ_ALLOW = b"GET, HEAD"
+
+
+def allowed_methods(route: Route) -> bytes:
+    """
+    Return the ``Allow`` value of a route: ``GET``, ``HEAD``, ``DELETE``,
+    ``PURGE`` and its ``pass_methods``.
+    """
+    methods = ["GET", "HEAD", "DELETE", "PURGE", *(m for m in route.config.pass_methods if m != "DELETE")]
+    return ", ".join(methods).encode("ascii")
 
 
 class CacheAPI:
@@ -49,6 +64,9 @@ class CacheAPI:
         (the event listener adds its counters).
     @ivar invalidator: what ``DELETE`` and ``/clear`` call: the registry, or
         with several workers something that also reaches the siblings.
+    @ivar workers_figures: with several workers, returns a Deferred firing
+        with every worker's L{figures} (each with its ``worker`` index and
+        ``pid``): ``GET /`` then sums them; C{None} in a single process.
     """
 
     app = Klein()
@@ -74,9 +92,10 @@ class CacheAPI:
         self.started = clock.seconds()
         self.info_sources: list[Callable[[], dict[str, Any]]] = []
         self.invalidator: Any = registry
+        self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
-        self.keys = ApiKeys(config.server.api_keys)
-        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
+        self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
+        self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
         """
@@ -87,24 +106,54 @@ class CacheAPI:
 
     # -- reserved paths ----------------------------------------------------
 
-    @app.route("/", methods=["GET"])
-    def info(self, request: IRequest) -> bytes:
+    def figures(self) -> dict[str, Any]:
         """
-        Return ``GET /``'s JSON: service, version, node, uptime and counts.
+        Return this process's ``tenants``, ``entries``, ``bytes``, ``hits``,
+        ``misses`` and ``hit_ratio`` (hits over hits and misses, 0.0 before
+        any).
         """
         stats = self.registry.store.stats()
+        hits, misses = self.metrics.totals()
+        return {
+            "tenants": self.registry.tenants(),
+            "entries": stats["entries"],
+            "bytes": stats["bytes"],
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": _ratio(hits, misses),
+        }
+
+    @app.route("/", methods=["GET"])
+    def info(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """
+        Return ``GET /``'s JSON: service, version, node, uptime, counts and
+        the hit ratio.  With several workers (L{workers_figures}) a
+        Deferred firing with it: ``entries``, ``bytes``, ``hits`` and
+        ``misses`` summed over the workers, ``tenants`` the most any holds,
+        ``hit_ratio`` of the sums, and each worker's own in ``per_worker``.
+        """
         body: dict[str, Any] = {
             "service": "apicache",
             "version": __version__,
             "node": self.node,
             "uptime_s": round(self.clock.seconds() - self.started, 3),
-            "tenants": self.registry.tenants(),
-            "entries": stats["entries"],
-            "bytes": stats["bytes"],
+            **self.figures(),
         }
         for source in self.info_sources:
             body.update(source())
-        return json_answer(request, 200, body)
+        gather = self.workers_figures
+        if gather is None:
+            return json_answer(request, 200, body)
+
+        def summed(per_worker: list[dict[str, Any]]) -> bytes:
+            for k in ("entries", "bytes", "hits", "misses"):
+                body[k] = sum(w[k] for w in per_worker)
+            body["tenants"] = max(w["tenants"] for w in per_worker)
+            body["hit_ratio"] = _ratio(body["hits"], body["misses"])
+            body["per_worker"] = per_worker
+            return json_answer(request, 200, body)
+
+        return gather().addCallback(summed)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
@@ -124,12 +173,13 @@ class CacheAPI:
         return json_answer(request, 200, {"ready": True})
 
     @app.route("/metrics", methods=["GET"])
-    def metrics_(self, request: IRequest) -> bytes:
+    def metrics_(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
-        Return the metrics in Prometheus text format.
+        Return the metrics in Prometheus text format (a Deferred firing
+        with them when they are every worker's, see L{Metrics.scrape}).
         """
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
-        return self.metrics.render()
+        return self.metrics.scrape()
 
     @app.route("/clear", methods=["DELETE"])
     async def clear(self, request: ApiRequest) -> bytes:
@@ -142,6 +192,8 @@ class CacheAPI:
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
+        else:
+            self.require_admin(request)
         n = await self.invalidator.clear(tenant)
         return json_answer(request, 200, {"invalidated": n})
 
@@ -152,7 +204,9 @@ class CacheAPI:
         given); return ``{"invalidated": N}``.  The tag is the raw path
         segment percent-decoded once (Klein's own decoding is not used).
 
-        @raise ApiError: ``invalid_parameter`` when it is not a tag.
+        @raise ApiError: ``invalid_parameter`` when it is not a tag;
+            ``403 admin_required`` without a tenant header and an admin key
+            while ``server.admin_api_keys`` is set.
         @raise StoreUnavailable: answered ``503 store_unavailable``.
         """
         try:
@@ -162,10 +216,20 @@ class CacheAPI:
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
-        # admin_api_keys (SPEC.md section 4): a purge of every tenant needs
-        # an admin key once they are set; checked here when that lands
+        else:
+            self.require_admin(request)
         n = await self.invalidator.invalidate_tags(tenant, (tag,), "http")
         return json_answer(request, 200, {"invalidated": n})
+    def require_admin(self, request: IRequest) -> None:
+        """
+        Check that ``request`` may purge every tenant (a ``DELETE``,
+        ``PURGE``, tag purge or ``/clear`` without a tenant header): while
+        ``server.admin_api_keys`` is set, only with one of them.
+
+        @raise ApiError: ``403 admin_required``.
+        """
+        if not self.keys.may_purge_every_tenant(request.requestHeaders.getRawHeaders(b"api-key")):
+            raise ApiError(403, "admin_required", "a purge of every tenant needs an admin api-key")
 
     # -- routes ------------------------------------------------------------
 
@@ -173,18 +237,33 @@ class CacheAPI:
     def proxy(self, request: ApiRequest, _rest: str) -> Any:
         """
         Answer a request on a configured route: ``GET``/``HEAD`` from the
-        cache or the upstream, ``DELETE`` invalidates; anything else is
-        ``405``.  Returns C{NOT_DONE_YET}, bytes, or a Deferred of either.
+        cache or the upstream; a method of the route's ``pass_methods``
+        forwarded; ``PURGE``, and ``DELETE`` where it is not forwarded,
+        invalidate; anything else is ``405`` with ``Allow``.  Returns
+        C{NOT_DONE_YET}, bytes, or a Deferred of either.
         """
         if request.path in RESERVED_PATHS:
+            request.setHeader(b"allow", _RESERVED_ALLOW.get(request.path, _READ_ALLOW))
             raise MethodNotAllowed()
         method = request.method
         if method == b"GET" or method == b"HEAD":
             return self._get(request)
-        if method == b"DELETE":
+        route, _ = self.resolver.match(request.path)
+        request.route_type = route.type
+        name = method.decode("ascii", "replace")
+        if name in route.config.pass_methods:
+            if method == b"DELETE" and not request.requestHeaders.hasHeader(self.resolver.tenant_header):
+                raise ApiError(
+                    400,
+                    "missing_tenant",
+                    f"the {self.resolver.tenant_header.decode()} header is required: "
+                    "this route forwards DELETE (PURGE invalidates)",
+                )
+            return Deferred.fromCoroutine(self._write(request))
+        if method == b"DELETE" or method == b"PURGE":
             return Deferred.fromCoroutine(self._delete(request))
-        self.resolver.match(request.path)
-        raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
+        request.setHeader(b"allow", allowed_methods(route))
+        raise ApiError(405, "method_not_allowed", f"{name} is not allowed here")
 
     def _get(self, request: ApiRequest) -> Any:
         """
@@ -192,27 +271,54 @@ class CacheAPI:
         a Deferred firing when the miss is answered.
         """
         resolved = self.resolver.resolve(request)
-        headers = request.requestHeaders
-        trace = getattr(request, "trace", None)
-        if trace is not None:
-            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
-        forwarded: list[tuple[bytes, bytes]] = []
-        for name in self._forward:
-            for value in headers.getRawHeaders(name, ()):
-                forwarded.append((name, value))
-        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded)
+        forwarded = self.resolver.forwarded(request)
+        # SPEC.md section 3: the normalised value, never the caller's own
+        forwarded.append((b"accept-encoding", resolved.encoding))
+        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
         result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers
         return result.addCallback(lambda r: write_result(request, r))
 
+    async def _write(self, request: ApiRequest) -> Any:
+        """
+        Forward a write (SPEC.md section 4): the tenant is required, the body
+        is bounded by ``server.max_body_bytes``, the answer is passed
+        through.
+        """
+        resolved = self.resolver.resolve(request)
+        body = self.passthrough.body(request)
+        headers = self.resolver.forwarded(request, WRITE_HEADERS)
+        # as on a GET, only an encoding the caller accepts and apicache
+        # never has to decode: gzip or identity
+        accept = normalise_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        headers.append((b"accept-encoding", accept))
+        result = await self.passthrough.forward(
+            request.method,
+            resolved.route.upstream_path(resolved.params, resolved.query),
+            headers,
+            body,
+            resolved.tenant,
+            resolved.route.config,
+            resolved.params,
+            self.invalidator,
+        )
+        return write_result(request, result)
+
     async def _delete(self, request: ApiRequest) -> bytes:
+        """
+        Drop the entries of a resource (``PURGE``, or a ``DELETE`` the route
+        does not forward), of the tenant given or of every tenant; answer
+        ``{"invalidated": N}``.
+        """
         route, params = self.resolver.match(request.path)
         request.route_type = route.type
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
+        else:
+            self.require_admin(request)
         n = await self.invalidator.invalidate(tenant, route.type, params)
         return json_answer(request, 200, {"invalidated": n})
 
@@ -234,6 +340,11 @@ class CacheAPI:
 
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        valid = getattr(failure.value, "valid_methods", None)
+        if valid and not request.responseHeaders.hasHeader(b"allow"):
+            order = ["GET", "HEAD", "DELETE"]
+            methods = sorted(valid, key=lambda m: (order.index(m) if m in order else len(order), m))
+            request.setHeader(b"allow", ", ".join(methods).encode("ascii"))
         return refuse(
             request,
             ApiError(405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here"),
@@ -253,3 +364,10 @@ class CacheAPI:
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)
         return error_body("internal_error", "an unexpected error occurred", id=error_id)
+
+
+def _ratio(hits: int, misses: int) -> float:
+    """
+    Return hits over hits and misses, 0.0 before any.
+    """
+    return hits / (hits + misses) if hits + misses else 0.0

@@ -84,10 +84,11 @@ MAX_TAGS = 64
 MAX_TAG_BYTES = 256
 
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
-_TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_ROUTE_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# "\Z", not "$": "$" also matches before a trailing newline (full matching, issue 10)
+_TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+_ROUTE_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _RULE_PARAM_RE = re.compile(r"<([^<>]*)>")
-_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _TEMPLATE_PARAM_RE = re.compile(r"\{([^{}]*)\}")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -116,12 +117,12 @@ class StoreConfig:
     backend: str = "memory"
     max_bytes: int = 268435456
     max_entry_fraction: float = 0.1
+    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
+    tenant_max_bytes: int = 0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
-    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
-    tenant_max_bytes: int = 0
     #: an answer whose stored form is bigger than this is not written to Redis
     redis_max_value_bytes: int = 1048576
     #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
@@ -358,13 +359,13 @@ _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
     "max_bytes": _positive(_int),
     "max_entry_fraction": _positive(_number),
+    "tenant_max_bytes": _non_negative(_int),
     "redis_url": _str,
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
     "key_prefix": _str,
     "redis_max_value_bytes": _positive(_int),
     "redis_lock_ttl": _non_negative(_number),
-    "tenant_max_bytes": _non_negative(_int),
 }
 _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,
@@ -546,7 +547,7 @@ def parse_config(
         raise r.fail("store.max_entry_fraction", "expected a share between 0 and 1")
     if urlsplit(store_cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise r.fail("store.redis_url", "expected a redis://, rediss:// or unix:// URL")
-    if not re.match(r"^[A-Za-z0-9._:-]+$", store_cfg.key_prefix):
+    if not re.match(r"^[A-Za-z0-9._:-]+\Z", store_cfg.key_prefix):
         raise r.fail("store.key_prefix", "expected a non-empty string of [A-Za-z0-9._:-]")
 
     warnings: list[str] = []

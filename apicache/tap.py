@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IReactorCore,
@@ -37,11 +40,13 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
-from apicache.logs import capture_stdlib_logging, json_log_observer
-from apicache.metrics import Metrics, cache_families, tag_families
+from apicache.intermediary import IntermediaryUpstream
+from apicache.links import LinkTargets
+from apicache.logs import AccessLog, capture_stdlib_logging, json_log_observer
+from apicache.metrics import Metrics, cache_families, store_families, tag_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
-from apicache.server import ApiSite, HTTPService
+from apicache.server import ApiSite, ConnectionLimits, HTTPService, connection_limit
 from apicache.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore, RedisStoreService
@@ -156,7 +161,9 @@ def _store(config: Config, reactor: IReactorTime) -> IStore:
             raise ConfigError(
                 config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
             ) from None
-    return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction), clock=reactor)
+    return MemoryStore(
+        s.max_bytes, int(s.max_bytes * s.max_entry_fraction), tenant_max_bytes=s.tenant_max_bytes, clock=reactor
+    )
 
 
 def _events(
@@ -181,6 +188,15 @@ def _events(
     return listener
 
 
+def _open_file_limit() -> int:
+    """
+    Return this process's soft limit on open files (a large number when
+    there is none).
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 def build(
     config: Config,
     reactor: IReactorTime,
@@ -188,11 +204,13 @@ def build(
     root: ApiCacheService | None = None,
     tracer: Tracer | None = None,
     kafka_credentials: TokenProvider | None = None,
+    worker: int | None = None,
 ) -> Daemon:
     """
     Compose the daemon's services from a validated configuration.
 
     @param root: the root service to add them to (a new one by default).
+    @param worker: the worker number with ``--workers``, for the access log.
     @param kafka_credentials: when the Kafka SASL password is an OAuth token
         (Cloud Foundry binding): started first, stopped last.
     @return: the daemon, its services added to C{root} in start order.
@@ -211,19 +229,43 @@ def build(
         max_body_bytes=up.max_body_bytes,
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
+        tenant_max_in_flight=up.tenant_max_in_flight,
     )
-    timed = TimedUpstream(upstream, metrics, reactor)
+    intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
+    timed = TimedUpstream(intermediary, metrics, reactor)
     registry = CacheRegistry(
-        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, tags_header=up.tags_header
+        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, upstream_config=up
     )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
+    if isinstance(store, (MemoryStore, RedisStore)):
+        metrics.add_source(lambda: store_families(store.detailed_stats(), store.top_tenants(10)))
     metrics.add_source(lambda: tag_families(registry.tag_purges, registry.tag_dropped, store.tag_stats()))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)
     tracer = tracer or Tracer()
-    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
+    server = config.server
+    limits = ConnectionLimits(
+        max_connections=connection_limit(server.max_connections, _open_file_limit()),
+        header_timeout=server.header_timeout,
+        idle_timeout=server.idle_timeout,
+        max_body_bytes=server.max_body_bytes,
+    )
+    # access lines are info lines: a log_level above info leaves them out too
+    access_log = AccessLog(reactor) if server.access_log and server.log_level in ("debug", "info") else None
+    site = ApiSite(
+        api.resource(),
+        reactor,
+        metrics,
+        access_log,
+        tracer,
+        worker,
+        keys=api.keys,
+        limits=limits,
+        tenant_header=api.resolver.tenant_header,
+    )
+    metrics.add_source(site.metrics_families)
 
     root = root if root is not None else ApiCacheService()
     # first child: stopped last, after HTTP has drained
@@ -234,6 +276,9 @@ def build(
     if kafka_credentials is not None:
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
+    if access_log is not None:
+        # before HTTP: stopped after it drains, with the last lines
+        access_log.setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
@@ -336,18 +381,39 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiC
         start.root(),
         tracer=tracer_from_environ(start.environ),
         kafka_credentials=start.credentials(clock),
+        worker=inherited["index"],
     )
 
     def orphaned() -> None:
         if reactor.running:
             reactor.stop()
 
-    registry = daemon.registry
-    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned)
-    link.setServiceParent(daemon.service)
-    daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    registry, api = daemon.registry, daemon.api
     index, count, pid = inherited["index"], inherited["count"], os.getpid()
-    daemon.api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def report(what: str) -> Any:
+        # what a sibling's GET / and /metrics ask this worker for
+        if what == "info":
+            return {"worker": index, "pid": pid, **api.figures()}
+        if what == "metrics":
+            return api.metrics.snapshot()
+        raise ValueError(f"no report {what!r}")
+
+    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned, report)
+    link.setServiceParent(daemon.service)
+    api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def every_worker() -> Deferred[list[dict[str, Any]]]:
+        mine = report("info")
+        return link.siblings("info").addCallback(
+            lambda others: sorted([mine, *(figures for _, figures in others)], key=lambda f: f["worker"])
+        )
+
+    # GET / and /metrics answer for every worker, whichever takes the request
+    api.workers_figures = every_worker
+    api.metrics.worker = index
+    api.metrics.siblings = lambda: link.siblings("metrics")
     serving = f"HTTP on {inherited['listen']} as worker {index} of {count}, on the supervisor's socket"
     return start.finish(daemon.service, serving)
 

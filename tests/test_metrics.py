@@ -91,7 +91,7 @@ def test_upstream_latency_lands_in_its_bucket():
     upstream = FakeUpstream()
     m = Metrics()
     timed = TimedUpstream(upstream, m, clock)
-    result = timed.fetch("/x", [])
+    result = timed.fetch("/x", [], tenant="acme")
     clock.advance(0.03)
     upstream.pending[0].respond(200, b"", [])
     assert result.called
@@ -106,10 +106,10 @@ def test_upstream_failures_are_counted_by_kind():
     clock = Clock()
     m = Metrics()
     upstream = FakeUpstream()
-    TimedUpstream(upstream, m, clock).fetch("/x", []).addErrback(lambda f: None)
+    TimedUpstream(upstream, m, clock).fetch("/x", [], tenant="acme").addErrback(lambda f: None)
     upstream.pending[0].fail(UpstreamTimeout("slow"))
     full = FakeUpstream(max_in_flight=0)
-    TimedUpstream(full, m, clock).fetch("/x", []).addErrback(lambda f: f.trap(Overloaded))
+    TimedUpstream(full, m, clock).fetch("/x", [], tenant="acme").addErrback(lambda f: f.trap(Overloaded))
     s = samples(m)
     assert s[("apicache_upstream_errors_total", (("kind", "timeout"),))] == 1
     assert s[("apicache_upstream_errors_total", (("kind", "overloaded"),))] == 1
@@ -144,3 +144,25 @@ def test_cache_families_read_the_store_registry_and_upstream():
     assert s[("apicache_store_errors_total", ())] == 0
     assert s[("apicache_upstream_in_flight", ())] == 4
     assert s[("apicache_tenant_caches", ())] == 6
+
+
+def test_store_families_count_evictions_by_reason_and_the_largest_tenants_only():
+    from apicache.metrics import store_families
+
+    detailed = {"entries": 3, "bytes": 30, "evictions": 5, "tenants": 12, "evictions_expiry": 2, "evictions_fair_share": 3}
+    top = [(f"t{i}", 100 - i, 1) for i in range(10)]
+    families = {f.name: f for f in store_families(detailed, top)}
+    reasons = {s.labels["reason"]: s.value for s in families["apicache_store_evictions_by_reason"].samples}
+    assert reasons == {"expiry": 2, "fair_share": 3}
+    assert len(families["apicache_store_tenant_bytes"].samples) == 10
+    assert families["apicache_store_tenants"].samples[0].value == 12
+
+
+def test_the_hit_ratio_is_a_gauge():
+    m = Metrics()
+    assert samples(m)[("apicache_hit_ratio", ())] == 0.0
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "MISS", "acme")
+    assert samples(m)[("apicache_hit_ratio", ())] == 0.75

@@ -214,7 +214,10 @@ class TagCacheTests(SynchronousTestCase):
     def test_too_many_tags_is_served_but_not_stored(self) -> None:
         d = self.h.get("t1", key(route="list"), "list")
         self.h.answer(*(b"t%d" % i for i in range(65)))
-        assert self.successResultOf(d).cache == MISS
+        result = self.successResultOf(d)
+        assert result.cache == MISS
+        assert result.member is not None and b"detail=tags" in result.member
+        assert b"stored" not in result.member.split(b";")
         assert isinstance(self.h.get("t1", key(route="list"), "list"), Deferred)
         assert self.h.registry.counters["tags_refused"] == 1
 
@@ -373,10 +376,10 @@ def test_an_event_rule_with_a_route_and_tags_makes_both_actions() -> None:
 # -- DELETE /tags/<tag> --------------------------------------------------------
 
 
-def api(h: Harness) -> tuple[CacheAPI, StubTreq]:
+def api(h: Harness, server: dict[str, object] | None = None) -> tuple[CacheAPI, StubTreq]:
     config = parse_config(
         {
-            "server": {"allow_anonymous": True},
+            "server": server or {"allow_anonymous": True},
             "upstream": {"base_url": "http://up", "tags_header": "surrogate-key"},
             "routes": [{"type": "object", "path": "/o/<id>", "upstream": "/o/{id}", "tags": ["object:{id}"]}],
         },
@@ -402,6 +405,21 @@ class PurgeRouteTests(SynchronousTestCase):
         r = self.successResultOf(client.delete("http://x/tags/caf%C3%A9"))
         assert json.loads(self.successResultOf(r.content())) == {"invalidated": 1}
         assert isinstance(h.get("globex", key("globex")), Deferred)
+
+    def test_a_purge_of_every_tenant_needs_an_admin_key_once_they_are_set(self) -> None:
+        h = Harness(clock_reaps=False)
+        d = h.get("acme", key("acme"))
+        h.answer(b"x")
+        self.successResultOf(d)
+        _, client = api(h, {"api_keys": ["user"], "admin_api_keys": ["boss"]})
+        r = self.successResultOf(client.delete("http://x/tags/object:1", headers={"api-key": "user"}))
+        assert r.code == 403
+        assert json.loads(self.successResultOf(r.content()))["error"] == "admin_required"
+        assert isinstance(h.get("acme", key("acme")), CacheResult), "a refused purge drops nothing"
+        r = self.successResultOf(client.delete("http://x/tags/object:1", headers={"api-key": "user", "org_id": "acme"}))
+        assert (r.code, json.loads(self.successResultOf(r.content()))) == (200, {"invalidated": 1})
+        r = self.successResultOf(client.delete("http://x/tags/object:1", headers={"api-key": "boss"}))
+        assert (r.code, json.loads(self.successResultOf(r.content()))) == (200, {"invalidated": 0})
 
     def test_a_tag_that_is_not_one_is_a_400(self) -> None:
         _, client = api(Harness())

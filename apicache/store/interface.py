@@ -18,11 +18,13 @@ __all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
 
 #: Bytes charged for each entry on top of its body, headers and key: the
 #: Python objects that hold it (the key tuple, its parameter strings, the
-#: entry object and its floats, the LRU and index slots, the bytes objects'
-#: headers).  ``make bench`` measures 430-490 bytes in resident memory per
-#: 1 KiB entry of a one-parameter route; 512 leaves room for a second
-#: parameter (see README, Performance).
-ENTRY_OVERHEAD = 512
+#: entry object and its floats, the lookup map's and the index's slots, the
+#: eviction slot with its queue and expiry wheel places, the bytes objects'
+#: headers).  ``bench/run.py --memory-probe 100000`` measures 561 bytes in
+#: resident memory per 1 KiB entry of a one-parameter route with S3-FIFO
+#: (485 with the LRU before it); 576 covers that, and the budget for
+#: bookkeeping is 640 (issue 14).
+ENTRY_OVERHEAD = 576
 
 
 class StoreUnavailable(Exception):
@@ -43,11 +45,32 @@ class CachedResponse:
     @ivar stale: marked stale by a ``refresh`` event: served as ``STALE``
         while one background re-fetch replaces it.
     @ivar retry_at: no background re-fetch starts before this time.
+    @ivar head: the replayed headers as written on the wire, built once when
+        the answer arrives (L{apicache.httpcache.header_block}).
+    @ivar swr_until: the last moment it may be served stale while one
+        background revalidation runs (``stale_while_revalidate``).
+    @ivar keep_until: when it may be dropped: past every stale window and,
+        with a validator, past ``keep`` (kept for revalidation).
+    @ivar no_cache: revalidated before every use (``Cache-Control: no-cache``).
     @ivar tags: the tags it carries (L{apicache.tags}); a purge of any of
         them drops it.
     """
 
-    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at", "tags")
+    __slots__ = (
+        "status",
+        "headers",
+        "body",
+        "stored_at",
+        "expires_at",
+        "stale_until",
+        "stale",
+        "retry_at",
+        "head",
+        "swr_until",
+        "keep_until",
+        "no_cache",
+        "tags",
+    )
 
     def __init__(
         self,
@@ -59,6 +82,10 @@ class CachedResponse:
         stale_until: float = 0.0,
         stale: bool = False,
         retry_at: float = 0.0,
+        head: bytes = b"",
+        swr_until: float = 0.0,
+        keep_until: float = 0.0,
+        no_cache: bool = False,
         tags: tuple[str, ...] = (),
     ) -> None:
         self.status = status
@@ -69,13 +96,18 @@ class CachedResponse:
         self.stale_until = stale_until
         self.stale = stale
         self.retry_at = retry_at
+        self.head = head
+        self.swr_until = swr_until
+        self.keep_until = keep_until
+        self.no_cache = no_cache
         self.tags = tags
 
     def size(self) -> int:
         """
-        Return the bytes of body and headers.
+        Return the bytes of body and headers (the stored pairs and their
+        wire form).
         """
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+        return len(self.body) + len(self.head) + sum(len(k) + len(v) for k, v in self.headers)
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, CachedResponse):

@@ -21,9 +21,11 @@ L{apicache.store.redis.scripts}.
 
 from __future__ import annotations
 
+import re
 import struct
 from urllib.parse import quote, unquote
 
+from apicache.httpcache import header_block
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 
@@ -33,6 +35,7 @@ __all__ = [
     "encode_key",
     "encode_entry",
     "decode_entry",
+    "entry_problem",
     "encode_component",
     "resource_name",
     "route_name",
@@ -44,10 +47,12 @@ __all__ = [
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Offset of the stale flag in a stored value (set in place by the change script).
 STALE_OFFSET = 1
-_HEAD = struct.Struct("!BBHdddH")
+# version, stale, status, stored_at, expires_at, stale_until, swr_until,
+# keep_until, no_cache, header count
+_HEAD = struct.Struct("!BBHdddddBH")
 _HEADER = struct.Struct("!HI")
 
 
@@ -110,7 +115,8 @@ def lock_key(prefix: str, key: CacheKey) -> str:
 def encode_entry(entry: CachedResponse) -> bytes:
     """
     Return ``entry`` in the stored format: a version byte, the stale flag,
-    status, times, headers, then the body.
+    status, times, the no-cache flag, headers, then the body.  The headers'
+    wire form (``head``) is not stored: it is rebuilt when loaded.
     """
     parts = [
         _HEAD.pack(
@@ -120,6 +126,9 @@ def encode_entry(entry: CachedResponse) -> bytes:
             entry.stored_at,
             entry.expires_at,
             entry.stale_until,
+            entry.swr_until,
+            entry.keep_until,
+            1 if entry.no_cache else 0,
             len(entry.headers),
         )
     ]
@@ -139,7 +148,9 @@ def decode_entry(data: bytes) -> CachedResponse | None:
     if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
         return None
     try:
-        _, stale, status, stored_at, expires_at, stale_until, n = _HEAD.unpack_from(data)
+        _, stale, status, stored_at, expires_at, stale_until, swr_until, keep_until, no_cache, n = _HEAD.unpack_from(
+            data
+        )
         pos = _HEAD.size
         headers = []
         for _ in range(n):
@@ -152,9 +163,9 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             headers.append((name, value))
         if pos > len(data):
             return None
-    except struct.error:
+    except (struct.error, ValueError, TypeError, UnicodeError):
         return None
-    return CachedResponse(
+    entry = CachedResponse(
         status,
         tuple(headers),
         data[pos:],
@@ -162,7 +173,39 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         expires_at=expires_at,
         stale_until=stale_until,
         stale=bool(stale),
+        swr_until=swr_until,
+        keep_until=keep_until,
+        no_cache=bool(no_cache),
     )
+    # the wire form is rebuilt once per load, not stored twice in Redis; an
+    # entry that fails L{entry_problem} is never written, so it gets none
+    if entry_problem(entry) is None:
+        entry.head = header_block(entry.headers)
+    return entry
+
+
+# RFC 9110 section 5.6.2: a field name is a token
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def entry_problem(entry: CachedResponse) -> str | None:
+    """
+    Check an entry read from Redis before it is used: Redis is shared, so
+    what it holds is not trusted to be what this code wrote.
+
+    @return: ``None`` when the entry may be replayed, else why not (a
+        header name that is not a token, a header value holding CR, LF or
+        NUL, a status outside 100-599).
+    """
+    if not 100 <= entry.status <= 599:
+        return "status outside 100-599"
+    for name, value in entry.headers:
+        if not _TOKEN.fullmatch(name):
+            return "a header name that is not a token"
+        if _UNSAFE_VALUE.search(value):
+            return "a header value holding CR, LF or NUL"
+    return None
 
 
 def tag_record_key(prefix: str, key: CacheKey) -> str:

@@ -43,6 +43,7 @@ from apicache.store.redis.codec import (
     encode_entry,
     encode_key,
     encode_tag_record,
+    entry_problem,
     generation_keys,
     lock_key,
     resource_name,
@@ -65,6 +66,8 @@ TAG_DROP_BATCH = 200
 #: one SCAN step over the tag sets, trimming at most SWEEP_MEMBERS of each.
 SWEEP_INTERVAL = 10.0
 SWEEP_MEMBERS = 1000
+#: How many keys with a bad value are remembered so that each is logged once.
+_BAD_KEYS_LOGGED = 1024
 
 
 @implementer(IStore)
@@ -101,6 +104,7 @@ class RedisStore:
         max_entry_bytes: int = 26843545,
         max_value_bytes: int = 1048576,
         lock_ttl: float = 1.0,
+        tenant_max_bytes: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
         # a real reactor is also the clock (IReactorTime)
@@ -111,7 +115,8 @@ class RedisStore:
         self.max_entry_bytes = max_entry_bytes
         self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
         self.lock_ttl = lock_ttl
-        self.local = MemoryStore(local_max_bytes, max_entry_bytes, clock=self._clock)
+        # the in-process tier shares its room fairly too (SPEC.md section 3)
+        self.local = MemoryStore(local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock)
         self.instance = uuid.uuid4().hex
         self.channel = f"{prefix}:inv"
         self.counters: dict[str, int] = {
@@ -122,7 +127,10 @@ class RedisStore:
             "coalesce_waits": 0,
             "local_clears": 0,
             "tag_members_swept": 0,
+            "bad_values": 0,
+            "bad_messages": 0,
         }
+        self._bad_keys_logged: set[str] = set()
         #: called with the tenant (None: every tenant) of each tag purge
         #: another instance made, once this one has applied it
         self.tag_purge_listeners: list[Callable[[str | None], object]] = []
@@ -156,6 +164,7 @@ class RedisStore:
             max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
             max_value_bytes=s.redis_max_value_bytes,
             lock_ttl=s.redis_lock_ttl,
+            tenant_max_bytes=s.tenant_max_bytes,
         )
 
     # -- connections -------------------------------------------------------
@@ -256,7 +265,7 @@ class RedisStore:
                 [self.instance, lock_ms, self.prefix, encode_component(key.tenant)],
             )
             if reply[0] == 0 or reply[0] == 3:
-                entry = decode_entry(reply[1])
+                entry = self._checked(rkey, decode_entry(reply[1]))
                 if entry is not None:
                     # (a Lua nil at the end of a table is left out of the reply)
                     entry.tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
@@ -273,6 +282,25 @@ class RedisStore:
             self.counters["coalesce_waits"] += 1
             await deferLater(self._clock, _POLL_INTERVAL, lambda: None)
 
+    def _checked(self, rkey: str, entry: CachedResponse | None) -> CachedResponse | None:
+        """
+        Return ``entry`` if it may be replayed (L{entry_problem}), else
+        ``None`` (a miss), counted and logged once per key.
+        """
+        if entry is None:
+            return None
+        problem = entry_problem(entry)
+        if problem is None:
+            return entry
+        self.counters["bad_values"] += 1
+        if rkey not in self._bad_keys_logged:
+            if len(self._bad_keys_logged) >= _BAD_KEYS_LOGGED:
+                self._bad_keys_logged.clear()
+            self._bad_keys_logged.add(rkey)
+            # the key is ours (percent-encoded), the value's bytes are not logged
+            self.log.warn("ignored a bad value in Redis at {rkey}: {problem}", rkey=rkey[:512], problem=problem)
+        return None
+
     # -- writing -----------------------------------------------------------
 
     def begin(self, key: CacheKey) -> Deferred[Any]:
@@ -286,7 +314,7 @@ class RedisStore:
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
         gens, seq, local_token = token
         value = encode_entry(entry)
-        ttl_ms = int((entry.stale_until - self._clock.seconds()) * 1000)
+        ttl_ms = int((max(entry.stale_until, entry.keep_until) - self._clock.seconds()) * 1000)
         if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
             if len(value) > self.max_value_bytes:
                 self.counters["too_big"] += 1
@@ -450,28 +478,34 @@ class RedisStore:
     # -- invalidations from other instances ----------------------------------
 
     def _message(self, message: bytes) -> None:
+        """
+        Apply an invalidation published by another instance to the
+        in-process tier.  A malformed message is skipped, counted and
+        logged (not in full); it never raises into the connection, so the
+        messages that follow it in the same read are still applied.
+        """
         try:
-            origin, kind, *rest = json.loads(message)
-        except (ValueError, TypeError):
-            self.log.warn("ignored a malformed invalidation message")
+            change = _parse_message(message)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            self.counters["bad_messages"] += 1
+            self.log.warn("ignored a malformed invalidation message ({n} bytes)", n=len(message))
             return
+        origin, kind, args = change
         if origin == self.instance:
             return
         self.counters["invalidations_received"] += 1
         if kind == "i":
-            tenant, route, params = rest
-            self.local.invalidate(tenant, route, tuple(params))
+            self.local.invalidate(*args)
         elif kind == "s":
-            tenant, route, params = rest
-            self.local.mark_stale(tenant, route, tuple(params))
+            self.local.mark_stale(*args)
         elif kind == "c":
-            self.local.clear(rest[0])
+            self.local.clear(*args)
         elif kind == "d":
-            tenant, route, params, variant = rest
-            self.local.discard(CacheKey(tenant, route, tuple(params), variant))
-        elif kind == "g":
-            tenant, tag, stale = rest
-            self.local.purge_tag(tenant, tag, bool(stale))
+            tenant, route, params, variant = args
+            self.local.discard(CacheKey(tenant, route, params, variant))
+        else:
+            tenant, tag, stale = args
+            self.local.purge_tag(tenant, tag, stale)
             for listener in self.tag_purge_listeners:
                 listener(tenant)
 
@@ -479,6 +513,18 @@ class RedisStore:
 
     def stats(self) -> dict[str, int]:
         return self.local.stats()
+
+    def detailed_stats(self) -> dict[str, int]:
+        """
+        Return the in-process tier's L{MemoryStore.detailed_stats}.
+        """
+        return self.local.detailed_stats()
+
+    def top_tenants(self, n: int = 10) -> list[tuple[str, int, int]]:
+        """
+        Return the in-process tier's L{MemoryStore.top_tenants}.
+        """
+        return self.local.top_tenants(n)
 
     def tenant_entries(self) -> dict[str, int]:
         """
@@ -498,5 +544,52 @@ class RedisStore:
         yield CounterMetricFamily("apicache_redis_values_too_big", "Answers over store.redis_max_value_bytes, not written to Redis.", value=c["too_big"])
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
         yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
+        yield CounterMetricFamily("apicache_store_bad_values", "Values read from Redis that failed validation (bad status or header), served as misses.", value=c["bad_values"])
+        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel, skipped.", value=c["bad_messages"])
         yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
         yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _params(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError("not a list")
+    return tuple(_text(p) for p in value)
+
+
+def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
+    """
+    Return ``(origin, kind, arguments)`` of an invalidation message, as
+    L{RedisStore._publish_message} writes them: ``i``/``s`` (tenant or
+    null, route, params), ``c`` (tenant or null), ``d`` (tenant, route,
+    params, variant), ``g`` (tenant or null, tag, whether to mark stale:
+    a tag purge).
+
+    @raise ValueError: not JSON, an unknown kind, or the wrong arity.
+    @raise TypeError: a field of the wrong type.
+    """
+    data = json.loads(message)
+    if not isinstance(data, list) or len(data) < 2:
+        raise ValueError("not a list of at least two")
+    origin, kind, *rest = data
+    origin = _text(origin)
+    if kind in ("i", "s") and len(rest) == 3:
+        return origin, kind, (_optional_text(rest[0]), _text(rest[1]), _params(rest[2]))
+    if kind == "c" and len(rest) == 1:
+        return origin, kind, (_optional_text(rest[0]),)
+    if kind == "d" and len(rest) == 4:
+        return origin, kind, (_text(rest[0]), _text(rest[1]), _params(rest[2]), _text(rest[3]))
+    if kind == "g" and len(rest) == 3:
+        if not isinstance(rest[2], bool):
+            raise TypeError("not a boolean")
+        return origin, kind, (_optional_text(rest[0]), _text(rest[1]), rest[2])
+    raise ValueError("an unknown kind or the wrong number of fields")
