@@ -25,7 +25,7 @@ from test_redis_daemons import ready as daemon_ready
 from apicache.launchers import Daemon, RedisServer
 from apicache.store.interface import CachedResponse
 from apicache.store.redis import RedisStore, encode_entry, encode_key
-from apicache.store.redis.codec import entry_problem
+from apicache.store.redis.codec import entry_problem, tag_record_key
 
 OBJ = "/server/object(42)/header"
 
@@ -72,6 +72,16 @@ async def test_a_bad_value_in_redis_is_a_miss_counted_and_logged_once(
     warned = [e for e in capture_logs if "bad value in Redis" in e.get("log_format", "")]
     assert len(warned) == 1
     assert b"poison" not in repr(warned).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_damaged_tag_record_is_a_miss_counted(stores: Callable[..., RedisStore]) -> None:
+    s = await ready(stores())
+    assert await store_entry(s, key(), entry(tags=("list:1",)))
+    s.local.clear(None)
+    await s.commands.execute("SET", tag_record_key(s.prefix, key()), b"1 list%3A1 \xff")
+    assert await s.load(key()) is None
+    assert s.counters["bad_values"] == 1
 
 
 @pytest.fixture
@@ -128,6 +138,9 @@ MALFORMED = [
     b'["other", "c"]',
     b'["other", "x", "t1"]',
     b'[1, "c", null]',
+    b'["other", "g", "t1", "object:42"]',
+    b'["other", "g", "t1", 42, false]',
+    b'["other", "g", "t1", "object:42", "yes"]',
     b"\xff\xfe",
 ]
 

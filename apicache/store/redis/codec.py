@@ -223,10 +223,17 @@ def encode_tag_record(seq: int, tags: tuple[str, ...]) -> list[str]:
     return [str(seq), *(encode_component(t) for t in tags)]
 
 
-def decode_tag_record(record: bytes | None) -> tuple[str, ...]:
+def decode_tag_record(record: bytes | None) -> tuple[str, ...] | None:
     """
-    Return the tags of a tag record (``b"<seq> <tag> ..."``), or ``()``.
+    Return the tags of a tag record (``b"<seq> <tag> ..."``), ``()`` for
+    none, or ``None`` when the record is damaged (Redis is shared: what it
+    holds is checked like an entry, see L{entry_problem}).
     """
     if not record:
         return ()
-    return tuple(unquote(t) for t in record.decode("ascii").split()[1:])
+    try:
+        seq, *tags = record.decode("ascii").split()
+        int(seq)
+        return tuple(unquote(t, errors="strict") for t in tags)
+    except (UnicodeError, ValueError):
+        return None

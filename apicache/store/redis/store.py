@@ -266,9 +266,13 @@ class RedisStore:
             )
             if reply[0] == 0 or reply[0] == 3:
                 entry = self._checked(rkey, decode_entry(reply[1]))
-                if entry is not None:
-                    # (a Lua nil at the end of a table is left out of the reply)
-                    entry.tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
+                # (a Lua nil at the end of a table is left out of the reply)
+                tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
+                if entry is not None and tags is None:
+                    self._bad(tag_record_key(self.prefix, key), "a damaged tag record")
+                    entry = None
+                if entry is not None and tags is not None:
+                    entry.tags = tags
                     if reply[0] == 3:
                         # a refresh of one of its tags came after it was stored
                         entry.stale = True
@@ -292,6 +296,14 @@ class RedisStore:
         problem = entry_problem(entry)
         if problem is None:
             return entry
+        self._bad(rkey, problem)
+        return None
+
+    def _bad(self, rkey: str, problem: str) -> None:
+        """
+        Count and log (once per key) a bad value read at ``rkey`` (it is
+        served as a miss).
+        """
         self.counters["bad_values"] += 1
         if rkey not in self._bad_keys_logged:
             if len(self._bad_keys_logged) >= _BAD_KEYS_LOGGED:
@@ -299,7 +311,6 @@ class RedisStore:
             self._bad_keys_logged.add(rkey)
             # the key is ours (percent-encoded), the value's bytes are not logged
             self.log.warn("ignored a bad value in Redis at {rkey}: {problem}", rkey=rkey[:512], problem=problem)
-        return None
 
     # -- writing -----------------------------------------------------------
 
