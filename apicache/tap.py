@@ -257,7 +257,15 @@ def _events(
     credentials: TokenProvider | None,
 ) -> EventListenerService:
     handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
-    listener = EventListenerService(config.kafka, handler, reactor, instance=api.node, credentials=credentials)
+    listener = EventListenerService(
+        config.kafka,
+        handler,
+        reactor,
+        instance=api.node,
+        credentials=credentials,
+        shared_store=bool(getattr(registry.store, "shared", False)),
+        bounds={r.type: r.max_staleness for r in config.routes if r.max_staleness > 0},
+    )
     try:
         # with token credentials the password comes later: check with a stand-in
         check_consumer_settings({"sasl.password": "-"} | listener.settings if credentials else listener.settings)
