@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import ROUTES
-from test_events import KAFKA_EXTRA, JOIN_SECONDS, eventually, kafka_config, wait_ready
+from test_events import JOIN_SECONDS, KAFKA_EXTRA, eventually, kafka_config, wait_ready
 
 from apicache.testing import Daemon, KafkaBroker
 

@@ -123,10 +123,10 @@ class LagMonitor:
 
     def _exchange(self, exchange: WatermarkExchange) -> Deferred[None]:
         async def run() -> None:
+            self.watermark.merge_remote(await exchange.fetch())
             mine = dict(self.watermark.local)
             if mine:
                 await exchange.publish(mine)
-            self.watermark.merge_remote(await exchange.fetch())
 
         return Deferred.fromCoroutine(run())
 
