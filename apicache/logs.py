@@ -2,8 +2,8 @@
 Logging: one JSON object per line (time, level, message, then the event's
 own fields), filtered by level.
 
-The observer is installed on the twistd application by
-L{apicache.tap.makeService}, so twistd's own lines are JSON too.
+The observer is installed on the twistd application by the root service
+(L{apicache.service.ApiCacheService}), so twistd's own lines are JSON too.
 """
 
 from __future__ import annotations
@@ -142,9 +142,3 @@ def capture_stdlib_logging(level: str = "info") -> None:
         root.addHandler(_ToTwistedLogger())
     root.setLevel({"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}.get(level, logging.ERROR))
 
-
-def observer() -> ILogObserver:
-    """
-    A factory for twistd's ``--logger apicache.logs.observer``.
-    """
-    return json_log_observer()

@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS"]
+__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -136,26 +136,6 @@ class Metrics(Collector):
         """
         self._sources.append(source)
 
-    def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        """
-        Add a gauge whose value ``read()`` returns at scrape time.
-        """
-
-        def source() -> Iterator[Metric]:
-            yield GaugeMetricFamily(name, doc, value=read())
-
-        self.add_source(source)
-
-    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
-        """
-        Add a counter whose value ``read()`` returns at scrape time.
-        """
-
-        def source() -> Iterator[Metric]:
-            yield CounterMetricFamily(name, doc, value=read())
-
-        self.add_source(source)
-
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
             "apicache_requests",
@@ -224,3 +204,32 @@ class Metrics(Collector):
         Return the Prometheus text exposition of every metric.
         """
         return generate_latest(self._registry)
+
+
+def cache_families(
+    store_stats: Mapping[str, int], cache_counters: Mapping[str, int], upstream_in_flight: int, tenant_caches: int
+) -> Iterator[Metric]:
+    """
+    Return the store's, the cache registry's and the upstream client's
+    families, from the figures they keep (read at scrape time by the
+    wiring, which knows those parts: this module does not).
+
+    @param store_stats: the store's ``stats()``: ``entries``, ``bytes``,
+        ``evictions``.
+    @param cache_counters: the registry's counters: ``fetches``,
+        ``coalesced``, ``store_errors``.
+    """
+    yield GaugeMetricFamily("apicache_store_entries", "Entries held in this process.", value=store_stats["entries"])
+    yield GaugeMetricFamily("apicache_store_bytes", "Bytes charged to the store's budget.", value=store_stats["bytes"])
+    yield CounterMetricFamily(
+        "apicache_store_evictions", "Entries evicted to stay within the budget.", value=store_stats["evictions"]
+    )
+    yield CounterMetricFamily("apicache_upstream_fetches", "Upstream fetches started.", value=cache_counters["fetches"])
+    yield CounterMetricFamily(
+        "apicache_coalesced_waiters", "Misses that waited for another caller's fetch.", value=cache_counters["coalesced"]
+    )
+    yield CounterMetricFamily(
+        "apicache_store_errors", "Answers that could not be stored.", value=cache_counters["store_errors"]
+    )
+    yield GaugeMetricFamily("apicache_upstream_in_flight", "Upstream fetches running now.", value=upstream_in_flight)
+    yield GaugeMetricFamily("apicache_tenant_caches", "(tenant, route type) caches held.", value=tenant_caches)

@@ -3,48 +3,60 @@ The twistd plugin's options and service: ``twistd -n apicache --config
 apicache.toml``.
 
 This is the wiring: the only module that touches the global reactor or the
-environment, and the only one that knows every part.
+environment, and the only one that knows every part.  A process runs one of
+three ways: a single daemon (L{single}), the supervisor of ``--workers N``
+(L{supervisor}), or one of its workers (L{worker}).
 """
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import cast
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IService, MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint
-from twisted.logger import ILogObserver, Logger
+from twisted.internet.interfaces import (
+    IReactorCore,
+    IReactorFromThreads,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTCP,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.components import Componentized
 from twisted.web.client import Agent
 
+from apicache import __version__
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.http import ApiSite, CacheAPI
 from apicache.instrument import TimedUpstream
+from apicache.invalidator import IInvalidator
 from apicache.logs import capture_stdlib_logging, json_log_observer
-from apicache.metrics import Metrics
+from apicache.metrics import Metrics, cache_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
+from apicache.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
 from apicache.store import IStore, MemoryStore
-from apicache.store.redis import RedisStore
-from apicache.tracing import Tracer, tracer_from_environ
-from apicache.upstream import UpstreamClient
+from apicache.store.redis import RedisStore, RedisStoreService
+from apicache.tracing import Tracer, TracerService, tracer_from_environ
+from apicache.upstream import UpstreamClient, UpstreamService
 from apicache.vcap import BindingFiller, bindings_from_environ
 from apicache.workers import (
     WORKER_ENV,
     AdoptedPortEndpoint,
+    Inheritance,
     SiblingRelay,
     WorkerLink,
     WorkersUnsupported,
@@ -52,7 +64,7 @@ from apicache.workers import (
     worker_argv,
 )
 
-__all__ = ["Options", "makeService", "DEFAULT_LISTEN"]
+__all__ = ["Options", "makeService", "build", "Daemon", "DEFAULT_LISTEN"]
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 DEFAULT_CONFIG = "apicache.toml"
@@ -94,40 +106,19 @@ class Options(usage.Options):
             raise usage.UsageError(f"--workers: expected an integer of 1 or more, got {value!r}")
         self["workers"] = n
 
+    def opt_version(self) -> None:
+        """
+        Print apicache's version and exit.
+        """
+        # usage.Options' own --version prints Twisted's
+        print(f"apicache {__version__}")
+        sys.exit(0)
+
     opt_l = opt_listen
     opt_w = opt_workers
 
     def postOptions(self) -> None:
         self["workers"] = int(self["workers"])
-
-
-class ApiCacheService(MultiService):
-    """
-    The daemon: child services start in the order added and stop one after
-    another in reverse (HTTP drains first, then events, then connections).
-
-    When attached to a twistd application it installs the JSON log
-    observer, so that twistd's own lines are JSON too.
-    """
-
-    def __init__(self, log_observer: ILogObserver | None = None) -> None:
-        super().__init__()
-        self.log_observer = log_observer
-
-    def setServiceParent(self, parent: Any) -> None:
-        if self.log_observer is not None and isinstance(parent, Componentized):
-            parent.setComponent(ILogObserver, self.log_observer)
-        super().setServiceParent(parent)
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        children = list(reversed(list(self)))
-
-        async def stop_in_order() -> None:
-            for child in children:
-                await maybeDeferred(child.stopService)
-
-        return Deferred.fromCoroutine(stop_in_order())
 
 
 class HTTPService(StreamServerEndpointService):
@@ -166,19 +157,6 @@ class HTTPService(StreamServerEndpointService):
         return Deferred.fromCoroutine(drain())
 
 
-class UpstreamService(Service):
-    """
-    Closes the upstream client's pooled connections on stop.
-    """
-
-    def __init__(self, upstream: UpstreamClient) -> None:
-        self.upstream = upstream
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return self.upstream.close()
-
-
 def choose_listen(options_listen: str | None, config: Config, environ: Mapping[str, str]) -> str:
     """
     Return the endpoint to listen on: ``--listen``, ``server.listen``,
@@ -193,29 +171,27 @@ def choose_listen(options_listen: str | None, config: Config, environ: Mapping[s
     return DEFAULT_LISTEN
 
 
-class RedisStoreService(Service):
+@dataclass
+class Daemon:
     """
-    Connects a L{RedisStore} on start (reconnecting in the background) and
-    closes its connections on stop.
+    What L{build} wires: the root service, and the parts the worker path
+    and tests reach into.
+
+    @ivar kafka_credentials: the OAuth token provider of a Kafka binding
+        (Cloud Foundry), or C{None}.
     """
 
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-
-    def startService(self) -> None:
-        super().startService()
-        self.store.start()
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return self.store.close()
+    service: ApiCacheService
+    api: CacheAPI
+    registry: CacheRegistry
+    kafka_credentials: TokenProvider | None = None
 
 
-def _store(config: Config, reactor: Any = None) -> IStore:
+def _store(config: Config, reactor: IReactorTime) -> IStore:
     s = config.store
     if s.backend == "redis":
         try:
-            return RedisStore.from_config(s, reactor)
+            return RedisStore.from_config(s, IReactorTCP(reactor))
         except ValueError as e:
             # the message names the bad part, never the URL (it may hold a password)
             raise ConfigError(
@@ -224,33 +200,10 @@ def _store(config: Config, reactor: Any = None) -> IStore:
     return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
 
 
-def _wire_redis(store: IStore, root: MultiService, readiness: Readiness, metrics: Metrics) -> None:
-    if isinstance(store, RedisStore):
-        readiness.add("redis", store.is_ready)
-        metrics.add_source(store.metrics)
-        RedisStoreService(store).setServiceParent(root)
-
-
-def _register_metrics(metrics: Metrics, registry: CacheRegistry, store: IStore, upstream: UpstreamClient) -> None:
-    def source() -> Iterator[Metric]:
-        stats = store.stats()
-        yield GaugeMetricFamily("apicache_store_entries", "Entries held in this process.", value=stats["entries"])
-        yield GaugeMetricFamily("apicache_store_bytes", "Bytes charged to the store's budget.", value=stats["bytes"])
-        yield CounterMetricFamily("apicache_store_evictions", "Entries evicted to stay within the budget.", value=stats["evictions"])
-        c = registry.counters
-        yield CounterMetricFamily("apicache_upstream_fetches", "Upstream fetches started.", value=c["fetches"])
-        yield CounterMetricFamily("apicache_coalesced_waiters", "Misses that waited for another caller's fetch.", value=c["coalesced"])
-        yield CounterMetricFamily("apicache_store_errors", "Answers that could not be stored.", value=c["store_errors"])
-        yield GaugeMetricFamily("apicache_upstream_in_flight", "Upstream fetches running now.", value=upstream.in_flight)
-        yield GaugeMetricFamily("apicache_tenant_caches", "(tenant, route type) caches held.", value=len(registry))
-
-    metrics.add_source(source)
-
-
 def _events(
     config: Config,
     registry: CacheRegistry,
-    reactor: Any,
+    reactor: IReactorTime,
     api: CacheAPI,
     readiness: Readiness,
     metrics: Metrics,
@@ -260,11 +213,17 @@ def _events(
     listener = EventListenerService(
         config.kafka,
         handler,
-        reactor,
+        IReactorFromThreads(reactor),
         instance=api.node,
         credentials=credentials,
         shared_store=bool(getattr(registry.store, "shared", False)),
         bounds={r.type: r.max_staleness for r in config.routes if r.max_staleness > 0},
+        # group mode: the other instances' partitions count through Redis
+        exchange=(
+            registry.store.watermarks(config.kafka.group_id)
+            if config.kafka.mode == "group" and isinstance(registry.store, RedisStore)
+            else None
+        ),
     )
     try:
         # with token credentials the password comes later: check with a stand-in
@@ -277,32 +236,23 @@ def _events(
     return listener
 
 
-class TracerService(Service):
-    """
-    Flushes exported spans on stop (after HTTP has drained).
-    """
-
-    def __init__(self, tracer: Tracer) -> None:
-        self.tracer = tracer
-
-    def stopService(self) -> None:
-        Service.stopService(self)
-        self.tracer.close()
-
-
 def build(
     config: Config,
-    reactor: Any,
+    reactor: IReactorTime,
     endpoint: IStreamServerEndpoint,
-    log_observer: ILogObserver | None = None,
+    root: ApiCacheService | None = None,
     tracer: Tracer | None = None,
     kafka_credentials: TokenProvider | None = None,
-) -> ApiCacheService:
+) -> Daemon:
     """
     Compose the daemon's services from a validated configuration.
 
+    @param root: the root service to add them to (a new one by default).
     @param kafka_credentials: when the Kafka SASL password is an OAuth token
         (Cloud Foundry binding): started first, stopped last.
+    @return: the daemon, its services added to C{root} in start order.
+    @raise ConfigError: a part refuses the configuration (Redis URL, Kafka
+        settings).
     """
     router = Router(config.routes, config.source)
     metrics = Metrics()
@@ -320,16 +270,19 @@ def build(
     timed = TimedUpstream(upstream, metrics, reactor)
     registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
-    _register_metrics(metrics, registry, store, upstream)
+    metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)
     tracer = tracer or Tracer()
     site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
 
-    root = ApiCacheService(log_observer)
+    root = root if root is not None else ApiCacheService()
     # first child: stopped last, after HTTP has drained
-    _wire_redis(store, root, readiness, metrics)
+    if isinstance(store, RedisStore):
+        readiness.add("redis", store.is_ready)
+        metrics.add_source(store.metrics)
+        RedisStoreService(store).setServiceParent(root)
     if kafka_credentials is not None:
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
@@ -338,69 +291,134 @@ def build(
         # after the upstream, before HTTP: stopped after HTTP drains
         _events(config, registry, reactor, api, readiness, metrics, kafka_credentials).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
-    root.api = api  # type: ignore[attr-defined]
-    root.kafka_credentials = kafka_credentials  # type: ignore[attr-defined]
+    return Daemon(root, api, registry, kafka_credentials)
+
+
+# -- the three ways a process runs -------------------------------------------
+
+
+@dataclass
+class _Start:
+    """What every path starts from: the configuration and where it came from."""
+
+    config: Config
+    config_path: str | None
+    listen: str
+    filler: BindingFiller | None
+    environ: Mapping[str, str]
+
+    def root(self) -> ApiCacheService:
+        # stderr now: once twistd runs, sys.stderr is redirected into the log
+        return ApiCacheService(json_log_observer(self.config.server.log_level), self.listen, sys.stderr)
+
+    def credentials(self, reactor: IReactorTime) -> TokenProvider | None:
+        f = self.filler
+        if f is None or not f.kafka_token_url or not self.config.kafka.enabled:
+            return None
+        client_id, secret = f.kafka_client
+        return TokenProvider(f.kafka_token_url, client_id, secret, reactor, Agent(reactor))
+
+    def finish(self, root: ApiCacheService, serving: str) -> ApiCacheService:
+        capture_stdlib_logging(self.config.server.log_level)
+        StartupNotes(self.config, serving, self.filler.filled if self.filler is not None else None).setServiceParent(root)
+        GarbageCollectorTuning().setServiceParent(root)
+        return root
+
+
+def single(start: _Start, reactor: IReactorTime, endpoint: IStreamServerEndpoint) -> ApiCacheService:
+    """
+    Return the daemon of one process, listening on ``endpoint``.
+
+    @raise ConfigError: a part refuses the configuration.
+    """
+    daemon = build(
+        start.config,
+        reactor,
+        endpoint,
+        start.root(),
+        tracer=tracer_from_environ(start.environ),
+        kafka_credentials=start.credentials(reactor),
+    )
+    return start.finish(daemon.service, f"HTTP on {start.listen}")
+
+
+def supervisor(start: _Start, reactor: IReactorProcess, endpoint: IStreamServerEndpoint, count: int) -> ApiCacheService:
+    """
+    Return the supervisor of ``count`` workers sharing ``endpoint``.
+
+    @raise ConfigError: the endpoint can't be shared, or the workers would
+        miss events.
+    """
+    config = start.config
+    if config.kafka.enabled and config.kafka.mode == "group" and config.store.backend == "memory":
+        # each worker has its own memory store: each must see every event
+        raise ConfigError(
+            config.source,
+            "kafka.mode",
+            'with --workers above 1 and the memory store every worker needs every event: use "broadcast"',
+        )
+    root = start.root()
+    env = {k: v for k, v in start.environ.items() if k != WORKER_ENV}
+    try:
+        workers = WorkerSupervisor(
+            reactor, endpoint, count, worker_argv(start.config_path), env, config.server.shutdown_grace, start.listen
+        )
+    except WorkersUnsupported as e:
+        raise ConfigError(config.source, "server.listen", f"{e}, not {start.listen!r}") from None
+    workers.setServiceParent(root)
     return root
 
 
-class GarbageCollectorTuning(Service):
+def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiCacheService:
     """
-    Once the daemon runs: everything built at start-up moves to the
-    garbage collector's permanent generation (never scanned again), and the
-    young generation is collected less often.  The hit path makes little
-    cyclic garbage, but a full collection scans every cached entry: the
-    p99 pauses of issue 5.
+    Return one worker of a supervisor: a whole daemon accepting on the
+    inherited socket, relaying its invalidations to its siblings, stopping
+    when the supervisor is gone.
+
+    @param inherited: what the supervisor handed down in L{WORKER_ENV}.
+    @raise ConfigError: a part refuses the configuration.
     """
+    clock = IReactorTime(reactor)
+    sockets = IReactorSocket(reactor)
+    endpoint = AdoptedPortEndpoint(sockets, inherited["listen_fd"], inherited["family"])
+    daemon = build(
+        start.config,
+        clock,
+        endpoint,
+        start.root(),
+        tracer=tracer_from_environ(start.environ),
+        kafka_credentials=start.credentials(clock),
+    )
 
-    def __init__(self, threshold: tuple[int, int, int] = (50_000, 20, 100)) -> None:
-        self.threshold = threshold
+    def orphaned() -> None:
+        if reactor.running:
+            reactor.stop()
 
-    def startService(self) -> None:
-        super().startService()
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*self.threshold)
-
-
-class _StartupNotes(Service):
-    """Logs what the daemon runs with, once started."""
-
-    log = Logger()
-
-    def __init__(self, config: Config, listen: str, bound: list[str] | None = None) -> None:
-        self.config = config
-        self.listen = listen
-        self.bound = bound or []
-
-    def startService(self) -> None:
-        super().startService()
-        c = self.config
-        self.log.info(
-            "apicache starting: config {source}, listen {listen}, store {store}, {n} routes",
-            source=c.source,
-            listen=self.listen,
-            store=c.store.backend,
-            n=len(c.routes),
-        )
-        if self.bound:
-            # the keys only: the values are secrets
-            self.log.info("from VCAP_SERVICES: {keys}", keys=", ".join(self.bound))
-        if not c.routes:
-            self.log.warn("no routes are configured: only /healthz, /readyz, / and /metrics answer")
+    # CacheRegistry provides IInvalidator (declared in apicache.cache)
+    registry = cast(IInvalidator, daemon.registry)
+    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned)
+    link.setServiceParent(daemon.service)
+    daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    index, count, pid = inherited["index"], inherited["count"], os.getpid()
+    daemon.api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+    serving = f"HTTP on {inherited['listen']} as worker {index} of {count}, on the supervisor's socket"
+    return start.finish(daemon.service, serving)
 
 
 def makeService(options: Options) -> IService:
     """
-    Build the daemon from the command line.  A bad configuration file writes
-    one line on stderr and exits with status 1.
+    Build the daemon from the command line: one process, the supervisor of
+    ``--workers N``, or (with L{WORKER_ENV} set) one of its workers.  A bad
+    configuration file writes one line on stderr and exits with status 1.
     """
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
 
+    reactor = IReactorCore(installed)
     environ = os.environ
     path = options["config"]
     if path is None and os.path.exists(DEFAULT_CONFIG):
         path = DEFAULT_CONFIG
-    worker = json.loads(environ[WORKER_ENV]) if environ.get(WORKER_ENV) else None
+    inherited: Inheritance | None = json.loads(environ[WORKER_ENV]) if environ.get(WORKER_ENV) else None
     try:
         bindings = bindings_from_environ(environ)
         filler = BindingFiller(bindings) if bindings is not None else None
@@ -410,81 +428,13 @@ def makeService(options: Options) -> IService:
             endpoint = serverFromString(reactor, listen)
         except (ValueError, TypeError, KeyError, IndexError, OSError) as e:
             raise ConfigError(config.source, "server.listen", f"not a server endpoint description ({listen!r}): {e}") from None
-        observer = json_log_observer(config.server.log_level)
-        if worker is None and options["workers"] > 1:
-            if config.kafka.enabled and config.kafka.mode == "group" and config.store.backend == "memory":
-                # each worker has its own memory store: each must see every event
-                raise ConfigError(
-                    config.source,
-                    "kafka.mode",
-                    'with --workers above 1 and the memory store every worker needs every event: use "broadcast"',
-                )
-            try:
-                return supervise(config, reactor, endpoint, options["workers"], path, environ, observer, listen)
-            except WorkersUnsupported as e:
-                raise ConfigError(config.source, "server.listen", f"{e}, not {listen!r}") from None
-        if worker is not None:
-            endpoint = AdoptedPortEndpoint(reactor, worker["listen_fd"], worker["family"])
-            listen = f"{worker.get('listen', listen)} (worker {worker['index']} of {worker['count']})"
-        credentials = None
-        if filler is not None and filler.kafka_token_url and config.kafka.enabled:
-            client_id, secret = filler.kafka_client
-            credentials = TokenProvider(filler.kafka_token_url, client_id, secret, reactor, Agent(reactor))
-        root = build(
-            config,
-            reactor,
-            endpoint,
-            observer,
-            tracer=tracer_from_environ(environ),
-            kafka_credentials=credentials,
-        )
+        start = _Start(config, path, listen, filler, environ)
+        if inherited is not None:
+            return worker(start, reactor, inherited)
+        if options["workers"] > 1:
+            return supervisor(start, IReactorProcess(reactor), endpoint, options["workers"])
+        return single(start, IReactorTime(reactor), endpoint)
     except ConfigError as e:
         sys.stderr.write(f"{e}\n")
         sys.stderr.flush()
         raise SystemExit(1) from None
-    if worker is not None:
-        _join_supervisor(root, reactor, worker)
-    capture_stdlib_logging(config.server.log_level)
-    notes = _StartupNotes(config, listen, filler.filled if filler is not None else None)
-    notes.setServiceParent(root)
-    GarbageCollectorTuning().setServiceParent(root)
-    return root
-
-
-def supervise(
-    config: Config,
-    reactor: Any,
-    endpoint: IStreamServerEndpoint,
-    count: int,
-    config_path: str | None,
-    environ: Mapping[str, str],
-    observer: ILogObserver,
-    listen: str,
-) -> IService:
-    """
-    Return the supervisor of ``count`` workers sharing ``endpoint``.
-
-    @raise WorkersUnsupported: ``endpoint`` can't be shared.
-    """
-    root = ApiCacheService(observer)
-    env = {k: v for k, v in environ.items() if k != WORKER_ENV}
-    supervisor = WorkerSupervisor(
-        reactor, endpoint, count, worker_argv(config_path), env, config.server.shutdown_grace, listen
-    )
-    supervisor.setServiceParent(root)
-    root.supervisor = supervisor  # type: ignore[attr-defined]
-    return root
-
-
-def _join_supervisor(root: ApiCacheService, reactor: Any, worker: dict[str, Any]) -> None:
-    api: CacheAPI = root.api  # type: ignore[attr-defined]
-
-    def orphaned() -> None:
-        if reactor.running:
-            reactor.stop()
-
-    link = WorkerLink(reactor, worker["control_fd"], api.registry, orphaned)
-    link.setServiceParent(root)
-    api.invalidator = SiblingRelay(api.registry, link)
-    pid = os.getpid()
-    api.info_sources.append(lambda: {"worker": worker["index"], "workers": worker["count"], "pid": pid})

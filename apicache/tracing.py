@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from typing import Any
 
+from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
@@ -31,6 +32,7 @@ __all__ = [
     "current_trace_id",
     "enter",
     "leave",
+    "TracerService",
 ]
 
 _TRACEPARENT_RE = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -218,3 +220,17 @@ def tracer_from_environ(environ: Mapping[str, str]) -> Tracer:
             error=str(e),
         )
         return Tracer()
+
+
+class TracerService(Service):
+    """
+    Flushes the spans not yet exported when the daemon stops (after HTTP
+    has drained, so the last requests' spans are among them).
+    """
+
+    def __init__(self, tracer: Tracer) -> None:
+        self.tracer = tracer
+
+    def stopService(self) -> None:
+        Service.stopService(self)
+        self.tracer.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
@@ -24,6 +25,7 @@ from zope.interface import Attribute, Interface, implementer
 __all__ = [
     "IUpstream",
     "UpstreamClient",
+    "UpstreamService",
     "UpstreamResponse",
     "UpstreamError",
     "UpstreamUnreachable",
@@ -248,3 +250,19 @@ def _describe(e: Exception) -> str:
     if reasons:
         return "; ".join(r.getErrorMessage() for r in reasons)
     return f"{type(e).__name__}: {e}"
+
+
+class UpstreamService(Service):
+    """
+    Closes the upstream client's pooled connections when the daemon stops.
+    """
+
+    def __init__(self, upstream: IUpstream) -> None:
+        self.upstream = upstream
+
+    def stopService(self) -> Deferred[None]:
+        """
+        @return: fires once the pooled connections are closed.
+        """
+        Service.stopService(self)
+        return self.upstream.close()  # type: ignore[no-any-return]

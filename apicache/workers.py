@@ -7,8 +7,8 @@ store, tenant caches and event listener.
 The supervisor restarts a worker that dies and, on SIGTERM, stops every
 worker (each drains its requests) before it exits itself.
 
-Each worker keeps a control connection (a Unix socket pair) to the
-supervisor.  With the memory store every worker holds its own entries, so an
+Each worker keeps a control connection (a Unix socket pair,
+:class:`ControlLink` at both ends) to the supervisor.  With the memory store every worker holds its own entries, so an
 HTTP ``DELETE`` or ``/clear`` that one worker receives must reach the
 others: the worker applies it, then the supervisor relays it to every
 sibling and the answer counts what all of them dropped.  Events need no
@@ -17,9 +17,10 @@ per worker: N workers make at most N upstream calls for one cold key.
 
 A worker whose supervisor is gone (its control connection closed) stops.
 
-This module imports nothing of the HTTP layer: the worker side wraps the
-cache registry's invalidation calls (:class:`SiblingRelay`), which the
-wiring hands to the HTTP API.
+This module imports nothing of the HTTP layer or the cache: the worker side
+wraps the registry as an :class:`~apicache.invalidator.IInvalidator`
+(:class:`SiblingRelay`, an IInvalidator itself), which the wiring hands to
+the HTTP API.
 """
 
 from __future__ import annotations
@@ -29,27 +30,41 @@ import os
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TypedDict
 
 from twisted.application.service import Service
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
-from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, ServerFactory
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorProcess,
+    IReactorSocket,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.protocol import ProcessProtocol, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from apicache.invalidator import IInvalidator
 from apicache.store.interface import StoreUnavailable
 
 __all__ = [
     "WORKER_ENV",
+    "Inheritance",
     "WorkerSupervisor",
     "WorkerLink",
     "SiblingRelay",
+    "ControlLink",
+    "ControlLost",
+    "Invalidation",
     "AdoptedPortEndpoint",
     "address_family",
     "WorkersUnsupported",
@@ -66,6 +81,22 @@ RELAY_TIMEOUT = 5.0
 #: growing delay (up to MAX_RESTART_DELAY) instead of at once.
 _STABLE_AFTER = 5.0
 MAX_RESTART_DELAY = 30.0
+
+
+class Inheritance(TypedDict):
+    """
+    What a worker inherits from its supervisor, as L{WORKER_ENV}'s JSON.
+
+    @ivar listen: the endpoint description the supervisor listens on.
+    @ivar family: the listening socket's address family.
+    """
+
+    listen_fd: int
+    family: int
+    listen: str
+    control_fd: int
+    index: int
+    count: int
 
 
 class WorkersUnsupported(Exception):
@@ -88,43 +119,176 @@ def address_family(endpoint: IStreamServerEndpoint) -> int:
     raise WorkersUnsupported("--workers above 1 needs a tcp:, tcp6: or unix: listen endpoint")
 
 
-class _Control(LineReceiver):
+# -- the control link ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Invalidation:
     """
-    One end of a control connection: JSON objects, one a line.
+    One invalidation carried between processes: an L{IInvalidator} call.
+
+    @ivar action: ``"invalidate"``, ``"refresh"`` or ``"clear"``.
+    @ivar route: the route type (empty for ``clear``).
+    @ivar params: the path parameters (empty for ``clear``).
+    """
+
+    action: str
+    tenant: str | None
+    route: str = ""
+    params: tuple[str, ...] = ()
+
+    def apply(self, invalidator: IInvalidator) -> Deferred[int]:
+        """
+        Make this call on ``invalidator``.
+
+        @return: what the call fires with: the number of entries touched.
+        """
+        if self.action == "clear":
+            return invalidator.clear(self.tenant)
+        if self.action == "refresh":
+            return invalidator.refresh(self.tenant, self.route, self.params)
+        return invalidator.invalidate(self.tenant, self.route, self.params)
+
+
+class ControlLost(StoreUnavailable):
+    """The other end of the control link went away before it answered."""
+
+
+class ControlLink(LineReceiver):
+    """
+    One end of the control connection between the supervisor and a worker
+    (a Unix socket pair): each end asks the other to apply an
+    L{Invalidation} and gets the number of entries it touched back.
+
+    The worker asks the supervisor to apply an invalidation on its siblings;
+    the supervisor asks a sibling to apply it on its own registry.  On the
+    wire each message is one JSON line: ``{"op": "ask", "id": N, "action":
+    ..., "tenant": ..., "route": ..., "params": [...]}``, answered by
+    ``{"op": "answer", "id": N, "n": COUNT}`` or ``{"op": "answer", "id": N,
+    "error": TEXT}``.
+
+    @param answer: applies an invalidation the other end asked for; fires
+        with the count to send back, errbacks with the error to send back.
+    @param lost: called once the connection is gone.
     """
 
     delimiter = b"\n"
     MAX_LENGTH = 1 << 20
 
-    def __init__(self, on_message: Callable[[_Control, dict[str, Any]], None], on_lost: Callable[[_Control], None]) -> None:
-        self.on_message = on_message
-        self.on_lost = on_lost
+    def __init__(
+        self,
+        clock: IReactorTime,
+        answer: Callable[[Invalidation], Deferred[int]],
+        lost: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._clock = clock
+        self._answer = answer
+        self._lost = lost
+        self._asked = 0
+        self._waiting: dict[int, Deferred[int]] = {}
+        #: connected, and not lost yet
+        self.is_open = False
 
-    def send(self, message: dict[str, Any]) -> None:
-        self.sendLine(json.dumps(message).encode())
+    def ask(self, invalidation: Invalidation, timeout: float) -> Deferred[int]:
+        """
+        Have the other end apply ``invalidation``.
+
+        @return: fires with the number of entries the other end touched;
+            errbacks with L{StoreUnavailable} when it reports an error,
+            L{ControlLost} when the link goes away first, and
+            L{twisted.internet.defer.TimeoutError} after ``timeout``
+            seconds.
+        """
+        if not self.is_open:
+            return fail(ControlLost("the control link is closed"))
+        self._asked += 1
+        id_ = self._asked
+
+        def forget(d: Deferred[int]) -> None:
+            self._waiting.pop(id_, None)
+
+        d: Deferred[int] = Deferred(forget)
+        self._waiting[id_] = d
+        self._send(
+            {
+                "op": "ask",
+                "id": id_,
+                "action": invalidation.action,
+                "tenant": invalidation.tenant,
+                "route": invalidation.route,
+                "params": list(invalidation.params),
+            }
+        )
+        return d.addTimeout(timeout, self._clock)
+
+    def connectionMade(self) -> None:
+        self.is_open = True
 
     def lineReceived(self, line: bytes) -> None:
-        self.on_message(self, json.loads(line))
+        message = json.loads(line)
+        if message["op"] == "ask":
+            invalidation = Invalidation(message["action"], message["tenant"], message["route"], tuple(message["params"]))
+            id_ = message["id"]
+            try:
+                d = self._answer(invalidation)
+            except Exception:  # noqa: BLE001 - sent back as the answer's error
+                d = fail()
+            d.addCallbacks(lambda n: self._answered(id_, n), lambda f: self._failed(id_, f))
+        elif message["op"] == "answer":
+            waiting = self._waiting.pop(message["id"], None)
+            if waiting is None or waiting.called:
+                return
+            if "error" in message:
+                waiting.errback(StoreUnavailable(message["error"]))
+            else:
+                waiting.callback(int(message["n"]))
+
+    def _answered(self, id_: int, n: int) -> None:
+        self._send({"op": "answer", "id": id_, "n": n})
+
+    def _failed(self, id_: int, failure: Failure) -> None:
+        self._send({"op": "answer", "id": id_, "error": failure.getErrorMessage()})
+
+    def _send(self, message: dict[str, object]) -> None:
+        if self.is_open:
+            self.sendLine(json.dumps(message).encode())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.on_lost(self)
+        self.is_open = False
+        waiting = list(self._waiting.values())
+        self._waiting.clear()
+        for d in waiting:
+            if not d.called:
+                d.errback(ControlLost("the other end of the control link is gone"))
+        self._lost()
 
 
-class _NeverAccepts(ServerFactory):
-    """The supervisor's factory: it listens, its workers accept."""
+class _SharedSocket(ServerFactory):
+    """
+    The supervisor's factory: it listens, its workers accept.  Named in
+    Twisted's "... starting on PORT" line, in plain words.
+    """
 
     noisy = False
 
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
 
-class _OneProtocol(Factory):
+    def logPrefix(self) -> str:
+        return f"HTTP socket for {self.workers} workers"
+
+
+class _OneProtocol(ServerFactory):
+    """Hands the one protocol of an adopted connection to the reactor."""
+
     def __init__(self, protocol: Protocol) -> None:
         self.protocol_ = protocol
 
-    def buildProtocol(self, addr: Any) -> Protocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return self.protocol_
 
 
-def _adopt_connection(reactor: Any, fd: int, protocol: Protocol) -> None:
+def _adopt_connection(reactor: IReactorSocket, fd: int, protocol: Protocol) -> None:
     reactor.adoptStreamConnection(fd, socket.AF_UNIX, _OneProtocol(protocol))
     os.close(fd)  # adopted as a duplicate
 
@@ -138,7 +302,7 @@ class _Worker(ProcessProtocol):
     def __init__(self, supervisor: WorkerSupervisor, index: int) -> None:
         self.supervisor = supervisor
         self.index = index
-        self.control: _Control | None = None
+        self.control: ControlLink | None = None
         self.started = 0.0
         self.ended: Deferred[None] = Deferred()
 
@@ -153,6 +317,8 @@ class WorkerSupervisor(Service):
     ones that die, relays invalidations between them, and stops them all
     (each draining its requests) when stopped.
 
+    @param reactor: spawns the workers; also their clock and the adopter of
+        their control connections (L{IReactorTime}, L{IReactorSocket}).
     @param argv: the worker command line (a twistd invocation).
     @param environ: the workers' environment, without L{WORKER_ENV}.
     """
@@ -162,7 +328,7 @@ class WorkerSupervisor(Service):
 
     def __init__(
         self,
-        reactor: Any,
+        reactor: IReactorProcess,
         endpoint: IStreamServerEndpoint,
         count: int,
         argv: list[str],
@@ -171,6 +337,8 @@ class WorkerSupervisor(Service):
         listen: str = "",
     ) -> None:
         self.reactor = reactor
+        self.clock = IReactorTime(reactor)
+        self.sockets = IReactorSocket(reactor)
         self.listen = listen
         self.endpoint = endpoint
         self.family = address_family(endpoint)
@@ -179,29 +347,34 @@ class WorkerSupervisor(Service):
         self.environ = environ
         self.grace = grace
         self.workers: dict[int, _Worker] = {}
-        self.port: Any = None
+        self.port: IListeningPort | None = None
         self._stopping = False
         self._delays: dict[int, float] = {}
-        self._relays = 0
-        self._pending: dict[int, Deferred[int]] = {}
 
     def privilegedStartService(self) -> None:
-        # listen first (a privileged port, an address in use: fail at once)
-        d = self.endpoint.listen(_NeverAccepts())  # type: ignore[call-arg]
-        result: list[Any] = []
+        """
+        Listen, before privileges are shed.
+
+        @raise twisted.internet.error.CannotListenError: the address is in
+            use, or privileged.
+        """
+        d = self.endpoint.listen(_SharedSocket(self.count))
+        result: list[IListeningPort | Failure] = []
         d.addBoth(result.append)
-        if isinstance(result[0], Failure):
-            result[0].raiseException()
-        self.port = result[0]
+        port = result[0]
+        if isinstance(port, Failure):
+            port.raiseException()
+        assert not isinstance(port, Failure)
+        self.port = port
         # the workers accept; this process never does
-        self.port.stopReading()  # type: ignore[attr-defined]
+        port.stopReading()  # type: ignore[attr-defined]
         super().privilegedStartService()
 
     def startService(self) -> None:
         super().startService()
         if self.port is None:
             self.privilegedStartService()
-        self.log.info("supervising {n} workers", n=self.count)
+        self.log.info("supervising {n} workers serving HTTP on {listen}", n=self.count, listen=self.listen)
         for i in range(self.count):
             self._spawn(i)
 
@@ -212,16 +385,16 @@ class WorkerSupervisor(Service):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         worker = _Worker(self, index)
         env = dict(self.environ)
-        env[WORKER_ENV] = json.dumps({"listen_fd": _LISTEN_FD, "family": int(self.family), "listen": self.listen,
-                                      "control_fd": _CONTROL_FD, "index": index, "count": self.count})
+        inheritance = Inheritance(listen_fd=_LISTEN_FD, family=int(self.family), listen=self.listen,
+                                  control_fd=_CONTROL_FD, index=index, count=self.count)
+        env[WORKER_ENV] = json.dumps(inheritance)
         fds = {0: 0, 1: 1, 2: 2, _LISTEN_FD: self.port.fileno(), _CONTROL_FD: theirs.fileno()}  # type: ignore[attr-defined]
-        worker.started = self.reactor.seconds()
+        worker.started = self.clock.seconds()
         self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env, childFDs=fds)
         theirs.close()
-        control = _Control(self._received, self._lost)
-        control.worker = worker  # type: ignore[attr-defined]
+        control = ControlLink(self.clock, lambda invalidation: self._relay(worker, invalidation))
         worker.control = control
-        _adopt_connection(self.reactor, os.dup(ours.fileno()), control)
+        _adopt_connection(self.sockets, os.dup(ours.fileno()), control)
         ours.close()
         self.workers[index] = worker
         self.log.info("worker {index} started (pid {pid})", index=index, pid=worker.transport.pid)  # type: ignore[union-attr]
@@ -234,62 +407,51 @@ class WorkerSupervisor(Service):
         if self._stopping:
             self.log.info("worker {index} stopped", index=worker.index)
             return
-        lived = self.reactor.seconds() - worker.started
+        lived = self.clock.seconds() - worker.started
         delay = 0.0 if lived >= _STABLE_AFTER else min(MAX_RESTART_DELAY, max(0.5, 2 * self._delays.get(worker.index, 0.25)))
         self._delays[worker.index] = delay
         self.log.warn(
             "worker {index} died (status {status}, signal {signal}) after {lived:.1f} s; restarting in {delay} s",
             index=worker.index, status=status, signal=sig, lived=lived, delay=delay,
         )
-        self.reactor.callLater(delay, self._spawn, worker.index)
+        self.clock.callLater(delay, self._spawn, worker.index)
 
     # -- relaying ------------------------------------------------------------
 
-    def _lost(self, control: _Control) -> None:
-        control.lost = True  # type: ignore[attr-defined]
-        for d in getattr(control, "waiting", {}).values():
-            if not d.called:
-                d.callback(0)  # a worker that is gone holds nothing any more
+    def _relay(self, origin: _Worker, invalidation: Invalidation) -> Deferred[int]:
+        """
+        Apply an invalidation ``origin`` received on every other worker.
 
-    def _received(self, control: _Control, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "relay":
-            origin: _Worker = control.worker  # type: ignore[attr-defined]
-            self._relay(origin, message).addCallback(control.send)
-        elif op == "applied":
-            waiting = getattr(control, "waiting", {})
-            d = waiting.pop(message["id"], None)
-            if d is not None and not d.called:
-                if "error" in message:
-                    d.errback(StoreUnavailable(message["error"]))
-                else:
-                    d.callback(int(message["n"]))
+        @return: fires with the entries they touched together; errbacks
+            with L{StoreUnavailable} when one did not confirm.
+        """
 
-    def _relay(self, origin: _Worker, message: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        calls = []
-        for worker in list(self.workers.values()):
-            control = worker.control
-            if worker is origin or control is None or getattr(control, "lost", False):
-                continue
-            self._relays += 1
-            d: Deferred[int] = Deferred()
-            control.waiting = getattr(control, "waiting", {})  # type: ignore[attr-defined]
-            control.waiting[self._relays] = d  # type: ignore[attr-defined]
-            control.send({**message, "op": "apply", "id": self._relays})
-            d.addTimeout(RELAY_TIMEOUT, self.reactor)
-            calls.append(d)
+        def gone(f: Failure) -> int:
+            f.trap(ControlLost)
+            return 0  # a worker that is gone holds nothing any more
 
-        def answer(results: list[tuple[bool, Any]]) -> dict[str, Any]:
+        calls = [
+            worker.control.ask(invalidation, RELAY_TIMEOUT).addErrback(gone)
+            for worker in list(self.workers.values())
+            if worker is not origin and worker.control is not None and worker.control.is_open
+        ]
+
+        def total(results: list[tuple[bool, int]]) -> int:
+            # consumeErrors: a failed call is (False, Failure)
             failed = [r for ok, r in results if not ok]
             if failed:
-                return {"op": "relayed", "id": message["id"], "error": f"{len(failed)} workers did not confirm"}
-            return {"op": "relayed", "id": message["id"], "n": sum(r for _, r in results)}
+                raise StoreUnavailable(f"{len(failed)} workers did not confirm")
+            return sum(r for _, r in results)
 
-        return DeferredList(calls, consumeErrors=True).addCallback(answer)
+        return DeferredList(calls, consumeErrors=True).addCallback(total)
 
     # -- stopping ------------------------------------------------------------
 
     def stopService(self) -> Deferred[None]:
+        """
+        @return: fires once every worker has ended (killed if one outlives
+            the grace period by 5 s) and the socket is closed.
+        """
         super().stopService()
         self._stopping = True
         workers = list(self.workers.values())
@@ -304,23 +466,23 @@ class WorkerSupervisor(Service):
 
         def close(_: object) -> Deferred[None] | None:
             if self.port is not None:
-                return self.port.stopListening()  # type: ignore[no-any-return, misc]
+                return self.port.stopListening()  # type: ignore[no-any-return]
             return None
 
         ended = DeferredList([w.ended for w in workers])
-        timer = self.reactor.callLater(self.grace + 5.0, kill, None)
+        timer = self.clock.callLater(self.grace + 5.0, kill, None)
 
         def done(result: object) -> object:
             if timer.active():
                 timer.cancel()
             return result
 
-        return ended.addBoth(done).addBoth(close)
+        return ended.addBoth(done).addBoth(close)  # type: ignore[return-value]
 
     @staticmethod
     def _signal(worker: _Worker, name: str) -> None:
         try:
-            worker.transport.signalProcess(name)  # type: ignore[union-attr, call-arg, misc]
+            worker.transport.signalProcess(name)  # type: ignore[union-attr]
         except Exception:  # noqa: BLE001 - gone already
             pass
 
@@ -334,18 +496,24 @@ class AdoptedPortEndpoint:
     A server endpoint listening on an inherited listening socket.
     """
 
-    def __init__(self, reactor: Any, fd: int, family: int) -> None:
+    def __init__(self, reactor: IReactorSocket, fd: int, family: int) -> None:
         self.reactor = reactor
         self.fd = fd
         self.family = family
 
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        @return: fires with the port, listening already.
+        """
+        port: IListeningPort
         if self.family in (socket.AF_INET, socket.AF_INET6):
             # what reactor.adoptStreamPort does, with a fair port
-            port: Any = _FairPort._fromListeningDescriptor(self.reactor, self.fd, self.family, factory)
-            port.startListening()
+            fair = _FairPort._fromListeningDescriptor(self.reactor, self.fd, self.family, factory)
+            fair.startListening()
+            port = fair
         else:
-            port = self.reactor.adoptStreamPort(self.fd, self.family, factory)
+            # Twisted annotates the factory as a ServerFactory; any IProtocolFactory works
+            port = self.reactor.adoptStreamPort(self.fd, socket.AddressFamily(self.family), factory)  # type: ignore[arg-type]
         os.close(self.fd)  # adopted as a duplicate
         return succeed(port)
 
@@ -370,116 +538,92 @@ class _FairPort(tcp.Port):
 
 class WorkerLink(Service):
     """
-    A worker's control connection to its supervisor: answers relayed
-    invalidations with ``apply`` (the registry's own calls, never relayed
-    again), sends this worker's with :meth:`relay`, and calls
+    A worker's control connection to its supervisor: applies the
+    invalidations its siblings received (on this worker's registry, never
+    relayed again), sends this worker's to them with :meth:`relay`, and calls
     ``orphaned`` when the supervisor is gone.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, fd: int, registry: Any, orphaned: Callable[[], None]) -> None:
+    def __init__(
+        self, reactor: IReactorSocket, clock: IReactorTime, fd: int, registry: IInvalidator, orphaned: Callable[[], None]
+    ) -> None:
         self.reactor = reactor
+        self.clock = clock
         self.fd = fd
         self.registry = registry
         self.orphaned = orphaned
-        self.control: _Control | None = None
-        self._ids = 0
-        self._pending: dict[int, Deferred[int]] = {}
+        self.control: ControlLink | None = None
+        self._stopped = False
 
     def startService(self) -> None:
         super().startService()
-        self.control = _Control(self._received, self._lost)
+        self.control = ControlLink(self.clock, lambda invalidation: invalidation.apply(self.registry), self._lost)
         _adopt_connection(self.reactor, self.fd, self.control)
 
     def stopService(self) -> None:
         self._stopped = True
         super().stopService()
 
-    def _lost(self, control: _Control) -> None:
-        for d in self._pending.values():
-            if not d.called:
-                d.errback(StoreUnavailable("the supervisor is gone"))
-        self._pending.clear()
-        if self.running and not getattr(self, "_stopped", False):
+    def _lost(self) -> None:
+        if self.running and not self._stopped:
             self.log.warn("the supervisor is gone: stopping")
             self.orphaned()
 
-    def relay(self, message: dict[str, Any]) -> Deferred[int]:
+    def relay(self, invalidation: Invalidation) -> Deferred[int]:
         """
-        Have the supervisor apply ``message`` on every sibling.  Fires with
-        the number of entries they dropped; errbacks with
-        L{StoreUnavailable} if one did not confirm.
+        Have the supervisor apply ``invalidation`` on every sibling.
+
+        @return: fires with the number of entries they touched; errbacks
+            with L{StoreUnavailable} if one did not confirm (or the
+            supervisor is gone), or a timeout.
         """
         if self.control is None:
             return succeed(0)
-        self._ids += 1
-        d: Deferred[int] = Deferred()
-        self._pending[self._ids] = d
-        self.control.send({**message, "op": "relay", "id": self._ids})
         # the supervisor answers within its own RELAY_TIMEOUT
-        return d.addTimeout(RELAY_TIMEOUT + 1.0, self.reactor)
-
-    def _received(self, control: _Control, message: dict[str, Any]) -> None:
-        op = message.get("op")
-        if op == "relayed":
-            d = self._pending.pop(message["id"], None)
-            if d is not None and not d.called:
-                if "error" in message:
-                    d.errback(StoreUnavailable(message["error"]))
-                else:
-                    d.callback(int(message["n"]))
-        elif op == "apply":
-            self._apply(message).addBoth(lambda result: self._applied(control, message["id"], result))
-
-    def _apply(self, message: dict[str, Any]) -> Deferred[int]:
-        try:
-            if message["action"] == "clear":
-                return self.registry.clear(message["tenant"])  # type: ignore[no-any-return]
-            return self.registry.invalidate(message["tenant"], message["route"], tuple(message["params"]))  # type: ignore[no-any-return]
-        except Exception:  # noqa: BLE001 - answered as an error
-            from twisted.internet.defer import fail
-
-            return fail()
-
-    @staticmethod
-    def _applied(control: _Control, id_: int, result: Any) -> None:
-        if isinstance(result, Failure):
-            control.send({"op": "applied", "id": id_, "error": result.getErrorMessage()})
-        else:
-            control.send({"op": "applied", "id": id_, "n": result})
+        return self.control.ask(invalidation, RELAY_TIMEOUT + 1.0)
 
 
+@implementer(IInvalidator)
 class SiblingRelay:
     """
     What the HTTP API calls to invalidate in a worker: the registry here,
     then every sibling through the supervisor.  Fires with the entries
-    dropped by all workers (with a shared store, by this one: the siblings
+    touched by all workers (with a shared store, by this one: the siblings
     counted the same entries); errbacks with L{StoreUnavailable}.
+
+    @param shared: the store is shared by every worker (Redis).
     """
 
-    def __init__(self, registry: Any, link: WorkerLink) -> None:
+    def __init__(self, registry: IInvalidator, link: WorkerLink, shared: bool) -> None:
         self.registry = registry
         self.link = link
+        self.shared = shared
 
-    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        local = self.registry.invalidate(tenant, route, params)
-        return Deferred.fromCoroutine(
-            self._everywhere(local, {"action": "invalidate", "tenant": tenant, "route": route, "params": list(params)})
-        )
+    def invalidate(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        return self._everywhere(Invalidation("invalidate", tenant, route_type, tuple(params)))
+
+    def refresh(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        return self._everywhere(Invalidation("refresh", tenant, route_type, tuple(params)))
 
     def clear(self, tenant: str | None) -> Deferred[int]:
-        return Deferred.fromCoroutine(self._everywhere(self.registry.clear(tenant), {"action": "clear", "tenant": tenant}))
+        return self._everywhere(Invalidation("clear", tenant))
 
-    async def _everywhere(self, local: Deferred[int], message: dict[str, Any]) -> int:
-        here = await local
-        try:
-            there = await self.link.relay(message)
-        except StoreUnavailable:
-            raise
-        except Exception as e:  # a timeout
-            raise StoreUnavailable(f"not every worker confirmed: {e}") from None
-        return here if self.registry.store.shared else here + there
+    def _everywhere(self, invalidation: Invalidation) -> Deferred[int]:
+        local = invalidation.apply(self.registry)
+
+        async def then_siblings() -> int:
+            here = await local
+            try:
+                there = await self.link.relay(invalidation)
+            except StoreUnavailable:
+                raise
+            except (CancelledError, Exception) as e:  # a timeout
+                raise StoreUnavailable(f"not every worker confirmed: {e}") from None
+            return here if self.shared else here + there
+
+        return Deferred.fromCoroutine(then_siblings())
 
 
 def worker_argv(config_path: str | None) -> list[str]:

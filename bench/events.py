@@ -31,7 +31,8 @@ import time
 
 import tomli_w
 
-from apicache.testing import Daemon, KafkaBroker, UpstreamStub
+from apicache.demo import UpstreamStub
+from apicache.launchers import Daemon, KafkaBroker
 
 API_KEY = "bench-key"
 

@@ -14,7 +14,8 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, settings
 
-from apicache.testing import Daemon, UpstreamStub
+from apicache.demo import UpstreamStub
+from apicache.launchers import Daemon
 
 # Redis fixtures (a private redis-server, RedisStore factories)
 pytest_plugins = ["redis_support"]

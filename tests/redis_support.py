@@ -19,8 +19,8 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
+from apicache.launchers import RedisServer
 from apicache.store.redis import RedisStore
-from apicache.testing import RedisServer
 
 needs_redis_server = pytest.mark.skipif(
     shutil.which("redis-server") is None, reason="redis-server is not installed"

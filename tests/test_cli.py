@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from apicache.testing import free_port, twistd_path
+from apicache.launchers import free_port, twistd_path
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = '[[routes]]\ntype = "object"\npath = "/o/<id>"\nupstream = "/o/{id}"\n'
@@ -114,3 +114,46 @@ def test_help_lists_the_options(tmp_path):
     assert p.returncode == 0
     for option in ("--config", "--listen", "--workers"):
         assert option in text
+
+
+@pytest.mark.parametrize("argv", [["apicache", "--version"], ["-n", "--pidfile=", "apicache", "--version"]])
+def test_version_prints_apicache_and_exits_0(tmp_path, argv):
+    """``--version`` after ``apicache`` is apicache's, not Twisted's."""
+    from apicache import __version__
+
+    p = subprocess.run([twistd_path(), *argv], cwd=tmp_path, capture_output=True, timeout=60)
+    assert p.returncode == 0
+    assert p.stdout.decode() == f"apicache {__version__}\n"
+    assert p.stderr == b""
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_port_in_use_is_one_line_naming_the_endpoint_and_exit_1(tmp_path, workers):
+    (tmp_path / "c.toml").write_text(KEY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        p = subprocess.run(
+            [twistd_path(), "-n", "--pidfile=", "apicache", "--config", "c.toml", "--listen", listen, *workers],
+            cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60,
+        )
+    assert p.returncode == 1
+    assert p.stderr.decode() == f"apicache: cannot listen on {listen}: Address already in use\n"
+    assert "Traceback" not in p.stdout.decode()
+
+
+def test_port_in_use_leaves_no_pid_file(tmp_path):
+    """twistd's own start-up clean-up still runs: its pid file goes."""
+    (tmp_path / "c.toml").write_text(KEY)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1"
+        p = subprocess.run(
+            [twistd_path(), "-n", "--pidfile=apicache.pid", "apicache", "--config", "c.toml", "--listen", listen],
+            cwd=tmp_path, env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60,
+        )
+    assert p.returncode == 1
+    assert len(p.stderr.decode().splitlines()) == 1
+    assert not (tmp_path / "apicache.pid").exists()

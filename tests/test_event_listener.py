@@ -26,9 +26,9 @@ from apicache.cache import CacheRegistry
 from apicache.config import KafkaConfig, parse_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService
 from apicache.events.kafka import _LibrdkafkaLog
+from apicache.launchers import free_port
 from apicache.store import MemoryStore
 from apicache.store.interface import StoreUnavailable
-from apicache.testing import free_port
 
 CONFIG = parse_config(
     {

@@ -5,13 +5,13 @@ Metrics: plain counters rendered in the Prometheus text format at scrape time.
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from apicache.instrument import TimedUpstream
 from apicache.metrics import OTHER_TENANTS, Metrics
 from apicache.store import MemoryStore
-from apicache.upstream import Overloaded, UpstreamResponse, UpstreamTimeout
+from apicache.testing import FakeUpstream
+from apicache.upstream import Overloaded, UpstreamTimeout
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -86,29 +86,14 @@ def test_tenant_entries_come_from_the_store():
     assert s[("apicache_tenant_entries", (("tenant", "b"),))] == 1
 
 
-class FakeUpstream:
-    in_flight = 0
-
-    def __init__(self, result):
-        self.result = result
-
-    def fetch(self, path, headers):
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-    def close(self):
-        return succeed(None)
-
-
 def test_upstream_latency_lands_in_its_bucket():
     clock = Clock()
-    d: Deferred[UpstreamResponse] = Deferred()
+    upstream = FakeUpstream()
     m = Metrics()
-    timed = TimedUpstream(FakeUpstream(d), m, clock)
+    timed = TimedUpstream(upstream, m, clock)
     result = timed.fetch("/x", [])
     clock.advance(0.03)
-    d.callback(UpstreamResponse(200, [], b""))
+    upstream.pending[0].respond(200, b"", [])
     assert result.called
     s = samples(m)
     assert s[("apicache_upstream_latency_seconds_bucket", (("le", "0.025"),))] == 0
@@ -120,13 +105,11 @@ def test_upstream_latency_lands_in_its_bucket():
 def test_upstream_failures_are_counted_by_kind():
     clock = Clock()
     m = Metrics()
-    d: Deferred[UpstreamResponse] = Deferred()
-    TimedUpstream(FakeUpstream(d), m, clock).fetch("/x", []).addErrback(lambda f: None)
-    d.errback(UpstreamTimeout("slow"))
-    try:
-        TimedUpstream(FakeUpstream(Overloaded("busy")), m, clock).fetch("/x", [])
-    except Overloaded:
-        pass
+    upstream = FakeUpstream()
+    TimedUpstream(upstream, m, clock).fetch("/x", []).addErrback(lambda f: None)
+    upstream.pending[0].fail(UpstreamTimeout("slow"))
+    full = FakeUpstream(max_in_flight=0)
+    TimedUpstream(full, m, clock).fetch("/x", []).addErrback(lambda f: f.trap(Overloaded))
     s = samples(m)
     assert s[("apicache_upstream_errors_total", (("kind", "timeout"),))] == 1
     assert s[("apicache_upstream_errors_total", (("kind", "overloaded"),))] == 1
@@ -138,3 +121,26 @@ def test_other_components_add_sources():
     m = Metrics()
     m.add_source(lambda: [CounterMetricFamily("apicache_events_received", "Events.", value=7)])
     assert samples(m)[("apicache_events_received_total", ())] == 7
+
+
+def test_cache_families_read_the_store_registry_and_upstream():
+    from apicache.metrics import cache_families
+
+    m = Metrics()
+    m.add_source(
+        lambda: cache_families(
+            {"entries": 3, "bytes": 300, "evictions": 1},
+            {"fetches": 5, "coalesced": 2, "store_errors": 0},
+            upstream_in_flight=4,
+            tenant_caches=6,
+        )
+    )
+    s = samples(m)
+    assert s[("apicache_store_entries", ())] == 3
+    assert s[("apicache_store_bytes", ())] == 300
+    assert s[("apicache_store_evictions_total", ())] == 1
+    assert s[("apicache_upstream_fetches_total", ())] == 5
+    assert s[("apicache_coalesced_waiters_total", ())] == 2
+    assert s[("apicache_store_errors_total", ())] == 0
+    assert s[("apicache_upstream_in_flight", ())] == 4
+    assert s[("apicache_tenant_caches", ())] == 6

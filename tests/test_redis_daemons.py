@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from apicache.testing import Daemon, RedisServer, Reply, UpstreamStub
+from apicache.demo import UpstreamStub
+from apicache.launchers import Daemon, RedisServer, Reply
 
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"

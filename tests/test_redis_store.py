@@ -22,6 +22,7 @@ from store_contract import entry, key, make_store_tests, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.keys import CacheKey
+from apicache.launchers import RedisServer, free_port
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import (
     RedisStore,
@@ -30,7 +31,6 @@ from apicache.store.redis import (
     encode_key,
     parse_redis_url,
 )
-from apicache.testing import RedisServer, free_port
 
 
 async def redis_store(request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int) -> RedisStore:
@@ -50,7 +50,7 @@ def unique(name: str) -> str:
 
 def raw(s: RedisStore, *args: Any) -> Deferred[Any]:
     """Run one raw command on the store's connection."""
-    return s._call(lambda p: p.execute_command(*args))
+    return s.commands.execute(*args)
 
 
 # -- format and keys -----------------------------------------------------------
@@ -111,6 +111,17 @@ def test_redis_urls() -> None:
         "cache.example", 6380, 3, "user", "s:cret", True, "/ca.pem")
     b = parse_redis_url("redis://:pw@127.0.0.1")
     assert (b.port, b.db, b.password, b.username, b.tls) == (6379, 0, "pw", None, False)
+
+
+def test_a_unix_socket_url() -> None:
+    a = parse_redis_url("unix:///run/redis.sock?db=2")
+    assert (a.unix_path, a.db, a.tls) == ("/run/redis.sock", 2, False)
+
+
+def test_a_url_of_another_scheme_is_refused_without_quoting_its_password() -> None:
+    with pytest.raises(ValueError) as e:
+        parse_redis_url("http://user:s3cret@cache.example:6379/0")
+    assert "http" in str(e.value) and "s3cret" not in str(e.value)
 
 
 # -- Redis specifics -------------------------------------------------------------
@@ -358,10 +369,10 @@ async def test_a_connection_frozen_for_several_pings_is_remade(
     stores: Callable[..., RedisStore], redis_server: RedisServer
 ) -> None:
     s = await ready(stores(url=redis_server.url, timeout=0.2))
-    first = s._commands.protocol
+    first = s.commands.protocol
     redis_server.pause()
     try:
-        await until(lambda: s._commands.protocol is not first, timeout=6)
+        await until(lambda: s.commands.protocol is not first, timeout=6)
     finally:
         redis_server.resume()
     await until(s.is_ready, timeout=5)

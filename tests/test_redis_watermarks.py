@@ -13,16 +13,16 @@ import pytest
 import pytest_twisted
 from redis_support import ready
 
+from apicache.launchers import RedisServer
 from apicache.store.interface import StoreUnavailable
 from apicache.store.redis import RedisStore
-from apicache.store.redis_watermarks import RedisWatermarks
-from apicache.testing import RedisServer
+from apicache.store.redis.watermarks import RedisWatermarks
 
 
 def exchange(store: RedisStore, key: str, live: bool = True) -> RedisWatermarks:
     from twisted.internet import reactor
 
-    return RedisWatermarks(store._eval, key, reactor, lambda: live)
+    return RedisWatermarks(store.commands.eval, key, reactor, lambda: live)
 
 
 @pytest_twisted.ensureDeferred

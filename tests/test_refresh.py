@@ -7,8 +7,6 @@ answers the test hands out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -17,7 +15,8 @@ from apicache.cache import HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRe
 from apicache.config import RouteConfig
 from apicache.keys import CacheKey
 from apicache.store import MemoryStore
-from apicache.upstream import UpstreamResponse, UpstreamUnreachable
+from apicache.testing import FakeUpstream
+from apicache.upstream import UpstreamUnreachable
 
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=10.0, stale_if_error=5.0, params=("id",), fingerprint="f")
 KEY = CacheKey("t1", "object", ("1",), "v")
@@ -25,34 +24,20 @@ REQUEST = FetchRequest("/o/1", [(b"authorization", b"Bearer x")])
 JSON = [(b"content-type", b"application/json")]
 
 
-class FakeUpstream:
-    """An upstream whose fetches wait until the test answers them."""
-
-    in_flight = 0
-
-    def __init__(self) -> None:
-        self.pending: list[Deferred[UpstreamResponse]] = []
-        self.asked: list[Sequence[tuple[bytes, bytes]]] = []
-
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
-        d: Deferred[UpstreamResponse] = Deferred()
-        self.pending.append(d)
-        self.asked.append(headers)
-        return d
-
-    def answer(self, status: int = 200, body: bytes = b"") -> None:
-        self.pending.pop(0).callback(UpstreamResponse(status, JSON, body))
-
-    def fail(self) -> None:
-        self.pending.pop(0).errback(UpstreamUnreachable("refused"))
-
-
 class EventEffectsTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.store = MemoryStore(1 << 20)
         self.upstream = FakeUpstream()
-        self.registry = CacheRegistry(self.store, self.upstream, self.clock, [ROUTE], ())  # type: ignore[arg-type]
+        self.registry = CacheRegistry(self.store, self.upstream, self.clock, [ROUTE], ())
+
+    def answer(self, status: int = 200, body: bytes = b"") -> None:
+        """Answer the oldest fetch waiting."""
+        self.upstream.pending[0].respond(status, body, JSON)
+
+    def refuse(self) -> None:
+        """Fail the oldest fetch waiting as a refused connection would."""
+        self.upstream.pending[0].fail(UpstreamUnreachable("refused"))
 
     def get(self) -> CacheResult | Deferred[CacheResult]:
         return self.registry.cache("t1", "object").get(KEY, REQUEST)
@@ -60,7 +45,7 @@ class EventEffectsTests(SynchronousTestCase):
     def cached(self, body: bytes = b"old") -> None:
         d = self.get()
         assert isinstance(d, Deferred)
-        self.upstream.answer(body=body)
+        self.answer(body=body)
         self.assertEqual(self.successResultOf(d).cache, MISS)
 
     def refresh(self) -> None:
@@ -79,8 +64,8 @@ class EventEffectsTests(SynchronousTestCase):
         self.assertEqual((first.cache, first.response.body, first.age), (STALE, b"old", 2.0))
         self.assertEqual(second.cache, STALE)
         self.assertEqual(len(self.upstream.pending), 1, "one background re-fetch")
-        self.assertEqual(self.upstream.asked[-1], REQUEST.headers)
-        self.upstream.answer(body=b"new")
+        self.assertEqual(self.upstream.fetched[-1].headers, REQUEST.headers)
+        self.answer(body=b"new")
         fresh = self.now(self.get())
         self.assertEqual((fresh.cache, fresh.response.body), (HIT, b"new"))
 
@@ -88,7 +73,7 @@ class EventEffectsTests(SynchronousTestCase):
         self.cached()
         self.refresh()
         self.assertEqual(self.now(self.get()).cache, STALE)
-        self.upstream.answer(404, b"gone")
+        self.answer(404, b"gone")
         self.assertIsNone(self.store.lookup(KEY))
         self.assertIsInstance(self.get(), Deferred)
 
@@ -96,14 +81,14 @@ class EventEffectsTests(SynchronousTestCase):
         self.cached()
         self.refresh()
         self.now(self.get())
-        self.upstream.fail()
+        self.refuse()
         self.clock.advance(0.5)
         self.assertEqual(self.now(self.get()).cache, STALE)
         self.assertEqual(self.upstream.pending, [], "no retry within 1 s")
         self.clock.advance(0.5)
         self.assertEqual(self.now(self.get()).cache, STALE)
         self.assertEqual(len(self.upstream.pending), 1)
-        self.upstream.answer(503)
+        self.answer(503)
         self.assertEqual(self.now(self.get()).cache, STALE, "a 5xx is a failure too: still stale")
 
     def test_the_retry_second_counts_from_the_failure_of_a_slow_refetch(self) -> None:
@@ -111,7 +96,7 @@ class EventEffectsTests(SynchronousTestCase):
         self.refresh()
         self.now(self.get())
         self.clock.advance(3)
-        self.upstream.fail()
+        self.refuse()
         self.clock.advance(0.9)
         self.now(self.get())
         self.assertEqual(self.upstream.pending, [])
@@ -124,26 +109,26 @@ class EventEffectsTests(SynchronousTestCase):
         self.refresh()
         self.clock.advance(14.9)
         self.assertEqual(self.now(self.get()).cache, STALE)
-        self.upstream.fail()
+        self.refuse()
         self.clock.advance(0.2)
         d = self.get()
         self.assertIsInstance(d, Deferred)
-        self.upstream.fail()
+        self.refuse()
         self.failureResultOf(d, UpstreamUnreachable)
 
     def test_stale_if_error_serves_an_expired_entry_when_the_upstream_fails(self) -> None:
         self.cached()
         self.clock.advance(11)
         d = self.get()
-        self.upstream.fail()
+        self.refuse()
         served = self.successResultOf(d)
         self.assertEqual((served.cache, served.response.body, served.age), (STALE, b"old", 11.0))
         d = self.get()
-        self.upstream.answer(502, b"bad gateway")
+        self.answer(502, b"bad gateway")
         self.assertEqual(self.successResultOf(d).cache, STALE)
         self.clock.advance(4.5)
         d = self.get()
-        self.upstream.fail()
+        self.refuse()
         self.failureResultOf(d, UpstreamUnreachable)
 
     def test_an_event_during_a_fetch_wins(self) -> None:
@@ -151,12 +136,12 @@ class EventEffectsTests(SynchronousTestCase):
             waiting = self.get()
             assert isinstance(waiting, Deferred)
             self.successResultOf(apply("t1", "object", ("1",)))
-            self.upstream.answer(body=b"in flight")
+            self.answer(body=b"in flight")
             self.assertEqual(self.successResultOf(waiting).response.body, b"in flight")
             self.assertIsNone(self.store.lookup(KEY), "not stored")
             after = self.get()
             self.assertIsInstance(after, Deferred, "a new fetch")
-            self.upstream.answer(body=b"after")
+            self.answer(body=b"after")
             self.assertEqual(self.successResultOf(after).cache, MISS)
             self.assertEqual(self.now(self.get()).cache, HIT)
             self.successResultOf(self.registry.invalidate(None, "object", ("1",)))

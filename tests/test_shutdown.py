@@ -9,7 +9,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
-from apicache.tap import ApiCacheService
+from apicache.service import ApiCacheService
 
 
 class Recorder(Service):
@@ -69,3 +69,32 @@ def _swallow(f, *args):
         f(*args)
     except OSError:
         pass
+
+
+def test_a_port_in_use_is_one_line_and_a_quiet_exit_1():
+    """The root service names the endpoint; twistd's clean-up (an Exception) still runs."""
+    import io
+    import socket
+
+    import pytest
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+    from twisted.internet.protocol import Factory
+
+    from apicache.service import StartupFailed
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        errors = io.StringIO()
+        root = ApiCacheService(listen=f"tcp:{port}:interface=127.0.0.1", errors=errors)
+        http = StreamServerEndpointService(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"), Factory())
+        http._raiseSynchronously = True
+        http.setServiceParent(root)
+        with pytest.raises(StartupFailed) as e:
+            root.privilegedStartService()
+    assert isinstance(e.value, Exception) and isinstance(e.value, SystemExit)
+    assert e.value.code == 1
+    assert errors.getvalue() == f"apicache: cannot listen on tcp:{port}:interface=127.0.0.1: Address already in use\n"

@@ -16,7 +16,7 @@ import pytest
 from conftest import ROUTES
 from test_events import JOIN_SECONDS, KAFKA_EXTRA, eventually, kafka_config, wait_ready
 
-from apicache.testing import Daemon, KafkaBroker
+from apicache.launchers import Daemon, KafkaBroker
 
 
 @pytest.fixture

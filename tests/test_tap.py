@@ -47,10 +47,12 @@ def test_build_wires_an_http_service():
     )
     from twisted.internet import reactor
 
-    root = build(config, reactor, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
-    names = [type(s).__name__ for s in root]
+    daemon = build(config, reactor, TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"))
+    names = [type(s).__name__ for s in daemon.service]
     assert "HTTPService" in names
-    assert root.api.registry.routes.keys() == {"o"}
+    assert daemon.api.registry.routes.keys() == {"o"}
+    assert daemon.registry is daemon.api.registry
+    assert daemon.kafka_credentials is None
 
 
 def test_bad_listen_in_the_file_is_a_configuration_error(tmp_path, capsys, monkeypatch):
@@ -66,3 +68,28 @@ def test_bad_listen_in_the_file_is_a_configuration_error(tmp_path, capsys, monke
     assert e.value.code == 1
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and str(path) in err[0] and "server.listen" in err[0]
+
+
+def test_version_option_prints_apicache_version(capsys):
+    from apicache import __version__
+
+    with pytest.raises(SystemExit) as e:
+        Options().parseOptions(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"apicache {__version__}\n"
+
+
+def test_single_process_start_up_says_what_listens(tmp_path, monkeypatch):
+    from apicache.service import GarbageCollectorTuning, StartupNotes
+    from apicache.tap import makeService
+
+    monkeypatch.delenv("VCAP_SERVICES", raising=False)
+    monkeypatch.delenv("APICACHE_WORKER", raising=False)
+    path = tmp_path / "c.toml"
+    path.write_text('[server]\napi_keys = ["k"]\n')
+    o = Options()
+    o.parseOptions(["--config", str(path), "--listen", "tcp:0:interface=127.0.0.1"])
+    root = makeService(o)
+    notes = [s for s in root if isinstance(s, StartupNotes)]
+    assert len(notes) == 1 and notes[0].serving == "HTTP on tcp:0:interface=127.0.0.1"
+    assert isinstance(list(root)[-1], GarbageCollectorTuning)

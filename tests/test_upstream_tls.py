@@ -15,7 +15,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from apicache.testing import free_port
+from apicache.launchers import free_port
 from apicache.upstream import UpstreamClient, UpstreamUnreachable
 
 #: a self-signed certificate that Twisted's own tests use

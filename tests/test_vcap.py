@@ -168,7 +168,7 @@ def test_first_kafka_service_is_used():
 def test_daemon_with_bad_vcap_services_exits_with_one_line(tmp_path):
     import subprocess
 
-    from apicache.testing import twistd_path
+    from apicache.launchers import twistd_path
 
     (tmp_path / "apicache.toml").write_text('[server]\nallow_anonymous = true\n')
     p = subprocess.run(

@@ -11,6 +11,26 @@ import signal
 import subprocess
 import time
 
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
+from twisted.test.iosim import FakeTransport, connect
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from apicache.invalidator import IInvalidator
+from apicache.store.interface import StoreUnavailable
+from apicache.workers import (
+    ControlLink,
+    ControlLost,
+    Invalidation,
+    SiblingRelay,
+    WorkerLink,
+    WorkerSupervisor,
+    _Worker,
+)
+
 PATH = "/server/object(7)/header"
 UPSTREAM_PATH = "/api/object(7)/header"
 
@@ -99,6 +119,11 @@ def test_two_workers_share_the_socket_and_relay_invalidations(make_daemon, upstr
     assert not any(alive(p) for p in everyone)
     lines = d.log_lines()
     assert any("worker 0 died" in line["message"] for line in lines)
+    # start-up says what listens in plain words, not Twisted's class names
+    messages = [line["message"] for line in lines]
+    assert any(m.startswith("HTTP socket for 2 workers starting on ") for m in messages)
+    assert any(" as worker 1 of 2" in m and m.startswith("apicache serving HTTP on tcp:") for m in messages)
+    assert not any("_NeverAccepts" in m or "_SharedSocket" in m for m in messages)
 
 
 def test_workers_need_a_shareable_endpoint(make_daemon):
@@ -126,3 +151,142 @@ def test_workers_with_memory_stores_refuse_kafka_group_mode(make_daemon):
     assert out.returncode == 1
     assert "kafka.mode" in out.stderr and "broadcast" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
+
+
+# -- in-process: the control link, the relay, the supervisor's fan-out --------
+
+OBJECT_7 = Invalidation("invalidate", "t1", "object", ("7",))
+
+
+def linked(clock, answer_a=lambda i: succeed(0), answer_b=lambda i: succeed(0), lost_b=lambda: None):
+    """Two ends of a control link joined in memory; return (a, b, pump)."""
+    a = ControlLink(clock, answer_a)
+    b = ControlLink(clock, answer_b, lost_b)
+    pump = connect(b, FakeTransport(b, isServer=True), a, FakeTransport(a, isServer=False), greet=False)
+    return a, b, pump
+
+
+@implementer(IInvalidator)
+class Recorder:
+    """An invalidator that records its calls and touches ``n`` entries each."""
+
+    def __init__(self, n=1):
+        self.n = n
+        self.calls = []
+
+    def invalidate(self, tenant, route_type, params):
+        self.calls.append(Invalidation("invalidate", tenant, route_type, params))
+        return succeed(self.n)
+
+    def refresh(self, tenant, route_type, params):
+        self.calls.append(Invalidation("refresh", tenant, route_type, params))
+        return succeed(self.n)
+
+    def clear(self, tenant):
+        self.calls.append(Invalidation("clear", tenant))
+        return succeed(self.n)
+
+
+def test_an_asked_invalidation_is_applied_by_the_other_end_and_counted():
+    there = Recorder(n=3)
+    a, b, pump = linked(Clock(), answer_b=lambda i: i.apply(there))
+    for inv in (OBJECT_7, Invalidation("refresh", None, "object", ("7", "x")), Invalidation("clear", "t2")):
+        d = a.ask(inv, 5.0)
+        pump.flush()
+        assert d.result == 3
+    assert there.calls == [OBJECT_7, Invalidation("refresh", None, "object", ("7", "x")), Invalidation("clear", "t2")]
+
+
+def test_an_error_at_the_other_end_is_store_unavailable():
+    a, b, pump = linked(Clock(), answer_b=lambda i: fail(StoreUnavailable("redis is down")))
+    d = a.ask(OBJECT_7, 5.0)
+    pump.flush()
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].check(StoreUnavailable) and failure[0].getErrorMessage() == "redis is down"
+
+
+def test_a_lost_link_fails_what_waits_and_says_so():
+    gone = []
+    a, b, pump = linked(Clock(), answer_b=lambda i: Deferred(), lost_b=lambda: gone.append(1))
+    d = a.ask(OBJECT_7, 5.0)
+    a.transport.loseConnection()
+    pump.flush()
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].check(ControlLost)
+    assert gone == [1]
+    later = []
+    a.ask(OBJECT_7, 5.0).addErrback(later.append)
+    assert later[0].check(ControlLost)
+
+
+def test_an_unanswered_ask_times_out_on_the_clock():
+    clock = Clock()
+    never = []
+    a, b, pump = linked(clock, answer_b=lambda i: never.append(i) or Deferred())
+    d = a.ask(OBJECT_7, 5.0)
+    pump.flush()
+    assert never == [OBJECT_7]
+    clock.advance(4.9)
+    assert not d.called
+    clock.advance(0.2)
+    failure = []
+    d.addErrback(failure.append)
+    assert failure[0].check(DeferredTimeout)
+    assert a._waiting == {}
+
+
+def test_sibling_relay_is_an_invalidator_counting_every_worker():
+    clock = Clock()
+    here, siblings = Recorder(n=1), Recorder(n=2)
+    ours, supervisor_end, pump = linked(clock, answer_b=lambda i: i.apply(siblings))
+    link = WorkerLink(MemoryReactorClock(), clock, -1, here, lambda: None)
+    link.control = ours
+    relay = SiblingRelay(here, link, shared=False)
+    assert verifyObject(IInvalidator, relay)
+
+    d = relay.invalidate("t1", "object", ("7",))
+    pump.flush()
+    assert d.result == 3
+    assert here.calls == siblings.calls == [OBJECT_7]
+
+    shared = SiblingRelay(here, link, shared=True)
+    d = shared.clear(None)
+    pump.flush()
+    assert d.result == 1, "with a shared store the siblings counted the same entries"
+
+
+def test_sibling_relay_errbacks_when_the_supervisor_is_gone():
+    clock = Clock()
+    ours, supervisor_end, pump = linked(clock)
+    link = WorkerLink(MemoryReactorClock(), clock, -1, Recorder(), lambda: None)
+    link.control = ours
+    supervisor_end.transport.loseConnection()
+    pump.flush()
+    failure = []
+    SiblingRelay(Recorder(), link, shared=False).refresh("t1", "object", ("7",)).addErrback(failure.append)
+    assert failure[0].check(StoreUnavailable)
+
+
+def test_the_supervisor_relays_to_every_other_worker_and_a_gone_one_counts_zero():
+    from twisted.internet.endpoints import TCP4ServerEndpoint
+
+    reactor = MemoryReactorClock()
+    supervisor = WorkerSupervisor(reactor, TCP4ServerEndpoint(reactor, 0), 3, ["twistd"], {}, 1.0)
+    origin, alive_w, gone_w = _Worker(supervisor, 0), _Worker(supervisor, 1), _Worker(supervisor, 2)
+    origin_rec, alive_rec = Recorder(n=100), Recorder(n=4)
+    pumps = []
+    for w, rec in ((origin, origin_rec), (alive_w, alive_rec), (gone_w, None)):
+        sup_end, worker_end, pump = linked(reactor, answer_b=lambda i, rec=rec: i.apply(rec) if rec else Deferred())
+        w.control = sup_end
+        pumps.append(pump)
+        supervisor.workers[w.index] = w
+    d = supervisor._relay(origin, OBJECT_7)
+    # the third worker dies before it answers
+    gone_w.control.transport.loseConnection()
+    for pump in pumps:
+        pump.flush()
+    assert d.result == 4
+    assert origin_rec.calls == [], "the worker that received it applied it already"
+    assert alive_rec.calls == [OBJECT_7]

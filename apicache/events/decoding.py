@@ -75,7 +75,8 @@ class EventDecoder:
     def __init__(self, rules: Sequence[EventRule], routes: Iterable[RouteConfig]) -> None:
         params = {r.type: r.params for r in routes}
         #: each rule with its route's parameter names in path order
-        self._rules = [(rule, params[rule.route]) for rule in rules]
+        # a rule with tags only names no route (issue 12 applies its tags)
+        self._rules = [(rule, params[rule.route]) for rule in rules if rule.route]
 
     def decode(self, value: bytes | None) -> list[CacheAction]:
         """

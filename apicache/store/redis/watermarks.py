@@ -20,27 +20,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from apicache.store.redis.scripts import WATERMARKS_MERGE, WATERMARKS_READ
 from apicache.watermark import Partition
 
 __all__ = ["RedisWatermarks"]
-
-#: KEYS[1]: the hash.  Returns Redis's clock (TIME) and every field, value.
-_READ = """
-local t = redis.call('TIME')
-return {t[1], t[2], redis.call('HGETALL', KEYS[1])}
-"""
-
-#: KEYS[1]: the hash; ARGV: field, Redis-clock time pairs.  Each field
-#: keeps the larger time.
-_MERGE = """
-for i = 1, #ARGV, 2 do
-  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
-  if old == nil or tonumber(ARGV[i + 1]) > old then
-    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  end
-end
-return 1
-"""
 
 
 def _field(p: Partition) -> str:
@@ -95,7 +78,7 @@ class RedisWatermarks:
 
     async def _fetch(self) -> dict[Partition, float]:
         sent = self.clock.seconds()
-        reply = await self._run(_READ, [self.key], [])
+        reply = await self._run(WATERMARKS_READ, [self.key], [])
         received = self.clock.seconds()
         redis_now = float(reply[0]) + float(reply[1]) / 1e6
         # TIME was read somewhere between sending and receiving
@@ -128,4 +111,4 @@ class RedisWatermarks:
             if math.isfinite(at):
                 args += [_field(p), f"{at + low:.6f}"]
         if args:
-            await self._run(_MERGE, [self.key], args)
+            await self._run(WATERMARKS_MERGE, [self.key], args)

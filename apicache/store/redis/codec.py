@@ -1,0 +1,158 @@
+"""
+What the Redis store writes: the names of its keys and the bytes of its values.
+
+Layout under ``key_prefix`` (``P``), every component percent-encoded so that
+no value can contain the ``:`` and ``,`` separators (see :func:`encode_key`)::
+
+    P:e:<tenant>:<route>:<params>:<variant>   an entry (binary, see encode_entry)
+    P:r:<tenant>:<route>:<params>             set: the entry keys of a resource
+    P:t:<route>:<params>                      set: the P:r: keys of every tenant
+    P:g:<tenant>:<route>:<params>             generation of a resource
+    P:G:<route>:<params>                      generation of a resource, every tenant
+    P:T:<tenant>                              generation of a tenant
+    P:A                                       generation of everything
+    P:l:<tenant>:<route>:<params>:<variant>   coalescing lock (instance id)
+    P:inv                                     pub/sub channel of invalidations
+"""
+
+from __future__ import annotations
+
+import struct
+from urllib.parse import quote
+
+from apicache.keys import CacheKey
+from apicache.store.interface import CachedResponse
+
+__all__ = [
+    "FORMAT_VERSION",
+    "STALE_OFFSET",
+    "encode_key",
+    "encode_entry",
+    "decode_entry",
+    "encode_component",
+    "resource_name",
+    "route_name",
+    "generation_keys",
+    "lock_key",
+]
+
+#: The first byte of every stored value; a value of another version is a miss.
+FORMAT_VERSION = 1
+#: Offset of the stale flag in a stored value (set in place by the change script).
+STALE_OFFSET = 1
+_HEAD = struct.Struct("!BBHdddH")
+_HEADER = struct.Struct("!HI")
+
+
+def encode_component(value: str) -> str:
+    """
+    Return ``value`` percent-encoded: only ``A-Z a-z 0-9 _ . - ~`` stay as
+    they are, so never ``:``, ``,`` nor a SCAN pattern character
+    (``*``, ``?``, ``[``).
+    """
+    return quote(value, safe="")
+
+
+def _encode_params(params: tuple[str, ...]) -> str:
+    # the count first, so () and ("",) differ
+    return f"{len(params)}," + ",".join(encode_component(p) for p in params)
+
+
+def route_name(route: str, params: tuple[str, ...]) -> str:
+    """
+    Return the ``<route>:<params>`` part of a key: a resource, every tenant.
+    """
+    return f"{encode_component(route)}:{_encode_params(params)}"
+
+
+def resource_name(tenant: str, route: str, params: tuple[str, ...]) -> str:
+    """
+    Return the ``<tenant>:<route>:<params>`` part of a key: one tenant's resource.
+    """
+    return f"{encode_component(tenant)}:{route_name(route, params)}"
+
+
+def encode_key(prefix: str, key: CacheKey) -> str:
+    """
+    Return the Redis key of an entry.  Distinct keys give distinct strings,
+    and a tenant's keys all start with that tenant's own namespace.
+    """
+    return f"{prefix}:e:{resource_name(key.tenant, key.route, key.params)}:{encode_component(key.variant)}"
+
+
+def generation_keys(prefix: str, key: CacheKey) -> list[str]:
+    """
+    Return the four generation keys that cover ``key``: its resource for its
+    tenant, its resource for every tenant, its tenant, everything.
+    """
+    return [
+        f"{prefix}:g:{resource_name(key.tenant, key.route, key.params)}",
+        f"{prefix}:G:{route_name(key.route, key.params)}",
+        f"{prefix}:T:{encode_component(key.tenant)}",
+        f"{prefix}:A",
+    ]
+
+
+def lock_key(prefix: str, key: CacheKey) -> str:
+    """
+    Return the key of the coalescing lock of ``key``.
+    """
+    return f"{prefix}:l:{resource_name(key.tenant, key.route, key.params)}:{encode_component(key.variant)}"
+
+
+def encode_entry(entry: CachedResponse) -> bytes:
+    """
+    Return ``entry`` in the stored format: a version byte, the stale flag,
+    status, times, headers, then the body.
+    """
+    parts = [
+        _HEAD.pack(
+            FORMAT_VERSION,
+            1 if entry.stale else 0,
+            entry.status,
+            entry.stored_at,
+            entry.expires_at,
+            entry.stale_until,
+            len(entry.headers),
+        )
+    ]
+    for name, value in entry.headers:
+        parts.append(_HEADER.pack(len(name), len(value)))
+        parts.append(name)
+        parts.append(value)
+    parts.append(entry.body)
+    return b"".join(parts)
+
+
+def decode_entry(data: bytes) -> CachedResponse | None:
+    """
+    Return the entry stored as ``data``, or ``None`` if it is of another
+    format version or damaged.
+    """
+    if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
+        return None
+    try:
+        _, stale, status, stored_at, expires_at, stale_until, n = _HEAD.unpack_from(data)
+        pos = _HEAD.size
+        headers = []
+        for _ in range(n):
+            ln, lv = _HEADER.unpack_from(data, pos)
+            pos += _HEADER.size
+            name = data[pos : pos + ln]
+            pos += ln
+            value = data[pos : pos + lv]
+            pos += lv
+            headers.append((name, value))
+        if pos > len(data):
+            return None
+    except struct.error:
+        return None
+    return CachedResponse(
+        status,
+        tuple(headers),
+        data[pos:],
+        stored_at=stored_at,
+        expires_at=expires_at,
+        stale_until=stale_until,
+        stale=bool(stale),
+    )

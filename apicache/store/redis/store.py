@@ -1,0 +1,412 @@
+"""
+The shared store: entries in Redis, with an in-process tier in front.
+
+The key layout is in L{apicache.store.redis.codec}, the scripts (and what
+each guarantees) in L{apicache.store.redis.scripts}, the connections in
+L{apicache.store.redis.connection}.
+
+The race rule across instances: :meth:`RedisStore.begin` reads the four
+generations that cover a key, and the store script writes the entry only if
+they are unchanged.  Every invalidation bumps the generation first, in the
+same script that deletes, and publishes on ``P:inv`` from inside that script,
+so every instance drops its in-process copies.
+
+Calls are bounded by ``timeout``; while the connection is down they fail at
+once with :class:`StoreUnavailable` instead of queueing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any, cast
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from apicache.config import StoreConfig
+from apicache.keys import CacheKey
+from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.store.memory import MemoryStore
+from apicache.store.redis import scripts
+from apicache.store.redis.address import parse_redis_url
+from apicache.store.redis.codec import (
+    decode_entry,
+    encode_component,
+    encode_entry,
+    encode_key,
+    generation_keys,
+    lock_key,
+    resource_name,
+    route_name,
+)
+from apicache.store.redis.connection import PubSubProtocol, RedisCommands, RedisConnection
+from apicache.store.redis.watermarks import RedisWatermarks
+
+__all__ = ["RedisStore"]
+
+#: Generations must outlive any fetch in flight (upstream.timeout, plus
+#: lock_ttl): an hour is far more.  An expired one reads as 0 again.
+_GENERATION_TTL = 3600
+#: How often a waiter looks for the value another instance is fetching.
+_POLL_INTERVAL = 0.02
+
+
+@implementer(IStore)
+class RedisStore:
+    """
+    Entries in Redis, shared by every instance with the same ``key_prefix``,
+    with the hot ones also held in this process (``local_max_bytes``).
+
+    Call :meth:`start` to connect and :meth:`close` to disconnect.
+
+    @param reactor: connects (see
+        L{apicache.store.redis.address.RedisAddress.endpoint}), and is the
+        clock unless ``clock`` is given.
+    @param url: see L{parse_redis_url}.
+    @param timeout: seconds any one Redis call may take.
+    @param max_entry_bytes: a bigger entry is not stored at all.
+    @param max_value_bytes: a bigger stored value is not written to Redis.
+    @param lock_ttl: how long a fetch on one instance holds off the others'
+        (cross-instance coalescing); 0 turns that off.
+    @param clock: times the calls, PINGs, retries and lock waits.
+    """
+
+    shared = True
+    log = Logger()
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        url: str,
+        *,
+        prefix: str = "apicache",
+        timeout: float = 0.5,
+        local_max_bytes: int = 33554432,
+        max_entry_bytes: int = 26843545,
+        max_value_bytes: int = 1048576,
+        lock_ttl: float = 1.0,
+        clock: IReactorTime | None = None,
+    ) -> None:
+        # a real reactor is also the clock (IReactorTime)
+        self._clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
+        self.address = parse_redis_url(url)
+        self.prefix = prefix
+        self.timeout = timeout
+        self.max_entry_bytes = max_entry_bytes
+        self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
+        self.lock_ttl = lock_ttl
+        self.local = MemoryStore(local_max_bytes, max_entry_bytes)
+        self.instance = uuid.uuid4().hex
+        self.channel = f"{prefix}:inv"
+        self.counters: dict[str, int] = {
+            "errors": 0,
+            "timeouts": 0,
+            "too_big": 0,
+            "invalidations_received": 0,
+            "coalesce_waits": 0,
+            "local_clears": 0,
+        }
+        self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
+        self.commands = RedisCommands(reactor, self._clock, self.address, timeout, self.counters)
+        self.subscriber = RedisConnection(
+            "pubsub",
+            reactor,
+            self._clock,
+            self.address,
+            lambda clock: PubSubProtocol(clock, self._message),
+            prepare=lambda p: p.subscribe(self.channel),
+            on_change=self._subscriber_changed,
+        )
+
+    @classmethod
+    def from_config(cls, store_config: StoreConfig, reactor: IReactorTCP) -> RedisStore:
+        """
+        Return a store configured by a L{apicache.config.StoreConfig}.
+        """
+        s = store_config
+        return cls(
+            reactor,
+            s.redis_url,
+            prefix=s.key_prefix,
+            timeout=s.redis_timeout,
+            local_max_bytes=s.local_max_bytes,
+            max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
+            max_value_bytes=s.redis_max_value_bytes,
+            lock_ttl=s.redis_lock_ttl,
+        )
+
+    # -- connections -------------------------------------------------------
+
+    def start(self) -> None:
+        """
+        Connect (and keep reconnecting) in the background.
+        """
+        self.commands.start()
+        self.subscriber.start()
+
+    def close(self) -> Deferred[None]:
+        """
+        Disconnect.  Fires when both connections are closed.
+        """
+
+        async def close() -> None:
+            await self.commands.stop()
+            await self.subscriber.stop()
+
+        return Deferred.fromCoroutine(close())
+
+    def _subscriber_changed(self, up: bool) -> None:
+        if up:
+            # invalidations published while we were not listening are lost:
+            # nothing held here can be trusted any more (while Redis is down
+            # the tier keeps serving: SPEC.md section 4)
+            self._clear_local()
+
+    def _clear_local(self) -> None:
+        if self.local.stats()["entries"]:
+            self.counters["local_clears"] += 1
+        self.local.clear(None)
+
+    def is_ready(self) -> bool:
+        """
+        Return whether both connections are up and Redis answers PING.
+        """
+        return self.commands.ready() and self.subscriber.protocol is not None
+
+    def watermarks(self, group: str) -> RedisWatermarks:
+        """
+        Return where the instances of consumer group ``group`` share their
+        event watermarks in this Redis (SPEC.md section 5); live while this
+        store's invalidation subscription is up.
+        """
+        return RedisWatermarks(
+            self.commands.eval,
+            f"{self.prefix}:events:{group}",
+            self._clock,
+            lambda: self.subscriber.protocol is not None,
+        )
+
+    # -- messages and tokens -------------------------------------------------
+
+    def _publish_message(self, *change: Any) -> str:
+        return json.dumps([self.instance, *change], separators=(",", ":"))
+
+    def _local_token(self) -> Any:
+        # the in-process tier answers begin() at once: its race-rule token,
+        # so that a copy loaded or stored here is refused if an invalidation
+        # (ours or from pub/sub) was applied meanwhile
+        token: list[Any] = []
+        self.local.begin(CacheKey("", "", (), "")).addCallback(token.append)
+        return token[0]
+
+    # -- reading -----------------------------------------------------------
+
+    def lookup(self, key: CacheKey) -> CachedResponse | None:
+        return self.local.lookup(key)
+
+    def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
+        """
+        Fire with the entry in Redis (also kept in this process), or ``None``.
+        When another instance is fetching that key (it holds the lock), wait
+        for its answer up to ``lock_ttl``.  Concurrent loads of one key share
+        one round trip.
+        """
+        waiters = self._loading.get(key)
+        mine: Deferred[CachedResponse | None] = Deferred()
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        waiters = self._loading[key] = [mine]
+
+        def settle(outcome: Any) -> None:
+            del self._loading[key]
+            for w in waiters:
+                if w.called:
+                    continue  # cancelled: the caller went away
+                if isinstance(outcome, Failure):
+                    w.errback(outcome)
+                else:
+                    w.callback(outcome)
+
+        Deferred.fromCoroutine(self._load(key)).addBoth(settle)
+        return mine
+
+    async def _load(self, key: CacheKey) -> CachedResponse | None:
+        local_token = self._local_token()
+        rkey = encode_key(self.prefix, key)
+        lock_ms = int(self.lock_ttl * 1000)
+        deadline = self._clock.seconds() + self.lock_ttl
+        while True:
+            reply = await self.commands.eval(scripts.GET_OR_LOCK, [rkey, lock_key(self.prefix, key)], [self.instance, lock_ms])
+            if reply[0] == 0:
+                entry = decode_entry(reply[1])
+                if entry is not None:
+                    self.local.put_now(key, entry, local_token)
+                return entry
+            if reply[0] == 1 or self._clock.seconds() >= deadline:
+                # ours to fetch (or waited long enough: fetch anyway)
+                self.local.discard(key)
+                return None
+            self.counters["coalesce_waits"] += 1
+            await deferLater(self._clock, _POLL_INTERVAL, lambda: None)
+
+    # -- writing -----------------------------------------------------------
+
+    def begin(self, key: CacheKey) -> Deferred[Any]:
+        local_token = self._local_token()
+        d = self.commands.execute("MGET", *generation_keys(self.prefix, key))
+        d.addCallback(lambda gens: (tuple(g if g is not None else b"0" for g in gens), local_token))
+        return d
+
+    def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+        gens, local_token = token
+        value = encode_entry(entry)
+        ttl_ms = int((entry.stale_until - self._clock.seconds()) * 1000)
+        if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
+            if len(value) > self.max_value_bytes:
+                self.counters["too_big"] += 1
+            return succeed(False)
+        p = self.prefix
+        keys = [
+            encode_key(p, key),
+            f"{p}:r:{resource_name(key.tenant, key.route, key.params)}",
+            f"{p}:t:{route_name(key.route, key.params)}",
+            *generation_keys(p, key),
+            lock_key(p, key),
+        ]
+        d = self.commands.eval(scripts.PUT, keys, [*gens, value, ttl_ms, self.instance])
+
+        def stored(n: int) -> bool:
+            if n != 1:
+                return False
+            self.local.put_now(key, entry, local_token)
+            return True
+
+        return d.addCallback(stored)
+
+    def release(self, key: CacheKey, token: Any) -> None:
+        if not self.lock_ttl:
+            return
+        d = self.commands.eval(scripts.RELEASE, [lock_key(self.prefix, key)], [self.instance])
+        # best effort: the lock expires by itself after lock_ttl
+        d.addErrback(lambda f: f.trap(StoreUnavailable))
+
+    def discard(self, key: CacheKey) -> Deferred[int]:
+        self.local.discard(key)
+        rkey = encode_key(self.prefix, key)
+        message = self._publish_message("d", key.tenant, key.route, list(key.params), key.variant)
+
+        def publish(n: int) -> Deferred[int]:
+            return self.commands.execute("PUBLISH", self.channel, message).addCallback(lambda _: n)
+
+        return self.commands.execute("DEL", rkey).addCallback(publish)
+
+    def _change(self, action: str, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        p = self.prefix
+        rp = route_name(route, params)
+        if tenant is None:
+            keys = [f"{p}:G:{rp}", f"{p}:t:{rp}"]
+            mode = "all"
+        else:
+            res = resource_name(tenant, route, params)
+            keys = [f"{p}:g:{res}", f"{p}:r:{res}"]
+            mode = "one"
+        message = self._publish_message("s" if action == "stale" else "i", tenant, route, list(params))
+        return self.commands.eval(scripts.CHANGE, keys, [mode, action, self.channel, message, _GENERATION_TTL])
+
+    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        # dropped here at once, whatever Redis says: never serve it again
+        self.local.invalidate(tenant, route, params)
+        return self._change("drop", tenant, route, params)
+
+    def mark_stale(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        self.local.mark_stale(tenant, route, params)
+        return self._change("stale", tenant, route, params)
+
+    def clear(self, tenant: str | None) -> Deferred[int]:
+        self.local.clear(tenant)
+        return Deferred.fromCoroutine(self._clear(tenant))
+
+    async def _clear(self, tenant: str | None) -> int:
+        p = self.prefix
+        message = self._publish_message("c", tenant)
+        # the generation first, so that fetches in flight don't store
+        gen = f"{p}:A" if tenant is None else f"{p}:T:{encode_component(tenant)}"
+        await self.commands.eval(scripts.BUMP, [gen], [self.channel, message, _GENERATION_TTL])
+        # SCAN, not KEYS nor FLUSHDB: only our prefix, without blocking Redis
+        # one pass over the keyspace; generations stay (they only grow)
+        if tenant is None:
+            patterns = [f"{p}:[ertl]:*"]
+        else:
+            patterns = [f"{p}:[erl]:{encode_component(tenant)}:*"]
+        entry_prefix = f"{p}:e:".encode()
+        n = 0
+        for pattern in patterns:
+            cursor = b"0"
+            while True:
+                cursor, found = await self.commands.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+                if found:
+                    await self.commands.execute("UNLINK", *found)
+                    n += sum(1 for k in found if k.startswith(entry_prefix))
+                if cursor in (b"0", 0, "0"):
+                    break
+        return n
+
+    def forget(self, tenant: str, route: str) -> None:
+        self.local.forget(tenant, route)
+
+    # -- invalidations from other instances ----------------------------------
+
+    def _message(self, message: bytes) -> None:
+        try:
+            origin, kind, *rest = json.loads(message)
+        except (ValueError, TypeError):
+            self.log.warn("ignored a malformed invalidation message")
+            return
+        if origin == self.instance:
+            return
+        self.counters["invalidations_received"] += 1
+        if kind == "i":
+            tenant, route, params = rest
+            self.local.invalidate(tenant, route, tuple(params))
+        elif kind == "s":
+            tenant, route, params = rest
+            self.local.mark_stale(tenant, route, tuple(params))
+        elif kind == "c":
+            self.local.clear(rest[0])
+        elif kind == "d":
+            tenant, route, params, variant = rest
+            self.local.discard(CacheKey(tenant, route, tuple(params), variant))
+
+    # -- health ------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        return self.local.stats()
+
+    def tenant_entries(self) -> dict[str, int]:
+        """
+        Return the entries held in this process per tenant (read at metrics
+        scrape time); Redis holds more.
+        """
+        return self.local.tenant_entries()
+
+    def metrics(self) -> Iterator[Metric]:
+        """
+        Yield this store's Prometheus metric families (a source for
+        L{apicache.metrics.Metrics.add_source}).
+        """
+        c = self.counters
+        yield CounterMetricFamily("apicache_redis_errors", "Redis calls that failed: not connected, not answering, or an error reply (timeouts are counted apart).", value=c["errors"])
+        yield CounterMetricFamily("apicache_redis_timeouts", "Redis calls without an answer within store.redis_timeout.", value=c["timeouts"])
+        yield CounterMetricFamily("apicache_redis_values_too_big", "Answers over store.redis_max_value_bytes, not written to Redis.", value=c["too_big"])
+        yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
+        yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
+        yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
+        yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
