@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -110,3 +111,34 @@ def test_the_event_lag_is_null_before_any_end_offset_was_confirmed(make_daemon):
     time.sleep(1.0)
     assert lag(d) is None
     assert lag_gauge(d) == float("inf")
+
+
+# --- group mode ------------------------------------------------------------------------
+
+
+def partitions_held(d: Daemon) -> int:
+    return int(d.request("GET", "/").json()["events"]["partitions"])
+
+
+@pytest.mark.parametrize("backend", ["redis", "memory"])
+def test_in_group_mode_the_other_instances_partitions_count_through_redis(make_daemon, broker, redis_url, backend):
+    """
+    Two instances share a group and a topic of two partitions, one each.
+    With Redis, each instance's W covers the other's partition through the
+    marks it publishes; with stores of their own, the other's partition
+    counts as −∞ and no W exists.
+    """
+    topic = f"grouped-{backend}"
+    broker.create_topic(topic, partitions=2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    store = {"backend": "redis", "redis_url": redis_url, "key_prefix": f"gw-{uuid.uuid4().hex[:8]}"} if backend == "redis" else {}
+    cfg = kafka_config(broker, topic, mode="group", group_id=group, routes=routes(2.0), store=store)
+    a = make_daemon(cfg)
+    b = make_daemon(cfg)
+    eventually(lambda: partitions_held(a) == 1 and partitions_held(b) == 1, timeout=3 * JOIN_SECONDS, interval=0.2)
+    if backend == "redis":
+        eventually(lambda: all((lambda v: v is not None and v < 1.5)(lag(d)) for d in (a, b)), timeout=10.0, interval=0.1)
+    else:
+        time.sleep(2.0)  # several end-offset queries and ticks
+        assert partitions_held(a) == 1 and partitions_held(b) == 1
+        assert (lag(a), lag(b)) == (None, None)
