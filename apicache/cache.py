@@ -8,6 +8,9 @@ invalidation that arrives while a fetch is in flight wins (the race rule):
 the fetch's answer reaches the callers already waiting but is not stored,
 and a request after the invalidation starts a new fetch.
 
+What may be stored, which headers are kept and how long an answer is fresh
+are decided by the pure functions of L{apicache.httpcache}.
+
 This module imports neither Klein nor the HTTP layer nor the event listener:
 they call into it.
 """
@@ -22,8 +25,11 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from apicache.config import RouteConfig
+from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers
+from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
@@ -37,21 +43,12 @@ __all__ = [
     "FetchRequest",
     "TenantCache",
     "CacheRegistry",
-    "is_storable",
-    "STORED_HEADERS",
 ]
 
 HIT = "HIT"
 MISS = "MISS"
 STALE = "STALE"
 BYPASS = "BYPASS"
-
-#: Headers stored with a body and replayed on hits.
-STORED_HEADERS = (b"content-type", b"content-encoding", b"content-language", b"etag", b"last-modified")
-#: Further headers passed through on answers that are not stored.
-_PASSED_HEADERS = STORED_HEADERS + (b"location", b"www-authenticate", b"retry-after")
-_STORED_SET = frozenset(STORED_HEADERS)
-_PASSED_SET = frozenset(_PASSED_HEADERS)
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
@@ -88,30 +85,6 @@ class CacheResult:
 
     def __repr__(self) -> str:
         return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
-
-
-def is_storable(response: UpstreamResponse, keyed_headers: Iterable[str]) -> bool:
-    """
-    Return whether an upstream answer may be stored (SPEC.md section 3): a
-    ``200`` without ``no-store``/``private``, without ``Set-Cookie``, whose
-    ``Vary`` names only keyed headers.
-    """
-    if response.status != 200:
-        return False
-    keyed = set(keyed_headers)
-    for name, value in response.headers:
-        if name == b"set-cookie":
-            return False
-        if name == b"cache-control":
-            directives = {d.split(b"=", 1)[0].strip().lower() for d in value.split(b",")}
-            if b"no-store" in directives or b"private" in directives:
-                return False
-        elif name == b"vary":
-            for field in value.split(b","):
-                field = field.strip().lower()
-                if field and (field == b"*" or field.decode("latin-1") not in keyed):
-                    return False
-    return True
 
 
 #: Stored header tuples seen so far: answers with the same replayed headers
@@ -274,11 +247,18 @@ class TenantCache:
         but the store's recency: the fast hit path.
         """
         entry = self._store.lookup(key)
-        if entry is None or entry.stale:
+        if entry is None:
             return None
-        now = self._clock.seconds()
-        if now < entry.expires_at:
-            return CacheResult(HIT, entry, now - entry.stored_at)
+        return self._fresh(entry, self._clock.seconds())
+
+    @staticmethod
+    def _fresh(entry: CachedResponse, now: float) -> CacheResult | None:
+        """
+        The freshness decision, for L{hit} and the miss path alike: return
+        a C{HIT} for ``entry`` if it is fresh at ``now``, else ``None``.
+        """
+        if is_fresh(entry.expires_at, entry.stale, now):
+            return CacheResult(HIT, entry, current_age(entry.stored_at, now))
         return None
 
     def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
@@ -299,11 +279,12 @@ class TenantCache:
     def _serve(
         self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
     ) -> CacheResult | None:
-        if now < entry.expires_at and not entry.stale:
-            return CacheResult(HIT, entry, now - entry.stored_at)
+        found = self._fresh(entry, now)
+        if found is not None:
+            return found
         if entry.stale and now < entry.stale_until:
             self._revalidate(key, request, entry, now)
-            return CacheResult(STALE, entry, now - entry.stored_at)
+            return CacheResult(STALE, entry, current_age(entry.stored_at, now))
         return None
 
     async def _miss(
@@ -347,7 +328,7 @@ class TenantCache:
     def _stale_if_error(self, stale: CachedResponse | None) -> CacheResult | None:
         now = self._clock.seconds()
         if stale is not None and now < stale.stale_until:
-            return CacheResult(STALE, stale, now - stale.stored_at)
+            return CacheResult(STALE, stale, current_age(stale.stored_at, now))
         return None
 
     def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Flight:
@@ -376,7 +357,7 @@ class TenantCache:
             if not bypass:
                 self._store.release(key, token)
             raise
-        storable = is_storable(response, self._keyed)
+        storable = is_storable(response.status, response.headers, self._keyed)
         answer = self._answer(response, storable)
         if storable and not bypass:
             await self._put(key, answer, token)
@@ -395,12 +376,11 @@ class TenantCache:
 
     def _answer(self, response: UpstreamResponse, storable: bool) -> CachedResponse:
         now = self._clock.seconds()
-        keep = _STORED_SET if storable else _PASSED_SET
-        expires = now + self.route.ttl
+        expires = now + freshness_lifetime(self.route, response.status, response.headers)
         grace = self.route.stale_if_error
         return CachedResponse(
             response.status,
-            _shared_headers(tuple((k, v) for k, v in response.headers if k in keep)),
+            _shared_headers(kept_headers(response.headers, storable)),
             response.body,
             stored_at=now,
             expires_at=expires,
@@ -447,7 +427,7 @@ class TenantCache:
             self.log.info("refresh of a stale entry got {status}", status=response.status)
             self._retry_later(key)
             return
-        if response.status == 200 and is_storable(response, self._keyed):
+        if is_storable(response.status, response.headers, self._keyed):
             if await self._put(key, self._answer(response, True), token):
                 return
         try:
@@ -456,6 +436,7 @@ class TenantCache:
             pass
 
 
+@implementer(IInvalidator)
 class CacheRegistry:
     """
     Every tenant cache, created on first use, at most ``max_tenants`` at
@@ -575,10 +556,3 @@ class CacheRegistry:
             return f(*args)  # type: ignore[no-any-return]
         except StoreUnavailable:
             return fail()
-
-    def in_flight(self) -> int:
-        """
-        Return the number of coalesced fetches in flight.
-        """
-        return len(self._flights.by_key)
-

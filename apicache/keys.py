@@ -1,16 +1,22 @@
 """
 Cache keys and the rules for what goes into them (SPEC.md section 3): tenant
-names, path parameters, the canonical query string, the keyed headers.
+names, path parameters, the canonical query string, the keyed headers, and
+L{cache_key}, which puts them together.
 
-A leaf module: it imports nothing of the project's.
+A leaf module: it imports nothing of the project's (L{Route} is named for
+type checking only).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
+
+if TYPE_CHECKING:
+    from apicache.routes import Route
 
 __all__ = [
     "CacheKey",
@@ -24,6 +30,8 @@ __all__ = [
     "encode_parameter",
     "canonical_query",
     "variant",
+    "header_value",
+    "cache_key",
 ]
 
 MAX_PARAM_BYTES = 512
@@ -184,3 +192,25 @@ def header_value(values: Sequence[bytes] | None) -> str | None:
     if not values:
         return None
     return ", ".join(v.decode("latin-1") for v in values)
+
+
+def cache_key(
+    tenant: str,
+    route: Route,
+    params: tuple[str, ...],
+    query: str,
+    keyed_values: Sequence[Sequence[bytes] | None],
+) -> CacheKey:
+    """
+    Return the cache key of a request: its tenant, route, decoded path
+    parameters, canonical query and the raw values of the keyed headers
+    (``None`` for an absent one).
+    """
+    # interned: keys of one route without a query or keyed headers share
+    # one variant string (memory per entry)
+    return CacheKey(
+        tenant,
+        route.type,
+        params,
+        sys.intern(variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values])),
+    )

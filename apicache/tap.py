@@ -15,12 +15,8 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService
-from twisted.internet.defer import Deferred
-from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IReactorCore,
@@ -31,22 +27,21 @@ from twisted.internet.interfaces import (
     IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.client import Agent
 
 from apicache import __version__
+from apicache.api import CacheAPI
 from apicache.cache import CacheRegistry
 from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
-from apicache.http import ApiSite, CacheAPI
 from apicache.instrument import TimedUpstream
-from apicache.invalidator import IInvalidator
 from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
+from apicache.server import ApiSite, HTTPService
 from apicache.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore, RedisStoreService
@@ -119,42 +114,6 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["workers"] = int(self["workers"])
-
-
-class HTTPService(StreamServerEndpointService):
-    """
-    Listens for HTTP; on stop, stops accepting and lets requests in flight
-    finish for up to ``grace`` seconds.
-    """
-
-    log = Logger()
-    _raiseSynchronously = True
-
-    def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
-        super().__init__(endpoint, site)
-        self.site = site
-        self.grace = grace
-        self.clock = clock
-
-    def stopService(self) -> Deferred[None]:
-        async def drain() -> None:
-            started = self.clock.seconds()
-            await super(HTTPService, self).stopService()
-            if self.site.active:
-                self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
-                try:
-                    await self.site.when_idle().addTimeout(self.grace, self.clock)
-                except DeferredTimeout:
-                    self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
-            # let the last answers reach their callers before the reactor
-            # drops every connection
-            left = max(self.grace - (self.clock.seconds() - started), 0.5)
-            try:
-                await self.site.close_connections().addTimeout(left, self.clock)
-            except DeferredTimeout:
-                pass
-
-        return Deferred.fromCoroutine(drain())
 
 
 def choose_listen(options_listen: str | None, config: Config, environ: Mapping[str, str]) -> str:
@@ -394,8 +353,7 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiC
         if reactor.running:
             reactor.stop()
 
-    # CacheRegistry provides IInvalidator (declared in apicache.cache)
-    registry = cast(IInvalidator, daemon.registry)
+    registry = daemon.registry
     link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned)
     link.setServiceParent(daemon.service)
     daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.error import ConnectingCancelledError, ConnectionDone
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
@@ -195,7 +195,8 @@ class UpstreamClient:
 
     def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
         if self.in_flight >= self._max_in_flight:
-            raise Overloaded(f"{self.in_flight} upstream fetches in flight")
+            # an errback, never a synchronous raise: IUpstream's contract
+            return fail(Overloaded(f"{self.in_flight} upstream fetches in flight"))
         self.in_flight += 1
         d = Deferred.fromCoroutine(self._fetch(self.url(path), headers))
         deadline = self._clock.callLater(self._timeout, d.cancel)

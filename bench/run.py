@@ -386,7 +386,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
 
     from apicache.cache import CacheRegistry, CacheResult, FetchRequest
     from apicache.config import RouteConfig
-    from apicache.http import cache_key
+    from apicache.keys import cache_key
     from apicache.routes import Route
     from apicache.store.interface import ENTRY_OVERHEAD
     from apicache.store.memory import MemoryStore

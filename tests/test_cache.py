@@ -11,8 +11,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import BYPASS, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest, is_storable
+from apicache.cache import BYPASS, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
 from apicache.config import RouteConfig
+from apicache.httpcache import is_storable
 from apicache.keys import CacheKey
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
@@ -279,8 +280,18 @@ def response(status=200, headers=()):
     ],
 )
 def test_only_plain_200_answers_are_storable(resp, storable):
-    assert is_storable(resp, KEYED) is storable
+    assert is_storable(resp.status, resp.headers, KEYED) is storable
 
 
 def test_bypass_constant_is_spelled_as_the_spec_says():
     assert (HIT, MISS, STALE, BYPASS) == ("HIT", "MISS", "STALE", "BYPASS")
+
+
+def test_the_registry_provides_the_invalidation_seam():
+    """The HTTP API and the event handler reach the registry through IInvalidator."""
+    from zope.interface.verify import verifyObject
+
+    from apicache.invalidator import IInvalidator
+
+    registry = CacheRegistry(MemoryStore(1 << 20), FakeUpstream(), Clock(), [], ())
+    assert verifyObject(IInvalidator, registry)

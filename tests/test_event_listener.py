@@ -26,6 +26,7 @@ from apicache.cache import CacheRegistry
 from apicache.config import KafkaConfig, parse_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService
 from apicache.events.kafka import _LibrdkafkaLog
+from apicache.invalidator import IInvalidator
 from apicache.launchers import free_port
 from apicache.store import MemoryStore
 from apicache.store.interface import StoreUnavailable
@@ -170,9 +171,10 @@ class FakeConsumer:
         self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
 
 
+@implementer(IInvalidator)
 class FlakyInvalidator:
     """
-    An L{apicache.events.Invalidator} that fails for the ids in ``failing``,
+    An L{apicache.invalidator.IInvalidator} that fails for the ids in ``failing``,
     as the registry does when Redis is away.
     """
 

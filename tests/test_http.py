@@ -13,9 +13,9 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from apicache.api import CacheAPI
 from apicache.cache import CacheRegistry
 from apicache.config import parse_config
-from apicache.http import CacheAPI
 from apicache.routes import Router
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
@@ -371,7 +371,7 @@ class _Finished:
 
 @pytest.mark.parametrize("access_log, lines", [(True, 1), (False, 0)])
 def test_access_log_line_follows_the_setting(access_log, lines):
-    from apicache.http import ApiSite
+    from apicache.server import ApiSite
 
     events = []
     globalLogPublisher.addObserver(events.append)

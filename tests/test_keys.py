@@ -115,3 +115,25 @@ def test_header_values_are_joined():
 
 def test_key_size_counts_bytes():
     assert CacheKey("t", "r", ("ä",), "v").size() == 1 + 1 + 2 + 1
+
+
+def test_cache_key_holds_tenant_route_params_and_variant():
+    from apicache.config import RouteConfig
+    from apicache.keys import cache_key
+    from apicache.routes import Route
+
+    route = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
+    key = cache_key("t1", route, ("42",), "a=1", [[b"en"], None])
+    assert (key.tenant, key.route, key.params) == ("t1", "object", ("42",))
+    assert key.variant == variant("f1", "a=1", ["en", None])
+    assert cache_key("t1", route, ("42",), "a=1", [[b""], None]) != key
+
+
+def test_a_new_fingerprint_gives_a_new_key():
+    from apicache.config import RouteConfig
+    from apicache.keys import cache_key
+    from apicache.routes import Route
+
+    old = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
+    new = Route(RouteConfig("object", "/o/<id>", "/v2/o/{id}", params=("id",), fingerprint="f2"))
+    assert cache_key("t1", old, ("1",), "", []) != cache_key("t1", new, ("1",), "", [])

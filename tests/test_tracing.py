@@ -83,7 +83,7 @@ def test_opentelemetry_is_not_imported_without_an_endpoint():
 
     code = (
         "import os, sys; os.environ.pop('OTEL_EXPORTER_OTLP_ENDPOINT', None)\n"
-        "import apicache.tap, apicache.http, apicache.tracing\n"
+        "import apicache.tap, apicache.api, apicache.server, apicache.tracing\n"
         "apicache.tracing.tracer_from_environ({})\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     )

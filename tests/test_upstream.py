@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-import pytest_twisted
 from treq.testing import RequestTraversalAgent
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase
@@ -190,11 +188,7 @@ class TestFakeUpstreamContract(
 class TestUpstreamClientContract(
     make_upstream_tests(lambda request, max_in_flight, reachable: ClientUnderTest.listen(max_in_flight, reachable))
 ):
-    @pytest.mark.xfail(strict=True, reason="fixed on branch core")
-    @pytest_twisted.ensureDeferred
-    async def test_overloaded_is_an_errback_never_raised(self, request: Any) -> None:
-        # UpstreamClient.fetch raises Overloaded synchronously today
-        await super().test_overloaded_is_an_errback_never_raised(request)
+    """The contract, on the real client over loopback."""
 
 
 class Upstream(Resource):
@@ -289,8 +283,8 @@ class Tests(SynchronousTestCase):
     def test_in_flight_is_bounded(self):
         self.resource.hang = True
         first, second = self.fetch(), self.fetch()
-        # maybeDeferred: the contract above holds whether it raises or errbacks
-        self.failureResultOf(maybeDeferred(self.client.fetch, "/x", []), Overloaded)
+        # an errback, never a synchronous raise (IUpstream)
+        self.failureResultOf(self.client.fetch("/x", []), Overloaded)
         self.clock.advance(6)
         self.failureResultOf(first, UpstreamTimeout)
         self.failureResultOf(second, UpstreamTimeout)

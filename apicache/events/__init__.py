@@ -8,7 +8,7 @@ One module per part, each testable on its own:
   value into the :class:`CacheAction` list it asks for, synchronously and
   without I/O, or raises :class:`BadEvent`.
 - :mod:`~apicache.events.handling`: :class:`EventHandler` applies decoded
-  messages through an :class:`Invalidator` (the cache registry) on the
+  messages through an :class:`~apicache.invalidator.IInvalidator` (the cache registry) on the
   reactor thread, and counts them.
 - :mod:`~apicache.events.kafka`: :class:`EventListenerService` runs one
   confluent-kafka consumer on a thread of its own, hands each batch to the
@@ -17,7 +17,7 @@ One module per part, each testable on its own:
 """
 
 from apicache.events.decoding import MAX_EVENT_BYTES, BadEvent, CacheAction, EventDecoder
-from apicache.events.handling import EventHandler, Invalidator
+from apicache.events.handling import EventHandler
 from apicache.events.kafka import EventListenerService, check_consumer_settings, consumer_settings, redact
 
 __all__ = [
@@ -26,7 +26,6 @@ __all__ = [
     "EventDecoder",
     "EventHandler",
     "EventListenerService",
-    "Invalidator",
     "MAX_EVENT_BYTES",
     "consumer_settings",
     "redact",

@@ -9,43 +9,21 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from apicache.events.decoding import BadEvent, CacheAction, EventDecoder, excerpt
+from apicache.invalidator import IInvalidator
 
-__all__ = ["EventHandler", "Invalidator"]
-
-
-class Invalidator(Protocol):
-    """
-    What the handler needs of the cache: the two actions an event may ask
-    for.  :class:`~apicache.cache.CacheRegistry` provides it; the handler
-    never sees the concrete class, so the events package imports nothing of
-    the cache.  (A stand-in until the ``IInvalidator`` zope interface of
-    issue 9 lands: this protocol is its structural twin.)
-    """
-
-    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...], /) -> Deferred[int]:
-        """
-        Drop every variant of a resource, for ``tenant`` or every tenant
-        (``None``).  Fires with how many entries were dropped; errbacks when
-        the store is unreachable.
-        """
-
-    def refresh(self, tenant: str | None, route: str, params: tuple[str, ...], /) -> Deferred[int]:
-        """
-        Mark every variant of a resource stale.  Fires with how many entries
-        were marked; errbacks when the store is unreachable.
-        """
+__all__ = ["EventHandler"]
 
 
 class EventHandler:
     """
-    Applies messages through an L{Invalidator}, on the reactor thread, and
+    Applies messages through an L{IInvalidator}, on the reactor thread, and
     counts them.
 
     @ivar received: messages handed to :meth:`handle`.
@@ -59,7 +37,7 @@ class EventHandler:
 
     log = Logger()
 
-    def __init__(self, decoder: EventDecoder, registry: Invalidator, clock: IReactorTime) -> None:
+    def __init__(self, decoder: EventDecoder, registry: IInvalidator, clock: IReactorTime) -> None:
         self.decoder = decoder
         self.registry = registry
         self.clock = clock

@@ -1,0 +1,232 @@
+"""
+The HTTP API (SPEC.md section 4): the Klein application, its routes and
+its error handlers.  Every domain exception is answered by a
+C{handle_errors} handler through L{apicache.errors.api_error}.
+
+The plumbing around it (the site, the checks before routing, the fast hit
+path, the writer) is L{apicache.server}; :meth:`CacheAPI.resource` puts the
+two together.
+"""
+
+from __future__ import annotations
+
+import socket
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from apicache import __version__
+from apicache.auth import ApiKeys
+from apicache.cache import CacheRegistry, CacheResult, FetchRequest
+from apicache.config import Config
+from apicache.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
+from apicache.errors import JSON as _JSON
+from apicache.health import Readiness
+from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from apicache.metrics import Metrics
+from apicache.resolve import Resolver
+from apicache.routes import RESERVED_PATHS, Router
+from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
+
+__all__ = ["CacheAPI", "ApiError"]
+
+
+class CacheAPI:
+    """
+    The HTTP API over a L{CacheRegistry}.
+
+    @ivar info_sources: callables returning dicts merged into ``GET /``
+        (the event listener adds its counters).
+    @ivar invalidator: what ``DELETE`` and ``/clear`` call: the registry, or
+        with several workers something that also reaches the siblings.
+    """
+
+    app = Klein()
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        registry: CacheRegistry,
+        router: Router,
+        clock: IReactorTime,
+        readiness: Readiness | None = None,
+        metrics: Metrics | None = None,
+        node: str | None = None,
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.router = router
+        self.clock = clock
+        self.readiness = readiness or Readiness()
+        self.metrics = metrics or Metrics()
+        self.node = node or socket.gethostname()
+        self.started = clock.seconds()
+        self.info_sources: list[Callable[[], dict[str, Any]]] = []
+        self.invalidator: Any = registry
+        self.resolver = Resolver(config, router)
+        self.keys = ApiKeys(config.server.api_keys)
+        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
+
+    def resource(self) -> IResource:
+        """
+        Return the root resource to serve: the checks before routing and the
+        fast hit path (L{ApiFront}) in front of the Klein application.
+        """
+        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry)
+
+    # -- reserved paths ----------------------------------------------------
+
+    @app.route("/", methods=["GET"])
+    def info(self, request: IRequest) -> bytes:
+        """
+        Return ``GET /``'s JSON: service, version, node, uptime and counts.
+        """
+        stats = self.registry.store.stats()
+        body: dict[str, Any] = {
+            "service": "apicache",
+            "version": __version__,
+            "node": self.node,
+            "uptime_s": round(self.clock.seconds() - self.started, 3),
+            "tenants": self.registry.tenants(),
+            "entries": stats["entries"],
+            "bytes": stats["bytes"],
+        }
+        for source in self.info_sources:
+            body.update(source())
+        return json_answer(request, 200, body)
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: IRequest) -> bytes:
+        """
+        Return ``200`` while the process serves.
+        """
+        return json_answer(request, 200, {"status": "ok"})
+
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: IRequest) -> bytes:
+        """
+        Return ``{"ready": true}``, or a ``503`` naming what is failing.
+        """
+        failing = self.readiness.failing()
+        if failing:
+            return json_answer(request, 503, {"ready": False, "failing": failing})
+        return json_answer(request, 200, {"ready": True})
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics_(self, request: IRequest) -> bytes:
+        """
+        Return the metrics in Prometheus text format.
+        """
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
+        return self.metrics.render()
+
+    @app.route("/clear", methods=["DELETE"])
+    async def clear(self, request: ApiRequest) -> bytes:
+        """
+        Drop every entry (of the tenant, when the header is given); return
+        ``{"invalidated": N}``.
+
+        @raise StoreUnavailable: answered ``503 store_unavailable``.
+        """
+        tenant = self.resolver.tenant(request, required=False)
+        if tenant is not None:
+            request.tenant = tenant
+        n = await self.invalidator.clear(tenant)
+        return json_answer(request, 200, {"invalidated": n})
+
+    # -- routes ------------------------------------------------------------
+
+    @app.route("/<path:_rest>", methods=None)
+    def proxy(self, request: ApiRequest, _rest: str) -> Any:
+        """
+        Answer a request on a configured route: ``GET``/``HEAD`` from the
+        cache or the upstream, ``DELETE`` invalidates; anything else is
+        ``405``.  Returns C{NOT_DONE_YET}, bytes, or a Deferred of either.
+        """
+        if request.path in RESERVED_PATHS:
+            raise MethodNotAllowed()
+        method = request.method
+        if method == b"GET" or method == b"HEAD":
+            return self._get(request)
+        if method == b"DELETE":
+            return Deferred.fromCoroutine(self._delete(request))
+        self.resolver.match(request.path)
+        raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
+
+    def _get(self, request: ApiRequest) -> Any:
+        """
+        Answer a GET or HEAD on a route: a hit or stale entry at once, else
+        a Deferred firing when the miss is answered.
+        """
+        resolved = self.resolver.resolve(request)
+        headers = request.requestHeaders
+        trace = getattr(request, "trace", None)
+        if trace is not None:
+            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
+        forwarded: list[tuple[bytes, bytes]] = []
+        for name in self._forward:
+            for value in headers.getRawHeaders(name, ()):
+                forwarded.append((name, value))
+        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded)
+        result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
+        if isinstance(result, CacheResult):
+            return write_result(request, result)
+        # an upstream failure errbacks to the handle_errors handlers
+        return result.addCallback(lambda r: write_result(request, r))
+
+    async def _delete(self, request: ApiRequest) -> bytes:
+        route, params = self.resolver.match(request.path)
+        request.route_type = route.type
+        tenant = self.resolver.tenant(request, required=False)
+        if tenant is not None:
+            request.tenant = tenant
+        n = await self.invalidator.invalidate(tenant, route.type, params)
+        return json_answer(request, 200, {"invalidated": n})
+
+    # -- errors ------------------------------------------------------------
+
+    @app.handle_errors(*DOMAIN_ERRORS)
+    def _domain_error(self, request: IRequest, failure: Failure) -> bytes:
+        """
+        Answer a domain exception (a rejected request, an unreachable
+        store, an upstream failure) with its JSON error.
+        """
+        error = api_error(failure.value)  # type: ignore[arg-type]
+        assert error is not None
+        return refuse(request, error)
+
+    @app.handle_errors(NotFound)
+    def _not_found(self, request: IRequest, failure: Failure) -> bytes:
+        return refuse(request, ApiError(404, "no_route", "no route matches this path"))
+
+    @app.handle_errors(MethodNotAllowed)
+    def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        return refuse(
+            request,
+            ApiError(405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here"),
+        )
+
+    @app.handle_errors
+    def _internal(self, request: IRequest, failure: Failure) -> bytes:  # type: ignore[misc]
+        error_id = uuid.uuid4().hex
+        self.log.failure(
+            "internal error {error_id} answering {method} {path}",
+            failure,
+            error_id=error_id,
+            method=request.method.decode("ascii", "replace"),
+            path=request.path.decode("utf-8", "replace")[:512],
+            trace_id=getattr(getattr(request, "trace", None), "trace_id", None),
+        )
+        request.setResponseCode(500)
+        request.setHeader(b"content-type", _JSON)
+        return error_body("internal_error", "an unexpected error occurred", id=error_id)
