@@ -28,11 +28,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from apicache.config import RouteConfig
-from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers
+from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers, within_staleness
 from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+from apicache.watermark import Watermark
 
 __all__ = [
     "HIT",
@@ -49,6 +50,11 @@ HIT = "HIT"
 MISS = "MISS"
 STALE = "STALE"
 BYPASS = "BYPASS"
+
+#: Share of a route's ``max_staleness`` by which an entry's own bound may be
+#: shorter (fixed per key): entries fetched before an outage cross their
+#: bounds spread over this share instead of at one instant.
+STALENESS_SPREAD = 0.2
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
@@ -74,14 +80,18 @@ class CacheResult:
     @ivar cache: ``HIT``, ``STALE``, ``MISS`` or ``BYPASS``.
     @ivar response: status, replayed headers and body.
     @ivar age: seconds since it was fetched (``HIT`` and ``STALE``), else ``None``.
+    @ivar detail: why a held entry was not served, for ``Cache-Status``'s
+        ``detail=`` (``"events-behind"``: past its route's
+        ``max_staleness``), else ``None``.
     """
 
-    __slots__ = ("cache", "response", "age")
+    __slots__ = ("cache", "response", "age", "detail")
 
-    def __init__(self, cache: str, response: CachedResponse, age: float | None = None) -> None:
+    def __init__(self, cache: str, response: CachedResponse, age: float | None = None, detail: str | None = None) -> None:
         self.cache = cache
         self.response = response
         self.age = age
+        self.detail = detail
 
     def __repr__(self) -> str:
         return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
@@ -222,7 +232,12 @@ class TenantCache:
         keyed_headers: Sequence[str],
         flights: _Flights | None = None,
         counters: dict[str, int] | None = None,
+        watermark: Watermark | None = None,
     ) -> None:
+        """
+        @param watermark: the event watermark, for routes with
+            ``max_staleness``; without one they are judged by fetch time.
+        """
         self.tenant = tenant
         self.route = route
         self._store = store
@@ -232,6 +247,8 @@ class TenantCache:
         self._flights = _Flights() if flights is None else flights
         self._refreshing: set[CacheKey] = set()
         self.counters = counters if counters is not None else {}
+        self._watermark = watermark
+        self._max_staleness = route.max_staleness
 
     @property
     def idle(self) -> bool:
@@ -249,7 +266,25 @@ class TenantCache:
         entry = self._store.lookup(key)
         if entry is None:
             return None
-        return self._fresh(entry, self._clock.seconds())
+        now = self._clock.seconds()
+        if self._max_staleness and not self._vouched(key, entry, now):
+            return None
+        return self._fresh(entry, now)
+
+    def _vouched(self, key: CacheKey, entry: CachedResponse, now: float) -> bool:
+        """
+        Bounded staleness (SPEC.md section 5), before every other serving
+        rule: return whether ``entry`` may be served from the cache at all.
+        Each key's bound is shortened by up to L{STALENESS_SPREAD}, so that
+        the entries an outage leaves behind are fetched again spread out.
+        """
+        bound = self._max_staleness
+        if bound <= 0:
+            return True
+        w = self._watermark
+        until = entry.sent_at if w is None else w.vouched(entry.sent_at)
+        spread = (hash(key) & 0xFFFF) / 0x10000 * STALENESS_SPREAD
+        return within_staleness(until, bound * (1.0 - spread), now)
 
     @staticmethod
     def _fresh(entry: CachedResponse, now: float) -> CacheResult | None:
@@ -270,11 +305,16 @@ class TenantCache:
         """
         now = self._clock.seconds()
         entry = self._store.lookup(key)
+        behind = False
         if entry is not None:
-            found = self._serve(key, request, entry, now)
-            if found is not None:
-                return found
-        return Deferred.fromCoroutine(self._miss(key, request, entry, now))
+            if self._vouched(key, entry, now):
+                found = self._serve(key, request, entry, now)
+                if found is not None:
+                    return found
+            else:
+                # nothing of it is served, not even stale
+                entry, behind = None, True
+        return Deferred.fromCoroutine(self._miss(key, request, entry, now, behind))
 
     def _serve(
         self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
@@ -288,7 +328,7 @@ class TenantCache:
         return None
 
     async def _miss(
-        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float
+        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float, behind: bool = False
     ) -> CacheResult:
         bypass = False
         if self._store.shared:
@@ -299,10 +339,15 @@ class TenantCache:
             else:
                 if entry is not None:
                     now = self._clock.seconds()
-                    found = self._serve(key, request, entry, now)
-                    if found is not None:
-                        return found
-                    stale = entry
+                    if self._vouched(key, entry, now):
+                        found = self._serve(key, request, entry, now)
+                        if found is not None:
+                            return found
+                        stale = entry
+                    else:
+                        behind = True
+        if behind:
+            self.counters["events_behind"] = self.counters.get("events_behind", 0) + 1
         flight = self._flights.by_key.get(key)
         leader = flight is None
         if flight is None:
@@ -315,19 +360,20 @@ class TenantCache:
                 # the leader's answer was for its own headers: fetch with ours
                 outcome = await self._fetch(key, request, outcome.bypass)
         except UpstreamError:
-            served = self._stale_if_error(stale)
+            served = self._stale_if_error(key, stale)
             if served is None:
                 raise
             return served
         if outcome.answer.status >= 500:
-            served = self._stale_if_error(stale)
+            served = self._stale_if_error(key, stale)
             if served is not None:
                 return served
-        return CacheResult(BYPASS if outcome.bypass else MISS, outcome.answer)
+        return CacheResult(BYPASS if outcome.bypass else MISS, outcome.answer, detail="events-behind" if behind else None)
 
-    def _stale_if_error(self, stale: CachedResponse | None) -> CacheResult | None:
+    def _stale_if_error(self, key: CacheKey, stale: CachedResponse | None) -> CacheResult | None:
         now = self._clock.seconds()
-        if stale is not None and now < stale.stale_until:
+        # the bound may have passed while the fetch ran
+        if stale is not None and now < stale.stale_until and self._vouched(key, stale, now):
             return CacheResult(STALE, stale, current_age(stale.stored_at, now))
         return None
 
@@ -351,6 +397,7 @@ class TenantCache:
             except StoreUnavailable:
                 bypass = True
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+        sent = self._clock.seconds()
         try:
             response = await self._upstream.fetch(request.path, request.headers)
         except BaseException:
@@ -358,7 +405,7 @@ class TenantCache:
                 self._store.release(key, token)
             raise
         storable = is_storable(response.status, response.headers, self._keyed)
-        answer = self._answer(response, storable)
+        answer = self._answer(response, storable, sent)
         if storable and not bypass:
             await self._put(key, answer, token)
         elif not bypass:
@@ -374,7 +421,11 @@ class TenantCache:
             self.log.warn("could not store an answer: {error}", error=str(e))
             return False
 
-    def _answer(self, response: UpstreamResponse, storable: bool) -> CachedResponse:
+    def _answer(self, response: UpstreamResponse, storable: bool, sent: float) -> CachedResponse:
+        """
+        Return the entry for an upstream answer to a request sent at
+        ``sent`` (F: what the event stream must vouch for after it).
+        """
         now = self._clock.seconds()
         expires = now + freshness_lifetime(self.route, response.status, response.headers)
         grace = self.route.stale_if_error
@@ -386,6 +437,7 @@ class TenantCache:
             expires_at=expires,
             # one float object less per entry when there is no grace
             stale_until=expires + grace if grace else expires,
+            sent_at=sent,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
@@ -417,6 +469,7 @@ class TenantCache:
         try:
             token = await self._store.begin(key)
             self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+            sent = self._clock.seconds()
             response = await self._upstream.fetch(request.path, request.headers)
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
@@ -428,7 +481,7 @@ class TenantCache:
             self._retry_later(key)
             return
         if is_storable(response.status, response.headers, self._keyed):
-            if await self._put(key, self._answer(response, True), token):
+            if await self._put(key, self._answer(response, True, sent), token):
                 return
         try:
             await self._store.discard(key)
@@ -457,13 +510,19 @@ class CacheRegistry:
         routes: Iterable[RouteConfig],
         keyed_headers: Sequence[str],
         max_tenants: int = 10000,
+        watermark: Watermark | None = None,
     ) -> None:
+        """
+        @param watermark: the event watermark, for routes with
+            ``max_staleness`` (bounded staleness, SPEC.md section 5).
+        """
         self.store = store
         self.upstream = upstream
         self._clock = clock
         self.routes = {r.type: r for r in routes}
         self._keyed = tuple(keyed_headers)
         self.max_tenants = max_tenants
+        self.watermark = watermark
         self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
         self._flights = _Flights()
         #: plain counters, read at scrape time
@@ -472,6 +531,7 @@ class CacheRegistry:
             "fetches": 0,
             "store_errors": 0,
             "reclaimed": 0,
+            "events_behind": 0,
         }
 
     def cache(self, tenant: str, route_type: str) -> TenantCache:
@@ -494,6 +554,7 @@ class CacheRegistry:
             self._keyed,
             self._flights,
             self.counters,
+            self.watermark,
         )
         self._caches[k] = c
         if len(self._caches) > self.max_tenants:

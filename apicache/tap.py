@@ -48,6 +48,7 @@ from apicache.store.redis import RedisStore, RedisStoreService
 from apicache.tracing import Tracer, TracerService, tracer_from_environ
 from apicache.upstream import UpstreamClient, UpstreamService
 from apicache.vcap import BindingFiller, bindings_from_environ
+from apicache.watermark import Watermark
 from apicache.workers import (
     WORKER_ENV,
     AdoptedPortEndpoint,
@@ -167,6 +168,7 @@ def _events(
     readiness: Readiness,
     metrics: Metrics,
     credentials: TokenProvider | None,
+    watermark: Watermark | None,
 ) -> EventListenerService:
     handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
     listener = EventListenerService(
@@ -175,7 +177,7 @@ def _events(
         IReactorFromThreads(reactor),
         instance=api.node,
         credentials=credentials,
-        shared_store=bool(getattr(registry.store, "shared", False)),
+        watermark=watermark,
         bounds={r.type: r.max_staleness for r in config.routes if r.max_staleness > 0},
         # group mode: the other instances' partitions count through Redis
         exchange=(
@@ -227,7 +229,20 @@ def build(
         max_in_flight=up.max_in_flight,
     )
     timed = TimedUpstream(upstream, metrics, reactor)
-    registry = CacheRegistry(store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants)
+    # the event listener advances it, routes with max_staleness read it
+    watermark = (
+        Watermark(
+            reactor,
+            group=config.kafka.mode == "group",
+            shared=store.shared,
+            max_clock_skew=config.kafka.max_clock_skew,
+        )
+        if config.kafka.enabled
+        else None
+    )
+    registry = CacheRegistry(
+        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, watermark=watermark
+    )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
     tenant_entries = getattr(store, "tenant_entries", None)
@@ -248,7 +263,7 @@ def build(
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
-        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials).setServiceParent(root)
+        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials, watermark).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     return Daemon(root, api, registry, kafka_credentials)
 

@@ -57,16 +57,17 @@ def raw(s: RedisStore, *args: Any) -> Deferred[Any]:
 
 
 def test_value_round_trips_with_a_version_byte() -> None:
-    e = CachedResponse(203, ((b"etag", b'"x"'), (b"content-type", b"a/b")), b"\x00body\xff", 1.5, 2.5, 3.5, True)
+    e = CachedResponse(203, ((b"etag", b'"x"'), (b"content-type", b"a/b")), b"\x00body\xff", 1.5, 2.5, 3.5, True, sent_at=1.25)
     data = encode_entry(e)
-    assert data[0] == 1
+    assert data[0] == 2  # version 2 carries the time the upstream request was sent
     assert decode_entry(data) == e
     assert len(data) < len(e.body) + 80
 
 
 def test_value_of_another_version_is_a_miss() -> None:
     data = encode_entry(entry())
-    assert decode_entry(b"\x02" + data[1:]) is None
+    assert decode_entry(b"\x01" + data[1:]) is None
+    assert decode_entry(b"\x03" + data[1:]) is None
     assert decode_entry(data[:5]) is None
 
 

@@ -284,7 +284,8 @@ def driven(mode: str = "broadcast", shared_store: bool = False, invalidator: Any
     clock = ImmediateClock()
     clock.advance(1000)
     handler = EventHandler(EventDecoder(CONFIG.events, CONFIG.routes), invalidator or FlakyInvalidator(), clock)
-    svc = EventListenerService(kafka_config(mode), handler, clock, "host", shared_store=shared_store)
+    w = Watermark(clock, group=mode == "group", shared=shared_store)
+    svc = EventListenerService(kafka_config(mode), handler, clock, "host", watermark=w)
     return svc, clock
 
 

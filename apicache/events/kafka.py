@@ -187,7 +187,7 @@ class EventListenerService(Service):
         instance: str | None = None,
         credentials: TokenProvider | None = None,
         *,
-        shared_store: bool = False,
+        watermark: Watermark | None = None,
         bounds: Mapping[str, float] | None = None,
         exchange: WatermarkExchange | None = None,
     ) -> None:
@@ -198,7 +198,8 @@ class EventListenerService(Service):
         @param credentials: when the SASL password is an OAuth token: the
             consumer starts once the first token is there, and each renewed
             token is handed to it.
-        @param shared_store: the store is shared between instances (Redis).
+        @param watermark: the event watermark this listener advances (the
+            cache reads it); one of its own by default.
         @param bounds: route type → ``max_staleness`` (for the log lines
             when the event lag crosses one).
         @param exchange: in ``group`` mode with a shared store, where the
@@ -226,8 +227,9 @@ class EventListenerService(Service):
         self._seen: set[tuple[str, int]] = set()
         self._last_error_log: dict[int, float] = {}
         #: the event watermark; written on the reactor thread only
-        self.watermark = Watermark(self.clock, group=not self.broadcast, shared=shared_store, max_clock_skew=kafka.max_clock_skew)
-        self.shared_store = shared_store
+        if watermark is None:
+            watermark = Watermark(self.clock, group=not self.broadcast, max_clock_skew=kafka.max_clock_skew)
+        self.watermark = watermark
         self.lag = LagMonitor(self.watermark, self.clock, bounds or {}, exchange if not self.broadcast else None)
         # the consumer thread's own: per partition held, the offset below
         # which every message was applied (or skipped as not an event)
@@ -396,7 +398,7 @@ class EventListenerService(Service):
         if self.broadcast and partitions:
             partitions = self._broadcast_positions(consumer, partitions)
             consumer.assign(partitions)
-        elif partitions and not self.shared_store:
+        elif partitions and not self.watermark.shared:
             # group mode, a store of this instance's own: what the previous
             # holder applied never reached this cache
             self._skipped("partitions taken over in group mode")

@@ -43,9 +43,11 @@ class CachedResponse:
     @ivar stale: marked stale by a ``refresh`` event: served as ``STALE``
         while one background re-fetch replaces it.
     @ivar retry_at: no background re-fetch starts before this time.
+    @ivar sent_at: when the upstream request that fetched or revalidated it
+        was sent (F of bounded staleness, SPEC.md section 5).
     """
 
-    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at")
+    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at", "sent_at")
 
     def __init__(
         self,
@@ -57,6 +59,7 @@ class CachedResponse:
         stale_until: float = 0.0,
         stale: bool = False,
         retry_at: float = 0.0,
+        sent_at: float = 0.0,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -66,6 +69,7 @@ class CachedResponse:
         self.stale_until = stale_until
         self.stale = stale
         self.retry_at = retry_at
+        self.sent_at = sent_at
 
     def size(self) -> int:
         """

@@ -37,10 +37,10 @@ __all__ = [
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: Offset of the stale flag in a stored value (set in place by the change script).
 STALE_OFFSET = 1
-_HEAD = struct.Struct("!BBHdddH")
+_HEAD = struct.Struct("!BBHddddH")
 _HEADER = struct.Struct("!HI")
 
 
@@ -103,7 +103,8 @@ def lock_key(prefix: str, key: CacheKey) -> str:
 def encode_entry(entry: CachedResponse) -> bytes:
     """
     Return ``entry`` in the stored format: a version byte, the stale flag,
-    status, times, headers, then the body.
+    status, times (stored, expires, stale until, request sent), headers,
+    then the body.
     """
     parts = [
         _HEAD.pack(
@@ -113,6 +114,7 @@ def encode_entry(entry: CachedResponse) -> bytes:
             entry.stored_at,
             entry.expires_at,
             entry.stale_until,
+            entry.sent_at,
             len(entry.headers),
         )
     ]
@@ -132,7 +134,7 @@ def decode_entry(data: bytes) -> CachedResponse | None:
     if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
         return None
     try:
-        _, stale, status, stored_at, expires_at, stale_until, n = _HEAD.unpack_from(data)
+        _, stale, status, stored_at, expires_at, stale_until, sent_at, n = _HEAD.unpack_from(data)
         pos = _HEAD.size
         headers = []
         for _ in range(n):
@@ -155,4 +157,5 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         expires_at=expires_at,
         stale_until=stale_until,
         stale=bool(stale),
+        sent_at=sent_at,
     )
