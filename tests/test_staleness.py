@@ -113,6 +113,59 @@ def test_the_event_lag_is_null_before_any_end_offset_was_confirmed(make_daemon):
     assert lag_gauge(d) == float("inf")
 
 
+# --- the serving rule ------------------------------------------------------------------
+
+OBJ = "/server/object(7)/header"
+UP = "/api/object(7)/header"
+
+
+def served_from_cache_until(d: Daemon, deadline: float) -> list[str]:
+    """GET the object every 0.1 s until ``deadline``; return the X-Cache values."""
+    seen = []
+    while time.monotonic() < deadline:
+        seen.append(d.get(OBJ).cache or "")
+        time.sleep(0.1)
+    return seen
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetched_again(
+    staleness_daemon, broker, upstream, redis_url, backend
+):
+    store = {"backend": "redis", "redis_url": redis_url, "key_prefix": f"st-{uuid.uuid4().hex[:8]}"} if backend == "redis" else {}
+    d = staleness_daemon(max_staleness=2.0, topic=f"serving-{backend}", store=store)
+    eventually(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), timeout=10.0, interval=0.1)
+    assert d.get(OBJ).cache == "MISS"
+    # the events vouch for it: a hit well past max_staleness
+    first = time.monotonic()
+    assert set(served_from_cache_until(d, first + 3.0)) == {"HIT"}
+    assert upstream.calls(UP) == 1
+
+    pause(broker)
+    paused = time.monotonic()
+    try:
+        assert d.get(OBJ).cache == "HIT", "within max_staleness of the last W"
+        # W stopped before the pause: the entry is fetched again within 2 s
+        # of it (sooner by up to a fifth: the spread), and from then on
+        # every 2 s at most: a cache with a TTL of max_staleness
+        seen = served_from_cache_until(d, paused + 5.0)
+        assert "MISS" in seen
+        assert upstream.calls(UP) >= 3, seen
+        assert upstream.calls(UP) <= 1 + 5.0 / 1.6 + 1, seen
+        head = d.request("HEAD", OBJ, [("org_id", "t1")])
+        assert head.status == 200
+        time.sleep(2.1)
+        assert d.request("HEAD", OBJ, [("org_id", "t1")]).cache == "MISS", "HEAD too is bounded"
+    finally:
+        resume(broker)
+    eventually(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), timeout=JOIN_SECONDS, interval=0.1)
+    d.get(OBJ)
+    calls = upstream.calls(UP)
+    # caught up: served from the cache again, past max_staleness
+    assert set(served_from_cache_until(d, time.monotonic() + 3.0)) == {"HIT"}
+    assert upstream.calls(UP) == calls
+
+
 # --- group mode ------------------------------------------------------------------------
 
 
