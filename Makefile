@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events install install-test clean
+.PHONY: run test demo lint bench bench-events bench-freshness install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench: install
 # 1,000 invalidation events at 100/s through a real broker: produce->applied p50/p99
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
+
+# Issue 13: staleness of every answer against a versioned upstream, steady
+# and with the broker paused for 30 s, with and without max_staleness
+bench-freshness: install-test
+	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench
