@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
+<<<<<<< HEAD
 .PHONY: run test demo lint bench bench-events bench-freshness install install-test clean
+=======
+.PHONY: run test demo lint bench bench-events dashboard-preview install install-test clean
+>>>>>>> main
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,9 +22,11 @@ install: $(BIN)/python
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
 
+# Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
+# starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
+# More apicache options: make run RUN_ARGS="--workers 2".
 run: install
-	@echo "apicache on http://127.0.0.1:$(PORT) -- development api-key: $(DEV_KEY)"
-	APICACHE_API_KEY=$(DEV_KEY) $(BIN)/twistd -n --pidfile= apicache --config apicache.toml --listen tcp:$(PORT):interface=127.0.0.1
+	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml -- $(RUN_ARGS)
 
 test: install-test
 	$(BIN)/python -m pytest tests
@@ -36,10 +42,18 @@ bench: install
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
 
+<<<<<<< HEAD
 # Issue 13: staleness of every answer against a versioned upstream, steady
 # and with the broker paused for 30 s, with and without max_staleness
 bench-freshness: install-test
 	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
+=======
+# The dashboard's panels drawn from real /metrics scrapes under wrk load
+# (README: Dashboard and alerts): writes deploy/dashboard-preview.png.
+dashboard-preview: $(BIN)/python
+	$(BIN)/pip install --quiet '.[test,preview]'
+	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
+>>>>>>> main
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

@@ -37,6 +37,12 @@ setup(
             "mypy>=1.10",
             "mypy-zope>=1.0",
             "tomli-w>=1.0",
+            # tests/test_dashboard.py reads deploy/prometheus-alerts.yml
+            "pyyaml>=6.0",
+        ],
+        # `make dashboard-preview` draws deploy/dashboard-preview.png
+        "preview": [
+            "matplotlib>=3.8",
         ],
     },
     classifiers=[

@@ -399,7 +399,7 @@ class TenantCache:
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
         sent = self._clock.seconds()
         try:
-            response = await self._upstream.fetch(request.path, request.headers)
+            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
         except BaseException:
             if not bypass:
                 self._store.release(key, token)
@@ -470,7 +470,7 @@ class TenantCache:
             token = await self._store.begin(key)
             self.counters["fetches"] = self.counters.get("fetches", 0) + 1
             sent = self._clock.seconds()
-            response = await self._upstream.fetch(request.path, request.headers)
+            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
             self.log.info("refresh of a stale entry failed: {error}", error=str(e))

@@ -227,6 +227,7 @@ def build(
         max_body_bytes=up.max_body_bytes,
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
+        tenant_max_in_flight=up.tenant_max_in_flight,
     )
     timed = TimedUpstream(upstream, metrics, reactor)
     # the event listener advances it, routes with max_staleness read it

@@ -43,6 +43,7 @@ class PendingFetch:
     path: str
     headers: Sequence[tuple[bytes, bytes]]
     deferred: Deferred[UpstreamResponse]
+    tenant: str = ""
 
     def respond(
         self,
@@ -90,7 +91,7 @@ class FakeUpstream:
         self.in_flight = 0
         self.closed = False
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
         """
         Record the fetch; return a Deferred the test fires (or ``auto``
         fired already).  It errbacks with L{Overloaded} at once while
@@ -99,7 +100,7 @@ class FakeUpstream:
         if self.in_flight >= self.max_in_flight:
             return fail(Overloaded(f"{self.in_flight} upstream fetches in flight"))
         d: Deferred[UpstreamResponse] = Deferred()
-        p = PendingFetch(path, headers, d)
+        p = PendingFetch(path, headers, d, tenant)
         self.fetched.append(p)
         self.pending.append(p)
         self.in_flight += 1

@@ -1,8 +1,13 @@
 """
-The upstream client: fetches one URL on a caller's behalf over pooled,
-persistent connections, bounded in time, size and concurrency.
+The upstream client: fetches one URL on a caller's behalf over persistent
+connections pooled per tenant (L{apicache.pool}), bounded in time, size and
+concurrency (in all and per tenant).
 
 It knows nothing of caches: the cache core calls :meth:`IUpstream.fetch`.
+
+Error messages are fixed texts that never quote the upstream's bytes (SPEC §4):
+they reach callers in 502 answers.  What went wrong in detail is logged,
+truncated.
 """
 
 from __future__ import annotations
@@ -10,17 +15,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, fail
-from twisted.internet.error import ConnectingCancelledError, ConnectionDone
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionDone
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone, _HTTP11ClientFactory
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from zope.interface import Attribute, Interface, implementer
+
+from apicache.pool import TenantConnectionPool
 
 __all__ = [
     "IUpstream",
@@ -52,7 +60,16 @@ class UpstreamTimeout(UpstreamError):
 
 
 class Overloaded(UpstreamError):
-    """``max_in_flight`` fetches are running already (503)."""
+    """
+    ``max_in_flight`` fetches, or ``tenant_max_in_flight`` of the caller's
+    tenant, are running already (503).
+
+    @ivar tenant: the tenant at its own limit, or C{None} (the limit of all).
+    """
+
+    def __init__(self, message: str, tenant: str | None = None) -> None:
+        super().__init__(message)
+        self.tenant = tenant
 
 
 class UpstreamResponse:
@@ -86,13 +103,15 @@ class IUpstream(Interface):
 
     in_flight = Attribute("The number of fetches running now.")
 
-    def fetch(path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
         """
         GET ``base_url + path`` (``path`` already encoded, query included)
-        with ``headers``; redirects are not followed.
+        with ``headers`` on ``tenant``'s behalf, over a connection that
+        carries only that tenant's requests; redirects are not followed.
 
-        Fires with an L{UpstreamResponse}; errbacks with L{Overloaded},
-        L{UpstreamTimeout}, L{UpstreamUnreachable} or L{BodyTooLarge}.
+        Fires with an L{UpstreamResponse}; errbacks (never raises) with
+        L{Overloaded}, L{UpstreamTimeout}, L{UpstreamUnreachable} or
+        L{BodyTooLarge}.
         """
 
     def close() -> Deferred[None]:
@@ -119,7 +138,7 @@ class _BodyReader(Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.parts = []
-            self.finished.errback(BodyTooLarge(f"body over {self.limit} bytes"))
+            self.finished.errback(BodyTooLarge(f"the answer is over {self.limit} bytes"))
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
         self.parts.append(data)
@@ -130,7 +149,8 @@ class _BodyReader(Protocol):
         if reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(b"".join(self.parts))
         else:
-            self.finished.errback(UpstreamUnreachable(f"body cut short: {reason.getErrorMessage()}"))
+            _log_detail("body cut short", reason.value)  # type: ignore[arg-type]
+            self.finished.errback(UpstreamUnreachable("the upstream closed the connection before the whole answer"))
 
 
 def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
@@ -152,13 +172,23 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
 @implementer(IUpstream)
 class UpstreamClient:
     """
-    The real upstream client: one persistent connection pool, a bound on
-    fetches in flight, a deadline covering connect and the whole body.
+    The real upstream client: persistent connections pooled per tenant, a
+    bound on fetches in flight in all and per tenant, a deadline covering
+    connect and the whole body.
 
     treq's ``HTTPClient`` is not used for the request itself: it always adds a
     cookie jar (which would carry one tenant's upstream cookies to another)
     and a gzip decoder (which would strip ``Content-Encoding``, which the
     cache must store and replay).  Bodies are read with a size limit.
+
+    @param max_connections: idle connections kept in all; each tenant keeps
+        at most a quarter of them (at least 1), and no more than
+        ``tenant_max_in_flight`` when that is set: a tenant never uses more
+        connections at once than it has fetches running, and one busy tenant
+        then leaves at least three quarters of the pool warm for the others.
+    @param tenant_max_in_flight: fetches of one tenant at once; 0: no limit
+        but ``max_in_flight``.
+    @param agent: for tests: used for every tenant instead of the pool.
     """
 
     def __init__(
@@ -169,6 +199,7 @@ class UpstreamClient:
         max_body_bytes: int,
         max_connections: int,
         max_in_flight: int,
+        tenant_max_in_flight: int = 0,
         agent: IAgent | None = None,
     ) -> None:
         self._clock = reactor
@@ -176,15 +207,16 @@ class UpstreamClient:
         self._timeout = timeout
         self._max_body = max_body_bytes
         self._max_in_flight = max_in_flight
+        self._tenant_max_in_flight = tenant_max_in_flight
         self.in_flight = 0
-        self._pool: HTTPConnectionPool | None = None
-        if agent is None:
-            self._pool = HTTPConnectionPool(reactor, persistent=True)
-            self._pool._factory = _QuietFactory
-            self._pool.maxPersistentPerHost = max_connections
-            self._pool.cachedConnectionTimeout = 60
-            # Agent's default policy verifies TLS certificates (service_identity)
-            agent = Agent(reactor, connectTimeout=timeout, pool=self._pool)
+        #: tenant -> fetches running now (tenants with none are left out)
+        self.tenant_in_flight: dict[str, int] = {}
+        per_tenant = max(1, max_connections // 4)
+        if tenant_max_in_flight:
+            per_tenant = min(per_tenant, tenant_max_in_flight)
+        self.pool = TenantConnectionPool(reactor, max_connections, per_tenant, idle_timeout=60)
+        # Agent's default policy, made once: it verifies TLS certificates (service_identity)
+        self._tls = BrowserLikePolicyForHTTPS()
         self._agent = agent
 
     def url(self, path: str) -> bytes:
@@ -193,16 +225,24 @@ class UpstreamClient:
         """
         return self._base + path.encode("ascii")
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> Deferred[UpstreamResponse]:
+    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
         if self.in_flight >= self._max_in_flight:
-            # an errback, never a synchronous raise: IUpstream's contract
-            return fail(Overloaded(f"{self.in_flight} upstream fetches in flight"))
+            return fail(Overloaded("too many upstream fetches in flight"))
+        running = self.tenant_in_flight.get(tenant, 0)
+        if self._tenant_max_in_flight and running >= self._tenant_max_in_flight:
+            return fail(Overloaded("too many upstream fetches in flight for this tenant", tenant))
         self.in_flight += 1
-        d = Deferred.fromCoroutine(self._fetch(self.url(path), headers))
+        self.tenant_in_flight[tenant] = running + 1
+        d = Deferred.fromCoroutine(self._fetch(self._agent_for(tenant), self.url(path), headers))
         deadline = self._clock.callLater(self._timeout, d.cancel)
 
         def done(result: object) -> object:
             self.in_flight -= 1
+            left = self.tenant_in_flight[tenant] - 1
+            if left:
+                self.tenant_in_flight[tenant] = left
+            else:
+                del self.tenant_in_flight[tenant]
             if deadline.active():
                 deadline.cancel()
             elif isinstance(result, Failure):
@@ -213,19 +253,27 @@ class UpstreamClient:
         d.addBoth(done)
         return d
 
-    async def _fetch(self, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> UpstreamResponse:
+    def _agent_for(self, tenant: str) -> IAgent:
+        if self._agent is not None:
+            return self._agent
+        # an Agent is a few small objects; the pool it is given decides
+        # which connections the tenant's request may use
+        return Agent(self._clock, contextFactory=self._tls, connectTimeout=self._timeout, pool=self.pool.for_tenant(tenant))
+
+    async def _fetch(self, agent: IAgent, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> UpstreamResponse:
         h = Headers()
         for name, value in headers:
             h.addRawHeader(name, value)
         try:
-            response = await self._agent.request(b"GET", url, h, None)
+            response = await agent.request(b"GET", url, h, None)
             body = await read_body(response, self._max_body)
         except (UpstreamError, CancelledError):
             raise
-        except (ConnectTimeoutError, ConnectingCancelledError) as e:
-            raise UpstreamTimeout(f"connect timed out: {e}") from None
+        except (ConnectTimeoutError, ConnectingCancelledError):
+            raise UpstreamTimeout(f"could not connect within {self._timeout:g} s") from None
         except Exception as e:
-            raise UpstreamUnreachable(_describe(e)) from None
+            _log_detail("upstream fetch failed", e)
+            raise UpstreamUnreachable(_generic_message(e)) from None
         return UpstreamResponse(
             response.code,
             [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs],
@@ -233,24 +281,60 @@ class UpstreamClient:
         )
 
     def close(self) -> Deferred[None]:
-        if self._pool is None:
-            from twisted.internet.defer import succeed
-
+        if self._agent is not None:
             return succeed(None)
-        return self._pool.closeCachedConnections()
+        return self.pool.closeCachedConnections()
 
 
-class _QuietFactory(_HTTP11ClientFactory):
-    """Pooled connections come and go: don't log each one."""
+_log = Logger(namespace="apicache.upstream")
 
-    noisy = False
+#: characters of an error's detail that are logged
+DETAIL_CHARS = 200
 
 
-def _describe(e: Exception) -> str:
+def _log_detail(what: str, e: BaseException) -> None:
+    """
+    Log what went wrong, truncated: it may quote the upstream's bytes.
+    """
+    _log.info("{what}: {detail}", what=what, detail=_describe(e)[:DETAIL_CHARS])
+
+
+def _reasons(e: BaseException) -> list[BaseException]:
+    # ResponseFailed and its kin wrap the real causes in Failures
+    failures = getattr(e, "reasons", None) or []
+    return [e] + [f.value for f in failures if isinstance(f, Failure) and f.value is not None]
+
+
+def _generic_message(e: BaseException) -> str:
+    """
+    Return a fixed text for ``e``, chosen by the kind of failure, never by
+    the bytes the upstream sent.
+    """
+    causes = _reasons(e)
+    try:
+        from OpenSSL.SSL import Error as TLSError
+
+        if any(isinstance(c, TLSError) for c in causes):
+            # OpenSSL's own (local, fixed) reason strings tell a refused
+            # certificate from other handshake failures
+            if "certificate" in _describe(e).lower():
+                return "the upstream's TLS certificate was not accepted"
+            return "the TLS handshake with the upstream failed"
+    except ImportError:  # pragma: no cover (pyOpenSSL comes with Twisted[tls])
+        pass
+    if any(isinstance(c, ConnectError) for c in causes):
+        return "could not connect to the upstream"
+    names = {type(c).__name__ for c in causes}
+    if names & {"ParseError", "BadHeaders", "_WrongContentLength", "_MalformedChunkedDataError"}:
+        return "the upstream's answer is not valid HTTP"
+    return "the upstream closed the connection without a complete answer"
+
+
+def _describe(e: BaseException) -> str:
     reasons = getattr(e, "reasons", None)
     if reasons:
-        return "; ".join(r.getErrorMessage() for r in reasons)
-    return f"{type(e).__name__}: {e}"
+        return "; ".join(f"{type(r.value).__name__}: {r.value!r}" for r in reasons)
+    return f"{type(e).__name__}: {e!r}"
 
 
 class UpstreamService(Service):

@@ -398,7 +398,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
     class Upstream:
         in_flight = 0
 
-        def fetch(self, path: str, headers: Any) -> Any:
+        def fetch(self, path: str, headers: Any, *, tenant: str) -> Any:
             body = body_for(path.encode())
             # fresh objects for every answer, as the real client makes them
             headers = [(b"Content-Type".lower(), b"".join([b"application/", b"json"])), (b"date".lower(), b"".join([b"n", b"ow"]))]
@@ -504,7 +504,7 @@ def mib(n: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="apicache's benchmark (issue 5)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--keys", type=int, default=100)
     p.add_argument("--latency", type=float, default=0.02, help="upstream latency, seconds")

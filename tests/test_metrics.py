@@ -91,7 +91,7 @@ def test_upstream_latency_lands_in_its_bucket():
     upstream = FakeUpstream()
     m = Metrics()
     timed = TimedUpstream(upstream, m, clock)
-    result = timed.fetch("/x", [])
+    result = timed.fetch("/x", [], tenant="acme")
     clock.advance(0.03)
     upstream.pending[0].respond(200, b"", [])
     assert result.called
@@ -106,10 +106,10 @@ def test_upstream_failures_are_counted_by_kind():
     clock = Clock()
     m = Metrics()
     upstream = FakeUpstream()
-    TimedUpstream(upstream, m, clock).fetch("/x", []).addErrback(lambda f: None)
+    TimedUpstream(upstream, m, clock).fetch("/x", [], tenant="acme").addErrback(lambda f: None)
     upstream.pending[0].fail(UpstreamTimeout("slow"))
     full = FakeUpstream(max_in_flight=0)
-    TimedUpstream(full, m, clock).fetch("/x", []).addErrback(lambda f: f.trap(Overloaded))
+    TimedUpstream(full, m, clock).fetch("/x", [], tenant="acme").addErrback(lambda f: f.trap(Overloaded))
     s = samples(m)
     assert s[("apicache_upstream_errors_total", (("kind", "timeout"),))] == 1
     assert s[("apicache_upstream_errors_total", (("kind", "overloaded"),))] == 1

@@ -233,7 +233,7 @@ class Tests(SynchronousTestCase):
         )
 
     def fetch(self, path="/object(1)/header?a=1", headers=((b"authorization", b"Bearer t"),)):
-        d = self.client.fetch(path, list(headers))
+        d = self.client.fetch(path, list(headers), tenant="acme")
         self.agent.flush()
         return d
 
@@ -284,7 +284,7 @@ class Tests(SynchronousTestCase):
         self.resource.hang = True
         first, second = self.fetch(), self.fetch()
         # an errback, never a synchronous raise (IUpstream)
-        self.failureResultOf(self.client.fetch("/x", []), Overloaded)
+        self.failureResultOf(self.client.fetch("/x", [], tenant="acme"), Overloaded)
         self.clock.advance(6)
         self.failureResultOf(first, UpstreamTimeout)
         self.failureResultOf(second, UpstreamTimeout)
@@ -301,5 +301,5 @@ class Tests(SynchronousTestCase):
                 return fail(ConnectionRefusedError())
 
         client = UpstreamClient(self.clock, "http://u", 5.0, 10, 1, 1, agent=Refusing())
-        self.failureResultOf(client.fetch("/x", []), UpstreamUnreachable)
+        self.failureResultOf(client.fetch("/x", [], tenant="acme"), UpstreamUnreachable)
         assert client.in_flight == 0

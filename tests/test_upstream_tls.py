@@ -39,7 +39,7 @@ async def test_untrusted_certificate_is_refused():
     c = client(f"https://localhost:{port.getHost().port}")
     try:
         with pytest.raises(UpstreamUnreachable) as e:
-            await c.fetch("/x", [])
+            await c.fetch("/x", [], tenant="acme")
         assert "certificate" in str(e.value)
     finally:
         await c.close()
@@ -51,11 +51,11 @@ async def test_plain_http_is_fetched_and_refused_connections_are_unreachable():
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(Site(Hello()))
     c = client(f"http://127.0.0.1:{port.getHost().port}")
     try:
-        r = await c.fetch("/x", [])
+        r = await c.fetch("/x", [], tenant="acme")
         assert (r.status, r.body) == (200, b"hello")
     finally:
         await c.close()
         await port.stopListening()
     dead = client(f"http://127.0.0.1:{free_port()}")
     with pytest.raises(UpstreamUnreachable):
-        await dead.fetch("/x", [])
+        await dead.fetch("/x", [], tenant="acme")

@@ -118,7 +118,7 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
         async def test_fetch_fires_with_the_whole_answer(self, request: Any) -> None:
             async with self.under_test(request) as u:
                 u.answer("/object(1)/header", 200, [(b"Content-Type", b"application/json")], b'{"a": 1}')
-                d = u.upstream.fetch("/object(1)/header", [])
+                d = u.upstream.fetch("/object(1)/header", [], tenant="t1")
                 assert isinstance(d, Deferred)
                 r = await d
                 assert isinstance(r, UpstreamResponse)
@@ -129,7 +129,7 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
         async def test_headers_are_lower_case_byte_pairs_with_repeats_kept(self, request: Any) -> None:
             async with self.under_test(request) as u:
                 u.answer("/h", 200, [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"X-Thing", b"x")], b"")
-                r = await u.upstream.fetch("/h", [])
+                r = await u.upstream.fetch("/h", [], tenant="t1")
                 for name, value in r.headers:
                     assert isinstance(name, bytes) and isinstance(value, bytes)
                     assert name == name.lower()
@@ -140,7 +140,7 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
         async def test_path_query_and_headers_reach_the_upstream(self, request: Any) -> None:
             async with self.under_test(request) as u:
                 headers = [(b"authorization", b"Bearer t"), (b"accept-language", b"de")]
-                await u.upstream.fetch("/object(1)/header?a=1&b=%2F", headers)
+                await u.upstream.fetch("/object(1)/header?a=1&b=%2F", headers, tenant="t1")
                 [(path, got)] = u.received()
                 assert path == "/object(1)/header?a=1&b=%2F"
                 assert (b"authorization", b"Bearer t") in got
@@ -152,9 +152,9 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
                 u.answer("/gone", 404, [], b"no")
                 u.answer("/busy", 503, [], b"later")
                 u.answer("/moved", 302, [(b"location", b"/elsewhere")], b"")
-                assert (await u.upstream.fetch("/gone", [])).status == 404
-                assert (await u.upstream.fetch("/busy", [])).body == b"later"
-                moved = await u.upstream.fetch("/moved", [])
+                assert (await u.upstream.fetch("/gone", [], tenant="t1")).status == 404
+                assert (await u.upstream.fetch("/busy", [], tenant="t1")).body == b"later"
+                moved = await u.upstream.fetch("/moved", [], tenant="t1")
                 assert (moved.status, moved.header(b"location")) == (302, [b"/elsewhere"])
                 assert [p for p, _ in u.received()] == ["/gone", "/busy", "/moved"]
 
@@ -162,7 +162,7 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
         async def test_in_flight_counts_unanswered_fetches(self, request: Any) -> None:
             async with self.under_test(request) as u:
                 u.hold("/slow")
-                first, second = u.upstream.fetch("/slow", []), u.upstream.fetch("/slow", [])
+                first, second = u.upstream.fetch("/slow", [], tenant="t1"), u.upstream.fetch("/slow", [], tenant="t1")
                 assert u.upstream.in_flight == 2
                 await resolve(u.release(1))
                 assert (await first).status == 200
@@ -180,21 +180,21 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
             """
             async with self.under_test(request, max_in_flight=2) as u:
                 u.hold("/slow")
-                first, second = u.upstream.fetch("/slow", []), u.upstream.fetch("/slow", [])
-                third = u.upstream.fetch("/slow", [])
+                first, second = u.upstream.fetch("/slow", [], tenant="t1"), u.upstream.fetch("/slow", [], tenant="t1")
+                third = u.upstream.fetch("/slow", [], tenant="t1")
                 assert isinstance(third, Deferred)
                 await failure_of(third, Overloaded)
                 assert u.upstream.in_flight == 2
                 await resolve(u.release(2))
                 assert [(await first).status, (await second).status] == [200, 200]
                 assert u.upstream.in_flight == 0
-                assert (await u.upstream.fetch("/fast", [])).status == 200
+                assert (await u.upstream.fetch("/fast", [], tenant="t1")).status == 200
                 assert len(u.received()) == 3
 
         @pytest_twisted.ensureDeferred
         async def test_failure_to_connect_is_an_unreachable_errback(self, request: Any) -> None:
             async with self.under_test(request, reachable=False) as u:
-                d = u.upstream.fetch("/x", [])
+                d = u.upstream.fetch("/x", [], tenant="t1")
                 assert isinstance(d, Deferred)
                 await failure_of(d, UpstreamUnreachable)
                 assert u.upstream.in_flight == 0
@@ -202,7 +202,7 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
         @pytest_twisted.ensureDeferred
         async def test_close_fires(self, request: Any) -> None:
             async with self.under_test(request) as u:
-                await u.upstream.fetch("/x", [])
+                await u.upstream.fetch("/x", [], tenant="t1")
                 assert await u.upstream.close() is None
 
     return UpstreamContract
