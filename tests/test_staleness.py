@@ -56,6 +56,13 @@ def lag_gauge(d: Daemon) -> float:
     raise AssertionError("no apicache_events_lag_seconds in /metrics")
 
 
+def counter(d: Daemon, name: str) -> float:
+    for line in d.request("GET", "/metrics").body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def routes(max_staleness: float) -> list[dict[str, Any]]:
     return [dict(r, max_staleness=max_staleness) if r["type"] == "object" else r for r in ROUTES]
 
@@ -156,6 +163,7 @@ def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetche
         assert head.status == 200
         time.sleep(2.1)
         assert d.request("HEAD", OBJ, [("org_id", "t1")]).cache == "MISS", "HEAD too is bounded"
+        assert counter(d, "apicache_events_behind_total") >= 3
     finally:
         resume(broker)
     eventually(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), timeout=JOIN_SECONDS, interval=0.1)
