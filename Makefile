@@ -5,11 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-<<<<<<< HEAD
-.PHONY: run test demo lint bench bench-events bench-freshness install install-test clean
-=======
-.PHONY: run test demo lint bench bench-events dashboard-preview install install-test clean
->>>>>>> main
+.PHONY: run test demo lint bench bench-events bench-freshness dashboard-preview install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,18 +38,17 @@ bench: install
 bench-events: install-test
 	$(BIN)/python bench/events.py --events 1000 --rate 100
 
-<<<<<<< HEAD
-# Issue 13: staleness of every answer against a versioned upstream, steady
-# and with the broker paused for 30 s, with and without max_staleness
+# Issue 13: staleness of every answer against a versioned upstream, steady,
+# with the broker paused for 30 s and with an instance killed (group mode,
+# Redis), with and without max_staleness
 bench-freshness: install-test
 	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
-=======
+
 # The dashboard's panels drawn from real /metrics scrapes under wrk load
 # (README: Dashboard and alerts): writes deploy/dashboard-preview.png.
 dashboard-preview: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test,preview]'
 	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
->>>>>>> main
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

@@ -15,7 +15,10 @@ Scenarios, each with ``max_staleness`` set on the route and without it:
 - ``steady``: nothing goes wrong;
 - ``paused``: the broker is frozen (SIGSTOP) for ``--pause`` seconds, then
   resumed (SIGCONT; Tansu's memory storage would lose the topic on a real
-  restart).
+  restart);
+- ``kill9``: ``group`` mode with Redis and two instances; readers read
+  through the second while the first is killed (``kill -9``) and started
+  again ``--pause`` seconds later.
 
 The report gives the share of reads consistent within 100 ms, 1 s and 10 s
 as nines (R reads show at most log10(R) nines), p50/p99/max staleness and
@@ -42,7 +45,7 @@ from typing import Any
 
 import tomli_w
 
-from apicache.launchers import Daemon, KafkaBroker
+from apicache.launchers import Daemon, KafkaBroker, RedisServer
 
 API_KEY = "bench-key"
 TENANT = "bench"
@@ -139,28 +142,44 @@ def run(args: argparse.Namespace, scenario: str, max_staleness: float) -> dict[s
     }
     if max_staleness:
         route["max_staleness"] = max_staleness
-    config = {
+    config: dict[str, Any] = {
         "server": {"api_keys": [API_KEY], "access_log": False},
         "upstream": {"base_url": upstream.url + "/api"},
         "routes": [route],
         "kafka": {"bootstrap_servers": broker.bootstrap, "topics": [topic], "extra": KAFKA_EXTRA},
         "events": [{"types": ["object.update"], "route": "object", "id_field": "objectid"}],
     }
+    redis: RedisServer | None = None
+    if scenario == "kill9":
+        redis = RedisServer(work).start()
+        config["store"] = {"backend": "redis", "redis_url": redis.url, "key_prefix": "bench"}
+        config["kafka"].update(mode="group", group_id="bench")
     path = os.path.join(work, "apicache.toml")
     with open(path, "w") as f:
         f.write(tomli_w.dumps(config))
-    daemon = Daemon(path, api_key=API_KEY)
+    daemons = [Daemon(path, api_key=API_KEY) for _ in range(2 if scenario == "kill9" else 1)]
+    # the readers' daemon: the survivor in kill9
+    daemon = daemons[-1]
     stop = threading.Event()
     results: list[float] = []
     results_lock = threading.Lock()
     errors = [0]
     try:
-        daemon.start()
-        deadline = time.monotonic() + 30
-        while daemon.request("GET", "/readyz").status != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon's listener did not get ready")
-            time.sleep(0.1)
+        for d in daemons:
+            d.start()
+        for d in daemons:
+            deadline = time.monotonic() + 60
+            while d.request("GET", "/readyz").status != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the daemon's listener did not get ready")
+                time.sleep(0.1)
+        if scenario == "kill9":
+            # both hold partitions before the fault
+            deadline = time.monotonic() + 60
+            while not all(d.request("GET", "/").json()["events"]["partitions"] for d in daemons):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the partitions were not shared out")
+                time.sleep(0.2)
         producer = broker.producer()
 
         def writer(producer: Any) -> None:
@@ -217,6 +236,15 @@ def run(args: argparse.Namespace, scenario: str, max_staleness: float) -> dict[s
             time.sleep(args.pause)
             os.kill(broker.proc.pid, signal.SIGCONT)
             time.sleep(max(0.0, args.duration - args.before - args.pause))
+        elif scenario == "kill9":
+            time.sleep(args.before)
+            victim = daemons[0]
+            assert victim.proc is not None
+            victim.proc.kill()
+            victim.proc.wait()
+            time.sleep(args.pause)
+            daemons[0] = Daemon(path, port=victim.port, api_key=API_KEY).start()
+            time.sleep(max(0.0, args.duration - args.before - args.pause))
         else:
             time.sleep(args.duration)
         stop.set()
@@ -228,7 +256,10 @@ def run(args: argparse.Namespace, scenario: str, max_staleness: float) -> dict[s
         calls = upstream.calls - calls_before
     finally:
         stop.set()
-        daemon.stop()
+        for d in daemons:
+            d.stop()
+        if redis is not None:
+            redis.stop()
         if broker.proc is not None and broker.proc.poll() is None:
             os.kill(broker.proc.pid, signal.SIGCONT)
         broker.stop()
@@ -262,9 +293,9 @@ def main() -> int:
     p.add_argument("--readers", type=int, default=4)
     p.add_argument("--ttl", type=float, default=3600.0, help="the route's ttl")
     p.add_argument("--duration", type=float, default=45.0, help="seconds of reading per run")
-    p.add_argument("--pause", type=float, default=30.0, help="seconds the broker is frozen (paused scenario)")
+    p.add_argument("--pause", type=float, default=30.0, help="seconds the broker is frozen (paused), or the instance dead (kill9)")
     p.add_argument("--before", type=float, default=5.0, help="seconds of reading before the pause")
-    p.add_argument("--scenarios", default="steady,paused")
+    p.add_argument("--scenarios", default="steady,paused,kill9")
     p.add_argument("--max-staleness", default="0,5", help="comma-separated: 0 = not set")
     p.add_argument("--json", action="store_true", help="one JSON line per run instead of the table")
     args = p.parse_args()
