@@ -15,8 +15,12 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/pip install --quiet .
 
+# json-server (npm, pinned by its package-lock.json) is an integration-test
+# upstream; without npm the tests that need it say so and are skipped.
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
+	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund --prefix tests/upstreams/json-server; \
+	else echo "npm not found: the json-server integration tests will be skipped"; fi
 
 # Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
 # starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.

@@ -39,6 +39,9 @@ setup(
             "tomli-w>=1.0",
             # tests/test_dashboard.py reads deploy/prometheus-alerts.yml
             "pyyaml>=6.0",
+            # maintained REST servers the integration tests run as upstreams
+            "httpbin>=0.10",
+            "waitress>=3.0",
         ],
         # `make dashboard-preview` draws deploy/dashboard-preview.png
         "preview": [

@@ -31,13 +31,28 @@ from apicache.config import Config
 from apicache.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
 from apicache.errors import JSON as _JSON
 from apicache.health import Readiness
+from apicache.httpcache import normalise_accept_encoding
 from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.metrics import Metrics
+from apicache.passthrough import WRITE_HEADERS, PassThrough
 from apicache.resolve import Resolver
-from apicache.routes import RESERVED_PATHS, Router
+from apicache.routes import RESERVED_PATHS, Route, Router
 from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
 
-__all__ = ["CacheAPI", "ApiError"]
+__all__ = ["CacheAPI", "ApiError", "allowed_methods"]
+
+#: What the reserved paths answer to (the ``Allow`` of their 405s).
+_RESERVED_ALLOW = {b"/clear": b"DELETE"}
+_READ_ALLOW = b"GET, HEAD"
+
+
+def allowed_methods(route: Route) -> bytes:
+    """
+    Return the ``Allow`` value of a route: ``GET``, ``HEAD``, ``DELETE``,
+    ``PURGE`` and its ``pass_methods``.
+    """
+    methods = ["GET", "HEAD", "DELETE", "PURGE", *(m for m in route.config.pass_methods if m != "DELETE")]
+    return ", ".join(methods).encode("ascii")
 
 
 class CacheAPI:
@@ -75,7 +90,7 @@ class CacheAPI:
         self.invalidator: Any = registry
         self.resolver = Resolver(config, router)
         self.keys = ApiKeys(config.server.api_keys)
-        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
+        self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
         """
@@ -150,18 +165,33 @@ class CacheAPI:
     def proxy(self, request: ApiRequest, _rest: str) -> Any:
         """
         Answer a request on a configured route: ``GET``/``HEAD`` from the
-        cache or the upstream, ``DELETE`` invalidates; anything else is
-        ``405``.  Returns C{NOT_DONE_YET}, bytes, or a Deferred of either.
+        cache or the upstream; a method of the route's ``pass_methods``
+        forwarded; ``PURGE``, and ``DELETE`` where it is not forwarded,
+        invalidate; anything else is ``405`` with ``Allow``.  Returns
+        C{NOT_DONE_YET}, bytes, or a Deferred of either.
         """
         if request.path in RESERVED_PATHS:
+            request.setHeader(b"allow", _RESERVED_ALLOW.get(request.path, _READ_ALLOW))
             raise MethodNotAllowed()
         method = request.method
         if method == b"GET" or method == b"HEAD":
             return self._get(request)
-        if method == b"DELETE":
+        route, _ = self.resolver.match(request.path)
+        request.route_type = route.type
+        name = method.decode("ascii", "replace")
+        if name in route.config.pass_methods:
+            if method == b"DELETE" and not request.requestHeaders.hasHeader(self.resolver.tenant_header):
+                raise ApiError(
+                    400,
+                    "missing_tenant",
+                    f"the {self.resolver.tenant_header.decode()} header is required: "
+                    "this route forwards DELETE (PURGE invalidates)",
+                )
+            return Deferred.fromCoroutine(self._write(request))
+        if method == b"DELETE" or method == b"PURGE":
             return Deferred.fromCoroutine(self._delete(request))
-        self.resolver.match(request.path)
-        raise ApiError(405, "method_not_allowed", f"{method.decode('ascii', 'replace')} is not allowed here")
+        request.setHeader(b"allow", allowed_methods(route))
+        raise ApiError(405, "method_not_allowed", f"{name} is not allowed here")
 
     def _get(self, request: ApiRequest) -> Any:
         """
@@ -169,22 +199,47 @@ class CacheAPI:
         a Deferred firing when the miss is answered.
         """
         resolved = self.resolver.resolve(request)
-        headers = request.requestHeaders
-        trace = getattr(request, "trace", None)
-        if trace is not None:
-            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
-        forwarded: list[tuple[bytes, bytes]] = []
-        for name in self._forward:
-            for value in headers.getRawHeaders(name, ()):
-                forwarded.append((name, value))
-        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded)
+        forwarded = self.resolver.forwarded(request)
+        # SPEC.md section 3: the normalised value, never the caller's own
+        forwarded.append((b"accept-encoding", resolved.encoding))
+        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
         result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers
         return result.addCallback(lambda r: write_result(request, r))
 
+    async def _write(self, request: ApiRequest) -> Any:
+        """
+        Forward a write (SPEC.md section 4): the tenant is required, the body
+        is bounded by ``server.max_body_bytes``, the answer is passed
+        through.
+        """
+        resolved = self.resolver.resolve(request)
+        body = self.passthrough.body(request)
+        headers = self.resolver.forwarded(request, WRITE_HEADERS)
+        # as on a GET, only an encoding the caller accepts and apicache
+        # never has to decode: gzip or identity
+        accept = normalise_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
+        headers.append((b"accept-encoding", accept))
+        result = await self.passthrough.forward(
+            request.method,
+            resolved.route.upstream_path(resolved.params, resolved.query),
+            headers,
+            body,
+            resolved.tenant,
+            resolved.route.config,
+            resolved.params,
+            self.invalidator,
+        )
+        return write_result(request, result)
+
     async def _delete(self, request: ApiRequest) -> bytes:
+        """
+        Drop the entries of a resource (``PURGE``, or a ``DELETE`` the route
+        does not forward), of the tenant given or of every tenant; answer
+        ``{"invalidated": N}``.
+        """
         route, params = self.resolver.match(request.path)
         request.route_type = route.type
         tenant = self.resolver.tenant(request, required=False)
@@ -211,6 +266,11 @@ class CacheAPI:
 
     @app.handle_errors(MethodNotAllowed)
     def _not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        valid = getattr(failure.value, "valid_methods", None)
+        if valid and not request.responseHeaders.hasHeader(b"allow"):
+            order = ["GET", "HEAD", "DELETE"]
+            methods = sorted(valid, key=lambda m: (order.index(m) if m in order else len(order), m))
+            request.setHeader(b"allow", ", ".join(methods).encode("ascii"))
         return refuse(
             request,
             ApiError(405, "method_not_allowed", f"{request.method.decode('ascii', 'replace')} is not allowed here"),

@@ -8,8 +8,10 @@ invalidation that arrives while a fetch is in flight wins (the race rule):
 the fetch's answer reaches the callers already waiting but is not stored,
 and a request after the invalidation starts a new fetch.
 
-What may be stored, which headers are kept and how long an answer is fresh
-are decided by the pure functions of L{apicache.httpcache}.
+What may be stored, which headers are kept, how long an answer is fresh
+and how a 304 updates it are decided by the pure functions of
+L{apicache.httpcache}; this module applies them: revalidation with the
+stored validators, stale-while-revalidate, negative caching.
 
 This module imports neither Klein nor the HTTP layer nor the event listener:
 they call into it.
@@ -27,12 +29,30 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from apicache.config import RouteConfig
-from apicache.httpcache import current_age, freshness_lifetime, is_fresh, is_storable, kept_headers, within_staleness
+from apicache.config import RouteConfig, UpstreamConfig
+from apicache.httpcache import (
+    NEGATIVE,
+    cache_control,
+    current_age,
+    date_header,
+    freshness,
+    header_block,
+    hidden_headers,
+    is_fresh,
+    not_stored_reason,
+    replayed_headers,
+    revalidation_matches,
+    status_member,
+    updated_headers,
+    upstream_age,
+    validators,
+    varying_headers,
+    within_staleness,
+)
 from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
-from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from apicache.watermark import Watermark
 
 __all__ = [
@@ -40,6 +60,7 @@ __all__ = [
     "MISS",
     "STALE",
     "BYPASS",
+    "REVALIDATED",
     "CacheResult",
     "FetchRequest",
     "TenantCache",
@@ -50,48 +71,67 @@ HIT = "HIT"
 MISS = "MISS"
 STALE = "STALE"
 BYPASS = "BYPASS"
+REVALIDATED = "REVALIDATED"
+#: The request headers whose Vary makes an answer unstorable by default.
+DEFAULT_VARYING = varying_headers(UpstreamConfig())
 
 #: Share of a route's ``max_staleness`` by which an entry's own bound may be
 #: shorter (fixed per key): entries fetched before an outage cross their
 #: bounds spread over this share instead of at one instant.
 STALENESS_SPREAD = 0.2
+#: ``Cache-Status`` detail of an entry held past its route's max_staleness.
+EVENTS_BEHIND = "events-behind"
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
+#: No store token taken yet.
+_NO_TOKEN = object()
 
 
 class FetchRequest:
     """
     What to ask the upstream for on a caller's behalf: the encoded path and
-    query under ``base_url``, and the caller's forwarded headers.
+    query under ``base_url``, the caller's forwarded headers (the
+    normalised ``accept-encoding`` among them) and that encoding.
     """
 
-    __slots__ = ("path", "headers")
+    __slots__ = ("path", "headers", "encoding")
 
-    def __init__(self, path: str, headers: Sequence[tuple[bytes, bytes]]) -> None:
+    def __init__(self, path: str, headers: Sequence[tuple[bytes, bytes]], encoding: bytes = b"identity") -> None:
         self.path = path
         self.headers = headers
+        self.encoding = encoding
 
 
 class CacheResult:
     """
     An answer for a caller.
 
-    @ivar cache: ``HIT``, ``STALE``, ``MISS`` or ``BYPASS``.
+    @ivar cache: ``HIT``, ``STALE``, ``REVALIDATED``, ``MISS`` or ``BYPASS``.
     @ivar response: status, replayed headers and body.
-    @ivar age: seconds since it was fetched (``HIT`` and ``STALE``), else ``None``.
-    @ivar detail: why a held entry was not served, for ``Cache-Status``'s
-        ``detail=`` (``"events-behind"``: past its route's
-        ``max_staleness``), else ``None``.
+    @ivar age: its age (``HIT``, ``STALE``, ``REVALIDATED``; the upstream's
+        non-zero ``Age`` on a ``MISS``), else ``None``.
+    @ivar member: apicache's ``Cache-Status`` member, or ``None`` for a
+        hit (the writer adds ``hit;ttl=N``).
+    @ivar stored: the answer is a stored entry, so a caller's conditional
+        request may be answered from it (SPEC.md section 3).
     """
 
-    __slots__ = ("cache", "response", "age", "detail")
+    __slots__ = ("cache", "response", "age", "member", "stored")
 
-    def __init__(self, cache: str, response: CachedResponse, age: float | None = None, detail: str | None = None) -> None:
+    def __init__(
+        self,
+        cache: str,
+        response: CachedResponse,
+        age: float | None = None,
+        member: bytes | None = None,
+        stored: bool = True,
+    ) -> None:
         self.cache = cache
         self.response = response
         self.age = age
-        self.detail = detail
+        self.member = member
+        self.stored = stored
 
     def __repr__(self) -> str:
         return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
@@ -114,14 +154,41 @@ def _shared_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[byt
 
 
 class _Outcome:
-    """The result of one upstream fetch, as shared with its waiters."""
+    """
+    The result of one upstream fetch, as shared with its waiters.
 
-    __slots__ = ("answer", "storable", "bypass")
+    @ivar storable: the answer may be shared with callers of other headers.
+    @ivar status: the arguments of its L{status_member}.
+    """
 
-    def __init__(self, answer: CachedResponse, storable: bool, bypass: bool) -> None:
+    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age")
+
+    def __init__(
+        self,
+        cache: str,
+        answer: CachedResponse,
+        storable: bool,
+        bypass: bool,
+        status: dict[str, Any],
+        stored: bool = False,
+    ) -> None:
+        self.cache = cache
         self.answer = answer
         self.storable = storable
         self.bypass = bypass
+        self.status = status
+        self.stored = stored
+        self.age: float | None = None
+
+    def result(self, collapsed: bool, now: float) -> CacheResult:
+        """
+        Return the answer for one caller; ``collapsed`` when it waited for
+        another caller's fetch.
+        """
+        age = current_age(self.answer.stored_at, now) if self.cache == REVALIDATED else self.age
+        return CacheResult(
+            self.cache, self.answer, age, status_member(collapsed=collapsed, **self.status), self.stored
+        )
 
 
 class _Flight:
@@ -232,6 +299,8 @@ class TenantCache:
         keyed_headers: Sequence[str],
         flights: _Flights | None = None,
         counters: dict[str, int] | None = None,
+        varying: frozenset[bytes] = DEFAULT_VARYING,
+        hidden: frozenset[bytes] = frozenset(),
         watermark: Watermark | None = None,
     ) -> None:
         """
@@ -244,6 +313,8 @@ class TenantCache:
         self._upstream = upstream
         self._clock = clock
         self._keyed = frozenset(keyed_headers)
+        self._varying = varying
+        self._hidden = hidden
         self._flights = _Flights() if flights is None else flights
         self._refreshing: set[CacheKey] = set()
         self.counters = counters if counters is not None else {}
@@ -286,35 +357,40 @@ class TenantCache:
         spread = (hash(key) & 0xFFFF) / 0x10000 * STALENESS_SPREAD
         return within_staleness(until, bound * (1.0 - spread), now)
 
+    def _behind(self, key: CacheKey) -> None:
+        self.counters["events_behind"] = self.counters.get("events_behind", 0) + 1
+        self.log.debug("past max_staleness: {route} fetched again", route=self.route.type)
+
     @staticmethod
     def _fresh(entry: CachedResponse, now: float) -> CacheResult | None:
         """
         The freshness decision, for L{hit} and the miss path alike: return
-        a C{HIT} for ``entry`` if it is fresh at ``now``, else ``None``.
+        a C{HIT} for ``entry`` if it is fresh at ``now`` and may be used
+        without revalidation, else ``None``.
         """
-        if is_fresh(entry.expires_at, entry.stale, now):
+        if not entry.no_cache and is_fresh(entry.expires_at, entry.stale, now):
             return CacheResult(HIT, entry, current_age(entry.stored_at, now))
         return None
 
     def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
         """
         Answer ``request`` for ``key``: a L{CacheResult} at once for a hit
-        (fresh, or stale while a refresh runs), else a Deferred firing with
-        one.  The Deferred errbacks with an L{UpstreamError} when there is no
-        answer and no stale entry to serve instead.
+        (fresh, or stale while a revalidation runs), else a Deferred firing
+        with one.  The Deferred errbacks with an L{UpstreamError} when there
+        is no answer and no stale entry to serve instead.
         """
         now = self._clock.seconds()
         entry = self._store.lookup(key)
-        behind = False
         if entry is not None:
             if self._vouched(key, entry, now):
                 found = self._serve(key, request, entry, now)
                 if found is not None:
                     return found
             else:
-                # nothing of it is served, not even stale
-                entry, behind = None, True
-        return Deferred.fromCoroutine(self._miss(key, request, entry, now, behind))
+                # nothing of it is served, not even stale: it is only
+                # revalidated (its validators) or fetched again
+                self._behind(key)
+        return Deferred.fromCoroutine(self._miss(key, request, entry, now))
 
     def _serve(
         self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
@@ -322,13 +398,20 @@ class TenantCache:
         found = self._fresh(entry, now)
         if found is not None:
             return found
-        if entry.stale and now < entry.stale_until:
+        if entry.stale:
+            # marked by a refresh event (SPEC.md section 5)
+            window = max(entry.stale_until, entry.swr_until)
+        elif entry.no_cache:
+            window = 0.0
+        else:
+            window = entry.swr_until
+        if now < window:
             self._revalidate(key, request, entry, now)
             return CacheResult(STALE, entry, current_age(entry.stored_at, now))
         return None
 
     async def _miss(
-        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float, behind: bool = False
+        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float
     ) -> CacheResult:
         bypass = False
         if self._store.shared:
@@ -343,22 +426,22 @@ class TenantCache:
                         found = self._serve(key, request, entry, now)
                         if found is not None:
                             return found
-                        stale = entry
-                    else:
-                        behind = True
-        if behind:
-            self.counters["events_behind"] = self.counters.get("events_behind", 0) + 1
+                    elif stale is None:
+                        self._behind(key)
+                    stale = entry
         flight = self._flights.by_key.get(key)
         leader = flight is None
         if flight is None:
-            flight = self._launch(key, request, bypass)
+            flight = self._launch(key, request, bypass, stale)
         else:
             self.counters["coalesced"] = self.counters.get("coalesced", 0) + 1
+        collapsed = not leader
         try:
             outcome = await flight.wait()
             if not (leader or outcome.storable):
                 # the leader's answer was for its own headers: fetch with ours
-                outcome = await self._fetch(key, request, outcome.bypass)
+                collapsed = False
+                outcome = await self._fetch(key, request, outcome.bypass, stale)
         except UpstreamError:
             served = self._stale_if_error(key, stale)
             if served is None:
@@ -368,19 +451,25 @@ class TenantCache:
             served = self._stale_if_error(key, stale)
             if served is not None:
                 return served
-        return CacheResult(BYPASS if outcome.bypass else MISS, outcome.answer, detail="events-behind" if behind else None)
+        return outcome.result(collapsed, self._clock.seconds())
 
     def _stale_if_error(self, key: CacheKey, stale: CachedResponse | None) -> CacheResult | None:
         now = self._clock.seconds()
-        # the bound may have passed while the fetch ran
+        # past max_staleness (perhaps while the fetch ran) nothing stale is served
         if stale is not None and now < stale.stale_until and self._vouched(key, stale, now):
-            return CacheResult(STALE, stale, current_age(stale.stored_at, now))
+            return CacheResult(
+                STALE,
+                stale,
+                current_age(stale.stored_at, now),
+                status_member(fwd="stale", detail="stale-if-error"),
+                stored=True,
+            )
         return None
 
-    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Flight:
+    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None) -> _Flight:
         flight = _Flight()
         self._flights.add(key, flight)
-        d = Deferred.fromCoroutine(self._fetch(key, request, bypass))
+        d = Deferred.fromCoroutine(self._fetch(key, request, bypass, stale))
 
         def settle(result: _Outcome | Failure) -> None:
             self._flights.remove(key, flight)
@@ -389,29 +478,141 @@ class TenantCache:
         d.addBoth(settle)
         return flight
 
-    async def _fetch(self, key: CacheKey, request: FetchRequest, bypass: bool) -> _Outcome:
+    def _conditions(self, stale: CachedResponse | None, now: float) -> list[tuple[bytes, bytes]]:
+        """
+        Return the validators to send for a stale entry still kept for
+        revalidation (RFC 9111 section 4.3.1), or none.
+        """
+        if stale is None or now >= stale.keep_until:
+            return []
+        return validators(stale.headers)
+
+    async def _fetch(
+        self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None
+    ) -> _Outcome:
         token: Any = None
         if not bypass:
             try:
                 token = await self._store.begin(key)
             except StoreUnavailable:
                 bypass = True
-        self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-        sent = self._clock.seconds()
         try:
-            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
+            sent = self._clock.seconds()
+            conditions = self._conditions(stale, sent)
+            response = await self._ask(request, conditions)
+            if response.status == 304 and stale is not None:
+                outcome = await self._not_modified(key, stale, response, sent, token, bypass)
+                if outcome is not None:
+                    return outcome
+                # RFC 9111 section 4.3.3: it matches nothing: ask again, unconditionally
+                sent = self._clock.seconds()
+                response = await self._ask(request, [])
         except BaseException:
             if not bypass:
                 self._store.release(key, token)
             raise
-        storable = is_storable(response.status, response.headers, self._keyed)
-        answer = self._answer(response, storable, sent)
-        if storable and not bypass:
-            await self._put(key, answer, token)
-        elif not bypass:
+        return await self._complete(key, request, response, sent, token, bypass, stale)
+
+    async def _ask(self, request: FetchRequest, conditions: list[tuple[bytes, bytes]]) -> UpstreamResponse:
+        """
+        Fetch ``request`` with ``conditions`` added.  A 304 to a request
+        without validators is no answer (SPEC.md section 4: 502).
+        """
+        self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+        headers = list(request.headers) + conditions if conditions else request.headers
+        response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
+        if response.status == 304 and not conditions:
+            raise UpstreamUnreachable("the upstream answered 304 to a request without validators")
+        return response
+
+    async def _not_modified(
+        self,
+        key: CacheKey,
+        stale: CachedResponse,
+        response: UpstreamResponse,
+        sent: float,
+        token: Any,
+        bypass: bool,
+    ) -> _Outcome | None:
+        """
+        Apply a 304 to the stale entry it answers (RFC 9111 section 4.3.4):
+        an outcome C{REVALIDATED}, or ``None`` when its validators match
+        nothing stored.
+        """
+        if not revalidation_matches(stale.headers, response.headers):
+            return None
+        now = self._clock.seconds()
+        headers = updated_headers(
+            stale.headers, response.headers, replayed_headers(response.headers, self._hidden, date_header(now))
+        )
+        answer = self._entry(stale.status, headers, stale.body, sent, now, upstream_age(response.headers))
+        if b"no-store" in cache_control(response.headers):
+            self.log.debug("a 304 with no-store drops the entry")
+            if not bypass:
+                self._store.release(key, token)
+                await self._discard(key)
+            return _Outcome(REVALIDATED, answer, False, bypass, {"fwd": "stale", "fwd_status": 304, "detail": "no-store"})
+        stored = False
+        if not bypass:
+            stored = await self._put(key, answer, token)
+        args: dict[str, Any] = {"fwd": "stale", "fwd_status": 304}
+        if not self._vouched(key, stale, now):
+            args["detail"] = EVENTS_BEHIND
+        return _Outcome(REVALIDATED, answer, True, bypass, args, stored=stored)
+
+    async def _complete(
+        self,
+        key: CacheKey,
+        request: FetchRequest,
+        response: UpstreamResponse,
+        sent: float,
+        token: Any,
+        bypass: bool,
+        stale: CachedResponse | None,
+    ) -> _Outcome:
+        """
+        Store a complete upstream answer if it may be, and return it.
+        """
+        now = self._clock.seconds()
+        reason = not_stored_reason(
+            response.status, response.headers, self._varying, self.route.negative_ttl, request.encoding
+        )
+        headers = replayed_headers(response.headers, self._hidden, date_header(now))
+        age = upstream_age(response.headers)
+        answer = self._entry(response.status, headers, response.body, sent, now, age)
+        stored = False
+        if bypass:
+            pass
+        elif reason is None:
+            stored = await self._put(key, answer, token)
+            if not stored and answer.size() > getattr(self._store, "max_entry_bytes", answer.size()):
+                reason = "too-large"
+        else:
             # nothing to share: other instances waiting for it fetch now
             self._store.release(key, token)
-        return _Outcome(answer, storable, bypass)
+            if stale is not None and (200 <= response.status < 300 or response.status in NEGATIVE):
+                # the upstream's answer supersedes what is stored
+                await self._discard(key)
+        if reason is not None:
+            self.log.debug(
+                "not stored ({detail}): {route} answered {status}",
+                detail=reason,
+                route=self.route.type,
+                status=response.status,
+            )
+        if bypass:
+            args: dict[str, Any] = {"fwd": "miss", "detail": "store-unavailable"}
+        else:
+            args = {
+                "fwd": "uri-miss" if stale is None else "stale",
+                "fwd_status": response.status,
+                "stored": stored,
+                "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
+            }
+        outcome = _Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
+        # SPEC.md section 3: a MISS passes a non-zero upstream Age on
+        outcome.age = age or None
+        return outcome
 
     async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:
         try:
@@ -421,35 +622,59 @@ class TenantCache:
             self.log.warn("could not store an answer: {error}", error=str(e))
             return False
 
-    def _answer(self, response: UpstreamResponse, storable: bool, sent: float) -> CachedResponse:
+    async def _discard(self, key: CacheKey) -> None:
+        try:
+            await self._store.discard(key)
+        except StoreUnavailable:
+            pass
+
+    def _entry(
+        self,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        sent: float,
+        now: float,
+        age: int | None,
+    ) -> CachedResponse:
         """
-        Return the entry for an upstream answer to a request sent at
-        ``sent`` (F: what the event stream must vouch for after it).
+        Return the entry for an answer asked for at ``sent`` and received at
+        ``now`` with the upstream's ``age`` (``None``: none or invalid): its
+        age counts from its corrected initial age (RFC 9111 section 4.2.3),
+        its windows from its freshness.
         """
-        now = self._clock.seconds()
-        expires = now + freshness_lifetime(self.route, response.status, response.headers)
-        grace = self.route.stale_if_error
+        f = freshness(self.route, status, headers, sent, now, age)
+        born = now - f.initial_age
+        expires = born + f.lifetime
+        stale_until = expires + f.stale_if_error if f.stale_if_error else expires
+        swr_until = expires + f.stale_while_revalidate if f.stale_while_revalidate else expires
+        keep_until = max(stale_until, swr_until)
+        if self.route.keep and validators(headers):
+            keep_until = max(keep_until, expires + self.route.keep)
         return CachedResponse(
-            response.status,
-            _shared_headers(kept_headers(response.headers, storable)),
-            response.body,
-            stored_at=now,
+            status,
+            _shared_headers(headers),
+            body,
+            stored_at=born,
             expires_at=expires,
-            # one float object less per entry when there is no grace
-            stale_until=expires + grace if grace else expires,
+            stale_until=stale_until,
+            head=header_block(headers),
+            swr_until=swr_until,
+            keep_until=keep_until,
+            no_cache=f.no_cache,
             sent_at=sent,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
         """
-        Start one background re-fetch of a stale entry, unless one runs or
-        the last one failed less than a second ago.
+        Start one background revalidation of a stale entry, unless one runs
+        or the last one failed less than a second ago.
         """
         if key in self._refreshing or now < entry.retry_at:
             return
         entry.retry_at = now + REFRESH_RETRY_SECONDS
         self._refreshing.add(key)
-        d = Deferred.fromCoroutine(self._refresh(key, request))
+        d = Deferred.fromCoroutine(self._refresh(key, request, entry))
 
         def failed(f: Failure) -> None:
             self.log.failure("background refresh failed", f)
@@ -462,31 +687,42 @@ class TenantCache:
     def _retry_later(self, key: CacheKey) -> None:
         # counted from the failure, not from the start of a slow re-fetch
         entry = self._store.lookup(key)
-        if entry is not None and entry.stale:
+        if entry is not None:
             entry.retry_at = max(entry.retry_at, self._clock.seconds() + REFRESH_RETRY_SECONDS)
 
-    async def _refresh(self, key: CacheKey, request: FetchRequest) -> None:
+    async def _refresh(self, key: CacheKey, request: FetchRequest, entry: CachedResponse) -> None:
+        """
+        Revalidate or re-fetch a stale entry in the background (SPEC.md
+        section 3, stale while revalidate): a 304 that matches or a 2xx
+        replaces it, a 404/410 drops it (or replaces it when negative
+        answers are stored), anything else leaves it stale.
+        """
+        token: Any = _NO_TOKEN
         try:
             token = await self._store.begin(key)
-            self.counters["fetches"] = self.counters.get("fetches", 0) + 1
             sent = self._clock.seconds()
-            response = await self._upstream.fetch(request.path, request.headers, tenant=self.tenant)
+            conditions = self._conditions(entry, sent)
+            response = await self._ask(request, conditions)
+            if response.status == 304:
+                outcome = await self._not_modified(key, entry, response, sent, token, False)
+                if outcome is not None:
+                    return
+                sent = self._clock.seconds()
+                response = await self._ask(request, [])
         except (UpstreamError, StoreUnavailable) as e:
             # left stale; a later request retries after REFRESH_RETRY_SECONDS
             self.log.info("refresh of a stale entry failed: {error}", error=str(e))
+            if token is not _NO_TOKEN:
+                self._store.release(key, token)
             self._retry_later(key)
             return
-        if response.status >= 500:
-            self.log.info("refresh of a stale entry got {status}", status=response.status)
+        status = response.status
+        if not (200 <= status < 300 or status in NEGATIVE):
+            self.log.info("refresh of a stale entry got {status}", status=status)
+            self._store.release(key, token)
             self._retry_later(key)
             return
-        if is_storable(response.status, response.headers, self._keyed):
-            if await self._put(key, self._answer(response, True, sent), token):
-                return
-        try:
-            await self._store.discard(key)
-        except StoreUnavailable:
-            pass
+        await self._complete(key, request, response, sent, token, False, entry)
 
 
 @implementer(IInvalidator)
@@ -510,6 +746,7 @@ class CacheRegistry:
         routes: Iterable[RouteConfig],
         keyed_headers: Sequence[str],
         max_tenants: int = 10000,
+        upstream_config: UpstreamConfig | None = None,
         watermark: Watermark | None = None,
     ) -> None:
         """
@@ -521,6 +758,9 @@ class CacheRegistry:
         self._clock = clock
         self.routes = {r.type: r for r in routes}
         self._keyed = tuple(keyed_headers)
+        up = upstream_config or UpstreamConfig()
+        self._varying = varying_headers(up)
+        self._hidden = hidden_headers(up)
         self.max_tenants = max_tenants
         self.watermark = watermark
         self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
@@ -554,6 +794,8 @@ class CacheRegistry:
             self._keyed,
             self._flights,
             self.counters,
+            self._varying,
+            self._hidden,
             self.watermark,
         )
         self._caches[k] = c

@@ -29,7 +29,8 @@ class Answer:
     How the stub answers a path.  ``body=None`` gives a JSON echo of the
     request (path, query, the ``authorization`` header's presence, a
     counter); ``delay`` waits before answering; ``drop`` closes the
-    connection without an answer.
+    connection without an answer.  A 200 whose headers hold an ``ETag``
+    answers ``304`` to a request whose ``If-None-Match`` is that tag.
     """
 
     status: int = 200
@@ -150,6 +151,14 @@ class UpstreamStub:
                     "n": n,
                 }
             ).encode()
+        etag = {k.lower(): v for k, v in a.headers.items()}.get("etag")
+        if a.status == 200 and etag is not None and h.headers.get("if-none-match") == etag:
+            # a real server's answer to a revalidation (RFC 9110 section 13.1.2)
+            h.send_response(304)
+            h.send_header("ETag", etag)
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         h.send_response(a.status)
         for k, v in a.headers.items():
             h.send_header(k, v)

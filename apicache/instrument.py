@@ -40,13 +40,15 @@ class TimedUpstream:
     def in_flight(self) -> int:
         return self._upstream.in_flight  # type: ignore[no-any-return]
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
+    def fetch(
+        self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str, **kwargs: Any
+    ) -> Deferred[UpstreamResponse]:
         """
-        Like the wrapped upstream's ``fetch``, measured.
+        Like the wrapped upstream's ``fetch`` (``kwargs`` passed on), measured.
         """
         started = self._clock.seconds()
         try:
-            d = self._upstream.fetch(path, headers, tenant=tenant)
+            d = self._upstream.fetch(path, headers, tenant=tenant, **kwargs)
         except Overloaded:
             # IUpstream delivers Overloaded as an errback; an implementation
             # raising it anyway is counted the same and turned into one

@@ -200,11 +200,12 @@ def cache_key(
     params: tuple[str, ...],
     query: str,
     keyed_values: Sequence[Sequence[bytes] | None],
+    encoding: bytes = b"identity",
 ) -> CacheKey:
     """
     Return the cache key of a request: its tenant, route, decoded path
-    parameters, canonical query and the raw values of the keyed headers
-    (``None`` for an absent one).
+    parameters, canonical query, the raw values of the keyed headers
+    (``None`` for an absent one) and the normalised ``Accept-Encoding``.
     """
     # interned: keys of one route without a query or keyed headers share
     # one variant string (memory per entry)
@@ -212,5 +213,14 @@ def cache_key(
         tenant,
         route.type,
         params,
-        sys.intern(variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values])),
+        sys.intern(
+            variant(
+                route.config.fingerprint,
+                query,
+                # identity adds nothing (the count of keyed headers is fixed
+                # per route, so one more component can't be confused)
+                [header_value(v) for v in keyed_values]
+                + ([] if encoding == b"identity" else [encoding.decode("ascii")]),
+            )
+        ),
     )

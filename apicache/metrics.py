@@ -27,8 +27,9 @@ Source = Callable[[], Iterable[Metric]]
 
 #: The ``tenant`` label of every tenant outside the top ones.
 OTHER_TENANTS = "other"
-#: Cache results that count as a tenant's hit; MISS and BYPASS are misses.
-_HITS = frozenset({"HIT", "STALE"})
+#: Cache results that count as a tenant's hit (REVALIDATED: the body came from
+#: the cache, only a 304 from the upstream); MISS and BYPASS are misses.
+_HITS = frozenset({"HIT", "STALE", "REVALIDATED"})
 _MISSES = frozenset({"MISS", "BYPASS"})
 
 #: Upstream latency buckets, seconds.

@@ -13,6 +13,7 @@ of what keeps the hit path fast).
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -20,6 +21,7 @@ from twisted.web.iweb import IRequest
 from apicache.auth import claim_matches
 from apicache.config import Config
 from apicache.errors import ApiError
+from apicache.httpcache import normalise_accept_encoding
 from apicache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.routes import Route, Router
 
@@ -41,16 +43,27 @@ class Resolved:
     @ivar tenant: the tenant (valid, interned).
     @ivar query: the canonical query string (``""`` without one).
     @ivar key: the cache key.
+    @ivar encoding: the normalised ``Accept-Encoding`` (``gzip`` or
+        ``identity``), sent upstream and part of the key.
     """
 
-    __slots__ = ("route", "params", "tenant", "query", "key")
+    __slots__ = ("route", "params", "tenant", "query", "key", "encoding")
 
-    def __init__(self, route: Route, params: tuple[str, ...], tenant: str, query: str, key: CacheKey) -> None:
+    def __init__(
+        self,
+        route: Route,
+        params: tuple[str, ...],
+        tenant: str,
+        query: str,
+        key: CacheKey,
+        encoding: bytes = b"identity",
+    ) -> None:
         self.route = route
         self.params = params
         self.tenant = tenant
         self.query = query
         self.key = key
+        self.encoding = encoding
 
 
 class Resolver:
@@ -63,6 +76,7 @@ class Resolver:
         self.tenant_header = config.server.tenant_header.encode("ascii")
         self._tenant_claim = config.server.tenant_claim
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
+        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
@@ -125,10 +139,12 @@ class Resolver:
         headers = request.requestHeaders
         tenants = headers.getRawHeaders(self.tenant_header)
         keyed = [headers.getRawHeaders(h) for h in self._keyed]
+        accept_encoding = headers.getRawHeaders(b"accept-encoding")
         seen = (
             request.uri,
             tenants[0] if tenants else None,
             tuple([tuple(v) if v else None for v in keyed]) if any(keyed) else (),
+            tuple(accept_encoding) if accept_encoding else None,
         )
         found = self._resolved.get(seen)
         if found is None:
@@ -139,10 +155,15 @@ class Resolver:
             request.tenant = tenant
             raw_query = request.uri.partition(b"?")[2]
             query = canonical_query(raw_query) if raw_query else ""
-            found = Resolved(route, params, tenant, query, cache_key(tenant, route, params, query, keyed))
+            encoding = normalise_accept_encoding(accept_encoding)
+            key = cache_key(tenant, route, params, query, keyed, encoding)
+            found = Resolved(route, params, tenant, query, key, encoding)
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send
-            if len(request.uri) + sum([len(v) for vs in keyed if vs for v in vs]) <= MEMO_REQUEST_BYTES:
+            size = len(request.uri) + sum([len(v) for vs in keyed if vs for v in vs])
+            if accept_encoding:
+                size += sum([len(v) for v in accept_encoding])
+            if size <= MEMO_REQUEST_BYTES:
                 if len(self._resolved) >= MEMO_SIZE:
                     self._resolved.clear()
                 self._resolved[seen] = found
@@ -154,3 +175,22 @@ class Resolver:
         ):
             raise ApiError(403, "tenant_mismatch", f"the token's {self._tenant_claim!r} claim does not match the tenant")
         return found
+
+    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """
+        Return the caller's headers to send upstream: those of
+        ``forward_headers`` (``traceparent``, always among them, set to this
+        request's span, and ``tracestate``) and those named in ``extra``,
+        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
+        are the upstream client's: no caller value replaces them.
+        """
+        headers = request.requestHeaders
+        trace = getattr(request, "trace", None)
+        if trace is not None:
+            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
+        forwarded: list[tuple[bytes, bytes]] = []
+        for names in (self._forward, extra):
+            for name in names:
+                for value in headers.getRawHeaders(name, ()):
+                    forwarded.append((name, value))
+        return forwarded

@@ -11,6 +11,7 @@ a request resolves to is L{apicache.resolve}.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
@@ -23,14 +24,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from apicache.auth import ApiKeys
-from apicache.cache import BYPASS, HIT, MISS, STALE, CacheRegistry, CacheResult
+from apicache.cache import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheRegistry, CacheResult
 from apicache.errors import DOMAIN_ERRORS, JSON, ApiError, api_error, error_body
+from apicache.httpcache import condition_fails, header_block, not_modified_headers
 from apicache.metrics import Metrics
 from apicache.resolve import Resolver
 from apicache.routes import RESERVED_PATHS
@@ -41,7 +42,7 @@ from apicache.tracing import leave as leave_trace
 __all__ = ["ApiRequest", "ApiChannel", "ApiSite", "ApiFront", "HTTPService", "refuse", "write_result"]
 
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
-_X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, MISS, BYPASS)}
+_X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, REVALIDATED, MISS, BYPASS)}
 
 
 class ApiRequest(server.Request):
@@ -334,59 +335,85 @@ def json_answer(request: IRequest, status: int, body: Any) -> bytes:
     return json.dumps(body).encode()
 
 
-_CANONICAL: dict[bytes, bytes] = {}
-
-
-def _canonical(name: bytes) -> bytes:
-    """
-    Return a stored header's name as twisted.web writes it (``ETag``,
-    ``Content-Type``), learnt from twisted.web itself once per name.
-    """
-    found = _CANONICAL.get(name)
-    if found is None:
-        found = next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
-        if len(_CANONICAL) < 1024:
-            _CANONICAL[name] = found
-    return found
-
-
 def write_result(request: Any, result: CacheResult) -> Any:
     """
     Write a cache result's whole answer in one go and finish ``request``:
     the one writer of proxied answers, hits and misses alike.
 
     This is twisted.web's C{Request.write} for one narrow case, an answer
-    with a known body: the status line and the headers already set
-    (``Date``, ``Connection: close`` when the connection does not persist)
-    are written with the stored headers, ``X-Cache``, ``Age`` and
-    ``Content-Length`` without building and re-normalising a C{Headers}
-    object.  A ``HEAD`` gets the same head and no body.
+    with a known body: the status line, the headers already set on the
+    request but ``Date`` (``Connection: close`` when the connection does
+    not persist), the answer's replayed headers as built once when it
+    arrived (``Date`` among them), ``Cache-Status`` with apicache's member,
+    ``X-Cache``, ``Age`` and ``Content-Length``, without building and
+    re-normalising a C{Headers} object.  A ``HEAD`` gets the same head and
+    no body.  A conditional ``GET``/``HEAD`` whose condition fails on a
+    stored 2xx answer gets a 304 (L{write_not_modified}).
 
     @return: C{NOT_DONE_YET} (the request is finished: twisted.web and
         Klein must not write again).
     """
     r = result.response
-    body = r.body
+    status = r.status
     request.cache = result.cache
-    request.code = r.status
-    request.code_message = RESPONSES.get(r.status, b"Unknown Status")
-    head = [b"%s %d %s\r\n" % (request.clientproto, r.status, request.code_message)]
+    age = result.age
+    member = result.member
+    if member is None:
+        # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
+        member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
+    if result.stored and 200 <= status < 300:
+        conditions = request.requestHeaders
+        if_none_match = conditions.getRawHeaders(b"if-none-match")
+        if_modified_since = None if if_none_match else conditions.getRawHeaders(b"if-modified-since")
+        if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
+            return _write_not_modified(request, result, member)
+    body = r.body
+    request.code = status
+    request.code_message = RESPONSES.get(status, b"Unknown Status")
+    head = [b"%s %d %s\r\n" % (request.clientproto, status, request.code_message)]
     for name, values in request.responseHeaders.getAllRawHeaders():
-        for value in values:
-            head.append(b"%s: %s\r\n" % (name, value))
-    for name, value in r.headers:
-        head.append(b"%s: %s\r\n" % (_canonical(name), value))
+        if name != b"Date":
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+    # entries built elsewhere than the cache core may lack their wire form
+    head.append(r.head or header_block(r.headers))
     x_cache = _X_CACHE[result.cache]
-    if result.age is None:
-        head.append(b"X-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (x_cache, len(body)))
+    if age is None:
+        head.append(b"%s\r\nX-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (member, x_cache, len(body)))
     else:
-        head.append(b"X-Cache: %s\r\nAge: %d\r\nContent-Length: %d\r\n\r\n" % (x_cache, max(0, int(result.age)), len(body)))
+        head.append(
+            b"%s\r\nX-Cache: %s\r\nAge: %d\r\nContent-Length: %d\r\n\r\n"
+            % (member, x_cache, max(0, int(age)), len(body))
+        )
     request.startedWriting = 1
     if request.method == b"HEAD":
         request.channel.writeSequence([b"".join(head)])
     else:
         request.sentLength = len(body)
         request.channel.writeSequence([b"".join(head), body])
+    request.finish()
+    return NOT_DONE_YET
+
+
+def _write_not_modified(request: Any, result: CacheResult, member: bytes) -> Any:
+    """
+    Answer a conditional request ``304`` from a stored answer, with no body
+    and only the headers SPEC.md section 3 lists.
+    """
+    request.code = 304
+    request.code_message = RESPONSES[304]
+    head = [b"%s 304 %s\r\n" % (request.clientproto, request.code_message)]
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if name != b"Date":
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+    head.append(header_block(not_modified_headers(result.response.headers)))
+    head.append(b"%s\r\nX-Cache: %s\r\n" % (member, _X_CACHE[result.cache]))
+    if result.age is not None:
+        head.append(b"Age: %d\r\n" % max(0, int(result.age)))
+    head.append(b"\r\n")
+    request.startedWriting = 1
+    request.channel.writeSequence([b"".join(head)])
     request.finish()
     return NOT_DONE_YET
 
@@ -421,7 +448,7 @@ class ApiFront(Resource):
         if self._keys.required and request.path not in _UNAUTHENTICATED:
             if not given or not self._keys.accepts(given[0]):
                 return refuse(request, ApiError(401, "unauthorized", "api-key missing or wrong"))
-        if request.method == b"GET":
+        if request.method == b"GET" or request.method == b"HEAD":
             # any twisted.web Request takes the attributes ApiRequest declares
             body = self.answer_hit(cast(ApiRequest, request))
             if body is not None:
@@ -434,7 +461,7 @@ class ApiFront(Resource):
 
     def answer_hit(self, request: ApiRequest) -> Any:
         """
-        The fast path: answer a GET whose fresh answer is held in this
+        The fast path: answer a GET or HEAD whose fresh answer is held in this
         process, at once, before Klein's dispatch.  Creates no Deferred and
         no coroutine.
 

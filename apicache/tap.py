@@ -37,6 +37,8 @@ from apicache.config import Config, ConfigError, load_config
 from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
 from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
+from apicache.intermediary import IntermediaryUpstream
+from apicache.links import LinkTargets
 from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families
 from apicache.oauth import TokenProvider
@@ -229,7 +231,8 @@ def build(
         max_in_flight=up.max_in_flight,
         tenant_max_in_flight=up.tenant_max_in_flight,
     )
-    timed = TimedUpstream(upstream, metrics, reactor)
+    intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
+    timed = TimedUpstream(intermediary, metrics, reactor)
     # the event listener advances it, routes with max_staleness read it
     watermark = (
         Watermark(
@@ -242,7 +245,14 @@ def build(
         else None
     )
     registry = CacheRegistry(
-        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, watermark=watermark
+        store,
+        timed,
+        reactor,
+        config.routes,
+        up.keyed_headers,
+        config.server.max_tenants,
+        upstream_config=up,
+        watermark=watermark,
     )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))

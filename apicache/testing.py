@@ -44,6 +44,8 @@ class PendingFetch:
     headers: Sequence[tuple[bytes, bytes]]
     deferred: Deferred[UpstreamResponse]
     tenant: str = ""
+    method: bytes = b"GET"
+    body: bytes | None = None
 
     def respond(
         self,
@@ -91,16 +93,25 @@ class FakeUpstream:
         self.in_flight = 0
         self.closed = False
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
+    def fetch(
+        self,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        tenant: str,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+    ) -> Deferred[UpstreamResponse]:
         """
-        Record the fetch; return a Deferred the test fires (or ``auto``
-        fired already).  It errbacks with L{Overloaded} at once while
-        ``max_in_flight`` fetches are unanswered; it never raises.
+        Record the fetch (its method and body too); return a Deferred the
+        test fires (or ``auto`` fired already).  It errbacks with
+        L{Overloaded} at once while ``max_in_flight`` fetches are
+        unanswered; it never raises.
         """
         if self.in_flight >= self.max_in_flight:
             return fail(Overloaded(f"{self.in_flight} upstream fetches in flight"))
         d: Deferred[UpstreamResponse] = Deferred()
-        p = PendingFetch(path, headers, d, tenant)
+        p = PendingFetch(path, headers, d, tenant, method, body)
         self.fetched.append(p)
         self.pending.append(p)
         self.in_flight += 1

@@ -16,16 +16,16 @@ from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionDone
+from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionDone, DNSLookupError
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, RequestNotSent, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
 from apicache.pool import TenantConnectionPool
@@ -44,7 +44,15 @@ __all__ = [
 
 
 class UpstreamError(Exception):
-    """The upstream gave no usable answer."""
+    """
+    The upstream gave no usable answer.
+
+    @ivar sent: whether the request may have reached the upstream (a write
+        lost after it was sent may have been applied: SPEC.md section 4
+        invalidates then).  ``False`` only when it surely was not sent.
+    """
+
+    sent = True
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -70,6 +78,13 @@ class Overloaded(UpstreamError):
     def __init__(self, message: str, tenant: str | None = None) -> None:
         super().__init__(message)
         self.tenant = tenant
+
+    sent = False
+
+
+def _unsent(error: UpstreamError) -> UpstreamError:
+    error.sent = False
+    return error
 
 
 class UpstreamResponse:
@@ -103,15 +118,26 @@ class IUpstream(Interface):
 
     in_flight = Attribute("The number of fetches running now.")
 
-    def fetch(path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
+    def fetch(
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        tenant: str,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+    ) -> Deferred[UpstreamResponse]:
         """
-        GET ``base_url + path`` (``path`` already encoded, query included)
-        with ``headers`` on ``tenant``'s behalf, over a connection that
-        carries only that tenant's requests; redirects are not followed.
+        Send ``method`` (``GET`` unless a pass-through write says otherwise)
+        for ``base_url + path`` (``path`` already encoded, query included)
+        with ``headers`` and, for a write, ``body``, on ``tenant``'s behalf,
+        over a connection that carries only that tenant's requests;
+        redirects are not followed, and a request with a body is never
+        retried.
 
         Fires with an L{UpstreamResponse}; errbacks (never raises) with
         L{Overloaded}, L{UpstreamTimeout}, L{UpstreamUnreachable} or
-        L{BodyTooLarge}.
+        L{BodyTooLarge} (each saying in C{sent} whether the request may
+        have been sent).
         """
 
     def close() -> Deferred[None]:
@@ -167,6 +193,32 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
     reader = _BodyReader(limit, finished)
     response.deliverBody(reader)
     return finished
+
+
+@implementer(IBodyProducer)
+class _Body:
+    """
+    A request body held in memory, written at once.  Giving every write a
+    producer, even an empty one, also keeps twisted.web's pool from
+    retrying it on a stale connection (it retries only bodiless requests).
+    """
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:
+        pass
+
+    def resumeProducing(self) -> None:
+        pass
+
+    def stopProducing(self) -> None:
+        pass
 
 
 @implementer(IUpstream)
@@ -225,7 +277,15 @@ class UpstreamClient:
         """
         return self._base + path.encode("ascii")
 
-    def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], *, tenant: str) -> Deferred[UpstreamResponse]:
+    def fetch(
+        self,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        *,
+        tenant: str,
+        method: bytes = b"GET",
+        body: bytes | None = None,
+    ) -> Deferred[UpstreamResponse]:
         if self.in_flight >= self._max_in_flight:
             return fail(Overloaded("too many upstream fetches in flight"))
         running = self.tenant_in_flight.get(tenant, 0)
@@ -233,7 +293,7 @@ class UpstreamClient:
             return fail(Overloaded("too many upstream fetches in flight for this tenant", tenant))
         self.in_flight += 1
         self.tenant_in_flight[tenant] = running + 1
-        d = Deferred.fromCoroutine(self._fetch(self._agent_for(tenant), self.url(path), headers))
+        d = Deferred.fromCoroutine(self._fetch(self._agent_for(tenant), self.url(path), headers, method, body))
         deadline = self._clock.callLater(self._timeout, d.cancel)
 
         def done(result: object) -> object:
@@ -247,7 +307,9 @@ class UpstreamClient:
                 deadline.cancel()
             elif isinstance(result, Failure):
                 # whatever the cancellation surfaced as, the cause is the deadline
-                return Failure(UpstreamTimeout(f"no complete answer within {self._timeout:g} s"))
+                timeout = UpstreamTimeout(f"no complete answer within {self._timeout:g} s")
+                timeout.sent = getattr(result.value, "sent", True)
+                return Failure(timeout)
             return result
 
         d.addBoth(done)
@@ -260,24 +322,30 @@ class UpstreamClient:
         # which connections the tenant's request may use
         return Agent(self._clock, contextFactory=self._tls, connectTimeout=self._timeout, pool=self.pool.for_tenant(tenant))
 
-    async def _fetch(self, agent: IAgent, url: bytes, headers: Sequence[tuple[bytes, bytes]]) -> UpstreamResponse:
+    async def _fetch(
+        self, agent: IAgent, url: bytes, headers: Sequence[tuple[bytes, bytes]], method: bytes, body: bytes | None
+    ) -> UpstreamResponse:
         h = Headers()
         for name, value in headers:
             h.addRawHeader(name, value)
+        producer = None if body is None and method in (b"GET", b"HEAD") else _Body(body or b"")
         try:
-            response = await agent.request(b"GET", url, h, None)
-            body = await read_body(response, self._max_body)
+            response = await agent.request(method, url, h, producer)
+            answer = await read_body(response, self._max_body)
         except (UpstreamError, CancelledError):
             raise
         except (ConnectTimeoutError, ConnectingCancelledError):
-            raise UpstreamTimeout(f"could not connect within {self._timeout:g} s") from None
+            raise _unsent(UpstreamTimeout(f"could not connect within {self._timeout:g} s")) from None
+        except (ConnectError, DNSLookupError, RequestNotSent) as e:
+            _log_detail("upstream request not sent", e)
+            raise _unsent(UpstreamUnreachable(_generic_message(e))) from None
         except Exception as e:
             _log_detail("upstream fetch failed", e)
             raise UpstreamUnreachable(_generic_message(e)) from None
         return UpstreamResponse(
             response.code,
             [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs],
-            body,
+            answer,
         )
 
     def close(self) -> Deferred[None]:

@@ -28,6 +28,8 @@ import urllib.request
 from collections.abc import Sequence
 from types import FrameType
 
+from apicache.launchers import free_port
+
 #: The demo upstream, run as ``python -m DEMO_MODULE --port N``.
 DEMO_MODULE = "apicache.demo"
 #: Exit statuses of a daemon that stopped in order: stock twistd re-raises
@@ -35,15 +37,6 @@ DEMO_MODULE = "apicache.demo"
 CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)
 #: Seconds within which a second signal is the same stop, not a second Ctrl-C.
 REPEAT_WINDOW = 1.0
-
-
-def free_port() -> int:
-    """
-    Return a TCP port on 127.0.0.1 that was free a moment ago.
-    """
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _die_with_parent() -> None:

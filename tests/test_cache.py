@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import BYPASS, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache import BYPASS, DEFAULT_VARYING, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
 from apicache.config import RouteConfig
 from apicache.httpcache import is_storable
 from apicache.keys import CacheKey
@@ -124,17 +124,22 @@ class CacheTests(SynchronousTestCase):
         assert not first.called
 
     def test_non_200_is_passed_through_and_not_stored(self):
+        """SPEC.md section 3 (v2): passed-through answers go through the same filter."""
         for status in (503, 404, 302):
             d = self.h.get(k=key(id=str(status)))
-            self.h.upstream.pending[0].respond(status=status, headers=[(b"location", b"/x"), (b"x-other", b"1")])
+            self.h.upstream.pending[0].respond(
+                status=status, headers=[(b"location", b"/x"), (b"x-other", b"1"), (b"keep-alive", b"timeout=5")]
+            )
             r = self.successResultOf(d)
             assert (r.cache, r.response.status) == (MISS, status)
             assert (b"location", b"/x") in r.response.headers
-            assert all(k != b"x-other" for k, _ in r.response.headers)
+            assert (b"x-other", b"1") in r.response.headers
+            assert all(k != b"keep-alive" for k, _ in r.response.headers)
             assert self.h.store.lookup(key(id=str(status))) is None
+            assert b"detail=status" in r.member
 
     def test_only_the_stored_headers_are_kept(self):
-        d = self.h.get()
+        d = self.h.get(request=FetchRequest("/o/1", [], b"gzip"))
         self.h.upstream.pending[0].respond(
             headers=[
                 (b"content-type", b"application/json"),
@@ -146,11 +151,13 @@ class CacheTests(SynchronousTestCase):
         )
         self.successResultOf(d)
         stored = self.h.store.lookup(key())
-        assert stored.headers == (
+        assert stored.headers[:4] == (
             (b"content-type", b"application/json"),
             (b"content-encoding", b"gzip"),
             (b"etag", b'"1"'),
+            (b"x-internal", b"secret"),
         )
+        assert [k for k, _ in stored.headers[4:]] == [b"date"]
 
     def test_cancelling_a_caller_does_not_cancel_the_shared_fetch(self):
         leader = self.h.get()
@@ -276,11 +283,13 @@ def response(status=200, headers=()):
         (response(headers=[(b"set-cookie", b"a=1")]), False),
         (response(headers=[(b"vary", b"*")]), False),
         (response(headers=[(b"vary", b"authorization")]), False),
-        (response(headers=[(b"vary", b"cookie")]), False),
+        # SPEC.md section 3 (v2): cookie is not forwarded: the same for every caller
+        (response(headers=[(b"vary", b"cookie")]), True),
+        (response(headers=[(b"vary", b"accept-encoding")]), True),
     ],
 )
 def test_only_plain_200_answers_are_storable(resp, storable):
-    assert is_storable(resp.status, resp.headers, KEYED) is storable
+    assert is_storable(resp.status, resp.headers, DEFAULT_VARYING) is storable
 
 
 def test_bypass_constant_is_spelled_as_the_spec_says():

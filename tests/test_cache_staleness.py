@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import HIT, MISS, STALE, STALENESS_SPREAD, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache import HIT, MISS, REVALIDATED, STALE, STALENESS_SPREAD, CacheRegistry, CacheResult, FetchRequest
 from apicache.config import RouteConfig
 from apicache.httpcache import within_staleness
 from apicache.keys import CacheKey
@@ -105,10 +105,11 @@ class StalenessTests(SynchronousTestCase):
         assert isinstance(d, Deferred)
         self.h.upstream.pending[-1].respond(body=b"two")
         r = self.successResultOf(d)
-        assert (r.cache, r.response.body, r.detail) == (MISS, b"two", "events-behind")
+        assert (r.cache, r.response.body) == (MISS, b"two")
+        assert r.member == b"apicache;fwd=stale;fwd-status=200;stored;detail=events-behind"
         assert self.h.registry.counters["events_behind"] == 1
         again = self.h.get(k)
-        assert isinstance(again, CacheResult) and again.cache == HIT and again.detail is None
+        assert isinstance(again, CacheResult) and again.cache == HIT
 
     def test_w_carries_an_entry_past_its_fetch_time(self) -> None:
         k = key()
@@ -126,7 +127,11 @@ class StalenessTests(SynchronousTestCase):
         ds = [self.h.get() for _ in range(5)]
         assert len(self.h.upstream.pending) == 1
         self.h.upstream.pending[0].respond(body=b"two")
-        assert {(r.cache, r.detail) for r in (self.successResultOf(d) for d in ds)} == {(MISS, "events-behind")}
+        members = {(r.cache, r.member) for r in (self.successResultOf(d) for d in ds)}
+        assert members == {
+            (MISS, b"apicache;fwd=stale;fwd-status=200;stored;detail=events-behind"),
+            (MISS, b"apicache;fwd=stale;fwd-status=200;stored;collapsed;detail=events-behind"),
+        }
 
     def test_past_the_bound_nothing_stale_is_served_on_an_upstream_failure(self) -> None:
         self.prime()
@@ -180,6 +185,26 @@ class StalenessTests(SynchronousTestCase):
             self.h.clock.advance(0.5)
             self.h.vouch()
         assert self.h.cache().hit(k) is not None
+
+    def test_past_the_bound_an_entry_with_a_validator_is_revalidated_and_a_304_vouches_again(self) -> None:
+        k = key()
+        d = self.h.get(k)
+        self.h.upstream.pending[-1].respond(body=b"one", headers=[(b"etag", b'"v1"')])
+        self.successResultOf(d)
+        self.h.clock.advance(10)
+        d = self.h.get(k)
+        assert isinstance(d, Deferred)
+        ask = self.h.upstream.pending[-1]
+        assert (b"if-none-match", b'"v1"') in list(ask.headers)
+        sent = self.h.clock.seconds()
+        self.h.clock.advance(0.5)
+        ask.respond(status=304, body=b"", headers=[(b"etag", b'"v1"')])
+        r = self.successResultOf(d)
+        assert (r.cache, r.response.body) == (REVALIDATED, b"one")
+        assert r.member == b"apicache;fwd=stale;fwd-status=304;detail=events-behind"
+        assert r.response.sent_at == sent, "F is when the revalidation was sent"
+        hit = self.h.cache().hit(k)
+        assert hit is not None and hit.cache == HIT
 
     def test_a_route_without_max_staleness_is_not_bounded(self) -> None:
         d = self.h.get(route="template")

@@ -121,7 +121,8 @@ class TestProxy:
             tc, app.request("GET", OBJ, headers={**T1, "accept-language": "de", "x-other": "1", "cookie": "c=1"})
         )
         sent = [k for k, _ in json.loads(body)["headers"]]
-        assert sent == ["accept-language"]
+        # SPEC.md section 3 (v2): the normalised accept-encoding is always sent
+        assert sent == ["accept-language", "accept-encoding"]
         _, h, _ = result(tc, app.request("GET", OBJ, headers={**T1, "accept-language": "en"}))
         assert h.getRawHeaders("x-cache") == ["MISS"]
         _, h, _ = result(tc, app.request("GET", OBJ, headers={**T1, "accept-language": "de"}))

@@ -43,11 +43,32 @@ class CachedResponse:
     @ivar stale: marked stale by a ``refresh`` event: served as ``STALE``
         while one background re-fetch replaces it.
     @ivar retry_at: no background re-fetch starts before this time.
-    @ivar sent_at: when the upstream request that fetched or revalidated it
-        was sent (F of bounded staleness, SPEC.md section 5).
+    @ivar head: the replayed headers as written on the wire, built once when
+        the answer arrives (L{apicache.httpcache.header_block}).
+    @ivar swr_until: the last moment it may be served stale while one
+        background revalidation runs (``stale_while_revalidate``).
+    @ivar keep_until: when it may be dropped: past every stale window and,
+        with a validator, past ``keep`` (kept for revalidation).
+    @ivar no_cache: revalidated before every use (``Cache-Control: no-cache``).
+    @ivar sent_at: when the upstream request that fetched or last
+        revalidated it was sent (F of bounded staleness, SPEC.md section 5).
     """
 
-    __slots__ = ("status", "headers", "body", "stored_at", "expires_at", "stale_until", "stale", "retry_at", "sent_at")
+    __slots__ = (
+        "status",
+        "headers",
+        "body",
+        "stored_at",
+        "expires_at",
+        "stale_until",
+        "stale",
+        "retry_at",
+        "head",
+        "swr_until",
+        "keep_until",
+        "no_cache",
+        "sent_at",
+    )
 
     def __init__(
         self,
@@ -59,6 +80,10 @@ class CachedResponse:
         stale_until: float = 0.0,
         stale: bool = False,
         retry_at: float = 0.0,
+        head: bytes = b"",
+        swr_until: float = 0.0,
+        keep_until: float = 0.0,
+        no_cache: bool = False,
         sent_at: float = 0.0,
     ) -> None:
         self.status = status
@@ -69,13 +94,18 @@ class CachedResponse:
         self.stale_until = stale_until
         self.stale = stale
         self.retry_at = retry_at
+        self.head = head
+        self.swr_until = swr_until
+        self.keep_until = keep_until
+        self.no_cache = no_cache
         self.sent_at = sent_at
 
     def size(self) -> int:
         """
-        Return the bytes of body and headers.
+        Return the bytes of body and headers (the stored pairs and their
+        wire form).
         """
-        return len(self.body) + sum(len(k) + len(v) for k, v in self.headers)
+        return len(self.body) + len(self.head) + sum(len(k) + len(v) for k, v in self.headers)
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, CachedResponse):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import struct
 from urllib.parse import quote
 
+from apicache.httpcache import header_block
 from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 
@@ -37,10 +38,12 @@ __all__ = [
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Offset of the stale flag in a stored value (set in place by the change script).
 STALE_OFFSET = 1
-_HEAD = struct.Struct("!BBHddddH")
+# version, stale, status, stored_at, expires_at, stale_until, swr_until,
+# keep_until, sent_at, no_cache, header count
+_HEAD = struct.Struct("!BBHddddddBH")
 _HEADER = struct.Struct("!HI")
 
 
@@ -103,8 +106,9 @@ def lock_key(prefix: str, key: CacheKey) -> str:
 def encode_entry(entry: CachedResponse) -> bytes:
     """
     Return ``entry`` in the stored format: a version byte, the stale flag,
-    status, times (stored, expires, stale until, request sent), headers,
-    then the body.
+    status, times (the upstream request's sending last), the no-cache
+    flag, headers, then the body.  The headers'
+    wire form (``head``) is not stored: it is rebuilt when loaded.
     """
     parts = [
         _HEAD.pack(
@@ -114,7 +118,10 @@ def encode_entry(entry: CachedResponse) -> bytes:
             entry.stored_at,
             entry.expires_at,
             entry.stale_until,
+            entry.swr_until,
+            entry.keep_until,
             entry.sent_at,
+            1 if entry.no_cache else 0,
             len(entry.headers),
         )
     ]
@@ -134,7 +141,9 @@ def decode_entry(data: bytes) -> CachedResponse | None:
     if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
         return None
     try:
-        _, stale, status, stored_at, expires_at, stale_until, sent_at, n = _HEAD.unpack_from(data)
+        _, stale, status, stored_at, expires_at, stale_until, swr_until, keep_until, sent_at, no_cache, n = (
+            _HEAD.unpack_from(data)
+        )
         pos = _HEAD.size
         headers = []
         for _ in range(n):
@@ -145,9 +154,11 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             value = data[pos : pos + lv]
             pos += lv
             headers.append((name, value))
-        if pos > len(data):
+        if pos > len(data) or not 100 <= status <= 999:
             return None
-    except struct.error:
+        # the wire form is rebuilt once per load, not stored twice in Redis
+        head = header_block(headers)
+    except (struct.error, ValueError, TypeError, UnicodeError):
         return None
     return CachedResponse(
         status,
@@ -157,5 +168,9 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         expires_at=expires_at,
         stale_until=stale_until,
         stale=bool(stale),
+        head=head,
+        swr_until=swr_until,
+        keep_until=keep_until,
+        no_cache=bool(no_cache),
         sent_at=sent_at,
     )

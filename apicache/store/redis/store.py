@@ -268,7 +268,7 @@ class RedisStore:
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
         gens, local_token = token
         value = encode_entry(entry)
-        ttl_ms = int((entry.stale_until - self._clock.seconds()) * 1000)
+        ttl_ms = int((max(entry.stale_until, entry.keep_until) - self._clock.seconds()) * 1000)
         if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
             if len(value) > self.max_value_bytes:
                 self.counters["too_big"] += 1

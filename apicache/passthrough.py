@@ -1,0 +1,162 @@
+"""
+Pass-through writes (SPEC.md section 4): a ``POST``, ``PUT``, ``PATCH`` or
+``DELETE`` on a route whose ``pass_methods`` holds it is forwarded to the
+upstream with its body, and the answer is passed through, never stored.
+
+A write the upstream may have applied invalidates what the tenant holds of
+that resource (RFC 9111 section 4.4): a 2xx, 3xx, 404 or 410 answer, or
+an answer lost after the request was sent.  Writes are neither coalesced
+nor retried.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.http import datetimeToString
+
+from apicache.cache import MISS, CacheResult
+from apicache.config import Config, RouteConfig
+from apicache.errors import ApiError
+from apicache.httpcache import replayed_headers
+from apicache.invalidator import IInvalidator
+from apicache.store.interface import CachedResponse, StoreUnavailable
+from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+
+__all__ = [
+    "PassThrough",
+    "WRITE_HEADERS",
+    "CACHE_STATUS",
+    "invalidates",
+    "route_tags",
+]
+
+#: The caller's headers a write forwards whatever ``forward_headers`` says.
+WRITE_HEADERS = (b"content-type", b"if-match", b"if-unmodified-since", b"if-none-match")
+
+#: apicache's ``Cache-Status`` member on a pass-through write (RFC 9211).
+CACHE_STATUS = b"apicache;fwd=method"
+
+_TAG_FIELD = re.compile(r"\{([^{}]*)\}")
+
+
+def invalidates(status: int) -> bool:
+    """
+    Return whether a write answered ``status`` invalidates the resource
+    (RFC 9111 section 4.4: a non-error status; SPEC.md adds 404 and 410).
+    """
+    return 200 <= status < 400 or status in (404, 410)
+
+
+def route_tags(route: RouteConfig, params: Sequence[str]) -> list[str]:
+    """
+    Return the route's ``tags`` templates filled with ``params``.
+    """
+    values = dict(zip(route.params, params, strict=True))
+    return [_TAG_FIELD.sub(lambda m: values.get(m.group(1), m.group(0)), t) for t in route.tags]
+
+
+class PassThrough:
+    """
+    Forwards writes to the upstream and invalidates what they may have
+    changed.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, upstream: IUpstream, clock: IReactorTime) -> None:
+        self._upstream = upstream
+        self._clock = clock
+        self.max_body_bytes = config.server.max_body_bytes
+        up = config.upstream
+        self._hidden = tuple(h.encode("ascii") for h in (*up.hide_headers, up.tags_header) if h)
+
+    def body(self, request: Any) -> bytes:
+        """
+        Return ``request``'s body, read (by twisted.web, after the checks
+        made before routing) into ``request.content``.
+
+        @raise ApiError: ``413 body_too_large`` past ``server.max_body_bytes``,
+            whether declared or chunked.
+        """
+        content = getattr(request, "content", None)
+        if content is None:
+            return b""
+        content.seek(0)
+        body: bytes = content.read(self.max_body_bytes + 1)
+        if len(body) > self.max_body_bytes:
+            raise ApiError(413, "body_too_large", f"the request body is over {self.max_body_bytes} bytes")
+        return body
+
+    async def forward(
+        self,
+        method: bytes,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        body: bytes,
+        tenant: str,
+        route: RouteConfig,
+        params: tuple[str, ...],
+        invalidator: IInvalidator,
+    ) -> CacheResult:
+        """
+        Send the write upstream and invalidate the tenant's entries of the
+        resource (and its route's tags) when it may have been applied.
+
+        @param path: the encoded upstream path, query included.
+        @return: the answer to pass through (``MISS``, never stored).
+        @raise UpstreamError: no answer; the resource was invalidated if the
+            request may have been sent.
+        """
+        try:
+            response: UpstreamResponse = await self._upstream.fetch(
+                path, headers, tenant=tenant, method=method, body=body
+            )
+        except UpstreamError as e:
+            if e.sent:
+                await self._after_write(invalidator, tenant, route, params)
+            raise
+        if invalidates(response.status):
+            await self._after_write(invalidator, tenant, route, params)
+        # the upstream's Date is passed on; apicache's own when it sent none
+        kept = replayed_headers(response.headers, self._hidden, datetimeToString(int(self._clock.seconds())))
+        age = None
+        for name, value in response.headers:
+            # a non-zero upstream Age is passed on, as on a MISS
+            if name == b"age" and value.strip().isdigit() and int(value) > 0:
+                age = int(value)
+        answer = CachedResponse(response.status, kept, response.body)
+        # the writer appends apicache's member after any the upstream sent
+        return CacheResult(MISS, answer, age, member=CACHE_STATUS, stored=False)
+
+    async def _after_write(
+        self, invalidator: IInvalidator, tenant: str, route: RouteConfig, params: tuple[str, ...]
+    ) -> None:
+        try:
+            await invalidator.invalidate(tenant, route.type, params)
+            await self.purge_tags(invalidator, tenant, route_tags(route, params))
+        except StoreUnavailable as e:
+            # the upstream applied the write: its answer still reaches the
+            # caller, and the failure is logged (never a silent stale entry)
+            self.log.warn(
+                "a write to {route} could not invalidate the cache: {error}", route=route.type, error=str(e)
+            )
+
+    def purge_tags(self, invalidator: IInvalidator, tenant: str, tags: list[str]) -> Deferred[int]:
+        """
+        The tag hook (issue 12): drop the tenant's entries carrying the
+        write's route ``tags``, through the invalidator's
+        ``invalidate_tags(tenant, tags, source)`` once the tags issue has
+        added it to L{IInvalidator}; until then no entry carries tags.
+
+        @return: fires with the number of entries dropped.
+        """
+        purge = getattr(invalidator, "invalidate_tags", None)
+        if not tags or purge is None:
+            return succeed(0)
+        return purge(tenant, tags, "write")  # type: ignore[no-any-return]
