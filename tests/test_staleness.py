@@ -126,11 +126,17 @@ OBJ = "/server/object(7)/header"
 UP = "/api/object(7)/header"
 
 
-def served_from_cache_until(d: Daemon, deadline: float) -> list[str]:
-    """GET the object every 0.1 s until ``deadline``; return the X-Cache values."""
+def served_from_cache_until(d: Daemon, deadline: float, statuses: list[str] | None = None) -> list[str]:
+    """
+    GET the object every 0.1 s until ``deadline``; return the X-Cache
+    values (and add the Cache-Status values to ``statuses``).
+    """
     seen = []
     while time.monotonic() < deadline:
-        seen.append(d.get(OBJ).cache or "")
+        r = d.get(OBJ)
+        seen.append(r.cache or "")
+        if statuses is not None:
+            statuses.append(r.headers.get("cache-status", ""))
         time.sleep(0.1)
     return seen
 
@@ -155,14 +161,18 @@ def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetche
         # W stopped before the pause: the entry is fetched again within 2 s
         # of it (sooner by up to a fifth: the spread), and from then on
         # every 2 s at most: a cache with a TTL of max_staleness
-        seen = served_from_cache_until(d, paused + 5.0)
+        statuses: list[str] = []
+        seen = served_from_cache_until(d, paused + 5.0, statuses)
         assert "MISS" in seen
+        assert any("fwd=stale" in c and "detail=events-behind" in c for c in statuses), statuses
         assert upstream.calls(UP) >= 3, seen
         assert upstream.calls(UP) <= 1 + 5.0 / 1.6 + 1, seen
         head = d.request("HEAD", OBJ, [("org_id", "t1")])
         assert head.status == 200
         time.sleep(2.1)
-        assert d.request("HEAD", OBJ, [("org_id", "t1")]).cache == "MISS", "HEAD too is bounded"
+        head = d.request("HEAD", OBJ, [("org_id", "t1")])
+        assert head.cache == "MISS", "HEAD too is bounded"
+        assert "detail=events-behind" in head.headers.get("cache-status", "")
         assert counter(d, "apicache_events_behind_total") >= 3
     finally:
         resume(broker)
