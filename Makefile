@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events bench-freshness dashboard-preview install install-test clean
+.PHONY: run test demo lint bench bench-events bench-freshness bench-hitratio dashboard-preview install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ bench-freshness: install-test
 dashboard-preview: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test,preview]'
 	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
+
+# Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
+# A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
+bench-hitratio: $(BIN)/python
+	$(BIN)/pip install --quiet '.[bench]'
+	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

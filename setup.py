@@ -26,6 +26,11 @@ setup(
             "opentelemetry-sdk>=1.20",
             "opentelemetry-exporter-otlp-proto-http>=1.20",
         ],
+        # make bench-hitratio: traces and libCacheSim's reference policies
+        "bench": [
+            "numpy>=1.26",
+            "libcachesim>=0.3.5",
+        ],
         "test": [
             "opentelemetry-sdk>=1.20",
             "opentelemetry-exporter-otlp-proto-http>=1.20",

@@ -116,12 +116,12 @@ class StoreConfig:
     backend: str = "memory"
     max_bytes: int = 268435456
     max_entry_fraction: float = 0.1
+    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
+    tenant_max_bytes: int = 0
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
-    #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
-    tenant_max_bytes: int = 0
     #: an answer whose stored form is bigger than this is not written to Redis
     redis_max_value_bytes: int = 1048576
     #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
@@ -358,13 +358,13 @@ _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
     "max_bytes": _positive(_int),
     "max_entry_fraction": _positive(_number),
+    "tenant_max_bytes": _non_negative(_int),
     "redis_url": _str,
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
     "key_prefix": _str,
     "redis_max_value_bytes": _positive(_int),
     "redis_lock_ttl": _non_negative(_number),
-    "tenant_max_bytes": _non_negative(_int),
 }
 _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,

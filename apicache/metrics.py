@@ -19,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families"]
+__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families", "store_families"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -239,3 +239,33 @@ def cache_families(
         "Requests for an entry held past its route's max_staleness (the events could not vouch for it): fetched again.",
         value=cache_counters.get("events_behind", 0),
     )
+
+
+def store_families(detailed: Mapping[str, int], top: Sequence[tuple[str, int, int]]) -> Iterator[Metric]:
+    """
+    Return the memory store's (or the in-process tier's) eviction counts by
+    reason and the bytes and entries of its largest tenants: ``top`` holds
+    at most ten, so the ``tenant`` label stays bounded.
+
+    @param detailed: the store's ``detailed_stats()``.
+    @param top: the store's ``top_tenants(10)``: ``(tenant, bytes, entries)``.
+    """
+    by_reason = CounterMetricFamily(
+        "apicache_store_evictions_by_reason",
+        "Entries evicted, by reason: expiry, fair_share, tenant_cap, policy.",
+        labels=["reason"],
+    )
+    for name, value in sorted(detailed.items()):
+        if name.startswith("evictions_"):
+            by_reason.add_metric([name.removeprefix("evictions_")], value)
+    yield by_reason
+    yield GaugeMetricFamily("apicache_store_tenants", "Tenants holding entries in this process.", value=detailed.get("tenants", 0))
+    held_bytes = GaugeMetricFamily("apicache_store_tenant_bytes", "Bytes held by the ten largest tenants.", labels=["tenant"])
+    held_entries = GaugeMetricFamily(
+        "apicache_store_tenant_entries", "Entries held by the ten largest tenants (by bytes).", labels=["tenant"]
+    )
+    for tenant, nbytes, entries in top:
+        held_bytes.add_metric([tenant], nbytes)
+        held_entries.add_metric([tenant], entries)
+    yield held_bytes
+    yield held_entries

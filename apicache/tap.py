@@ -40,7 +40,7 @@ from apicache.instrument import TimedUpstream
 from apicache.intermediary import IntermediaryUpstream
 from apicache.links import LinkTargets
 from apicache.logs import capture_stdlib_logging, json_log_observer
-from apicache.metrics import Metrics, cache_families
+from apicache.metrics import Metrics, cache_families, store_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
 from apicache.server import ApiSite, HTTPService
@@ -159,7 +159,9 @@ def _store(config: Config, reactor: IReactorTime) -> IStore:
             raise ConfigError(
                 config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
             ) from None
-    return MemoryStore(s.max_bytes, int(s.max_bytes * s.max_entry_fraction))
+    return MemoryStore(
+        s.max_bytes, int(s.max_bytes * s.max_entry_fraction), tenant_max_bytes=s.tenant_max_bytes, clock=reactor
+    )
 
 
 def _events(
@@ -256,6 +258,8 @@ def build(
     )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
+    if isinstance(store, (MemoryStore, RedisStore)):
+        metrics.add_source(lambda: store_families(store.detailed_stats(), store.top_tenants(10)))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)

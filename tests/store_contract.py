@@ -7,7 +7,9 @@ one included.
 returning a store (or a Deferred or coroutine firing with one): empty,
 ready, on the wall clock, holding at most ``max_bytes`` in this process and
 refusing entries bigger than ``max_entry_bytes``.  ``request`` is pytest's
-fixture request, for stores that need other fixtures (a Redis server).  Every
+fixture request, for stores that need other fixtures (a Redis server).
+With ``tenant_cap=True`` the fixture also takes ``tenant_max_bytes=N`` and
+the contract covers the per-tenant cap (SPEC.md section 2).  Every
 test is a coroutine run by pytest-twisted, so stores whose Deferreds fire
 later (a real Redis) run the same tests as the in-memory one::
 
@@ -29,9 +31,9 @@ from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
 from apicache.keys import CacheKey
-from apicache.store.interface import CachedResponse, IStore
+from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 
-__all__ = ["make_store_tests", "key", "entry", "store_entry", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL"]
+__all__ = ["make_store_tests", "key", "entry", "store_entry", "charge", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL"]
 
 #: The contract's default entry limit and in-process budget.  They are
 #: equal, so an entry over the limit is also over the budget.
@@ -83,13 +85,24 @@ async def resolve(value: Any) -> Any:
     return value
 
 
+def charge(k: CacheKey, e: CachedResponse) -> int:
+    """
+    Return the bytes a store charges for ``e`` under ``k``.
+    """
+    return e.size() + k.size() + ENTRY_OVERHEAD
+
+
 def make_store_tests(
-    fixture: Callable[[Any, int, int], Any], max_bytes: int = LOCAL_BUDGET, max_entry_bytes: int = ENTRY_LIMIT
+    fixture: Callable[..., Any],
+    max_bytes: int = LOCAL_BUDGET,
+    max_entry_bytes: int = ENTRY_LIMIT,
+    tenant_cap: bool = False,
 ) -> type:
     """
     Return a pytest test class (name it ``Test...`` in the calling module)
     running the store contract (SPEC.md section 3, IStore) against stores
-    made by ``fixture``.
+    made by ``fixture``.  The fair share and scan cases look at the tier in
+    this process (``lookup``), which is where they apply.
     """
 
     class StoreContract:
@@ -298,5 +311,93 @@ def make_store_tests(
             s.forget("t1", "object")
             assert s.lookup(key()) is None
             assert s.lookup(key(tenant="t2")) is not None
+
+        @pytest_twisted.ensureDeferred
+        async def test_a_tenant_within_its_fair_share_keeps_its_entries(self, request: Any) -> None:
+            """Another tenant's flood of new keys evicts only its own entries."""
+            s = await self.store(request)
+            body = b"v" * 2000
+            mine = [key(tenant="victim", params=(str(i),)) for i in range(4)]
+            for k in mine:
+                assert await store_entry(s, k, entry(body))
+            held = sum(charge(k, entry(body)) for k in mine)
+            assert held < max_bytes / 2
+            for i in range(120):
+                await store_entry(s, key(tenant="noisy", params=(str(i),)), entry(body))
+                assert s.stats()["bytes"] <= max_bytes
+            for k in mine:
+                assert s.lookup(k) is not None
+            assert s.lookup(key(tenant="noisy", params=("119",))) is not None
+            assert s.stats()["evictions"] > 0
+
+        @pytest_twisted.ensureDeferred
+        async def test_a_tenant_above_its_fair_share_makes_room_for_a_newcomer(self, request: Any) -> None:
+            s = await self.store(request)
+            body = b"w" * 2000
+            for i in range(60):
+                await store_entry(s, key(tenant="big", params=(str(i),)), entry(body))
+            one = charge(key(tenant="big", params=("0",)), entry(body))
+            big_before = sum(s.lookup(key(tenant="big", params=(str(i),))) is not None for i in range(60))
+            assert big_before * one > max_bytes / 2
+            small = [key(tenant="small", params=(str(i),)) for i in range(5)]
+            for k in small:
+                assert await store_entry(s, k, entry(body)) is True
+            for k in small:
+                assert s.lookup(k) is not None
+            big_after = sum(s.lookup(key(tenant="big", params=(str(i),))) is not None for i in range(60))
+            # big paid for every one of small's entries, and kept its share
+            assert big_after == big_before - len(small)
+            assert big_after * one >= max_bytes / 2 - one
+
+        @pytest_twisted.ensureDeferred
+        async def test_entries_used_again_survive_a_one_pass_scan(self, request: Any) -> None:
+            """Eviction within a tenant keeps its hot entries through a scan of new keys."""
+            s = await self.store(request)
+            body = b"h" * 2000
+            hot = [key(params=(f"hot{i}",)) for i in range(6)]
+            for k in hot:
+                assert await store_entry(s, k, entry(body))
+            for _ in range(2):
+                for k in hot:
+                    assert s.lookup(k) is not None
+            scan = 10 * max_bytes // charge(key(), entry(body))
+            for i in range(scan):
+                await store_entry(s, key(params=(f"scan{i}",)), entry(body))
+            for k in hot:
+                assert s.lookup(k) is not None, k
+            assert s.lookup(key(params=(f"scan{scan - 1}",))) is not None
+            assert s.lookup(key(params=("scan0",))) is None
+
+    if tenant_cap:
+        cap = max_bytes // 4
+
+        class CappedStoreContract(StoreContract):
+            async def capped(self, request: Any) -> Any:
+                return await resolve(fixture(request, max_bytes, max_entry_bytes, tenant_max_bytes=cap))
+
+            @pytest_twisted.ensureDeferred
+            async def test_a_tenant_never_holds_more_than_its_cap(self, request: Any) -> None:
+                s = await self.capped(request)
+                body = b"c" * 2000
+                for i in range(30):
+                    assert await store_entry(s, key(params=(str(i),)), entry(body)) is True
+                    assert s.stats()["bytes"] <= cap
+                assert s.stats()["evictions"] > 0
+                assert s.lookup(key(params=("29",))) is not None
+                # the cap is the tenant's, not the store's
+                assert await store_entry(s, key(tenant="t2"), entry(body)) is True
+                assert s.lookup(key(params=("29",))) is not None
+
+            @pytest_twisted.ensureDeferred
+            async def test_an_entry_over_the_tenant_cap_is_not_stored(self, request: Any) -> None:
+                s = await self.capped(request)
+                assert await store_entry(s, key(params=("1",)), entry(b"s" * 100)) is True
+                stored = await store_entry(s, key(), entry(b"x" * cap))
+                # the cap is on this process's tier: a shared store may keep it elsewhere
+                assert stored is (True if s.shared else False)
+                assert s.lookup(key()) is None
+                assert s.lookup(key(params=("1",))) is not None
+
+        return CappedStoreContract
 
     return StoreContract

@@ -267,3 +267,14 @@ def test_events_with_tags_need_no_route():
     ).events[0]
     assert (rule.route, rule.tags, rule.action, dict(rule.fields)) == ("", ("object:{objectid}",), "refresh", {})
     assert error({"upstream": UP, "routes": [ROUTE], "events": [{"types": ["u"]}]}).key == "events[0].route"
+
+
+def test_tenant_max_bytes_defaults_to_no_cap_and_is_read():
+    assert load_config(None, {}).store.tenant_max_bytes == 0
+    assert parse({"store": {"tenant_max_bytes": 1048576}}).store.tenant_max_bytes == 1048576
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1MiB", True])
+def test_a_bad_tenant_max_bytes_is_one_line_naming_the_key(bad):
+    e = error({"store": {"tenant_max_bytes": bad}})
+    assert "store.tenant_max_bytes" in str(e)

@@ -144,3 +144,15 @@ def test_cache_families_read_the_store_registry_and_upstream():
     assert s[("apicache_store_errors_total", ())] == 0
     assert s[("apicache_upstream_in_flight", ())] == 4
     assert s[("apicache_tenant_caches", ())] == 6
+
+
+def test_store_families_count_evictions_by_reason_and_the_largest_tenants_only():
+    from apicache.metrics import store_families
+
+    detailed = {"entries": 3, "bytes": 30, "evictions": 5, "tenants": 12, "evictions_expiry": 2, "evictions_fair_share": 3}
+    top = [(f"t{i}", 100 - i, 1) for i in range(10)]
+    families = {f.name: f for f in store_families(detailed, top)}
+    reasons = {s.labels["reason"]: s.value for s in families["apicache_store_evictions_by_reason"].samples}
+    assert reasons == {"expiry": 2, "fair_share": 3}
+    assert len(families["apicache_store_tenant_bytes"].samples) == 10
+    assert families["apicache_store_tenants"].samples[0].value == 12

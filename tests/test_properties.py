@@ -106,9 +106,9 @@ def test_the_byte_budget_is_never_exceeded(max_bytes, fraction, operations):
             store.clear(op[1])
         else:
             store.lookup(CacheKey(op[1], "object", (op[2],), "v"))
-        held = sum(e.size() + k.size() + ENTRY_OVERHEAD for k, e in store._entries.items())
+        held = sum(slot.entry.size() + k.size() + ENTRY_OVERHEAD for k, slot in store._slots.items())
         assert store.stats()["bytes"] == held <= max_bytes
-        assert store.stats()["entries"] == len(store._entries)
+        assert store.stats()["entries"] == len(store._slots)
 
 
 # --- canonical queries -------------------------------------------------------

@@ -35,13 +35,17 @@ from apicache.store.redis import (
 from apicache.store.redis.codec import FORMAT_VERSION
 
 
-async def redis_store(request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int) -> RedisStore:
+async def redis_store(
+    request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int, tenant_max_bytes: int = 0
+) -> RedisStore:
     """A connected store under a fresh prefix, closed at the end of the test."""
     stores = request.getfixturevalue("stores")
-    return await ready(stores(local_max_bytes=max_bytes, max_entry_bytes=max_entry_bytes, wait=False))
+    return await ready(
+        stores(local_max_bytes=max_bytes, max_entry_bytes=max_entry_bytes, tenant_max_bytes=tenant_max_bytes, wait=False)
+    )
 
 
-class TestRedisStoreContract(make_store_tests(redis_store)):
+class TestRedisStoreContract(make_store_tests(redis_store, tenant_cap=True)):
     """The store contract, on Redis."""
 
 

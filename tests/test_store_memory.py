@@ -9,7 +9,12 @@ from apicache.store.memory import MemoryStore
 
 
 class TestMemoryStoreContract(
-    make_store_tests(lambda request, max_bytes, max_entry_bytes: MemoryStore(max_bytes, max_entry_bytes))
+    make_store_tests(
+        lambda request, max_bytes, max_entry_bytes, tenant_max_bytes=0: MemoryStore(
+            max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes
+        ),
+        tenant_cap=True,
+    )
 ):
     """The store contract, in memory."""
 
@@ -84,3 +89,26 @@ def test_forgotten_changes_make_old_tokens_conservative(monkeypatch):
         s.invalidate("t9", "object", (str(i),))
     assert s.put_now(key(), entry(), token) is False
     assert s.put_now(key(), entry(), s._epoch) is True
+
+
+def test_a_key_stored_again_soon_after_its_eviction_goes_to_the_main_queue():
+    """S3-FIFO's ghost: the second coming of a key is not a one-hit wonder."""
+    one = charge(key(params=("1",)), entry(b"x" * 100))
+    s = MemoryStore(one * 4)
+    for i in "1234":
+        s.put_now(key(params=(i,)), entry(b"x" * 100), 0)
+    s.put_now(key(params=("5",)), entry(b"x" * 100), 0)
+    assert s.lookup(key(params=("1",))) is None
+    assert s._slots[key(params=("5",))].main is False
+    s.put_now(key(params=("1",)), entry(b"x" * 100), 0)
+    assert s._slots[key(params=("1",))].main is True
+
+
+def test_a_hit_only_counts_and_moves_nothing():
+    s = MemoryStore(1 << 20)
+    for i in "123":
+        s.put_now(key(params=(i,)), entry(), 0)
+    order = [slot.key for slot in s._tenants["t1"].small]
+    s.lookup(key(params=("1",)))
+    assert [slot.key for slot in s._tenants["t1"].small] == order
+    assert s._slots[key(params=("1",))].freq == 1

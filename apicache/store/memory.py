@@ -1,50 +1,84 @@
 """
-The in-process store: a least-recently-used map bounded in bytes.
+The in-process store: bounded in bytes, fair between tenants, and resistant
+to scans within a tenant (SPEC.md section 3, "Fair share").
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
 from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
 from apicache.keys import CacheKey
+from apicache.store.eviction import GHOST_SHARE, ExpiryWheel, Ghost, Slot, TenantQueues, TenantSizes
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "EVICTION_REASONS"]
 
 #: How many invalidated resources are remembered for the race rule; a fetch
 #: older than the oldest one forgotten is conservatively not stored.
 _CHANGES_KEPT = 65536
 
+#: Why entries are evicted (the keys of L{MemoryStore.evictions_by_reason}):
+#: expired, taken from another tenant above its fair share, over the
+#: inserting tenant's cap, or the inserting tenant's own (S3-FIFO's choice).
+EVICTION_REASONS = ("expiry", "fair_share", "tenant_cap", "policy")
+
 
 @implementer(IStore)
 class MemoryStore:
     """
-    Entries in this process, least recently used evicted first.
+    Entries in this process, shared fairly between tenants.
 
     The budget counts each entry's body, stored headers, key and a fixed
     :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An answer
     (body and stored headers) bigger than ``max_entry_bytes`` is not stored.
+
+    Room for an insert comes from expired entries first, then from the
+    tenant holding the most bytes when it is above its fair share
+    (``max_bytes`` / tenants holding entries, the inserting one included
+    with its new entry) and above the inserting tenant; otherwise the
+    inserting tenant evicts its own entries, or the answer is not stored.
+    A tenant never holds more than ``tenant_max_bytes`` (0: no cap).
+    Within a tenant, S3-FIFO chooses (L{apicache.store.eviction}).
+
+    @param clock: tells which entries have expired; without one, "now" is
+        the latest ``stored_at`` stored (never ahead of the real time).
     """
 
     shared = False
 
-    def __init__(self, max_bytes: int, max_entry_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        max_entry_bytes: int | None = None,
+        *,
+        tenant_max_bytes: int = 0,
+        clock: IReactorTime | None = None,
+    ) -> None:
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes if max_entry_bytes is None else min(max_entry_bytes, max_bytes)
-        self._entries: OrderedDict[CacheKey, CachedResponse] = OrderedDict()
+        self.tenant_max_bytes = tenant_max_bytes
+        self._clock = clock
+        self._latest = 0.0
+        self._slots: dict[CacheKey, Slot] = {}
+        self._tenants: dict[str, TenantQueues] = {}
+        self._sizes = TenantSizes()
+        self._wheel = ExpiryWheel()
+        self._ghost = Ghost()
         # tenant -> route -> params -> the key of the one variant, or a set
         # of them: an entry costs one slot here (a set only where a resource
         # has several variants), which counts in ENTRY_OVERHEAD.  Dropping
         # a resource for every tenant visits each tenant holding entries.
         self._index: dict[str, dict[str, dict[tuple[str, ...], CacheKey | set[CacheKey]]]] = {}
-        self._per_tenant: dict[str, int] = {}
         self._bytes = 0
-        self._evictions = 0
+        self.evictions_by_reason = dict.fromkeys(EVICTION_REASONS, 0)
+        self._hits = 0
+        self._misses = 0
         # the race rule: a counter bumped by every change, and when each
         # resource (tenant None = every tenant) or tenant last changed
         self._epoch = 0
@@ -54,10 +88,14 @@ class MemoryStore:
     # -- reading -----------------------------------------------------------
 
     def lookup(self, key: CacheKey) -> CachedResponse | None:
-        entry = self._entries.get(key)
-        if entry is not None:
-            self._entries.move_to_end(key)
-        return entry
+        slot = self._slots.get(key)
+        if slot is None:
+            self._misses += 1
+            return None
+        # the whole cost of a hit for S3-FIFO: no queue moves
+        slot.freq += 1
+        self._hits += 1
+        return slot.entry
 
     def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
         return succeed(self.lookup(key))
@@ -95,21 +133,30 @@ class MemoryStore:
         """
         if self._changed_since(key, token):
             return False
+        if entry.stored_at > self._latest:
+            self._latest = entry.stored_at
         size = self._charge(key, entry)
         # the old entry goes even when the new answer is too big to keep:
-        # it is no longer the upstream's answer
-        self._remove(key)
+        # it is no longer the upstream's answer; a key stored again goes to
+        # the main queue, as one the ghost remembers would
+        seen = self._remove(key)
         # SPEC.md section 2: the share of max_bytes limits the answer (body
         # and stored headers), not its bookkeeping; the budget still counts both
         if entry.size() > self.max_entry_bytes or size > self.max_bytes:
             return False
-        while self._bytes + size > self.max_bytes and self._entries:
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
-            self._evictions += 1
-        self._entries[key] = entry
+        if self.tenant_max_bytes and size > self.tenant_max_bytes:
+            return False
+        if not self._make_room(key.tenant, size):
+            return False
+        tenant = self._tenants.get(key.tenant)
+        if tenant is None:
+            tenant = self._tenants[key.tenant] = TenantQueues(key.tenant)
+        slot = Slot(key, entry, size, seen)
+        tenant.add(slot, self._ghost)
+        self._slots[key] = slot
         self._bytes += size
-        self._per_tenant[key.tenant] = self._per_tenant.get(key.tenant, 0) + 1
+        self._sizes.grew(tenant, self._tenants)
+        self._wheel.add(slot)
         by_params = self._index.setdefault(key.tenant, {}).setdefault(key.route, {})
         held = by_params.get(key.params)
         if held is None:
@@ -120,6 +167,59 @@ class MemoryStore:
             by_params[key.params] = {held, key}
         return True
 
+    def _make_room(self, name: str, size: int) -> bool:
+        """
+        Evict until ``size`` more bytes of tenant ``name`` fit; return
+        whether they do.
+        """
+        tenant = self._tenants.get(name)
+        cap = self.tenant_max_bytes
+        if cap and tenant is not None:
+            while tenant.entries and tenant.bytes + size > cap:
+                self._evict(tenant, "tenant_cap")
+        if self._bytes + size <= self.max_bytes:
+            return True
+        now = self._clock.seconds() if self._clock is not None else self._latest
+        while self._bytes + size > self.max_bytes:
+            slot = self._wheel.expired(now)
+            if slot is None:
+                break
+            self._remove(slot.key, on_wheel=False)
+            self.evictions_by_reason["expiry"] += 1
+        if self._bytes + size > self.max_bytes and size > self.max_bytes / (
+            len(self._tenants) + (name not in self._tenants)
+        ):
+            # bigger than a fair share: the others keep up to its size each
+            # (they are never cut below the inserting tenant), so when that
+            # leaves no room, refuse before evicting anything (O(tenants),
+            # only for such rare answers)
+            kept = sum(min(t.bytes, size) for other, t in self._tenants.items() if other != name)
+            if kept + size > self.max_bytes:
+                return False
+        while self._bytes + size > self.max_bytes:
+            tenant = self._tenants.get(name)
+            own = size + (tenant.bytes if tenant is not None else 0)
+            share = self.max_bytes / (len(self._tenants) + (tenant is None))
+            # every share is equal, so the tenant furthest above its share is
+            # the largest; while there is no room, a tenant larger than the
+            # inserting one is above its share (the check says it anyway)
+            other = self._sizes.largest(self._tenants, besides=name)
+            if other is not None and other.bytes > share and other.bytes > own:
+                self._evict(other, "fair_share")
+            elif tenant is not None:
+                self._evict(tenant, "policy")
+            else:
+                # alone above its share with nothing left to give
+                return False
+        return True
+
+    def _evict(self, tenant: TenantQueues, reason: str) -> None:
+        slot = tenant.victim(self._ghost, int(len(self._slots) * GHOST_SHARE))
+        assert slot is not None, "a tenant holding entries has a victim"
+        self._forget_slot(slot, tenant)
+        self._wheel.removed(len(self._slots), self._slots.values())
+        self.evictions_by_reason[reason] += 1
+
     def release(self, key: CacheKey, token: Any) -> None:
         # nobody outside this process waits for a fetch
         pass
@@ -128,16 +228,32 @@ class MemoryStore:
     def _charge(key: CacheKey, entry: CachedResponse) -> int:
         return entry.size() + key.size() + ENTRY_OVERHEAD
 
-    def _remove(self, key: CacheKey) -> bool:
-        entry = self._entries.pop(key, None)
-        if entry is None:
+    def _remove(self, key: CacheKey, on_wheel: bool = True) -> bool:
+        """
+        Drop the entry under ``key`` (not an eviction); return whether there
+        was one.  ``on_wheel``: its slot is still on the expiry wheel.
+        """
+        slot = self._slots.get(key)
+        if slot is None:
             return False
-        self._bytes -= self._charge(key, entry)
-        left = self._per_tenant[key.tenant] - 1
-        if left:
-            self._per_tenant[key.tenant] = left
-        else:
-            del self._per_tenant[key.tenant]
+        tenant = self._tenants[key.tenant]
+        tenant.removed(slot)
+        self._forget_slot(slot, tenant)
+        if on_wheel:
+            self._wheel.removed(len(self._slots), self._slots.values())
+        return True
+
+    def _forget_slot(self, slot: Slot, tenant: TenantQueues) -> None:
+        """
+        Take ``slot``, out of its tenant's queues and counts already, out of
+        the map, the index and the budget.
+        """
+        key = slot.key
+        del self._slots[key]
+        slot.entry = None
+        self._bytes -= slot.size
+        if not tenant.entries:
+            del self._tenants[key.tenant]
         routes = self._index[key.tenant]
         by_params = routes[key.route]
         held = by_params[key.params]
@@ -145,13 +261,12 @@ class MemoryStore:
             held.discard(key)
             if len(held) == 1:
                 by_params[key.params] = held.pop()
-            return True
+            return
         del by_params[key.params]
         if not by_params:
             del routes[key.route]
             if not routes:
                 del self._index[key.tenant]
-        return True
 
     def _variants(self, tenant: str | None, route: str, params: tuple[str, ...]) -> list[CacheKey]:
         """
@@ -194,7 +309,8 @@ class MemoryStore:
         self._note_change((tenant, route, params))
         keys = self._variants(tenant, route, params)
         for k in keys:
-            entry = self._entries[k]
+            entry = self._slots[k].entry
+            assert entry is not None
             entry.stale = True
             entry.retry_at = 0.0
         return succeed(len(keys))
@@ -202,10 +318,15 @@ class MemoryStore:
     def clear(self, tenant: str | None) -> Deferred[int]:
         if tenant is None:
             self._note_change("all")
-            n = len(self._entries)
-            self._entries.clear()
+            n = len(self._slots)
+            for slot in self._slots.values():
+                slot.entry = None
+            self._slots.clear()
+            self._tenants.clear()
+            self._sizes.clear()
+            self._wheel.clear()
+            self._ghost = Ghost()
             self._index.clear()
-            self._per_tenant.clear()
             self._bytes = 0
             return succeed(n)
         self._note_change(("tenant", tenant))
@@ -221,13 +342,35 @@ class MemoryStore:
     # -- health ------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        return {"entries": len(self._entries), "bytes": self._bytes, "evictions": self._evictions}
+        return {"entries": len(self._slots), "bytes": self._bytes, "evictions": sum(self.evictions_by_reason.values())}
+
+    def detailed_stats(self) -> dict[str, int]:
+        """
+        Return L{stats} plus ``tenants`` (holding entries), ``hits`` and
+        ``lookups`` (of L{lookup}: an entry found, fresh or not) and
+        ``evictions_<reason>`` for each of L{EVICTION_REASONS}.
+        """
+        out = self.stats()
+        out["tenants"] = len(self._tenants)
+        out["hits"] = self._hits
+        out["lookups"] = self._hits + self._misses
+        for reason, n in self.evictions_by_reason.items():
+            out[f"evictions_{reason}"] = n
+        return out
+
+    def top_tenants(self, n: int = 10) -> list[tuple[str, int, int]]:
+        """
+        Return ``(tenant, bytes, entries)`` of the ``n`` tenants holding the
+        most bytes, largest first (O(tenants log n): for metrics scrapes).
+        """
+        top = heapq.nlargest(n, self._tenants.values(), key=lambda t: t.bytes)
+        return [(t.name, t.bytes, t.entries) for t in top]
 
     def tenant_entries(self) -> dict[str, int]:
         """
         Return the entries held per tenant (read at metrics scrape time).
         """
-        return dict(self._per_tenant)
+        return {name: t.entries for name, t in self._tenants.items()}
 
     def is_ready(self) -> bool:
         return True

@@ -92,6 +92,7 @@ class RedisStore:
         max_entry_bytes: int = 26843545,
         max_value_bytes: int = 1048576,
         lock_ttl: float = 1.0,
+        tenant_max_bytes: int = 0,
         clock: IReactorTime | None = None,
     ) -> None:
         # a real reactor is also the clock (IReactorTime)
@@ -102,7 +103,8 @@ class RedisStore:
         self.max_entry_bytes = max_entry_bytes
         self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
         self.lock_ttl = lock_ttl
-        self.local = MemoryStore(local_max_bytes, max_entry_bytes)
+        # the in-process tier shares its room fairly too (SPEC.md section 3)
+        self.local = MemoryStore(local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock)
         self.instance = uuid.uuid4().hex
         self.channel = f"{prefix}:inv"
         self.counters: dict[str, int] = {
@@ -140,6 +142,7 @@ class RedisStore:
             max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
             max_value_bytes=s.redis_max_value_bytes,
             lock_ttl=s.redis_lock_ttl,
+            tenant_max_bytes=s.tenant_max_bytes,
         )
 
     # -- connections -------------------------------------------------------
@@ -389,6 +392,18 @@ class RedisStore:
 
     def stats(self) -> dict[str, int]:
         return self.local.stats()
+
+    def detailed_stats(self) -> dict[str, int]:
+        """
+        Return the in-process tier's L{MemoryStore.detailed_stats}.
+        """
+        return self.local.detailed_stats()
+
+    def top_tenants(self, n: int = 10) -> list[tuple[str, int, int]]:
+        """
+        Return the in-process tier's L{MemoryStore.top_tenants}.
+        """
+        return self.local.top_tenants(n)
 
     def tenant_entries(self) -> dict[str, int]:
         """
