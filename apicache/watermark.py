@@ -92,6 +92,10 @@ class Watermark:
         self.remote_live: Callable[[], bool] = lambda: False
         #: when the listener last skipped messages (−∞: never)
         self.skipped_at = NEVER
+        # W as last computed: (changes seen, remote marks live?, W); the
+        # serving rule reads W on every hit of a bounded route
+        self._changes = 0
+        self._memo: tuple[int, bool, float] = (-1, False, NEVER)
 
     # -- what the listener tells ------------------------------------------------
 
@@ -101,12 +105,14 @@ class Watermark:
         lists them now.
         """
         self.partitions = frozenset(partitions)
+        self._changes += 1
 
     def assign(self, partitions: Iterable[Partition]) -> None:
         """
         Note partitions assigned to this instance.
         """
         self.assigned.update(partitions)
+        self._changes += 1
 
     def revoke(self, partitions: Iterable[Partition] | None = None) -> None:
         """
@@ -116,6 +122,7 @@ class Watermark:
             self.assigned.clear()
         else:
             self.assigned.difference_update(partitions)
+        self._changes += 1
 
     def vouch(self, partitions: Iterable[Partition], sent_at: float) -> None:
         """
@@ -126,6 +133,7 @@ class Watermark:
         for p in partitions:
             if sent_at > self.local.get(p, NEVER):
                 self.local[p] = sent_at
+                self._changes += 1
 
     def appended(self, partition: Partition, append_time: float) -> None:
         """
@@ -148,6 +156,7 @@ class Watermark:
         for p, at in marks.items():
             if at > self.remote.get(p, NEVER):
                 self.remote[p] = at
+                self._changes += 1
 
     # -- what the serving rule reads ----------------------------------------------
 
@@ -171,9 +180,13 @@ class Watermark:
         Return W: the minimum of W_p over every partition of the configured
         topics; −∞ while no partition is known.
         """
-        if not self.partitions:
-            return NEVER
-        return min(self.of(p) for p in self.partitions)
+        live = self.group and self.shared and self.remote_live()
+        changes, was_live, w = self._memo
+        if changes == self._changes and was_live == live:
+            return w
+        w = min(self.of(p) for p in self.partitions) if self.partitions else NEVER
+        self._memo = (self._changes, live, w)
+        return w
 
     def lag(self) -> float | None:
         """
