@@ -5,7 +5,9 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DEV_KEY ?= dev-key-change-me
 
-.PHONY: run test demo lint bench bench-events bench-freshness bench-hitratio dashboard-preview install install-test clean
+FUZZ_SECONDS ?= 300
+
+.PHONY: run test demo lint bench bench-events bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +61,16 @@ dashboard-preview: $(BIN)/python
 bench-hitratio: $(BIN)/python
 	$(BIN)/pip install --quiet '.[bench]'
 	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
+
+# The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
+# all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
+fuzz: install-test
+	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
+
+# Real daemons on Redis and group-mode Kafka, one killed with SIGKILL under
+# load and restarted (issue 10; about 30 s, so not part of `make test`).
+chaos: install-test
+	APICACHE_CHAOS=1 $(BIN)/python -m pytest tests/test_chaos.py -q -s
 
 lint: install-test
 	$(BIN)/ruff check apicache tests bench

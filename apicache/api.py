@@ -89,7 +89,7 @@ class CacheAPI:
         self.info_sources: list[Callable[[], dict[str, Any]]] = []
         self.invalidator: Any = registry
         self.resolver = Resolver(config, router)
-        self.keys = ApiKeys(config.server.api_keys)
+        self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
         self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
@@ -156,8 +156,21 @@ class CacheAPI:
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
+        else:
+            self.require_admin(request)
         n = await self.invalidator.clear(tenant)
         return json_answer(request, 200, {"invalidated": n})
+
+    def require_admin(self, request: IRequest) -> None:
+        """
+        Check that ``request`` may purge every tenant (a ``DELETE``,
+        ``PURGE``, tag purge or ``/clear`` without a tenant header): while
+        ``server.admin_api_keys`` is set, only with one of them.
+
+        @raise ApiError: ``403 admin_required``.
+        """
+        if not self.keys.may_purge_every_tenant(request.requestHeaders.getRawHeaders(b"api-key")):
+            raise ApiError(403, "admin_required", "a purge of every tenant needs an admin api-key")
 
     # -- routes ------------------------------------------------------------
 
@@ -245,6 +258,8 @@ class CacheAPI:
         tenant = self.resolver.tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
+        else:
+            self.require_admin(request)
         n = await self.invalidator.invalidate(tenant, route.type, params)
         return json_answer(request, 200, {"invalidated": n})
 

@@ -31,23 +31,43 @@ def matches_any(given: bytes, secrets: Sequence[bytes]) -> bool:
 
 class ApiKeys:
     """
-    The accepted ``api-key`` values.
+    The accepted ``api-key`` values: the keys and the admin keys (SPEC.md
+    section 2, ``admin_api_keys``), which are accepted wherever keys are and
+    alone may purge every tenant once any is configured.
 
-    @ivar required: whether a key must be given (some are configured; the
-        configuration refuses none without ``allow_anonymous``).
+    @ivar required: whether a key must be given (some ``api_keys`` are
+        configured; the configuration refuses none without
+        ``allow_anonymous``).
+    @ivar admin_required: whether a purge of every tenant needs an admin key.
     """
 
-    __slots__ = ("_keys", "required")
+    __slots__ = ("_keys", "_admin", "required", "admin_required")
 
-    def __init__(self, keys: Iterable[str]) -> None:
-        self._keys = [k.encode("utf-8") for k in keys]
-        self.required = bool(self._keys)
+    def __init__(self, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+        self._admin = [k.encode("utf-8") for k in admin_keys]
+        own = [k.encode("utf-8") for k in keys]
+        self._keys = own + self._admin
+        # admin keys alone (with allow_anonymous) guard the purges only
+        self.required = bool(own)
+        self.admin_required = bool(self._admin)
 
     def accepts(self, given: bytes) -> bool:
         """
-        Return whether ``given`` is one of the keys (constant time).
+        Return whether ``given`` is one of the keys or admin keys (constant time).
         """
         return matches_any(given, self._keys)
+
+    def may_purge_every_tenant(self, given: Sequence[bytes] | None) -> bool:
+        """
+        Return whether a request whose ``api-key`` values are ``given`` may
+        purge every tenant: always while no admin key is configured, else
+        only with one of them (constant time).
+        """
+        if not self.admin_required:
+            return True
+        if not given or len(given) != 1:
+            return False
+        return matches_any(given[0], self._admin)
 
 
 def bearer_claim(values: Sequence[bytes] | None, claim: str) -> str | None:

@@ -730,7 +730,8 @@ class CacheRegistry:
     """
     Every tenant cache, created on first use, at most ``max_tenants`` at
     once: past that the least recently used idle one is reclaimed (a busy
-    one only if none is idle).
+    one only if none is idle).  Reclaiming frees the object, never the
+    tenant's entries: a later request makes a new object over them.
 
     The HTTP layer and the event listener call :meth:`invalidate`,
     :meth:`refresh` and :meth:`clear`.
@@ -807,8 +808,12 @@ class CacheRegistry:
         victim = next((k for k, c in self._caches.items() if c.idle), None)
         if victim is None:
             victim = next(iter(self._caches))
+        # Only the TenantCache object goes: its entries stay in the store
+        # (SPEC.md section 2, max_tenants), since anyone with an api-key can
+        # name new tenants, and dropping the entries of the one reclaimed
+        # would let them empty other tenants' caches.  The store's own
+        # budget and fair share bound what the entries hold.
         del self._caches[victim]
-        self.store.forget(*victim)
         self.counters["reclaimed"] += 1
 
     def __len__(self) -> int:

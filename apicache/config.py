@@ -84,10 +84,11 @@ MAX_TAGS = 64
 MAX_TAG_BYTES = 256
 
 _LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
-_TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")
-_ROUTE_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# "\Z", not "$": "$" also matches before a trailing newline (full matching, issue 10)
+_TENANT_HEADER_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+\Z")
+_ROUTE_TYPE_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}\Z")
 _RULE_PARAM_RE = re.compile(r"<([^<>]*)>")
-_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAM_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _TEMPLATE_PARAM_RE = re.compile(r"\{([^{}]*)\}")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -546,7 +547,7 @@ def parse_config(
         raise r.fail("store.max_entry_fraction", "expected a share between 0 and 1")
     if urlsplit(store_cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
         raise r.fail("store.redis_url", "expected a redis://, rediss:// or unix:// URL")
-    if not re.match(r"^[A-Za-z0-9._:-]+$", store_cfg.key_prefix):
+    if not re.match(r"^[A-Za-z0-9._:-]+\Z", store_cfg.key_prefix):
         raise r.fail("store.key_prefix", "expected a non-empty string of [A-Za-z0-9._:-]")
 
     warnings: list[str] = []

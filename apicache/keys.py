@@ -38,7 +38,8 @@ MAX_PARAM_BYTES = 512
 MAX_QUERY_BYTES = 2048
 MAX_TENANT_BYTES = 128
 
-_TENANT_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# matched with fullmatch: "$" alone would accept a trailing newline
+_TENANT_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # C0 controls, DEL and C1 controls
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _ESCAPE_RE = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -87,7 +88,7 @@ def validate_tenant(value: str) -> str:
 
     @raise InvalidTenant: empty, over 128 bytes, or outside ``[A-Za-z0-9._:-]``.
     """
-    if not _TENANT_RE.match(value):
+    if not _TENANT_RE.fullmatch(value):
         if not value:
             raise InvalidTenant("the tenant is empty")
         if len(value.encode("utf-8", "surrogateescape")) > MAX_TENANT_BYTES:
@@ -97,6 +98,9 @@ def validate_tenant(value: str) -> str:
 
 
 def _forbidden(value: str) -> str | None:
+    if value == ".":
+        # a dot-segment: a normalising upstream would drop it (RFC 3986 5.2.4)
+        return "is '.'"
     if "/" in value:
         return "holds '/'"
     if "\\" in value:
@@ -115,9 +119,9 @@ def decode_parameter(name: str, raw: str | bytes) -> str:
     @param raw: the parameter as it appeared in the request path, still
         percent-encoded (``str`` or ``bytes``).
     @return: the decoded value.
-    @raise InvalidParameter: empty, over 512 bytes, not UTF-8, or holding
-        ``/``, ``\\``, ``..`` or a control character, directly or behind a
-        second level of percent-encoding.
+    @raise InvalidParameter: empty, over 512 bytes, not UTF-8, ``.``, or
+        holding ``/``, ``\\``, ``..`` or a control character, directly or
+        behind a second level of percent-encoding.
     """
     try:
         decoded_bytes = unquote_to_bytes(raw)
@@ -176,12 +180,22 @@ def variant(fingerprint: str, query: str, header_values: Iterable[str | None]) -
     """
     Return the part of a key that tells variants of one resource apart:
     the route fingerprint, the canonical query and the keyed header values.
+    Distinct inputs give distinct strings: an absent header (``None``) and
+    a header with any value, whatever characters it holds, differ.
     """
-    # "\x00" can't occur in a header value or a canonical query; "\x01" marks
-    # an absent header so that absent and empty differ.
+    # Fields are joined with "\x00".  An absent header is "-" and a present
+    # one "=" followed by its value with "\\" and "\x00" escaped, so that no
+    # value (not even "\x01", the absent marker of old, or one holding the
+    # separator) can be read as another field list.
     return "\x00".join(
-        [fingerprint, query, *("\x01" if v is None else v for v in header_values)]
+        [fingerprint, query, *("-" if v is None else "=" + _escape_field(v) for v in header_values)]
     )
+
+
+def _escape_field(value: str) -> str:
+    if "\\" in value or "\x00" in value:
+        return value.replace("\\", "\\\\").replace("\x00", "\\0")
+    return value
 
 
 def header_value(values: Sequence[bytes] | None) -> str | None:

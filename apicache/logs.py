@@ -16,17 +16,19 @@ from typing import IO, Any
 
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     Logger,
     LogLevel,
     LogLevelFilterPredicate,
+    PredicateResult,
     formatEvent,
 )
 from zope.interface import implementer
 
 from apicache.tracing import current_trace_id
 
-__all__ = ["JSONLineObserver", "json_log_observer", "SECRET_FIELDS", "capture_stdlib_logging"]
+__all__ = ["AcceptErrorsOncePerSecond", "JSONLineObserver", "json_log_observer", "SECRET_FIELDS", "capture_stdlib_logging"]
 
 #: Event fields that are never written, whatever logged them.
 SECRET_FIELDS = frozenset(
@@ -102,13 +104,47 @@ class JSONLineObserver:
         self._stream.flush()
 
 
+@implementer(ILogFilterPredicate)
+class AcceptErrorsOncePerSecond:
+    """
+    Lets through at most one event a second about a listening port that
+    can't accept (``EMFILE`` and the like; Twisted recovers by itself, with
+    a reserved descriptor, but logs every attempt: under a connection flood
+    that is thousands of lines a second).  The event let through carries
+    ``suppressed``, the number dropped since the last one.
+
+    Times are the events' own ``log_time``: no clock to inject.
+    """
+
+    _NAMESPACE = "twisted.internet.tcp"
+    _FORMATS = ("EMFILE", "Re-reserving EMFILE", "Could not accept new connection")
+
+    def __init__(self) -> None:
+        self._last = float("-inf")
+        self._suppressed = 0
+
+    def __call__(self, event: dict[str, Any]) -> PredicateResult:
+        namespace = event.get("log_namespace") or ""
+        text = event.get("log_format") or ""
+        if not (namespace.startswith(self._NAMESPACE) and text.startswith(self._FORMATS)):
+            return PredicateResult.maybe
+        now = event.get("log_time") or 0.0
+        if now - self._last < 1.0:
+            self._suppressed += 1
+            return PredicateResult.no
+        self._last = now
+        event["suppressed"] = self._suppressed
+        self._suppressed = 0
+        return PredicateResult.maybe
+
+
 def json_log_observer(level: str = "info", stream: IO[str] | None = None) -> ILogObserver:
     """
     Return an observer writing JSON lines to ``stream`` (stdout) for events
-    at ``level`` or above.
+    at ``level`` or above, accept errors at most once a second.
     """
     predicate = LogLevelFilterPredicate(defaultLogLevel=_LEVELS[level])
-    return FilteringLogObserver(JSONLineObserver(stream or sys.stdout), [predicate])
+    return FilteringLogObserver(JSONLineObserver(stream or sys.stdout), [predicate, AcceptErrorsOncePerSecond()])
 
 
 class _ToTwistedLogger(logging.Handler):

@@ -3,9 +3,11 @@ Configured routes: matching request paths (werkzeug rules, as Klein uses)
 and building the upstream path from a route's template.
 
 Matching works on the raw request path with every percent-escape decoded
-except ``%2F``, ``%5C`` and ``%25``: an encoded slash can't split a
-parameter into two path segments, so ``..%2Fetc`` reaches the parameter
-check (and is rejected there) instead of being routed somewhere else.
+except ``%2F``, ``%5C``, ``%25`` and those of control characters: an
+encoded slash can't split a parameter into two path segments, so
+``..%2Fetc`` reaches the parameter check (and is rejected there) instead of
+being routed somewhere else, and ``%0a`` is a rejected parameter rather
+than a path no rule matches.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ MEMO_PATH_BYTES = 512
 RESERVED_PATHS = frozenset({b"/", b"/healthz", b"/readyz", b"/metrics", b"/clear"})
 
 _ESCAPE_OR_PERCENT = re.compile(rb"%([0-9A-Fa-f]{2})?")
-_KEEP_ENCODED = frozenset({0x2F, 0x5C, 0x25})
+# '/', '\\', '%' and the controls: a decoded control (``%0a``) would make
+# the rule fail to match (404) instead of reaching the parameter check (400)
+_KEEP_ENCODED = frozenset({0x2F, 0x5C, 0x25, *range(0x20), 0x7F})
 _TEMPLATE_PARAM = re.compile(r"\{([^{}]*)\}")
 # what may stand unescaped in a path segment (RFC 3986 pchar) plus '/'
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IReactorTime, IStreamServerEndpoint, ITransport
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamServerEndpoint, ITransport
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -39,7 +44,18 @@ from apicache.tracing import RequestTrace, Tracer
 from apicache.tracing import enter as enter_trace
 from apicache.tracing import leave as leave_trace
 
-__all__ = ["ApiRequest", "ApiChannel", "ApiSite", "ApiFront", "HTTPService", "refuse", "write_result"]
+__all__ = [
+    "ApiRequest",
+    "ApiChannel",
+    "ApiSite",
+    "ApiFront",
+    "ConnectionLimits",
+    "HTTPService",
+    "check_head",
+    "connection_limit",
+    "refuse",
+    "write_result",
+]
 
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
 _X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, REVALIDATED, MISS, BYPASS)}
@@ -99,6 +115,24 @@ class ApiRequest(server.Request):
     def postpath(self, value: list[bytes]) -> None:
         self._postpath = value
 
+    _body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """
+        Count the body while it is read (a chunked body declares no
+        length): past ``server.max_body_bytes`` the request is answered
+        ``413`` and the connection closed, and nothing more is kept.
+        """
+        channel = cast("ApiChannel | None", self.channel)
+        if channel is None or channel.refused:
+            return
+        self._body_bytes += len(data)
+        limit = channel.site.limits.max_body_bytes
+        if self._body_bytes > limit:
+            channel.refuse(_too_large(limit))
+            return
+        super().handleContentChunk(data)
+
     def _done(self) -> None:
         if self._counted:
             self._counted = False
@@ -113,16 +147,81 @@ class ApiRequest(server.Request):
         self._done()
 
 
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """
+    What one connection may hold and how long it may take (SPEC.md
+    section 2, ``[server]``).
+
+    @ivar max_connections: connections held at once; past it new ones are
+        closed at once (0: no limit here; see L{connection_limit}).
+    @ivar header_timeout: seconds from a request's first byte for its
+        request line and headers to arrive.
+    @ivar idle_timeout: seconds a keep-alive connection may sit idle
+        between requests (twisted.web's C{timeOut}).
+    @ivar max_body_bytes: the largest request body read.
+    """
+
+    max_connections: int = 0
+    header_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_body_bytes: int = 1048576
+
+
+def connection_limit(configured: int, open_files: int) -> int:
+    """
+    Return ``server.max_connections`` in effect: ``configured``, or when it
+    is 0, 80 % of ``open_files`` (the soft open-file limit; the rest is left
+    for upstream and Redis connections, logs and the like).
+    """
+    if configured > 0:
+        return configured
+    return max(1, open_files * 4 // 5)
+
+
+def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Headers) -> ApiError | None:
+    """
+    Check what is checked before routing and before any body byte is read:
+    the tenant header and ``api-key`` given at most once, and the key.
+
+    @return: the error to answer, or ``None`` when the request may go on.
+    """
+    given = headers.getRawHeaders(b"api-key")
+    tenants = headers.getRawHeaders(tenant_header)
+    if (given and len(given) > 1) or (tenants and len(tenants) > 1):
+        return ApiError(400, "duplicate_header", "the tenant header or api-key is given more than once")
+    if keys.required and path not in _UNAUTHENTICATED:
+        if not given or not keys.accepts(given[0]):
+            return ApiError(401, "unauthorized", "api-key missing or wrong")
+    return None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
+
+
 class ApiChannel(HTTPChannel):
     """
-    An HTTP/1.1 channel that keeps its transport in its site's
-    L{ApiSite.connections} while it is connected, so that a shutdown can
-    close every connection once its answers are sent.
+    An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
+    transport in its site's L{ApiSite.connections} while it is connected
+    (the count behind ``max_connections``, and what a shutdown closes),
+    closes a connection whose request head takes longer than
+    ``header_timeout`` from its first byte, and checks the ``api-key`` and
+    the declared body length once the headers are in, before any body byte
+    is read and before ``100 Continue`` is sent.
+
+    Requests twisted.web refuses itself (a malformed request line or
+    header, a head over its size limits) are answered with the API's JSON
+    error instead of an empty 400.
+
+    @ivar refused: a refusal was written; nothing more is read.
     """
 
     site: ApiSite
+    refused = False
 
     _tracked: ITransport | None = None
+    _head_deadline: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -131,12 +230,127 @@ class ApiChannel(HTTPChannel):
             self.site.connections.add(self._tracked)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_head_deadline()
+        self._drop_unread()
         if self._tracked is not None:
             self.site.connections.discard(self._tracked)
         try:
             super().connectionLost(reason)
         finally:
             self.site.connection_closed()
+
+    # -- reading -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self._head_deadline is None and self.line_mode and not self._handlingRequest and data:
+            # the first byte of a request's head: its deadline starts now,
+            # and unlike the idle timeout a byte now and then does not
+            # push it back
+            self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
+
+    def allHeadersReceived(self) -> None:
+        self._stop_head_deadline()
+        request = self.requests[-1]
+        path = self._path.partition(b"?")[0]
+        limits = self.site.limits
+        error = check_head(self.site.keys, self.site.tenant_header, path, request.requestHeaders)
+        if error is None and self.length is not None and self.length > limits.max_body_bytes:
+            error = _too_large(limits.max_body_bytes)
+        if error is not None:
+            self.refuse(error, head=self._command == b"HEAD")
+            return
+        # now the request body may be read (twisted.web buffers it) and
+        # ``Expect: 100-continue`` answered
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().rawDataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own refusal (an unparsable request line or header,
+        # a NUL in a header value, too many headers) writes an empty 400
+        self._refuse_malformed("the request could not be parsed")
+
+    # -- refusing ----------------------------------------------------------
+
+    def refuse(self, error: ApiError, head: bool = False) -> None:
+        """
+        Answer ``error`` as the API's JSON error, outside any request's
+        processing, and close the connection once it is sent: the rest of
+        the request (its body) is never read.
+
+        @param head: answer without a body (a ``HEAD`` request).
+        """
+        if self.refused or self.transport is None:
+            return
+        self.refused = True
+        self._stop_head_deadline()
+        self._drop_unread()
+        body = error_body(error.code, error.message)
+        reason = RESPONSES.get(error.status, b"Error")
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (error.status, reason),
+            b"Date: %s\r\n" % self.site.http_date(self.site.clock.seconds()),
+            b"Content-Type: %s\r\n" % JSON,
+            b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n",
+        ]
+        if not head:
+            lines.append(body)
+        self.transport.write(b"".join(lines))
+        headers = self.requests[-1].requestHeaders if self.requests else Headers()
+        self.site.refused(getattr(self, "_command", b"-"), self._request_path(), error.status, headers)
+        self.loseConnection()
+
+    def _drop_unread(self) -> None:
+        # What was read but not parsed (up to a socket read, 64 KiB, of a
+        # refused body) would otherwise live as long as the channel, and a
+        # channel is freed by the cyclic garbage collector, which the
+        # daemon runs seldom (GarbageCollectorTuning): thousands of refused
+        # uploads held 130 MiB that way.
+        self._buffer = b""
+        self._dataBuffer = []
+
+    def _refuse_malformed(self, message: str) -> None:
+        self.refuse(ApiError(400, "bad_request", message))
+
+    def _request_path(self) -> bytes:
+        path = getattr(self, "_path", None)
+        return path.partition(b"?")[0] if isinstance(path, bytes) else b"-"
+
+    # -- the head deadline -------------------------------------------------
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self.site.counters["head_timeouts"] += 1
+        # as twisted.web's idle timeout does: close, and abort a peer that
+        # does not read what is still to be sent
+        self.timeoutConnection()
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            if self._head_deadline.active():
+                self._head_deadline.cancel()
+            self._head_deadline = None
 
 
 def _api_channel(site: ApiSite) -> Any:
@@ -166,8 +380,25 @@ class ApiSite(server.Site):
         metrics: Metrics | None = None,
         access_log: bool = True,
         tracer: Tracer | None = None,
+        keys: ApiKeys | None = None,
+        limits: ConnectionLimits | None = None,
+        tenant_header: bytes = b"org_id",
     ) -> None:
-        super().__init__(resource)
+        """
+        @param keys: the api-keys checked once a request's headers are in
+            (none: every request passes; L{ApiFront} checks again).
+        @param limits: connection limits (default: SPEC's defaults, no
+            connection limit).
+        """
+        limits = limits or ConnectionLimits()
+        # the clock times twisted.web's idle timeout too
+        super().__init__(resource, timeout=limits.idle_timeout, reactor=clock)
+        self.limits = limits
+        self.keys = keys or ApiKeys(())
+        self.tenant_header = tenant_header
+        #: connections refused past max_connections, request heads too slow
+        self.counters = {"connections_refused": 0, "head_timeouts": 0, "requests_refused": 0}
+        self._refusal_logged = float("-inf")
         self.clock = clock
         self.tracer = tracer or Tracer()
         self.metrics = metrics
@@ -191,6 +422,60 @@ class ApiSite(server.Site):
             self._date = datetimeToString(second)
             self._date_second = second
         return self._date
+
+    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+        """
+        Return a channel for a new connection, or ``None`` (the connection
+        is closed at once) while ``max_connections`` are held.
+        """
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            self.counters["connections_refused"] += 1
+            now = self.clock.seconds()
+            if now - self._refusal_logged >= 1.0:
+                # at most once a second: a flood must not flood the log
+                self._refusal_logged = now
+                self.log_.warn("{n} connections open: refusing new ones (server.max_connections)", n=len(self.connections))
+            return None
+        return super().buildProtocol(addr)
+
+    def metrics_families(self) -> Iterator[Metric]:
+        """
+        Yield the connection metrics (a source for
+        L{apicache.metrics.Metrics.add_source}).
+        """
+        c = self.counters
+        yield GaugeMetricFamily("apicache_connections", "Inbound connections open.", value=len(self.connections))
+        yield CounterMetricFamily("apicache_connections_refused", "Connections closed at once: server.max_connections were open.", value=c["connections_refused"])
+        yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
+        yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
+
+    def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
+        """
+        Count, trace and log (as the access log does) a request refused by
+        its channel before it was processed.
+        """
+        self.counters["requests_refused"] += 1
+        if self.metrics is not None:
+            self.metrics.count_request("-", status, "-", "-")
+        m = method.decode("ascii", "replace")
+        trace = self.tracer.start(headers, "apicache")
+        if trace.span is not None:
+            self.tracer.end(trace, f"{m} -", {"http.status_code": status, "apicache.cache": "-", "apicache.tenant": "-"})
+        if self.access_log:
+            p = path.decode("utf-8", "replace")[:512]
+            text = f"{m} {p} {status}"
+            self.log_.info(
+                text.replace("{", "{{").replace("}", "}}"),
+                method=m,
+                path=p,
+                route="-",
+                tenant="-",
+                status=status,
+                cache="-",
+                duration_ms=0.0,
+                trace_id=trace.trace_id,
+            )
 
     def connection_closed(self) -> None:
         """
@@ -440,22 +725,21 @@ class ApiFront(Resource):
         Answer ``request``: an error for a duplicate header, a wrong key or
         an undecodable path, a hit, or whatever the Klein application says.
         """
-        headers = request.requestHeaders
-        given = headers.getRawHeaders(b"api-key")
-        tenants = headers.getRawHeaders(self._tenant_header)
-        if (given and len(given) > 1) or (tenants and len(tenants) > 1):
-            return refuse(request, ApiError(400, "duplicate_header", "the tenant header or api-key is given more than once"))
-        if self._keys.required and request.path not in _UNAUTHENTICATED:
-            if not given or not self._keys.accepts(given[0]):
-                return refuse(request, ApiError(401, "unauthorized", "api-key missing or wrong"))
+        # the channel checked these before reading the body; again here for
+        # requests that come another way (tests over StubTreq, a site
+        # without keys)
+        error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
+        if error is not None:
+            return refuse(request, error)
         if request.method == b"GET" or request.method == b"HEAD":
             # any twisted.web Request takes the attributes ApiRequest declares
             body = self.answer_hit(cast(ApiRequest, request))
             if body is not None:
                 return body
-        if not _utf8_path(request.path):
+        if not _klein_path(request.path):
             # Klein would answer a plain-text 400 of its own (and log a
-            # traceback): answer the JSON error a route gives instead
+            # traceback), or no route for a control character its rules
+            # can't match: answer the JSON error a route gives instead
             return refuse(request, self._undecodable(request.path))
         return self._inner.render(request)
 
@@ -483,8 +767,9 @@ class ApiFront(Resource):
 
     def _undecodable(self, path: bytes) -> ApiError:
         """
-        Return the error for a path that is not UTF-8 once decoded:
-        ``invalid_parameter`` where routes are configured, else ``no_route``.
+        Return the error for a path Klein can't route (not UTF-8 once
+        decoded, or holding an encoded control character): the route's
+        error (``invalid_parameter`` for a parameter), else ``no_route``.
         """
         try:
             self._resolver.match(path)
@@ -493,12 +778,18 @@ class ApiFront(Resource):
         return ApiError(400, "invalid_parameter", "the path is not UTF-8 once decoded")
 
 
-def _utf8_path(path: bytes) -> bool:
+_ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9A-Fa-f]|7[Ff])")
+
+
+def _klein_path(path: bytes) -> bool:
     """
-    Return whether ``path`` is UTF-8 once percent-decoded (as Klein needs).
+    Return whether Klein can route ``path``: UTF-8 once percent-decoded,
+    without a control character (werkzeug's rules match none).
     """
     if path.isascii() and b"%" not in path:
         return True
+    if _ENCODED_CONTROL.search(path):
+        return False
     try:
         unquote(path).decode("utf-8")
     except UnicodeDecodeError:

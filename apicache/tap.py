@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from apicache.logs import capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families, store_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
-from apicache.server import ApiSite, HTTPService
+from apicache.server import ApiSite, ConnectionLimits, HTTPService, connection_limit
 from apicache.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore, RedisStoreService
@@ -201,6 +202,15 @@ def _events(
     return listener
 
 
+def _open_file_limit() -> int:
+    """
+    Return this process's soft limit on open files (a large number when
+    there is none).
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
 def build(
     config: Config,
     reactor: IReactorTime,
@@ -264,7 +274,24 @@ def build(
     if tenant_entries is not None:
         metrics.tenant_entries(tenant_entries)
     tracer = tracer or Tracer()
-    site = ApiSite(api.resource(), reactor, metrics, config.server.access_log, tracer)
+    server = config.server
+    limits = ConnectionLimits(
+        max_connections=connection_limit(server.max_connections, _open_file_limit()),
+        header_timeout=server.header_timeout,
+        idle_timeout=server.idle_timeout,
+        max_body_bytes=server.max_body_bytes,
+    )
+    site = ApiSite(
+        api.resource(),
+        reactor,
+        metrics,
+        server.access_log,
+        tracer,
+        keys=api.keys,
+        limits=limits,
+        tenant_header=api.resolver.tenant_header,
+    )
+    metrics.add_source(site.metrics_families)
 
     root = root if root is not None else ApiCacheService()
     # first child: stopped last, after HTTP has drained

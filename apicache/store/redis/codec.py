@@ -17,6 +17,7 @@ no value can contain the ``:`` and ``,`` separators (see :func:`encode_key`)::
 
 from __future__ import annotations
 
+import re
 import struct
 from urllib.parse import quote
 
@@ -30,6 +31,7 @@ __all__ = [
     "encode_key",
     "encode_entry",
     "decode_entry",
+    "entry_problem",
     "encode_component",
     "resource_name",
     "route_name",
@@ -154,13 +156,11 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             value = data[pos : pos + lv]
             pos += lv
             headers.append((name, value))
-        if pos > len(data) or not 100 <= status <= 999:
+        if pos > len(data):
             return None
-        # the wire form is rebuilt once per load, not stored twice in Redis
-        head = header_block(headers)
     except (struct.error, ValueError, TypeError, UnicodeError):
         return None
-    return CachedResponse(
+    entry = CachedResponse(
         status,
         tuple(headers),
         data[pos:],
@@ -168,9 +168,37 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         expires_at=expires_at,
         stale_until=stale_until,
         stale=bool(stale),
-        head=head,
         swr_until=swr_until,
         keep_until=keep_until,
         no_cache=bool(no_cache),
         sent_at=sent_at,
     )
+    # the wire form is rebuilt once per load, not stored twice in Redis; an
+    # entry that fails L{entry_problem} is never written, so it gets none
+    if entry_problem(entry) is None:
+        entry.head = header_block(entry.headers)
+    return entry
+
+
+# RFC 9110 section 5.6.2: a field name is a token
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
+
+
+def entry_problem(entry: CachedResponse) -> str | None:
+    """
+    Check an entry read from Redis before it is used: Redis is shared, so
+    what it holds is not trusted to be what this code wrote.
+
+    @return: ``None`` when the entry may be replayed, else why not (a
+        header name that is not a token, a header value holding CR, LF or
+        NUL, a status outside 100-599).
+    """
+    if not 100 <= entry.status <= 599:
+        return "status outside 100-599"
+    for name, value in entry.headers:
+        if not _TOKEN.fullmatch(name):
+            return "a header name that is not a token"
+        if _UNSAFE_VALUE.search(value):
+            return "a header value holding CR, LF or NUL"
+    return None

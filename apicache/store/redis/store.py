@@ -41,6 +41,7 @@ from apicache.store.redis.codec import (
     encode_component,
     encode_entry,
     encode_key,
+    entry_problem,
     generation_keys,
     lock_key,
     resource_name,
@@ -56,6 +57,8 @@ __all__ = ["RedisStore"]
 _GENERATION_TTL = 3600
 #: How often a waiter looks for the value another instance is fetching.
 _POLL_INTERVAL = 0.02
+#: How many keys with a bad value are remembered so that each is logged once.
+_BAD_KEYS_LOGGED = 1024
 
 
 @implementer(IStore)
@@ -114,7 +117,10 @@ class RedisStore:
             "invalidations_received": 0,
             "coalesce_waits": 0,
             "local_clears": 0,
+            "bad_values": 0,
+            "bad_messages": 0,
         }
+        self._bad_keys_logged: set[str] = set()
         self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
         self.commands = RedisCommands(reactor, self._clock, self.address, timeout, self.counters)
         self.subscriber = RedisConnection(
@@ -249,7 +255,7 @@ class RedisStore:
         while True:
             reply = await self.commands.eval(scripts.GET_OR_LOCK, [rkey, lock_key(self.prefix, key)], [self.instance, lock_ms])
             if reply[0] == 0:
-                entry = decode_entry(reply[1])
+                entry = self._checked(rkey, decode_entry(reply[1]))
                 if entry is not None:
                     self.local.put_now(key, entry, local_token)
                 return entry
@@ -259,6 +265,25 @@ class RedisStore:
                 return None
             self.counters["coalesce_waits"] += 1
             await deferLater(self._clock, _POLL_INTERVAL, lambda: None)
+
+    def _checked(self, rkey: str, entry: CachedResponse | None) -> CachedResponse | None:
+        """
+        Return ``entry`` if it may be replayed (L{entry_problem}), else
+        ``None`` (a miss), counted and logged once per key.
+        """
+        if entry is None:
+            return None
+        problem = entry_problem(entry)
+        if problem is None:
+            return entry
+        self.counters["bad_values"] += 1
+        if rkey not in self._bad_keys_logged:
+            if len(self._bad_keys_logged) >= _BAD_KEYS_LOGGED:
+                self._bad_keys_logged.clear()
+            self._bad_keys_logged.add(rkey)
+            # the key is ours (percent-encoded), the value's bytes are not logged
+            self.log.warn("ignored a bad value in Redis at {rkey}: {problem}", rkey=rkey[:512], problem=problem)
+        return None
 
     # -- writing -----------------------------------------------------------
 
@@ -368,25 +393,31 @@ class RedisStore:
     # -- invalidations from other instances ----------------------------------
 
     def _message(self, message: bytes) -> None:
+        """
+        Apply an invalidation published by another instance to the
+        in-process tier.  A malformed message is skipped, counted and
+        logged (not in full); it never raises into the connection, so the
+        messages that follow it in the same read are still applied.
+        """
         try:
-            origin, kind, *rest = json.loads(message)
-        except (ValueError, TypeError):
-            self.log.warn("ignored a malformed invalidation message")
+            change = _parse_message(message)
+        except (ValueError, TypeError, UnicodeDecodeError):
+            self.counters["bad_messages"] += 1
+            self.log.warn("ignored a malformed invalidation message ({n} bytes)", n=len(message))
             return
+        origin, kind, args = change
         if origin == self.instance:
             return
         self.counters["invalidations_received"] += 1
         if kind == "i":
-            tenant, route, params = rest
-            self.local.invalidate(tenant, route, tuple(params))
+            self.local.invalidate(*args)
         elif kind == "s":
-            tenant, route, params = rest
-            self.local.mark_stale(tenant, route, tuple(params))
+            self.local.mark_stale(*args)
         elif kind == "c":
-            self.local.clear(rest[0])
-        elif kind == "d":
-            tenant, route, params, variant = rest
-            self.local.discard(CacheKey(tenant, route, tuple(params), variant))
+            self.local.clear(*args)
+        else:
+            tenant, route, params, variant = args
+            self.local.discard(CacheKey(tenant, route, params, variant))
 
     # -- health ------------------------------------------------------------
 
@@ -423,5 +454,47 @@ class RedisStore:
         yield CounterMetricFamily("apicache_redis_values_too_big", "Answers over store.redis_max_value_bytes, not written to Redis.", value=c["too_big"])
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
         yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
+        yield CounterMetricFamily("apicache_store_bad_values", "Values read from Redis that failed validation (bad status or header), served as misses.", value=c["bad_values"])
+        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel, skipped.", value=c["bad_messages"])
         yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
         yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError("not a string")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    return None if value is None else _text(value)
+
+
+def _params(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError("not a list")
+    return tuple(_text(p) for p in value)
+
+
+def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
+    """
+    Return ``(origin, kind, arguments)`` of an invalidation message, as
+    L{RedisStore._publish_message} writes them: ``i``/``s`` (tenant or
+    null, route, params), ``c`` (tenant or null), ``d`` (tenant, route,
+    params, variant).
+
+    @raise ValueError: not JSON, an unknown kind, or the wrong arity.
+    @raise TypeError: a field of the wrong type.
+    """
+    data = json.loads(message)
+    if not isinstance(data, list) or len(data) < 2:
+        raise ValueError("not a list of at least two")
+    origin, kind, *rest = data
+    origin = _text(origin)
+    if kind in ("i", "s") and len(rest) == 3:
+        return origin, kind, (_optional_text(rest[0]), _text(rest[1]), _params(rest[2]))
+    if kind == "c" and len(rest) == 1:
+        return origin, kind, (_optional_text(rest[0]),)
+    if kind == "d" and len(rest) == 4:
+        return origin, kind, (_text(rest[0]), _text(rest[1]), _params(rest[2]), _text(rest[3]))
+    raise ValueError("an unknown kind or the wrong number of fields")
