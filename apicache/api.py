@@ -63,6 +63,9 @@ class CacheAPI:
         (the event listener adds its counters).
     @ivar invalidator: what ``DELETE`` and ``/clear`` call: the registry, or
         with several workers something that also reaches the siblings.
+    @ivar workers_figures: with several workers, returns a Deferred firing
+        with every worker's L{figures} (each with its ``worker`` index and
+        ``pid``): ``GET /`` then sums them; C{None} in a single process.
     """
 
     app = Klein()
@@ -88,6 +91,7 @@ class CacheAPI:
         self.started = clock.seconds()
         self.info_sources: list[Callable[[], dict[str, Any]]] = []
         self.invalidator: Any = registry
+        self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
         self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
         self.passthrough = PassThrough(config, registry.upstream, clock)
@@ -101,24 +105,54 @@ class CacheAPI:
 
     # -- reserved paths ----------------------------------------------------
 
-    @app.route("/", methods=["GET"])
-    def info(self, request: IRequest) -> bytes:
+    def figures(self) -> dict[str, Any]:
         """
-        Return ``GET /``'s JSON: service, version, node, uptime and counts.
+        Return this process's ``tenants``, ``entries``, ``bytes``, ``hits``,
+        ``misses`` and ``hit_ratio`` (hits over hits and misses, 0.0 before
+        any).
         """
         stats = self.registry.store.stats()
+        hits, misses = self.metrics.totals()
+        return {
+            "tenants": self.registry.tenants(),
+            "entries": stats["entries"],
+            "bytes": stats["bytes"],
+            "hits": hits,
+            "misses": misses,
+            "hit_ratio": _ratio(hits, misses),
+        }
+
+    @app.route("/", methods=["GET"])
+    def info(self, request: IRequest) -> bytes | Deferred[bytes]:
+        """
+        Return ``GET /``'s JSON: service, version, node, uptime, counts and
+        the hit ratio.  With several workers (L{workers_figures}) a
+        Deferred firing with it: ``entries``, ``bytes``, ``hits`` and
+        ``misses`` summed over the workers, ``tenants`` the most any holds,
+        ``hit_ratio`` of the sums, and each worker's own in ``per_worker``.
+        """
         body: dict[str, Any] = {
             "service": "apicache",
             "version": __version__,
             "node": self.node,
             "uptime_s": round(self.clock.seconds() - self.started, 3),
-            "tenants": self.registry.tenants(),
-            "entries": stats["entries"],
-            "bytes": stats["bytes"],
+            **self.figures(),
         }
         for source in self.info_sources:
             body.update(source())
-        return json_answer(request, 200, body)
+        gather = self.workers_figures
+        if gather is None:
+            return json_answer(request, 200, body)
+
+        def summed(per_worker: list[dict[str, Any]]) -> bytes:
+            for k in ("entries", "bytes", "hits", "misses"):
+                body[k] = sum(w[k] for w in per_worker)
+            body["tenants"] = max(w["tenants"] for w in per_worker)
+            body["hit_ratio"] = _ratio(body["hits"], body["misses"])
+            body["per_worker"] = per_worker
+            return json_answer(request, 200, body)
+
+        return gather().addCallback(summed)
 
     @app.route("/healthz", methods=["GET"])
     def healthz(self, request: IRequest) -> bytes:
@@ -138,12 +172,13 @@ class CacheAPI:
         return json_answer(request, 200, {"ready": True})
 
     @app.route("/metrics", methods=["GET"])
-    def metrics_(self, request: IRequest) -> bytes:
+    def metrics_(self, request: IRequest) -> bytes | Deferred[bytes]:
         """
-        Return the metrics in Prometheus text format.
+        Return the metrics in Prometheus text format (a Deferred firing
+        with them when they are every worker's, see L{Metrics.scrape}).
         """
         request.setHeader(b"content-type", METRICS_CONTENT_TYPE.encode())
-        return self.metrics.render()
+        return self.metrics.scrape()
 
     @app.route("/clear", methods=["DELETE"])
     async def clear(self, request: ApiRequest) -> bytes:
@@ -305,3 +340,10 @@ class CacheAPI:
         request.setResponseCode(500)
         request.setHeader(b"content-type", _JSON)
         return error_body("internal_error", "an unexpected error occurred", id=error_id)
+
+
+def _ratio(hits: int, misses: int) -> float:
+    """
+    Return hits over hits and misses, 0.0 before any.
+    """
+    return hits / (hits + misses) if hits + misses else 0.0

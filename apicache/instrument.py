@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from apicache.metrics import Metrics
+from apicache.tracing import current_trace
 from apicache.upstream import (
     IUpstream,
     Overloaded,
@@ -28,7 +29,9 @@ __all__ = ["TimedUpstream"]
 class TimedUpstream:
     """
     An L{IUpstream} that times each answer into the upstream latency
-    histogram and counts failures by kind.
+    histogram and counts failures by kind, and records the status and time
+    on the trace of the request that made the call (for its access log
+    line).
     """
 
     def __init__(self, upstream: IUpstream, metrics: Metrics, clock: IReactorTime) -> None:
@@ -47,6 +50,9 @@ class TimedUpstream:
         Like the wrapped upstream's ``fetch`` (``kwargs`` passed on), measured.
         """
         started = self._clock.seconds()
+        # the request whose handling started this fetch (the coroutine runs
+        # in a copy of its context); a coalesced waiter made no call
+        trace = current_trace()
         try:
             d = self._upstream.fetch(path, headers, tenant=tenant, **kwargs)
         except Overloaded:
@@ -55,7 +61,11 @@ class TimedUpstream:
             d = fail()
 
         def answered(response: UpstreamResponse) -> UpstreamResponse:
-            self._metrics.observe_upstream(self._clock.seconds() - started)
+            took = self._clock.seconds() - started
+            self._metrics.observe_upstream(took)
+            if trace is not None:
+                trace.upstream_status = response.status
+                trace.upstream_s = took
             return response
 
         def failed(f: Failure) -> Failure:
@@ -66,6 +76,9 @@ class TimedUpstream:
             else:
                 kind = "unreachable"
             self._metrics.count_upstream_error(kind)
+            if trace is not None:
+                trace.upstream_error = kind
+                trace.upstream_s = self._clock.seconds() - started
             return f
 
         return d.addCallbacks(answered, failed)

@@ -2,6 +2,10 @@
 Metrics: plain counters bumped on the hot path, turned into Prometheus
 families only when ``/metrics`` is scraped.
 
+With ``--workers N`` each worker's families travel as a L{Snapshot} (plain
+JSON) and L{merge_snapshots} makes one exposition of them: counters and
+histograms summed, gauges kept per worker with a ``worker`` label.
+
 A leaf module: components hand it callables that read their own counters.
 """
 
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -18,8 +23,19 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from twisted.internet.defer import Deferred
 
-__all__ = ["Metrics", "LatencyHistogram", "CONTENT_TYPE", "OTHER_TENANTS", "cache_families", "store_families"]
+__all__ = [
+    "Metrics",
+    "LatencyHistogram",
+    "CONTENT_TYPE",
+    "OTHER_TENANTS",
+    "cache_families",
+    "store_families",
+    "Snapshot",
+    "merge_snapshots",
+    "SUMMED_TYPES",
+]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -69,10 +85,28 @@ class LatencyHistogram:
         return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.sum)
 
 
+#: One process's metric families as plain JSON: ``[name, type,
+#: documentation, [[sample name, labels, value], ...]]`` per family.
+Snapshot = list[list[Any]]
+
+#: Families summed over workers; every other type (gauges: sizes, lag,
+#: readiness) is kept per worker with a ``worker`` label.
+SUMMED_TYPES = frozenset({"counter", "histogram", "summary"})
+
+
 class Metrics(Collector):
     """
     Request counters and other components' sources, collected at scrape time.
+
+    @ivar siblings: with ``--workers N``, returns a Deferred firing with the
+        other workers' (index, L{Snapshot}) pairs: L{scrape} then answers
+        for every worker (see L{merge_snapshots}); C{None} in a single
+        process.
+    @ivar worker: this worker's index with ``--workers N``.
     """
+
+    siblings: Callable[[], Deferred[list[tuple[int, Snapshot]]]] | None = None
+    worker: int = 0
 
     def __init__(self, tenant_labels: int = 20, tenants_tracked: int = 10000) -> None:
         #: (route type, status, cache result) -> count
@@ -155,6 +189,12 @@ class Metrics(Collector):
         for kind, n in sorted(self.upstream_errors.items()):
             errors.add_metric([kind], n)
         yield errors
+        hits, misses = self.totals()
+        yield GaugeMetricFamily(
+            "apicache_hit_ratio",
+            "Hits (fresh, stale or revalidated) over hits and misses since start (0 before any).",
+            value=hits / (hits + misses) if hits + misses else 0.0,
+        )
         yield from self._tenant_families()
         for source in self._sources:
             yield from source()
@@ -202,9 +242,40 @@ class Metrics(Collector):
 
     def render(self) -> bytes:
         """
-        Return the Prometheus text exposition of every metric.
+        Return the Prometheus text exposition of every metric of this
+        process.
         """
         return generate_latest(self._registry)
+
+    def totals(self) -> tuple[int, int]:
+        """
+        Return the hits (fresh or stale) and misses (``MISS``, ``BYPASS``)
+        answered so far, every tenant together.
+        """
+        hits = misses = 0
+        for h, m in list(self.tenants.values()):
+            hits += h
+            misses += m
+        return hits, misses
+
+    def snapshot(self) -> Snapshot:
+        """
+        Return this process's families as a L{Snapshot}.
+        """
+        return [
+            [f.name, f.type, f.documentation, [[s.name, s.labels, s.value] for s in f.samples]] for f in self.collect()
+        ]
+
+    def scrape(self) -> bytes | Deferred[bytes]:
+        """
+        Return what ``/metrics`` answers: this process's exposition, or with
+        L{siblings} set a Deferred firing with every worker's, merged.
+        """
+        siblings = self.siblings
+        if siblings is None:
+            return self.render()
+        mine = self.snapshot()
+        return siblings().addCallback(lambda others: merge_snapshots([(self.worker, mine), *others]))
 
 
 def cache_families(
@@ -269,3 +340,49 @@ def store_families(detailed: Mapping[str, int], top: Sequence[tuple[str, int, in
         held_entries.add_metric([tenant], entries)
     yield held_bytes
     yield held_entries
+
+
+def merge_snapshots(snapshots: Sequence[tuple[int, Snapshot]]) -> bytes:
+    """
+    Return one Prometheus text exposition of several workers' snapshots:
+    the samples of counters and histograms summed (same name, same
+    labels), every other family's samples kept with a ``worker`` label,
+    and ``apicache_scrape_workers``, the number of workers it covers.
+
+    @param snapshots: (worker index, L{Snapshot}) pairs.
+    """
+    families: dict[str, Metric] = {}
+    summed: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for worker, snapshot in sorted(snapshots, key=lambda pair: pair[0]):
+        for name, type_, doc, samples in snapshot:
+            family = families.get(name)
+            if family is None:
+                family = families[name] = Metric(name, doc, type_)
+            if type_ in SUMMED_TYPES:
+                sums = summed.setdefault(name, {})
+                for sample, labels, value in samples:
+                    k = (sample, tuple(sorted(labels.items())))
+                    sums[k] = sums.get(k, 0) + value
+            else:
+                label = str(worker)
+                for sample, labels, value in samples:
+                    family.add_sample(sample, {**labels, "worker": label}, value)
+    for name, sums in summed.items():
+        for (sample, labels), value in sums.items():
+            families[name].add_sample(sample, dict(labels), value)
+    families["apicache_scrape_workers"] = GaugeMetricFamily(
+        "apicache_scrape_workers", "Workers whose figures this scrape covers.", value=len(snapshots)
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    """Families made already, collected as they are."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)

@@ -37,6 +37,7 @@ from apicache.auth import ApiKeys
 from apicache.cache import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheRegistry, CacheResult
 from apicache.errors import DOMAIN_ERRORS, JSON, ApiError, api_error, error_body
 from apicache.httpcache import condition_fails, header_block, not_modified_headers
+from apicache.logs import AccessLog
 from apicache.metrics import Metrics
 from apicache.resolve import Resolver
 from apicache.routes import RESERVED_PATHS
@@ -84,7 +85,7 @@ class ApiRequest(server.Request):
         # gets our span as its parent (the API's GET forwards it: a hit
         # never goes upstream)
         trace = self.trace = site.tracer.start(self.requestHeaders, "apicache")
-        token = enter_trace(trace.trace_id)
+        token = enter_trace(trace)
         try:
             if not site.leaf_root or self.path == b"*":
                 super().process()
@@ -363,23 +364,30 @@ def _api_channel(site: ApiSite) -> Any:
 
 class ApiSite(server.Site):
     """
-    The site: no twisted.web access log (apicache writes its own JSON line),
-    a count of requests in flight and the open connections, for a graceful
-    shutdown.
+    The site: no twisted.web access log (apicache writes its own JSON line
+    to an L{AccessLog}), a count of requests in flight and the open
+    connections, for a graceful shutdown.
+
+    @param access_log: where access lines go: an L{AccessLog}, C{True} for
+        one writing each line to stdout at once, or C{False}/C{None}.
+    @param worker: this process's worker number (``--workers``), written
+        in each access line.
     """
 
     requestFactory = ApiRequest
+    #: warnings about the site itself (connections refused); access lines go to the AccessLog
+    log_ = Logger()
     protocol = _api_channel
     noisy = False
-    log_ = Logger()
 
     def __init__(
         self,
         resource: IResource,
         clock: IReactorTime,
         metrics: Metrics | None = None,
-        access_log: bool = True,
+        access_log: AccessLog | bool | None = True,
         tracer: Tracer | None = None,
+        worker: int | None = None,
         keys: ApiKeys | None = None,
         limits: ConnectionLimits | None = None,
         tenant_header: bytes = b"org_id",
@@ -402,7 +410,10 @@ class ApiSite(server.Site):
         self.clock = clock
         self.tracer = tracer or Tracer()
         self.metrics = metrics
-        self.access_log = access_log
+        if access_log is True:
+            access_log = AccessLog(clock)
+        self.access_log: AccessLog | None = access_log or None
+        self.worker = worker
         self.active = 0
         self.displayTracebacks = False
         self.leaf_root = bool(getattr(resource, "isLeaf", False))
@@ -462,19 +473,11 @@ class ApiSite(server.Site):
         trace = self.tracer.start(headers, "apicache")
         if trace.span is not None:
             self.tracer.end(trace, f"{m} -", {"http.status_code": status, "apicache.cache": "-", "apicache.tenant": "-"})
-        if self.access_log:
-            p = path.decode("utf-8", "replace")[:512]
-            text = f"{m} {p} {status}"
-            self.log_.info(
-                text.replace("{", "{{").replace("}", "}}"),
-                method=m,
-                path=p,
-                route="-",
-                tenant="-",
-                status=status,
-                cache="-",
-                duration_ms=0.0,
-                trace_id=trace.trace_id,
+        if self.access_log is not None:
+            raw_path, _, query = path.partition(b"?")
+            self.access_log.request(
+                self.clock.seconds(), method, raw_path, query, status, 0, 0.0, "-", "-", "-", None, trace.trace_id,
+                worker=self.worker,
             )
 
     def connection_closed(self) -> None:
@@ -524,27 +527,38 @@ class ApiSite(server.Site):
                 f"{request.method.decode('ascii', 'replace')} {request.route_type}",
                 {"http.status_code": status, "apicache.cache": request.cache, "apicache.tenant": request.tenant},
             )
-        if self.access_log:
-            method = request.method.decode("ascii", "replace")
-            path = request.path.decode("utf-8", "replace")[:512]
-            # the message is formatted here: twisted.logger's own formatting
-            # of "{method} {path} {status}" cost more than the rest of the line
-            text = f"{method} {path} {status}"
-            self.log_.info(
-                text.replace("{", "{{").replace("}", "}}") if "{" in text or "}" in text else text,
-                method=method,
-                path=path,
-                route=request.route_type,
-                tenant=request.tenant,
-                status=status,
-                cache=request.cache,
-                duration_ms=round((self.clock.seconds() - request.started) * 1000, 3),
-                trace_id=trace.trace_id if trace is not None else None,
-            )
+        if self.access_log is not None:
+            self._access_line(self.access_log, request, status, trace)
         if self.active == 0 and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for d in waiters:
                 d.callback(None)
+
+    def _access_line(self, log: AccessLog, request: ApiRequest, status: int, trace: RequestTrace | None) -> None:
+        """
+        Write ``request``'s access line (SPEC.md section 4): never a
+        header value, a body or a secret query value.
+        """
+        now = self.clock.seconds()
+        upstream = None
+        if trace is not None and trace.upstream_s is not None:
+            upstream = (trace.upstream_status, trace.upstream_s, trace.upstream_error)
+        log.request(
+            now,
+            request.method,
+            request.path,
+            request.uri.partition(b"?")[2],
+            status,
+            request.sentLength,
+            now - request.started,
+            request.tenant,
+            request.route_type,
+            request.cache,
+            getattr(request.client, "host", None),
+            None if trace is None else trace.trace_id,
+            upstream,
+            self.worker,
+        )
 
     def when_idle(self) -> Deferred[None]:
         """

@@ -16,8 +16,10 @@ import resource
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import (
     IReactorCore,
@@ -40,7 +42,7 @@ from apicache.health import Readiness
 from apicache.instrument import TimedUpstream
 from apicache.intermediary import IntermediaryUpstream
 from apicache.links import LinkTargets
-from apicache.logs import capture_stdlib_logging, json_log_observer
+from apicache.logs import AccessLog, capture_stdlib_logging, json_log_observer
 from apicache.metrics import Metrics, cache_families, store_families
 from apicache.oauth import TokenProvider
 from apicache.routes import Router
@@ -218,11 +220,13 @@ def build(
     root: ApiCacheService | None = None,
     tracer: Tracer | None = None,
     kafka_credentials: TokenProvider | None = None,
+    worker: int | None = None,
 ) -> Daemon:
     """
     Compose the daemon's services from a validated configuration.
 
     @param root: the root service to add them to (a new one by default).
+    @param worker: the worker number with ``--workers``, for the access log.
     @param kafka_credentials: when the Kafka SASL password is an OAuth token
         (Cloud Foundry binding): started first, stopped last.
     @return: the daemon, its services added to C{root} in start order.
@@ -281,12 +285,15 @@ def build(
         idle_timeout=server.idle_timeout,
         max_body_bytes=server.max_body_bytes,
     )
+    # access lines are info lines: a log_level above info leaves them out too
+    access_log = AccessLog(reactor) if server.access_log and server.log_level in ("debug", "info") else None
     site = ApiSite(
         api.resource(),
         reactor,
         metrics,
-        server.access_log,
+        access_log,
         tracer,
+        worker,
         keys=api.keys,
         limits=limits,
         tenant_header=api.resolver.tenant_header,
@@ -302,6 +309,9 @@ def build(
     if kafka_credentials is not None:
         kafka_credentials.setServiceParent(root)
     TracerService(tracer).setServiceParent(root)
+    if access_log is not None:
+        # before HTTP: stopped after it drains, with the last lines
+        access_log.setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
@@ -404,18 +414,39 @@ def worker(start: _Start, reactor: IReactorCore, inherited: Inheritance) -> ApiC
         start.root(),
         tracer=tracer_from_environ(start.environ),
         kafka_credentials=start.credentials(clock),
+        worker=inherited["index"],
     )
 
     def orphaned() -> None:
         if reactor.running:
             reactor.stop()
 
-    registry = daemon.registry
-    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned)
-    link.setServiceParent(daemon.service)
-    daemon.api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    registry, api = daemon.registry, daemon.api
     index, count, pid = inherited["index"], inherited["count"], os.getpid()
-    daemon.api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def report(what: str) -> Any:
+        # what a sibling's GET / and /metrics ask this worker for
+        if what == "info":
+            return {"worker": index, "pid": pid, **api.figures()}
+        if what == "metrics":
+            return api.metrics.snapshot()
+        raise ValueError(f"no report {what!r}")
+
+    link = WorkerLink(sockets, clock, inherited["control_fd"], registry, orphaned, report)
+    link.setServiceParent(daemon.service)
+    api.invalidator = SiblingRelay(registry, link, shared=daemon.registry.store.shared)
+    api.info_sources.append(lambda: {"worker": index, "workers": count, "pid": pid})
+
+    def every_worker() -> Deferred[list[dict[str, Any]]]:
+        mine = report("info")
+        return link.siblings("info").addCallback(
+            lambda others: sorted([mine, *(figures for _, figures in others)], key=lambda f: f["worker"])
+        )
+
+    # GET / and /metrics answer for every worker, whichever takes the request
+    api.workers_figures = every_worker
+    api.metrics.worker = index
+    api.metrics.siblings = lambda: link.siblings("metrics")
     serving = f"HTTP on {inherited['listen']} as worker {index} of {count}, on the supervisor's socket"
     return start.finish(daemon.service, serving)
 

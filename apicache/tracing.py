@@ -30,6 +30,7 @@ __all__ = [
     "tracer_from_environ",
     "parse_traceparent",
     "current_trace_id",
+    "current_trace",
     "enter",
     "leave",
     "TracerService",
@@ -39,26 +40,41 @@ _TRACEPARENT_RE = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0
 _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 
-_current: ContextVar[str | None] = ContextVar("apicache_trace_id", default=None)
+_current: ContextVar[RequestTrace | None] = ContextVar("apicache_trace", default=None)
 
 
 def current_trace_id() -> str | None:
     """
     Return the trace id of the request being handled, or ``None``.
     """
+    trace = _current.get()
+    return None if trace is None else trace.trace_id
+
+
+def current_trace() -> RequestTrace | None:
+    """
+    Return the trace of the request being handled (what its upstream call
+    is recorded on, see L{RequestTrace.upstream_status}), or ``None``.
+    """
     return _current.get()
 
 
-def enter(trace_id: str) -> Token[str | None]:
+def enter(trace: RequestTrace | str) -> Token[RequestTrace | None]:
     """
-    Make ``trace_id`` current (for log lines); return the token for L{leave}.
+    Make ``trace`` (or a trace of that id) current, for log lines and the
+    upstream call's record; return the token for L{leave}.
+
+    What runs under it, coroutines started meanwhile included (Twisted
+    runs each in a copy of the context it started in), sees it.
     """
-    return _current.set(trace_id)
+    if isinstance(trace, str):
+        trace = RequestTrace(trace, "", None, "00")
+    return _current.set(trace)
 
 
-def leave(token: Token[str | None]) -> None:
+def leave(token: Token[RequestTrace | None]) -> None:
     """
-    Restore the trace id that was current before L{enter}.
+    Restore the trace that was current before L{enter}.
     """
     _current.reset(token)
 
@@ -95,9 +111,17 @@ class RequestTrace:
         parent id the upstream sees.
     @ivar parent_id: the caller's span id, or ``None`` for a new trace.
     @ivar flags: the trace flags (2 hex digits).
+    @ivar upstream_status: the status of the upstream answer this request's
+        own upstream call got (not set when it waited for another caller's
+        fetch, or answered from the cache), C{None} otherwise or when the
+        call failed.
+    @ivar upstream_s: how long that call took, seconds, or C{None} when no
+        call was made.
+    @ivar upstream_error: the kind of failure of that call (``timeout``,
+        ``unreachable``, ``overloaded``), or C{None}.
     """
 
-    __slots__ = ("trace_id", "span_id", "parent_id", "flags", "span")
+    __slots__ = ("trace_id", "span_id", "parent_id", "flags", "span", "upstream_status", "upstream_s", "upstream_error")
 
     def __init__(self, trace_id: str, span_id: str, parent_id: str | None, flags: str, span: Any = None) -> None:
         self.trace_id = trace_id
@@ -105,6 +129,9 @@ class RequestTrace:
         self.parent_id = parent_id
         self.flags = flags
         self.span = span
+        self.upstream_status: int | None = None
+        self.upstream_s: float | None = None
+        self.upstream_error: str | None = None
 
     def traceparent(self) -> bytes:
         """

@@ -17,6 +17,12 @@ per worker: N workers make at most N upstream calls for one cold key.
 
 A worker whose supervisor is gone (its control connection closed) stops.
 
+``GET /`` and ``/metrics`` answer for every worker, whichever takes the
+request: that worker asks the supervisor for its siblings' figures over the
+same control connection (a "report" query), and the supervisor asks each of
+them and hands back what they answered within L{REPORT_TIMEOUT}.  The
+figures are read when asked, so every worker's answer gives the same totals.
+
 This module imports nothing of the HTTP layer or the cache: the worker side
 wraps the registry as an :class:`~apicache.invalidator.IInvalidator`
 (:class:`SiblingRelay`, an IInvalidator itself), which the wiring hands to
@@ -31,11 +37,11 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from twisted.application.service import Service
 from twisted.internet import tcp
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.interfaces import (
@@ -77,6 +83,12 @@ _LISTEN_FD = 3
 _CONTROL_FD = 4
 #: How long a relayed invalidation may take on the siblings.
 RELAY_TIMEOUT = 5.0
+#: How long a sibling may take to report its figures (``GET /``,
+#: ``/metrics``); one that does not is left out of the answer.
+REPORT_TIMEOUT = 2.0
+#: The prefix of a worker's query asking the supervisor for its siblings'
+#: reports: ``siblings:metrics`` gathers every other worker's ``metrics``.
+_SIBLINGS = "siblings:"
 #: A worker that dies sooner than this after its start is restarted with a
 #: growing delay (up to MAX_RESTART_DELAY) instead of at once.
 _STABLE_AFTER = 5.0
@@ -158,34 +170,40 @@ class ControlLink(LineReceiver):
     """
     One end of the control connection between the supervisor and a worker
     (a Unix socket pair): each end asks the other to apply an
-    L{Invalidation} and gets the number of entries it touched back.
+    L{Invalidation} and gets the number of entries it touched back, or
+    queries it for a report (figures as JSON).
 
     The worker asks the supervisor to apply an invalidation on its siblings;
     the supervisor asks a sibling to apply it on its own registry.  On the
     wire each message is one JSON line: ``{"op": "ask", "id": N, "action":
     ..., "tenant": ..., "route": ..., "params": [...]}``, answered by
     ``{"op": "answer", "id": N, "n": COUNT}`` or ``{"op": "answer", "id": N,
-    "error": TEXT}``.
+    "error": TEXT}``.  A query is ``{"op": "ask", "id": N, "query": WHAT}``,
+    answered by ``{"op": "answer", "id": N, "value": JSON}`` or an error.
 
     @param answer: applies an invalidation the other end asked for; fires
         with the count to send back, errbacks with the error to send back.
     @param lost: called once the connection is gone.
+    @param report: answers a query: fires with the JSON value to send back.
     """
 
     delimiter = b"\n"
-    MAX_LENGTH = 1 << 20
+    # a report holds every sibling's metric families
+    MAX_LENGTH = 64 << 20
 
     def __init__(
         self,
         clock: IReactorTime,
         answer: Callable[[Invalidation], Deferred[int]],
         lost: Callable[[], None] = lambda: None,
+        report: Callable[[str], Deferred[Any]] | None = None,
     ) -> None:
         self._clock = clock
         self._answer = answer
         self._lost = lost
+        self._report = report
         self._asked = 0
-        self._waiting: dict[int, Deferred[int]] = {}
+        self._waiting: dict[int, Deferred[Any]] = {}
         #: connected, and not lost yet
         self.is_open = False
 
@@ -199,26 +217,36 @@ class ControlLink(LineReceiver):
             L{twisted.internet.defer.TimeoutError} after ``timeout``
             seconds.
         """
+        return self._asking(
+            {
+                "action": invalidation.action,
+                "tenant": invalidation.tenant,
+                "route": invalidation.route,
+                "params": list(invalidation.params),
+            },
+            timeout,
+        )
+
+    def query(self, what: str, timeout: float) -> Deferred[Any]:
+        """
+        Ask the other end for a report.
+
+        @return: fires with the value it answered; errbacks as L{ask}.
+        """
+        return self._asking({"query": what}, timeout)
+
+    def _asking(self, question: dict[str, object], timeout: float) -> Deferred[Any]:
         if not self.is_open:
             return fail(ControlLost("the control link is closed"))
         self._asked += 1
         id_ = self._asked
 
-        def forget(d: Deferred[int]) -> None:
+        def forget(d: Deferred[Any]) -> None:
             self._waiting.pop(id_, None)
 
-        d: Deferred[int] = Deferred(forget)
+        d: Deferred[Any] = Deferred(forget)
         self._waiting[id_] = d
-        self._send(
-            {
-                "op": "ask",
-                "id": id_,
-                "action": invalidation.action,
-                "tenant": invalidation.tenant,
-                "route": invalidation.route,
-                "params": list(invalidation.params),
-            }
-        )
+        self._send({"op": "ask", "id": id_, **question})
         return d.addTimeout(timeout, self._clock)
 
     def connectionMade(self) -> None:
@@ -227,24 +255,36 @@ class ControlLink(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         message = json.loads(line)
         if message["op"] == "ask":
-            invalidation = Invalidation(message["action"], message["tenant"], message["route"], tuple(message["params"]))
             id_ = message["id"]
             try:
-                d = self._answer(invalidation)
+                if "query" in message:
+                    if self._report is None:
+                        raise StoreUnavailable(f"nothing here answers {message['query']!r}")
+                    d: Deferred[Any] = self._report(message["query"])
+                else:
+                    invalidation = Invalidation(
+                        message["action"], message["tenant"], message["route"], tuple(message["params"])
+                    )
+                    d = self._answer(invalidation)
             except Exception:  # noqa: BLE001 - sent back as the answer's error
                 d = fail()
-            d.addCallbacks(lambda n: self._answered(id_, n), lambda f: self._failed(id_, f))
+            d.addCallbacks(lambda value: self._answered(id_, value), lambda f: self._failed(id_, f))
         elif message["op"] == "answer":
             waiting = self._waiting.pop(message["id"], None)
             if waiting is None or waiting.called:
                 return
             if "error" in message:
                 waiting.errback(StoreUnavailable(message["error"]))
+            elif "value" in message:
+                waiting.callback(message["value"])
             else:
                 waiting.callback(int(message["n"]))
 
-    def _answered(self, id_: int, n: int) -> None:
-        self._send({"op": "answer", "id": id_, "n": n})
+    def _answered(self, id_: int, value: Any) -> None:
+        if isinstance(value, int):
+            self._send({"op": "answer", "id": id_, "n": value})
+        else:
+            self._send({"op": "answer", "id": id_, "value": value})
 
     def _failed(self, id_: int, failure: Failure) -> None:
         self._send({"op": "answer", "id": id_, "error": failure.getErrorMessage()})
@@ -392,7 +432,11 @@ class WorkerSupervisor(Service):
         worker.started = self.clock.seconds()
         self.reactor.spawnProcess(worker, self.argv[0], self.argv, env=env, childFDs=fds)
         theirs.close()
-        control = ControlLink(self.clock, lambda invalidation: self._relay(worker, invalidation))
+        control = ControlLink(
+            self.clock,
+            lambda invalidation: self._relay(worker, invalidation),
+            report=lambda what: self._gather(worker, what),
+        )
         worker.control = control
         _adopt_connection(self.sockets, os.dup(ours.fileno()), control)
         ours.close()
@@ -444,6 +488,29 @@ class WorkerSupervisor(Service):
             return sum(r for _, r in results)
 
         return DeferredList(calls, consumeErrors=True).addCallback(total)
+
+    def _gather(self, origin: _Worker, query: str) -> Deferred[Any]:
+        """
+        Answer a worker's ``siblings:WHAT`` query: ask every other worker
+        for its ``WHAT`` report.
+
+        @return: fires with ``[[index, report], ...]`` of the workers that
+            answered within L{REPORT_TIMEOUT} (one restarting, or stuck, is
+            left out rather than holding up the scrape).
+        """
+        if not query.startswith(_SIBLINGS):
+            return fail(StoreUnavailable(f"the supervisor does not answer {query!r}"))
+        what = query[len(_SIBLINGS) :]
+        asked = [
+            (worker.index, worker.control.query(what, REPORT_TIMEOUT))
+            for worker in list(self.workers.values())
+            if worker is not origin and worker.control is not None and worker.control.is_open
+        ]
+
+        def answered(results: list[tuple[bool, Any]]) -> list[list[Any]]:
+            return [[index, value] for (index, _), (ok, value) in zip(asked, results, strict=True) if ok]
+
+        return DeferredList([d for _, d in asked], consumeErrors=True).addCallback(answered)
 
     # -- stopping ------------------------------------------------------------
 
@@ -540,31 +607,70 @@ class WorkerLink(Service):
     """
     A worker's control connection to its supervisor: applies the
     invalidations its siblings received (on this worker's registry, never
-    relayed again), sends this worker's to them with :meth:`relay`, and calls
-    ``orphaned`` when the supervisor is gone.
+    relayed again), sends this worker's to them with :meth:`relay`, reports
+    this worker's figures when a sibling asks (``report``), gathers the
+    siblings' with :meth:`siblings`, and calls ``orphaned`` when the
+    supervisor is gone.
+
+    @param report: returns this worker's report of a kind (``"info"``,
+        ``"metrics"``), as JSON-able values.
     """
 
     log = Logger()
 
     def __init__(
-        self, reactor: IReactorSocket, clock: IReactorTime, fd: int, registry: IInvalidator, orphaned: Callable[[], None]
+        self,
+        reactor: IReactorSocket,
+        clock: IReactorTime,
+        fd: int,
+        registry: IInvalidator,
+        orphaned: Callable[[], None],
+        report: Callable[[str], Any] | None = None,
     ) -> None:
         self.reactor = reactor
         self.clock = clock
         self.fd = fd
         self.registry = registry
         self.orphaned = orphaned
+        self.report = report
         self.control: ControlLink | None = None
         self._stopped = False
 
     def startService(self) -> None:
         super().startService()
-        self.control = ControlLink(self.clock, lambda invalidation: invalidation.apply(self.registry), self._lost)
+        self.control = ControlLink(
+            self.clock, lambda invalidation: invalidation.apply(self.registry), self._lost, self._reporting
+        )
         _adopt_connection(self.reactor, self.fd, self.control)
 
     def stopService(self) -> None:
         self._stopped = True
         super().stopService()
+
+    def _reporting(self, what: str) -> Deferred[Any]:
+        if self.report is None:
+            return fail(StoreUnavailable("this worker has no reports"))
+        return maybeDeferred(self.report, what)
+
+    def siblings(self, what: str) -> Deferred[list[tuple[int, Any]]]:
+        """
+        Gather every other worker's ``what`` report through the supervisor.
+
+        @return: fires with (worker index, report) pairs of the siblings
+            that answered in time; with none when the supervisor is gone.
+        """
+        if self.control is None:
+            return succeed([])
+
+        def pairs(answered: list[list[Any]]) -> list[tuple[int, Any]]:
+            return [(int(index), value) for index, value in answered]
+
+        def alone(f: Failure) -> list[tuple[int, Any]]:
+            self.log.warn("the siblings' figures are missing: {why}", why=f.getErrorMessage())
+            return []
+
+        # the supervisor answers within its own REPORT_TIMEOUT
+        return self.control.query(_SIBLINGS + what, REPORT_TIMEOUT + 1.0).addCallbacks(pairs, alone)
 
     def _lost(self) -> None:
         if self.running and not self._stopped:

@@ -363,25 +363,33 @@ class _Finished:
     code = 200
     method = b"GET"
     path = b"/server/object(1)/header"
+    uri = b"/server/object(1)/header"
     route_type = "object"
     tenant = "t1"
     cache = "HIT"
     started = 0.0
+    sentLength = 2
+    client = None
     trace = None
 
 
 @pytest.mark.parametrize("access_log, lines", [(True, 1), (False, 0)])
 def test_access_log_line_follows_the_setting(access_log, lines):
+    import os
+
+    from apicache.logs import AccessLog
     from apicache.server import ApiSite
 
-    events = []
-    globalLogPublisher.addObserver(events.append)
+    r, w = os.pipe()
     try:
-        site = ApiSite(App().api.resource(), Clock(), None, access_log)
+        # not started: each line is written at once
+        site = ApiSite(App().api.resource(), Clock(), None, AccessLog(Clock(), fd=w) if access_log else False)
         site.active = 1
         site.request_done(_Finished())
     finally:
-        globalLogPublisher.removeObserver(events.append)
+        os.close(w)
+    with os.fdopen(r) as f:
+        events = [json.loads(line) for line in f]
     access = [e for e in events if e.get("route") == "object"]
     assert len(access) == lines
     if lines:

@@ -156,3 +156,13 @@ def test_store_families_count_evictions_by_reason_and_the_largest_tenants_only()
     assert reasons == {"expiry": 2, "fair_share": 3}
     assert len(families["apicache_store_tenant_bytes"].samples) == 10
     assert families["apicache_store_tenants"].samples[0].value == 12
+
+
+def test_the_hit_ratio_is_a_gauge():
+    m = Metrics()
+    assert samples(m)[("apicache_hit_ratio", ())] == 0.0
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "HIT", "acme")
+    m.count_request("object", 200, "MISS", "acme")
+    assert samples(m)[("apicache_hit_ratio", ())] == 0.75
