@@ -7,7 +7,7 @@ DEV_KEY ?= dev-key-change-me
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: run test demo lint bench bench-events bench-tags bench-hitratio dashboard-preview install install-test clean fuzz chaos
+.PHONY: run test demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,12 @@ bench-events: install-test
 # bytes per (entry, tag) pair, cross-instance purge latency p50/p99
 bench-tags: install-test
 	$(BIN)/python bench/tags.py $(BENCH_ARGS)
+
+# Issue 13: staleness of every answer against a versioned upstream, steady,
+# with the broker paused for 30 s and with an instance killed (group mode,
+# Redis), with and without max_staleness
+bench-freshness: install-test
+	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
 
 # The dashboard's panels drawn from real /metrics scrapes under wrk load
 # (README: Dashboard and alerts): writes deploy/dashboard-preview.png.

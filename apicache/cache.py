@@ -48,6 +48,7 @@ from apicache.httpcache import (
     upstream_age,
     validators,
     varying_headers,
+    within_staleness,
 )
 from apicache.invalidator import IInvalidator
 from apicache.keys import CacheKey
@@ -55,6 +56,7 @@ from apicache.metrics import LatencyHistogram
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.tags import TooManyTags, answer_tags
 from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
+from apicache.watermark import Watermark
 
 __all__ = [
     "HIT",
@@ -75,6 +77,13 @@ BYPASS = "BYPASS"
 REVALIDATED = "REVALIDATED"
 #: The request headers whose Vary makes an answer unstorable by default.
 DEFAULT_VARYING = varying_headers(UpstreamConfig())
+
+#: Share of a route's ``max_staleness`` by which an entry's own bound may be
+#: shorter (fixed per key): entries fetched before an outage cross their
+#: bounds spread over this share instead of at one instant.
+STALENESS_SPREAD = 0.2
+#: ``Cache-Status`` detail of an entry held past its route's max_staleness.
+EVENTS_BEHIND = "events-behind"
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
@@ -326,8 +335,13 @@ class TenantCache:
         counters: dict[str, int] | None = None,
         varying: frozenset[bytes] = DEFAULT_VARYING,
         hidden: frozenset[bytes] = frozenset(),
+        watermark: Watermark | None = None,
         tags_header: str = "",
     ) -> None:
+        """
+        @param watermark: the event watermark, for routes with
+            ``max_staleness``; without one they are judged by fetch time.
+        """
         self.tenant = tenant
         self.route = route
         self._store = store
@@ -339,6 +353,8 @@ class TenantCache:
         self._flights = _Flights() if flights is None else flights
         self._refreshing: set[CacheKey] = set()
         self.counters = counters if counters is not None else {}
+        self._watermark = watermark
+        self._max_staleness = route.max_staleness
         self._tags_header = tags_header.lower().encode("ascii")
 
     @property
@@ -357,7 +373,29 @@ class TenantCache:
         entry = self._store.lookup(key)
         if entry is None:
             return None
-        return self._fresh(entry, self._clock.seconds())
+        now = self._clock.seconds()
+        if self._max_staleness and not self._vouched(key, entry, now):
+            return None
+        return self._fresh(entry, now)
+
+    def _vouched(self, key: CacheKey, entry: CachedResponse, now: float) -> bool:
+        """
+        Bounded staleness (SPEC.md section 5), before every other serving
+        rule: return whether ``entry`` may be served from the cache at all.
+        Each key's bound is shortened by up to L{STALENESS_SPREAD}, so that
+        the entries an outage leaves behind are fetched again spread out.
+        """
+        bound = self._max_staleness
+        if bound <= 0:
+            return True
+        w = self._watermark
+        until = entry.sent_at if w is None else w.vouched(entry.sent_at)
+        spread = (hash(key) & 0xFFFF) / 0x10000 * STALENESS_SPREAD
+        return within_staleness(until, bound * (1.0 - spread), now)
+
+    def _behind(self, key: CacheKey) -> None:
+        self.counters["events_behind"] = self.counters.get("events_behind", 0) + 1
+        self.log.debug("past max_staleness: {route} fetched again", route=self.route.type)
 
     @staticmethod
     def _fresh(entry: CachedResponse, now: float) -> CacheResult | None:
@@ -380,9 +418,14 @@ class TenantCache:
         now = self._clock.seconds()
         entry = self._store.lookup(key)
         if entry is not None:
-            found = self._serve(key, request, entry, now)
-            if found is not None:
-                return found
+            if self._vouched(key, entry, now):
+                found = self._serve(key, request, entry, now)
+                if found is not None:
+                    return found
+            else:
+                # nothing of it is served, not even stale: it is only
+                # revalidated (its validators) or fetched again
+                self._behind(key)
         return Deferred.fromCoroutine(self._miss(key, request, entry, now))
 
     def _serve(
@@ -415,9 +458,12 @@ class TenantCache:
             else:
                 if entry is not None:
                     now = self._clock.seconds()
-                    found = self._serve(key, request, entry, now)
-                    if found is not None:
-                        return found
+                    if self._vouched(key, entry, now):
+                        found = self._serve(key, request, entry, now)
+                        if found is not None:
+                            return found
+                    elif stale is None:
+                        self._behind(key)
                     stale = entry
         flight = self._flights.by_key.get(key)
         if flight is not None and not self._flights.joinable(key, flight):
@@ -435,19 +481,20 @@ class TenantCache:
                 collapsed = False
                 outcome = await self._fetch(key, request, outcome.bypass, stale)
         except UpstreamError:
-            served = self._stale_if_error(stale)
+            served = self._stale_if_error(key, stale)
             if served is None:
                 raise
             return served
         if outcome.answer.status >= 500:
-            served = self._stale_if_error(stale)
+            served = self._stale_if_error(key, stale)
             if served is not None:
                 return served
         return outcome.result(collapsed, self._clock.seconds())
 
-    def _stale_if_error(self, stale: CachedResponse | None) -> CacheResult | None:
+    def _stale_if_error(self, key: CacheKey, stale: CachedResponse | None) -> CacheResult | None:
         now = self._clock.seconds()
-        if stale is not None and now < stale.stale_until:
+        # past max_staleness (perhaps while the fetch ran) nothing stale is served
+        if stale is not None and now < stale.stale_until and self._vouched(key, stale, now):
             return CacheResult(
                 STALE,
                 stale,
@@ -546,9 +593,10 @@ class TenantCache:
         stored = False
         if not bypass:
             stored = await self._put(key, answer, token)
-        return _Outcome(
-            REVALIDATED, answer, True, bypass, {"fwd": "stale", "fwd_status": 304}, stored=stored
-        )
+        args: dict[str, Any] = {"fwd": "stale", "fwd_status": 304}
+        if not self._vouched(key, stale, now):
+            args["detail"] = EVENTS_BEHIND
+        return _Outcome(REVALIDATED, answer, True, bypass, args, stored=stored)
 
     async def _complete(
         self,
@@ -602,7 +650,7 @@ class TenantCache:
                 "fwd": "uri-miss" if stale is None else "stale",
                 "fwd_status": response.status,
                 "stored": stored,
-                "detail": reason,
+                "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
             }
         outcome = _Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
         # SPEC.md section 3: a MISS passes a non-zero upstream Age on
@@ -670,6 +718,7 @@ class TenantCache:
             swr_until=swr_until,
             keep_until=keep_until,
             no_cache=f.no_cache,
+            sent_at=sent,
             tags=tags,
         )
 
@@ -761,8 +810,13 @@ class CacheRegistry:
         keyed_headers: Sequence[str],
         max_tenants: int = 10000,
         upstream_config: UpstreamConfig | None = None,
+        watermark: Watermark | None = None,
         tags_header: str | None = None,
     ) -> None:
+        """
+        @param watermark: the event watermark, for routes with
+            ``max_staleness`` (bounded staleness, SPEC.md section 5).
+        """
         self.store = store
         self.upstream = upstream
         self._clock = clock
@@ -775,6 +829,7 @@ class CacheRegistry:
         self._varying = varying_headers(up)
         self._hidden = hidden_headers(up)
         self.max_tenants = max_tenants
+        self.watermark = watermark
         self.tags_header = up.tags_header
         self.tag_purges: dict[str, int] = {"http": 0, "event": 0, "write": 0}
         self.tag_dropped = LatencyHistogram(TAG_PURGE_BUCKETS)
@@ -791,6 +846,7 @@ class CacheRegistry:
             "fetches": 0,
             "store_errors": 0,
             "reclaimed": 0,
+            "events_behind": 0,
         }
 
     def cache(self, tenant: str, route_type: str) -> TenantCache:
@@ -815,7 +871,8 @@ class CacheRegistry:
             self.counters,
             self._varying,
             self._hidden,
-            self.tags_header,
+            watermark=self.watermark,
+            tags_header=self.tags_header,
         )
         self._caches[k] = c
         if len(self._caches) > self.max_tenants:

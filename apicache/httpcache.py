@@ -35,6 +35,7 @@ __all__ = [
     "freshness_lifetime",
     "current_age",
     "is_fresh",
+    "within_staleness",
     "header",
     "validators",
     "revalidation_matches",
@@ -554,6 +555,18 @@ def is_fresh(expires_at: float, stale: bool, now: float) -> bool:
     by a ``refresh`` event.
     """
     return not stale and now < expires_at
+
+
+def within_staleness(vouched_until: float, max_staleness: float, now: float) -> bool:
+    """
+    Return whether an entry may be served from the cache at all under a
+    route's ``max_staleness`` (SPEC.md section 5, bounded staleness): while
+    ``now`` is at most ``max_staleness`` seconds past ``vouched_until``,
+    the time up to which its fetch and the event stream vouch for it
+    (max(F, W)).  Always, when ``max_staleness`` is 0.  This comes before
+    every other serving rule: fresh, stale, 304 from the cache.
+    """
+    return max_staleness <= 0 or now - vouched_until <= max_staleness
 
 
 # -- revalidation (RFC 9111 section 4.3) ------------------------------------

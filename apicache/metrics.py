@@ -290,7 +290,7 @@ def cache_families(
     @param store_stats: the store's ``stats()``: ``entries``, ``bytes``,
         ``evictions``.
     @param cache_counters: the registry's counters: ``fetches``,
-        ``coalesced``, ``store_errors``.
+        ``coalesced``, ``store_errors``, ``events_behind``.
     """
     yield GaugeMetricFamily("apicache_store_entries", "Entries held in this process.", value=store_stats["entries"])
     yield GaugeMetricFamily("apicache_store_bytes", "Bytes charged to the store's budget.", value=store_stats["bytes"])
@@ -306,6 +306,11 @@ def cache_families(
     )
     yield GaugeMetricFamily("apicache_upstream_in_flight", "Upstream fetches running now.", value=upstream_in_flight)
     yield GaugeMetricFamily("apicache_tenant_caches", "(tenant, route type) caches held.", value=tenant_caches)
+    yield CounterMetricFamily(
+        "apicache_events_behind",
+        "Requests for an entry held past its route's max_staleness (the events could not vouch for it): fetched again.",
+        value=cache_counters.get("events_behind", 0),
+    )
 
 
 def tag_families(

@@ -154,3 +154,6 @@ class StartupNotes(Service):
             self.log.info("from VCAP_SERVICES: {keys}", keys=", ".join(self.bound))
         if not c.routes:
             self.log.warn("no routes are configured: only /healthz, /readyz, / and /metrics answer")
+        for warning in c.warnings:
+            # the file is used; these say what was left out of it
+            self.log.warn("{warning}", warning=warning)

@@ -53,6 +53,7 @@ from apicache.store.redis import RedisStore, RedisStoreService
 from apicache.tracing import Tracer, TracerService, tracer_from_environ
 from apicache.upstream import UpstreamClient, UpstreamService
 from apicache.vcap import BindingFiller, bindings_from_environ
+from apicache.watermark import Watermark
 from apicache.workers import (
     WORKER_ENV,
     AdoptedPortEndpoint,
@@ -174,9 +175,24 @@ def _events(
     readiness: Readiness,
     metrics: Metrics,
     credentials: TokenProvider | None,
+    watermark: Watermark | None,
 ) -> EventListenerService:
     handler = EventHandler(EventDecoder(config.events, config.routes), registry, reactor)
-    listener = EventListenerService(config.kafka, handler, IReactorFromThreads(reactor), instance=api.node, credentials=credentials)
+    listener = EventListenerService(
+        config.kafka,
+        handler,
+        IReactorFromThreads(reactor),
+        instance=api.node,
+        credentials=credentials,
+        watermark=watermark,
+        bounds={r.type: r.max_staleness for r in config.routes if r.max_staleness > 0},
+        # group mode: the other instances' partitions count through Redis
+        exchange=(
+            registry.store.watermarks(config.kafka.group_id)
+            if config.kafka.mode == "group" and isinstance(registry.store, RedisStore)
+            else None
+        ),
+    )
     try:
         # with token credentials the password comes later: check with a stand-in
         check_consumer_settings({"sasl.password": "-"} | listener.settings if credentials else listener.settings)
@@ -233,8 +249,26 @@ def build(
     )
     intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
     timed = TimedUpstream(intermediary, metrics, reactor)
+    # the event listener advances it, routes with max_staleness read it
+    watermark = (
+        Watermark(
+            reactor,
+            group=config.kafka.mode == "group",
+            shared=store.shared,
+            max_clock_skew=config.kafka.max_clock_skew,
+        )
+        if config.kafka.enabled
+        else None
+    )
     registry = CacheRegistry(
-        store, timed, reactor, config.routes, up.keyed_headers, config.server.max_tenants, upstream_config=up
+        store,
+        timed,
+        reactor,
+        config.routes,
+        up.keyed_headers,
+        config.server.max_tenants,
+        upstream_config=up,
+        watermark=watermark,
     )
     api = CacheAPI(config, registry, router, reactor, readiness, metrics)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
@@ -282,7 +316,7 @@ def build(
     UpstreamService(upstream).setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
-        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials).setServiceParent(root)
+        _events(config, registry, reactor, api, readiness, metrics, kafka_credentials, watermark).setServiceParent(root)
     HTTPService(endpoint, site, config.server.shutdown_grace, reactor).setServiceParent(root)
     return Daemon(root, api, registry, kafka_credentials)
 

@@ -66,10 +66,11 @@ def test_value_round_trips_with_a_version_byte() -> None:
     headers = ((b"etag", b'"x"'), (b"content-type", b"a/b"))
     e = CachedResponse(
         203, headers, b"\x00body\xff", 1.5, 2.5, 3.5, True,
-        head=header_block(headers), swr_until=4.5, keep_until=9.5, no_cache=True,
+        head=header_block(headers), swr_until=4.5, keep_until=9.5, no_cache=True, sent_at=1.25,
     )
     data = encode_entry(e)
-    assert data[0] == FORMAT_VERSION == 2
+    # version 3 carries the time the upstream request was sent
+    assert data[0] == FORMAT_VERSION == 3
     # the wire form is rebuilt when loaded, not stored
     assert decode_entry(data) == e
     assert len(data) < len(e.body) + 100
@@ -78,6 +79,7 @@ def test_value_round_trips_with_a_version_byte() -> None:
 def test_value_of_another_version_is_a_miss() -> None:
     data = encode_entry(entry())
     assert decode_entry(b"\x01" + data[1:]) is None
+    assert decode_entry(b"\x02" + data[1:]) is None
     assert decode_entry(data[:5]) is None
 
 

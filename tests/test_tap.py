@@ -93,3 +93,22 @@ def test_single_process_start_up_says_what_listens(tmp_path, monkeypatch):
     notes = [s for s in root if isinstance(s, StartupNotes)]
     assert len(notes) == 1 and notes[0].serving == "HTTP on tcp:0:interface=127.0.0.1"
     assert isinstance(list(root)[-1], GarbageCollectorTuning)
+
+
+def test_configuration_warnings_are_logged_once_at_start_up():
+    from twisted.logger import globalLogPublisher
+
+    from apicache.config import parse_config
+    from apicache.service import StartupNotes
+
+    config = parse_config(
+        {"server": {"api_keys": ["k"]}, "upstream": {"forward_headers": ["accept", "accept-encoding"]}}, "c.toml", {}
+    )
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        StartupNotes(config, "HTTP on tcp:0").startService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warned = [e for e in events if "accept-encoding" in str(e.get("warning", ""))]
+    assert len(warned) == 1 and warned[0]["log_level"].name == "warn"

@@ -7,6 +7,12 @@ The consumer thread hands each batch of messages to the reactor, where an
 L{EventHandler} applies them, and stores a message's offset for commit only
 after it was applied or skipped (at-least-once).  Stored offsets are
 committed in the background, when partitions are revoked and on close.
+
+Bounded staleness (SPEC.md section 5): the consumer thread also keeps, per
+partition, the offset up to which messages were applied, asks the broker
+for the partitions' end offsets every L{_QUERY_SECONDS}, and advances the
+L{Watermark} W_p of each partition whose answer was not beyond what was
+applied to the time the query was sent.
 """
 
 from __future__ import annotations
@@ -18,7 +24,16 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
@@ -29,6 +44,8 @@ from twisted.python.failure import Failure
 
 from apicache.config import KafkaConfig
 from apicache.events.handling import EventHandler
+from apicache.events.lag import LagMonitor
+from apicache.watermark import Partition, Watermark, WatermarkExchange
 
 if TYPE_CHECKING:
     from apicache.oauth import TokenProvider
@@ -45,6 +62,13 @@ _RETRY_SECONDS = 1.0
 _STOP_SECONDS = 5.0
 #: the same complaint is logged once in this many seconds
 _REPEAT_SECONDS = 30.0
+#: end offsets are asked for this often: the steady-state lag of W
+_QUERY_SECONDS = 0.5
+#: the longest the consumer thread waits for an end-offset or metadata
+#: answer (a frozen broker must not hold up polling)
+_QUERY_TIMEOUT = 1.0
+#: the partitions of the configured topics are listed this often
+_METADATA_SECONDS = 5.0
 
 
 # --- librdkafka settings ----------------------------------------------------
@@ -74,6 +98,10 @@ def consumer_settings(kafka: KafkaConfig, group_id: str) -> dict[str, Any]:
         # a subscribed topic created after start-up is found within seconds
         # (librdkafka's default: 5 minutes)
         "topic.metadata.refresh.interval.ms": 5000,
+        # the end of a partition, reached after the messages before it were
+        # handed over: how a partition whose tail holds no message (a
+        # transaction marker, nothing at all) is known to be applied
+        "enable.partition.eof": True,
         "security.protocol": kafka.security_protocol,
     }
     if kafka.sasl_mechanism:
@@ -158,6 +186,10 @@ class EventListenerService(Service):
         reactor: IReactorFromThreads,
         instance: str | None = None,
         credentials: TokenProvider | None = None,
+        *,
+        watermark: Watermark | None = None,
+        bounds: Mapping[str, float] | None = None,
+        exchange: WatermarkExchange | None = None,
     ) -> None:
         """
         @param reactor: where the consumer thread hands its work; it must
@@ -166,6 +198,12 @@ class EventListenerService(Service):
         @param credentials: when the SASL password is an OAuth token: the
             consumer starts once the first token is there, and each renewed
             token is handed to it.
+        @param watermark: the event watermark this listener advances (the
+            cache reads it); one of its own by default.
+        @param bounds: route type → ``max_staleness`` (for the log lines
+            when the event lag crosses one).
+        @param exchange: in ``group`` mode with a shared store, where the
+            instances share their partition watermarks.
         """
         self.kafka = kafka
         self.credentials = credentials
@@ -188,6 +226,17 @@ class EventListenerService(Service):
         self._stopped: Deferred[None] | None = None
         self._seen: set[tuple[str, int]] = set()
         self._last_error_log: dict[int, float] = {}
+        #: the event watermark; written on the reactor thread only
+        if watermark is None:
+            watermark = Watermark(self.clock, group=not self.broadcast, max_clock_skew=kafka.max_clock_skew)
+        self.watermark = watermark
+        self.lag = LagMonitor(self.watermark, self.clock, bounds or {}, exchange if not self.broadcast else None)
+        # the consumer thread's own: per partition held, the offset below
+        # which every message was applied (or skipped as not an event)
+        self._applied: dict[Partition, int] = {}
+        self._held: set[Partition] = set()
+        self._next_query = 0.0
+        self._next_metadata = 0.0
 
     # -- what the rest of the daemon reads --------------------------------
 
@@ -203,11 +252,16 @@ class EventListenerService(Service):
 
     def info(self) -> dict[str, Any]:
         """
-        Return the counters and state for ``GET /``.
+        Return the counters and state for ``GET /``: ``events_lag_s`` (now
+        − W, ``None`` before any W) at the top level and among the
+        ``events`` counters.
         """
+        lag = self.watermark.lag()
         return {
+            "events_lag_s": lag,
             "events": {
                 **self.handler.info(),
+                "events_lag_s": lag,
                 "mode": self.kafka.mode,
                 "group_id": self.group_id,
                 "connected": self.links.connected,
@@ -232,6 +286,12 @@ class EventListenerService(Service):
         )
         yield GaugeMetricFamily("apicache_kafka_ready", "1 when the event listener is connected and assigned.", value=float(self.is_ready()))
         yield GaugeMetricFamily("apicache_kafka_partitions", "Partitions assigned to this instance.", value=len(self.links.assigned))
+        lag = self.watermark.lag()
+        yield GaugeMetricFamily(
+            "apicache_events_lag_seconds",
+            "Seconds since the event watermark W: every event appended before it was applied (+Inf before any).",
+            value=float("inf") if lag is None else lag,
+        )
 
     # -- the service ------------------------------------------------------
 
@@ -245,6 +305,7 @@ class EventListenerService(Service):
             settings=json.dumps(redact(self.settings), sort_keys=True),
         )
         self._stop.clear()
+        self.lag.start()
         if self.credentials is None:
             self._start_thread()
             return
@@ -272,6 +333,7 @@ class EventListenerService(Service):
         """
         super().stopService()
         self._stop.set()
+        self.lag.stop()
         stopped = self._stopped
         if stopped is None or self._thread is None:
             return succeed(None)
@@ -336,6 +398,13 @@ class EventListenerService(Service):
         if self.broadcast and partitions:
             partitions = self._broadcast_positions(consumer, partitions)
             consumer.assign(partitions)
+        elif partitions and not self.watermark.shared:
+            # group mode, a store of this instance's own: what the previous
+            # holder applied never reached this cache
+            self._skipped("partitions taken over in group mode")
+        held = [(p.topic, p.partition) for p in partitions]
+        self._held.update(held)
+        self._from_thread(self.watermark.assign, held)
         self._seen.update((p.topic, p.partition) for p in partitions)
         self.links.assigned = sorted(set(self.links.assigned) | {f"{p.topic}:{p.partition}" for p in partitions})
         self.links.joined = True
@@ -358,6 +427,7 @@ class EventListenerService(Service):
         except KafkaException:
             committed = [TopicPartition(p.topic, p.partition) for p in partitions]
         out = []
+        skipped = False
         for p in committed:
             if p.offset < 0:
                 if (p.topic, p.partition) in self._seen:
@@ -366,19 +436,39 @@ class EventListenerService(Service):
                     try:
                         _, high = consumer.get_watermark_offsets(p, timeout=5)
                         p = TopicPartition(p.topic, p.partition, high)
+                        skipped = True
                     except KafkaException:
                         p = TopicPartition(p.topic, p.partition)  # auto.offset.reset
             out.append(p)
+        if skipped:
+            # the messages before the end were never applied: entries
+            # fetched before now (other instances' in a shared store, or
+            # this one's while it started) are not vouched for by W
+            self._skipped("started at the end of the topic")
         return out
+
+    def _skipped(self, why: str) -> None:
+        """
+        Note (consumer thread) that messages were skipped now: entries
+        fetched before are judged by their fetch time alone.
+        """
+        at = self.clock.seconds()
+        self._from_thread(self.watermark.skip, at)
+        self._from_thread(self.log.info, "kafka: messages skipped ({why}): entries fetched before are judged by their age alone", why=why)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._commit(consumer)
         gone = {f"{p.topic}:{p.partition}" for p in partitions}
         self.links.assigned = [a for a in self.links.assigned if a not in gone]
+        revoked = [(p.topic, p.partition) for p in partitions]
+        self._held.difference_update(revoked)
+        self._from_thread(self.watermark.revoke, revoked)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.links.assigned = []
         self.links.joined = False
+        self._held.clear()
+        self._from_thread(self.watermark.revoke, None)
         self._from_thread(self.log.warn, "kafka: partitions lost; rejoining the group")
 
     def _commit(self, consumer: Consumer) -> None:
@@ -423,6 +513,7 @@ class EventListenerService(Service):
         while not self._stop.is_set():
             try:
                 self._consume_once(consumer)
+                self._watch_end_offsets(consumer)
             except Exception:  # noqa: BLE001 - the listener must go on
                 self._from_thread(self.log.failure, "kafka: unexpected error in the event listener", Failure())
                 self._stop.wait(_RETRY_SECONDS)
@@ -443,19 +534,26 @@ class EventListenerService(Service):
         if first is None:
             return
         batch: list[Message] = []
+        # the end of a partition, and how many messages came before it
+        ends: list[tuple[Partition, int, int]] = []
         for m in [first, *consumer.consume(_BATCH - 1, 0)]:
             error = m.error()
             if error is None:
                 batch.append(m)
-            elif error.code() != KafkaError._PARTITION_EOF:
+            elif error.code() == KafkaError._PARTITION_EOF:
+                ends.append(((m.topic() or "", m.partition() or 0), m.offset() or 0, len(batch)))
+            else:
                 self._on_error(error)
+        done = 0
+        if batch:
+            work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
+            try:
+                done = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]  # mypy infers Never for a Deferred-returning f
+            except Exception:  # noqa: BLE001 - the reactor is going away
+                self._stop.set()
+                return
+        self._note_applied(batch[:done], [(p, offset) for p, offset, before in ends if before <= done])
         if not batch:
-            return
-        work = [(m.value(), _timestamp(m), f"{m.topic()}[{m.partition()}]@{m.offset()}") for m in batch]
-        try:
-            done: int = blockingCallFromThread(self.reactor, self.handler.handle_batch, work)  # type: ignore[arg-type]  # mypy infers Never for a Deferred-returning f
-        except Exception:  # noqa: BLE001 - the reactor is going away
-            self._stop.set()
             return
         if done:
             consumer.store_offsets(offsets=_next_offsets(batch[:done]))
@@ -465,6 +563,72 @@ class EventListenerService(Service):
             for m in _first_per_partition(batch[done:]):
                 consumer.seek(TopicPartition(m.topic() or "", m.partition() or 0, m.offset() or 0))
             self._stop.wait(_RETRY_SECONDS)
+
+    # -- the event watermark (consumer thread) -------------------------------
+
+    def _note_applied(self, applied: Sequence[Message], ends: Sequence[tuple[Partition, int]]) -> None:
+        """
+        Advance the applied offsets past ``applied`` messages and to the
+        partition ends reached after them; hand the LogAppendTime of the
+        newest applied message of each partition to the watermark.
+        """
+        appended: dict[Partition, float] = {}
+        for m in applied:
+            p = (m.topic() or "", m.partition() or 0)
+            self._applied[p] = max(self._applied.get(p, 0), (m.offset() or 0) + 1)
+            kind, ms = m.timestamp()
+            if kind == TIMESTAMP_LOG_APPEND_TIME and ms > 0:
+                appended[p] = ms / 1000.0
+        for p, offset in ends:
+            self._applied[p] = max(self._applied.get(p, 0), offset)
+        for p, at in appended.items():
+            self._from_thread(self.watermark.appended, p, at)
+
+    def _watch_end_offsets(self, consumer: Consumer) -> None:
+        """
+        Every L{_QUERY_SECONDS}: ask the broker for the end offsets of the
+        partitions held (ListOffsets at the consumer's isolation level, one
+        query for all) and vouch, for each whose answer is not beyond what
+        was applied, for the time the query was sent.  Every
+        L{_METADATA_SECONDS}, list the topics' partitions first.  Blocks for
+        L{_QUERY_TIMEOUT} at most per request.
+        """
+        now = self.clock.seconds()
+        if now < self._next_query:
+            return
+        self._next_query = now + _QUERY_SECONDS
+        if now >= self._next_metadata:
+            self._list_partitions(consumer)
+        held = sorted(p for p in self._held if p in self._applied)
+        if not held:
+            return
+        sent = self.clock.seconds()
+        try:
+            answers = consumer.offsets_for_times([TopicPartition(t, n, OFFSET_END) for t, n in held], timeout=_QUERY_TIMEOUT)
+        except KafkaException:
+            # the broker is away or slow: W stays where it was (the error
+            # callback reports an unreachable broker)
+            return
+        vouched = [
+            (a.topic, a.partition)
+            for a in answers
+            if a.error is None and 0 <= a.offset <= self._applied.get((a.topic, a.partition), -1)
+        ]
+        if vouched:
+            self._from_thread(self.watermark.vouch, vouched, sent)
+
+    def _list_partitions(self, consumer: Consumer) -> None:
+        found: list[Partition] = []
+        for topic in self.kafka.topics:
+            try:
+                metadata = consumer.list_topics(topic, timeout=_QUERY_TIMEOUT)
+            except KafkaException:
+                return  # keep what was listed last
+            t = metadata.topics.get(topic)
+            if t is not None and t.error is None:
+                found.extend((topic, n) for n in t.partitions)
+        self._next_metadata = self.clock.seconds() + _METADATA_SECONDS
+        self._from_thread(self.watermark.set_partitions, found)
 
 
 def _timestamp(m: Message) -> float | None:
@@ -497,6 +661,11 @@ class _LibrdkafkaLog:
         self._service = service
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
+        # confluent-kafka passes (facility, client name, text)
+        if len(args) == 3 and args[0] == "OFFSET" and "offset reset" in str(args[2]):
+            # a committed offset out of range, reset by auto.offset.reset:
+            # the messages in between are never applied
+            self._service._skipped("offset reset")
         # connection failures come through the error callback as well
         if level < 30 or (args and args[0] == "FAIL"):  # 30: logging.WARNING
             return

@@ -52,6 +52,8 @@ class CachedResponse:
     @ivar keep_until: when it may be dropped: past every stale window and,
         with a validator, past ``keep`` (kept for revalidation).
     @ivar no_cache: revalidated before every use (``Cache-Control: no-cache``).
+    @ivar sent_at: when the upstream request that fetched or last
+        revalidated it was sent (F of bounded staleness, SPEC.md section 5).
     @ivar tags: the tags it carries (L{apicache.tags}); a purge of any of
         them drops it.
     """
@@ -69,6 +71,7 @@ class CachedResponse:
         "swr_until",
         "keep_until",
         "no_cache",
+        "sent_at",
         "tags",
     )
 
@@ -86,6 +89,7 @@ class CachedResponse:
         swr_until: float = 0.0,
         keep_until: float = 0.0,
         no_cache: bool = False,
+        sent_at: float = 0.0,
         tags: tuple[str, ...] = (),
     ) -> None:
         self.status = status
@@ -100,6 +104,7 @@ class CachedResponse:
         self.swr_until = swr_until
         self.keep_until = keep_until
         self.no_cache = no_cache
+        self.sent_at = sent_at
         self.tags = tags
 
     def size(self) -> int:

@@ -6,7 +6,8 @@ The Redis store, one concept per module:
 - L{scripts <apicache.store.redis.scripts>}: the Lua scripts and what each guarantees;
 - L{connection <apicache.store.redis.connection>}: reconnection, PING, bounded calls, pub/sub;
 - L{store <apicache.store.redis.store>}: L{RedisStore} itself;
-- L{service <apicache.store.redis.service>}: L{RedisStoreService}, for the daemon.
+- L{service <apicache.store.redis.service>}: L{RedisStoreService}, for the daemon;
+- L{watermarks <apicache.store.redis.watermarks>}: the event watermarks a consumer group shares.
 """
 
 from apicache.store.redis.address import RedisAddress, parse_redis_url

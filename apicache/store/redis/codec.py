@@ -47,12 +47,12 @@ __all__ = [
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Offset of the stale flag in a stored value (set in place by the change script).
 STALE_OFFSET = 1
 # version, stale, status, stored_at, expires_at, stale_until, swr_until,
-# keep_until, no_cache, header count
-_HEAD = struct.Struct("!BBHdddddBH")
+# keep_until, sent_at, no_cache, header count
+_HEAD = struct.Struct("!BBHddddddBH")
 _HEADER = struct.Struct("!HI")
 
 
@@ -115,7 +115,8 @@ def lock_key(prefix: str, key: CacheKey) -> str:
 def encode_entry(entry: CachedResponse) -> bytes:
     """
     Return ``entry`` in the stored format: a version byte, the stale flag,
-    status, times, the no-cache flag, headers, then the body.  The headers'
+    status, times (the upstream request's sending last), the no-cache
+    flag, headers, then the body.  The headers'
     wire form (``head``) is not stored: it is rebuilt when loaded.
     """
     parts = [
@@ -128,6 +129,7 @@ def encode_entry(entry: CachedResponse) -> bytes:
             entry.stale_until,
             entry.swr_until,
             entry.keep_until,
+            entry.sent_at,
             1 if entry.no_cache else 0,
             len(entry.headers),
         )
@@ -148,8 +150,8 @@ def decode_entry(data: bytes) -> CachedResponse | None:
     if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
         return None
     try:
-        _, stale, status, stored_at, expires_at, stale_until, swr_until, keep_until, no_cache, n = _HEAD.unpack_from(
-            data
+        _, stale, status, stored_at, expires_at, stale_until, swr_until, keep_until, sent_at, no_cache, n = (
+            _HEAD.unpack_from(data)
         )
         pos = _HEAD.size
         headers = []
@@ -176,6 +178,7 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         swr_until=swr_until,
         keep_until=keep_until,
         no_cache=bool(no_cache),
+        sent_at=sent_at,
     )
     # the wire form is rebuilt once per load, not stored twice in Redis; an
     # entry that fails L{entry_problem} is never written, so it gets none

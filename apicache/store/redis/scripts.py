@@ -6,7 +6,19 @@ L{apicache.store.redis.codec}.
 
 from __future__ import annotations
 
-__all__ = ["PUT", "PUT_TAGGED", "GET_OR_LOCK", "RELEASE", "CHANGE", "BUMP", "PURGE_TAG", "DROP_BATCH", "SWEEP_TAGS"]
+__all__ = [
+    "PUT",
+    "PUT_TAGGED",
+    "GET_OR_LOCK",
+    "RELEASE",
+    "CHANGE",
+    "BUMP",
+    "PURGE_TAG",
+    "DROP_BATCH",
+    "SWEEP_TAGS",
+    "WATERMARKS_READ",
+    "WATERMARKS_MERGE",
+]
 
 # Store an entry only if no invalidation covering it ran since the fetch
 # began (the race rule across instances): the four generations read by
@@ -287,5 +299,28 @@ BUMP = """
 redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
+# The event watermarks of a consumer group (SPEC.md section 5): read them
+# with Redis's own clock, in one step, so that a reader can bracket the
+# offset between that clock and its own by the call's round trip.
+# KEYS: the hash (field "topic:partition" -> a time of Redis's clock)
+# Returns {TIME seconds, TIME microseconds, {field, value, ...}}.
+WATERMARKS_READ = """
+local t = redis.call('TIME')
+return {t[1], t[2], redis.call('HGETALL', KEYS[1])}
+"""
+
+# Merge marks into the hash, each field keeping the larger time: W_p never
+# decreases, whichever instance publishes it.
+# KEYS: the hash; ARGV: field, time pairs.  Returns 1.
+WATERMARKS_MERGE = """
+for i = 1, #ARGV, 2 do
+  local old = tonumber(redis.call('HGET', KEYS[1], ARGV[i]))
+  if old == nil or tonumber(ARGV[i + 1]) > old then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
+end
 return 1
 """

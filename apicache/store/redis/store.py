@@ -51,6 +51,7 @@ from apicache.store.redis.codec import (
     tag_record_key,
 )
 from apicache.store.redis.connection import PubSubProtocol, RedisCommands, RedisConnection
+from apicache.store.redis.watermarks import RedisWatermarks
 
 __all__ = ["RedisStore"]
 
@@ -207,6 +208,19 @@ class RedisStore:
         Return whether both connections are up and Redis answers PING.
         """
         return self.commands.ready() and self.subscriber.protocol is not None
+
+    def watermarks(self, group: str) -> RedisWatermarks:
+        """
+        Return where the instances of consumer group ``group`` share their
+        event watermarks in this Redis (SPEC.md section 5); live while this
+        store's invalidation subscription is up.
+        """
+        return RedisWatermarks(
+            self.commands.eval,
+            f"{self.prefix}:events:{group}",
+            self._clock,
+            lambda: self.subscriber.protocol is not None,
+        )
 
     # -- messages and tokens -------------------------------------------------
 
