@@ -43,6 +43,7 @@ WRITE_HEADERS = (b"content-type", b"if-match", b"if-unmodified-since", b"if-none
 #: apicache's ``Cache-Status`` member on a pass-through write (RFC 9211).
 CACHE_STATUS = b"apicache;fwd=method"
 
+
 def invalidates(status: int) -> bool:
     """
     Return whether a write answered ``status`` invalidates the resource
