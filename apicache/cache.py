@@ -142,20 +142,25 @@ class CacheResult:
         return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
 
 
-#: Stored header tuples seen so far: answers with the same replayed headers
-#: (most hold only a Content-Type) share one tuple.  Bounded: past the
-#: limit, new ones are kept unshared.
-_HEADER_TUPLES: dict[tuple[tuple[bytes, bytes], ...], tuple[tuple[bytes, bytes], ...]] = {}
-_HEADER_TUPLES_MAX = 4096
+#: Replayed headers seen lately, with their wire form: answers with the same
+#: headers (most hold a Content-Type and the same second's Date) share one
+#: tuple and one block (memory per entry).  Cleared when full, so that
+#: sharing goes on as Dates move.
+_WIRE: dict[tuple[tuple[bytes, bytes], ...], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+_WIRE_MAX = 4096
 
 
-def _shared_headers(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[bytes, bytes], ...]:
-    found = _HEADER_TUPLES.get(headers)
-    if found is not None:
-        return found
-    if len(_HEADER_TUPLES) < _HEADER_TUPLES_MAX:
-        _HEADER_TUPLES[headers] = headers
-    return headers
+def _shared_wire(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
+    """
+    Return ``headers`` and their L{header_block}, shared with earlier answers
+    that had the same headers.
+    """
+    found = _WIRE.get(headers)
+    if found is None:
+        if len(_WIRE) >= _WIRE_MAX:
+            _WIRE.clear()
+        found = _WIRE[headers] = (headers, header_block(headers))
+    return found
 
 
 class _Outcome:
@@ -700,7 +705,9 @@ class TenantCache:
         its windows from its freshness; it carries ``tags``.
         """
         f = freshness(self.route, status, headers, sent, now, age)
-        born = now - f.initial_age
+        # one float object less per entry when the answer came with no age
+        born = now - f.initial_age if f.initial_age else now
+        shared, head = _shared_wire(headers)
         expires = born + f.lifetime
         stale_until = expires + f.stale_if_error if f.stale_if_error else expires
         swr_until = expires + f.stale_while_revalidate if f.stale_while_revalidate else expires
@@ -709,12 +716,12 @@ class TenantCache:
             keep_until = max(keep_until, expires + self.route.keep)
         return CachedResponse(
             status,
-            _shared_headers(headers),
+            shared,
             body,
             stored_at=born,
             expires_at=expires,
             stale_until=stale_until,
-            head=header_block(headers),
+            head=head,
             swr_until=swr_until,
             keep_until=keep_until,
             no_cache=f.no_cache,

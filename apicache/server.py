@@ -72,6 +72,8 @@ class ApiRequest(server.Request):
     tenant = "-"
     cache = "-"
     trace: RequestTrace | None = None
+    #: the checks before routing passed when the head came in (L{ApiChannel})
+    head_checked = False
     _counted = False
 
     _postpath: list[bytes] | None = None
@@ -245,18 +247,19 @@ class ApiChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
-        if self._head_deadline is None and self.line_mode and not self._handlingRequest and data:
-            # the first byte of a request's head: its deadline starts now,
-            # and unlike the idle timeout a byte now and then does not
-            # push it back
-            self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
         super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
-            return
-        super().lineReceived(line)
+        if (
+            self._head_deadline is None
+            and not self.refused
+            and self.line_mode
+            and not self._handlingRequest
+            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+        ):
+            # a request's head has begun and is not complete: its deadline
+            # starts now, and unlike the idle timeout a byte now and then
+            # does not push it back.  A head that arrives whole in one read
+            # (nearly all of them) needs no timer at all.
+            self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
@@ -272,6 +275,8 @@ class ApiChannel(HTTPChannel):
         if error is not None:
             self.refuse(error, head=self._command == b"HEAD")
             return
+        # checked once here: ApiFront need not check again
+        request.head_checked = True  # type: ignore[attr-defined]
         # now the request body may be read (twisted.web buffers it) and
         # ``Expect: 100-continue`` answered
         super().allHeadersReceived()
@@ -288,8 +293,13 @@ class ApiChannel(HTTPChannel):
 
     def _respondToBadRequestAndDisconnect(self) -> None:
         # twisted.web's own refusal (an unparsable request line or header,
-        # a NUL in a header value, too many headers) writes an empty 400
-        self._refuse_malformed("the request could not be parsed")
+        # a NUL in a header value, too many headers, a head over
+        # totalHeadersSize: it counts each line before this is called)
+        # writes an empty 400
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
+        else:
+            self._refuse_malformed("the request could not be parsed")
 
     # -- refusing ----------------------------------------------------------
 
@@ -739,12 +749,13 @@ class ApiFront(Resource):
         Answer ``request``: an error for a duplicate header, a wrong key or
         an undecodable path, a hit, or whatever the Klein application says.
         """
-        # the channel checked these before reading the body; again here for
-        # requests that come another way (tests over StubTreq, a site
-        # without keys)
-        error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
-        if error is not None:
-            return refuse(request, error)
+        # the channel checked these before reading the body, with the same
+        # keys in production; again here for requests that come another way
+        # (tests over StubTreq, a site given other keys or none)
+        if not getattr(request, "head_checked", False) or request.channel.site.keys is not self._keys:  # type: ignore[attr-defined]
+            error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
+            if error is not None:
+                return refuse(request, error)
         if request.method == b"GET" or request.method == b"HEAD":
             # any twisted.web Request takes the attributes ApiRequest declares
             body = self.answer_hit(cast(ApiRequest, request))
