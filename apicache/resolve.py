@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from apicache.auth import claim_matches
@@ -25,13 +26,27 @@ from apicache.httpcache import normalise_accept_encoding
 from apicache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.routes import Route, Router
 
-__all__ = ["Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
+__all__ = [
+    "raw_header_name","Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
 
 #: How many resolved requests and valid tenant names are remembered (then
 #: forgotten at once).
 MEMO_SIZE = 8192
 #: Requests longer than this (URI and keyed header values) are not remembered.
 MEMO_REQUEST_BYTES = 512
+
+
+def raw_header_name(name: bytes) -> bytes:
+    """
+    Return ``name`` as twisted.web keys it in a C{Headers} object's table of
+    raw headers (``Api-Key``), learnt from twisted.web itself.  The hit path
+    reads that table directly, with names worked out once, because
+    C{getRawHeaders} encodes the name again on every call.
+    """
+    return next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+
+
+_RAW_ACCEPT_ENCODING = raw_header_name(b"accept-encoding")
 
 
 class Resolved:
@@ -74,8 +89,10 @@ class Resolver:
     def __init__(self, config: Config, router: Router) -> None:
         self.router = router
         self.tenant_header = config.server.tenant_header.encode("ascii")
+        self._raw_tenant_header = raw_header_name(self.tenant_header)
         self._tenant_claim = config.server.tenant_claim
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
+        self._raw_keyed = [raw_header_name(h) for h in self._keyed]
         self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
@@ -137,9 +154,10 @@ class Resolver:
         @raise InvalidQuery: the query string is rejected.
         """
         headers = request.requestHeaders
-        tenants = headers.getRawHeaders(self.tenant_header)
-        keyed = [headers.getRawHeaders(h) for h in self._keyed]
-        accept_encoding = headers.getRawHeaders(b"accept-encoding")
+        raw = headers._rawHeaders  # see raw_header_name
+        tenants = raw.get(self._raw_tenant_header) or None
+        keyed = [raw.get(h) or None for h in self._raw_keyed]
+        accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None
         seen = (
             request.uri,
             tenants[0] if tenants else None,

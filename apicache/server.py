@@ -39,7 +39,7 @@ from apicache.errors import DOMAIN_ERRORS, JSON, ApiError, api_error, error_body
 from apicache.httpcache import condition_fails, header_block, not_modified_headers
 from apicache.logs import AccessLog
 from apicache.metrics import Metrics
-from apicache.resolve import Resolver
+from apicache.resolve import Resolver, raw_header_name
 from apicache.routes import RESERVED_PATHS
 from apicache.tracing import RequestTrace, Tracer
 from apicache.tracing import enter as enter_trace
@@ -182,6 +182,19 @@ def connection_limit(configured: int, open_files: int) -> int:
     return max(1, open_files * 4 // 5)
 
 
+_RAW_API_KEY = raw_header_name(b"api-key")
+_RAW_IF_NONE_MATCH = raw_header_name(b"if-none-match")
+_RAW_IF_MODIFIED_SINCE = raw_header_name(b"if-modified-since")
+_RAW_NAMES: dict[bytes, bytes] = {}
+
+
+def _raw_name(name: bytes) -> bytes:
+    found = _RAW_NAMES.get(name)
+    if found is None:
+        found = _RAW_NAMES[name] = raw_header_name(name)
+    return found
+
+
 def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Headers) -> ApiError | None:
     """
     Check what is checked before routing and before any body byte is read:
@@ -189,8 +202,9 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
 
     @return: the error to answer, or ``None`` when the request may go on.
     """
-    given = headers.getRawHeaders(b"api-key")
-    tenants = headers.getRawHeaders(tenant_header)
+    raw = headers._rawHeaders  # see raw_header_name
+    given = raw.get(_RAW_API_KEY) or None
+    tenants = raw.get(_raw_name(tenant_header)) or None
     if (given and len(given) > 1) or (tenants and len(tenants) > 1):
         return ApiError(400, "duplicate_header", "the tenant header or api-key is given more than once")
     if keys.required and path not in _UNAUTHENTICATED:
@@ -671,9 +685,9 @@ def write_result(request: Any, result: CacheResult) -> Any:
         # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
         member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
     if result.stored and 200 <= status < 300:
-        conditions = request.requestHeaders
-        if_none_match = conditions.getRawHeaders(b"if-none-match")
-        if_modified_since = None if if_none_match else conditions.getRawHeaders(b"if-modified-since")
+        conditions = request.requestHeaders._rawHeaders  # see raw_header_name
+        if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
+        if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
         if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
             return _write_not_modified(request, result, member)
     body = r.body
