@@ -102,6 +102,15 @@ def _random_id(bits: int) -> str:
     return f"{n:0{bits // 4}x}"
 
 
+def _raw_name(name: bytes) -> bytes:
+    # as twisted.web keys a Headers object's raw table (b"Traceparent")
+    return next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
+
+
+_RAW_TRACEPARENT = _raw_name(b"traceparent")
+_RAW_TRACESTATE = _raw_name(b"tracestate")
+
+
 class RequestTrace:
     """
     One request's place in a trace.
@@ -121,17 +130,39 @@ class RequestTrace:
         ``unreachable``, ``overloaded``), or C{None}.
     """
 
-    __slots__ = ("trace_id", "span_id", "parent_id", "flags", "span", "upstream_status", "upstream_s", "upstream_error")
+    __slots__ = ("_trace_id", "_span_id", "parent_id", "flags", "span", "upstream_status", "upstream_s", "upstream_error")
 
-    def __init__(self, trace_id: str, span_id: str, parent_id: str | None, flags: str, span: Any = None) -> None:
-        self.trace_id = trace_id
-        self.span_id = span_id
+    def __init__(
+        self, trace_id: str | None, span_id: str | None, parent_id: str | None, flags: str, span: Any = None
+    ) -> None:
+        # ids not given are drawn when first read: a hit that writes no log
+        # line and calls no upstream never needs them
+        self._trace_id = trace_id
+        self._span_id = span_id
         self.parent_id = parent_id
         self.flags = flags
         self.span = span
         self.upstream_status: int | None = None
         self.upstream_s: float | None = None
         self.upstream_error: str | None = None
+
+    @property
+    def trace_id(self) -> str:
+        """
+        The trace id: 32 hex digits, the caller's or new.
+        """
+        if self._trace_id is None:
+            self._trace_id = _random_id(128)
+        return self._trace_id
+
+    @property
+    def span_id(self) -> str:
+        """
+        apicache's span id for this request: 16 hex digits.
+        """
+        if self._span_id is None:
+            self._span_id = _random_id(64)
+        return self._span_id
 
     def traceparent(self) -> bytes:
         """
@@ -151,12 +182,15 @@ class Tracer:
         ``traceparent`` starts a new trace (and drops ``tracestate``, as the
         W3C recommendation says).
         """
-        parsed = parse_traceparent(headers.getRawHeaders(b"traceparent"))
+        # twisted.web's table of raw headers, read directly: getRawHeaders
+        # and removeHeader encode the name again on every call (hit path)
+        raw = headers._rawHeaders
+        parsed = parse_traceparent(raw.get(_RAW_TRACEPARENT) or None)
         if parsed is None:
-            headers.removeHeader(b"tracestate")
-            return RequestTrace(_random_id(128), _random_id(64), None, "01")
+            raw.pop(_RAW_TRACESTATE, None)
+            return RequestTrace(None, None, None, "01")
         trace_id, parent_id, flags = parsed
-        return RequestTrace(trace_id, _random_id(64), parent_id, flags)
+        return RequestTrace(trace_id, None, parent_id, flags)
 
     def end(self, trace: RequestTrace, name: str, attributes: Mapping[str, Any]) -> None:
         """
