@@ -16,18 +16,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 
 from apicache.auth import claim_matches
 from apicache.config import Config
 from apicache.errors import ApiError
-from apicache.httpcache import normalise_accept_encoding
+from apicache.httpcache import canonical_name, normalise_accept_encoding
 from apicache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.routes import Route, Router
 
-__all__ = [
-    "raw_header_name","Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
+__all__ = ["Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
 
 #: How many resolved requests and valid tenant names are remembered (then
 #: forgotten at once).
@@ -36,17 +34,10 @@ MEMO_SIZE = 8192
 MEMO_REQUEST_BYTES = 512
 
 
-def raw_header_name(name: bytes) -> bytes:
-    """
-    Return ``name`` as twisted.web keys it in a C{Headers} object's table of
-    raw headers (``Api-Key``), learnt from twisted.web itself.  The hit path
-    reads that table directly, with names worked out once, because
-    C{getRawHeaders} encodes the name again on every call.
-    """
-    return next(iter(Headers({name: [b""]}).getAllRawHeaders()))[0]
-
-
-_RAW_ACCEPT_ENCODING = raw_header_name(b"accept-encoding")
+#: The hit path reads twisted.web's table of raw headers directly, with
+#: names worked out once (L{canonical_name}): C{getRawHeaders} encodes the
+#: name again on every call.
+_RAW_ACCEPT_ENCODING = canonical_name(b"accept-encoding")
 
 
 class Resolved:
@@ -89,10 +80,10 @@ class Resolver:
     def __init__(self, config: Config, router: Router) -> None:
         self.router = router
         self.tenant_header = config.server.tenant_header.encode("ascii")
-        self._raw_tenant_header = raw_header_name(self.tenant_header)
+        self._raw_tenant_header = canonical_name(self.tenant_header)
         self._tenant_claim = config.server.tenant_claim
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
-        self._raw_keyed = [raw_header_name(h) for h in self._keyed]
+        self._raw_keyed = [canonical_name(h) for h in self._keyed]
         self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
@@ -154,7 +145,7 @@ class Resolver:
         @raise InvalidQuery: the query string is rejected.
         """
         headers = request.requestHeaders
-        raw = headers._rawHeaders  # see raw_header_name
+        raw = headers._rawHeaders  # see _RAW_ACCEPT_ENCODING
         tenants = raw.get(self._raw_tenant_header) or None
         keyed = [raw.get(h) or None for h in self._raw_keyed]
         accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None

@@ -36,10 +36,10 @@ from twisted.web.server import NOT_DONE_YET
 from apicache.auth import ApiKeys
 from apicache.cache import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheRegistry, CacheResult
 from apicache.errors import DOMAIN_ERRORS, JSON, ApiError, api_error, error_body
-from apicache.httpcache import condition_fails, header_block, not_modified_headers
+from apicache.httpcache import canonical_name, condition_fails, header_block, not_modified_headers
 from apicache.logs import AccessLog
 from apicache.metrics import Metrics
-from apicache.resolve import Resolver, raw_header_name
+from apicache.resolve import Resolver
 from apicache.routes import RESERVED_PATHS
 from apicache.tracing import RequestTrace, Tracer
 from apicache.tracing import enter as enter_trace
@@ -182,17 +182,11 @@ def connection_limit(configured: int, open_files: int) -> int:
     return max(1, open_files * 4 // 5)
 
 
-_RAW_API_KEY = raw_header_name(b"api-key")
-_RAW_IF_NONE_MATCH = raw_header_name(b"if-none-match")
-_RAW_IF_MODIFIED_SINCE = raw_header_name(b"if-modified-since")
-_RAW_NAMES: dict[bytes, bytes] = {}
-
-
-def _raw_name(name: bytes) -> bytes:
-    found = _RAW_NAMES.get(name)
-    if found is None:
-        found = _RAW_NAMES[name] = raw_header_name(name)
-    return found
+# the hit path reads twisted.web's table of raw headers directly, with
+# names worked out once: getRawHeaders encodes the name on every call
+_RAW_API_KEY = canonical_name(b"api-key")
+_RAW_IF_NONE_MATCH = canonical_name(b"if-none-match")
+_RAW_IF_MODIFIED_SINCE = canonical_name(b"if-modified-since")
 
 
 def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Headers) -> ApiError | None:
@@ -202,9 +196,9 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
 
     @return: the error to answer, or ``None`` when the request may go on.
     """
-    raw = headers._rawHeaders  # see raw_header_name
+    raw = headers._rawHeaders  # see _RAW_API_KEY
     given = raw.get(_RAW_API_KEY) or None
-    tenants = raw.get(_raw_name(tenant_header)) or None
+    tenants = raw.get(canonical_name(tenant_header)) or None
     if (given and len(given) > 1) or (tenants and len(tenants) > 1):
         return ApiError(400, "duplicate_header", "the tenant header or api-key is given more than once")
     if keys.required and path not in _UNAUTHENTICATED:
@@ -685,7 +679,7 @@ def write_result(request: Any, result: CacheResult) -> Any:
         # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
         member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
     if result.stored and 200 <= status < 300:
-        conditions = request.requestHeaders._rawHeaders  # see raw_header_name
+        conditions = request.requestHeaders._rawHeaders  # see _RAW_API_KEY
         if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
         if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
         if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):

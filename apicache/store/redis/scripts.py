@@ -30,7 +30,11 @@ __all__ = [
 # KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record
 # ARGV: 4 generation tokens, value, ttl ms, instance id
 # Returns 1 if stored, 0 if refused.
-PUT = """
+# The race rule's check, shared by PUT and PUT_TAGGED: the four
+# generations (resource, resource for every tenant, tenant, everything) must
+# equal those read when the fetch began; the fetch's lock is released
+# either way.  KEYS[4..8] and ARGV[1..4], ARGV[7] as those scripts say.
+_GENERATIONS_UNCHANGED = """
 local cur = redis.call('MGET', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 local ok = true
 for i = 1, 4 do
@@ -40,7 +44,9 @@ for i = 1, 4 do
 end
 if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
 if not ok then return 0 end
-local px = tonumber(ARGV[6])
+"""
+
+PUT = _GENERATIONS_UNCHANGED + """local px = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[5], 'PX', px)
 redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[2], KEYS[1])
@@ -76,17 +82,7 @@ return 1
 # ARGV: 4 generation tokens, value, ttl ms, instance id, sequence, prefix,
 #       tenant, tag...
 # Returns 1 if stored, 0 if refused.
-PUT_TAGGED = """
-local cur = redis.call('MGET', KEYS[4], KEYS[5], KEYS[6], KEYS[7])
-local ok = true
-for i = 1, 4 do
-  local v = cur[i]
-  if not v then v = '0' end
-  if v ~= ARGV[i] then ok = false end
-end
-if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
-if not ok then return 0 end
-local seq = tonumber(ARGV[8])
+PUT_TAGGED = _GENERATIONS_UNCHANGED + """local seq = tonumber(ARGV[8])
 local p, t = ARGV[9], ARGV[10]
 for i = 11, #ARGV do
   local g = redis.call('MGET', p .. ':x:' .. t .. ':' .. ARGV[i], p .. ':X:' .. ARGV[i])
