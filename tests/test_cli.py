@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from apicache.launchers import free_port, twistd_path
+from apicache.harness.launchers import free_port, twistd_path
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = '[[routes]]\ntype = "object"\npath = "/o/<id>"\nupstream = "/o/{id}"\n'

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from apicache.demo import Answer, UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker, Reply
+from apicache.harness.demo import Answer, UpstreamStub
+from apicache.harness.launchers import Daemon, KafkaBroker, Reply
 
 #: Consumer settings for the test broker: with librdkafka's defaults a group
 #: join on Tansu takes ~23 s, with these ~3 s.  Tansu does not end a waiting

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 OBJ = "/server/object(42)/header"
 

@@ -19,7 +19,7 @@ import pytest
 import tomli_w
 from rest_servers import RestServer, call, httpbin
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 KEY = "it-key"
 SECRET = "upstream-secret-4f1c"

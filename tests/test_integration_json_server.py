@@ -16,7 +16,7 @@ import pytest
 import tomli_w
 from rest_servers import RestServer, call, json_server
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 KEY = "it-key"
 TENANT = {"api-key": KEY, "org_id": "acme"}

@@ -9,7 +9,7 @@ import json
 
 from twisted.logger import Logger
 
-from apicache.logs import JSONLineObserver, json_log_observer
+from apicache.ops.logs import JSONLineObserver, json_log_observer
 
 
 def test_log_level_warn_leaves_out_info_lines(make_daemon):
@@ -39,7 +39,7 @@ def test_standard_library_records_become_twisted_events():
 
     from twisted.logger import globalLogPublisher
 
-    from apicache.logs import capture_stdlib_logging
+    from apicache.ops.logs import capture_stdlib_logging
 
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)

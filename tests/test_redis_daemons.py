@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, RedisServer, Reply
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, RedisServer, Reply
 
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"

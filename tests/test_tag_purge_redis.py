@@ -18,10 +18,11 @@ from redis_support import ready, sleep, until
 from store_contract import entry, key
 from twisted.internet.defer import Deferred
 
-from apicache.cache import CacheRegistry, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import FetchRequest
 from apicache.config import RouteConfig
-from apicache.keys import CacheKey
-from apicache.launchers import RedisServer
+from apicache.harness.launchers import RedisServer
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import RedisStore
 from apicache.store.redis import store as redis_store_module

@@ -17,22 +17,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.api import CacheAPI
-from apicache.cache import HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
+from apicache.cache.tags import InvalidTag, TooManyTags, answer_tags, decode_tag_path, route_tags
+from apicache.cache.tenant import HIT, MISS, STALE, CacheResult, FetchRequest
 from apicache.config import EventRule, RouteConfig, parse_config
 from apicache.events.decoding import BadEvent, CacheAction, EventDecoder
-from apicache.keys import CacheKey
-from apicache.routes import Router
+from apicache.http.api import CacheAPI
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.store.tagindex import REAP_BATCH, TagIndex
-from apicache.tags import (
-    InvalidTag,
-    TooManyTags,
-    answer_tags,
-    decode_tag_path,
-    route_tags,
-)
 from apicache.testing import FakeUpstream
 
 OBJ = RouteConfig(

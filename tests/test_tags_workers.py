@@ -14,8 +14,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from apicache.invalidator import IInvalidator
-from apicache.workers import Invalidation, SiblingRelay, WorkerLink
+from apicache.cache.invalidator import IInvalidator
+from apicache.daemon.workers import Invalidation, SiblingRelay, WorkerLink
 
 
 class TagRecorder(Recorder):

@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.eviction import GHOST_SHARE, ExpiryWheel, Ghost, Slot, TenantQueues, TenantSizes
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 from apicache.store.tagindex import DROPPED, FRESH, TagIndex

@@ -22,7 +22,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 
 __all__ = ["TagIndex", "FRESH", "DROPPED", "STALE", "PAIR_CHARGE", "ENTRY_CHARGE"]
 

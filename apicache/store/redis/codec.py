@@ -25,8 +25,8 @@ import re
 import struct
 from urllib.parse import quote, unquote
 
-from apicache.httpcache import header_block
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
+from apicache.cache.wire import header_block
 from apicache.store.interface import CachedResponse
 
 __all__ = [

@@ -30,8 +30,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from apicache.cache.keys import CacheKey
 from apicache.config import StoreConfig
-from apicache.keys import CacheKey
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import scripts
@@ -561,7 +561,7 @@ class RedisStore:
     def metrics(self) -> Iterator[Metric]:
         """
         Yield this store's Prometheus metric families (a source for
-        L{apicache.metrics.Metrics.add_source}).
+        L{apicache.ops.metrics.Metrics.add_source}).
         """
         c = self.counters
         yield CounterMetricFamily("apicache_redis_errors", "Redis calls that failed: not connected, not answering, or an error reply (timeouts are counted apart).", value=c["errors"])

@@ -1,6 +1,6 @@
 """
 The upstream client: fetches one URL on a caller's behalf over persistent
-connections pooled per tenant (L{apicache.pool}), bounded in time, size and
+connections pooled per tenant (L{apicache.upstream.pool}), bounded in time, size and
 concurrency (in all and per tenant).
 
 It knows nothing of caches: the cache core calls :meth:`IUpstream.fetch`.
@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
-from apicache.pool import TenantConnectionPool
+from apicache.upstream.pool import TenantConnectionPool
 
 __all__ = [
     "IUpstream",

@@ -1,18 +1,17 @@
 """
-HTTP plumbing around the API (SPEC.md section 4): the site and its requests,
-connection tracking and draining for a graceful shutdown, the checks made
-before routing (``api-key``, duplicate headers), the fast hit path, the one
-writer of a cache result, and the access log line.
+Inbound connections and requests (SPEC.md section 4): L{ApiChannel} (the
+limits of a connection: count, head deadline, body size, the checks made
+once a request's head is in), L{ApiSite} and L{ApiRequest} (requests in
+flight, draining for a graceful shutdown, metrics, span and access log line
+per request) and L{HTTPService}, which listens.
 
-The Klein application (routes and error handlers) is L{apicache.api}; what
-a request resolves to is L{apicache.resolve}.
+The front resource and the hit path are L{apicache.http.front}; the writers
+of answers L{apicache.http.writers}; the Klein application (routes and
+error handlers) L{apicache.http.api}.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, cast
@@ -29,37 +28,28 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.resource import IResource
 
-from apicache.auth import ApiKeys
-from apicache.cache import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheRegistry, CacheResult
-from apicache.errors import DOMAIN_ERRORS, JSON, ApiError, api_error, error_body
-from apicache.httpcache import canonical_name, condition_fails, header_block, not_modified_headers
-from apicache.logs import AccessLog
-from apicache.metrics import Metrics
-from apicache.resolve import Resolver
-from apicache.routes import RESERVED_PATHS
-from apicache.tracing import RequestTrace, Tracer
-from apicache.tracing import enter as enter_trace
-from apicache.tracing import leave as leave_trace
+from apicache.auth.apikey import ApiKeys
+from apicache.cache.wire import canonical_name
+from apicache.http.errors import JSON, ApiError, error_body
+from apicache.ops.logs import AccessLog
+from apicache.ops.metrics import Metrics
+from apicache.ops.tracing import RequestTrace, Tracer
+from apicache.ops.tracing import enter as enter_trace
+from apicache.ops.tracing import leave as leave_trace
 
 __all__ = [
     "ApiRequest",
     "ApiChannel",
     "ApiSite",
-    "ApiFront",
     "ConnectionLimits",
     "HTTPService",
     "check_head",
     "connection_limit",
-    "refuse",
-    "write_result",
 ]
 
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
-_X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, REVALIDATED, MISS, BYPASS)}
 
 
 class ApiRequest(server.Request):
@@ -182,11 +172,9 @@ def connection_limit(configured: int, open_files: int) -> int:
     return max(1, open_files * 4 // 5)
 
 
-# the hit path reads twisted.web's table of raw headers directly, with
+# the checks read twisted.web's table of raw headers directly, with
 # names worked out once: getRawHeaders encodes the name on every call
 _RAW_API_KEY = canonical_name(b"api-key")
-_RAW_IF_NONE_MATCH = canonical_name(b"if-none-match")
-_RAW_IF_MODIFIED_SINCE = canonical_name(b"if-modified-since")
 
 
 def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Headers) -> ApiError | None:
@@ -471,7 +459,7 @@ class ApiSite(server.Site):
     def metrics_families(self) -> Iterator[Metric]:
         """
         Yield the connection metrics (a source for
-        L{apicache.metrics.Metrics.add_source}).
+        L{apicache.ops.metrics.Metrics.add_source}).
         """
         c = self.counters
         yield GaugeMetricFamily("apicache_connections", "Inbound connections open.", value=len(self.connections))
@@ -631,200 +619,3 @@ class HTTPService(StreamServerEndpointService):
                 pass
 
         return Deferred.fromCoroutine(drain())
-
-
-def refuse(request: IRequest, error: ApiError) -> bytes:
-    """
-    Set ``request``'s status and content type for ``error``; return the
-    JSON body to write.
-    """
-    request.setResponseCode(error.status)
-    request.setHeader(b"content-type", JSON)
-    return error_body(error.code, error.message)
-
-
-def json_answer(request: IRequest, status: int, body: Any) -> bytes:
-    """
-    Set ``request``'s status and a JSON content type; return ``body`` as JSON.
-    """
-    request.setResponseCode(status)
-    request.setHeader(b"content-type", JSON)
-    return json.dumps(body).encode()
-
-
-def write_result(request: Any, result: CacheResult) -> Any:
-    """
-    Write a cache result's whole answer in one go and finish ``request``:
-    the one writer of proxied answers, hits and misses alike.
-
-    This is twisted.web's C{Request.write} for one narrow case, an answer
-    with a known body: the status line, the headers already set on the
-    request but ``Date`` (``Connection: close`` when the connection does
-    not persist), the answer's replayed headers as built once when it
-    arrived (``Date`` among them), ``Cache-Status`` with apicache's member,
-    ``X-Cache``, ``Age`` and ``Content-Length``, without building and
-    re-normalising a C{Headers} object.  A ``HEAD`` gets the same head and
-    no body.  A conditional ``GET``/``HEAD`` whose condition fails on a
-    stored 2xx answer gets a 304 (L{write_not_modified}).
-
-    @return: C{NOT_DONE_YET} (the request is finished: twisted.web and
-        Klein must not write again).
-    """
-    r = result.response
-    status = r.status
-    request.cache = result.cache
-    age = result.age
-    member = result.member
-    if member is None:
-        # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
-        member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
-    if result.stored and 200 <= status < 300:
-        conditions = request.requestHeaders._rawHeaders  # see _RAW_API_KEY
-        if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
-        if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
-        if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
-            return _write_not_modified(request, result, member)
-    body = r.body
-    request.code = status
-    request.code_message = RESPONSES.get(status, b"Unknown Status")
-    head = [b"%s %d %s\r\n" % (request.clientproto, status, request.code_message)]
-    for name, values in request.responseHeaders.getAllRawHeaders():
-        if name != b"Date":
-            for value in values:
-                head.append(b"%s: %s\r\n" % (name, value))
-    # entries built elsewhere than the cache core may lack their wire form
-    head.append(r.head or header_block(r.headers))
-    x_cache = _X_CACHE[result.cache]
-    if age is None:
-        head.append(b"%s\r\nX-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (member, x_cache, len(body)))
-    else:
-        head.append(
-            b"%s\r\nX-Cache: %s\r\nAge: %d\r\nContent-Length: %d\r\n\r\n"
-            % (member, x_cache, max(0, int(age)), len(body))
-        )
-    request.startedWriting = 1
-    if request.method == b"HEAD":
-        request.channel.writeSequence([b"".join(head)])
-    else:
-        request.sentLength = len(body)
-        request.channel.writeSequence([b"".join(head), body])
-    request.finish()
-    return NOT_DONE_YET
-
-
-def _write_not_modified(request: Any, result: CacheResult, member: bytes) -> Any:
-    """
-    Answer a conditional request ``304`` from a stored answer, with no body
-    and only the headers SPEC.md section 3 lists.
-    """
-    request.code = 304
-    request.code_message = RESPONSES[304]
-    head = [b"%s 304 %s\r\n" % (request.clientproto, request.code_message)]
-    for name, values in request.responseHeaders.getAllRawHeaders():
-        if name != b"Date":
-            for value in values:
-                head.append(b"%s: %s\r\n" % (name, value))
-    head.append(header_block(not_modified_headers(result.response.headers)))
-    head.append(b"%s\r\nX-Cache: %s\r\n" % (member, _X_CACHE[result.cache]))
-    if result.age is not None:
-        head.append(b"Age: %d\r\n" % max(0, int(result.age)))
-    head.append(b"\r\n")
-    request.startedWriting = 1
-    request.channel.writeSequence([b"".join(head)])
-    request.finish()
-    return NOT_DONE_YET
-
-
-class ApiFront(Resource):
-    """
-    The root resource: checks what must be checked before routing, answers
-    a fresh hit at once (L{answer_hit}), and hands everything else to the
-    Klein application.
-    """
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource, resolver: Resolver, keys: ApiKeys, registry: CacheRegistry) -> None:
-        super().__init__()
-        self._inner = inner
-        self._resolver = resolver
-        self._keys = keys
-        self._registry = registry
-        self._tenant_header = resolver.tenant_header
-
-    def render(self, request: IRequest) -> Any:
-        """
-        Answer ``request``: an error for a duplicate header, a wrong key or
-        an undecodable path, a hit, or whatever the Klein application says.
-        """
-        # the channel checked these before reading the body, with the same
-        # keys in production; again here for requests that come another way
-        # (tests over StubTreq, a site given other keys or none)
-        if not getattr(request, "head_checked", False) or request.channel.site.keys is not self._keys:  # type: ignore[attr-defined]
-            error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
-            if error is not None:
-                return refuse(request, error)
-        if request.method == b"GET" or request.method == b"HEAD":
-            # any twisted.web Request takes the attributes ApiRequest declares
-            body = self.answer_hit(cast(ApiRequest, request))
-            if body is not None:
-                return body
-        if not _klein_path(request.path):
-            # Klein would answer a plain-text 400 of its own (and log a
-            # traceback), or no route for a control character its rules
-            # can't match: answer the JSON error a route gives instead
-            return refuse(request, self._undecodable(request.path))
-        return self._inner.render(request)
-
-    def answer_hit(self, request: ApiRequest) -> Any:
-        """
-        The fast path: answer a GET or HEAD whose fresh answer is held in this
-        process, at once, before Klein's dispatch.  Creates no Deferred and
-        no coroutine.
-
-        @return: C{NOT_DONE_YET} once answered, or ``None`` to leave the
-            request to Klein (a miss, a stale entry, a reserved path, or a
-            check that fails: the route resolves it again and answers the
-            error through the Klein error handlers).
-        """
-        if request.path in RESERVED_PATHS:
-            return None
-        try:
-            resolved = self._resolver.resolve(request)
-        except DOMAIN_ERRORS:
-            return None
-        result = self._registry.cache(resolved.tenant, resolved.route.type).hit(resolved.key)
-        if result is None:
-            return None
-        return write_result(request, result)
-
-    def _undecodable(self, path: bytes) -> ApiError:
-        """
-        Return the error for a path Klein can't route (not UTF-8 once
-        decoded, or holding an encoded control character): the route's
-        error (``invalid_parameter`` for a parameter), else ``no_route``.
-        """
-        try:
-            self._resolver.match(path)
-        except DOMAIN_ERRORS as e:
-            return cast(ApiError, api_error(e))
-        return ApiError(400, "invalid_parameter", "the path is not UTF-8 once decoded")
-
-
-_ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9A-Fa-f]|7[Ff])")
-
-
-def _klein_path(path: bytes) -> bool:
-    """
-    Return whether Klein can route ``path``: UTF-8 once percent-decoded,
-    without a control character (werkzeug's rules match none).
-    """
-    if path.isascii() and b"%" not in path:
-        return True
-    if _ENCODED_CONTROL.search(path):
-        return False
-    try:
-        unquote(path).decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True

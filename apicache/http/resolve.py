@@ -2,7 +2,7 @@
 Resolving a request on a route: which route, its decoded path parameters,
 the tenant, the canonical query and the cache key, with the tenant claim
 checked.  The one place that does it, for the fast hit path
-(L{apicache.server}) and the Klein route (L{apicache.api}) alike.
+(L{apicache.http.channel}) and the Klein route (L{apicache.http.api}) alike.
 
 Resolution is a pure function of the request's URI and a few header
 values, so its answers are remembered in bounded memos: a request seen
@@ -18,12 +18,13 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from apicache.auth import claim_matches
+from apicache.auth.apikey import claim_matches
+from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
+from apicache.cache.policy import normalise_accept_encoding
+from apicache.cache.routes import Route, Router
+from apicache.cache.wire import canonical_name
 from apicache.config import Config
-from apicache.errors import ApiError
-from apicache.httpcache import canonical_name, normalise_accept_encoding
-from apicache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
-from apicache.routes import Route, Router
+from apicache.http.errors import ApiError
 
 __all__ = ["Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
 

@@ -1,10 +1,10 @@
 """
 The HTTP API (SPEC.md section 4): the Klein application, its routes and
 its error handlers.  Every domain exception is answered by a
-C{handle_errors} handler through L{apicache.errors.api_error}.
+C{handle_errors} handler through L{apicache.http.errors.api_error}.
 
 The plumbing around it (the site, the checks before routing, the fast hit
-path, the writer) is L{apicache.server}; :meth:`CacheAPI.resource` puts the
+path, the writer) is L{apicache.http.channel}; :meth:`CacheAPI.resource` puts the
 two together.
 """
 
@@ -25,20 +25,23 @@ from twisted.web.resource import IResource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
-from apicache.auth import ApiKeys
-from apicache.cache import CacheRegistry, CacheResult, FetchRequest
+from apicache.auth.apikey import ApiKeys
+from apicache.cache.policy import normalise_accept_encoding
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import RESERVED_PATHS, Route, Router
+from apicache.cache.tags import InvalidTag, decode_tag_path
+from apicache.cache.tenant import CacheResult, FetchRequest
 from apicache.config import Config
-from apicache.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
-from apicache.errors import JSON as _JSON
-from apicache.health import Readiness
-from apicache.httpcache import normalise_accept_encoding
-from apicache.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from apicache.metrics import Metrics
-from apicache.passthrough import WRITE_HEADERS, PassThrough
-from apicache.resolve import Resolver
-from apicache.routes import RESERVED_PATHS, Route, Router
-from apicache.server import ApiFront, ApiRequest, json_answer, refuse, write_result
-from apicache.tags import InvalidTag, decode_tag_path
+from apicache.http.channel import ApiRequest
+from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error, error_body
+from apicache.http.errors import JSON as _JSON
+from apicache.http.front import ApiFront
+from apicache.http.passthrough import WRITE_HEADERS, PassThrough
+from apicache.http.resolve import Resolver
+from apicache.http.writers import json_answer, refuse, write_result
+from apicache.ops.health import Readiness
+from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from apicache.ops.metrics import Metrics
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
 

@@ -13,14 +13,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from apicache.metrics import Metrics
-from apicache.tracing import current_trace
-from apicache.upstream import (
-    IUpstream,
-    Overloaded,
-    UpstreamResponse,
-    UpstreamTimeout,
-)
+from apicache.ops.metrics import Metrics
+from apicache.ops.tracing import current_trace
+from apicache.upstream.client import IUpstream, Overloaded, UpstreamResponse, UpstreamTimeout
 
 __all__ = ["TimedUpstream"]
 

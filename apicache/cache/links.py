@@ -19,9 +19,9 @@ import re
 from collections.abc import Sequence
 from urllib.parse import SplitResult, quote, urlsplit
 
+from apicache.cache.keys import InvalidParameter, decode_parameter, encode_parameter
+from apicache.cache.routes import Router
 from apicache.config import RouteConfig
-from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
-from apicache.routes import Router
 
 __all__ = ["LinkTargets", "rewrite_links", "rewrite_url", "LINK_HEADERS"]
 

@@ -19,15 +19,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import datetimeToString
 
-from apicache.cache import MISS, CacheResult
+from apicache.cache.invalidator import IInvalidator
+from apicache.cache.policy import replayed_headers
+from apicache.cache.tags import InvalidTag
+from apicache.cache.tags import route_tags as entry_tags
+from apicache.cache.tenant import MISS, CacheResult
 from apicache.config import Config, RouteConfig
-from apicache.errors import ApiError
-from apicache.httpcache import replayed_headers
-from apicache.invalidator import IInvalidator
+from apicache.http.errors import ApiError
 from apicache.store.interface import CachedResponse, StoreUnavailable
-from apicache.tags import InvalidTag
-from apicache.tags import route_tags as entry_tags
-from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse
+from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse
 
 __all__ = [
     "PassThrough",
@@ -55,7 +55,7 @@ def invalidates(status: int) -> bool:
 def route_tags(route: RouteConfig, params: Sequence[str]) -> list[str]:
     """
     Return the tags a write to the resource ``params`` of ``route`` purges:
-    the tags its entries carry (L{apicache.tags.route_tags}), or none when
+    the tags its entries carry (L{apicache.cache.tags.route_tags}), or none when
     a filled template is not a tag (then no entry can carry it: such
     answers are not stored).
     """

@@ -1,10 +1,12 @@
 """
 HTTP caching decisions, as pure functions of their inputs (no reactor, no
-store, no I/O): what may be stored and why not, which headers are replayed,
-how long an answer is fresh and how old it is (RFC 9111 section 4.2), how
-a 304 updates a stored answer (section 4.3.4), whether a conditional
-request's validators match (RFC 9110 section 13), and the ``Cache-Status``
-member apicache adds (RFC 9211).
+store, no I/O, no bytes written): what may be stored and why not, which
+headers are replayed, how long an answer is fresh and how old it is
+(RFC 9111 section 4.2), how a 304 updates a stored answer (section 4.3.4),
+and whether a conditional request's validators match (RFC 9110 section 13).
+
+How the replayed headers are written on the wire (the header block, the
+``Cache-Status`` member, the ``Date``) is L{apicache.cache.wire}.
 """
 
 from __future__ import annotations
@@ -13,14 +15,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 
-from twisted.web.http import datetimeToString
-from twisted.web.http_headers import Headers as _TwistedHeaders
-
 from apicache.config import RouteConfig, UpstreamConfig
 
 __all__ = [
     "HOP_BY_HOP",
     "NEVER_REPLAYED",
+    "NEGATIVE",
     "Freshness",
     "cache_control",
     "normalise_accept_encoding",
@@ -29,14 +29,14 @@ __all__ = [
     "not_stored_reason",
     "is_storable",
     "replayed_headers",
-    "header_block",
-    "status_member",
     "freshness",
     "freshness_lifetime",
     "current_age",
     "is_fresh",
     "within_staleness",
     "header",
+    "http_date",
+    "upstream_age",
     "validators",
     "revalidation_matches",
     "updated_headers",
@@ -309,79 +309,6 @@ def _token(name: bytes) -> bool:
 
 
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-_CANONICAL: dict[bytes, bytes] = {}
-
-
-def canonical_name(name: bytes) -> bytes:
-    """
-    Return a header name as twisted.web writes it (``ETag``,
-    ``Content-Type``), learnt from twisted.web itself once per name.
-    """
-    found = _CANONICAL.get(name)
-    if found is None:
-        found = next(iter(_TwistedHeaders({name: [b""]}).getAllRawHeaders()))[0]
-        if len(_CANONICAL) < 1024:
-            _CANONICAL[name] = found
-    return found
-
-
-def header_block(headers: Headers) -> bytes:
-    """
-    Return the replayed headers as the bytes written on the wire, built
-    once per stored answer: each ``Name: value`` line, every
-    ``Cache-Status`` the upstream sent merged on the last line, which is
-    left open (``Cache-Status: `` or ``Cache-Status: upstream, ``) for the
-    writer to append apicache's member to (RFC 9211 section 2: a cache
-    appends its member).
-    """
-    lines = []
-    upstream_status = []
-    for name, value in headers:
-        if name == b"cache-status":
-            upstream_status.append(value)
-        else:
-            lines.append(b"%s: %s\r\n" % (canonical_name(name), value))
-    lines.append(b"Cache-Status: ")
-    if upstream_status:
-        lines.append(b", ".join(upstream_status) + b", ")
-    return b"".join(lines)
-
-
-def status_member(
-    hit: bool = False,
-    ttl: float | None = None,
-    fwd: str | None = None,
-    fwd_status: int | None = None,
-    stored: bool = False,
-    collapsed: bool = False,
-    detail: str | None = None,
-) -> bytes:
-    """
-    Return apicache's ``Cache-Status`` member (RFC 9211 section 2), for
-    example ``apicache;hit;ttl=12`` or
-    ``apicache;fwd=uri-miss;fwd-status=200;stored``.
-
-    @param ttl: seconds of freshness left (negative when stale), rounded down.
-    @param fwd: why the upstream was asked (``uri-miss``, ``vary-miss``,
-        ``miss``, ``stale``, ``method``).
-    @param detail: a token: why it was not stored, or what happened.
-    """
-    parts = [b"apicache"]
-    if hit:
-        parts.append(b"hit")
-    if fwd is not None:
-        parts.append(b"fwd=" + fwd.encode("ascii"))
-    if fwd_status is not None:
-        parts.append(b"fwd-status=%d" % fwd_status)
-    if ttl is not None:
-        parts.append(b"ttl=%d" % math.floor(ttl))
-    if stored:
-        parts.append(b"stored")
-    if collapsed:
-        parts.append(b"collapsed")
-    if detail is not None:
-        parts.append(b"detail=" + detail.encode("ascii"))
-    return b";".join(parts)
 
 
 # -- freshness (RFC 9111 section 4.2) ---------------------------------------
@@ -718,11 +645,3 @@ def condition_fails(
     if if_modified_since:
         return not_modified_since(if_modified_since[0], header(stored, b"last-modified"))
     return False
-
-
-def date_header(now: float) -> bytes:
-    """
-    Return the HTTP-date of ``now`` (whole seconds), for a ``Date`` apicache
-    supplies.
-    """
-    return datetimeToString(int(now))

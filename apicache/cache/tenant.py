@@ -1,17 +1,13 @@
 """
-The cache core: one :class:`TenantCache` per (tenant, route type), created on
-first use by the :class:`CacheRegistry` (the seed's process registry).
+One tenant's cache for one route type (L{TenantCache}): a hit answered
+synchronously, a miss as a Deferred, stale serving and background refresh,
+bounded staleness, and what an answer becomes once stored.
 
-A hit is answered synchronously; a miss returns a Deferred.  Concurrent
-misses for one key share one upstream fetch (coalescing), and an
-invalidation that arrives while a fetch is in flight wins (the race rule):
-the fetch's answer reaches the callers already waiting but is not stored,
-and a request after the invalidation starts a new fetch.
-
-What may be stored, which headers are kept, how long an answer is fresh
-and how a 304 updates it are decided by the pure functions of
-L{apicache.httpcache}; this module applies them: revalidation with the
-stored validators, stale-while-revalidate, negative caching.
+Concurrent misses share one fetch (L{apicache.cache.coalesce}); what may be
+stored, which headers are kept, how long an answer is fresh and how a 304
+updates it are decided by the pure functions of L{apicache.cache.policy};
+this module applies them.  The tenant caches are held by
+L{apicache.cache.registry.CacheRegistry}.
 
 This module imports neither Klein nor the HTTP layer nor the event listener:
 they call into it.
@@ -19,44 +15,41 @@ they call into it.
 
 from __future__ import annotations
 
-import dataclasses
-from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from apicache.config import RouteConfig, UpstreamConfig
-from apicache.httpcache import (
+from apicache.cache.coalesce import Flight, Flights
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import (
     NEGATIVE,
     cache_control,
     current_age,
-    date_header,
     freshness,
-    header_block,
-    hidden_headers,
     is_fresh,
     not_stored_reason,
     replayed_headers,
     revalidation_matches,
-    status_member,
     updated_headers,
     upstream_age,
     validators,
     varying_headers,
     within_staleness,
 )
-from apicache.invalidator import IInvalidator
-from apicache.keys import CacheKey
-from apicache.metrics import LatencyHistogram
+from apicache.cache.tags import TooManyTags, answer_tags
+from apicache.cache.wire import date_header, shared_wire, status_member
+from apicache.config import RouteConfig, UpstreamConfig
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
-from apicache.tags import TooManyTags, answer_tags
-from apicache.upstream import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
-from apicache.watermark import Watermark
+from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
+
+if TYPE_CHECKING:
+    # the wiring passes the event watermark in; only its type is named here,
+    # so that the cache core imports nothing of the event listener
+    from apicache.events.watermark import Watermark
 
 __all__ = [
     "HIT",
@@ -66,8 +59,8 @@ __all__ = [
     "REVALIDATED",
     "CacheResult",
     "FetchRequest",
+    "Outcome",
     "TenantCache",
-    "CacheRegistry",
 ]
 
 HIT = "HIT"
@@ -88,7 +81,6 @@ EVENTS_BEHIND = "events-behind"
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
 #: Buckets of the entries-per-tag-purge histogram.
-TAG_PURGE_BUCKETS = (0, 1, 10, 100, 1000, 10000, 100000)
 #: No store token taken yet.
 _NO_TOKEN = object()
 
@@ -142,28 +134,7 @@ class CacheResult:
         return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
 
 
-#: Replayed headers seen lately, with their wire form: answers with the same
-#: headers (most hold a Content-Type and the same second's Date) share one
-#: tuple and one block (memory per entry).  Cleared when full, so that
-#: sharing goes on as Dates move.
-_WIRE: dict[tuple[tuple[bytes, bytes], ...], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
-_WIRE_MAX = 4096
-
-
-def _shared_wire(headers: tuple[tuple[bytes, bytes], ...]) -> tuple[tuple[tuple[bytes, bytes], ...], bytes]:
-    """
-    Return ``headers`` and their L{header_block}, shared with earlier answers
-    that had the same headers.
-    """
-    found = _WIRE.get(headers)
-    if found is None:
-        if len(_WIRE) >= _WIRE_MAX:
-            _WIRE.clear()
-        found = _WIRE[headers] = (headers, header_block(headers))
-    return found
-
-
-class _Outcome:
+class Outcome:
     """
     The result of one upstream fetch, as shared with its waiters.
 
@@ -201,126 +172,6 @@ class _Outcome:
         )
 
 
-class _Flight:
-    """
-    One upstream fetch in flight and the callers waiting for it.  Callers
-    wait on Deferreds of their own, so cancelling one (a disconnect) never
-    cancels the fetch.
-    """
-
-    __slots__ = ("waiters", "result", "launched")
-
-    def __init__(self, launched: int = 0) -> None:
-        self.waiters: list[Deferred[_Outcome]] = []
-        self.result: _Outcome | Failure | None = None
-        #: L{_Flights.tag_purges} when it started
-        self.launched = launched
-
-    def wait(self) -> Deferred[_Outcome]:
-        # a fetch can end synchronously (Overloaded, a synchronous store):
-        # a caller arriving after that still gets its result
-        if self.result is not None:
-            return fail(self.result) if isinstance(self.result, Failure) else succeed(self.result)
-        d: Deferred[_Outcome] = Deferred(self.waiters.remove)
-        self.waiters.append(d)
-        return d
-
-    def settle(self, result: _Outcome | Failure) -> None:
-        self.result = result
-        waiters, self.waiters = self.waiters, []
-        for d in waiters:
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-
-
-class _Flights:
-    """
-    The coalescing table, shared by every tenant cache, indexed by resource
-    so that an invalidation finds the fetches it must detach.
-    """
-
-    def __init__(self) -> None:
-        self.by_key: dict[CacheKey, _Flight] = {}
-        self._by_resource: dict[tuple[str, tuple[str, ...]], set[CacheKey]] = {}
-        #: (tenant, route) -> fetches in flight, for L{busy}
-        self._per_cache: dict[tuple[str, str], int] = {}
-        #: tag purges so far, and the count at each tenant's (None: every
-        #: tenant's) latest one: a fetch started before a tag purge of its
-        #: tenant may carry that tag, so nobody arriving after joins it
-        self.tag_purges = 0
-        self._tag_purged_at: dict[str | None, int] = {}
-
-    def add(self, key: CacheKey, flight: _Flight) -> None:
-        if key not in self.by_key:
-            owner = (key.tenant, key.route)
-            self._per_cache[owner] = self._per_cache.get(owner, 0) + 1
-        self.by_key[key] = flight
-        self._by_resource.setdefault((key.route, key.params), set()).add(key)
-
-    def remove(self, key: CacheKey, flight: _Flight) -> None:
-        if self.by_key.get(key) is flight:
-            self._drop(key)
-
-    def _drop(self, key: CacheKey) -> None:
-        del self.by_key[key]
-        owner = (key.tenant, key.route)
-        left = self._per_cache[owner] - 1
-        if left:
-            self._per_cache[owner] = left
-        else:
-            del self._per_cache[owner]
-        keys = self._by_resource[(key.route, key.params)]
-        keys.discard(key)
-        if not keys:
-            del self._by_resource[(key.route, key.params)]
-
-    def detach(self, tenant: str | None, route: str, params: tuple[str, ...]) -> None:
-        """
-        Forget the fetches for a resource: later callers start new ones.
-        """
-        for key in list(self._by_resource.get((route, params), ())):
-            if tenant is None or key.tenant == tenant:
-                self._drop(key)
-
-    def detach_tenant(self, tenant: str | None) -> None:
-        """
-        Forget every fetch (of ``tenant``).
-        """
-        for key in list(self.by_key):
-            if tenant is None or key.tenant == tenant:
-                self._drop(key)
-
-    def tag_purged(self, tenant: str | None) -> None:
-        """
-        Note a tag purge of ``tenant`` (or every tenant): fetches running now
-        are joined by nobody else (which tags they carry is known only once
-        they are answered; the store refuses to keep the purged ones).
-        """
-        self.tag_purges += 1
-        self._tag_purged_at[tenant] = self.tag_purges
-        if len(self._tag_purged_at) > 65536:
-            # forgetting tenants' marks: fold them into the every-tenant one
-            self._tag_purged_at = {None: self.tag_purges}
-
-    def joinable(self, key: CacheKey, flight: _Flight) -> bool:
-        """
-        Return whether a caller arriving now may wait for ``flight``: no tag
-        purge of its tenant came after it started.
-        """
-        if not self._tag_purged_at:
-            return True
-        at = self._tag_purged_at
-        return flight.launched >= at.get(key.tenant, 0) and flight.launched >= at.get(None, 0)
-
-    def busy(self, tenant: str, route: str) -> bool:
-        """
-        Return whether (``tenant``, ``route``) has a fetch in flight.
-        """
-        return (tenant, route) in self._per_cache
-
-
 class TenantCache:
     """
     One tenant's cache for one route type.
@@ -336,7 +187,7 @@ class TenantCache:
         upstream: IUpstream,
         clock: IReactorTime,
         keyed_headers: Sequence[str],
-        flights: _Flights | None = None,
+        flights: Flights[Outcome] | None = None,
         counters: dict[str, int] | None = None,
         varying: frozenset[bytes] = DEFAULT_VARYING,
         hidden: frozenset[bytes] = frozenset(),
@@ -355,7 +206,7 @@ class TenantCache:
         self._keyed = frozenset(keyed_headers)
         self._varying = varying
         self._hidden = hidden
-        self._flights = _Flights() if flights is None else flights
+        self._flights: Flights[Outcome] = Flights() if flights is None else flights
         self._refreshing: set[CacheKey] = set()
         self.counters = counters if counters is not None else {}
         self._watermark = watermark
@@ -509,12 +360,12 @@ class TenantCache:
             )
         return None
 
-    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None) -> _Flight:
-        flight = _Flight(self._flights.tag_purges)
+    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None) -> Flight[Outcome]:
+        flight: Flight[Outcome] = Flight(self._flights.tag_purges)
         self._flights.add(key, flight)
         d = Deferred.fromCoroutine(self._fetch(key, request, bypass, stale))
 
-        def settle(result: _Outcome | Failure) -> None:
+        def settle(result: Outcome | Failure) -> None:
             self._flights.remove(key, flight)
             flight.settle(result)
 
@@ -532,7 +383,7 @@ class TenantCache:
 
     async def _fetch(
         self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None
-    ) -> _Outcome:
+    ) -> Outcome:
         token: Any = None
         if not bypass:
             try:
@@ -576,7 +427,7 @@ class TenantCache:
         sent: float,
         token: Any,
         bypass: bool,
-    ) -> _Outcome | None:
+    ) -> Outcome | None:
         """
         Apply a 304 to the stale entry it answers (RFC 9111 section 4.3.4):
         an outcome C{REVALIDATED}, or ``None`` when its validators match
@@ -594,14 +445,14 @@ class TenantCache:
             if not bypass:
                 self._store.release(key, token)
                 await self._discard(key)
-            return _Outcome(REVALIDATED, answer, False, bypass, {"fwd": "stale", "fwd_status": 304, "detail": "no-store"})
+            return Outcome(REVALIDATED, answer, False, bypass, {"fwd": "stale", "fwd_status": 304, "detail": "no-store"})
         stored = False
         if not bypass:
             stored = await self._put(key, answer, token)
         args: dict[str, Any] = {"fwd": "stale", "fwd_status": 304}
         if not self._vouched(key, stale, now):
             args["detail"] = EVENTS_BEHIND
-        return _Outcome(REVALIDATED, answer, True, bypass, args, stored=stored)
+        return Outcome(REVALIDATED, answer, True, bypass, args, stored=stored)
 
     async def _complete(
         self,
@@ -612,7 +463,7 @@ class TenantCache:
         token: Any,
         bypass: bool,
         stale: CachedResponse | None,
-    ) -> _Outcome:
+    ) -> Outcome:
         """
         Store a complete upstream answer if it may be, and return it.
         """
@@ -657,7 +508,7 @@ class TenantCache:
                 "stored": stored,
                 "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
             }
-        outcome = _Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
+        outcome = Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
         # SPEC.md section 3: a MISS passes a non-zero upstream Age on
         outcome.age = age or None
         return outcome
@@ -707,7 +558,7 @@ class TenantCache:
         f = freshness(self.route, status, headers, sent, now, age)
         # one float object less per entry when the answer came with no age
         born = now - f.initial_age if f.initial_age else now
-        shared, head = _shared_wire(headers)
+        shared, head = shared_wire(headers)
         expires = born + f.lifetime
         stale_until = expires + f.stale_if_error if f.stale_if_error else expires
         swr_until = expires + f.stale_while_revalidate if f.stale_while_revalidate else expires
@@ -787,207 +638,3 @@ class TenantCache:
             self._retry_later(key)
             return
         await self._complete(key, request, response, sent, token, False, entry)
-
-
-@implementer(IInvalidator)
-class CacheRegistry:
-    """
-    Every tenant cache, created on first use, at most ``max_tenants`` at
-    once: past that the least recently used idle one is reclaimed (a busy
-    one only if none is idle).  Reclaiming frees the object, never the
-    tenant's entries: a later request makes a new object over them.
-
-    The HTTP layer and the event listener call :meth:`invalidate`,
-    :meth:`refresh`, :meth:`clear`, :meth:`invalidate_tags` and
-    :meth:`refresh_tags`.
-
-    @ivar tag_purges: tag purges made, by source (``http``, ``event``,
-        ``write``); relayed ones (no source) are counted where they began.
-    @ivar tag_dropped: entries dropped (or marked) per tag purge.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        store: IStore,
-        upstream: IUpstream,
-        clock: IReactorTime,
-        routes: Iterable[RouteConfig],
-        keyed_headers: Sequence[str],
-        max_tenants: int = 10000,
-        upstream_config: UpstreamConfig | None = None,
-        watermark: Watermark | None = None,
-        tags_header: str | None = None,
-    ) -> None:
-        """
-        @param watermark: the event watermark, for routes with
-            ``max_staleness`` (bounded staleness, SPEC.md section 5).
-        """
-        self.store = store
-        self.upstream = upstream
-        self._clock = clock
-        self.routes = {r.type: r for r in routes}
-        self._keyed = tuple(keyed_headers)
-        up = upstream_config or UpstreamConfig()
-        if tags_header is not None and tags_header != up.tags_header:
-            # the tags header is also hidden from callers (hidden_headers)
-            up = dataclasses.replace(up, tags_header=tags_header)
-        self._varying = varying_headers(up)
-        self._hidden = hidden_headers(up)
-        self.max_tenants = max_tenants
-        self.watermark = watermark
-        self.tags_header = up.tags_header
-        self.tag_purges: dict[str, int] = {"http": 0, "event": 0, "write": 0}
-        self.tag_dropped = LatencyHistogram(TAG_PURGE_BUCKETS)
-        self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
-        self._flights = _Flights()
-        # a shared store tells of other instances' tag purges: nobody here
-        # joins a fetch that began before one (the race rule across instances)
-        listeners = getattr(store, "tag_purge_listeners", None)
-        if listeners is not None:
-            listeners.append(self._flights.tag_purged)
-        #: plain counters, read at scrape time
-        self.counters: dict[str, int] = {
-            "coalesced": 0,
-            "fetches": 0,
-            "store_errors": 0,
-            "reclaimed": 0,
-            "events_behind": 0,
-        }
-
-    def cache(self, tenant: str, route_type: str) -> TenantCache:
-        """
-        Return the cache for (``tenant``, ``route_type``), creating it.
-
-        @raise KeyError: no route has that type.
-        """
-        k = (tenant, route_type)
-        c = self._caches.get(k)
-        if c is not None:
-            self._caches.move_to_end(k)
-            return c
-        c = TenantCache(
-            tenant,
-            self.routes[route_type],
-            self.store,
-            self.upstream,
-            self._clock,
-            self._keyed,
-            self._flights,
-            self.counters,
-            self._varying,
-            self._hidden,
-            watermark=self.watermark,
-            tags_header=self.tags_header,
-        )
-        self._caches[k] = c
-        if len(self._caches) > self.max_tenants:
-            self._reclaim()
-        return c
-
-    def _reclaim(self) -> None:
-        victim = next((k for k, c in self._caches.items() if c.idle), None)
-        if victim is None:
-            victim = next(iter(self._caches))
-        # Only the TenantCache object goes: its entries stay in the store
-        # (SPEC.md section 2, max_tenants), since anyone with an api-key can
-        # name new tenants, and dropping the entries of the one reclaimed
-        # would let them empty other tenants' caches.  The store's own
-        # budget and fair share bound what the entries hold.
-        del self._caches[victim]
-        self.counters["reclaimed"] += 1
-
-    def __len__(self) -> int:
-        return len(self._caches)
-
-    def tenants(self) -> int:
-        """
-        Return how many distinct tenants hold a cache now.
-        """
-        return len({t for t, _ in self._caches})
-
-    def invalidate(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
-        """
-        Drop every variant of a resource, for ``tenant`` or every tenant.
-        Fires with the number of entries dropped; errbacks with
-        L{StoreUnavailable}.
-        """
-        self._flights.detach(tenant, route_type, params)
-        return self._call(self.store.invalidate, tenant, route_type, params)
-
-    def refresh(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
-        """
-        Mark every variant of a resource stale, for ``tenant`` or every
-        tenant.  Fires with the number marked; errbacks with
-        L{StoreUnavailable}.
-        """
-        self._flights.detach(tenant, route_type, params)
-        return self._call(self.store.mark_stale, tenant, route_type, params)
-
-    def clear(self, tenant: str | None) -> Deferred[int]:
-        """
-        Drop every entry (of ``tenant``).  Fires with the number dropped;
-        errbacks with L{StoreUnavailable}.
-        """
-        self._flights.detach_tenant(tenant)
-
-        def release(n: int) -> int:
-            # their entries are gone: idle caches of those tenants go too
-            for k in [k for k, c in self._caches.items() if (tenant is None or k[0] == tenant) and c.idle]:
-                del self._caches[k]
-            return n
-
-        return self._call(self.store.clear, tenant).addCallback(release)
-
-    def invalidate_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
-        """
-        Drop every entry carrying one of ``tags``, of ``tenant`` or of every
-        tenant: at once for every later request, and fetches in flight don't
-        store answers carrying them.  The target of the pass-through write
-        hook (``source="write"``), of ``DELETE /tags/<tag>`` and of events.
-        Fires with the number of entries dropped; errbacks with
-        L{StoreUnavailable}.
-
-        @param source: ``http``, ``event`` or ``write``, for metrics; empty
-            for a purge relayed from another worker (counted there).
-        """
-        return self._purge_tags(tenant, tags, False, source)
-
-    def refresh_tags(self, tenant: str | None, tags: Sequence[str], source: str = "") -> Deferred[int]:
-        """
-        Mark stale every entry carrying one of ``tags``, of ``tenant`` or of
-        every tenant (see L{invalidate_tags}).  Fires with the number marked;
-        errbacks with L{StoreUnavailable}.
-        """
-        return self._purge_tags(tenant, tags, True, source)
-
-    def _purge_tags(self, tenant: str | None, tags: Sequence[str], stale: bool, source: str) -> Deferred[int]:
-        self._flights.tag_purged(tenant)
-        # every tag's purge starts now (each takes effect locally at once),
-        # then they are waited for together
-        started = [self._call(self.store.purge_tag, tenant, tag, stale) for tag in tags]
-
-        async def total() -> int:
-            n = 0
-            error: Failure | None = None
-            for d in started:
-                try:
-                    n += await d
-                except StoreUnavailable:
-                    error = error or Failure()
-            if error is not None:
-                error.raiseException()
-            if source:
-                self.tag_purges[source] = self.tag_purges.get(source, 0) + 1
-                self.tag_dropped.observe(n)
-            return n
-
-        return Deferred.fromCoroutine(total())
-
-    @staticmethod
-    def _call(f: Any, *args: Any) -> Deferred[int]:
-        try:
-            return f(*args)  # type: ignore[no-any-return]
-        except StoreUnavailable:
-            return fail()

@@ -19,8 +19,8 @@ from urllib.parse import quote
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule, UnicodeConverter
 
+from apicache.cache.keys import InvalidParameter, decode_parameter, encode_parameter
 from apicache.config import ConfigError, RouteConfig
-from apicache.keys import InvalidParameter, decode_parameter, encode_parameter
 
 __all__ = ["Route", "Router", "RESERVED_PATHS"]
 

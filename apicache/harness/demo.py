@@ -1,7 +1,7 @@
 """
 The demo upstream: a real HTTP server on loopback whose answers can be set
 per path, and which records what it was asked.  ``make demo`` runs it
-(``python -m apicache.demo --port 9000``), and the tests that drive a real
+(``python -m apicache.harness.demo --port 9000``), and the tests that drive a real
 daemon use it as their upstream.
 
 It uses the standard library's threading HTTP server so that tests driving
@@ -174,7 +174,7 @@ def main() -> None:
     """
     Run the stub as the demo upstream until interrupted.
     """
-    p = argparse.ArgumentParser(prog="python -m apicache.demo", description="apicache's demo upstream")
+    p = argparse.ArgumentParser(prog="python -m apicache.harness.demo", description="apicache's demo upstream")
     p.add_argument("--port", type=int, default=9000)
     p.add_argument("--latency", type=float, default=0.05, help="seconds to wait before each answer")
     args = p.parse_args()

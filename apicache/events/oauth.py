@@ -36,7 +36,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
-from apicache.upstream import read_body
+from apicache.upstream.client import read_body
 
 __all__ = ["TokenProvider", "TokenError", "NoTokenYet"]
 

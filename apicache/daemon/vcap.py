@@ -45,7 +45,7 @@ __all__ = [
 API_KEY_SERVICE = "cache-key"
 _SOURCE = "VCAP_SERVICES"
 
-log = Logger(namespace="apicache.vcap")
+log = Logger(namespace="apicache.daemon.vcap")
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class BindingFiller:
 
     @ivar filled: dotted keys filled, for a start-up log line (no values).
     @ivar kafka_token_url: set when the Kafka SASL password is to come from
-        an OAuth token (see L{apicache.oauth.TokenProvider}).
+        an OAuth token (see L{apicache.events.oauth.TokenProvider}).
     @ivar kafka_client: ``(client id, client secret)`` for that token.
     """
 

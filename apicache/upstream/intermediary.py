@@ -3,7 +3,7 @@ What apicache adds as an HTTP intermediary (RFC 9110 section 7.6), around
 any L{IUpstream}: every upstream request carries ``Via: 1.1 apicache`` and
 the configured ``set_headers``, which no caller value replaces; every
 answer's ``Location``, ``Content-Location`` and ``Link`` URLs under
-``base_url`` are rewritten to route paths (L{apicache.links}) before the
+``base_url`` are rewritten to route paths (L{apicache.cache.links}) before the
 cache or a pass-through write sees them, so stored, revalidated and
 passed-through answers are rewritten alike.
 """
@@ -16,8 +16,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 
-from apicache.links import LinkTargets, rewrite_links
-from apicache.upstream import IUpstream, UpstreamResponse
+from apicache.cache.links import LinkTargets, rewrite_links
+from apicache.upstream.client import IUpstream, UpstreamResponse
 
 __all__ = ["IntermediaryUpstream", "VIA"]
 

@@ -2,8 +2,8 @@
 The API's errors (SPEC.md section 4): L{ApiError} and the one table that
 turns a domain exception (a rejected parameter, an unreachable store, an
 upstream failure) into the JSON error a caller gets.  The Klein handlers
-in L{apicache.api} and the checks made before routing in
-L{apicache.server} both answer through it.
+in L{apicache.http.api} and the checks made before routing in
+L{apicache.http.channel} both answer through it.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from apicache.keys import InvalidParameter, InvalidQuery, InvalidTenant
+from apicache.cache.keys import InvalidParameter, InvalidQuery, InvalidTenant
 from apicache.store.interface import StoreUnavailable
-from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 __all__ = ["ApiError", "DOMAIN_ERRORS", "api_error", "error_body"]
 

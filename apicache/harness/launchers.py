@@ -5,7 +5,7 @@ Kafka-protocol broker, each on a free loopback port, each with blocking
 helpers so that tests driving them need no reactor of their own.
 
 These start real programs: in-memory fakes live in L{apicache.testing}, the
-loopback upstream in L{apicache.demo}.
+loopback upstream in L{apicache.harness.demo}.
 """
 
 from __future__ import annotations

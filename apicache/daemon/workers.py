@@ -24,7 +24,7 @@ them and hands back what they answered within L{REPORT_TIMEOUT}.  The
 figures are read when asked, so every worker's answer gives the same totals.
 
 This module imports nothing of the HTTP layer or the cache: the worker side
-wraps the registry as an :class:`~apicache.invalidator.IInvalidator`
+wraps the registry as an :class:`~apicache.cache.invalidator.IInvalidator`
 (:class:`SiblingRelay`, an IInvalidator itself), which the wiring hands to
 the HTTP API.
 """
@@ -59,7 +59,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from apicache.invalidator import IInvalidator
+from apicache.cache.invalidator import IInvalidator
 from apicache.store.interface import StoreUnavailable
 
 __all__ = [

@@ -275,7 +275,7 @@ def tracer_from_environ(environ: Mapping[str, str]) -> Tracer:
     try:
         return OpenTelemetryTracer(environ.get("OTEL_SERVICE_NAME", "apicache"))
     except ImportError as e:
-        Logger(namespace="apicache.tracing").warn(
+        Logger(namespace="apicache.ops.tracing").warn(
             "OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry is not installed "
             "(pip install 'apicache[otel]'): spans are not exported ({error})",
             error=str(e),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
 if TYPE_CHECKING:
-    from apicache.routes import Route
+    from apicache.cache.routes import Route
 
 __all__ = [
     "CacheKey",

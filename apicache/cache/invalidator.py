@@ -1,7 +1,7 @@
 """
 The invalidation seam: what the HTTP API and the event handler call to drop
 or mark stale cached entries, without knowing whether one process holds them
-(the cache registry) or several (the worker relay, L{apicache.workers}).
+(the cache registry) or several (the worker relay, L{apicache.daemon.workers}).
 """
 
 from __future__ import annotations

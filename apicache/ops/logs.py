@@ -3,7 +3,7 @@ Logging: one JSON object per line (time, level, message, then the event's
 own fields), filtered by level.
 
 The observer is installed on the twistd application by the root service
-(L{apicache.service.ApiCacheService}), so twistd's own lines are JSON too.
+(L{apicache.daemon.service.ApiCacheService}), so twistd's own lines are JSON too.
 
 Access lines take a shorter way (L{AccessLog}): built as one small dict,
 encoded once, and written to stdout in batches, never through
@@ -37,7 +37,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from apicache.tracing import current_trace_id
+from apicache.ops.tracing import current_trace_id
 
 __all__ = [
     "AcceptErrorsOncePerSecond",
