@@ -1,0 +1,1 @@
+"""Who may call: api-keys, bearer tokens verified against a JSON Web Key Set, and the tenant claim."""
