@@ -19,6 +19,9 @@ setup(
         "confluent-kafka>=2.6",
         "txredisapi>=1.4.10",
         "prometheus-client>=0.20",
+        # [auth] JWT/JWS verification (issue 21): refuses alg none, key confusion, unknown crit
+        # and oversized tokens out of the box; chosen over PyJWT by bench/jose_refusals.py
+        "joserfc>=1.8",
     ],
     extras_require={
         # OpenTelemetry span export, on when OTEL_EXPORTER_OTLP_ENDPOINT is set
