@@ -19,6 +19,9 @@ setup(
         "confluent-kafka>=2.6",
         "txredisapi>=1.4.10",
         "prometheus-client>=0.20",
+        # RFC 8941 dictionaries of RFC 9213 targeted Cache-Control fields
+        # (apicache/cache/targeted.py): the reference parser, by the RFCs' author
+        "http-sfv>=0.9.9",
     ],
     extras_require={
         # OpenTelemetry span export, on when OTEL_EXPORTER_OTLP_ENDPOINT is set
