@@ -22,6 +22,9 @@ setup(
         # [auth] JWT/JWS verification (issue 21): refuses alg none, key confusion, unknown crit
         # and oversized tokens out of the box; chosen over PyJWT by bench/jose_refusals.py
         "joserfc>=1.8",
+        # RFC 8941 dictionaries of RFC 9213 targeted Cache-Control fields
+        # (apicache/cache/targeted.py): the reference parser, by the RFCs' author
+        "http-sfv>=0.9.9",
     ],
     extras_require={
         # OpenTelemetry span export, on when OTEL_EXPORTER_OTLP_ENDPOINT is set
