@@ -1,0 +1,187 @@
+"""
+Regression tests of issue 19, store side (SPEC.md section 3, "Tags" and
+"Stored values are untrusted"): one tenant's tag purges never touch another
+tenant's entries, in the memory store and with Redis.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from unittest import mock
+
+import pytest
+import pytest_twisted
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from redis_support import ready, until
+from store_contract import entry, key
+from twisted.internet.defer import DeferredList
+from twisted.internet.task import Clock
+
+from apicache.keys import CacheKey
+from apicache.store import tagindex
+from apicache.store.memory import MemoryStore
+from apicache.store.redis import RedisStore
+from apicache.store.tagindex import MAX_GENERATIONS
+
+#: The purges of the attack in issue 19: past the 65,536 generations the
+#: tag index used to keep for every tenant together.
+STORM = 70_000
+
+
+def random_tags(n: int, seed: int = 19) -> list[str]:
+    """
+    Return ``n`` distinct tags that no entry carries.
+    """
+    rng = random.Random(seed)
+    return [f"gone:{rng.getrandbits(64):016x}:{i}" for i in range(n)]
+
+
+def acme_keys(n: int = 50) -> list[CacheKey]:
+    return [key("acme", params=(str(i),)) for i in range(n)]
+
+
+# -- finding: tag purges stay within their tenant ------------------------------
+
+
+def test_one_tenants_purges_never_drop_another_tenants_tagged_entries() -> None:
+    """
+    After 70k purges of random tags by globex, every tagged entry of acme is
+    still a hit, and so is every entry of globex whose tags it did not purge.
+    """
+    assert STORM > MAX_GENERATIONS
+    clock = Clock()
+    store = MemoryStore(1 << 30, clock=clock)
+    acme = acme_keys()
+    for i, k in enumerate(acme):
+        assert store.put_now(k, entry(tags=(f"object:{i}", "objects")), 0)
+    own = key("globex", params=("kept",))
+    assert store.put_now(own, entry(tags=("kept",)), 0)
+    acme_token = store._epoch
+    for tag in random_tags(STORM):
+        store.purge_tag("globex", tag)
+    clock.advance(0)
+    assert sum(store.lookup(k) is not None for k in acme) == len(acme)
+    assert store.lookup(own) is not None
+    # a fetch acme began before the storm still stores its tagged answer
+    late = key("acme", params=("late",))
+    assert store.put_now(late, entry(tags=("object:late",)), acme_token)
+    # and purges still work, for acme and for globex
+    store.purge_tag("acme", "object:3")
+    store.purge_tag("globex", "kept")
+    clock.advance(0)
+    assert store.lookup(acme[3]) is None and store.lookup(acme[4]) is not None
+    assert store.lookup(own) is None
+
+
+def test_a_purge_storm_by_every_tenant_purges_still_keeps_other_tags() -> None:
+    """
+    The same holds for purges of every tenant (an admin's): entries whose
+    tags were not purged stay.
+    """
+    clock = Clock()
+    store = MemoryStore(1 << 30, clock=clock)
+    acme = acme_keys(10)
+    for i, k in enumerate(acme):
+        assert store.put_now(k, entry(tags=(f"object:{i}",)), 0)
+    for tag in random_tags(STORM, seed=7):
+        store.purge_tag(None, tag)
+    clock.advance(0)
+    assert all(store.lookup(k) is not None for k in acme)
+
+
+def test_a_purged_entry_whose_generation_is_forgotten_is_never_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    Forgetting a generation never brings back what it purged: a drop whose
+    entries were not freed yet frees them first, a refresh marks them stale
+    first, and a fetch begun before it does not store a tagged answer.
+    """
+    monkeypatch.setattr(tagindex, "MAX_GENERATIONS", 4)
+    clock = Clock()
+    store = MemoryStore(1 << 30, clock=clock)
+    dropped, refreshed = key(params=("d",)), key(params=("r",))
+    assert store.put_now(dropped, entry(tags=("d",)), 0)
+    assert store.put_now(refreshed, entry(tags=("r",)), 0)
+    token = store._epoch
+    store.purge_tag("t1", "d")
+    store.purge_tag("t1", "r", stale=True)
+    for i in range(10):  # no reactor turn: nothing was freed or marked yet
+        store.purge_tag("t1", f"other-{i}")
+    assert store.lookup(dropped) is None
+    found = store.lookup(refreshed)
+    assert found is not None and found.stale
+    assert not store.put_now(key(params=("n",)), entry(tags=("d",)), token)
+    assert store.tags.generations <= 4
+
+
+TENANTS = st.sampled_from(["acme", "globex", "initech"])
+TAGS = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), TENANTS, st.integers(0, 5), st.lists(TAGS, min_size=1, max_size=2, unique=True)),
+            st.tuples(st.just("purge"), st.one_of(st.none(), TENANTS), TAGS, st.booleans()),
+            st.tuples(st.just("turn")),
+        ),
+        max_size=60,
+    )
+)
+def test_with_few_generations_kept_purges_act_exactly_as_a_model_says(steps: list[tuple]) -> None:  # type: ignore[type-arg]
+    """
+    With three generations kept and two token floors, every entry is served
+    unless a purge of one of its tags (by its tenant or every tenant) came
+    after it was stored, and served stale exactly when only refreshes did.
+    """
+    clock = Clock()
+    with mock.patch.object(tagindex, "MAX_GENERATIONS", 3), mock.patch.object(tagindex, "MAX_FLOORS", 2):
+        store = MemoryStore(1 << 30, clock=clock)
+        model: dict[CacheKey, tuple[tuple[str, ...], str]] = {}
+        for step in steps:
+            if step[0] == "put":
+                _, tenant, i, tags = step
+                k = key(tenant, params=(str(i),))
+                assert store.put_now(k, entry(tags=tuple(tags)), store._epoch)
+                model[k] = (tuple(tags), "fresh")
+            elif step[0] == "purge":
+                _, tenant, tag, stale = step
+                store.purge_tag(tenant, tag, stale)
+                for k, (tags, state) in model.items():
+                    if tag in tags and tenant in (None, k.tenant) and state != "gone":
+                        model[k] = (tags, "stale" if stale else "gone")
+            else:
+                clock.advance(0)
+            for k, (_, state) in model.items():
+                found = store.lookup(k)
+                assert (found is None) == (state == "gone"), (k, state)
+                assert found is None or found.stale == (state == "stale"), (k, state)
+            assert store.tags.generations <= 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_tenants_purges_in_redis_never_drop_another_tenants_entries(
+    stores: Callable[..., RedisStore],
+) -> None:
+    """
+    70k purges of random tags by globex through Redis: acme's tagged entries
+    stay hits in Redis and in the in-process tier of every instance (which
+    hears of each purge on the invalidation channel).
+    """
+    a = await ready(stores())
+    b = await ready(stores(prefix=a.prefix))
+    acme = acme_keys()
+    for i, k in enumerate(acme):
+        token = await a.begin(k)
+        assert await a.put(k, entry(tags=(f"object:{i}", "objects")), token)
+        assert await b.load(k) is not None
+    tags = random_tags(STORM)
+    for start in range(0, len(tags), 1000):
+        await DeferredList([a.purge_tag("globex", t) for t in tags[start : start + 1000]], fireOnOneErrback=True)
+    await until(lambda: b.counters["invalidations_received"] >= STORM, timeout=60)
+    assert sum(a.lookup(k) is not None for k in acme) == len(acme)
+    assert sum(b.lookup(k) is not None for k in acme) == len(acme)
+    c = await ready(stores(prefix=a.prefix))
+    assert all([await c.load(k) is not None for k in acme])
