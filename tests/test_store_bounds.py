@@ -14,7 +14,7 @@ import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_support import ready, until
+from redis_support import ready, sleep, until
 from store_contract import entry, key
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
@@ -23,6 +23,8 @@ from apicache.keys import CacheKey
 from apicache.store import tagindex
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import RedisStore
+from apicache.store.redis import store as redis_store_module
+from apicache.store.redis.store import TAG_FETCH_HORIZON
 from apicache.store.tagindex import MAX_GENERATIONS
 
 #: The purges of the attack in issue 19: past the 65,536 generations the
@@ -185,3 +187,91 @@ async def test_one_tenants_purges_in_redis_never_drop_another_tenants_entries(
     assert sum(b.lookup(k) is not None for k in acme) == len(acme)
     c = await ready(stores(prefix=a.prefix))
     assert all([await c.load(k) is not None for k in acme])
+
+
+# -- finding: a purge of a tag no entry carries leaves bounded state ----------------
+
+#: Seconds within which what such a purge leaves in Redis expires.
+HORIZON = TAG_FETCH_HORIZON
+
+
+async def used_memory(s: RedisStore) -> int:
+    info = await s.commands.execute("INFO", "memory")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    return int(text.split("used_memory:", 1)[1].split()[0])
+
+
+async def ttls(s: RedisStore, pattern: str) -> list[int]:
+    found: list[int] = []
+    cursor: object = b"0"
+    while True:
+        cursor, keys = await s.commands.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+        for k in keys:
+            found.append(int(await s.commands.execute("PTTL", k)))
+        if cursor in (b"0", 0, "0"):
+            return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_purges_of_tags_no_entry_carries_leave_only_what_expires_within_the_horizon(
+    stores: Callable[..., RedisStore],
+) -> None:
+    """
+    20k purges of tags that no entry carries (of a tenant, and of every
+    tenant) leave in Redis at most one key each, gone within the fetch
+    horizon, even while a long-lived tagged entry holds the other tags'
+    generations for hours.
+    """
+    s = await ready(stores())
+    token = await s.begin(key())
+    assert await s.put(key(), entry(ttl=7200.0, tags=("kept",)), token)
+    before = await used_memory(s)
+    tags = random_tags(20_000, seed=2)
+    for start in range(0, len(tags), 1000):
+        batch = tags[start : start + 1000]
+        await DeferredList(
+            [s.purge_tag("globex" if i % 2 else None, t) for i, t in enumerate(batch)], fireOnOneErrback=True
+        )
+    after = await used_memory(s)
+    left = await ttls(s, f"{s.prefix}:[xXyY]:*")
+    print(f"used_memory: {before} -> {after} (+{(after - before) / len(tags):.0f} B per purge), {len(left)} keys")
+    assert len(left) <= len(tags)
+    assert all(0 < ttl <= HORIZON * 1000 for ttl in left)
+    # the tagged entry is still there, and a purge of its tag still drops it
+    assert await s.purge_tag("t1", "kept") == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_generation_still_needed_is_never_shortened(stores: Callable[..., RedisStore]) -> None:
+    """
+    A second purge of a tag, once no entry carries it any more, keeps the
+    first purge's generations as long as they were (entries it moved aside
+    may not be deleted yet).
+    """
+    s = await ready(stores())
+    token = await s.begin(key())
+    assert await s.put(key(), entry(ttl=7200.0, tags=("a",)), token)
+    assert await s.purge_tag("t1", "a") == 1
+    assert await s.purge_tag("t1", "a") == 0
+    for gen in (f"{s.prefix}:x:t1:a", f"{s.prefix}:y:t1:a"):
+        assert int(await s.commands.execute("PTTL", gen)) > 7200 * 1000
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_tagged_answer_of_a_fetch_older_than_half_the_horizon_is_not_stored(
+    stores: Callable[..., RedisStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """
+    The generation a purge of an uncarried tag leaves may be gone by the
+    time such a fetch ends: its tagged answer is not stored; an untagged
+    one is.
+    """
+    monkeypatch.setattr(redis_store_module, "TAG_FETCH_HORIZON", 0.2)
+    s = await ready(stores())
+    tagged_token = await s.begin(key())
+    plain_token = await s.begin(key(params=("43",)))
+    await sleep(0.15)
+    assert not await s.put(key(), entry(tags=("a",)), tagged_token)
+    assert await s.put(key(params=("43",)), entry(), plain_token)
+    fresh = await s.begin(key())
+    assert await s.put(key(), entry(tags=("a",)), fresh)

@@ -58,6 +58,13 @@ __all__ = ["RedisStore"]
 #: Generations must outlive any fetch in flight (upstream.timeout, plus
 #: lock_ttl): an hour is far more.  An expired one reads as 0 again.
 _GENERATION_TTL = 3600
+#: Seconds a tag generation lives in Redis when no entry carries its tag
+#: (and at least, when one does): it only has to outlive the fetches in
+#: flight, and L{RedisStore.put} refuses a tagged answer of a fetch begun
+#: more than half of it ago, so none outlives it (SPEC.md section 3, v3:
+#: what a purge of a tag no entry carries leaves in Redis expires).  Far
+#: above upstream.timeout (10 s by default) and a revalidation's two asks.
+TAG_FETCH_HORIZON = 120.0
 #: How often a waiter looks for the value another instance is fetching.
 _POLL_INTERVAL = 0.02
 #: Entries a tag purge deletes per script call: each call holds Redis for
@@ -330,14 +337,25 @@ class RedisStore:
 
     def begin(self, key: CacheKey) -> Deferred[Any]:
         local_token = self._local_token()
+        began = self._clock.seconds()
         d = self.commands.execute("MGET", *generation_keys(self.prefix, key), f"{self.prefix}:seq")
         d.addCallback(
-            lambda gens: (tuple(g if g is not None else b"0" for g in gens[:-1]), int(gens[-1] or 0), local_token)
+            lambda gens: (
+                tuple(g if g is not None else b"0" for g in gens[:-1]),
+                int(gens[-1] or 0),
+                local_token,
+                began,
+            )
         )
         return d
 
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
-        gens, seq, local_token = token
+        gens, seq, local_token, began = token
+        if entry.tags and self._clock.seconds() - began > TAG_FETCH_HORIZON / 2:
+            # a purge of one of its tags during the fetch may have left a
+            # generation that has expired by now (PURGE_TAG): not stored
+            self.release(key, token)
+            return succeed(False)
         value = encode_entry(entry)
         ttl_ms = int((max(entry.stale_until, entry.keep_until) - self._clock.seconds()) * 1000)
         if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
@@ -460,7 +478,7 @@ class RedisStore:
             scripts.PURGE_TAG,
             [f"{p}:seq", f"{p}:L"],
             [p, "" if tenant is None else encode_component(tenant), encode_component(tag),
-             "1" if stale else "0", self.channel, message, _GENERATION_TTL],
+             "1" if stale else "0", self.channel, message, int(TAG_FETCH_HORIZON * 1000)],
         )
         for aside in moved:
             while True:
