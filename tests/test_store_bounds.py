@@ -7,7 +7,12 @@ tenant's entries, in the memory store and with Redis.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -16,16 +21,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis_support import ready, sleep, until
 from store_contract import entry, key
+from test_redis_daemons import metric
+from test_redis_daemons import ready as daemon_ready
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
 
 from apicache.keys import CacheKey
+from apicache.launchers import Daemon, RedisServer
 from apicache.store import tagindex
+from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
-from apicache.store.redis import RedisStore
+from apicache.store.redis import RedisStore, encode_entry, encode_key
 from apicache.store.redis import store as redis_store_module
 from apicache.store.redis.store import TAG_FETCH_HORIZON
 from apicache.store.tagindex import MAX_GENERATIONS
+
+OBJ = "/server/object(42)/header"
 
 #: The purges of the attack in issue 19: past the 65,536 generations the
 #: tag index used to keep for every tenant together.
@@ -172,16 +183,17 @@ async def test_one_tenants_purges_in_redis_never_drop_another_tenants_entries(
     stay hits in Redis and in the in-process tier of every instance (which
     hears of each purge on the invalidation channel).
     """
-    a = await ready(stores())
-    b = await ready(stores(prefix=a.prefix))
+    # a slow machine may take more than the default half second per call
+    a = await ready(stores(timeout=5.0))
+    b = await ready(stores(prefix=a.prefix, timeout=5.0))
     acme = acme_keys()
     for i, k in enumerate(acme):
         token = await a.begin(k)
         assert await a.put(k, entry(tags=(f"object:{i}", "objects")), token)
         assert await b.load(k) is not None
     tags = random_tags(STORM)
-    for start in range(0, len(tags), 1000):
-        await DeferredList([a.purge_tag("globex", t) for t in tags[start : start + 1000]], fireOnOneErrback=True)
+    for start in range(0, len(tags), 200):
+        await DeferredList([a.purge_tag("globex", t) for t in tags[start : start + 200]], fireOnOneErrback=True)
     await until(lambda: b.counters["invalidations_received"] >= STORM, timeout=60)
     assert sum(a.lookup(k) is not None for k in acme) == len(acme)
     assert sum(b.lookup(k) is not None for k in acme) == len(acme)
@@ -222,13 +234,13 @@ async def test_purges_of_tags_no_entry_carries_leave_only_what_expires_within_th
     horizon, even while a long-lived tagged entry holds the other tags'
     generations for hours.
     """
-    s = await ready(stores())
+    s = await ready(stores(timeout=5.0))
     token = await s.begin(key())
     assert await s.put(key(), entry(ttl=7200.0, tags=("kept",)), token)
     before = await used_memory(s)
     tags = random_tags(20_000, seed=2)
-    for start in range(0, len(tags), 1000):
-        batch = tags[start : start + 1000]
+    for start in range(0, len(tags), 200):
+        batch = tags[start : start + 200]
         await DeferredList(
             [s.purge_tag("globex" if i % 2 else None, t) for i, t in enumerate(batch)], fireOnOneErrback=True
         )
@@ -275,3 +287,120 @@ async def test_a_tagged_answer_of_a_fetch_older_than_half_the_horizon_is_not_sto
     assert await s.put(key(params=("43",)), entry(), plain_token)
     fresh = await s.begin(key())
     assert await s.put(key(), entry(tags=("a",)), fresh)
+
+
+# -- finding: stored values are untrusted, version 3 ----------------------------------
+
+
+def planted(
+    status: int = 200, headers: tuple[tuple[bytes, bytes], ...] = (), body: bytes = b"poison"
+) -> CachedResponse:
+    now = time.time()
+    return CachedResponse(status, headers, body, stored_at=now, expires_at=now + 300, stale_until=now + 600)
+
+
+#: An answer to smuggle behind a value whose framing a client would misread.
+INJECTED = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\nX-Injected: yes\r\n\r\ninjected"
+
+#: Values apicache never stores (SPEC.md section 3): each is a miss.
+NEVER_STORED = {
+    "status 100 with a body": planted(100, body=INJECTED),
+    "status 101": planted(101, body=b""),
+    "status 199": planted(199, body=b""),
+    "status 206": planted(206, ((b"content-range", b"bytes 0-5/10"),)),
+    "status 304": planted(304, body=b""),
+    "status 304 with a body": planted(304, body=INJECTED),
+    "status 204 with a body": planted(204, body=INJECTED),
+    "status 600": planted(600),
+    "content-length": planted(headers=((b"content-length", b"0"),), body=INJECTED),
+    "Content-Length in capitals": planted(headers=((b"Content-Length", b"0"),)),
+    "transfer-encoding": planted(headers=((b"transfer-encoding", b"chunked"),)),
+    "connection": planted(headers=((b"connection", b"close"),)),
+    "keep-alive": planted(headers=((b"keep-alive", b"timeout=5"),)),
+    "proxy-connection": planted(headers=((b"proxy-connection", b"keep-alive"),)),
+    "te": planted(headers=((b"te", b"trailers"),)),
+    "trailer": planted(headers=((b"trailer", b"x-a"),)),
+    "upgrade": planted(headers=((b"upgrade", b"websocket"),)),
+    "set-cookie": planted(headers=((b"set-cookie", b"session=stolen"),)),
+    "age": planted(headers=((b"age", b"0"),)),
+    "x-cache": planted(headers=((b"x-cache", b"HIT"),)),
+    "alt-svc": planted(headers=((b"alt-svc", b'h2=":443"'),)),
+}
+
+#: Final statuses SPEC v3 stores (route or upstream freshness): served.
+STORED_STATUSES = [200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 500, 501, 503, 599]
+
+
+@pytest.mark.parametrize("case", sorted(NEVER_STORED))
+@pytest_twisted.ensureDeferred
+async def test_a_planted_value_apicache_never_stores_is_a_miss_counted_and_logged_once(
+    stores: Callable[..., RedisStore], case: str, capture_logs: list[dict[str, Any]]
+) -> None:
+    s = await ready(stores())
+    await s.commands.execute("SET", encode_key(s.prefix, key()), encode_entry(NEVER_STORED[case]), "PX", 60000)
+    assert await s.load(key()) is None
+    assert s.lookup(key()) is None
+    assert await s.load(key()) is None
+    assert s.counters["bad_values"] == 2
+    warned = [e for e in capture_logs if "bad value in Redis" in e.get("log_format", "")]
+    assert len(warned) == 1
+    assert b"poison" not in repr(warned).encode() and b"injected" not in repr(warned).encode()
+
+
+@pytest.mark.parametrize("status", STORED_STATUSES)
+@pytest_twisted.ensureDeferred
+async def test_a_value_of_a_status_apicache_stores_is_a_hit(stores: Callable[..., RedisStore], status: int) -> None:
+    s = await ready(stores())
+    value = planted(
+        status, ((b"content-type", b"text/plain"), (b"cache-status", b"up; hit")), b"" if status == 204 else b"ok"
+    )
+    await s.commands.execute("SET", encode_key(s.prefix, key()), encode_entry(value), "PX", 60000)
+    found = await s.load(key())
+    assert found is not None and found.status == status
+    assert s.counters["bad_values"] == 0
+
+
+@pytest.fixture
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.mark.skipif(shutil.which("redis-cli") is None, reason="redis-cli is not installed")
+@pytest.mark.parametrize("case", ["status 100 with a body", "content-length", "status 204 with a body"])
+def test_a_planted_value_never_makes_a_client_read_an_injected_answer(
+    make_daemon: Callable[..., Daemon], redis_server: RedisServer, case: str
+) -> None:
+    """
+    Through the real daemon and Python's http.client: a value whose status
+    or framing would make the client read its body as the next answer is a
+    miss, and the client reads the upstream's answer.
+    """
+    prefix = f"inject-{uuid.uuid4().hex[:8]}"
+    cfg = {"store": {"backend": "redis", "redis_url": redis_server.url, "key_prefix": prefix}}
+    a = daemon_ready(make_daemon(cfg))
+    first = a.get(OBJ)
+    assert first.cache == "MISS"
+    keys = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "--scan", "--pattern", f"{prefix}:e:*"],
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    assert len(keys) == 1
+    out = subprocess.run(
+        ["redis-cli", "-p", str(redis_server.port), "-x", "SET", keys[0]],
+        input=encode_entry(NEVER_STORED[case]),
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert out.strip() == b"OK"
+    b = daemon_ready(make_daemon(cfg))
+    for _ in range(2):  # a miss on the planted value, then a hit on what it fetched
+        r = b.get(OBJ)
+        assert r.status == 200 and r.body.startswith(b'{"path": "/api/object(42)/header"')
+        assert "x-injected" not in r.headers
+    assert metric(b, "apicache_store_bad_values") >= 1
