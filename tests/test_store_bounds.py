@@ -6,6 +6,7 @@ tenant's entries, in the memory store and with Redis.
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis_support import ready, sleep, until
-from store_contract import entry, key
+from store_contract import entry, key, store_entry
 from test_redis_daemons import metric
 from test_redis_daemons import ready as daemon_ready
 from twisted.internet.defer import DeferredList
@@ -404,3 +405,42 @@ def test_a_planted_value_never_makes_a_client_read_an_injected_answer(
         assert r.status == 200 and r.body.startswith(b'{"path": "/api/object(42)/header"')
         assert "x-injected" not in r.headers
     assert metric(b, "apicache_store_bad_values") >= 1
+
+
+# -- finding: pub/sub messages over 64 KiB or nested deeper than 8 -----------------
+
+PUBLISH_ALL = "for i, m in ipairs(ARGV) do redis.call('PUBLISH', KEYS[1], m) end return #ARGV"
+
+
+def invalidation(k: CacheKey) -> bytes:
+    return json.dumps(["other", "i", k.tenant, k.route, list(k.params)]).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_or_deeply_nested_messages_are_dropped_and_the_next_one_applies(
+    stores: Callable[..., RedisStore],
+) -> None:
+    """
+    Through real pub/sub, in one read: a message nested 5,000 deep (under
+    64 KiB), a valid clear of t1 padded past 64 KiB, and one nested 9 deep
+    are each dropped and counted; the invalidations after each still apply,
+    the subscription stays up and nothing else is cleared.
+    """
+    a = await ready(stores())
+    b = await ready(stores(prefix=a.prefix))
+    first, second, third, untouched = (key(params=(str(i),)) for i in range(4))
+    for k in (first, second, third, untouched):
+        assert await store_entry(a, k)
+        assert await b.load(k) is not None
+    deep = b"[" * 5000 + b"]" * 5000
+    assert len(deep) <= 65536
+    padded = json.dumps(["other", "c", "t1"]).encode() + b" " * 65536
+    nine = b'["other", "i", "t1", "object", [[[[[[[["0"]]]]]]]]]'
+    messages = [deep, invalidation(first), padded, invalidation(second), nine, invalidation(third)]
+    await a.commands.execute("EVAL", PUBLISH_ALL, 1, a.channel, *messages)
+    await until(lambda: b.lookup(third) is None, timeout=5)
+    assert b.lookup(first) is None and b.lookup(second) is None
+    assert b.lookup(untouched) is not None
+    assert b.counters["bad_messages"] == 3
+    assert b.counters["local_clears"] == 0
+    assert b.subscriber.protocol is not None

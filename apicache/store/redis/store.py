@@ -18,6 +18,7 @@ once with :class:`StoreUnavailable` instead of queueing.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -76,6 +77,11 @@ SWEEP_INTERVAL = 10.0
 SWEEP_MEMBERS = 1000
 #: How many keys with a bad value are remembered so that each is logged once.
 _BAD_KEYS_LOGGED = 1024
+#: An invalidation message longer than this, or nested deeper, is dropped
+#: before it is decoded (SPEC.md section 3): ours are a few hundred bytes,
+#: two levels deep, and json would raise RecursionError on deep nesting.
+MAX_MESSAGE_BYTES = 65536
+MAX_MESSAGE_DEPTH = 8
 
 
 @implementer(IStore)
@@ -523,17 +529,25 @@ class RedisStore:
     def _message(self, message: bytes) -> None:
         """
         Apply an invalidation published by another instance to the
-        in-process tier.  A malformed message is skipped, counted and
-        logged (not in full); it never raises into the connection, so the
-        messages that follow it in the same read are still applied.
+        in-process tier.  A malformed message (over L{MAX_MESSAGE_BYTES},
+        nested deeper than L{MAX_MESSAGE_DEPTH}, or not one this store
+        writes) is skipped, counted and logged (not in full); nothing
+        raises into the connection, so the messages that follow it in the
+        same read are still applied.
         """
         try:
             change = _parse_message(message)
-        except (ValueError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
             self.counters["bad_messages"] += 1
-            self.log.warn("ignored a malformed invalidation message ({n} bytes)", n=len(message))
+            self.log.warn("ignored a malformed invalidation message ({n} bytes): {why}", n=len(message), why=_why(e))
             return
-        origin, kind, args = change
+        try:
+            self._apply(*change)
+        except Exception:
+            # a bug, not the message's fault: the connection carries on
+            self.log.failure("could not apply an invalidation message")
+
+    def _apply(self, origin: str, kind: str, args: tuple[Any, ...]) -> None:
         if origin == self.instance:
             return
         self.counters["invalidations_received"] += 1
@@ -588,7 +602,7 @@ class RedisStore:
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
         yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
         yield CounterMetricFamily("apicache_store_bad_values", "Values read from Redis that failed validation (bad status or header), served as misses.", value=c["bad_values"])
-        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel, skipped.", value=c["bad_messages"])
+        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel (over 64 KiB, nested deeper than 8, or not an invalidation), skipped.", value=c["bad_messages"])
         yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
         yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
 
@@ -609,6 +623,53 @@ def _params(value: Any) -> tuple[str, ...]:
     return tuple(_text(p) for p in value)
 
 
+class _TooBig(ValueError):
+    """A message over L{MAX_MESSAGE_BYTES} or nested deeper than L{MAX_MESSAGE_DEPTH}."""
+
+
+def _why(e: Exception) -> str:
+    # our own words only: a decoding error may quote the message
+    return str(e) if isinstance(e, _TooBig) else "not an invalidation"
+
+
+#: The next JSON string or bracket, and the rest of a string after its quote.
+_JSON_NEXT = re.compile(rb'["\[\]{}]')
+_JSON_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.S)
+
+
+def _check_bounds(message: bytes) -> None:
+    """
+    Raise L{_TooBig} for a message over L{MAX_MESSAGE_BYTES}, or whose
+    arrays and objects nest deeper than L{MAX_MESSAGE_DEPTH}, outside
+    strings; in time linear in its length, before any decoding.
+
+    @raise ValueError: also for a string left open (not JSON anyway).
+    """
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise _TooBig(f"over {MAX_MESSAGE_BYTES} bytes")
+    if message.count(b"[") + message.count(b"{") <= MAX_MESSAGE_DEPTH:
+        return
+    depth = 0
+    pos = 0
+    while True:
+        found = _JSON_NEXT.search(message, pos)
+        if found is None:
+            return
+        c = message[found.start()]
+        pos = found.end()
+        if c == 0x22:  # '"': skip the string, once
+            rest = _JSON_STRING_REST.match(message, pos)
+            if rest is None:
+                raise ValueError("a string left open")
+            pos = rest.end()
+        elif c in b"[{":
+            depth += 1
+            if depth > MAX_MESSAGE_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_MESSAGE_DEPTH}")
+        else:
+            depth -= 1
+
+
 def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
     """
     Return ``(origin, kind, arguments)`` of an invalidation message, as
@@ -617,9 +678,11 @@ def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
     params, variant), ``g`` (tenant or null, tag, whether to mark stale:
     a tag purge).
 
-    @raise ValueError: not JSON, an unknown kind, or the wrong arity.
+    @raise ValueError: over L{MAX_MESSAGE_BYTES}, nested deeper than
+        L{MAX_MESSAGE_DEPTH}, not JSON, an unknown kind, or the wrong arity.
     @raise TypeError: a field of the wrong type.
     """
+    _check_bounds(message)
     data = json.loads(message)
     if not isinstance(data, list) or len(data) < 2:
         raise ValueError("not a list of at least two")
