@@ -27,8 +27,8 @@ from test_redis_daemons import ready as daemon_ready
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
 
-from apicache.keys import CacheKey
-from apicache.launchers import Daemon, RedisServer
+from apicache.cache.keys import CacheKey
+from apicache.harness.launchers import Daemon, RedisServer
 from apicache.store import tagindex
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
