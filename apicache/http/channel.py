@@ -213,11 +213,21 @@ class ApiChannel(HTTPChannel):
     header, a head over its size limits) are answered with the API's JSON
     error instead of an empty 400.
 
+    Hits are answered by the site's fast path (L{apicache.http.fast}) from
+    L{dataReceived} while no request is in twisted.web's hands; what it
+    declines is handed to twisted.web before any byte of it is consumed.
+
     @ivar refused: a refusal was written; nothing more is read.
+    @ivar write_blocked: the transport holds more than its C{bufferSize}
+        bytes of answers: no further request is parsed, and nothing more is
+        read, until the client has taken them.
+    @ivar peer: the client's address.
     """
 
     site: ApiSite
     refused = False
+    write_blocked = False
+    peer: IAddress | None = None
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
@@ -227,6 +237,7 @@ class ApiChannel(HTTPChannel):
         self._tracked = self.transport
         if self._tracked is not None:
             self.site.connections.add(self._tracked)
+            self.peer = self._tracked.getPeer()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_deadline()
@@ -243,6 +254,24 @@ class ApiChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
+        fast = self.site.fast_path
+        if fast is not None and self._between_requests():
+            if self._buffer:
+                # held back while the client was not reading (write_blocked):
+                # whole requests, not parsed yet
+                data, self._buffer = self._buffer + data, b""
+            self.resetTimeout()
+            left = fast.serve(self, data)
+            if left is not data:
+                # a head begun in an earlier read was completed and answered
+                self._stop_head_deadline()
+            data = left
+            if self.write_blocked:
+                # parse nothing more until the client reads (resumeProducing)
+                self._buffer = data
+                return
+            if not data:
+                return
         super().dataReceived(data)
         if (
             self._head_deadline is None
@@ -256,6 +285,26 @@ class ApiChannel(HTTPChannel):
             # does not push it back.  A head that arrives whole in one read
             # (nearly all of them) needs no timer at all.
             self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
+
+    def _between_requests(self) -> bool:
+        """
+        Return whether twisted.web holds no part of a request: none is being
+        parsed or handled, none is waiting, the next byte begins a request.
+        Only then may the fast path answer one (pipelined answers keep
+        their order), and what it declines reach twisted.web intact.
+        """
+        return (
+            self.line_mode
+            and self._HTTPChannel__first_line == 1  # type: ignore[attr-defined]
+            and not self.requests
+            and not self._handlingRequest
+            and not self._busyReceiving
+            and not self.paused
+            and not self.write_blocked
+            and bool(self.persistent)
+            and self.transport is not None
+            and not self.transport.disconnecting  # type: ignore[attr-defined]
+        )
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
@@ -296,6 +345,30 @@ class ApiChannel(HTTPChannel):
             self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
         else:
             self._refuse_malformed("the request could not be parsed")
+
+    # -- writing: a client that does not read ------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Called by the transport when it holds more than its C{bufferSize}:
+        parse no further request (pipelined ones stay unparsed) until the
+        client has taken what is waiting.
+        """
+        self.write_blocked = True
+        super().pauseProducing()
+        # LineReceiver's loop stops before its next line
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """
+        Called by the transport once it has sent what it held: parse the
+        requests held back, and read again.
+        """
+        self.write_blocked = False
+        super().resumeProducing()
+        self.paused = False
+        if self._buffer and not self.refused and self.transport is not None:
+            self.dataReceived(b"")
 
     # -- refusing ----------------------------------------------------------
 
@@ -397,8 +470,11 @@ class ApiSite(server.Site):
         keys: ApiKeys | None = None,
         limits: ConnectionLimits | None = None,
         tenant_header: bytes = b"org_id",
+        fast_path: bool = True,
     ) -> None:
         """
+        @param fast_path: answer hits of the front resource on the fast path
+            (L{apicache.http.fast}).
         @param keys: the api-keys checked once a request's headers are in
             (none: every request passes; L{ApiFront} checks again).
         @param limits: connection limits (default: SPEC's defaults, no
@@ -425,6 +501,12 @@ class ApiSite(server.Site):
         self.leaf_root = bool(getattr(resource, "isLeaf", False))
         self._date_second = -1
         self._date = b""
+        # a late import: the fast path is built on this module's checks
+        from apicache.http.fast import FastPath
+
+        #: answers hits from the channel's dataReceived (None: every request
+        #: goes through twisted.web)
+        self.fast_path: FastPath | None = FastPath.for_site(self, resource) if fast_path else None
         self._idle_waiters: list[Deferred[None]] = []
         #: the transports of open connections, closed gracefully on shutdown
         self.connections: set[ITransport] = set()

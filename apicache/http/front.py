@@ -29,6 +29,9 @@ class ApiFront(Resource):
     The root resource: checks what must be checked before routing, answers
     a fresh hit at once (L{answer_hit}), and hands everything else to the
     Klein application.
+
+    @ivar keys: the api-keys it checks (the fast path checks them too,
+        L{apicache.http.fast}).
     """
 
     isLeaf = True
@@ -37,7 +40,7 @@ class ApiFront(Resource):
         super().__init__()
         self._inner = inner
         self._resolver = resolver
-        self._keys = keys
+        self._keys = self.keys = keys
         self._registry = registry
         self._tenant_header = resolver.tenant_header
 

@@ -1,0 +1,318 @@
+"""
+The fast hit path (issue 23): a cached answer to a ``GET`` or ``HEAD``
+written straight from the connection's C{dataReceived}, without
+twisted.web's L{Request}, Klein's dispatch or a Deferred.
+
+A request is answered here only when all of these hold, else every byte of
+it is handed, unread, to twisted.web's L{HTTPChannel} (one HTTP/1.1
+implementation for every hard case):
+
+ - its whole head has arrived and L{parse_head} is sure of it: plain
+   HTTP/1.1, CRLF line ends, printable ASCII, a request line and header
+   lines twisted.web would read alike, no body, nothing twisted.web acts on
+   itself (C{Content-Length}, C{Transfer-Encoding}, C{Expect},
+   C{Connection: close});
+ - the checks made before routing pass (L{check_head}, with the keys of the
+   channel and of the front);
+ - the front finds a hit (L{ApiFront.answer_hit}: the same resolution,
+   freshness, C{max_staleness}, conditional requests, C{HEAD},
+   C{Cache-Status} and C{Age} as the slow path, written by the same
+   L{apicache.http.writers.write_result}).
+
+The request it answers is a L{FastRequest}: the few attributes those
+functions and L{ApiSite.request_done} (metrics, span, access log line)
+read and set.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.web.http import RESPONSES
+from twisted.web.http_headers import Headers
+
+from apicache.cache.wire import canonical_name
+from apicache.http.channel import check_head
+from apicache.http.front import ApiFront
+
+if TYPE_CHECKING:
+    from apicache.http.channel import ApiChannel, ApiSite
+
+__all__ = ["FastPath", "FastRequest", "Head", "parse_head", "MAX_HEAD_BYTES", "MAX_HEADER_LINES"]
+
+#: Heads longer than this are left to twisted.web (its limits are larger:
+#: 16 KiB a line and a head, so whatever it refuses is never taken here).
+MAX_HEAD_BYTES = 8192
+#: Heads of more header lines than this are left to twisted.web (it
+#: refuses more than 500).
+MAX_HEADER_LINES = 100
+
+# The bytes a head taken here may hold: printable ASCII, SP and HTAB, and
+# CR and LF as CRLF pairs only (checked by counting).  Anything else (NUL,
+# another control, obs-text) is twisted.web's to judge.
+_HEAD_BYTES = bytes(range(0x20, 0x7F)) + b"\t\r\n"
+# RFC 9110 tchar: a header name made of anything else is twisted.web's to refuse
+_TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# Header names twisted.web acts on itself (a body to read, a 100 Continue to
+# send): a request carrying one is never taken here.
+_ITS_OWN = frozenset({b"Content-Length", b"Transfer-Encoding", b"Expect"})
+_CONNECTION = canonical_name(b"connection")
+
+# header name as sent -> as twisted.web stores it (only valid names are
+# remembered, so a name found here needs no check)
+_NAMES: dict[bytes, bytes] = {}
+_NAMES_MAX = 1024
+
+
+class Head:
+    """
+    A request head L{parse_head} is sure of.
+
+    @ivar method: C{GET} or C{HEAD}.
+    @ivar target: the request target (path and query), as received.
+    @ivar headers: each header name as twisted.web stores it (its
+        canonical capitalisation) to its values in order, each stripped of
+        surrounding spaces and tabs, as twisted.web's table holds them.
+    @ivar end: the offset just past the head's blank line.
+    """
+
+    __slots__ = ("method", "target", "headers", "end")
+
+    def __init__(self, method: bytes, target: bytes, headers: dict[bytes, list[bytes]], end: int) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.end = end
+
+
+def parse_head(data: bytes, start: int = 0) -> Head | None:
+    """
+    Parse the request head beginning at ``data[start]``, strictly.
+
+    @return: the L{Head}, or ``None`` when the head is not complete yet or
+        is anything but a plain HTTP/1.1 C{GET} or C{HEAD} without a body
+        that twisted.web's L{HTTPChannel} would parse into the same method,
+        target and header table: then twisted.web reads it.
+    """
+    end = data.find(b"\r\n\r\n", start, start + MAX_HEAD_BYTES)
+    if end < 0:
+        return None
+    head = data[start:end]
+    if head.translate(None, _HEAD_BYTES):
+        return None
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or crlf > MAX_HEADER_LINES:
+        return None
+    lines = head.split(b"\r\n")
+    request_line = lines[0].split(b" ")
+    if len(request_line) != 3:
+        return None
+    method, target, version = request_line
+    if (method != b"GET" and method != b"HEAD") or version != b"HTTP/1.1" or target[:1] != b"/" or b"\t" in target:
+        return None
+    headers: dict[bytes, list[bytes]] = {}
+    names = _NAMES
+    for i in range(1, len(lines)):
+        name, colon, value = lines[i].partition(b":")
+        canonical = names.get(name)
+        if canonical is None:
+            # not seen yet, or not a name: a space before the colon, an
+            # obs-fold continuation line (it starts with a space), no colon
+            if not colon or not name or name.translate(None, _TCHAR):
+                return None
+            canonical = canonical_name(name)
+            if len(names) < _NAMES_MAX:
+                names[name] = canonical
+        if canonical in _ITS_OWN:
+            return None
+        values = headers.get(canonical)
+        if values is None:
+            headers[canonical] = [value.strip(b" \t")]
+        else:
+            values.append(value.strip(b" \t"))
+    connection = headers.get(_CONNECTION)
+    # twisted.web reads the first Connection value only, token by token
+    if connection is not None and b"close" in [t.lower() for t in connection[0].split(b" ")]:
+        return None
+    return Head(method, target, headers, end + 4)
+
+
+def _headers(table: dict[bytes, list[bytes]]) -> Headers:
+    # a Headers over the table as twisted.web would have filled it, without
+    # adding each value again through its name encoder
+    headers = Headers()
+    headers._rawHeaders = table
+    return headers
+
+
+class FastRequest:
+    """
+    A request answered by the fast path: what the hit path's functions read
+    and set on a request (L{check_head}, L{apicache.http.resolve.Resolver},
+    L{ApiFront.answer_hit}, L{apicache.http.writers.write_result}) and what
+    L{ApiSite.request_done} counts and logs, without twisted.web's
+    L{Request}.
+    """
+
+    __slots__ = (
+        "channel",
+        "method",
+        "uri",
+        "path",
+        "requestHeaders",
+        "responseHeaders",
+        "started",
+        "client",
+        "code",
+        "code_message",
+        "sentLength",
+        "startedWriting",
+        "finished",
+        "route_type",
+        "tenant",
+        "cache",
+        "trace",
+    )
+
+    clientproto = b"HTTP/1.1"
+    #: the checks before routing passed (see L{FastPath.answer})
+    head_checked = True
+
+    def __init__(self, channel: ApiChannel, head: Head, started: float, client: Any) -> None:
+        self.channel = channel
+        self.method = head.method
+        self.uri = head.target
+        self.path = head.target.partition(b"?")[0]
+        self.requestHeaders = _headers(head.headers)
+        self.responseHeaders = Headers()
+        self.started = started
+        self.client = client
+        self.code = 200
+        self.code_message = b"OK"
+        self.sentLength = 0
+        self.startedWriting = 0
+        self.finished = False
+        self.route_type = "-"
+        self.tenant = "-"
+        self.cache = "-"
+        self.trace = None
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        """
+        Return the last value of the request header ``name``, or ``None``.
+        """
+        values = self.requestHeaders.getRawHeaders(name)
+        return values[-1] if values else None
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        """
+        Set the answer's header ``name`` (written before the stored headers).
+        """
+        self.responseHeaders.setRawHeaders(name, [value])
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        """
+        Set the answer's status.
+        """
+        self.code = code
+        self.code_message = message or RESPONSES.get(code, b"Unknown Status")
+
+    def finish(self) -> None:
+        """
+        The answer is written: count, trace and log it as every request is
+        (L{ApiSite.request_done}).
+        """
+        self.finished = True
+        site = self.channel.site
+        # the span starts and ends here: nothing of a hit is traced in
+        # between (no log line, no upstream call), and a request the fast
+        # path declines must not have opened one
+        self.trace = site.tracer.start(self.requestHeaders, "apicache")
+        site.request_done(self)  # type: ignore[arg-type]
+
+
+class FastPath:
+    """
+    The fast path of one site: L{serve} answers the hits at the front of
+    what a connection received and returns the rest for twisted.web.
+
+    @param site: the site whose channels call it (its keys, tenant header,
+        clock, counts).
+    @param front: the front resource: its keys (checked again when they are
+        not the site's, as L{ApiFront.render} does) and its
+        L{ApiFront.answer_hit}.
+    @ivar answered: requests answered here.
+    """
+
+    log = Logger()
+
+    def __init__(self, site: ApiSite, front: ApiFront) -> None:
+        self.site = site
+        self.front = front
+        self.answered = 0
+
+    @classmethod
+    def for_site(cls, site: ApiSite, resource: Any) -> FastPath | None:
+        """
+        Return the fast path of ``site`` serving ``resource``, or ``None``
+        when ``resource`` is not the front (a site serving anything else has
+        no hit to answer).
+        """
+        return cls(site, resource) if isinstance(resource, ApiFront) else None
+
+    def serve(self, channel: ApiChannel, data: bytes) -> bytes:
+        """
+        Answer the requests at the front of ``data`` (read by ``channel``,
+        between two requests) that are hits, in order, until one is not, or
+        until the channel must stop (its write buffer is full, it is closing).
+
+        @return: the bytes not consumed, beginning at a request's first
+            byte: the request declined and what follows, or what is held
+            back until the client reads.
+        """
+        start = 0
+        n = len(data)
+        transport = channel.transport
+        while start < n:
+            head = parse_head(data, start)
+            if head is None or not self.answer(channel, head):
+                break
+            start = head.end
+            if channel.write_blocked or transport is None or transport.disconnecting:
+                break
+        return data[start:] if start else data
+
+    def answer(self, channel: ApiChannel, head: Head) -> bool:
+        """
+        Answer the request of ``head`` if it is a hit whose checks pass.
+
+        @return: whether it was answered; if not, nothing was written and
+            nothing counted.
+        """
+        site = self.site
+        front = self.front
+        request = FastRequest(channel, head, site.clock.seconds(), channel.peer)
+        # the channel's checks, then the front's when its keys differ
+        # (ApiFront.render): a request they refuse is refused by twisted.web
+        headers = request.requestHeaders
+        if check_head(site.keys, site.tenant_header, request.path, headers) is not None:
+            return False
+        if front.keys is not site.keys and check_head(front.keys, site.tenant_header, request.path, headers) is not None:
+            return False
+        site.active += 1
+        answered = False
+        try:
+            answered = front.answer_hit(request) is not None
+        except Exception:
+            # written already: what failed is the bookkeeping after it; if
+            # nothing was written, twisted.web's path answers the request (a
+            # 500 with its id, if it fails there too)
+            answered = bool(request.startedWriting)
+            self.log.failure("the fast path failed {when}", when="after answering" if answered else "before answering")
+        finally:
+            if not request.finished:
+                site.active -= 1
+        if answered:
+            self.answered += 1
+        return answered
