@@ -262,7 +262,7 @@ class ApiChannel(HTTPChannel):
                 data, self._buffer = self._buffer + data, b""
             self.resetTimeout()
             left = fast.serve(self, data)
-            if left is not data:
+            if left is not data and self._head_deadline is not None:
                 # a head begun in an earlier read was completed and answered
                 self._stop_head_deadline()
             data = left

@@ -59,8 +59,8 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 _ITS_OWN = frozenset({b"Content-Length", b"Transfer-Encoding", b"Expect"})
 _CONNECTION = canonical_name(b"connection")
 
-# header name as sent -> as twisted.web stores it (only valid names are
-# remembered, so a name found here needs no check)
+# header name as sent -> as twisted.web stores it, or b"" for a name of
+# _ITS_OWN (only valid names are remembered: a name found needs no check)
 _NAMES: dict[bytes, bytes] = {}
 _NAMES_MAX = 1024
 
@@ -113,19 +113,23 @@ def parse_head(data: bytes, start: int = 0) -> Head | None:
         return None
     headers: dict[bytes, list[bytes]] = {}
     names = _NAMES
-    for i in range(1, len(lines)):
-        name, colon, value = lines[i].partition(b":")
+    del lines[0]
+    for line in lines:
+        name, colon, value = line.partition(b":")
         canonical = names.get(name)
-        if canonical is None:
-            # not seen yet, or not a name: a space before the colon, an
-            # obs-fold continuation line (it starts with a space), no colon
-            if not colon or not name or name.translate(None, _TCHAR):
+        if not canonical:
+            # b"": a name twisted.web acts on itself; None: not seen yet, or
+            # not a name (a space before the colon, an obs-fold line, which
+            # begins with a space, no colon at all)
+            if canonical is not None or not colon or not name or name.translate(None, _TCHAR):
                 return None
             canonical = canonical_name(name)
+            if canonical in _ITS_OWN:
+                canonical = b""
             if len(names) < _NAMES_MAX:
                 names[name] = canonical
-        if canonical in _ITS_OWN:
-            return None
+            if not canonical:
+                return None
         values = headers.get(canonical)
         if values is None:
             headers[canonical] = [value.strip(b" \t")]
