@@ -293,7 +293,7 @@ class ApiChannel(HTTPChannel):
         Only then may the fast path answer one (pipelined answers keep
         their order), and what it declines reach twisted.web intact.
         """
-        return (
+        return bool(
             self.line_mode
             and self._HTTPChannel__first_line == 1  # type: ignore[attr-defined]
             and not self.requests
