@@ -36,7 +36,8 @@ test: install-test
 demo: install
 	@APICACHE_API_KEY=$(DEV_KEY) PY=$(BIN)/python TWISTD=$(BIN)/twistd sh bench/demo.sh
 
-# The benchmark of issue 5 (needs `apt-get install wrk nginx`; says so without them).
+# The hit path against bare twisted.web and nginx (needs `apt-get install wrk nginx`;
+# says so without them). Figures: docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
@@ -49,7 +50,7 @@ bench-events: install-test
 bench-tags: install-test
 	$(BIN)/python bench/tags.py $(BENCH_ARGS)
 
-# Issue 13: staleness of every answer against a versioned upstream, steady,
+# Staleness of every answer against a versioned upstream, steady,
 # with the broker paused for 30 s and with an instance killed (group mode,
 # Redis), with and without max_staleness
 bench-freshness: install-test
@@ -61,7 +62,7 @@ dashboard-preview: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test,preview]'
 	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
 
-# Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
+# Hit ratios of the memory store against libCacheSim; BENCH_ARGS=--quick for a smoke run.
 # A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
 # Then the noisy-neighbour scenario through the real daemon (about 55 s;
 # NOISY_ARGS=--help lists its knobs).
@@ -70,13 +71,13 @@ bench-hitratio: install
 	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
 	$(BIN)/python bench/noisy_neighbour.py $(filter --quick,$(BENCH_ARGS)) $(NOISY_ARGS)
 
-# The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
+# The fuzz targets (tests/fuzz/targets.py) for FUZZ_SECONDS in
 # all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
 fuzz: install-test
 	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 # Real daemons on Redis and group-mode Kafka, one killed with SIGKILL under
-# load and restarted (issue 10; about 30 s, so not part of `make test`).
+# load and restarted (about 30 s, so not part of `make test`).
 chaos: install-test
 	APICACHE_CHAOS=1 $(BIN)/python -m pytest tests/test_chaos.py -q -s
 

@@ -44,6 +44,8 @@ setup(
             "tomli-w>=1.0",
             # tests/test_dashboard.py reads deploy/prometheus-alerts.yml
             "pyyaml>=6.0",
+            # tests/test_docs.py checks that README.rst (the long description) is valid reStructuredText
+            "docutils>=0.20",
             # maintained REST servers the integration tests run as upstreams
             "httpbin>=0.10",
             "waitress>=3.0",

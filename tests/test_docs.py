@@ -134,3 +134,62 @@ def test_the_readme_links_the_configuration_reference_instead_of_repeating_it() 
     assert "docs/configuration.md" in text
     # the tables live in docs/ only: no row of a key table in the README
     assert not re.search(r"^``(tenant_header|max_entry_fraction|forward_headers)``\s{2,}", text, re.M)
+
+
+def test_the_readme_starts_with_the_two_set_up_commands() -> None:
+    first_block = re.search(r"\.\. code-block:: sh\n\n((?:    .*\n)+)", readme())
+    assert first_block is not None
+    commands = [line.split("#")[0].strip() for line in first_block.group(1).splitlines()]
+    assert commands == ["make run", "make test"]
+    # nothing else comes before it but the title and one paragraph
+    assert readme().index(".. code-block:: sh") < 400
+
+
+def test_the_readme_links_the_benchmarks() -> None:
+    assert "docs/benchmarks.md" in readme()
+    assert (ROOT / "docs" / "benchmarks.md").is_file()
+
+
+@pytest.mark.parametrize(
+    "path", ["README.rst", "Makefile", "docs/configuration.md", "docs/benchmarks.md"]
+)
+def test_no_internal_issue_numbers(path: str) -> None:
+    text = (ROOT / path).read_text(encoding="utf-8")
+    found = re.findall(r"\bissues?\s*#?\d+|\bthe issue'?s?\b", text, re.I)
+    assert found == [], f"{path} names internal issues: {found}"
+
+
+def test_the_readme_says_what_callers_get() -> None:
+    text = " ".join(readme().split())
+    assert "server-side callers" in text
+    assert "CORS preflight" in text
+    assert "only-if-cached" in text
+    assert "Cache-Control" in text
+
+
+def test_the_read_after_write_recipe_shares_one_constant_tag() -> None:
+    blocks = re.findall(r"\.\. code-block:: toml\n\n((?:    .*\n|\n)+)", readme())
+    recipe = next(b for b in blocks if 'type = "objects"' in b)
+    data = tomllib.loads("\n".join(line[4:] for line in recipe.splitlines()))
+    c = parse_config(dict(data, upstream={"base_url": "http://u"}), Config.source, {})
+    item, items = c.route("object"), c.route("objects")
+    assert "PATCH" in item.pass_methods
+    shared = set(item.tags) & set(items.tags)
+    assert shared and all("{" not in t for t in shared)
+
+
+def test_the_readme_is_valid_restructuredtext() -> None:
+    """
+    The README is also the package's long description: a broken table or
+    link would show as raw text on the package index.
+    """
+    import io
+
+    from docutils.core import publish_doctree
+
+    warnings = io.StringIO()
+    publish_doctree(
+        readme(), source_path=str(README),
+        settings_overrides={"report_level": 2, "halt_level": 5, "warning_stream": warnings},
+    )
+    assert warnings.getvalue() == ""
