@@ -7,7 +7,7 @@ DEV_KEY ?= dev-key-change-me
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: run test demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
+.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,8 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet .
 
 # json-server (npm, pinned by its package-lock.json) is an integration-test
-# upstream; without npm the tests that need it say so and are skipped.
+# upstream; without npm the tests that need it say so and are skipped (and
+# fail under CI=true: .ci/run installs npm).
 install-test: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
 	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund --prefix tests/upstreams/json-server; \
@@ -30,8 +31,14 @@ install-test: $(BIN)/python
 run: install
 	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml -- $(RUN_ARGS)
 
+# Every test (under 10 minutes on 2 cores).
 test: install-test
 	$(BIN)/python -m pytest tests
+
+# The inner loop: no test that starts a process (marker `integration`) or
+# takes long (`slow`); under 2 minutes.
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not integration and not slow" tests
 
 demo: install
 	@APICACHE_API_KEY=$(DEV_KEY) PY=$(BIN)/python TWISTD=$(BIN)/twistd sh bench/demo.sh

