@@ -9,21 +9,34 @@ FUZZ_SECONDS ?= 300
 
 .PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
 
+# What a regular install copies into .venv: a change to any of them reinstalls.
+SOURCES := setup.py $(shell find apicache twisted -name '*.py' 2>/dev/null)
+# Stamps of the last install, so that `make run` and `make demo` don't
+# reinstall on every start, and start offline once installed.
+INSTALLED := $(VENV)/.installed
+INSTALLED_TEST := $(VENV)/.installed-test
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # A regular (not editable) install: twistd finds the plugin only then.
-install: $(BIN)/python
+$(INSTALLED): $(SOURCES) | $(BIN)/python
 	$(BIN)/pip install --quiet .
+	@touch $@
+
+install: $(INSTALLED)
 
 # json-server (npm, pinned by its package-lock.json) is an integration-test
 # upstream; without npm the tests that need it say so and are skipped (and
 # fail under CI=true: .ci/run installs npm).
-install-test: $(BIN)/python
+$(INSTALLED_TEST): $(SOURCES) tests/upstreams/json-server/package-lock.json | $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
 	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund --prefix tests/upstreams/json-server; \
 	else echo "npm not found: the json-server integration tests will be skipped"; fi
+	@touch $@ $(INSTALLED)
+
+install-test: $(INSTALLED_TEST)
 
 # Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
 # starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
