@@ -13,8 +13,8 @@ setup(
         # >=25.5: the oldest Twisted the tests pass on (24.7 to 24.11 fail the Redis
         # connection tests; 24.7 also fixed CVE-2024-41671); `tox -e oldest` runs them
         # on the lower bounds here. <27: apicache relies on a few private parts of
-        # twisted.web (apicache/_twisted.py, pinned by tests/test_twisted_private.py),
-        # so a new major is admitted only once those tests pass on it.
+        # twisted.web (the tenant-safe pool, the bad-request answer, the raw header
+        # table), so a new major is admitted only once the tests pass on it.
         "twisted[tls]>=25.5,<27",
         "klein>=24.8",
         "treq>=24.9",
@@ -24,6 +24,12 @@ setup(
         "confluent-kafka>=2.6",
         "txredisapi>=1.4.10",
         "prometheus-client>=0.20",
+        # [auth] JWT/JWS verification (issue 21): refuses alg none, key confusion, unknown crit
+        # and oversized tokens out of the box; chosen over PyJWT by bench/jose_refusals.py
+        "joserfc>=1.8",
+        # RFC 8941 dictionaries of RFC 9213 targeted Cache-Control fields
+        # (apicache/cache/targeted.py): the reference parser, by the RFCs' author
+        "http-sfv>=0.9.9",
     ],
     extras_require={
         # OpenTelemetry span export, on when OTEL_EXPORTER_OTLP_ENDPOINT is set

@@ -91,12 +91,14 @@ PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/clear")
 
 #: The JWS algorithms C{[auth] algorithms} may name: asymmetric ones only, so
-#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037).
+#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037,
+#: RFC 9864).  The same set as the verifier's (apicache.auth.tokens), which
+#: tests/test_config.py checks; config stays a leaf that imports neither.
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512",
     "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "ES256K",
-    "EdDSA",
+    "EdDSA", "Ed25519", "Ed448",
 )
 
 #: Tags past these limits make an answer unstorable (SPEC.md section 3).

@@ -34,27 +34,13 @@ from twisted.python import usage
 from twisted.web.client import Agent
 
 from apicache import __version__
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.links import LinkTargets
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import Config, ConfigError, load_config
-from apicache.events import EventDecoder, EventHandler, EventListenerService, check_consumer_settings
-from apicache.health import Readiness
-from apicache.instrument import TimedUpstream
-from apicache.intermediary import IntermediaryUpstream
-from apicache.links import LinkTargets
-from apicache.logs import AccessLog, capture_stdlib_logging, json_log_observer
-from apicache.metrics import Metrics, cache_families, store_families, tag_families
-from apicache.oauth import TokenProvider
-from apicache.routes import Router
-from apicache.server import ApiSite, ConnectionLimits, HTTPService, connection_limit
-from apicache.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
-from apicache.store import IStore, MemoryStore
-from apicache.store.redis import RedisStore, RedisStoreService
-from apicache.tracing import Tracer, TracerService, tracer_from_environ
-from apicache.upstream import UpstreamClient, UpstreamService
-from apicache.vcap import BindingFiller, bindings_from_environ
-from apicache.watermark import Watermark
-from apicache.workers import (
+from apicache.daemon.service import ApiCacheService, GarbageCollectorTuning, StartupNotes
+from apicache.daemon.vcap import BindingFiller, bindings_from_environ
+from apicache.daemon.workers import (
     WORKER_ENV,
     AdoptedPortEndpoint,
     Inheritance,
@@ -64,6 +50,22 @@ from apicache.workers import (
     WorkerSupervisor,
     worker_argv,
 )
+from apicache.events.decoding import EventDecoder
+from apicache.events.handling import EventHandler
+from apicache.events.kafka import EventListenerService, check_consumer_settings
+from apicache.events.oauth import TokenProvider
+from apicache.events.watermark import Watermark
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite, ConnectionLimits, HTTPService, connection_limit
+from apicache.ops.health import Readiness
+from apicache.ops.instrument import TimedUpstream
+from apicache.ops.logs import AccessLog, capture_stdlib_logging, json_log_observer
+from apicache.ops.metrics import Metrics, cache_families, store_families, tag_families
+from apicache.ops.tracing import Tracer, TracerService, tracer_from_environ
+from apicache.store import IStore, MemoryStore
+from apicache.store.redis import RedisStore, RedisStoreService
+from apicache.upstream.client import UpstreamClient, UpstreamService
+from apicache.upstream.intermediary import IntermediaryUpstream
 
 __all__ = ["Options", "makeService", "build", "Daemon", "DEFAULT_LISTEN"]
 

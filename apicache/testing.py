@@ -4,9 +4,9 @@ whose fetches the test answers by hand, an OAuth token issuer to put behind
 an in-memory agent, and a Cloud Foundry ``VCAP_SERVICES`` value.  Nothing
 here opens a socket, starts a process or a thread.
 
-Real processes and servers are elsewhere: L{apicache.launchers} (the daemon,
-``redis-server``, the Kafka broker), L{apicache.demo} (the loopback upstream)
-and L{apicache.token_endpoint} (the loopback token endpoint).
+Real processes and servers are elsewhere: L{apicache.harness.launchers} (the daemon,
+``redis-server``, the Kafka broker), L{apicache.harness.demo} (the loopback upstream)
+and L{apicache.harness.token_endpoint} (the loopback token endpoint).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from apicache.upstream import IUpstream, Overloaded, UpstreamResponse
+from apicache.upstream.client import IUpstream, Overloaded, UpstreamResponse
 
 __all__ = [
     "FakeUpstream",
@@ -61,7 +61,7 @@ class PendingFetch:
 
     def fail(self, error: Exception) -> None:
         """
-        Fail the fetch with ``error`` (an L{apicache.upstream.UpstreamError}).
+        Fail the fetch with ``error`` (an L{apicache.upstream.client.UpstreamError}).
         """
         self.deferred.errback(error)
 
@@ -152,7 +152,7 @@ class TokenIssuer:
     HTTP: each request gets the next of ``failures`` statuses while any
     are left, else a new token ``token-N-...`` valid ``expires_in``
     seconds.  L{TokenResource} serves it in memory,
-    L{apicache.token_endpoint.TokenEndpoint} on loopback.
+    L{apicache.harness.token_endpoint.TokenEndpoint} on loopback.
 
     @ivar requests: each request's ``(authorization header, body)``.
     @ivar tokens: every token issued, oldest first.

@@ -27,15 +27,15 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogBeginner
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.logs import json_log_observer
-from apicache.routes import Router
-from apicache.server import ApiSite
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite
+from apicache.ops.logs import json_log_observer
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamResponse
+from apicache.upstream.client import UpstreamResponse
 
 ROUTES = [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 3600}]
 REQUEST = (
@@ -57,7 +57,7 @@ def make_site(access_log: bool, devnull: int, clock: Clock) -> ApiSite:
     log: Any = access_log
     if access_log:
         try:
-            from apicache.logs import AccessLog
+            from apicache.ops.logs import AccessLog
         except ImportError:  # before the buffered access log: twisted.logger lines
             pass
         else:

@@ -36,12 +36,12 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from apicache.launchers import Daemon, KafkaBroker, RedisServer, free_port
+from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy" / "grafana-dashboard.json"
 #: The demo upstream, run as ``python -m DEMO_MODULE --port N``.
-DEMO_MODULE = "apicache.demo"
+DEMO_MODULE = "apicache.harness.demo"
 API_KEY = "preview-key"
 TOPIC = "object-events"
 HOT_KEYS = 300

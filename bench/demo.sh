@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make demo`: an offline walk-through.  Starts the bundled demo upstream
-# (python -m apicache.demo) and the daemon with ./apicache.toml on
+# (python -m apicache.harness.demo) and the daemon with ./apicache.toml on
 # loopback, shows with curl a MISS then a HIT, an invalidation, then stops
 # both.  Called by the Makefile with PY, TWISTD and APICACHE_API_KEY set.
 set -eu
@@ -11,7 +11,7 @@ APICACHE_API_KEY=${APICACHE_API_KEY:-dev-key-change-me}
 export APICACHE_API_KEY
 
 free_port() {
-    "$PY" -c 'from apicache.launchers import free_port; print(free_port())'
+    "$PY" -c 'from apicache.harness.launchers import free_port; print(free_port())'
 }
 UPSTREAM_PORT=${DEMO_UPSTREAM_PORT:-$(free_port)}
 PORT=${DEMO_PORT:-$(free_port)}
@@ -29,7 +29,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "== the demo upstream (answers after 50 ms) on port $UPSTREAM_PORT"
-"$PY" -m apicache.demo --port "$UPSTREAM_PORT" &
+"$PY" -m apicache.harness.demo --port "$UPSTREAM_PORT" &
 UPSTREAM_PID=$!
 
 echo "== apicache with ./apicache.toml on port $PORT"

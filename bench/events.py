@@ -31,8 +31,8 @@ import time
 
 import tomli_w
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, KafkaBroker
 
 API_KEY = "bench-key"
 

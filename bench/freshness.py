@@ -45,7 +45,7 @@ from typing import Any
 
 import tomli_w
 
-from apicache.launchers import Daemon, KafkaBroker, RedisServer
+from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer
 
 API_KEY = "bench-key"
 TENANT = "bench"

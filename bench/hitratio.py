@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse
 from apicache.store.memory import MemoryStore
 

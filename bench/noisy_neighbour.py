@@ -45,7 +45,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from apicache.launchers import Daemon, free_port
+from apicache.harness.launchers import Daemon, free_port
 
 API_KEY = "bench-noisy-key"
 PATH = "/server/object({})/header"

@@ -40,7 +40,7 @@ from typing import Any
 from twisted.internet import defer, reactor
 from twisted.web.client import Agent, HTTPConnectionPool, _HTTP11ClientFactory, readBody
 
-from apicache.upstream import UpstreamClient
+from apicache.upstream.client import UpstreamClient
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MAX_CONNECTIONS = 64  # upstream.max_connections's default

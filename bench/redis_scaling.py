@@ -20,8 +20,8 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, RedisServer
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, RedisServer
 
 KEY = "bench-key"
 
@@ -105,7 +105,7 @@ def store_delay(url: str, rounds: int) -> list[float]:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import deferLater
 
-    from apicache.keys import CacheKey
+    from apicache.cache.keys import CacheKey
     from apicache.store.interface import CachedResponse
     from apicache.store.redis import RedisStore
 

@@ -384,13 +384,14 @@ def memory_probe(entries: int) -> dict[str, Any]:
     from twisted.internet.defer import succeed
     from twisted.internet.task import Clock
 
-    from apicache.cache import CacheRegistry, CacheResult, FetchRequest
+    from apicache.cache.keys import cache_key
+    from apicache.cache.registry import CacheRegistry
+    from apicache.cache.routes import Route
+    from apicache.cache.tenant import CacheResult, FetchRequest
     from apicache.config import RouteConfig
-    from apicache.keys import cache_key
-    from apicache.routes import Route
     from apicache.store.interface import ENTRY_OVERHEAD
     from apicache.store.memory import MemoryStore
-    from apicache.upstream import UpstreamResponse
+    from apicache.upstream.client import UpstreamResponse
 
     sys.path.insert(0, HERE)
     from servers import body_for

@@ -28,10 +28,10 @@ import urllib.request
 from collections.abc import Sequence
 from types import FrameType
 
-from apicache.launchers import free_port
+from apicache.harness.launchers import free_port
 
 #: The demo upstream, run as ``python -m DEMO_MODULE --port N``.
-DEMO_MODULE = "apicache.demo"
+DEMO_MODULE = "apicache.harness.demo"
 #: Exit statuses of a daemon that stopped in order: stock twistd re-raises
 #: the signal that stopped it (SPEC §1).
 CLEAN = (0, -signal.SIGTERM, -signal.SIGINT)

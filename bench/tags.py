@@ -32,8 +32,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock, react
 
-from apicache.keys import CacheKey
-from apicache.launchers import RedisServer
+from apicache.cache.keys import CacheKey
+from apicache.harness.launchers import RedisServer
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import RedisStore

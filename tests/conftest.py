@@ -14,8 +14,8 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, settings
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon
 
 # Redis fixtures (a private redis-server, RedisStore factories)
 pytest_plugins = ["redis_support"]

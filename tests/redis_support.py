@@ -19,7 +19,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
-from apicache.launchers import RedisServer
+from apicache.harness.launchers import RedisServer
 from apicache.store.redis import RedisStore
 
 #: Under CI=true (.ci/run) a missing redis-server fails the test: skipping

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from apicache.launchers import free_port
+from apicache.harness.launchers import free_port
 
 __all__ = ["RestServer", "json_server", "httpbin", "call", "Answer"]
 

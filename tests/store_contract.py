@@ -30,7 +30,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
 
 __all__ = ["make_store_tests", "key", "entry", "store_entry", "charge", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL"]

@@ -19,12 +19,12 @@ from conftest import API_KEY, daemon_config
 from test_server import BODY, Wire
 from twisted.internet.task import Clock
 
-from apicache import logs
-from apicache.instrument import TimedUpstream
-from apicache.launchers import Daemon
-from apicache.logs import PIPE_BUF, AccessLog, redact_query
-from apicache.metrics import Metrics
-from apicache.server import ApiSite
+from apicache.harness.launchers import Daemon
+from apicache.http.channel import ApiSite
+from apicache.ops import logs
+from apicache.ops.instrument import TimedUpstream
+from apicache.ops.logs import PIPE_BUF, AccessLog, redact_query
+from apicache.ops.metrics import Metrics
 
 PATH = "/server/object(7)/header"
 

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from apicache.auth import ApiKeys, bearer_claim, claim_matches, matches_any
+from apicache.auth.apikey import ApiKeys, bearer_claim, claim_matches, matches_any
 
 
 def jwt(claims) -> bytes:

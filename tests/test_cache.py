@@ -11,13 +11,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import BYPASS, DEFAULT_VARYING, HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import is_storable
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import BYPASS, DEFAULT_VARYING, HIT, MISS, STALE, CacheResult, FetchRequest
 from apicache.config import RouteConfig
-from apicache.httpcache import is_storable
-from apicache.keys import CacheKey
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import Overloaded, UpstreamResponse, UpstreamUnreachable
+from apicache.upstream.client import Overloaded, UpstreamResponse, UpstreamUnreachable
 
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=10.0, params=("id",), fingerprint="f")
 STALE_ROUTE = RouteConfig("template", "/t/<id>", "/t/{id}", ttl=10.0, stale_if_error=5.0, params=("id",), fingerprint="g")
@@ -301,7 +302,7 @@ def test_the_registry_provides_the_invalidation_seam():
     """The HTTP API and the event handler reach the registry through IInvalidator."""
     from zope.interface.verify import verifyObject
 
-    from apicache.invalidator import IInvalidator
+    from apicache.cache.invalidator import IInvalidator
 
     registry = CacheRegistry(MemoryStore(1 << 20), FakeUpstream(), Clock(), [], ())
     assert verifyObject(IInvalidator, registry)

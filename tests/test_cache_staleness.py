@@ -11,14 +11,15 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import HIT, MISS, REVALIDATED, STALE, STALENESS_SPREAD, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import within_staleness
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import HIT, MISS, REVALIDATED, STALE, STALENESS_SPREAD, CacheResult, FetchRequest
 from apicache.config import RouteConfig
-from apicache.httpcache import within_staleness
-from apicache.keys import CacheKey
+from apicache.events.watermark import Watermark
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamUnreachable
-from apicache.watermark import Watermark
+from apicache.upstream.client import UpstreamUnreachable
 
 BOUNDED = RouteConfig(
     "object", "/o/<id>", "/o/{id}", ttl=300.0, stale_if_error=600.0, max_staleness=5.0, params=("id",), fingerprint="f"

@@ -33,8 +33,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from test_events import JOIN_SECONDS, eventually, info, kafka_config, wait_ready
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker, RedisServer
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer
 
 pytestmark = [
     pytest.mark.skipif(not os.environ.get("APICACHE_CHAOS"), reason="chaos runs with APICACHE_CHAOS=1 (make chaos)"),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from apicache.launchers import free_port, twistd_path
+from apicache.harness.launchers import free_port, twistd_path
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import free_port
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import free_port
+from apicache.harness.token_endpoint import TokenEndpoint
 from apicache.testing import vcap_services
-from apicache.token_endpoint import TokenEndpoint
 
 # starts real processes, and installs the package into a fresh Python
 # first (about 20 s; pip may take longer on a slow network)

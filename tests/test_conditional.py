@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from test_server import BODY, PATH, Wire, parse
 
-from apicache.upstream import UpstreamResponse
+from apicache.upstream.client import UpstreamResponse
 
 LM = b"Sun, 06 Nov 1994 08:49:37 GMT"
 K1 = (b"api-key", b"k1")

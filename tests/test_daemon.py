@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import API_KEY, ROUTES
 
-from apicache.launchers import free_port
+from apicache.harness.launchers import free_port
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -299,7 +299,7 @@ def test_sigterm_stops_accepting_and_lets_a_request_in_flight_finish(make_daemon
 
 
 def test_built_in_defaults_start_without_routes(tmp_path, upstream):
-    from apicache.launchers import Daemon
+    from apicache.harness.launchers import Daemon
 
     d = Daemon(None, cwd=str(tmp_path), env={"PORT": ""}).start()
     try:
@@ -315,7 +315,7 @@ def test_shipped_example_is_found_in_the_working_directory(tmp_path, upstream):
     import shutil
     from pathlib import Path
 
-    from apicache.launchers import Daemon
+    from apicache.harness.launchers import Daemon
 
     shutil.copy(Path(__file__).resolve().parent.parent / "apicache.toml", tmp_path / "apicache.toml")
     env = {"APICACHE_API_KEY": "example-key", "APICACHE_UPSTREAM_URL": upstream.url, "PORT": "", "VCAP_SERVICES": ""}

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, KafkaBroker
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

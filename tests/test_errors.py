@@ -1,15 +1,15 @@
 """
-The one table from domain exceptions to API errors (apicache.errors).
+The one table from domain exceptions to API errors (apicache.http.errors).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from apicache.errors import DOMAIN_ERRORS, ApiError, api_error
-from apicache.keys import InvalidParameter, InvalidQuery, InvalidTenant
+from apicache.cache.keys import InvalidParameter, InvalidQuery, InvalidTenant
+from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error
 from apicache.store.interface import StoreUnavailable
-from apicache.upstream import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
 
 @pytest.mark.parametrize(

@@ -16,18 +16,12 @@ from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import CacheRegistry
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
 from apicache.config import KafkaConfig, parse_config
-from apicache.events import (
-    MAX_EVENT_BYTES,
-    BadEvent,
-    CacheAction,
-    EventDecoder,
-    EventHandler,
-    consumer_settings,
-    redact,
-)
-from apicache.keys import CacheKey
+from apicache.events.decoding import MAX_EVENT_BYTES, BadEvent, CacheAction, EventDecoder
+from apicache.events.handling import EventHandler
+from apicache.events.kafka import consumer_settings, redact
 from apicache.store import MemoryStore
 from apicache.store.interface import CachedResponse, StoreUnavailable
 

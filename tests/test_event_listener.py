@@ -22,12 +22,13 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from zope.interface import implementer
 
-from apicache.cache import CacheRegistry
+from apicache.cache.invalidator import IInvalidator
+from apicache.cache.registry import CacheRegistry
 from apicache.config import KafkaConfig, parse_config
-from apicache.events import EventDecoder, EventHandler, EventListenerService
-from apicache.events.kafka import _LibrdkafkaLog
-from apicache.invalidator import IInvalidator
-from apicache.launchers import free_port
+from apicache.events.decoding import EventDecoder
+from apicache.events.handling import EventHandler
+from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
+from apicache.harness.launchers import free_port
 from apicache.store import MemoryStore
 from apicache.store.interface import StoreUnavailable
 
@@ -174,7 +175,7 @@ class FakeConsumer:
 @implementer(IInvalidator)
 class FlakyInvalidator:
     """
-    An L{apicache.invalidator.IInvalidator} that fails for the ids in ``failing``,
+    An L{apicache.cache.invalidator.IInvalidator} that fails for the ids in ``failing``,
     as the registry does when Redis is away.
     """
 

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from apicache.demo import Answer, UpstreamStub
-from apicache.launchers import Daemon, KafkaBroker, Reply
+from apicache.harness.demo import Answer, UpstreamStub
+from apicache.harness.launchers import Daemon, KafkaBroker, Reply
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from store_contract import charge
 from twisted.internet.task import Clock
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 

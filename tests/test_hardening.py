@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 from test_http import OBJ, T1, App, _tc, error_of, result
 from twisted.internet.task import Clock
 
-from apicache.cache import CacheRegistry, FetchRequest
+from apicache.cache.keys import CacheKey, InvalidParameter, InvalidTenant, decode_parameter, validate_tenant, variant
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import FetchRequest
 from apicache.config import RouteConfig, parse_config
 from apicache.events.decoding import BadEvent, EventDecoder
-from apicache.keys import CacheKey, InvalidParameter, InvalidTenant, decode_parameter, validate_tenant, variant
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamResponse
+from apicache.upstream.client import UpstreamResponse
 
 # -- finding 3: "." is a dot-segment ------------------------------------------
 
@@ -157,7 +158,7 @@ def test_reclaimed_tenant_keeps_its_entries():
 def test_accept_errors_are_let_through_once_a_second():
     from twisted.logger import PredicateResult
 
-    from apicache.logs import AcceptErrorsOncePerSecond
+    from apicache.ops.logs import AcceptErrorsOncePerSecond
 
     p = AcceptErrorsOncePerSecond()
 
@@ -169,7 +170,7 @@ def test_accept_errors_are_let_through_once_a_second():
     passed = event(103.0)
     assert p(passed) == PredicateResult.maybe and passed["suppressed"] == 4
     assert p(event(103.1, fmt="something else")) == PredicateResult.maybe
-    assert p(event(103.1, ns="apicache.server")) == PredicateResult.maybe
+    assert p(event(103.1, ns="apicache.http.channel")) == PredicateResult.maybe
 
 
 @pytest.mark.parametrize(

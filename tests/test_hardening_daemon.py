@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

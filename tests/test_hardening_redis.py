@@ -22,7 +22,7 @@ from store_contract import entry, key, store_entry
 from test_redis_daemons import metric
 from test_redis_daemons import ready as daemon_ready
 
-from apicache.launchers import Daemon, RedisServer
+from apicache.harness.launchers import Daemon, RedisServer
 from apicache.store.interface import CachedResponse
 from apicache.store.redis import RedisStore, encode_entry, encode_key
 from apicache.store.redis.codec import entry_problem, tag_record_key

@@ -15,8 +15,9 @@ from test_http import KEY, OBJ, App, _tc, error_of, result
 from test_server import ROUTES, Wire, parse
 from twisted.internet.address import IPv4Address
 
-from apicache.api import CacheAPI
-from apicache.server import ApiFront, ApiSite, ConnectionLimits, connection_limit
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite, ConnectionLimits, connection_limit
+from apicache.http.front import ApiFront
 
 K1 = (b"api-key", b"k1")
 T1 = (b"org_id", b"t1")
@@ -304,7 +305,7 @@ def test_a_request_refused_before_its_body_is_logged_with_its_trace_id():
     import json
     import os
 
-    from apicache.logs import AccessLog
+    from apicache.ops.logs import AccessLog
 
     w = Wire()
     front = ApiFront(w.klein, w.api.resolver, w.api.keys, w.registry)

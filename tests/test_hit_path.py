@@ -81,8 +81,8 @@ def test_reserved_paths_win_over_the_hit_path(make_daemon):
 
 
 def test_the_path_memo_is_bounded_in_entries_and_length():
+    from apicache.cache.routes import MEMO_PATH_BYTES, MEMO_SIZE, Router
     from apicache.config import RouteConfig
-    from apicache.routes import MEMO_PATH_BYTES, MEMO_SIZE, Router
 
     router = Router([RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f")])
     for i in range(MEMO_SIZE + 10):

@@ -13,13 +13,13 @@ from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.routes import Router
+from apicache.http.api import CacheAPI
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import BodyTooLarge, Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
 
 ROUTES = [
     {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10},
@@ -377,8 +377,8 @@ class _Finished:
 def test_access_log_line_follows_the_setting(access_log, lines):
     import os
 
-    from apicache.logs import AccessLog
-    from apicache.server import ApiSite
+    from apicache.http.channel import ApiSite
+    from apicache.ops.logs import AccessLog
 
     r, w = os.pipe()
     try:

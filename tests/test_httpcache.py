@@ -1,5 +1,5 @@
 """
-The HTTP caching decisions (apicache.httpcache): pure functions, tested
+The HTTP caching decisions (apicache.cache.policy): pure functions, tested
 without a reactor.
 """
 
@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from apicache.config import RouteConfig
-from apicache.httpcache import (
+from apicache.cache.policy import (
     HOP_BY_HOP,
     current_age,
     freshness_lifetime,
@@ -20,6 +19,7 @@ from apicache.httpcache import (
     replayed_headers,
     weak_etag_match,
 )
+from apicache.config import RouteConfig
 
 VARYING = (b"authorization", b"x-correlationid", b"traceparent", b"tracestate")
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=30.0, params=("id",), fingerprint="f")
@@ -139,24 +139,23 @@ def test_if_modified_since_follows_rfc_9110_13_1_3(since, last_modified, unmodif
 from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from apicache.config import UpstreamConfig  # noqa: E402
-from apicache.httpcache import (  # noqa: E402
+from apicache.cache.policy import (  # noqa: E402
     NEVER_REPLAYED,
     cache_control,
     condition_fails,
     freshness,
-    header_block,
     hidden_headers,
     normalise_accept_encoding,
     not_modified_headers,
     revalidation_matches,
-    status_member,
     strong_etag_match,
     updated_headers,
     upstream_age,
     validators,
     varying_headers,
 )
+from apicache.cache.wire import header_block, status_member  # noqa: E402
+from apicache.config import UpstreamConfig  # noqa: E402
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 T_DATE = 784111777.0  # DATE as a POSIX time

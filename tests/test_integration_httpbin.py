@@ -19,7 +19,7 @@ import pytest
 import tomli_w
 from rest_servers import RestServer, call, httpbin
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

@@ -16,7 +16,7 @@ import pytest
 import tomli_w
 from rest_servers import RestServer, call, json_server
 
-from apicache.launchers import Daemon
+from apicache.harness.launchers import Daemon
 
 # starts real processes; the first test may run `npm ci` (its own limit is 600 s)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]

@@ -5,7 +5,7 @@ Tenant names, path parameters, canonical queries and key variants
 
 import pytest
 
-from apicache.keys import (
+from apicache.cache.keys import (
     CacheKey,
     InvalidParameter,
     InvalidQuery,
@@ -118,9 +118,9 @@ def test_key_size_counts_bytes():
 
 
 def test_cache_key_holds_tenant_route_params_and_variant():
+    from apicache.cache.keys import cache_key
+    from apicache.cache.routes import Route
     from apicache.config import RouteConfig
-    from apicache.keys import cache_key
-    from apicache.routes import Route
 
     route = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
     key = cache_key("t1", route, ("42",), "a=1", [[b"en"], None])
@@ -130,9 +130,9 @@ def test_cache_key_holds_tenant_route_params_and_variant():
 
 
 def test_a_new_fingerprint_gives_a_new_key():
+    from apicache.cache.keys import cache_key
+    from apicache.cache.routes import Route
     from apicache.config import RouteConfig
-    from apicache.keys import cache_key
-    from apicache.routes import Route
 
     old = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
     new = Route(RouteConfig("object", "/o/<id>", "/v2/o/{id}", params=("id",), fingerprint="f2"))

@@ -10,10 +10,10 @@ from urllib.parse import urlsplit
 from hypothesis import given
 from hypothesis import strategies as st
 
+from apicache.cache.keys import InvalidParameter, decode_parameter
+from apicache.cache.links import LinkTargets, rewrite_links, rewrite_url
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.keys import InvalidParameter, decode_parameter
-from apicache.links import LinkTargets, rewrite_links, rewrite_url
-from apicache.routes import Router
 
 ROUTES = [
     {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"},

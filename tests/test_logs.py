@@ -10,7 +10,7 @@ import json
 import pytest
 from twisted.logger import Logger
 
-from apicache.logs import JSONLineObserver, json_log_observer
+from apicache.ops.logs import JSONLineObserver, json_log_observer
 
 
 @pytest.mark.integration
@@ -42,7 +42,7 @@ def test_standard_library_records_become_twisted_events():
 
     from twisted.logger import globalLogPublisher
 
-    from apicache.logs import capture_stdlib_logging
+    from apicache.ops.logs import capture_stdlib_logging
 
     seen: list[dict] = []
     globalLogPublisher.addObserver(seen.append)

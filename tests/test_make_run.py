@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, free_port
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, free_port
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -172,7 +172,7 @@ def test_launcher_starts_demo_upstream_miss_then_hit_and_exits_0(launched, signu
     children = launched.children(proc.pid)
     commands = [Path(f"/proc/{c}/cmdline").read_bytes().split(b"\0") for c in children]
     assert len(children) == 2, commands
-    assert any(b"apicache.demo" in argv for argv in commands), commands
+    assert any(b"apicache.harness.demo" in argv for argv in commands), commands
     assert any(argv[1].endswith(b"twistd") for argv in commands), commands
 
     assert _first_curl_twice(client) == ("MISS", "HIT")

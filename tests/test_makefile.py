@@ -16,7 +16,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+# runs make (make test-fast starts no process at all)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
+]
 
 
 def dry_run(target: str, venv: Path) -> str:

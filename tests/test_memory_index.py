@@ -8,7 +8,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
 
-from apicache.instrument import TimedUpstream
-from apicache.metrics import OTHER_TENANTS, Metrics
+from apicache.ops.instrument import TimedUpstream
+from apicache.ops.metrics import OTHER_TENANTS, Metrics
 from apicache.store import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import Overloaded, UpstreamTimeout
+from apicache.upstream.client import Overloaded, UpstreamTimeout
 
 
 def samples(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -73,7 +73,7 @@ def test_a_tenant_called_other_is_not_a_duplicate_label():
 
 
 def test_tenant_entries_come_from_the_store():
-    from apicache.keys import CacheKey
+    from apicache.cache.keys import CacheKey
     from apicache.store.interface import CachedResponse
 
     store = MemoryStore(1 << 20)
@@ -124,7 +124,7 @@ def test_other_components_add_sources():
 
 
 def test_cache_families_read_the_store_registry_and_upstream():
-    from apicache.metrics import cache_families
+    from apicache.ops.metrics import cache_families
 
     m = Metrics()
     m.add_source(
@@ -147,7 +147,7 @@ def test_cache_families_read_the_store_registry_and_upstream():
 
 
 def test_store_families_count_evictions_by_reason_and_the_largest_tenants_only():
-    from apicache.metrics import store_families
+    from apicache.ops.metrics import store_families
 
     detailed = {"entries": 3, "bytes": 30, "evictions": 5, "tenants": 12, "evictions_expiry": 2, "evictions_fair_share": 3}
     top = [(f"t{i}", 100 - i, 1) for i in range(10)]

@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent
 from twisted.web.server import NOT_DONE_YET, Request
 
-from apicache.oauth import NoTokenYet, TokenProvider
+from apicache.events.oauth import NoTokenYet, TokenProvider
+from apicache.harness.token_endpoint import TokenEndpoint
 from apicache.testing import TokenIssuer, TokenResource
-from apicache.token_endpoint import TokenEndpoint
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import Agent, readBody
 from zope.interface import implementer
 
-from apicache.pool import GuardedHTTP11ClientProtocol, TenantConnectionPool
+from apicache.upstream.pool import GuardedHTTP11ClientProtocol, TenantConnectionPool
 
 # readBody warns about the in-memory transport's proxy, not about the pool
 pytestmark = pytest.mark.filterwarnings("ignore:Using readBody with a transport")

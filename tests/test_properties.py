@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from apicache.cache import HIT, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey, InvalidParameter, canonical_query, decode_parameter, variant
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
+from apicache.cache.tenant import HIT, CacheResult, FetchRequest
 from apicache.config import RouteConfig, parse_config
-from apicache.keys import CacheKey, InvalidParameter, canonical_query, decode_parameter, variant
-from apicache.routes import Router
 from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream

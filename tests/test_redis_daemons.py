@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, RedisServer, Reply
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, RedisServer, Reply
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

@@ -21,9 +21,9 @@ from redis_support import ready, sleep, until
 from store_contract import entry, key, make_store_tests, store_entry
 from twisted.internet.defer import Deferred
 
-from apicache.httpcache import header_block
-from apicache.keys import CacheKey
-from apicache.launchers import RedisServer, free_port
+from apicache.cache.keys import CacheKey
+from apicache.cache.wire import header_block
+from apicache.harness.launchers import RedisServer, free_port
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import (
     RedisStore,

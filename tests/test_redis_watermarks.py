@@ -13,7 +13,7 @@ import pytest
 import pytest_twisted
 from redis_support import ready
 
-from apicache.launchers import RedisServer
+from apicache.harness.launchers import RedisServer
 from apicache.store.interface import StoreUnavailable
 from apicache.store.redis import RedisStore
 from apicache.store.redis.watermarks import RedisWatermarks

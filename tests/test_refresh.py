@@ -11,12 +11,13 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import HIT, MISS, STALE, CacheResult, FetchRequest
 from apicache.config import RouteConfig
-from apicache.keys import CacheKey
 from apicache.store import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamUnreachable
+from apicache.upstream.client import UpstreamUnreachable
 
 ROUTE = RouteConfig("object", "/o/<id>", "/o/{id}", ttl=10.0, stale_if_error=5.0, params=("id",), fingerprint="f")
 KEY = CacheKey("t1", "object", ("1",), "v")

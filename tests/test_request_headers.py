@@ -22,16 +22,16 @@ from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.links import LinkTargets
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.intermediary import VIA, IntermediaryUpstream
-from apicache.launchers import free_port
-from apicache.links import LinkTargets
-from apicache.routes import Router
-from apicache.server import ApiSite
+from apicache.harness.launchers import free_port
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite
 from apicache.store.memory import MemoryStore
-from apicache.upstream import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.intermediary import VIA, IntermediaryUpstream
 
 SECRET = "s3cr3t-upstream-key"
 ROUTES = [

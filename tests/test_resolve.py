@@ -1,5 +1,5 @@
 """
-Resolving a request on a route (apicache.resolve): the one function the
+Resolving a request on a route (apicache.http.resolve): the one function the
 fast path and the Klein route share.
 """
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 from twisted.web.test.requesthelper import DummyRequest
 
+from apicache.cache.keys import InvalidParameter, InvalidQuery, InvalidTenant
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.errors import ApiError
-from apicache.keys import InvalidParameter, InvalidQuery, InvalidTenant
-from apicache.resolve import MEMO_REQUEST_BYTES, MEMO_SIZE, Resolver
-from apicache.routes import Router
+from apicache.http.errors import ApiError
+from apicache.http.resolve import MEMO_REQUEST_BYTES, MEMO_SIZE, Resolver
 
 CONFIG = parse_config(
     {

@@ -12,13 +12,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.cache import HIT, MISS, REVALIDATED, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import http_date
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import HIT, MISS, REVALIDATED, STALE, CacheResult, FetchRequest
 from apicache.config import RouteConfig, UpstreamConfig
-from apicache.httpcache import http_date
-from apicache.keys import CacheKey
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamUnreachable
+from apicache.upstream.client import UpstreamUnreachable
 
 DATE = b"Sun, 06 Nov 1994 08:49:37 GMT"
 T0 = http_date(DATE)

@@ -4,9 +4,9 @@ Matching request paths to routes and building upstream paths.
 
 import pytest
 
+from apicache.cache.keys import InvalidParameter
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.keys import InvalidParameter
-from apicache.routes import Router
 
 ROUTES = [
     {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"},

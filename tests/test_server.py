@@ -1,5 +1,5 @@
 """
-The server plumbing in-process (apicache.server): a real ApiSite over a
+The server plumbing in-process (apicache.http.channel): a real ApiSite over a
 StringTransport, with a real registry, memory store, fake upstream and a
 task.Clock.  The checks made before routing and the fast hit path are
 exercised here on the bytes of the wire, without a daemon.
@@ -17,14 +17,15 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.routes import Router
-from apicache.server import ApiFront, ApiSite
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite
+from apicache.http.front import ApiFront
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamResponse
+from apicache.upstream.client import UpstreamResponse
 
 ROUTES = [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10}]
 PATH = b"/server/object(42)/header"

@@ -10,7 +10,7 @@ import pytest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
-from apicache.service import ApiCacheService
+from apicache.daemon.service import ApiCacheService
 
 
 class Recorder(Service):
@@ -84,7 +84,7 @@ def test_a_port_in_use_is_one_line_and_a_quiet_exit_1():
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.internet.protocol import Factory
 
-    from apicache.service import StartupFailed
+    from apicache.daemon.service import StartupFailed
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

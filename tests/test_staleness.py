@@ -17,7 +17,7 @@ import pytest
 from conftest import ROUTES
 from test_events import JOIN_SECONDS, KAFKA_EXTRA, eventually, kafka_config, wait_ready
 
-from apicache.launchers import Daemon, KafkaBroker
+from apicache.harness.launchers import Daemon, KafkaBroker
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

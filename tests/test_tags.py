@@ -17,22 +17,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.api import CacheAPI
-from apicache.cache import HIT, MISS, STALE, CacheRegistry, CacheResult, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
+from apicache.cache.tags import InvalidTag, TooManyTags, answer_tags, decode_tag_path, route_tags
+from apicache.cache.tenant import HIT, MISS, STALE, CacheResult, FetchRequest
 from apicache.config import EventRule, RouteConfig, parse_config
 from apicache.events.decoding import BadEvent, CacheAction, EventDecoder
-from apicache.keys import CacheKey
-from apicache.routes import Router
+from apicache.http.api import CacheAPI
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.store.tagindex import REAP_BATCH, TagIndex
-from apicache.tags import (
-    InvalidTag,
-    TooManyTags,
-    answer_tags,
-    decode_tag_path,
-    route_tags,
-)
 from apicache.testing import FakeUpstream
 
 OBJ = RouteConfig(
@@ -433,11 +428,14 @@ class PurgeRouteTests(SynchronousTestCase):
         assert r.code in (404, 405)
 
 
-def test_forgotten_generations_make_older_tagged_entries_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forgotten_generations_drop_nothing_and_refuse_only_that_tenants_older_fetches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """
-    The generations kept are bounded; past the bound, a tagged entry stored
-    before the oldest one forgotten is treated as purged (never served
-    wrongly), and an untagged one is untouched.
+    The generations kept are bounded; past the bound, a tenant's oldest is
+    forgotten: no entry is dropped (SPEC.md section 3, v3), and a tagged
+    answer of a fetch that tenant began before it is not stored (the race
+    rule, conservatively), while another tenant's is.
     """
     import apicache.store.tagindex as tagindex
 
@@ -445,10 +443,14 @@ def test_forgotten_generations_make_older_tagged_entries_misses(monkeypatch: pyt
     store = MemoryStore(1 << 20)
     store.put_now(key(id="old"), entry(("kept",)), 0)
     store.put_now(key(id="plain"), entry(()), 0)
+    before = store._epoch
     for i in range(4):
         store.purge_tag("t1", f"gone-{i}")
-    assert store.lookup(key(id="old")) is None
+    assert store.tags.generations == 3
+    assert store.lookup(key(id="old")) is not None
     assert store.lookup(key(id="plain")) is not None
+    assert not store.put_now(key(id="late"), entry(("kept",)), before)
+    assert store.put_now(key("t2", id="late"), entry(("kept",)), before)
     token = store._epoch
     assert store.put_now(key(id="new"), entry(("kept",)), token)
     assert store.lookup(key(id="new")) is not None

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from apicache.demo import UpstreamStub
-from apicache.launchers import Daemon, Reply
+from apicache.harness.demo import UpstreamStub
+from apicache.harness.launchers import Daemon, Reply
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

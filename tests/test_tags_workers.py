@@ -15,8 +15,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from zope.interface.verify import verifyObject
 
-from apicache.invalidator import IInvalidator
-from apicache.workers import Invalidation, SiblingRelay, WorkerLink
+from apicache.cache.invalidator import IInvalidator
+from apicache.daemon.workers import Invalidation, SiblingRelay, WorkerLink
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

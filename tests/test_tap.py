@@ -80,7 +80,7 @@ def test_version_option_prints_apicache_version(capsys):
 
 
 def test_single_process_start_up_says_what_listens(tmp_path, monkeypatch):
-    from apicache.service import GarbageCollectorTuning, StartupNotes
+    from apicache.daemon.service import GarbageCollectorTuning, StartupNotes
     from apicache.tap import makeService
 
     monkeypatch.delenv("VCAP_SERVICES", raising=False)
@@ -99,7 +99,7 @@ def test_configuration_warnings_are_logged_once_at_start_up():
     from twisted.logger import globalLogPublisher
 
     from apicache.config import parse_config
-    from apicache.service import StartupNotes
+    from apicache.daemon.service import StartupNotes
 
     config = parse_config(
         {"server": {"api_keys": ["k"]}, "upstream": {"forward_headers": ["accept", "accept-encoding"]}}, "c.toml", {}

@@ -12,8 +12,8 @@ import pytest
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
-from apicache.logs import JSONLineObserver
-from apicache.tracing import Tracer, enter, leave, parse_traceparent, tracer_from_environ
+from apicache.ops.logs import JSONLineObserver
+from apicache.ops.tracing import Tracer, enter, leave, parse_traceparent, tracer_from_environ
 
 VALID = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -85,8 +85,8 @@ def test_opentelemetry_is_not_imported_without_an_endpoint():
 
     code = (
         "import os, sys; os.environ.pop('OTEL_EXPORTER_OTLP_ENDPOINT', None)\n"
-        "import apicache.tap, apicache.api, apicache.server, apicache.tracing\n"
-        "apicache.tracing.tracer_from_environ({})\n"
+        "import apicache.tap, apicache.http.api, apicache.http.channel, apicache.ops.tracing\n"
+        "apicache.ops.tracing.tracer_from_environ({})\n"
         "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -21,9 +21,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from upstream_contract import make_upstream_tests
 
-from apicache.launchers import free_port
+from apicache.harness.launchers import free_port
 from apicache.testing import FakeUpstream
-from apicache.upstream import (
+from apicache.upstream.client import (
     BodyTooLarge,
     Overloaded,
     UpstreamClient,

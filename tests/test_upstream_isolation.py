@@ -36,12 +36,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
-from apicache.cache import CacheRegistry, FetchRequest
+from apicache.cache.keys import CacheKey
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.tenant import FetchRequest
 from apicache.config import ConfigError, RouteConfig, parse_config
-from apicache.keys import CacheKey
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import DETAIL_CHARS, Overloaded, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import DETAIL_CHARS, Overloaded, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 
 #: how long after its answer the upstream sends what nobody asked for
 LATE = 0.05

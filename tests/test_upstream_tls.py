@@ -15,8 +15,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from apicache.launchers import free_port
-from apicache.upstream import UpstreamClient, UpstreamUnreachable
+from apicache.harness.launchers import free_port
+from apicache.upstream.client import UpstreamClient, UpstreamUnreachable
 
 #: a self-signed certificate that Twisted's own tests use
 PEM = os.path.join(os.path.dirname(twisted.test.__file__), "server.pem")

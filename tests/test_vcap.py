@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from apicache.config import ConfigError, parse_config
+from apicache.daemon.vcap import BindingFiller, bindings_from_environ, fetch_ca_cert, parse_vcap_services
 from apicache.testing import vcap_services
-from apicache.vcap import BindingFiller, bindings_from_environ, fetch_ca_cert, parse_vcap_services
 
 ROUTES = [{"type": "object", "path": "/o/<id>", "upstream": "/o/{id}"}]
 
@@ -169,7 +169,7 @@ def test_first_kafka_service_is_used():
 def test_daemon_with_bad_vcap_services_exits_with_one_line(tmp_path):
     import subprocess
 
-    from apicache.launchers import twistd_path
+    from apicache.harness.launchers import twistd_path
 
     (tmp_path / "apicache.toml").write_text('[server]\nallow_anonymous = true\n')
     p = subprocess.run(

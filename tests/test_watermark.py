@@ -17,11 +17,12 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
-from apicache.events import EventDecoder, EventHandler, EventListenerService
-from apicache.events.kafka import _LibrdkafkaLog
+from apicache.events.decoding import EventDecoder
+from apicache.events.handling import EventHandler
+from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
 from apicache.events.lag import LagMonitor
+from apicache.events.watermark import NEVER, Partition, Watermark
 from apicache.store.interface import StoreUnavailable
-from apicache.watermark import NEVER, Partition, Watermark
 
 P0: Partition = ("t", 0)
 P1: Partition = ("t", 1)

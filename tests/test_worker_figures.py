@@ -21,9 +21,9 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
-from apicache.metrics import Metrics, merge_snapshots
-from apicache.server import ApiSite
-from apicache.workers import WorkerLink, WorkerSupervisor, _Worker
+from apicache.daemon.workers import WorkerLink, WorkerSupervisor, _Worker
+from apicache.http.channel import ApiSite
+from apicache.ops.metrics import Metrics, merge_snapshots
 
 PATH = "/server/object(7)/header"
 

@@ -20,9 +20,8 @@ from twisted.test.iosim import FakeTransport, connect
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from apicache.invalidator import IInvalidator
-from apicache.store.interface import StoreUnavailable
-from apicache.workers import (
+from apicache.cache.invalidator import IInvalidator
+from apicache.daemon.workers import (
     ControlLink,
     ControlLost,
     Invalidation,
@@ -31,6 +30,7 @@ from apicache.workers import (
     WorkerSupervisor,
     _Worker,
 )
+from apicache.store.interface import StoreUnavailable
 
 PATH = "/server/object(7)/header"
 UPSTREAM_PATH = "/api/object(7)/header"

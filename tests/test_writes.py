@@ -14,15 +14,15 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.policy import normalise_accept_encoding, replayed_headers
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.httpcache import normalise_accept_encoding, replayed_headers
-from apicache.passthrough import invalidates, route_tags
-from apicache.routes import Router
+from apicache.http.api import CacheAPI
+from apicache.http.passthrough import invalidates, route_tags
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
+from apicache.upstream.client import Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
 
 ROUTES = [
     {

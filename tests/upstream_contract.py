@@ -1,6 +1,6 @@
 """
 The upstream contract: ``make_upstream_tests(fixture)`` returns a test class
-that every L{apicache.upstream.IUpstream} runs, the in-memory
+that every L{apicache.upstream.client.IUpstream} runs, the in-memory
 L{apicache.testing.FakeUpstream} included, so that tests written against the
 fake hold for the real client.
 
@@ -30,7 +30,7 @@ import pytest_twisted
 from twisted.internet.defer import Deferred, DeferredList
 from zope.interface.verify import verifyObject
 
-from apicache.upstream import IUpstream, Overloaded, UpstreamResponse, UpstreamUnreachable
+from apicache.upstream.client import IUpstream, Overloaded, UpstreamResponse, UpstreamUnreachable
 
 __all__ = ["make_upstream_tests", "UpstreamUnderTest"]
 

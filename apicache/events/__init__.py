@@ -1,33 +1,11 @@
 """
 The event listener (SPEC.md section 5): Kafka messages invalidate or refresh
-cached entries.
-
-One module per part, each testable on its own:
-
-- :mod:`~apicache.events.decoding`: :class:`EventDecoder` turns a message
-  value into the :class:`CacheAction` list it asks for, synchronously and
-  without I/O, or raises :class:`BadEvent`.
-- :mod:`~apicache.events.handling`: :class:`EventHandler` applies decoded
-  messages through an :class:`~apicache.invalidator.IInvalidator` (the cache registry) on the
-  reactor thread, and counts them.
-- :mod:`~apicache.events.kafka`: :class:`EventListenerService` runs one
-  confluent-kafka consumer on a thread of its own, hands each batch to the
-  handler on the reactor thread and stores a message's offset for commit
-  only after it was applied (at-least-once); also the librdkafka settings.
+cached entries.  L{apicache.events.decoding} turns a message into the cache
+actions it asks for (pure); L{apicache.events.handling} applies them through
+an L{apicache.cache.invalidator.IInvalidator} on the reactor thread;
+L{apicache.events.kafka} runs the confluent-kafka consumer on a thread of its
+own and stores an offset only after its action was applied; the event
+watermark (L{apicache.events.watermark}) and consumer lag
+(L{apicache.events.lag}) bound staleness; L{apicache.events.oauth} fetches
+the OAuth tokens Kafka may need.
 """
-
-from apicache.events.decoding import MAX_EVENT_BYTES, BadEvent, CacheAction, EventDecoder
-from apicache.events.handling import EventHandler
-from apicache.events.kafka import EventListenerService, check_consumer_settings, consumer_settings, redact
-
-__all__ = [
-    "BadEvent",
-    "CacheAction",
-    "EventDecoder",
-    "EventHandler",
-    "EventListenerService",
-    "MAX_EVENT_BYTES",
-    "consumer_settings",
-    "redact",
-    "check_consumer_settings",
-]

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from apicache.cache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
+from apicache.cache.tags import InvalidTag, fill_template, template_names, validate_tag
 from apicache.config import EventRule, RouteConfig
-from apicache.keys import MAX_PARAM_BYTES, InvalidTenant, validate_tenant
-from apicache.tags import InvalidTag, fill_template, template_names, validate_tag
 
 __all__ = ["BadEvent", "CacheAction", "EventDecoder", "MAX_EVENT_BYTES", "excerpt"]
 

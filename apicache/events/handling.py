@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from apicache.cache.invalidator import IInvalidator
 from apicache.events.decoding import BadEvent, CacheAction, EventDecoder, excerpt
-from apicache.invalidator import IInvalidator
 
 __all__ = ["EventHandler"]
 

@@ -45,10 +45,10 @@ from twisted.python.failure import Failure
 from apicache.config import KafkaConfig
 from apicache.events.handling import EventHandler
 from apicache.events.lag import LagMonitor
-from apicache.watermark import Partition, Watermark, WatermarkExchange
+from apicache.events.watermark import Partition, Watermark, WatermarkExchange
 
 if TYPE_CHECKING:
-    from apicache.oauth import TokenProvider
+    from apicache.events.oauth import TokenProvider
 
 __all__ = ["EventListenerService", "consumer_settings", "redact", "check_consumer_settings"]
 

@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from apicache.watermark import Watermark, WatermarkExchange
+from apicache.events.watermark import Watermark, WatermarkExchange
 
 __all__ = ["LagMonitor"]
 

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 
 __all__ = ["Slot", "TenantQueues", "Ghost", "ExpiryWheel", "TenantSizes"]

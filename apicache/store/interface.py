@@ -12,7 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from apicache.keys import CacheKey
+from apicache.cache.keys import CacheKey
 
 __all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
 
@@ -46,7 +46,7 @@ class CachedResponse:
         while one background re-fetch replaces it.
     @ivar retry_at: no background re-fetch starts before this time.
     @ivar head: the replayed headers as written on the wire, built once when
-        the answer arrives (L{apicache.httpcache.header_block}).
+        the answer arrives (L{apicache.cache.wire.header_block}).
     @ivar swr_until: the last moment it may be served stale while one
         background revalidation runs (``stale_while_revalidate``).
     @ivar keep_until: when it may be dropped: past every stale window and,
@@ -54,7 +54,7 @@ class CachedResponse:
     @ivar no_cache: revalidated before every use (``Cache-Control: no-cache``).
     @ivar sent_at: when the upstream request that fetched or last
         revalidated it was sent (F of bounded staleness, SPEC.md section 5).
-    @ivar tags: the tags it carries (L{apicache.tags}); a purge of any of
+    @ivar tags: the tags it carries (L{apicache.cache.tags}); a purge of any of
         them drops it.
     """
 

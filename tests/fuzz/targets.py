@@ -30,18 +30,19 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.http_headers import Headers
 
-from apicache.api import CacheAPI
-from apicache.cache import CacheRegistry
+from apicache.cache.keys import validate_tenant
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Route, Router
 from apicache.config import parse_config
-from apicache.errors import DOMAIN_ERRORS, api_error
 from apicache.events.decoding import BadEvent, EventDecoder
-from apicache.keys import validate_tenant
-from apicache.resolve import Resolver
-from apicache.routes import Route, Router
-from apicache.server import ApiFront, ApiSite, ConnectionLimits
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite, ConnectionLimits
+from apicache.http.errors import DOMAIN_ERRORS, api_error
+from apicache.http.front import ApiFront
+from apicache.http.resolve import Resolver
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
-from apicache.upstream import UpstreamResponse
+from apicache.upstream.client import UpstreamResponse
 
 ROUTES = [
     {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"},

@@ -20,8 +20,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
+from apicache.events.watermark import Partition
 from apicache.store.redis.scripts import WATERMARKS_MERGE, WATERMARKS_READ
-from apicache.watermark import Partition
 
 __all__ = ["RedisWatermarks"]
 
@@ -41,7 +41,7 @@ def _partition(field: bytes | str) -> Partition | None:
 
 class RedisWatermarks:
     """
-    A L{apicache.watermark.WatermarkExchange} over one Redis hash.
+    A L{apicache.events.watermark.WatermarkExchange} over one Redis hash.
 
     @param run_script: ``(script, keys, args)`` → a Deferred firing with the
         script's reply (the store's call, with its timeout and errors).

@@ -1,0 +1,640 @@
+"""
+One tenant's cache for one route type (L{TenantCache}): a hit answered
+synchronously, a miss as a Deferred, stale serving and background refresh,
+bounded staleness, and what an answer becomes once stored.
+
+Concurrent misses share one fetch (L{apicache.cache.coalesce}); what may be
+stored, which headers are kept, how long an answer is fresh and how a 304
+updates it are decided by the pure functions of L{apicache.cache.policy};
+this module applies them.  The tenant caches are held by
+L{apicache.cache.registry.CacheRegistry}.
+
+This module imports neither Klein nor the HTTP layer nor the event listener:
+they call into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from apicache.cache.coalesce import Flight, Flights
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import (
+    NEGATIVE,
+    cache_control,
+    current_age,
+    freshness,
+    is_fresh,
+    not_stored_reason,
+    replayed_headers,
+    revalidation_matches,
+    updated_headers,
+    upstream_age,
+    validators,
+    varying_headers,
+    within_staleness,
+)
+from apicache.cache.tags import TooManyTags, answer_tags
+from apicache.cache.wire import date_header, shared_wire, status_member
+from apicache.config import RouteConfig, UpstreamConfig
+from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
+
+if TYPE_CHECKING:
+    # the wiring passes the event watermark in; only its type is named here,
+    # so that the cache core imports nothing of the event listener
+    from apicache.events.watermark import Watermark
+
+__all__ = [
+    "HIT",
+    "MISS",
+    "STALE",
+    "BYPASS",
+    "REVALIDATED",
+    "CacheResult",
+    "FetchRequest",
+    "Outcome",
+    "TenantCache",
+]
+
+HIT = "HIT"
+MISS = "MISS"
+STALE = "STALE"
+BYPASS = "BYPASS"
+REVALIDATED = "REVALIDATED"
+#: The request headers whose Vary makes an answer unstorable by default.
+DEFAULT_VARYING = varying_headers(UpstreamConfig())
+
+#: Share of a route's ``max_staleness`` by which an entry's own bound may be
+#: shorter (fixed per key): entries fetched before an outage cross their
+#: bounds spread over this share instead of at one instant.
+STALENESS_SPREAD = 0.2
+#: ``Cache-Status`` detail of an entry held past its route's max_staleness.
+EVENTS_BEHIND = "events-behind"
+
+#: A failed background re-fetch is retried no sooner than this.
+REFRESH_RETRY_SECONDS = 1.0
+#: Buckets of the entries-per-tag-purge histogram.
+#: No store token taken yet.
+_NO_TOKEN = object()
+
+
+class FetchRequest:
+    """
+    What to ask the upstream for on a caller's behalf: the encoded path and
+    query under ``base_url``, the caller's forwarded headers (the
+    normalised ``accept-encoding`` among them) and that encoding.
+    """
+
+    __slots__ = ("path", "headers", "encoding")
+
+    def __init__(self, path: str, headers: Sequence[tuple[bytes, bytes]], encoding: bytes = b"identity") -> None:
+        self.path = path
+        self.headers = headers
+        self.encoding = encoding
+
+
+class CacheResult:
+    """
+    An answer for a caller.
+
+    @ivar cache: ``HIT``, ``STALE``, ``REVALIDATED``, ``MISS`` or ``BYPASS``.
+    @ivar response: status, replayed headers and body.
+    @ivar age: its age (``HIT``, ``STALE``, ``REVALIDATED``; the upstream's
+        non-zero ``Age`` on a ``MISS``), else ``None``.
+    @ivar member: apicache's ``Cache-Status`` member, or ``None`` for a
+        hit (the writer adds ``hit;ttl=N``).
+    @ivar stored: the answer is a stored entry, so a caller's conditional
+        request may be answered from it (SPEC.md section 3).
+    """
+
+    __slots__ = ("cache", "response", "age", "member", "stored")
+
+    def __init__(
+        self,
+        cache: str,
+        response: CachedResponse,
+        age: float | None = None,
+        member: bytes | None = None,
+        stored: bool = True,
+    ) -> None:
+        self.cache = cache
+        self.response = response
+        self.age = age
+        self.member = member
+        self.stored = stored
+
+    def __repr__(self) -> str:
+        return f"CacheResult({self.cache}, {self.response!r}, age={self.age})"
+
+
+class Outcome:
+    """
+    The result of one upstream fetch, as shared with its waiters.
+
+    @ivar storable: the answer may be shared with callers of other headers.
+    @ivar status: the arguments of its L{status_member}.
+    """
+
+    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age")
+
+    def __init__(
+        self,
+        cache: str,
+        answer: CachedResponse,
+        storable: bool,
+        bypass: bool,
+        status: dict[str, Any],
+        stored: bool = False,
+    ) -> None:
+        self.cache = cache
+        self.answer = answer
+        self.storable = storable
+        self.bypass = bypass
+        self.status = status
+        self.stored = stored
+        self.age: float | None = None
+
+    def result(self, collapsed: bool, now: float) -> CacheResult:
+        """
+        Return the answer for one caller; ``collapsed`` when it waited for
+        another caller's fetch.
+        """
+        age = current_age(self.answer.stored_at, now) if self.cache == REVALIDATED else self.age
+        return CacheResult(
+            self.cache, self.answer, age, status_member(collapsed=collapsed, **self.status), self.stored
+        )
+
+
+class TenantCache:
+    """
+    One tenant's cache for one route type.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        tenant: str,
+        route: RouteConfig,
+        store: IStore,
+        upstream: IUpstream,
+        clock: IReactorTime,
+        keyed_headers: Sequence[str],
+        flights: Flights[Outcome] | None = None,
+        counters: dict[str, int] | None = None,
+        varying: frozenset[bytes] = DEFAULT_VARYING,
+        hidden: frozenset[bytes] = frozenset(),
+        watermark: Watermark | None = None,
+        tags_header: str = "",
+    ) -> None:
+        """
+        @param watermark: the event watermark, for routes with
+            ``max_staleness``; without one they are judged by fetch time.
+        """
+        self.tenant = tenant
+        self.route = route
+        self._store = store
+        self._upstream = upstream
+        self._clock = clock
+        self._keyed = frozenset(keyed_headers)
+        self._varying = varying
+        self._hidden = hidden
+        self._flights: Flights[Outcome] = Flights() if flights is None else flights
+        self._refreshing: set[CacheKey] = set()
+        self.counters = counters if counters is not None else {}
+        self._watermark = watermark
+        self._max_staleness = route.max_staleness
+        self._tags_header = tags_header.lower().encode("ascii")
+
+    @property
+    def idle(self) -> bool:
+        """
+        Whether no fetch of this cache is running.
+        """
+        return not self._refreshing and not self._flights.busy(self.tenant, self.route.type)
+
+    def hit(self, key: CacheKey) -> CacheResult | None:
+        """
+        Return a L{CacheResult} for a fresh entry held in this process, or
+        ``None`` (then call L{get}).  Synchronous and free of side effects
+        but the store's recency: the fast hit path.
+        """
+        entry = self._store.lookup(key)
+        if entry is None:
+            return None
+        now = self._clock.seconds()
+        if self._max_staleness and not self._vouched(key, entry, now):
+            return None
+        return self._fresh(entry, now)
+
+    def _vouched(self, key: CacheKey, entry: CachedResponse, now: float) -> bool:
+        """
+        Bounded staleness (SPEC.md section 5), before every other serving
+        rule: return whether ``entry`` may be served from the cache at all.
+        Each key's bound is shortened by up to L{STALENESS_SPREAD}, so that
+        the entries an outage leaves behind are fetched again spread out.
+        """
+        bound = self._max_staleness
+        if bound <= 0:
+            return True
+        w = self._watermark
+        until = entry.sent_at if w is None else w.vouched(entry.sent_at)
+        spread = (hash(key) & 0xFFFF) / 0x10000 * STALENESS_SPREAD
+        return within_staleness(until, bound * (1.0 - spread), now)
+
+    def _behind(self, key: CacheKey) -> None:
+        self.counters["events_behind"] = self.counters.get("events_behind", 0) + 1
+        self.log.debug("past max_staleness: {route} fetched again", route=self.route.type)
+
+    @staticmethod
+    def _fresh(entry: CachedResponse, now: float) -> CacheResult | None:
+        """
+        The freshness decision, for L{hit} and the miss path alike: return
+        a C{HIT} for ``entry`` if it is fresh at ``now`` and may be used
+        without revalidation, else ``None``.
+        """
+        if not entry.no_cache and is_fresh(entry.expires_at, entry.stale, now):
+            return CacheResult(HIT, entry, current_age(entry.stored_at, now))
+        return None
+
+    def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
+        """
+        Answer ``request`` for ``key``: a L{CacheResult} at once for a hit
+        (fresh, or stale while a revalidation runs), else a Deferred firing
+        with one.  The Deferred errbacks with an L{UpstreamError} when there
+        is no answer and no stale entry to serve instead.
+        """
+        now = self._clock.seconds()
+        entry = self._store.lookup(key)
+        if entry is not None:
+            if self._vouched(key, entry, now):
+                found = self._serve(key, request, entry, now)
+                if found is not None:
+                    return found
+            else:
+                # nothing of it is served, not even stale: it is only
+                # revalidated (its validators) or fetched again
+                self._behind(key)
+        return Deferred.fromCoroutine(self._miss(key, request, entry, now))
+
+    def _serve(
+        self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
+    ) -> CacheResult | None:
+        found = self._fresh(entry, now)
+        if found is not None:
+            return found
+        if entry.stale:
+            # marked by a refresh event (SPEC.md section 5)
+            window = max(entry.stale_until, entry.swr_until)
+        elif entry.no_cache:
+            window = 0.0
+        else:
+            window = entry.swr_until
+        if now < window:
+            self._revalidate(key, request, entry, now)
+            return CacheResult(STALE, entry, current_age(entry.stored_at, now))
+        return None
+
+    async def _miss(
+        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float
+    ) -> CacheResult:
+        bypass = False
+        if self._store.shared:
+            try:
+                entry = await self._store.load(key)
+            except StoreUnavailable:
+                bypass = True
+            else:
+                if entry is not None:
+                    now = self._clock.seconds()
+                    if self._vouched(key, entry, now):
+                        found = self._serve(key, request, entry, now)
+                        if found is not None:
+                            return found
+                    elif stale is None:
+                        self._behind(key)
+                    stale = entry
+        flight = self._flights.by_key.get(key)
+        if flight is not None and not self._flights.joinable(key, flight):
+            flight = None
+        leader = flight is None
+        if flight is None:
+            flight = self._launch(key, request, bypass, stale)
+        else:
+            self.counters["coalesced"] = self.counters.get("coalesced", 0) + 1
+        collapsed = not leader
+        try:
+            outcome = await flight.wait()
+            if not (leader or outcome.storable):
+                # the leader's answer was for its own headers: fetch with ours
+                collapsed = False
+                outcome = await self._fetch(key, request, outcome.bypass, stale)
+        except UpstreamError:
+            served = self._stale_if_error(key, stale)
+            if served is None:
+                raise
+            return served
+        if outcome.answer.status >= 500:
+            served = self._stale_if_error(key, stale)
+            if served is not None:
+                return served
+        return outcome.result(collapsed, self._clock.seconds())
+
+    def _stale_if_error(self, key: CacheKey, stale: CachedResponse | None) -> CacheResult | None:
+        now = self._clock.seconds()
+        # past max_staleness (perhaps while the fetch ran) nothing stale is served
+        if stale is not None and now < stale.stale_until and self._vouched(key, stale, now):
+            return CacheResult(
+                STALE,
+                stale,
+                current_age(stale.stored_at, now),
+                status_member(fwd="stale", detail="stale-if-error"),
+                stored=True,
+            )
+        return None
+
+    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None) -> Flight[Outcome]:
+        flight: Flight[Outcome] = Flight(self._flights.tag_purges)
+        self._flights.add(key, flight)
+        d = Deferred.fromCoroutine(self._fetch(key, request, bypass, stale))
+
+        def settle(result: Outcome | Failure) -> None:
+            self._flights.remove(key, flight)
+            flight.settle(result)
+
+        d.addBoth(settle)
+        return flight
+
+    def _conditions(self, stale: CachedResponse | None, now: float) -> list[tuple[bytes, bytes]]:
+        """
+        Return the validators to send for a stale entry still kept for
+        revalidation (RFC 9111 section 4.3.1), or none.
+        """
+        if stale is None or now >= stale.keep_until:
+            return []
+        return validators(stale.headers)
+
+    async def _fetch(
+        self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None
+    ) -> Outcome:
+        token: Any = None
+        if not bypass:
+            try:
+                token = await self._store.begin(key)
+            except StoreUnavailable:
+                bypass = True
+        try:
+            sent = self._clock.seconds()
+            conditions = self._conditions(stale, sent)
+            response = await self._ask(request, conditions)
+            if response.status == 304 and stale is not None:
+                outcome = await self._not_modified(key, stale, response, sent, token, bypass)
+                if outcome is not None:
+                    return outcome
+                # RFC 9111 section 4.3.3: it matches nothing: ask again, unconditionally
+                sent = self._clock.seconds()
+                response = await self._ask(request, [])
+        except BaseException:
+            if not bypass:
+                self._store.release(key, token)
+            raise
+        return await self._complete(key, request, response, sent, token, bypass, stale)
+
+    async def _ask(self, request: FetchRequest, conditions: list[tuple[bytes, bytes]]) -> UpstreamResponse:
+        """
+        Fetch ``request`` with ``conditions`` added.  A 304 to a request
+        without validators is no answer (SPEC.md section 4: 502).
+        """
+        self.counters["fetches"] = self.counters.get("fetches", 0) + 1
+        headers = list(request.headers) + conditions if conditions else request.headers
+        response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
+        if response.status == 304 and not conditions:
+            raise UpstreamUnreachable("the upstream answered 304 to a request without validators")
+        return response
+
+    async def _not_modified(
+        self,
+        key: CacheKey,
+        stale: CachedResponse,
+        response: UpstreamResponse,
+        sent: float,
+        token: Any,
+        bypass: bool,
+    ) -> Outcome | None:
+        """
+        Apply a 304 to the stale entry it answers (RFC 9111 section 4.3.4):
+        an outcome C{REVALIDATED}, or ``None`` when its validators match
+        nothing stored.
+        """
+        if not revalidation_matches(stale.headers, response.headers):
+            return None
+        now = self._clock.seconds()
+        headers = updated_headers(
+            stale.headers, response.headers, replayed_headers(response.headers, self._hidden, date_header(now))
+        )
+        answer = self._entry(stale.status, headers, stale.body, sent, now, upstream_age(response.headers), stale.tags)
+        if b"no-store" in cache_control(response.headers):
+            self.log.debug("a 304 with no-store drops the entry")
+            if not bypass:
+                self._store.release(key, token)
+                await self._discard(key)
+            return Outcome(REVALIDATED, answer, False, bypass, {"fwd": "stale", "fwd_status": 304, "detail": "no-store"})
+        stored = False
+        if not bypass:
+            stored = await self._put(key, answer, token)
+        args: dict[str, Any] = {"fwd": "stale", "fwd_status": 304}
+        if not self._vouched(key, stale, now):
+            args["detail"] = EVENTS_BEHIND
+        return Outcome(REVALIDATED, answer, True, bypass, args, stored=stored)
+
+    async def _complete(
+        self,
+        key: CacheKey,
+        request: FetchRequest,
+        response: UpstreamResponse,
+        sent: float,
+        token: Any,
+        bypass: bool,
+        stale: CachedResponse | None,
+    ) -> Outcome:
+        """
+        Store a complete upstream answer if it may be, and return it.
+        """
+        now = self._clock.seconds()
+        reason = not_stored_reason(
+            response.status, response.headers, self._varying, self.route.negative_ttl, request.encoding
+        )
+        tags: tuple[str, ...] = ()
+        if reason is None:
+            tags, taggable = self._tags(key, response)
+            if not taggable:
+                reason = "tags"
+        headers = replayed_headers(response.headers, self._hidden, date_header(now))
+        age = upstream_age(response.headers)
+        answer = self._entry(response.status, headers, response.body, sent, now, age, tags)
+        stored = False
+        if bypass:
+            pass
+        elif reason is None:
+            stored = await self._put(key, answer, token)
+            if not stored and answer.size() > getattr(self._store, "max_entry_bytes", answer.size()):
+                reason = "too-large"
+        else:
+            # nothing to share: other instances waiting for it fetch now
+            self._store.release(key, token)
+            if stale is not None and (200 <= response.status < 300 or response.status in NEGATIVE):
+                # the upstream's answer supersedes what is stored
+                await self._discard(key)
+        if reason is not None:
+            self.log.debug(
+                "not stored ({detail}): {route} answered {status}",
+                detail=reason,
+                route=self.route.type,
+                status=response.status,
+            )
+        if bypass:
+            args: dict[str, Any] = {"fwd": "miss", "detail": "store-unavailable"}
+        else:
+            args = {
+                "fwd": "uri-miss" if stale is None else "stale",
+                "fwd_status": response.status,
+                "stored": stored,
+                "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
+            }
+        outcome = Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
+        # SPEC.md section 3: a MISS passes a non-zero upstream Age on
+        outcome.age = age or None
+        return outcome
+
+    async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:
+        try:
+            return await self._store.put(key, answer, token)
+        except StoreUnavailable as e:
+            self.counters["store_errors"] = self.counters.get("store_errors", 0) + 1
+            self.log.warn("could not store an answer: {error}", error=str(e))
+            return False
+
+    def _tags(self, key: CacheKey, response: UpstreamResponse) -> tuple[tuple[str, ...], bool]:
+        """
+        Return the tags of a storable answer for ``key`` and whether it stays
+        storable: not with too many tags or one too long (``detail=tags``).
+        """
+        try:
+            return answer_tags(self.route, key.params, response.headers, self._tags_header), True
+        except TooManyTags as e:
+            self.counters["tags_refused"] = self.counters.get("tags_refused", 0) + 1
+            self.log.debug("answer not stored (detail=tags): {why}", why=str(e), route=self.route.type)
+            return (), False
+
+    async def _discard(self, key: CacheKey) -> None:
+        try:
+            await self._store.discard(key)
+        except StoreUnavailable:
+            pass
+
+    def _entry(
+        self,
+        status: int,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes,
+        sent: float,
+        now: float,
+        age: int | None,
+        tags: tuple[str, ...] = (),
+    ) -> CachedResponse:
+        """
+        Return the entry for an answer asked for at ``sent`` and received at
+        ``now`` with the upstream's ``age`` (``None``: none or invalid): its
+        age counts from its corrected initial age (RFC 9111 section 4.2.3),
+        its windows from its freshness; it carries ``tags``.
+        """
+        f = freshness(self.route, status, headers, sent, now, age)
+        # one float object less per entry when the answer came with no age
+        born = now - f.initial_age if f.initial_age else now
+        shared, head = shared_wire(headers)
+        expires = born + f.lifetime
+        stale_until = expires + f.stale_if_error if f.stale_if_error else expires
+        swr_until = expires + f.stale_while_revalidate if f.stale_while_revalidate else expires
+        keep_until = max(stale_until, swr_until)
+        if self.route.keep and validators(headers):
+            keep_until = max(keep_until, expires + self.route.keep)
+        return CachedResponse(
+            status,
+            shared,
+            body,
+            stored_at=born,
+            expires_at=expires,
+            stale_until=stale_until,
+            head=head,
+            swr_until=swr_until,
+            keep_until=keep_until,
+            no_cache=f.no_cache,
+            sent_at=sent,
+            tags=tags,
+        )
+
+    def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
+        """
+        Start one background revalidation of a stale entry, unless one runs
+        or the last one failed less than a second ago.
+        """
+        if key in self._refreshing or now < entry.retry_at:
+            return
+        entry.retry_at = now + REFRESH_RETRY_SECONDS
+        self._refreshing.add(key)
+        d = Deferred.fromCoroutine(self._refresh(key, request, entry))
+
+        def failed(f: Failure) -> None:
+            self.log.failure("background refresh failed", f)
+
+        def done(_: object) -> None:
+            self._refreshing.discard(key)
+
+        d.addErrback(failed).addBoth(done)
+
+    def _retry_later(self, key: CacheKey) -> None:
+        # counted from the failure, not from the start of a slow re-fetch
+        entry = self._store.lookup(key)
+        if entry is not None:
+            entry.retry_at = max(entry.retry_at, self._clock.seconds() + REFRESH_RETRY_SECONDS)
+
+    async def _refresh(self, key: CacheKey, request: FetchRequest, entry: CachedResponse) -> None:
+        """
+        Revalidate or re-fetch a stale entry in the background (SPEC.md
+        section 3, stale while revalidate): a 304 that matches or a 2xx
+        replaces it, a 404/410 drops it (or replaces it when negative
+        answers are stored), anything else leaves it stale.
+        """
+        token: Any = _NO_TOKEN
+        try:
+            token = await self._store.begin(key)
+            sent = self._clock.seconds()
+            conditions = self._conditions(entry, sent)
+            response = await self._ask(request, conditions)
+            if response.status == 304:
+                outcome = await self._not_modified(key, entry, response, sent, token, False)
+                if outcome is not None:
+                    return
+                sent = self._clock.seconds()
+                response = await self._ask(request, [])
+        except (UpstreamError, StoreUnavailable) as e:
+            # left stale; a later request retries after REFRESH_RETRY_SECONDS
+            self.log.info("refresh of a stale entry failed: {error}", error=str(e))
+            if token is not _NO_TOKEN:
+                self._store.release(key, token)
+            self._retry_later(key)
+            return
+        status = response.status
+        if not (200 <= status < 300 or status in NEGATIVE):
+            self.log.info("refresh of a stale entry got {status}", status=status)
+            self._store.release(key, token)
+            self._retry_later(key)
+            return
+        await self._complete(key, request, response, sent, token, False, entry)

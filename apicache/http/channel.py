@@ -1,0 +1,621 @@
+"""
+Inbound connections and requests (SPEC.md section 4): L{ApiChannel} (the
+limits of a connection: count, head deadline, body size, the checks made
+once a request's head is in), L{ApiSite} and L{ApiRequest} (requests in
+flight, draining for a graceful shutdown, metrics, span and access log line
+per request) and L{HTTPService}, which listens.
+
+The front resource and the hit path are L{apicache.http.front}; the writers
+of answers L{apicache.http.writers}; the Klein application (routes and
+error handlers) L{apicache.http.api}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes as unquote
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamServerEndpoint, ITransport
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+
+from apicache.auth.apikey import ApiKeys
+from apicache.cache.wire import canonical_name
+from apicache.http.errors import JSON, ApiError, error_body
+from apicache.ops.logs import AccessLog
+from apicache.ops.metrics import Metrics
+from apicache.ops.tracing import RequestTrace, Tracer
+from apicache.ops.tracing import enter as enter_trace
+from apicache.ops.tracing import leave as leave_trace
+
+__all__ = [
+    "ApiRequest",
+    "ApiChannel",
+    "ApiSite",
+    "ConnectionLimits",
+    "HTTPService",
+    "check_head",
+    "connection_limit",
+]
+
+_UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
+
+
+class ApiRequest(server.Request):
+    """
+    A request that counts itself in its site's in-flight requests (for a
+    graceful shutdown) and writes the access log line when it finishes.
+    """
+
+    route_type = "-"
+    tenant = "-"
+    cache = "-"
+    trace: RequestTrace | None = None
+    #: the checks before routing passed when the head came in (L{ApiChannel})
+    head_checked = False
+    _counted = False
+
+    _postpath: list[bytes] | None = None
+
+    def process(self) -> None:
+        site: ApiSite = self.channel.site  # type: ignore[attr-defined]
+        self.started = site.clock.seconds()
+        self._counted = True
+        site.active += 1
+        # log lines written while handling carry the trace id; the upstream
+        # gets our span as its parent (the API's GET forwards it: a hit
+        # never goes upstream)
+        trace = self.trace = site.tracer.start(self.requestHeaders, "apicache")
+        token = enter_trace(trace)
+        try:
+            if not site.leaf_root or self.path == b"*":
+                super().process()
+                return
+            # twisted.web's Request.process without what this API never
+            # uses, since the hit path is short enough for these to matter:
+            # no Server header, the Date formatted once a second, no
+            # traversal below a leaf root, postpath split only if Klein
+            # asks for it
+            self.site = site
+            self.responseHeaders.setRawHeaders(b"date", [site.http_date(self.started)])
+            self.prepath = []
+            self.sitepath: list[bytes] = []
+            try:
+                self.render(site.resource)
+            except BaseException:
+                self.processingFailed(Failure())
+        finally:
+            leave_trace(token)
+
+    @property
+    def postpath(self) -> list[bytes]:  # type: ignore[override]
+        if self._postpath is None:
+            self._postpath = [unquote(p) for p in self.path[1:].split(b"/")]
+        return self._postpath
+
+    @postpath.setter
+    def postpath(self, value: list[bytes]) -> None:
+        self._postpath = value
+
+    _body_bytes = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        """
+        Count the body while it is read (a chunked body declares no
+        length): past ``server.max_body_bytes`` the request is answered
+        ``413`` and the connection closed, and nothing more is kept.
+        """
+        channel = cast("ApiChannel | None", self.channel)
+        if channel is None or channel.refused:
+            return
+        self._body_bytes += len(data)
+        limit = channel.site.limits.max_body_bytes
+        if self._body_bytes > limit:
+            channel.refuse(_too_large(limit))
+            return
+        super().handleContentChunk(data)
+
+    def _done(self) -> None:
+        if self._counted:
+            self._counted = False
+            self.site.request_done(self)  # type: ignore[union-attr]
+
+    def finish(self) -> None:
+        super().finish()
+        self._done()
+
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        self._done()
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """
+    What one connection may hold and how long it may take (SPEC.md
+    section 2, ``[server]``).
+
+    @ivar max_connections: connections held at once; past it new ones are
+        closed at once (0: no limit here; see L{connection_limit}).
+    @ivar header_timeout: seconds from a request's first byte for its
+        request line and headers to arrive.
+    @ivar idle_timeout: seconds a keep-alive connection may sit idle
+        between requests (twisted.web's C{timeOut}).
+    @ivar max_body_bytes: the largest request body read.
+    """
+
+    max_connections: int = 0
+    header_timeout: float = 10.0
+    idle_timeout: float = 120.0
+    max_body_bytes: int = 1048576
+
+
+def connection_limit(configured: int, open_files: int) -> int:
+    """
+    Return ``server.max_connections`` in effect: ``configured``, or when it
+    is 0, 80 % of ``open_files`` (the soft open-file limit; the rest is left
+    for upstream and Redis connections, logs and the like).
+    """
+    if configured > 0:
+        return configured
+    return max(1, open_files * 4 // 5)
+
+
+# the checks read twisted.web's table of raw headers directly, with
+# names worked out once: getRawHeaders encodes the name on every call
+_RAW_API_KEY = canonical_name(b"api-key")
+
+
+def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Headers) -> ApiError | None:
+    """
+    Check what is checked before routing and before any body byte is read:
+    the tenant header and ``api-key`` given at most once, and the key.
+
+    @return: the error to answer, or ``None`` when the request may go on.
+    """
+    raw = headers._rawHeaders  # see _RAW_API_KEY
+    given = raw.get(_RAW_API_KEY) or None
+    tenants = raw.get(canonical_name(tenant_header)) or None
+    if (given and len(given) > 1) or (tenants and len(tenants) > 1):
+        return ApiError(400, "duplicate_header", "the tenant header or api-key is given more than once")
+    if keys.required and path not in _UNAUTHENTICATED:
+        if not given or not keys.accepts(given[0]):
+            return ApiError(401, "unauthorized", "api-key missing or wrong")
+    return None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
+
+
+class ApiChannel(HTTPChannel):
+    """
+    An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
+    transport in its site's L{ApiSite.connections} while it is connected
+    (the count behind ``max_connections``, and what a shutdown closes),
+    closes a connection whose request head takes longer than
+    ``header_timeout`` from its first byte, and checks the ``api-key`` and
+    the declared body length once the headers are in, before any body byte
+    is read and before ``100 Continue`` is sent.
+
+    Requests twisted.web refuses itself (a malformed request line or
+    header, a head over its size limits) are answered with the API's JSON
+    error instead of an empty 400.
+
+    @ivar refused: a refusal was written; nothing more is read.
+    """
+
+    site: ApiSite
+    refused = False
+
+    _tracked: ITransport | None = None
+    _head_deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._tracked = self.transport
+        if self._tracked is not None:
+            self.site.connections.add(self._tracked)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_head_deadline()
+        self._drop_unread()
+        if self._tracked is not None:
+            self.site.connections.discard(self._tracked)
+        try:
+            super().connectionLost(reason)
+        finally:
+            self.site.connection_closed()
+
+    # -- reading -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().dataReceived(data)
+        if (
+            self._head_deadline is None
+            and not self.refused
+            and self.line_mode
+            and not self._handlingRequest
+            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+        ):
+            # a request's head has begun and is not complete: its deadline
+            # starts now, and unlike the idle timeout a byte now and then
+            # does not push it back.  A head that arrives whole in one read
+            # (nearly all of them) needs no timer at all.
+            self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
+
+    def allHeadersReceived(self) -> None:
+        self._stop_head_deadline()
+        request = self.requests[-1]
+        path = self._path.partition(b"?")[0]
+        limits = self.site.limits
+        error = check_head(self.site.keys, self.site.tenant_header, path, request.requestHeaders)
+        if error is None and self.length is not None and self.length > limits.max_body_bytes:
+            error = _too_large(limits.max_body_bytes)
+        if error is not None:
+            self.refuse(error, head=self._command == b"HEAD")
+            return
+        # checked once here: ApiFront need not check again
+        request.head_checked = True  # type: ignore[attr-defined]
+        # now the request body may be read (twisted.web buffers it) and
+        # ``Expect: 100-continue`` answered
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        super().allContentReceived()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().rawDataReceived(data)
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        # twisted.web's own refusal (an unparsable request line or header,
+        # a NUL in a header value, too many headers, a head over
+        # totalHeadersSize: it counts each line before this is called)
+        # writes an empty 400
+        if self._receivedHeaderSize > self.totalHeadersSize:
+            self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
+        else:
+            self._refuse_malformed("the request could not be parsed")
+
+    # -- refusing ----------------------------------------------------------
+
+    def refuse(self, error: ApiError, head: bool = False) -> None:
+        """
+        Answer ``error`` as the API's JSON error, outside any request's
+        processing, and close the connection once it is sent: the rest of
+        the request (its body) is never read.
+
+        @param head: answer without a body (a ``HEAD`` request).
+        """
+        if self.refused or self.transport is None:
+            return
+        self.refused = True
+        self._stop_head_deadline()
+        self._drop_unread()
+        body = error_body(error.code, error.message)
+        reason = RESPONSES.get(error.status, b"Error")
+        lines = [
+            b"HTTP/1.1 %d %s\r\n" % (error.status, reason),
+            b"Date: %s\r\n" % self.site.http_date(self.site.clock.seconds()),
+            b"Content-Type: %s\r\n" % JSON,
+            b"Content-Length: %d\r\n" % len(body),
+            b"Connection: close\r\n\r\n",
+        ]
+        if not head:
+            lines.append(body)
+        self.transport.write(b"".join(lines))
+        headers = self.requests[-1].requestHeaders if self.requests else Headers()
+        self.site.refused(getattr(self, "_command", b"-"), self._request_path(), error.status, headers)
+        self.loseConnection()
+
+    def _drop_unread(self) -> None:
+        # What was read but not parsed (up to a socket read, 64 KiB, of a
+        # refused body) would otherwise live as long as the channel, and a
+        # channel is freed by the cyclic garbage collector, which the
+        # daemon runs seldom (GarbageCollectorTuning): thousands of refused
+        # uploads held 130 MiB that way.
+        self._buffer = b""
+        self._dataBuffer = []
+
+    def _refuse_malformed(self, message: str) -> None:
+        self.refuse(ApiError(400, "bad_request", message))
+
+    def _request_path(self) -> bytes:
+        path = getattr(self, "_path", None)
+        return path.partition(b"?")[0] if isinstance(path, bytes) else b"-"
+
+    # -- the head deadline -------------------------------------------------
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        self.site.counters["head_timeouts"] += 1
+        # as twisted.web's idle timeout does: close, and abort a peer that
+        # does not read what is still to be sent
+        self.timeoutConnection()
+
+    def _stop_head_deadline(self) -> None:
+        if self._head_deadline is not None:
+            if self._head_deadline.active():
+                self._head_deadline.cancel()
+            self._head_deadline = None
+
+
+def _api_channel(site: ApiSite) -> Any:
+    # twisted.web's own factory (_genericHTTPChannelProtocolFactory) with
+    # our channel inside: the generic protocol is what makes Site's timeouts
+    # and attributes reach the channel.  No h2 here (not installed): with it
+    # the generic protocol would swap in an H2Connection, untracked.
+    return _GenericHTTPChannelProtocol(ApiChannel())
+
+
+class ApiSite(server.Site):
+    """
+    The site: no twisted.web access log (apicache writes its own JSON line
+    to an L{AccessLog}), a count of requests in flight and the open
+    connections, for a graceful shutdown.
+
+    @param access_log: where access lines go: an L{AccessLog}, C{True} for
+        one writing each line to stdout at once, or C{False}/C{None}.
+    @param worker: this process's worker number (``--workers``), written
+        in each access line.
+    """
+
+    requestFactory = ApiRequest
+    #: warnings about the site itself (connections refused); access lines go to the AccessLog
+    log_ = Logger()
+    protocol = _api_channel
+    noisy = False
+
+    def __init__(
+        self,
+        resource: IResource,
+        clock: IReactorTime,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | bool | None = True,
+        tracer: Tracer | None = None,
+        worker: int | None = None,
+        keys: ApiKeys | None = None,
+        limits: ConnectionLimits | None = None,
+        tenant_header: bytes = b"org_id",
+    ) -> None:
+        """
+        @param keys: the api-keys checked once a request's headers are in
+            (none: every request passes; L{ApiFront} checks again).
+        @param limits: connection limits (default: SPEC's defaults, no
+            connection limit).
+        """
+        limits = limits or ConnectionLimits()
+        # the clock times twisted.web's idle timeout too
+        super().__init__(resource, timeout=limits.idle_timeout, reactor=clock)
+        self.limits = limits
+        self.keys = keys or ApiKeys(())
+        self.tenant_header = tenant_header
+        #: connections refused past max_connections, request heads too slow
+        self.counters = {"connections_refused": 0, "head_timeouts": 0, "requests_refused": 0}
+        self._refusal_logged = float("-inf")
+        self.clock = clock
+        self.tracer = tracer or Tracer()
+        self.metrics = metrics
+        if access_log is True:
+            access_log = AccessLog(clock)
+        self.access_log: AccessLog | None = access_log or None
+        self.worker = worker
+        self.active = 0
+        self.displayTracebacks = False
+        self.leaf_root = bool(getattr(resource, "isLeaf", False))
+        self._date_second = -1
+        self._date = b""
+        self._idle_waiters: list[Deferred[None]] = []
+        #: the transports of open connections, closed gracefully on shutdown
+        self.connections: set[ITransport] = set()
+        self._closed_waiters: list[Deferred[None]] = []
+
+    def http_date(self, now: float) -> bytes:
+        """
+        Return the ``Date`` header value for ``now``, formatted once a second.
+        """
+        second = int(now)
+        if second != self._date_second:
+            self._date = datetimeToString(second)
+            self._date_second = second
+        return self._date
+
+    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+        """
+        Return a channel for a new connection, or ``None`` (the connection
+        is closed at once) while ``max_connections`` are held.
+        """
+        limit = self.limits.max_connections
+        if limit and len(self.connections) >= limit:
+            self.counters["connections_refused"] += 1
+            now = self.clock.seconds()
+            if now - self._refusal_logged >= 1.0:
+                # at most once a second: a flood must not flood the log
+                self._refusal_logged = now
+                self.log_.warn("{n} connections open: refusing new ones (server.max_connections)", n=len(self.connections))
+            return None
+        return super().buildProtocol(addr)
+
+    def metrics_families(self) -> Iterator[Metric]:
+        """
+        Yield the connection metrics (a source for
+        L{apicache.ops.metrics.Metrics.add_source}).
+        """
+        c = self.counters
+        yield GaugeMetricFamily("apicache_connections", "Inbound connections open.", value=len(self.connections))
+        yield CounterMetricFamily("apicache_connections_refused", "Connections closed at once: server.max_connections were open.", value=c["connections_refused"])
+        yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
+        yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
+
+    def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
+        """
+        Count, trace and log (as the access log does) a request refused by
+        its channel before it was processed.
+        """
+        self.counters["requests_refused"] += 1
+        if self.metrics is not None:
+            self.metrics.count_request("-", status, "-", "-")
+        m = method.decode("ascii", "replace")
+        trace = self.tracer.start(headers, "apicache")
+        if trace.span is not None:
+            self.tracer.end(trace, f"{m} -", {"http.status_code": status, "apicache.cache": "-", "apicache.tenant": "-"})
+        if self.access_log is not None:
+            raw_path, _, query = path.partition(b"?")
+            self.access_log.request(
+                self.clock.seconds(), method, raw_path, query, status, 0, 0.0, "-", "-", "-", None, trace.trace_id,
+                worker=self.worker,
+            )
+
+    def connection_closed(self) -> None:
+        """
+        Called by L{ApiChannel} when a connection is lost: fire
+        L{close_connections}'s Deferreds once none is left.
+        """
+        if not self.connections and self._closed_waiters:
+            waiters, self._closed_waiters = self._closed_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def close_connections(self) -> Deferred[None]:
+        """
+        Close every connection once what was written to it is sent (the
+        reactor's own shutdown would drop unsent answers).
+
+        @return: a Deferred firing with ``None`` when all are closed.
+        """
+        d: Deferred[None] = Deferred()
+        if not self.connections:
+            d.callback(None)
+            return d
+        self._closed_waiters.append(d)
+        for transport in list(self.connections):
+            transport.loseConnection()
+        return d
+
+    def log(self, request: Any) -> None:
+        """
+        Write nothing: see L{request_done}.
+        """
+
+    def request_done(self, request: ApiRequest) -> None:
+        """
+        Count a finished (or abandoned) request: metrics, the trace's span,
+        the access log line, and L{when_idle}'s Deferreds.
+        """
+        self.active -= 1
+        status = request.code
+        if self.metrics is not None:
+            self.metrics.count_request(request.route_type, status, request.cache, request.tenant)
+        trace = request.trace
+        if trace is not None and trace.span is not None:  # only exported spans end
+            self.tracer.end(
+                trace,
+                f"{request.method.decode('ascii', 'replace')} {request.route_type}",
+                {"http.status_code": status, "apicache.cache": request.cache, "apicache.tenant": request.tenant},
+            )
+        if self.access_log is not None:
+            self._access_line(self.access_log, request, status, trace)
+        if self.active == 0 and self._idle_waiters:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def _access_line(self, log: AccessLog, request: ApiRequest, status: int, trace: RequestTrace | None) -> None:
+        """
+        Write ``request``'s access line (SPEC.md section 4): never a
+        header value, a body or a secret query value.
+        """
+        now = self.clock.seconds()
+        upstream = None
+        if trace is not None and trace.upstream_s is not None:
+            upstream = (trace.upstream_status, trace.upstream_s, trace.upstream_error)
+        log.request(
+            now,
+            request.method,
+            request.path,
+            request.uri.partition(b"?")[2],
+            status,
+            request.sentLength,
+            now - request.started,
+            request.tenant,
+            request.route_type,
+            request.cache,
+            getattr(request.client, "host", None),
+            None if trace is None else trace.trace_id,
+            upstream,
+            self.worker,
+        )
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        Return a Deferred firing with ``None`` when no request is in flight.
+        """
+        d: Deferred[None] = Deferred()
+        if self.active == 0:
+            d.callback(None)
+        else:
+            self._idle_waiters.append(d)
+        return d
+
+
+class HTTPService(StreamServerEndpointService):
+    """
+    Listens for HTTP; on stop, stops accepting and lets requests in flight
+    finish for up to ``grace`` seconds.
+    """
+
+    log = Logger()
+    _raiseSynchronously = True
+
+    def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
+        super().__init__(endpoint, site)
+        self.site = site
+        self.grace = grace
+        self.clock = clock
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop listening, wait for the requests in flight (up to the grace
+        period), then close the connections.
+
+        @return: a Deferred firing with ``None`` when done.
+        """
+
+        async def drain() -> None:
+            started = self.clock.seconds()
+            await super(HTTPService, self).stopService()
+            if self.site.active:
+                self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
+                try:
+                    await self.site.when_idle().addTimeout(self.grace, self.clock)
+                except DeferredTimeout:
+                    self.log.warn("{n} requests still in flight after the grace period", n=self.site.active)
+            # let the last answers reach their callers before the reactor
+            # drops every connection
+            left = max(self.grace - (self.clock.seconds() - started), 0.5)
+            try:
+                await self.site.close_connections().addTimeout(left, self.clock)
+            except DeferredTimeout:
+                pass
+
+        return Deferred.fromCoroutine(drain())

@@ -1,0 +1,119 @@
+"""
+The front resource (L{ApiFront}): the checks made before routing, the fast
+hit path that answers a fresh hit before Klein's dispatch, and the hand-off
+of everything else to the Klein application (L{apicache.http.api}).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+from urllib.parse import unquote_to_bytes as unquote
+
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+
+from apicache.auth.apikey import ApiKeys
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import RESERVED_PATHS
+from apicache.http.channel import ApiRequest, check_head
+from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error
+from apicache.http.resolve import Resolver
+from apicache.http.writers import refuse, write_result
+
+__all__ = ["ApiFront"]
+
+
+class ApiFront(Resource):
+    """
+    The root resource: checks what must be checked before routing, answers
+    a fresh hit at once (L{answer_hit}), and hands everything else to the
+    Klein application.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource, resolver: Resolver, keys: ApiKeys, registry: CacheRegistry) -> None:
+        super().__init__()
+        self._inner = inner
+        self._resolver = resolver
+        self._keys = keys
+        self._registry = registry
+        self._tenant_header = resolver.tenant_header
+
+    def render(self, request: IRequest) -> Any:
+        """
+        Answer ``request``: an error for a duplicate header, a wrong key or
+        an undecodable path, a hit, or whatever the Klein application says.
+        """
+        # the channel checked these before reading the body, with the same
+        # keys in production; again here for requests that come another way
+        # (tests over StubTreq, a site given other keys or none)
+        if not getattr(request, "head_checked", False) or request.channel.site.keys is not self._keys:  # type: ignore[attr-defined]
+            error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
+            if error is not None:
+                return refuse(request, error)
+        if request.method == b"GET" or request.method == b"HEAD":
+            # any twisted.web Request takes the attributes ApiRequest declares
+            body = self.answer_hit(cast(ApiRequest, request))
+            if body is not None:
+                return body
+        if not _klein_path(request.path):
+            # Klein would answer a plain-text 400 of its own (and log a
+            # traceback), or no route for a control character its rules
+            # can't match: answer the JSON error a route gives instead
+            return refuse(request, self._undecodable(request.path))
+        return self._inner.render(request)
+
+    def answer_hit(self, request: ApiRequest) -> Any:
+        """
+        The fast path: answer a GET or HEAD whose fresh answer is held in this
+        process, at once, before Klein's dispatch.  Creates no Deferred and
+        no coroutine.
+
+        @return: C{NOT_DONE_YET} once answered, or ``None`` to leave the
+            request to Klein (a miss, a stale entry, a reserved path, or a
+            check that fails: the route resolves it again and answers the
+            error through the Klein error handlers).
+        """
+        if request.path in RESERVED_PATHS:
+            return None
+        try:
+            resolved = self._resolver.resolve(request)
+        except DOMAIN_ERRORS:
+            return None
+        result = self._registry.cache(resolved.tenant, resolved.route.type).hit(resolved.key)
+        if result is None:
+            return None
+        return write_result(request, result)
+
+    def _undecodable(self, path: bytes) -> ApiError:
+        """
+        Return the error for a path Klein can't route (not UTF-8 once
+        decoded, or holding an encoded control character): the route's
+        error (``invalid_parameter`` for a parameter), else ``no_route``.
+        """
+        try:
+            self._resolver.match(path)
+        except DOMAIN_ERRORS as e:
+            return cast(ApiError, api_error(e))
+        return ApiError(400, "invalid_parameter", "the path is not UTF-8 once decoded")
+
+
+_ENCODED_CONTROL = re.compile(rb"%(?:[01][0-9A-Fa-f]|7[Ff])")
+
+
+def _klein_path(path: bytes) -> bool:
+    """
+    Return whether Klein can route ``path``: UTF-8 once percent-decoded,
+    without a control character (werkzeug's rules match none).
+    """
+    if path.isascii() and b"%" not in path:
+        return True
+    if _ENCODED_CONTROL.search(path):
+        return False
+    try:
+        unquote(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True

@@ -1,0 +1,206 @@
+"""
+Resolving a request on a route: which route, its decoded path parameters,
+the tenant, the canonical query and the cache key, with the tenant claim
+checked.  The one place that does it, for the fast hit path
+(L{apicache.http.channel}) and the Klein route (L{apicache.http.api}) alike.
+
+Resolution is a pure function of the request's URI and a few header
+values, so its answers are remembered in bounded memos: a request seen
+before is neither matched, decoded nor canonicalized again (this is most
+of what keeps the hit path fast).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.web.iweb import IRequest
+
+from apicache.auth.apikey import claim_matches
+from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
+from apicache.cache.policy import normalise_accept_encoding
+from apicache.cache.routes import Route, Router
+from apicache.cache.wire import canonical_name
+from apicache.config import Config
+from apicache.http.errors import ApiError
+
+__all__ = ["Resolved", "Resolver", "MEMO_SIZE", "MEMO_REQUEST_BYTES"]
+
+#: How many resolved requests and valid tenant names are remembered (then
+#: forgotten at once).
+MEMO_SIZE = 8192
+#: Requests longer than this (URI and keyed header values) are not remembered.
+MEMO_REQUEST_BYTES = 512
+
+
+#: The hit path reads twisted.web's table of raw headers directly, with
+#: names worked out once (L{canonical_name}): C{getRawHeaders} encodes the
+#: name again on every call.
+_RAW_ACCEPT_ENCODING = canonical_name(b"accept-encoding")
+
+
+class Resolved:
+    """
+    A request resolved on a route.
+
+    @ivar route: the matched route.
+    @ivar params: its decoded path parameters, in the route's order.
+    @ivar tenant: the tenant (valid, interned).
+    @ivar query: the canonical query string (``""`` without one).
+    @ivar key: the cache key.
+    @ivar encoding: the normalised ``Accept-Encoding`` (``gzip`` or
+        ``identity``), sent upstream and part of the key.
+    """
+
+    __slots__ = ("route", "params", "tenant", "query", "key", "encoding")
+
+    def __init__(
+        self,
+        route: Route,
+        params: tuple[str, ...],
+        tenant: str,
+        query: str,
+        key: CacheKey,
+        encoding: bytes = b"identity",
+    ) -> None:
+        self.route = route
+        self.params = params
+        self.tenant = tenant
+        self.query = query
+        self.key = key
+        self.encoding = encoding
+
+
+class Resolver:
+    """
+    Resolves requests on the configured routes.
+    """
+
+    def __init__(self, config: Config, router: Router) -> None:
+        self.router = router
+        self.tenant_header = config.server.tenant_header.encode("ascii")
+        self._raw_tenant_header = canonical_name(self.tenant_header)
+        self._tenant_claim = config.server.tenant_claim
+        self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
+        self._raw_keyed = [canonical_name(h) for h in self._keyed]
+        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
+        self._tenants: dict[bytes, str] = {}
+        self._resolved: dict[tuple[Any, ...], Resolved] = {}
+
+    def match(self, path: bytes) -> tuple[Route, tuple[str, ...]]:
+        """
+        Return the route matching the raw request ``path`` and its decoded
+        parameters.
+
+        @raise ApiError: ``no_route``.
+        @raise InvalidParameter: a parameter is rejected, or the path is not
+            UTF-8 once decoded.
+        """
+        found = self.router.resolve(path)
+        if found is None:
+            raise ApiError(404, "no_route", "no route matches this path")
+        return found
+
+    def tenant(self, request: IRequest, required: bool) -> str | None:
+        """
+        Return the request's tenant, or ``None`` when it has none and none
+        is ``required``.
+
+        @raise ApiError: ``missing_tenant``.
+        @raise InvalidTenant: the value is not a tenant name.
+        """
+        values = request.requestHeaders.getRawHeaders(self.tenant_header)
+        if not values:
+            if required:
+                raise ApiError(400, "missing_tenant", f"the {self.tenant_header.decode()} header is required")
+            return None
+        raw = values[0]
+        tenant = self._tenants.get(raw)
+        if tenant is not None:
+            return tenant
+        try:
+            text = raw.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidTenant("the tenant may only hold A-Z a-z 0-9 . _ : -") from None
+        tenant = sys.intern(validate_tenant(text))
+        # valid names only, remembered so that the hit path neither decodes
+        # nor matches again and every key of a tenant shares one string
+        if len(self._tenants) >= MEMO_SIZE:
+            self._tenants.clear()
+        self._tenants[raw] = tenant
+        return tenant
+
+    def resolve(self, request: Any) -> Resolved:
+        """
+        Resolve a ``GET`` (or ``HEAD``) on a route.  Sets the request's
+        ``route_type`` and ``tenant`` (for the access log) as they become
+        known.
+
+        @return: the L{Resolved} request (remembered: treat it as read-only).
+        @raise ApiError: ``no_route``, ``missing_tenant`` or
+            ``tenant_mismatch``.
+        @raise InvalidParameter: a path parameter is rejected.
+        @raise InvalidTenant: the tenant header is not a tenant name.
+        @raise InvalidQuery: the query string is rejected.
+        """
+        headers = request.requestHeaders
+        raw = headers._rawHeaders  # see _RAW_ACCEPT_ENCODING
+        tenants = raw.get(self._raw_tenant_header) or None
+        keyed = [raw.get(h) or None for h in self._raw_keyed]
+        accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None
+        seen = (
+            request.uri,
+            tenants[0] if tenants else None,
+            tuple([tuple(v) if v else None for v in keyed]) if any(keyed) else (),
+            tuple(accept_encoding) if accept_encoding else None,
+        )
+        found = self._resolved.get(seen)
+        if found is None:
+            route, params = self.match(request.path)
+            request.route_type = route.type
+            tenant = self.tenant(request, required=True)
+            assert tenant is not None
+            request.tenant = tenant
+            raw_query = request.uri.partition(b"?")[2]
+            query = canonical_query(raw_query) if raw_query else ""
+            encoding = normalise_accept_encoding(accept_encoding)
+            key = cache_key(tenant, route, params, query, keyed, encoding)
+            found = Resolved(route, params, tenant, query, key, encoding)
+            # only short requests are remembered: the memo's size stays a
+            # small fixed overhead whatever callers send
+            size = len(request.uri) + sum([len(v) for vs in keyed if vs for v in vs])
+            if accept_encoding:
+                size += sum([len(v) for v in accept_encoding])
+            if size <= MEMO_REQUEST_BYTES:
+                if len(self._resolved) >= MEMO_SIZE:
+                    self._resolved.clear()
+                self._resolved[seen] = found
+        else:
+            request.route_type = found.route.type
+            request.tenant = found.tenant
+        if self._tenant_claim and not claim_matches(
+            headers.getRawHeaders(b"authorization"), self._tenant_claim, found.tenant
+        ):
+            raise ApiError(403, "tenant_mismatch", f"the token's {self._tenant_claim!r} claim does not match the tenant")
+        return found
+
+    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
+        """
+        Return the caller's headers to send upstream: those of
+        ``forward_headers`` (``traceparent``, always among them, set to this
+        request's span, and ``tracestate``) and those named in ``extra``,
+        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
+        are the upstream client's: no caller value replaces them.
+        """
+        headers = request.requestHeaders
+        trace = getattr(request, "trace", None)
+        if trace is not None:
+            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
+        forwarded: list[tuple[bytes, bytes]] = []
+        for names in (self._forward, extra):
+            for name in names:
+                for value in headers.getRawHeaders(name, ()):
+                    forwarded.append((name, value))
+        return forwarded

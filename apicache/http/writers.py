@@ -1,0 +1,131 @@
+"""
+The writers of answers: L{write_result}, the one writer of a cache result
+(hits and misses alike: status line, headers and body in one write, or a
+304 when the caller's condition fails), and the small helpers that answer
+a JSON body or an API error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from twisted.web.http import RESPONSES
+from twisted.web.iweb import IRequest
+from twisted.web.server import NOT_DONE_YET
+
+from apicache.cache.policy import condition_fails, not_modified_headers
+from apicache.cache.tenant import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheResult
+from apicache.cache.wire import canonical_name, header_block
+from apicache.http.errors import JSON, ApiError, error_body
+
+__all__ = ["refuse", "json_answer", "write_result"]
+
+_X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, REVALIDATED, MISS, BYPASS)}
+# the conditions are read from twisted.web's table of raw headers directly,
+# with names worked out once: getRawHeaders encodes the name on every call
+_RAW_IF_NONE_MATCH = canonical_name(b"if-none-match")
+_RAW_IF_MODIFIED_SINCE = canonical_name(b"if-modified-since")
+
+
+def refuse(request: IRequest, error: ApiError) -> bytes:
+    """
+    Set ``request``'s status and content type for ``error``; return the
+    JSON body to write.
+    """
+    request.setResponseCode(error.status)
+    request.setHeader(b"content-type", JSON)
+    return error_body(error.code, error.message)
+
+
+def json_answer(request: IRequest, status: int, body: Any) -> bytes:
+    """
+    Set ``request``'s status and a JSON content type; return ``body`` as JSON.
+    """
+    request.setResponseCode(status)
+    request.setHeader(b"content-type", JSON)
+    return json.dumps(body).encode()
+
+
+def write_result(request: Any, result: CacheResult) -> Any:
+    """
+    Write a cache result's whole answer in one go and finish ``request``:
+    the one writer of proxied answers, hits and misses alike.
+
+    This is twisted.web's C{Request.write} for one narrow case, an answer
+    with a known body: the status line, the headers already set on the
+    request but ``Date`` (``Connection: close`` when the connection does
+    not persist), the answer's replayed headers as built once when it
+    arrived (``Date`` among them), ``Cache-Status`` with apicache's member,
+    ``X-Cache``, ``Age`` and ``Content-Length``, without building and
+    re-normalising a C{Headers} object.  A ``HEAD`` gets the same head and
+    no body.  A conditional ``GET``/``HEAD`` whose condition fails on a
+    stored 2xx answer gets a 304 (L{write_not_modified}).
+
+    @return: C{NOT_DONE_YET} (the request is finished: twisted.web and
+        Klein must not write again).
+    """
+    r = result.response
+    status = r.status
+    request.cache = result.cache
+    age = result.age
+    member = result.member
+    if member is None:
+        # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
+        member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
+    if result.stored and 200 <= status < 300:
+        conditions = request.requestHeaders._rawHeaders  # see _RAW_IF_NONE_MATCH
+        if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
+        if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
+        if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
+            return _write_not_modified(request, result, member)
+    body = r.body
+    request.code = status
+    request.code_message = RESPONSES.get(status, b"Unknown Status")
+    head = [b"%s %d %s\r\n" % (request.clientproto, status, request.code_message)]
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if name != b"Date":
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+    # entries built elsewhere than the cache core may lack their wire form
+    head.append(r.head or header_block(r.headers))
+    x_cache = _X_CACHE[result.cache]
+    if age is None:
+        head.append(b"%s\r\nX-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (member, x_cache, len(body)))
+    else:
+        head.append(
+            b"%s\r\nX-Cache: %s\r\nAge: %d\r\nContent-Length: %d\r\n\r\n"
+            % (member, x_cache, max(0, int(age)), len(body))
+        )
+    request.startedWriting = 1
+    if request.method == b"HEAD":
+        request.channel.writeSequence([b"".join(head)])
+    else:
+        request.sentLength = len(body)
+        request.channel.writeSequence([b"".join(head), body])
+    request.finish()
+    return NOT_DONE_YET
+
+
+def _write_not_modified(request: Any, result: CacheResult, member: bytes) -> Any:
+    """
+    Answer a conditional request ``304`` from a stored answer, with no body
+    and only the headers SPEC.md section 3 lists.
+    """
+    request.code = 304
+    request.code_message = RESPONSES[304]
+    head = [b"%s 304 %s\r\n" % (request.clientproto, request.code_message)]
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if name != b"Date":
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+    head.append(header_block(not_modified_headers(result.response.headers)))
+    head.append(b"%s\r\nX-Cache: %s\r\n" % (member, _X_CACHE[result.cache]))
+    if result.age is not None:
+        head.append(b"Age: %d\r\n" % max(0, int(result.age)))
+    head.append(b"\r\n")
+    request.startedWriting = 1
+    request.channel.writeSequence([b"".join(head)])
+    request.finish()
+    return NOT_DONE_YET
