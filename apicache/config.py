@@ -1,8 +1,8 @@
 """
-The configuration file: loading, ``${NAME}`` substitution, defaults and
+The configuration file: loading, C{${NAME}} substitution, defaults and
 validation (SPEC.md section 2).
 
-Every error is a :class:`ConfigError` whose ``str()`` is one line naming the
+Every error is a L{ConfigError} whose C{str()} is one line naming the
 file, the key and what was expected.  This module is a leaf: it imports
 nothing of the project's upper layers.
 """
@@ -43,7 +43,7 @@ __all__ = [
 
 class ConfigError(Exception):
     """
-    A configuration file that can't be used.  ``str(error)`` is one line.
+    A configuration file that can't be used.  C{str(error)} is one line.
     """
 
     def __init__(self, source: str, key: str, message: str) -> None:
@@ -77,13 +77,13 @@ FORBIDDEN_FORWARD = frozenset(
     }
 )
 
-#: The default of ``upstream.unkeyed_headers`` (SPEC.md section 2).
+#: The default of C{upstream.unkeyed_headers} (SPEC.md section 2).
 UNKEYED_FORWARD = ("authorization", "x-correlationid")
 
-#: Always forwarded and never keyed, whatever ``forward_headers`` says.
+#: Always forwarded and never keyed, whatever C{forward_headers} says.
 TRACING_HEADERS = ("traceparent", "tracestate")
 
-#: Methods a route may forward with ``pass_methods`` (SPEC.md section 4).
+#: Methods a route may forward with C{pass_methods} (SPEC.md section 4).
 PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
 #: Paths apicache answers itself; a route may not claim one, nor a path under
@@ -91,12 +91,14 @@ PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/clear")
 
 #: The JWS algorithms C{[auth] algorithms} may name: asymmetric ones only, so
-#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037).
+#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037,
+#: RFC 9864).  The same set as the verifier's (apicache.auth.tokens), which
+#: tests/test_config.py checks; config stays a leaf that imports neither.
 ASYMMETRIC_ALGORITHMS = (
     "RS256", "RS384", "RS512",
     "PS256", "PS384", "PS512",
     "ES256", "ES384", "ES512", "ES256K",
-    "EdDSA",
+    "EdDSA", "Ed25519", "Ed448",
 )
 
 #: Tags past these limits make an answer unstorable (SPEC.md section 3).
@@ -258,14 +260,14 @@ class RouteConfig:
     heuristic: float = 0.1
     #: (v3) stored variants of one key told apart by the upstream's Vary
     max_variants: int = 16
-    #: tag templates over the path parameters, e.g. ``object:{id}``
+    #: tag templates over the path parameters, e.g. C{object:{id}}
     tags: tuple[str, ...] = ()
     #: methods forwarded to the upstream (SPEC.md section 4)
     pass_methods: tuple[str, ...] = ()
     max_staleness: float = 0.0
-    #: path parameter names, in the order they appear in ``path``
+    #: path parameter names, in the order they appear in C{path}
     params: tuple[str, ...] = ()
-    #: changes whenever the upstream URL template or ``set_headers`` change
+    #: changes whenever the upstream URL template or C{set_headers} change
     fingerprint: str = ""
 
 
@@ -300,7 +302,7 @@ class EventRule:
     fields: Mapping[str, str] = field(default_factory=dict)
     tenant_field: str = ""
     action: str = "invalidate"
-    #: tag templates over message fields, e.g. ``object:{objectid}``
+    #: tag templates over message fields, e.g. C{object:{objectid}}
     tags: tuple[str, ...] = ()
 
 
@@ -319,7 +321,7 @@ class Config:
 
     def route(self, route_type: str) -> RouteConfig:
         """
-        Return the route of that type; raise ``KeyError`` if there is none.
+        Return the route of that type; raise C{KeyError} if there is none.
         """
         for r in self.routes:
             if r.type == route_type:
@@ -539,7 +541,7 @@ _TOP = set(SCHEMA)
 class _Reader:
     """
     Walks the parsed TOML, substituting the environment and checking values,
-    raising :class:`ConfigError` with the dotted key of the first problem.
+    raising L{ConfigError} with the dotted key of the first problem.
     """
 
     def __init__(self, source: str, environ: Mapping[str, str]) -> None:
@@ -600,7 +602,7 @@ def _header_name(r: _Reader, key: str, value: str) -> str:
 
 def _settable(name: str, tenant_header: str) -> bool:
     """
-    Return whether apicache lets configuration put ``name`` on an upstream
+    Return whether apicache lets configuration put C{name} on an upstream
     request: not hop-by-hop or framing, not its own, not a conditional.
     """
     return not (
@@ -718,7 +720,7 @@ def _template_skeleton(template: str) -> str:
 
 
 #: Called with a section's name and the values the file gives it (after
-#: ``${NAME}`` substitution, empty api keys dropped); may add what the file
+#: C{${NAME}} substitution, empty api keys dropped); may add what the file
 #: leaves out, before the values are checked (Cloud Foundry bindings).
 SectionFiller = Callable[[str, dict[str, Any]], None]
 
@@ -734,7 +736,7 @@ def parse_config(
     fill: SectionFiller = _no_fill,
 ) -> Config:
     """
-    Build a validated :class:`Config` from parsed TOML; ``fill`` may supply
+    Build a validated L{Config} from parsed TOML; C{fill} may supply
     values the file leaves out (see L{SectionFiller}).
 
     @raise ConfigError: naming the first key that is wrong.
@@ -892,7 +894,7 @@ def parse_config(
 
 def _targets(rule: EventRule, route: RouteConfig, upstream: UpstreamConfig) -> bool:
     """
-    Return whether events of ``rule`` can reach entries of ``route``: by
+    Return whether events of C{rule} can reach entries of C{route}: by
     route, or by tags (a tag template of the same shape as one of the
     route's, or any tag while answers carry tags of their own).
     """
@@ -1065,8 +1067,8 @@ def load_config(
     path: str | None, environ: Mapping[str, str], fill: SectionFiller = _no_fill
 ) -> Config:
     """
-    Read and validate the TOML file at ``path``; ``None`` gives the built-in
-    defaults.  ``fill`` is passed to L{parse_config}.
+    Read and validate the TOML file at C{path}; C{None} gives the built-in
+    defaults.  C{fill} is passed to L{parse_config}.
 
     @raise ConfigError: the file is unreadable, not TOML, or invalid.
     """

@@ -430,3 +430,35 @@ def test_a_route_on_a_reserved_path_is_an_error_naming_the_route(path):
 def test_a_route_that_merely_could_match_a_reserved_path_is_allowed(path):
     c = parse({"upstream": UP, "routes": [{"type": "any", "path": path, "upstream": "/a"}]})
     assert c.route("any").path == path
+
+
+def test_the_algorithms_accepted_are_the_verifiers():
+    from apicache.auth.tokens import ASYMMETRIC_ALGORITHMS as verifier
+    from apicache.config import ASYMMETRIC_ALGORITHMS
+
+    assert set(ASYMMETRIC_ALGORITHMS) == set(verifier)
+    assert parse({"auth": {"algorithms": ["Ed25519", "RS256"]}}).auth.algorithms == ("Ed25519", "RS256")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "/etc/jwks.json", "jwks.json", "https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://localhost/jwks",
+        "http://[::1]/jwks", "http://idp.example/jwks", "http://10.1.2.3/jwks", "ftp://idp.example/jwks", "https:///jwks",
+    ],
+)
+def test_a_jwks_location_is_accepted_exactly_when_the_key_source_accepts_it(location):
+    from apicache.auth.jwks import check_jwks_location
+
+    try:
+        check_jwks_location(location)
+        source_accepts = True
+    except ValueError:
+        source_accepts = False
+    try:
+        parse({"auth": {"jwks": location}})
+        config_accepts = True
+    except ConfigError as e:
+        assert e.key == "auth.jwks"
+        config_accepts = False
+    assert config_accepts == source_accepts

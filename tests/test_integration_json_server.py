@@ -20,6 +20,9 @@ from rest_servers import RestServer, call, json_server
 
 from apicache.harness.launchers import Daemon
 
+# starts real processes; the first test may run `npm ci` (its own limit is 600 s)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]
+
 KEY = "it-key"
 TENANT = {"api-key": KEY, "org_id": "acme"}
 POSTS = [{"id": i, "title": f"post {i}", "author": "a"} for i in range(1, 105)]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from test_server import PATH, Wire, parse
+from test_server import Wire
 
 from apicache.upstream.client import UpstreamResponse
 

@@ -8,13 +8,12 @@ hands out (the harness of C{test_rfc9111}).
 
 from __future__ import annotations
 
+from test_rfc9111 import CT, DATE, ETAG, KEY, Harness, route
 from twisted.internet.defer import Deferred
 
 from apicache.cache.tenant import HIT, MISS, REVALIDATED, STALE, CacheResult
 from apicache.config import UpstreamConfig
 from apicache.upstream.client import UpstreamUnreachable
-
-from test_rfc9111 import CT, DATE, ETAG, KEY, Harness, request, route
 
 LM = (b"last-modified", b"Sun, 06 Nov 1994 06:49:37 GMT")  # two hours before DATE
 
