@@ -153,3 +153,17 @@ def test_only_if_cached_past_freshness_is_504_and_asks_nothing():
     # any other request directive is ignored: the entry is fetched again
     assert get(w, (b"cache-control", b"no-cache"))[1][b"x-cache"] == b"MISS"
     assert len(w.upstream.fetched) == 2
+
+
+def test_a_stored_204_is_replayed_without_content_length():
+    """RFC 9110 section 8.6; SPEC.md section 3 (v3): a 204 is stored."""
+    w = wire()
+    w.upstream.auto = lambda path, headers: UpstreamResponse(204, [(b"x-done", b"1")], b"")
+    for expected in (b"MISS", b"HIT"):
+        out, _ = w.raw(b"GET /server/object(42)/header HTTP/1.1\r\nHost: x\r\napi-key: k1\r\norg_id: t1\r\n\r\n")
+        head, _, rest = out.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 204 ")
+        assert b"\r\nX-Cache: " + expected in head and b"\r\nX-Done: 1" in head
+        assert b"content-length" not in head.lower()
+        assert rest == b""
+    assert len(w.upstream.fetched) == 1

@@ -111,7 +111,14 @@ def write_result(request: Any, result: CacheResult) -> Any:
     # entries built elsewhere than the cache core may lack their wire form
     head.append(r.head or header_block(r.headers))
     x_cache = _X_CACHE[result.cache]
-    if age is None:
+    if status == 204:
+        # RFC 9110 section 8.6: a 204 (now stored too) has no Content-Length
+        head.append(b"%s\r\nX-Cache: %s\r\n" % (member, x_cache))
+        if age is not None:
+            head.append(b"Age: %d\r\n" % max(0, int(age)))
+        head.append(b"\r\n")
+        body = b""
+    elif age is None:
         head.append(b"%s\r\nX-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (member, x_cache, len(body)))
     else:
         head.append(
