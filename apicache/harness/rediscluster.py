@@ -432,11 +432,16 @@ class RedisCluster:
     def state_ok(self) -> bool:
         """
         Return whether every live node says ``cluster_state:ok`` and knows
-        every node of the cluster.
+        every node of the cluster, and every live replica's link to its
+        primary is up (a replica still loading its first copy acknowledges
+        no C{WAIT}).
         """
         for n in self.live_nodes():
             info = _info_text(n.command("CLUSTER", "INFO"))
             if info.get("cluster_state") != "ok" or int(info.get("cluster_known_nodes", 0)) != len(self.nodes):
+                return False
+            replication = _info(n.port, "replication")
+            if replication.get("role") == "slave" and replication.get("master_link_status") != "up":
                 return False
         return True
 
