@@ -1,0 +1,885 @@
+"""
+Which Redis client the store should use on Redis Cluster and Sentinel
+(issue 22), by measurement: the store's own operations through each
+candidate, against a private single node and a private 6-process cluster
+(L{apicache.harness.rediscluster}), and what the hit path of twisted.web
+pays on the asyncio reactor.
+
+    .venv/bin/python bench/redis_clients.py [--rounds 3] [--seconds 2] [--concurrency 32]
+        [--candidates txredisapi,redispy-async,...] [--ops hit,miss,lock,pubsub,spubsub]
+        [--targets single,cluster] [--web-only | --no-web] [--json out.json]
+
+Candidates (each run in its own process, since the reactor is per process):
+
+    txredisapi      today's client, default (epoll) reactor, single node only
+    redispy-async   redis-py's asyncio Redis / RedisCluster, Twisted on the asyncio reactor
+    redispy-thread  redis-py's blocking Redis / RedisCluster on the reactor's thread pool (epoll reactor)
+    coredis         coredis (anyio), Twisted on the asyncio reactor
+    glide           valkey-glide (Rust core), Twisted on the asyncio reactor
+
+Operations, as the store issues them (L{apicache.store.redis.store}), each
+driven from Twisted code awaiting Deferreds (the bridge is part of the
+cost), ``--concurrency`` in flight for ``--seconds``:
+
+    hit     one EVALSHA of GET_OR_LOCK finding a 1 KB value (a hit in Redis, a miss in the process)
+    miss    GET_OR_LOCK (takes the lock), MGET of the generations (begin), EVALSHA PUT of 1 KB
+    lock    GET_OR_LOCK on a key another instance holds the lock of: one coalescing poll
+    pubsub  PUBLISH -> the subscriber's callback, one message at a time: latency p50/p99
+    spubsub the same with SPUBLISH / SSUBSCRIBE (cluster only)
+
+In cluster mode every key of one operation carries the same hash tag, as
+the cluster key layout will.  Rounds interleave the candidates (the
+machine is shared) and the tables give medians over rounds.  The hit path:
+a tiny twisted.web resource answering fixed bytes on each reactor, loaded by
+``wrk`` pinned to another core than the server (``taskset``) when both exist.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+CANDIDATES = ["txredisapi", "redispy-async", "redispy-thread", "coredis", "glide"]
+ASYNCIO = {"redispy-async", "coredis", "glide"}
+OPS = ["hit", "miss", "lock", "pubsub", "spubsub"]
+VALUE = bytes(random.Random(1).getrandbits(8) for _ in range(1024))
+PREFIX = "bench"
+HOT_KEYS = 64
+
+
+# -- the worker: one candidate, one target, one operation ----------------------
+
+
+def key_names(resource: str) -> dict[str, str]:
+    """
+    Return the keys of one resource, every one with the resource as its
+    hash tag (one slot).
+    """
+    tag = "{" + resource + "}"
+    names = {c: f"{PREFIX}:{c}:{tag}" for c in "rtgGTAe"}
+    names["e"] += ":v"
+    names["l"] = f"{PREFIX}:l:{tag}:v"
+    names["n"] = f"{PREFIX}:n:{tag}:v"
+    names["seq"] = f"{PREFIX}:seq:{tag}"
+    return names
+
+
+class Adapter:
+    """
+    A candidate client as the store would use it: every call returns a
+    Deferred (Twisted code awaits it).
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        raise NotImplementedError
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def command(self, *args: Any) -> Any:
+        raise NotImplementedError
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        raise NotImplementedError
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
+
+
+def _hostports(url: str) -> list[tuple[str, int]]:
+    netloc = url.split("://", 1)[1].split("/", 1)[0]
+    out = []
+    for hp in netloc.split(","):
+        h, _, p = hp.rpartition(":")
+        out.append((h, int(p)))
+    return out
+
+
+def _asyncio_call(make: Callable[[], Awaitable[Any]]) -> Any:
+    import asyncio
+
+    from twisted.internet.defer import Deferred
+
+    async def run() -> Any:
+        return await make()
+
+    return Deferred.fromFuture(asyncio.ensure_future(run()))
+
+
+class TxRedisApi(Adapter):
+    """
+    The store's own connection classes (txredisapi underneath).
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        from collections import defaultdict
+
+        from twisted.internet import reactor
+
+        from apicache.store.redis.address import parse_redis_url
+        from apicache.store.redis.connection import RedisCommands
+
+        if mode != "single":
+            raise NotImplementedError("txredisapi knows no cluster")
+        self.reactor = reactor
+        self.address = parse_redis_url(url)
+        self.cmds = RedisCommands(reactor, reactor, self.address, 5.0, defaultdict(int))
+        self.cmds.start()
+        self.subs: list[Any] = []
+        await _until(self.cmds.ready)
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        return self.cmds.eval(text, keys, args)
+
+    def command(self, *args: Any) -> Any:
+        return self.cmds.execute(*args)
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        from apicache.store.redis.connection import PubSubProtocol, RedisConnection
+
+        if sharded:
+            raise NotImplementedError("no SSUBSCRIBE in txredisapi")
+        c = RedisConnection(
+            "pubsub", self.reactor, self.reactor, self.address,
+            lambda clock: PubSubProtocol(clock, callback), prepare=lambda p: p.subscribe(channel),
+        )
+        c.start()
+        self.subs.append(c)
+        await _until(lambda: c.protocol is not None)
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        return self.cmds.execute("PUBLISH", channel, message)
+
+    async def close(self) -> None:
+        await self.cmds.stop()
+        for c in self.subs:
+            await c.stop()
+
+
+class RedisPyAsync(Adapter):
+    """
+    redis-py's asyncio clients; Twisted runs on the asyncio reactor.
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        import redis.asyncio as ra
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        self.mode = mode
+        if mode == "cluster":
+            nodes = [ClusterNode(h, p) for h, p in _hostports(url)]
+            self.r: Any = RedisCluster(startup_nodes=nodes, max_connections=64)
+            await _asyncio_call(self.r.initialize)
+        else:
+            self.r = ra.Redis.from_url(url, max_connections=64)
+        self.tasks: list[Any] = []
+        self.pubsubs: list[Any] = []
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        return _asyncio_call(lambda: self.r.evalsha(sha, len(keys), *keys, *args))
+
+    def command(self, *args: Any) -> Any:
+        if args[0] == "MGET":
+            return _asyncio_call(lambda: self.r.mget(list(args[1:])))
+        return _asyncio_call(lambda: self.r.execute_command(*args))
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        import asyncio
+
+        ps = self.r.pubsub()
+        self.pubsubs.append(ps)
+        if sharded:
+            if self.mode != "cluster":
+                raise NotImplementedError("sharded pub/sub: cluster only here")
+            await _asyncio_call(lambda: ps.ssubscribe(channel))
+            get = ps.get_sharded_message
+        else:
+            await _asyncio_call(lambda: ps.subscribe(channel))
+            get = ps.get_message
+
+        async def loop() -> None:
+            while True:
+                m = await get(ignore_subscribe_messages=True, timeout=1.0)
+                if m and m.get("type") in ("message", "smessage"):
+                    callback(m["data"])
+
+        self.tasks.append(asyncio.ensure_future(loop()))
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        if sharded:
+            return _asyncio_call(lambda: self.r.spublish(channel, message))
+        return _asyncio_call(lambda: self.r.publish(channel, message))
+
+    async def close(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        for ps in self.pubsubs:
+            await _asyncio_call(ps.aclose)
+        await _asyncio_call(self.r.aclose)
+
+
+class RedisPyThread(Adapter):
+    """
+    redis-py's blocking clients on the reactor's thread pool (epoll reactor).
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        import redis
+        from redis.cluster import ClusterNode, RedisCluster
+        from twisted.internet import reactor
+        from twisted.internet.threads import deferToThread
+
+        self.reactor = reactor
+        self.defer = deferToThread
+        self.mode = mode
+        if mode == "cluster":
+            self.r: Any = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in _hostports(url)])
+        else:
+            self.r = redis.Redis.from_url(url, max_connections=64)
+        self.running = True
+        self.threads: list[Any] = []
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        return self.defer(self.r.evalsha, sha, len(keys), *keys, *args)
+
+    def command(self, *args: Any) -> Any:
+        if args[0] == "MGET":
+            return self.defer(self.r.mget, list(args[1:]))
+        return self.defer(self.r.execute_command, *args)
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        import threading
+
+        ps = self.r.pubsub()
+        if sharded:
+            if self.mode != "cluster":
+                raise NotImplementedError("sharded pub/sub: cluster only here")
+            ps.ssubscribe(channel)
+            get = ps.get_sharded_message
+        else:
+            ps.subscribe(channel)
+            get = ps.get_message
+
+        def loop() -> None:
+            while self.running:
+                m = get(ignore_subscribe_messages=True, timeout=0.5)
+                if m and m.get("type") in ("message", "smessage"):
+                    self.reactor.callFromThread(callback, m["data"])
+            ps.close()
+
+        t = threading.Thread(target=loop, daemon=True)
+        t.start()
+        self.threads.append(t)
+        from twisted.internet.task import deferLater
+
+        await deferLater(self.reactor, 0.2, lambda: None)
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        if sharded:
+            return self.defer(self.r.spublish, channel, message)
+        return self.defer(self.r.publish, channel, message)
+
+    async def close(self) -> None:
+        self.running = False
+        for t in self.threads:
+            t.join(2)
+        self.r.close()
+
+
+class CoRedis(Adapter):
+    """
+    coredis: an anyio client, whose context must stay open in one asyncio
+    task for as long as it is used.
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        import asyncio
+
+        import coredis
+
+        self.mode = mode
+        if mode == "cluster":
+            self.r: Any = coredis.RedisCluster(startup_nodes=[{"host": h, "port": p} for h, p in _hostports(url)])
+        else:
+            self.r = coredis.Redis.from_url(url)
+        self.ready: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.done = asyncio.Event()
+        self.subscriptions: list[tuple[str, Callable[[bytes], None], bool, asyncio.Future[None]]] = []
+        self.wake = asyncio.Event()
+
+        async def own() -> None:
+            from contextlib import AsyncExitStack
+
+            async with AsyncExitStack() as stack:
+                await stack.enter_async_context(self.r)
+                self.ready.set_result(None)
+                while not self.done.is_set():
+                    await self.wake.wait()
+                    self.wake.clear()
+                    while self.subscriptions:
+                        channel, callback, sharded, fut = self.subscriptions.pop()
+
+                        def handler(m: Any, callback: Callable[[bytes], None] = callback) -> None:
+                            callback(m["data"])
+
+                        if sharded:
+                            ps = self.r.sharded_pubsub(channel_handlers={channel: handler}, ignore_subscribe_messages=True)
+                        else:
+                            ps = self.r.pubsub(channel_handlers={channel: handler}, ignore_subscribe_messages=True)
+                        await stack.enter_async_context(ps)
+                        fut.set_result(None)
+
+        self.owner = asyncio.ensure_future(own())
+        from twisted.internet.defer import Deferred
+
+        await Deferred.fromFuture(self.ready)
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        return _asyncio_call(lambda: self.r.evalsha(sha, keys=keys, args=args))
+
+    def command(self, *args: Any) -> Any:
+        if args[0] == "MGET":
+            return _asyncio_call(lambda: self.r.mget(list(args[1:])))
+        if args[0] == "SET":
+            _, k, v, _px, ms = args
+            return _asyncio_call(lambda: self.r.set(k, v, px=ms))
+        raise NotImplementedError(args[0])
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        import asyncio
+
+        from twisted.internet.defer import Deferred
+
+        if sharded and self.mode != "cluster":
+            raise NotImplementedError("sharded pub/sub: cluster only here")
+        fut: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.subscriptions.append((channel, callback, sharded, fut))
+        self.wake.set()
+        await Deferred.fromFuture(fut)
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.2, lambda: None)
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        if sharded:
+            return _asyncio_call(lambda: self.r.spublish(channel, message))
+        return _asyncio_call(lambda: self.r.publish(channel, message))
+
+    async def close(self) -> None:
+        from twisted.internet.defer import Deferred
+
+        self.done.set()
+        self.wake.set()
+        await Deferred.fromFuture(self.owner)
+
+
+class Glide(Adapter):
+    """
+    valkey-glide: a Rust core behind an asyncio API; subscriptions are given
+    when the client is made.
+    """
+
+    async def connect(self, mode: str, url: str) -> None:
+        self.mode = mode
+        self.url = url
+        self.clients: list[Any] = []
+        self.r = await self._make(None)
+        from glide import Script
+
+        self.scripts: dict[str, Any] = {}
+        self.Script = Script
+
+    async def _make(self, subscription: tuple[str, Callable[[bytes], None], bool] | None) -> Any:
+        from glide import (
+            GlideClient,
+            GlideClientConfiguration,
+            GlideClusterClient,
+            GlideClusterClientConfiguration,
+            NodeAddress,
+        )
+
+        addresses = [NodeAddress(h, p) for h, p in _hostports(self.url)]
+        subs = None
+        if subscription is not None:
+            channel, callback, sharded = subscription
+
+            def on_message(msg: Any, context: Any) -> None:
+                callback(msg.message)
+
+            if self.mode == "cluster":
+                modes = GlideClusterClientConfiguration.PubSubChannelModes
+                subs = GlideClusterClientConfiguration.PubSubSubscriptions(
+                    channels_and_patterns={modes.Sharded if sharded else modes.Exact: {channel}},
+                    callback=on_message, context=None,
+                )
+            else:
+                if sharded:
+                    raise NotImplementedError("sharded pub/sub: cluster only here")
+                smodes = GlideClientConfiguration.PubSubChannelModes
+                subs = GlideClientConfiguration.PubSubSubscriptions(
+                    channels_and_patterns={smodes.Exact: {channel}}, callback=on_message, context=None,
+                )
+        if self.mode == "cluster":
+            config: Any = GlideClusterClientConfiguration(addresses, request_timeout=5000, pubsub_subscriptions=subs)
+            client = await _asyncio_call(lambda: GlideClusterClient.create(config))
+        else:
+            config = GlideClientConfiguration(addresses[:1], request_timeout=5000, pubsub_subscriptions=subs)
+            client = await _asyncio_call(lambda: GlideClient.create(config))
+        self.clients.append(client)
+        return client
+
+    def evalsha(self, sha: str, text: str, keys: list[str], args: list[Any]) -> Any:
+        script = self.scripts.get(sha)
+        if script is None:
+            script = self.scripts[sha] = self.Script(text)
+        return _asyncio_call(lambda: self.r.invoke_script(script, keys=keys, args=[str(a) if isinstance(a, int) else a for a in args]))
+
+    def command(self, *args: Any) -> Any:
+        if args[0] == "MGET":
+            return _asyncio_call(lambda: self.r.mget(list(args[1:])))
+        return _asyncio_call(lambda: self.r.custom_command([str(a) if isinstance(a, int) else a for a in args]))
+
+    async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
+        await self._make((channel, callback, sharded))
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        await deferLater(reactor, 0.2, lambda: None)
+
+    def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
+        if self.mode == "cluster":
+            return _asyncio_call(lambda: self.r.publish(message, channel, sharded=sharded))
+        return _asyncio_call(lambda: self.r.publish(message, channel))
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await _asyncio_call(c.close)
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    "txredisapi": TxRedisApi,
+    "redispy-async": RedisPyAsync,
+    "redispy-thread": RedisPyThread,
+    "coredis": CoRedis,
+    "glide": Glide,
+}
+
+
+async def _until(condition: Callable[[], Any], timeout: float = 10.0) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.task import deferLater
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("not ready")
+        await deferLater(reactor, 0.01, lambda: None)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+async def _closed_loop(op: Callable[[int, int], Awaitable[Any]], seconds: float, concurrency: int) -> dict[str, float]:
+    from twisted.internet.defer import Deferred, gatherResults
+
+    latencies: list[float] = []
+    counters = [0] * concurrency
+    phase = {"record": False, "stop": False}
+
+    async def worker(i: int) -> None:
+        while not phase["stop"]:
+            n = counters[i]
+            counters[i] += 1
+            t0 = time.perf_counter()
+            await op(i, n)
+            if phase["record"]:
+                latencies.append(time.perf_counter() - t0)
+
+    from twisted.internet import reactor
+
+    def start() -> None:
+        phase["record"] = True
+        marks["t0"] = time.perf_counter()
+        cpu["t0"] = time.process_time()
+
+    def stop() -> None:
+        marks["t1"] = time.perf_counter()
+        cpu["t1"] = time.process_time()
+        phase["record"] = False
+        phase["stop"] = True
+
+    marks: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    warm = min(0.5, seconds / 4)
+    reactor.callLater(warm, start)
+    reactor.callLater(warm + seconds, stop)
+    await gatherResults([Deferred.fromCoroutine(worker(i)) for i in range(concurrency)])
+    elapsed = marks["t1"] - marks["t0"]
+    return {
+        "ops_per_s": len(latencies) / elapsed,
+        "p50_ms": _percentile(latencies, 0.5) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        # the client process's own CPU per operation: what a core pays
+        "cpu_us_per_op": (cpu["t1"] - cpu["t0"]) / max(1, len(latencies)) * 1e6,
+    }
+
+
+async def _pubsub(client: Adapter, sharded: bool, messages: int) -> dict[str, float]:
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    channel = f"{PREFIX}:inv:{uuid.uuid4().hex[:6]}"
+    pending: dict[str, Any] = {}
+
+    def received(data: bytes) -> None:
+        d = pending.pop("d", None)
+        if d is not None and data == pending.get("expect"):
+            d.callback(time.perf_counter())
+
+    await client.subscribe(channel, received, sharded)
+    latencies = []
+    for i in range(messages + 20):
+        d: Deferred[float] = Deferred()
+        d.addTimeout(2.0, reactor)
+        message = f"{i}:{uuid.uuid4().hex}".encode()
+        pending["d"] = d
+        pending["expect"] = message
+        t0 = time.perf_counter()
+        await client.publish(channel, message, sharded)
+        t1 = await d
+        if i >= 20:
+            latencies.append(t1 - t0)
+    return {
+        "p50_ms": _percentile(latencies, 0.5) * 1000,
+        "p99_ms": _percentile(latencies, 0.99) * 1000,
+        "ops_per_s": len(latencies) / sum(latencies),
+    }
+
+
+async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
+    from apicache.store.redis import scripts
+
+    client = ADAPTERS[args.worker]()
+    await client.connect(args.mode, args.url)
+    run = args.run
+    instance = uuid.uuid4().hex
+    try:
+        if args.op in ("pubsub", "spubsub"):
+            return await _pubsub(client, args.op == "spubsub", args.messages)
+        if args.op == "hit":
+            hot = [key_names(f"{run}:hit:{i}") for i in range(HOT_KEYS)]
+            for k in hot:
+                await client.command("SET", k["e"], VALUE, "PX", 600000)
+
+            async def hit(i: int, n: int) -> None:
+                k = hot[(i * 7 + n) % HOT_KEYS]
+                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
+                                             [instance, 1000, PREFIX, "t1"])
+                if int(reply[0]) != 0 or bytes(reply[1]) != VALUE:
+                    raise AssertionError(f"not a hit: {reply!r:.80}")
+
+            return await _closed_loop(hit, args.seconds, args.concurrency)
+        if args.op == "lock":
+            held = [key_names(f"{run}:lock:{i}") for i in range(HOT_KEYS)]
+            for k in held:
+                await client.command("SET", k["l"], "another-instance", "PX", 600000)
+
+            async def poll(i: int, n: int) -> None:
+                k = held[(i * 7 + n) % HOT_KEYS]
+                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
+                                             [instance, 1000, PREFIX, "t1"])
+                if int(reply[0]) != 2:
+                    raise AssertionError(f"not a wait: {reply!r:.80}")
+
+            return await _closed_loop(poll, args.seconds, args.concurrency)
+
+        async def miss(i: int, n: int) -> None:
+            k = key_names(f"{run}:miss:{i}:{n}")
+            reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
+                                         [instance, 1000, PREFIX, "t1"])
+            if int(reply[0]) != 1:
+                raise AssertionError(f"not ours to fetch: {reply!r:.80}")
+            gens = await client.command("MGET", k["g"], k["G"], k["T"], k["A"], k["seq"])
+            gens = [g if g is not None else b"0" for g in gens[:4]]
+            stored = await client.evalsha(
+                args.sha_put, scripts.PUT,
+                [k["e"], k["r"], k["t"], k["g"], k["G"], k["T"], k["A"], k["l"], k["n"]],
+                [*gens, VALUE, 30000, instance],
+            )
+            if int(stored) != 1:
+                raise AssertionError("not stored")
+
+        return await _closed_loop(miss, args.seconds, args.concurrency)
+    finally:
+        await client.close()
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    if args.worker in ASYNCIO:
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.internet.defer import Deferred
+
+    out: dict[str, Any] = {}
+
+    def done(result: Any) -> None:
+        if isinstance(result, dict):
+            out.update(result)
+        else:
+            out["error"] = result.getErrorMessage()[:300] if hasattr(result, "getErrorMessage") else str(result)
+        reactor.stop()
+
+    def go() -> None:
+        Deferred.fromCoroutine(run_worker(args)).addBoth(done)
+
+    reactor.callWhenRunning(go)
+    reactor.run()
+    print(json.dumps(out))
+
+
+# -- the hit path on each reactor ------------------------------------------------
+
+
+def web_main(kind: str, port: int) -> None:
+    """
+    Serve fixed bytes on ``port`` with twisted.web on reactor ``kind``.
+    """
+    if kind == "asyncio":
+        from twisted.internet import asyncioreactor
+
+        asyncioreactor.install()
+    from twisted.internet import reactor
+    from twisted.web.resource import Resource
+    from twisted.web.server import Site
+
+    body = b'{"id": 42, "name": "object 42", "cached": true}' * 20
+
+    class Fixed(Resource):
+        isLeaf = True
+
+        def render_GET(self, request: Any) -> bytes:
+            request.setHeader(b"content-type", b"application/json")
+            return body
+
+    site = Site(Fixed())
+    site.noisy = False
+    site.log = lambda request: None  # type: ignore[method-assign]
+    reactor.listenTCP(port, site, interface="127.0.0.1")
+    reactor.run()
+
+
+def web_round(kind: str, seconds: float, connections: int) -> dict[str, float]:
+    from apicache.harness.rediscluster import free_port, wait_for
+
+    port = free_port()
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    server = subprocess.Popen([*pin, sys.executable, __file__, "--serve-web", kind, "--port", str(port)])
+    try:
+        import socket
+
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True, 10, "web server")
+        url = f"http://127.0.0.1:{port}/object"
+        if shutil.which("wrk"):
+            wpin = ["taskset", "-c", "1"] if pin else []
+            cpu0 = _cpu_seconds(server.pid)
+            out = subprocess.run([*wpin, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url],
+                                 capture_output=True, text=True, timeout=seconds + 30).stdout
+            cpu = _cpu_seconds(server.pid) - cpu0
+            rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+            total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+            lat = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.strip().startswith(("50%", "99%"))}
+            return {"rps": rps, "p50_ms": _ms(lat.get("50%", "nan")), "p99_ms": _ms(lat.get("99%", "nan")),
+                    # the server's own CPU per request: what the hit path pays, whatever else runs
+                    "cpu_us_per_op": cpu / max(1, total) * 1e6}
+        raise RuntimeError("wrk is not installed (apt-get install wrk)")
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _cpu_seconds(pid: int) -> float:
+    # utime + stime of the process (Linux), in seconds
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float("nan")
+
+
+# -- the orchestrator --------------------------------------------------------------
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--messages", type=int, default=300)
+    p.add_argument("--candidates", default=",".join(CANDIDATES))
+    p.add_argument("--ops", default=",".join(OPS))
+    p.add_argument("--targets", default="single,cluster")
+    p.add_argument("--web-only", action="store_true")
+    p.add_argument("--no-web", action="store_true")
+    p.add_argument("--web-seconds", type=float, default=5.0)
+    p.add_argument("--json", help="write every measurement here")
+    # internal: one measurement in a child process
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--mode", help=argparse.SUPPRESS)
+    p.add_argument("--url", help=argparse.SUPPRESS)
+    p.add_argument("--op", help=argparse.SUPPRESS)
+    p.add_argument("--run", help=argparse.SUPPRESS)
+    p.add_argument("--sha-get", help=argparse.SUPPRESS)
+    p.add_argument("--sha-put", help=argparse.SUPPRESS)
+    p.add_argument("--serve-web", help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.serve_web:
+        web_main(args.serve_web, args.port)
+        return
+    if args.worker:
+        worker_main(args)
+        return
+    results: list[dict[str, Any]] = []
+    if not args.web_only:
+        results += measure_clients(args)
+    if not args.no_web:
+        results += measure_web(args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    report(results)
+
+
+def measure_clients(args: argparse.Namespace) -> list[dict[str, Any]]:
+    import hashlib
+
+    from apicache.harness.rediscluster import RedisCluster, RedisNode
+    from apicache.store.redis import scripts
+
+    directory = tempfile.mkdtemp(prefix="apicache-bench-clients-")
+    targets = args.targets.split(",")
+    urls: dict[str, str] = {}
+    nodes: list[RedisNode] = []
+    single = cluster = None
+    results: list[dict[str, Any]] = []
+    try:
+        if "single" in targets:
+            single = RedisNode(directory, name="single").start()
+            urls["single"] = f"redis://127.0.0.1:{single.port}/0"
+            nodes.append(single)
+        if "cluster" in targets:
+            cluster = RedisCluster(directory).start()
+            urls["cluster"] = cluster.url
+            nodes += cluster.nodes
+        for n in nodes:
+            for text in (scripts.GET_OR_LOCK, scripts.PUT):
+                n.command("SCRIPT", "LOAD", text)
+        sha_get = hashlib.sha1(scripts.GET_OR_LOCK.encode()).hexdigest()
+        sha_put = hashlib.sha1(scripts.PUT.encode()).hexdigest()
+        candidates = args.candidates.split(",")
+        for r in range(args.rounds):
+            for target in targets:
+                for op in args.ops.split(","):
+                    if op == "spubsub" and target != "cluster":
+                        continue
+                    order = [c for c in candidates if not (c == "txredisapi" and target != "single")]
+                    # interleaved, in a different order each round
+                    random.Random(r).shuffle(order)
+                    for cand in order:
+                        cmd = [sys.executable, __file__, "--worker", cand, "--mode", target, "--url", urls[target],
+                               "--op", op, "--run", f"r{r}{uuid.uuid4().hex[:6]}", "--sha-get", sha_get,
+                               "--sha-put", sha_put, "--seconds", str(args.seconds),
+                               "--concurrency", str(args.concurrency), "--messages", str(args.messages)]
+                        try:
+                            out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+                            line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "{}"
+                            data = json.loads(line)
+                            if not data:
+                                data = {"error": out.stderr.strip()[-300:]}
+                        except (subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+                            data = {"error": str(e)[:300]}
+                        data.update(round=r, target=target, op=op, candidate=cand)
+                        print(json.dumps(data), file=sys.stderr, flush=True)
+                        results.append(data)
+            if cluster is not None:
+                # misses accumulate: start each round from empty nodes
+                for n in cluster.primaries():
+                    n.command("FLUSHALL")
+            if single is not None:
+                single.command("FLUSHALL")
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        if single is not None:
+            single.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+    return results
+
+
+def measure_web(args: argparse.Namespace) -> list[dict[str, Any]]:
+    results = []
+    for r in range(args.rounds):
+        for kind in (["epoll", "asyncio"] if r % 2 == 0 else ["asyncio", "epoll"]):
+            data: dict[str, Any] = dict(web_round(kind, args.web_seconds, 32))
+            data.update(round=r, target="web", op="hit-path", candidate=kind)
+            print(json.dumps(data), file=sys.stderr, flush=True)
+            results.append(data)
+    return results
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    """
+    Print the medians over rounds as Markdown tables.
+    """
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for d in results:
+        groups.setdefault((d["target"], d["op"], d["candidate"]), []).append(d)
+    print("| target | op | candidate | ops/s | p50 ms | p99 ms | client CPU µs/op | rounds |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for (target, op, cand), ds in sorted(groups.items()):
+        ok = [d for d in ds if "error" not in d]
+        if not ok:
+            print(f"| {target} | {op} | {cand} | error: {ds[0]['error'][:60]} | | | | 0 |")
+            continue
+
+        def med(field: str, ok: list[dict[str, Any]] = ok) -> str:
+            vals = [d[field] for d in ok if field in d]
+            return f"{statistics.median(vals):,.{0 if field in ('ops_per_s', 'rps') else 2}f}" if vals else ""
+
+        ops = med("ops_per_s") or med("rps")
+        print(f"| {target} | {op} | {cand} | {ops} | {med('p50_ms')} | {med('p99_ms')} | {med('cpu_us_per_op')} | {len(ok)} |")
+
+
+if __name__ == "__main__":
+    main()
