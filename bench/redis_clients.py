@@ -16,6 +16,8 @@ Candidates (each run in its own process, since the reactor is per process):
     redispy-thread  redis-py's blocking Redis / RedisCluster on the reactor's thread pool (epoll reactor)
     coredis         coredis (anyio), Twisted on the asyncio reactor
     glide           valkey-glide (Rust core), Twisted on the asyncio reactor
+    redispy-bridge  redis-py's asyncio clients on an asyncio loop in one thread beside the epoll reactor
+    glide-bridge    valkey-glide the same way
 
 Operations, as the store issues them (L{apicache.store.redis.store}), each
 driven from Twisted code awaiting Deferreds (the bridge is part of the
@@ -55,7 +57,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-CANDIDATES = ["txredisapi", "redispy-async", "redispy-thread", "coredis", "glide"]
+CANDIDATES = ["txredisapi", "redispy-async", "redispy-bridge", "redispy-thread", "coredis", "glide", "glide-bridge"]
 ASYNCIO = {"redispy-async", "coredis", "glide"}
 OPS = ["hit", "miss", "lock", "pubsub", "spubsub"]
 VALUE = bytes(random.Random(1).getrandbits(8) for _ in range(1024))
@@ -114,15 +116,86 @@ def _hostports(url: str) -> list[tuple[str, int]]:
     return out
 
 
+class AsyncioThread:
+    """
+    The bridge: an asyncio loop on a thread of its own, next to the default
+    (epoll) reactor.  Calls cross with C{run_coroutine_threadsafe}; results
+    come back with C{callFromThread}.
+    """
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        threading.Thread(target=self.loop.run_forever, daemon=True, name="asyncio-bridge").start()
+
+    def call(self, make: Callable[[], Awaitable[Any]]) -> Any:
+        import asyncio
+
+        from twisted.internet import reactor
+        from twisted.internet.defer import Deferred
+
+        async def run() -> Any:
+            return await make()
+
+        d: Deferred[Any] = Deferred()
+
+        def fire(f: Any) -> None:
+            e = f.exception()
+            if e is None:
+                d.callback(f.result())
+            else:
+                d.errback(e)
+
+        fut = asyncio.run_coroutine_threadsafe(run(), self.loop)
+        fut.add_done_callback(lambda f: reactor.callFromThread(fire, f))
+        return d
+
+
+#: set in a worker of a ``-bridge`` candidate
+BRIDGE: AsyncioThread | None = None
+
+
 def _asyncio_call(make: Callable[[], Awaitable[Any]]) -> Any:
+    """
+    Run an asyncio coroutine from Twisted code: on the asyncio reactor's own
+    loop, or across the bridge; return a Deferred.
+    """
     import asyncio
 
     from twisted.internet.defer import Deferred
+
+    if BRIDGE is not None:
+        return BRIDGE.call(make)
 
     async def run() -> Any:
         return await make()
 
     return Deferred.fromFuture(asyncio.ensure_future(run()))
+
+
+def _spawn(make: Callable[[], Awaitable[Any]]) -> Any:
+    """
+    Start a background asyncio task (on the bridge's loop if there is one);
+    return something with C{cancel()}.
+    """
+    import asyncio
+
+    if BRIDGE is not None:
+        return asyncio.run_coroutine_threadsafe(make(), BRIDGE.loop)  # type: ignore[arg-type]
+    return asyncio.ensure_future(make())
+
+
+def _in_reactor(callback: Callable[[bytes], None]) -> Callable[[bytes], None]:
+    """
+    Return ``callback`` made safe to call from the bridge's thread.
+    """
+    if BRIDGE is None:
+        return callback
+    from twisted.internet import reactor
+
+    return lambda data: reactor.callFromThread(callback, data)
 
 
 class TxRedisApi(Adapter):
@@ -203,10 +276,9 @@ class RedisPyAsync(Adapter):
         return _asyncio_call(lambda: self.r.execute_command(*args))
 
     async def subscribe(self, channel: str, callback: Callable[[bytes], None], sharded: bool) -> None:
-        import asyncio
-
         ps = self.r.pubsub()
         self.pubsubs.append(ps)
+        callback = _in_reactor(callback)
         if sharded:
             if self.mode != "cluster":
                 raise NotImplementedError("sharded pub/sub: cluster only here")
@@ -222,7 +294,7 @@ class RedisPyAsync(Adapter):
                 if m and m.get("type") in ("message", "smessage"):
                     callback(m["data"])
 
-        self.tasks.append(asyncio.ensure_future(loop()))
+        self.tasks.append(_spawn(loop))
 
     def publish(self, channel: str, message: bytes, sharded: bool) -> Any:
         if sharded:
@@ -423,8 +495,10 @@ class Glide(Adapter):
         if subscription is not None:
             channel, callback, sharded = subscription
 
+            deliver = _in_reactor(callback)
+
             def on_message(msg: Any, context: Any) -> None:
-                callback(msg.message)
+                deliver(msg.message)
 
             if self.mode == "cluster":
                 modes = GlideClusterClientConfiguration.PubSubChannelModes
@@ -482,6 +556,8 @@ ADAPTERS: dict[str, type[Adapter]] = {
     "redispy-thread": RedisPyThread,
     "coredis": CoRedis,
     "glide": Glide,
+    "redispy-bridge": RedisPyAsync,
+    "glide-bridge": Glide,
 }
 
 
@@ -639,6 +715,9 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def worker_main(args: argparse.Namespace) -> None:
+    global BRIDGE
+    if args.worker.endswith("-bridge"):
+        BRIDGE = AsyncioThread()
     if args.worker in ASYNCIO:
         from twisted.internet import asyncioreactor
 
@@ -706,21 +785,100 @@ def web_round(kind: str, seconds: float, connections: int) -> dict[str, float]:
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.5).close() or True, 10, "web server")
         url = f"http://127.0.0.1:{port}/object"
         if shutil.which("wrk"):
-            wpin = ["taskset", "-c", "1"] if pin else []
-            cpu0 = _cpu_seconds(server.pid)
-            out = subprocess.run([*wpin, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", url],
-                                 capture_output=True, text=True, timeout=seconds + 30).stdout
-            cpu = _cpu_seconds(server.pid) - cpu0
-            rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
-            total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
-            lat = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.strip().startswith(("50%", "99%"))}
-            return {"rps": rps, "p50_ms": _ms(lat.get("50%", "nan")), "p99_ms": _ms(lat.get("99%", "nan")),
-                    # the server's own CPU per request: what the hit path pays, whatever else runs
-                    "cpu_us_per_op": cpu / max(1, total) * 1e6}
+            return _wrk(server.pid, url, seconds, connections, [], bool(pin))
         raise RuntimeError("wrk is not installed (apt-get install wrk)")
     finally:
         server.kill()
         server.wait()
+
+
+APICACHE_CONFIG = """
+[server]
+api_keys = ["bench-key"]
+access_log = false
+log_level = "warn"
+
+[store]
+backend = "memory"
+
+[upstream]
+base_url = "http://127.0.0.1:{upstream}/api"
+
+[[routes]]
+type = "object"
+path = "/server/object(<id>)/header"
+upstream = "/object({{id}})/header"
+ttl = 300
+"""
+
+
+def apicache_round(kind: str, seconds: float, connections: int) -> dict[str, float]:
+    """
+    The daemon's own hit path (memory store, one cached key) under
+    ``twistd --reactor=<kind>``, loaded by ``wrk``.
+    """
+    import http.client
+    import socket
+
+    from apicache.harness.rediscluster import free_port, wait_for
+
+    upstream_port, port = free_port(), free_port()
+    directory = tempfile.mkdtemp(prefix="apicache-bench-reactor-")
+    config = os.path.join(directory, "apicache.toml")
+    with open(config, "w") as f:
+        f.write(APICACHE_CONFIG.format(upstream=upstream_port))
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") and (os.cpu_count() or 1) > 1 else []
+    twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    upstream = subprocess.Popen([sys.executable, __file__, "--serve-web", "epoll", "--port", str(upstream_port)])
+    reactor_arg = [] if kind == "epoll" else [f"--reactor={kind}"]
+    log = open(os.path.join(directory, "daemon.log"), "ab")
+    daemon = subprocess.Popen(
+        [*pin, twistd, *reactor_arg, "-n", "--pidfile=", "apicache", "--config", config,
+         "--listen", f"tcp:{port}:interface=127.0.0.1"],
+        cwd=directory, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    path = "/server/object(42)/header"
+    headers = {"api-key": "bench-key", "org_id": "t1"}
+
+    def get() -> str | None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            c.request("GET", path, headers=headers)
+            r = c.getresponse()
+            r.read()
+            return r.getheader("x-cache") if r.status == 200 else None
+        finally:
+            c.close()
+
+    try:
+        wait_for(lambda: socket.create_connection(("127.0.0.1", upstream_port), timeout=0.5).close() or True, 10, "upstream")
+        wait_for(get, 30, "apicache answering 200")
+        if get() != "HIT":
+            raise RuntimeError("the second request was not a HIT")
+        return _wrk(daemon.pid, f"http://127.0.0.1:{port}{path}", seconds, connections,
+                    [f"{k}: {v}" for k, v in headers.items()], bool(pin))
+    finally:
+        for proc in (daemon, upstream):
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _wrk(pid: int, url: str, seconds: float, connections: int, headers: list[str], pin: bool) -> dict[str, float]:
+    wpin = ["taskset", "-c", "1"] if pin else []
+    hargs = [a for h in headers for a in ("-H", h)]
+    cpu0 = _cpu_seconds(pid)
+    out = subprocess.run([*wpin, "wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s", "--latency", *hargs, url],
+                         capture_output=True, text=True, timeout=seconds + 30).stdout
+    cpu = _cpu_seconds(pid) - cpu0
+    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    total = int(next(line.split()[0] for line in out.splitlines() if "requests in" in line))
+    lat = {ln.split()[0]: ln.split()[1] for ln in out.splitlines() if ln.strip().startswith(("50%", "99%"))}
+    return {"rps": rps, "p50_ms": _ms(lat.get("50%", "nan")), "p99_ms": _ms(lat.get("99%", "nan")),
+            # the server's own CPU per request: what the hit path pays, whatever else runs
+            "cpu_us_per_op": cpu / max(1, total) * 1e6}
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -752,6 +910,7 @@ def main() -> None:
     p.add_argument("--web-only", action="store_true")
     p.add_argument("--no-web", action="store_true")
     p.add_argument("--web-seconds", type=float, default=5.0)
+    p.add_argument("--web-ops", default="bare-twisted-web,apicache-hit")
     p.add_argument("--json", help="write every measurement here")
     # internal: one measurement in a child process
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -851,10 +1010,13 @@ def measure_web(args: argparse.Namespace) -> list[dict[str, Any]]:
     results = []
     for r in range(args.rounds):
         for kind in (["epoll", "asyncio"] if r % 2 == 0 else ["asyncio", "epoll"]):
-            data: dict[str, Any] = dict(web_round(kind, args.web_seconds, 32))
-            data.update(round=r, target="web", op="hit-path", candidate=kind)
-            print(json.dumps(data), file=sys.stderr, flush=True)
-            results.append(data)
+            for op, measure in (("bare-twisted-web", web_round), ("apicache-hit", apicache_round)):
+                if op not in args.web_ops:
+                    continue
+                data: dict[str, Any] = dict(measure(kind, args.web_seconds, 32))
+                data.update(round=r, target="web", op=op, candidate=kind)
+                print(json.dumps(data), file=sys.stderr, flush=True)
+                results.append(data)
     return results
 
 
