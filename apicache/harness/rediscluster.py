@@ -367,8 +367,12 @@ class RedisCluster:
         --cluster-replicas N --cluster-yes``) and wait until the cluster is
         usable (L{wait_ok}).
         """
-        for n in self.nodes:
-            n.start()
+        try:
+            for n in self.nodes:
+                n.start()
+        except BaseException:
+            self.stop()  # none left running
+            raise
         result = subprocess.run(
             ["redis-cli", "--cluster", "create", *self.addresses,
              "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -377,7 +381,11 @@ class RedisCluster:
         if result.returncode != 0:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {result.stdout[-2000:]!r} {result.stderr[-2000:]!r}")
-        self.wait_ok(timeout)
+        try:
+            self.wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -610,14 +618,18 @@ class RedisSentinels:
         the sentinels, and wait until every sentinel sees every replica and
         every other sentinel.
         """
-        for n in self.data_nodes:
-            n.start()
-        for n in self.data_nodes[1:]:
-            wait_for(lambda n=n: _info(n.port, "replication").get("master_link_status") == "up",  # type: ignore[misc]
-                     timeout, f"{n!r} in sync")
-        for s in self.sentinels:
-            s.start()
-        self.wait_ready(timeout)
+        try:
+            for n in self.data_nodes:
+                n.start()
+            for n in self.data_nodes[1:]:
+                wait_for(lambda n=n: _info(n.port, "replication").get("master_link_status") == "up",  # type: ignore[misc]
+                         timeout, f"{n!r} in sync")
+            for s in self.sentinels:
+                s.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()  # none left running
+            raise
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
