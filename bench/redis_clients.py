@@ -895,6 +895,173 @@ def _ms(text: str) -> float:
     return float("nan")
 
 
+# -- what the chosen client does on a real cluster and real sentinels ----------------
+
+
+def _load_thread(op: Callable[[], Any], stop: Any, log: dict[str, Any]) -> None:
+    ok = err = 0
+    kinds: dict[str, int] = {}
+    last = None
+    while not stop.is_set():
+        try:
+            op()
+            ok += 1
+        except Exception as e:
+            err += 1
+            kinds[type(e).__name__] = kinds.get(type(e).__name__, 0) + 1
+            last = time.monotonic()
+        time.sleep(0.01)
+    log.update(ok=ok, err=err, kinds=kinds, last=last)
+
+
+def features() -> list[str]:
+    """
+    Check, with redis-py's blocking clients, what the store will rely on:
+    PUBLISH from a script reaches a subscriber on another node; C{WAIT} on
+    the connection that wrote counts the replicas (and times out against a
+    frozen one); sharded pub/sub; a kill -9 failover (cluster and sentinel)
+    followed, with the errors callers saw; a reshard under multi-key script
+    load.  Returns the findings, one line each.
+    """
+    import threading
+
+    from redis import Redis
+    from redis.cluster import ClusterNode, RedisCluster
+    from redis.sentinel import Sentinel
+
+    from apicache.harness.rediscluster import RedisCluster as Cluster
+    from apicache.harness.rediscluster import RedisSentinels
+
+    out = []
+    c = Cluster(tempfile.mkdtemp(prefix="apicache-features-"), node_timeout_ms=1000).start()
+    try:
+        rc = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", n.port) for n in c.nodes], socket_timeout=0.5)
+        key = "{b1}:gen"
+        owner = c.primary_for(key)
+        other = next(n for n in c.primaries() if n is not owner)
+        ps = Redis(port=other.port).pubsub()
+        ps.subscribe("P:inv")
+        ps.get_message(timeout=1)
+        rc.eval("redis.call('INCR', KEYS[1]); redis.call('PUBLISH', 'P:inv', 'hello'); return 1", 1, key)
+        m = ps.get_message(ignore_subscribe_messages=True, timeout=2)
+        out.append(f"PUBLISH inside a script on node {owner.port} reached a subscriber on node {other.port}: {m is not None and m['data'] == b'hello'}")
+        # WAIT counts the writes of its own connection: a pipeline on the primary's connection
+        node = rc.get_node_from_key(key)
+        p = node.redis_connection.pipeline(transaction=False)
+        p.eval("return redis.call('INCR', KEYS[1])", 1, key)
+        p.execute_command("WAIT", 1, 300)
+        out.append(f"EVAL + WAIT 1 300 in one pipeline on the primary's connection -> {p.execute()}")
+        out.append(f"WAIT through the cluster client (sent to every primary, summed) -> {rc.execute_command('WAIT', 1, 100)}")
+        [replica] = c.replicas_of(owner)
+        replica.pause()
+        t0 = time.monotonic()
+        p = node.redis_connection.pipeline(transaction=False)
+        p.eval("return redis.call('INCR', KEYS[1])", 1, key)
+        p.execute_command("WAIT", 1, 300)
+        acks = p.execute()
+        out.append(f"the same with the replica frozen (SIGSTOP) -> {acks} after {time.monotonic() - t0:.2f} s")
+        replica.resume()
+        sps = rc.pubsub()
+        sps.ssubscribe("P:inv:{b1}")
+        sps.get_sharded_message(timeout=0.5)
+        rc.spublish("P:inv:{b1}", "m1")
+        sm = None
+        for _ in range(20):
+            sm = sps.get_sharded_message(ignore_subscribe_messages=True, timeout=0.1)
+            if sm:
+                break
+        out.append(f"SSUBSCRIBE/SPUBLISH through the cluster client: {sm is not None and sm['data'] == b'm1'}")
+        # a reshard under multi-key script load
+        tags = [f"b{i}" for i in range(200)]
+        for t in tags:
+            pipe = rc.pipeline(transaction=False)
+            for j in range(300):
+                pipe.set(f"{{{t}}}:fill:{j}", "x" * 100)
+            pipe.execute()
+        src = c.primary_for("{b0}:x")
+        dst = next(n for n in c.primaries() if n is not src)
+        ids = {i.port: i.node_id for i in c.topology()}
+        script = rc.register_script("redis.call('SET', KEYS[1], ARGV[1]); redis.call('INCR', KEYS[2]); return redis.call('GET', KEYS[1])")
+        stop = threading.Event()
+        logs: list[dict[str, Any]] = []
+        threads = []
+        for i in range(4):
+            log: dict[str, Any] = {}
+            logs.append(log)
+
+            def op(i: int = i, n: list[int] = [0]) -> None:  # noqa: B006
+                n[0] += 1
+                t = tags[(i * 31 + n[0]) % len(tags)]
+                if script(keys=[f"{{{t}}}:a", f"{{{t}}}:b"], args=["v"]) != b"v":
+                    raise AssertionError("wrong reply")
+
+            th = threading.Thread(target=_load_thread, args=(op, stop, log))
+            th.start()
+            threads.append(th)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        res = subprocess.run(["redis-cli", "--cluster", "reshard", src.address, "--cluster-from", ids[src.port],
+                              "--cluster-to", ids[dst.port], "--cluster-slots", "2000", "--cluster-yes",
+                              "--cluster-pipeline", "10"], capture_output=True, timeout=300)
+        took = time.monotonic() - t0
+        time.sleep(0.5)
+        stop.set()
+        for th in threads:
+            th.join()
+        errors: dict[str, int] = {}
+        for log in logs:
+            for k, v in log["kinds"].items():
+                errors[k] = errors.get(k, 0) + v
+        out.append(f"reshard of 2000 slots (60,000 keys in 200 tags) took {took:.1f} s (redis-cli exit {res.returncode}); "
+                   f"multi-key scripts meanwhile: {sum(log['ok'] for log in logs)} ok, errors {errors or 0}")
+        # kill -9 of a primary under a light load
+        stop = threading.Event()
+        log = {}
+        th = threading.Thread(target=_load_thread, args=(lambda: (rc.set("{b8}:k", "v"), rc.get("{b8}:k")), stop, log))
+        th.start()
+        time.sleep(1)
+        target = c.primary_for("{b8}:k")
+        t0 = c.kill(target)
+        c.wait_failover(target, 30)
+        t1 = time.monotonic()
+        time.sleep(2)
+        stop.set()
+        th.join()
+        out.append(f"cluster kill -9 of a primary (node timeout 1 s): replica promoted {t1 - t0:.2f} s after the kill; "
+                   f"SET+GET every 10 ms: {log['ok']} ok, errors {log['kinds'] or 0}"
+                   + (f", the last {log['last'] - t0:.2f} s after the kill" if log["last"] else ""))
+        rc.close()
+    finally:
+        c.stop()
+    s = RedisSentinels(tempfile.mkdtemp(prefix="apicache-features-"), down_after_ms=1000).start()
+    try:
+        sen = Sentinel([("127.0.0.1", n.port) for n in s.sentinels], socket_timeout=0.5)
+        master = sen.master_for("mymaster", socket_timeout=0.5)
+        p = master.pipeline(transaction=False)
+        p.set("k", "v")
+        p.execute_command("WAIT", len(sen.discover_slaves("mymaster")), 300)
+        out.append(f"sentinel: SET + WAIT <replicas the sentinels list> in one pipeline -> {p.execute()}")
+        stop = threading.Event()
+        log = {}
+        th = threading.Thread(target=_load_thread, args=(lambda: master.set("k", "v"), stop, log))
+        th.start()
+        time.sleep(1)
+        old = s.primary()
+        t0 = s.kill(old)
+        s.wait_failover(old, 30)
+        t1 = time.monotonic()
+        time.sleep(2)
+        stop.set()
+        th.join()
+        out.append(f"sentinel kill -9 of the primary (down-after 1 s): promoted {t1 - t0:.2f} s after the kill; "
+                   f"SET every 10 ms: {log['ok']} ok, errors {log['kinds'] or 0}"
+                   + (f", the last {log['last'] - t0:.2f} s after the kill" if log["last"] else "")
+                   + f"; the client then writes to {sen.discover_master('mymaster')[1]} (was {old.port})")
+    finally:
+        s.stop()
+    return out
+
+
 # -- the orchestrator --------------------------------------------------------------
 
 
@@ -912,6 +1079,8 @@ def main() -> None:
     p.add_argument("--web-seconds", type=float, default=5.0)
     p.add_argument("--web-ops", default="bare-twisted-web,apicache-hit")
     p.add_argument("--json", help="write every measurement here")
+    p.add_argument("--features", action="store_true",
+                   help="only check what redis-py does on a real cluster and sentinels (WAIT, pub/sub, failover, reshard)")
     # internal: one measurement in a child process
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--mode", help=argparse.SUPPRESS)
@@ -928,6 +1097,10 @@ def main() -> None:
         return
     if args.worker:
         worker_main(args)
+        return
+    if args.features:
+        for line in features():
+            print("-", line)
         return
     results: list[dict[str, Any]] = []
     if not args.web_only:
