@@ -1079,6 +1079,7 @@ def main() -> None:
     p.add_argument("--web-seconds", type=float, default=5.0)
     p.add_argument("--web-ops", default="bare-twisted-web,apicache-hit")
     p.add_argument("--json", help="write every measurement here")
+    p.add_argument("--from-json", nargs="+", help="print the tables of measurements saved with --json, measure nothing")
     p.add_argument("--features", action="store_true",
                    help="only check what redis-py does on a real cluster and sentinels (WAIT, pub/sub, failover, reshard)")
     # internal: one measurement in a child process
@@ -1097,6 +1098,13 @@ def main() -> None:
         return
     if args.worker:
         worker_main(args)
+        return
+    if args.from_json:
+        saved: list[dict[str, Any]] = []
+        for path in args.from_json:
+            with open(path) as f:
+                saved += json.load(f)
+        report(saved)
         return
     if args.features:
         for line in features():
@@ -1195,25 +1203,63 @@ def measure_web(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 def report(results: list[dict[str, Any]]) -> None:
     """
-    Print the medians over rounds as Markdown tables.
+    Print the medians over rounds as Markdown tables: per target, ops/s,
+    p99 and the client's CPU per operation of each Redis operation; pub/sub
+    latency; the hit path on each reactor.
     """
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for d in results:
-        groups.setdefault((d["target"], d["op"], d["candidate"]), []).append(d)
-    print("| target | op | candidate | ops/s | p50 ms | p99 ms | client CPU µs/op | rounds |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for (target, op, cand), ds in sorted(groups.items()):
-        ok = [d for d in ds if "error" not in d]
-        if not ok:
-            print(f"| {target} | {op} | {cand} | error: {ds[0]['error'][:60]} | | | | 0 |")
+        if "error" not in d:
+            groups.setdefault((d["target"], d["op"], d["candidate"]), []).append(d)
+    errors = [d for d in results if "error" in d]
+
+    def med(key: tuple[str, str, str], field: str) -> float | None:
+        vals = [d[field] for d in groups.get(key, []) if field in d]
+        return statistics.median(vals) if vals else None
+
+    def cell(key: tuple[str, str, str]) -> str:
+        ops, p99, cpu = med(key, "ops_per_s"), med(key, "p99_ms"), med(key, "cpu_us_per_op")
+        if ops is None or p99 is None or cpu is None:
+            return "—"
+        return f"{ops:,.0f} · {p99:.1f} · **{cpu:.0f}**"
+
+    candidates = [c for c in CANDIDATES if any(k[2] == c for k in groups)]
+    for target in ("single", "cluster"):
+        ops = [op for op in ("hit", "lock", "miss") if any(k[:2] == (target, op) for k in groups)]
+        if not ops:
             continue
-
-        def med(field: str, ok: list[dict[str, Any]] = ok) -> str:
-            vals = [d[field] for d in ok if field in d]
-            return f"{statistics.median(vals):,.{0 if field in ('ops_per_s', 'rps') else 2}f}" if vals else ""
-
-        ops = med("ops_per_s") or med("rps")
-        print(f"| {target} | {op} | {cand} | {ops} | {med('p50_ms')} | {med('p99_ms')} | {med('cpu_us_per_op')} | {len(ok)} |")
+        rounds = max(len(v) for k, v in groups.items() if k[0] == target)
+        print(f"\n{target} (medians of {rounds} rounds): ops/s · p99 ms · **client CPU µs per operation**\n")
+        print("| candidate | " + " | ".join(ops) + " |")
+        print("|---|" + "---:|" * len(ops))
+        for c in candidates:
+            if any((target, op, c) in groups for op in ops):
+                print(f"| {c} | " + " | ".join(cell((target, op, c)) for op in ops) + " |")
+    pub = [(t, op) for t, op in (("single", "pubsub"), ("cluster", "pubsub"), ("cluster", "spubsub"))
+           if any(k[:2] == (t, op) for k in groups)]
+    if pub:
+        print("\npublish → subscriber callback, one message at a time: p50 / p99 ms\n")
+        print("| candidate | " + " | ".join(f"{t} {'SPUBLISH' if op == 'spubsub' else 'PUBLISH'}" for t, op in pub) + " |")
+        print("|---|" + "---:|" * len(pub))
+        for c in candidates:
+            cells = []
+            for t, op in pub:
+                p50, p99 = med((t, op, c), "p50_ms"), med((t, op, c), "p99_ms")
+                cells.append("—" if p50 is None or p99 is None else f"{p50:.2f} / {p99:.2f}")
+            print(f"| {c} | " + " | ".join(cells) + " |")
+    web = sorted({k[1] for k in groups if k[0] == "web"})
+    if web:
+        print("\nthe hit path on each reactor (wrk -t1 -c32, server and wrk pinned to one core each)\n")
+        print("| server | reactor | req/s | p50 ms | p99 ms | **server CPU µs/request** |")
+        print("|---|---|---:|---:|---:|---:|")
+        for op in web:
+            for kind in ("epoll", "asyncio"):
+                k = ("web", op, kind)
+                if k in groups:
+                    print(f"| {op} | {kind} | {med(k, 'rps') or 0:,.0f} | {med(k, 'p50_ms') or 0:.2f} | "
+                          f"{med(k, 'p99_ms') or 0:.2f} | **{med(k, 'cpu_us_per_op') or 0:.1f}** |")
+    for d in errors:
+        print(f"\nerror: {d['target']} {d['op']} {d['candidate']}: {d['error'][:200]}")
 
 
 if __name__ == "__main__":

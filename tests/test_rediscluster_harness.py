@@ -138,3 +138,25 @@ def test_sentinel_failover(sentinels: RedisSentinels) -> None:
     sentinels.restart(old)
     assert old.command("ROLE")[0] == b"slave"
     assert old.command("GET", "s-after") == b"1"
+
+
+def test_client_bench_smoke(tmp_path: Any) -> None:
+    """
+    bench/redis_clients.py still runs: today's client and the chosen one
+    (redis-py on threads) each measure a hit on a single node, and the
+    table has a row for each without an error.
+    """
+    import os
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, os.path.join(root, "bench", "redis_clients.py"), "--rounds", "1", "--seconds", "0.3",
+         "--targets", "single", "--ops", "hit", "--candidates", "txredisapi,redispy-thread", "--no-web",
+         "--json", str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": root},
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "error" not in out.stdout, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith(("| txredisapi", "| redispy-thread"))]
+    assert len(rows) == 2, out.stdout
