@@ -203,6 +203,10 @@ HITS = {
     "names in any case, odd spaces": b"GET %s HTTP/1.1\r\nAPI-KEY:k1\r\nOrg_Id: \t t1 \t\r\n\r\n" % OBJ,
     "traceparent": request(headers=(K1, T1, (b"traceparent", b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"))),
     "negative": request(target=b"/server/object(missing)/header"),
+    "range": request(headers=(K1, T1, (b"range", b"bytes=0-3"))),
+    "range past the end": request(headers=(K1, T1, (b"range", b"bytes=500-"))),
+    "range, if-range": request(headers=(K1, T1, (b"range", b"bytes=2-"), (b"if-range", b'"e1"'))),
+    "only-if-cached": request(headers=(K1, T1, (b"cache-control", b"only-if-cached"))),
 }
 
 
@@ -449,7 +453,8 @@ _SPECIAL = [
     b"Content-Length: 0", b"content-length: 5", b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity",
     b"Expect: 100-continue", b"x-a: 1\nx-b: 2", b"x-a: 1\rx", b"x-a: a\x00b", b"x-a: caf\xe9", b" folded",
     b"\tfolded", b"x-a : 1", b"x-a:1 \t", b"org_id: t1", b"ORG_ID: t2", b"API-KEY: k1", b"api-key: k2", b"no colon",
-    b": empty name", b"x-\x7f: 1", b"x-a: \x7f", b"range: bytes=0-3", b"cache-control: only-if-cached",
+    b": empty name", b"x-\x7f: 1", b"x-a: \x7f", b"range: bytes=0-3", b"range: bytes=500-", b"range: bytes=0-1,3-4", b'if-range: "e1"',
+    b"cache-control: only-if-cached",
     b"if-none-match: *", b'if-none-match: "zz", W/"e1"', b"if-modified-since: yesterday", b"traceparent: junk",
     b"tracestate: a=1",
 ]
