@@ -20,6 +20,7 @@ from apicache.cache.ranges import PartialAnswer, range_answer
 from apicache.cache.tenant import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheResult
 from apicache.cache.wire import canonical_name, header_block
 from apicache.http.errors import JSON, ApiError, error_body
+from apicache.store.interface import CachedResponse
 
 __all__ = ["refuse", "json_answer", "write_result"]
 
@@ -167,6 +168,33 @@ def _write_partial(request: Any, result: CacheResult, member: bytes, partial: Pa
     return NOT_DONE_YET
 
 
+#: the header blocks of 304s, by the wire form of the stored answer's headers
+#: they are drawn from (L{CachedResponse.head}): answers that validate
+#: repeat them.  Bounded in entries (forgotten at once when full) and in
+#: the size of what each holds alive.
+_NOT_MODIFIED_BLOCKS: dict[bytes, bytes] = {}
+_NOT_MODIFIED_BLOCKS_MAX = 1024
+_NOT_MODIFIED_HEAD_BYTES = 1024
+
+
+def _not_modified_block(response: CachedResponse) -> bytes:
+    """
+    Return the header block of a 304 answered from ``response``: the
+    stored headers SPEC.md section 3 lists, built once per stored head.
+    """
+    key = response.head
+    if key and len(key) > _NOT_MODIFIED_HEAD_BYTES:
+        key = b""
+    block = _NOT_MODIFIED_BLOCKS.get(key) if key else None
+    if block is None:
+        block = header_block(not_modified_headers(response.headers))
+        if key:
+            if len(_NOT_MODIFIED_BLOCKS) >= _NOT_MODIFIED_BLOCKS_MAX:
+                _NOT_MODIFIED_BLOCKS.clear()
+            _NOT_MODIFIED_BLOCKS[key] = block
+    return block
+
+
 def _write_not_modified(request: Any, result: CacheResult, member: bytes) -> Any:
     """
     Answer a conditional request ``304`` from a stored answer, with no body
@@ -179,7 +207,7 @@ def _write_not_modified(request: Any, result: CacheResult, member: bytes) -> Any
         if name != b"Date":
             for value in values:
                 head.append(b"%s: %s\r\n" % (name, value))
-    head.append(header_block(not_modified_headers(result.response.headers)))
+    head.append(_not_modified_block(result.response))
     head.append(b"%s\r\nX-Cache: %s\r\n" % (member, _X_CACHE[result.cache]))
     if result.age is not None:
         head.append(b"Age: %d\r\n" % max(0, int(result.age)))
