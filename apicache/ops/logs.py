@@ -205,6 +205,9 @@ def capture_stdlib_logging(level: str = "info") -> None:
 #: Query parameters whose name holds one of these have their value written
 #: as ``***`` (SPEC.md section 4).
 _SECRET_PARAM = re.compile(r"token|key|secret|password|signature|auth", re.IGNORECASE)
+#: Access lines of requests whose path and query are longer than this have
+#: their repeating parts built each time, not remembered.
+_PARTS_KEY_BYTES = 512
 #: The query is logged up to this many bytes.
 QUERY_LOG_BYTES = 256
 #: POSIX: a write of at most this many bytes to a pipe is never interleaved
@@ -288,6 +291,8 @@ class AccessLog(Service):
         self._escaped: dict[str, str] = {}
         #: (method, path) -> (the message's start, the method and path fields)
         self._heads: dict[tuple[bytes, bytes], tuple[str, str]] = {}
+        #: the fields of a line but time, duration and trace id -> the line's parts
+        self._parts: dict[tuple[Any, ...], tuple[str, str]] = {}
 
     def timestamp(self, now: float) -> str:
         """
@@ -338,34 +343,51 @@ class AccessLog(Service):
         @param upstream: the request's own upstream call: (status, seconds,
             kind of failure), or C{None} when it made none.
         """
-        # one f-string, each string escaped by json's C encoder, the ones
-        # that repeat (method and path, tenant, route, cache result, client)
-        # escaped once and remembered: a third of json.dumps's cost
-        esc = self._escaped
-        j = _json_str
-        head = self._heads.get((method, path)) or self._head(method, path)
+        # one f-string around the parts that repeat from request to request
+        # (everything but the time, the duration and the trace id), built
+        # once for each combination and remembered: hits of a hot key log
+        # the same parts again and again
+        key = (method, path, query, status, sent, tenant, route, cache, client)
+        parts = self._parts.get(key)
+        if parts is None:
+            parts = self._line_parts(key)
         # hex digits, ours or checked by parse_traceparent: nothing to escape
         trace = "null" if trace_id is None else f'"{trace_id}"'
-        c = esc.get(cache) or self._escape(cache)
-        line = (
-            f'{{"time":"{self.timestamp(now)}","level":"info","message":"{head[0]} {status}",'
-            f'"system":"apicache.access",{head[1]},"query":{_logged_query(query)},'
-            f'"status":{status},"bytes":{sent},"duration_ms":{duration * 1000:.3f},'
-            f'"tenant":{esc.get(tenant) or self._escape(tenant)},"route":{esc.get(route) or self._escape(route)},'
-            f'"x_cache":{c},"cache":{c},'
-            f'"client":{"null" if client is None else esc.get(client) or self._escape(client)},'
-            f'"trace_id":{trace}'
-        )
+        line = f'{{"time":"{self.timestamp(now)}",{parts[0]}{duration * 1000:.3f}{parts[1]}{trace}'
         if upstream is not None:
             status_, took, error = upstream
             line += f',"upstream_status":{"null" if status_ is None else status_},"upstream_ms":{took * 1000:.3f}'
             if error is not None:
-                line += f',"upstream_error":{j(error)}'
+                line += f',"upstream_error":{_json_str(error)}'
         if worker is not None:
             line += f',"worker":{worker}'
         self._lines.append(line + "}")
         if len(self._lines) >= self.max_lines or not self.running:
             self.flush()
+
+    def _line_parts(self, key: tuple[Any, ...]) -> tuple[str, str]:
+        """
+        Return the parts of an access line around its duration, for the
+        fields in ``key``: from ``level`` to ``duration_ms``'s name, and
+        from ``tenant`` to ``trace_id``'s name.  Remembered when short
+        (a bounded number of them).
+        """
+        method, path, query, status, sent, tenant, route, cache, client = key
+        esc = self._escaped
+        head = self._heads.get((method, path)) or self._head(method, path)
+        c = esc.get(cache) or self._escape(cache)
+        parts = (
+            f'"level":"info","message":"{head[0]} {status}","system":"apicache.access",{head[1]},'
+            f'"query":{_logged_query(query)},"status":{status},"bytes":{sent},"duration_ms":',
+            f',"tenant":{esc.get(tenant) or self._escape(tenant)},"route":{esc.get(route) or self._escape(route)},'
+            f'"x_cache":{c},"cache":{c},'
+            f'"client":{"null" if client is None else esc.get(client) or self._escape(client)},"trace_id":',
+        )
+        if len(path) + len(query) <= _PARTS_KEY_BYTES:
+            if len(self._parts) >= 4096:
+                self._parts.clear()
+            self._parts[key] = parts
+        return parts
 
     def _head(self, method: bytes, path: bytes) -> tuple[str, str]:
         text = path.decode("utf-8", "replace")[:512]
