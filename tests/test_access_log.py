@@ -274,3 +274,25 @@ def test_a_line_of_the_longest_oddest_request_fits_in_pipe_buf(monkeypatch):
     assert len(chunk) <= PIPE_BUF
     (line,) = writes.lines()
     assert line["path"].startswith("/\x01") and line["query"].startswith("q=\x02")
+
+
+def test_writes_to_a_file_opened_for_appending_are_larger_whole_lines(monkeypatch, tmp_path):
+    from apicache.ops.logs import FILE_CHUNK
+
+    chunks: list[bytes] = []
+    real_write = logs.os.write
+    monkeypatch.setattr(logs.os, "write", lambda fd, data: chunks.append(bytes(data)) or real_write(fd, data))
+    for flags, limit in ((os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_CHUNK), (os.O_WRONLY | os.O_CREAT, PIPE_BUF)):
+        chunks.clear()
+        path = tmp_path / f"access-{flags}.log"
+        fd = os.open(path, flags)
+        log = AccessLog(Clock(), fd=fd, max_lines=1000)
+        log.startService()
+        for n in range(600):
+            _line(log, n, path="/p" + "x" * (n % 400))
+        log.stopService()
+        os.close(fd)
+        assert max(len(c) for c in chunks) <= limit < sum(len(c) for c in chunks)
+        assert max(len(c) for c in chunks) > PIPE_BUF or limit == PIPE_BUF
+        assert all(c.endswith(b"\n") for c in chunks)
+        assert len([json.loads(line) for line in path.read_bytes().splitlines()]) == 600

@@ -12,10 +12,12 @@ twisted.logger (whose event machinery cost more than the request itself).
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import re
+import stat
 import sys
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _json_str  # type: ignore[attr-defined]
@@ -205,6 +207,26 @@ def capture_stdlib_logging(level: str = "info") -> None:
 #: Query parameters whose name holds one of these have their value written
 #: as ``***`` (SPEC.md section 4).
 _SECRET_PARAM = re.compile(r"token|key|secret|password|signature|auth", re.IGNORECASE)
+#: The largest write of lines to a regular file opened for appending
+#: (L{AccessLog.flush}): fewer system calls than L{PIPE_BUF} bytes at a time.
+FILE_CHUNK = 65536
+
+
+def _chunk_size(fd: int) -> int:
+    """
+    Return how many bytes of whole lines one write to ``fd`` may hold
+    without being interleaved with another process's: L{FILE_CHUNK} on a
+    regular file opened for appending (every write goes whole to the end),
+    else (a pipe, a socket, a terminal) L{PIPE_BUF}.
+    """
+    try:
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        appending = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND)
+    except OSError:
+        return PIPE_BUF
+    return FILE_CHUNK if regular and appending else PIPE_BUF
+
+
 #: Access lines of requests whose path and query are longer than this have
 #: their repeating parts built each time, not remembered.
 _PARTS_KEY_BYTES = 512
@@ -281,6 +303,8 @@ class AccessLog(Service):
         self.max_lines = max_lines
         #: lines that could not be written (stdout gone)
         self.dropped = 0
+        #: bytes per write, once the descriptor was looked at (L{flush})
+        self._chunk = 0
         self._lines: list[str] = []
         self._timer = LoopingCall(self.flush)
         self._timer.clock = clock
@@ -414,25 +438,29 @@ class AccessLog(Service):
     def flush(self) -> None:
         """
         Write every queued line now, in writes of whole lines of at most
-        L{PIPE_BUF} bytes.
+        L{PIPE_BUF} bytes (a longer line alone), or on a regular file
+        opened for appending, whose writes are never interleaved whatever
+        their size, of at most L{FILE_CHUNK} bytes.
         """
         lines, self._lines = self._lines, []
         if not lines:
             return
-        batch: list[str] = []
-        size = 0
-        for line in lines:
-            # ASCII (json.dumps escapes the rest): characters are bytes
-            n = len(line) + 1
-            if batch and size + n > PIPE_BUF:
-                self._write(batch)
-                batch, size = [], 0
-            batch.append(line)
-            size += n
-        self._write(batch)
+        # ASCII (json.dumps escapes the rest): characters are bytes
+        data = ("\n".join(lines) + "\n").encode("ascii")
+        if self._chunk == 0:
+            self._chunk = _chunk_size(self.fd)
+        limit = self._chunk
+        start, size = 0, len(data)
+        while start < size:
+            end = start + limit
+            if end < size:
+                # the last whole line within the limit, or a longer line alone
+                cut = data.rfind(b"\n", start, end)
+                end = (cut if cut >= 0 else data.index(b"\n", end)) + 1
+            self._write(data[start:end])
+            start = end
 
-    def _write(self, batch: list[str]) -> None:
-        data = ("\n".join(batch) + "\n").encode("ascii")
+    def _write(self, data: bytes) -> None:
         try:
             while data:
                 try:
@@ -443,7 +471,7 @@ class AccessLog(Service):
                     os.set_blocking(self.fd, True)
         except OSError:
             # stdout is gone: nothing can be written any more
-            self.dropped += len(batch)
+            self.dropped += data.count(b"\n")
 
     def startService(self) -> None:
         super().startService()
