@@ -13,6 +13,7 @@ log observer reads L{current_trace_id}.
 
 from __future__ import annotations
 
+import os
 import random
 import re
 from collections.abc import Mapping, Sequence
@@ -96,10 +97,32 @@ def parse_traceparent(values: Sequence[bytes] | None) -> tuple[str, str, str] | 
 
 
 def _random_id(bits: int) -> str:
+    if bits == 128:
+        # a trace id for every logged request that came without one: drawn
+        # 256 at a time, a tenth of the cost of drawing each
+        ids = _TRACE_IDS
+        if not ids:
+            _draw_trace_ids()
+        return ids.pop()
     n = 0
     while n == 0:
         n = random.getrandbits(bits)
     return f"{n:0{bits // 4}x}"
+
+
+_TRACE_IDS: list[str] = []
+_ZERO_ID = "0" * 32
+
+
+def _draw_trace_ids(n: int = 256) -> None:
+    text = random.getrandbits(128 * n).to_bytes(16 * n, "big").hex()
+    # an all-zero id is not a trace id (W3C): left out
+    _TRACE_IDS.extend([i for i in [text[k : k + 32] for k in range(0, 32 * n, 32)] if i != _ZERO_ID])
+
+
+# a worker forked with ids drawn must not write the same ones as its parent
+# (random itself is reseeded in the child)
+os.register_at_fork(after_in_child=_TRACE_IDS.clear)
 
 
 def _raw_name(name: bytes) -> bytes:
