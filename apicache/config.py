@@ -10,6 +10,7 @@ nothing of the project's upper layers.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "Config",
     "ServerConfig",
+    "AuthConfig",
     "StoreConfig",
     "UpstreamConfig",
     "RouteConfig",
@@ -33,6 +35,7 @@ __all__ = [
     "UNKEYED_FORWARD",
     "TRACING_HEADERS",
     "PASS_METHODS",
+    "ASYMMETRIC_ALGORITHMS",
 ]
 
 
@@ -79,6 +82,15 @@ TRACING_HEADERS = ("traceparent", "tracestate")
 #: Methods a route may forward with ``pass_methods`` (SPEC.md section 4).
 PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 
+#: The JWS algorithms C{[auth] algorithms} may name: asymmetric ones only, so
+#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037).
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "ES256K",
+    "EdDSA",
+)
+
 #: Tags past these limits make an answer unstorable (SPEC.md section 3).
 MAX_TAGS = 64
 MAX_TAG_BYTES = 256
@@ -113,12 +125,47 @@ class ServerConfig:
 
 
 @dataclass(frozen=True)
+class AuthConfig:
+    """
+    (v3) Verified tenant identity: bearer tokens checked against a JSON Web
+    Key Set.  Off while C{jwks} is empty.
+    """
+
+    #: a file path, or an https:// URL (http:// only on a loopback host)
+    jwks: str = ""
+    jwks_refresh: float = 300.0
+    #: accepted C{iss} values; empty: any
+    issuers: tuple[str, ...] = ()
+    #: the token's C{aud} must hold one of them; empty: not checked
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    #: seconds of clock skew allowed on C{exp}, C{nbf} and C{iat}
+    leeway: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether tokens are verified.
+        """
+        return bool(self.jwks)
+
+    @property
+    def jwks_is_url(self) -> bool:
+        """
+        Whether C{jwks} is fetched over HTTP(S) rather than read from a file.
+        """
+        return _has_scheme(self.jwks)
+
+
+@dataclass(frozen=True)
 class StoreConfig:
     backend: str = "memory"
     max_bytes: int = 268435456
     max_entry_fraction: float = 0.1
     #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
     tenant_max_bytes: int = 0
+    #: (v3) "client": memory shared fairly among clients, then their tenants; "tenant": among tenants
+    fair_share: str = "client"
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
@@ -223,6 +270,7 @@ class EventRule:
 class Config:
     source: str = "<built-in defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     routes: tuple[RouteConfig, ...] = ()
@@ -355,11 +403,20 @@ _SERVER: dict[str, Checker] = {
     "idle_timeout": _positive(_number),
     "max_body_bytes": _positive(_int),
 }
+_AUTH: dict[str, Checker] = {
+    "jwks": _str,
+    "jwks_refresh": _positive(_number),
+    "issuers": _str_list,
+    "audiences": _str_list,
+    "algorithms": _str_list,
+    "leeway": _non_negative(_number),
+}
 _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
     "max_bytes": _positive(_int),
     "max_entry_fraction": _positive(_number),
     "tenant_max_bytes": _non_negative(_int),
+    "fair_share": _one_of("client", "tenant"),
     "redis_url": _str,
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
@@ -418,7 +475,7 @@ _EVENT: dict[str, Checker] = {
     "action": _one_of("invalidate", "refresh"),
     "tags": _str_list,
 }
-_TOP = {"server", "store", "upstream", "routes", "kafka", "events"}
+_TOP = {"server", "auth", "store", "upstream", "routes", "kafka", "events"}
 
 
 class _Reader:
@@ -493,6 +550,58 @@ def _settable(name: str, tenant_header: str) -> bool:
     )
 
 
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _has_scheme(value: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+
+
+def _auth(r: _Reader, values: dict[str, Any]) -> AuthConfig:
+    """
+    Check the C{[auth]} table: where the key set comes from, and algorithms
+    that a public key set can't be turned against (no C{none}, no HMAC).
+    """
+    jwks = values.get("jwks", "")
+    if _has_scheme(jwks):
+        try:
+            u = urlsplit(jwks)
+            _ = u.port
+        except ValueError:
+            raise r.fail("auth.jwks", "expected an https:// URL with a valid host and port, or a file path") from None
+        if u.scheme not in ("https", "http") or not u.hostname:
+            raise r.fail("auth.jwks", "expected an https:// URL or a file path")
+        if u.scheme == "http" and not _is_loopback(u.hostname):
+            # a key set read in clear from another host lets anyone on the path mint tokens
+            raise r.fail("auth.jwks", "expected https:// (http:// is only allowed on a loopback host)")
+    algorithms: list[str] = []
+    for i, alg in enumerate(values.get("algorithms", AuthConfig.algorithms)):
+        key = f"auth.algorithms[{i}]"
+        if alg.lower() == "none" or alg.upper().startswith("HS"):
+            raise r.fail(key, f"{alg!r} is not allowed: expected an asymmetric algorithm (RS*, PS*, ES*, EdDSA)")
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise r.fail(key, f"expected one of {', '.join(ASYMMETRIC_ALGORITHMS)}, got {alg!r}")
+        if alg not in algorithms:
+            algorithms.append(alg)
+    if not algorithms:
+        raise r.fail("auth.algorithms", "expected at least one algorithm")
+    values["algorithms"] = tuple(algorithms)
+    for name in ("issuers", "audiences"):
+        for i, v in enumerate(values.get(name, ())):
+            if not v:
+                raise r.fail(f"auth.{name}[{i}]", "expected a non-empty string")
+    return AuthConfig(**values)
+
+
 def _template_skeleton(template: str) -> str:
     return _TEMPLATE_PARAM_RE.sub("{}", template)
 
@@ -539,6 +648,8 @@ def parse_config(
     if server.get("log_level") == "warning":
         server["log_level"] = "warn"
     server_cfg = ServerConfig(**server)
+
+    auth_cfg = _auth(r, r.table("auth", data.get("auth", {}), _AUTH))
 
     store = r.table("store", data.get("store", {}), _STORE)
     fill("store", store)
@@ -650,6 +761,7 @@ def parse_config(
     return Config(
         source=source,
         server=server_cfg,
+        auth=auth_cfg,
         store=store_cfg,
         upstream=upstream_cfg,
         routes=tuple(routes),
