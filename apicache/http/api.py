@@ -26,6 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import TokenVerifier
 from apicache.cache.policy import normalise_accept_encoding
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import RESERVED_PATHS, Route, Router
@@ -84,7 +85,11 @@ class CacheAPI:
         readiness: Readiness | None = None,
         metrics: Metrics | None = None,
         node: str | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        """
+        @param verifier: verifies bearer tokens (C{[auth]} set), else C{None}.
+        """
         self.config = config
         self.registry = registry
         self.router = router
@@ -98,6 +103,7 @@ class CacheAPI:
         self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
         self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
+        self.verifier = verifier
         self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
@@ -105,7 +111,7 @@ class CacheAPI:
         Return the root resource to serve: the checks before routing and the
         fast hit path (L{ApiFront}) in front of the Klein application.
         """
-        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry)
+        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry, self.verifier)
 
     # -- reserved paths ----------------------------------------------------
 
@@ -192,7 +198,7 @@ class CacheAPI:
 
         @raise StoreUnavailable: answered ``503 store_unavailable``.
         """
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -216,7 +222,7 @@ class CacheAPI:
             tag = decode_tag_path(request.path[len(b"/tags/") :])
         except InvalidTag as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -317,7 +323,7 @@ class CacheAPI:
         """
         route, params = self.resolver.match(request.path)
         request.route_type = route.type
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:

@@ -33,6 +33,7 @@ __all__ = [
     "cache_families",
     "store_families",
     "tag_families",
+    "auth_families",
     "Snapshot",
     "merge_snapshots",
     "SUMMED_TYPES",
@@ -333,6 +334,27 @@ def tag_families(
     yield GaugeMetricFamily(
         "apicache_tag_index_pairs", "(entry, tag) pairs in this process's tag index.", value=index["pairs"]
     )
+def auth_families(failures: Mapping[str, int], keys: int, refresh_failures: int) -> Iterator[Metric]:
+    """
+    Return the families of verified tenants (C{[auth]}, SPEC.md section 2):
+    refused bearer tokens by reason, the keys of the JSON Web Key Set held
+    now, and the reads of it that failed.
+
+    @param failures: refusals by reason, every reason of the fixed set
+        present (from 0), so the label values are bounded.
+    """
+    family = CounterMetricFamily(
+        "apicache_auth_failures", "Bearer tokens refused (401 invalid_token), by reason.", labels=["reason"]
+    )
+    for reason, n in failures.items():
+        family.add_metric([reason], n)
+    yield family
+    yield GaugeMetricFamily("apicache_jwks_keys", "Signature keys of the JSON Web Key Set held now.", value=keys)
+    yield CounterMetricFamily(
+        "apicache_jwks_refresh_failures", "Reads of the JSON Web Key Set that failed.", value=refresh_failures
+    )
+
+
 def store_families(detailed: Mapping[str, int], top: Sequence[tuple[str, int, int]]) -> Iterator[Metric]:
     """
     Return the memory store's (or the in-process tier's) eviction counts by
