@@ -62,7 +62,14 @@ from apicache.http.channel import ApiSite, ConnectionLimits, HTTPService, connec
 from apicache.ops.health import Readiness
 from apicache.ops.instrument import TimedUpstream
 from apicache.ops.logs import AccessLog, capture_stdlib_logging, json_log_observer
-from apicache.ops.metrics import Metrics, auth_families, cache_families, store_families, tag_families
+from apicache.ops.metrics import (
+    Metrics,
+    auth_families,
+    cache_families,
+    client_families,
+    store_families,
+    tag_families,
+)
 from apicache.ops.tracing import Tracer, TracerService, tracer_from_environ
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore, RedisStoreService
@@ -167,7 +174,11 @@ def _store(config: Config, reactor: IReactorTime) -> IStore:
                 config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
             ) from None
     return MemoryStore(
-        s.max_bytes, int(s.max_bytes * s.max_entry_fraction), tenant_max_bytes=s.tenant_max_bytes, clock=reactor
+        s.max_bytes,
+        int(s.max_bytes * s.max_entry_fraction),
+        tenant_max_bytes=s.tenant_max_bytes,
+        clock=reactor,
+        fair_share=s.fair_share,
     )
 
 
@@ -302,6 +313,8 @@ def build(
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
     if isinstance(store, (MemoryStore, RedisStore)):
         metrics.add_source(lambda: store_families(store.detailed_stats(), store.top_tenants(10)))
+        if config.store.fair_share == "client":
+            metrics.add_source(lambda: client_families(store.client_sizes(), api.keys.client_name))
     metrics.add_source(lambda: tag_families(registry.tag_purges, registry.tag_dropped, store.tag_stats()))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:

@@ -43,6 +43,7 @@ from apicache.http.writers import json_answer, refuse, write_result
 from apicache.ops.health import Readiness
 from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
+from apicache.store.eviction import acting_for
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
 
@@ -284,7 +285,10 @@ class CacheAPI:
         # SPEC.md section 3: the normalised value, never the caller's own
         forwarded.append((b"accept-encoding", resolved.encoding))
         fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
-        result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
+        cache = self.registry.cache(resolved.tenant, resolved.route.type)
+        # what this request stores counts for its client (SPEC.md section 3)
+        with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
+            result = cache.get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers

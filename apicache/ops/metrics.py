@@ -34,6 +34,7 @@ __all__ = [
     "store_families",
     "tag_families",
     "auth_families",
+    "client_families",
     "Snapshot",
     "merge_snapshots",
     "SUMMED_TYPES",
@@ -353,6 +354,24 @@ def auth_families(failures: Mapping[str, int], keys: int, refresh_failures: int)
     yield CounterMetricFamily(
         "apicache_jwks_refresh_failures", "Reads of the JSON Web Key Set that failed.", value=refresh_failures
     )
+
+
+def client_families(sizes: Mapping[int, tuple[int, int]], name: Callable[[int], str]) -> Iterator[Metric]:
+    """
+    Return the bytes and entries each client holds in the memory store (or
+    the in-process tier), C{store.fair_share = "client"}.
+
+    @param sizes: ``(bytes, entries)`` by client number.
+    @param name: a client's label: its api-key's fingerprint, never the key
+        (the configured keys bound the label values).
+    """
+    held = GaugeMetricFamily("apicache_store_client_bytes", "Bytes held per client (api-key fingerprint).", labels=["client"])
+    entries = GaugeMetricFamily("apicache_store_client_entries", "Entries held per client (api-key fingerprint).", labels=["client"])
+    for client, (n_bytes, n_entries) in sorted(sizes.items()):
+        held.add_metric([name(client)], n_bytes)
+        entries.add_metric([name(client)], n_entries)
+    yield held
+    yield entries
 
 
 def store_families(detailed: Mapping[str, int], top: Sequence[tuple[str, int, int]]) -> Iterator[Metric]:
