@@ -168,3 +168,26 @@ def test_an_unknown_kid_waits_for_a_loopback_jwks_server(make_daemon):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_demo_shows_a_token_accepted_and_a_forged_one_refused(tmp_path):
+    """C{make demo-auth}'s script, as the README describes it."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "APICACHE_API_KEY": "demo-test-key", "TMPDIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, str(root / "bench" / "demo_auth.py")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    text = out.stdout
+    assert text.count("HTTP/1.1 200 OK") == 2 and "x-cache: HIT" in text
+    assert 'www-authenticate: Bearer error="invalid_token"' in text
+    assert "www-authenticate: Bearer\n" in text
+    assert text.count("HTTP/1.1 403 Forbidden") == 2 and "tenant_mismatch" in text
+    assert 'apicache_auth_failures_total{reason="bad_signature"} 1.0' in text
+    # the tokens themselves are shown as $TOKEN, never in full
+    assert "Bearer $TOKEN" in text and "Bearer ey" not in text
