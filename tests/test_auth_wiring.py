@@ -339,3 +339,29 @@ def test_auth_metrics_name_every_reason(wire):
     assert set(samples) == set(REASONS) and samples["missing"] == 1
     assert families["apicache_jwks_keys"].samples[0].value == 1
 
+
+
+def test_a_keep_alive_connection_changing_its_token_is_checked_again(wire):
+    """The connection's memo of its last token never stands in for a check."""
+    protocol, transport = wire.connect()
+    good = wire.head((K1, T1, bearer(RSA.token())))
+    protocol.dataReceived(good)
+    protocol.dataReceived(good)
+    assert transport.value().count(b"200 OK") == 2
+    assert wire.verifier.signature_checks == 1 and wire.verifier.cache_hits == 1
+    transport.clear()
+    protocol.dataReceived(wire.head((K1, T1, bearer(OTHER.token()))))
+    assert refusal(parse(transport.value())) == (401, "invalid_token", b'Bearer error="invalid_token"')
+    assert wire.verifier.failures["bad_signature"] == 1
+
+
+def test_a_remembered_token_that_expires_on_a_keep_alive_connection_is_refused(wire):
+    protocol, transport = wire.connect()
+    request = wire.head((K1, T1, bearer(RSA.token(exp=int(NOW) + 60))))
+    protocol.dataReceived(request)
+    assert transport.value().count(b"200 OK") == 1
+    wire.clock.advance(91)  # past exp and the 30 s leeway
+    transport.clear()
+    protocol.dataReceived(request)
+    assert refusal(parse(transport.value())) == (401, "invalid_token", b'Bearer error="invalid_token"')
+    assert wire.verifier.failures["expired"] == 1

@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
-from apicache.auth.apikey import claim_matches, matches_any
+from apicache.auth.apikey import claim_matches
 from apicache.auth.tokens import claim_text
 from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.cache.policy import normalise_accept_encoding
@@ -163,9 +163,10 @@ class Resolver:
             return
         if self._verified_claims:
             claims = getattr(request, "token_claims", None)
-            # no verified claims: the token was never checked, so nothing vouches for the tenant
-            found = claim_text(claims, claim) if claims is not None else None
-            ok = found is not None and matches_any(found.encode("utf-8"), [tenant.encode("utf-8")])
+            # no verified claims: the token was never checked, so nothing
+            # vouches for the tenant.  A plain comparison: both sides are
+            # the caller's own (its header, its token), no secret to time.
+            ok = claims is not None and claim_text(claims, claim) == tenant
         else:
             ok = claim_matches(request.requestHeaders.getRawHeaders(b"authorization"), claim, tenant)
         if not ok:
