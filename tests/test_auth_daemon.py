@@ -106,6 +106,7 @@ def test_a_key_added_to_the_file_is_picked_up_by_the_first_token_naming_it(make_
     assert metric(d, 'apicache_auth_failures_total{reason="unknown_kid"}') == 1
 
 
+@pytest.mark.slow
 def test_readyz_names_jwks_until_a_key_set_has_loaded(make_daemon, tmp_path):
     missing = tmp_path / "later.json"
     d = make_daemon(auth_config(str(missing)))

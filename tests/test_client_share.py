@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import pytest_twisted
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -200,6 +201,7 @@ def _as(client: int, work: Any) -> Deferred[Any]:
         return Deferred.fromCoroutine(work())
 
 
+@pytest.mark.integration
 @pytest_twisted.ensureDeferred
 async def test_the_in_process_tier_in_front_of_redis_shares_among_clients(stores) -> None:
     local = 20 * charge(contract_key("victim", params=("0",)), contract_entry())

@@ -18,7 +18,7 @@ import pytest
 
 from apicache.auth.apikey import fingerprint
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"
