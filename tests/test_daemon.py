@@ -18,6 +18,7 @@ import pytest
 from conftest import API_KEY, ROUTES
 
 from apicache.harness.launchers import free_port
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -43,15 +44,6 @@ def in_thread(f, *args, **kwargs):
     t.start()
     box["thread"] = t
     return box
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def test_proxying_caching_and_passing_through(make_daemon, upstream):
@@ -106,7 +98,7 @@ def test_proxying_caching_and_passing_through(make_daemon, upstream):
     # a 401 for the leader is not given to the waiters
     upstream.set(UP_OBJ.format("auth"), delay=1.0, require_authorization="Bearer good")
     leader = in_thread(d.get, OBJ.format("auth"), authorization="Bearer bad")
-    wait_for(lambda: upstream.calls(UP_OBJ.format("auth")) == 1)
+    wait_until(lambda: upstream.calls(UP_OBJ.format("auth")) == 1, 10.0, 0.01, "the upstream to be called")
     with ThreadPoolExecutor(5) as pool:
         waiters = list(pool.map(lambda _: d.get(OBJ.format("auth"), authorization="Bearer good"), range(5)))
     leader["thread"].join(10)
@@ -259,7 +251,7 @@ def test_bad_requests_and_overload_get_json_errors(make_daemon, upstream):
     # max_in_flight fetches running: the next miss is 503 overloaded
     upstream.set(UP_OBJ.format("slow"), delay=1.0)
     slow = in_thread(d.get, OBJ.format("slow"))
-    wait_for(lambda: upstream.calls(UP_OBJ.format("slow")) == 1)
+    wait_until(lambda: upstream.calls(UP_OBJ.format("slow")) == 1, 10.0, 0.01, "the upstream to be called")
     assert error("GET", OBJ.format(2), T) == (503, "overloaded")
     slow["thread"].join(10)
     assert slow["result"].status == 200
@@ -269,7 +261,7 @@ def test_bad_requests_and_overload_get_json_errors(make_daemon, upstream):
     upstream.set(UP_OBJ.format("gone"), delay=1.0)
     with socket.create_connection(("127.0.0.1", d.port)) as s:
         s.sendall(f"GET {OBJ.format('gone')} HTTP/1.1\r\nHost: x\r\napi-key: {API_KEY}\r\norg_id: t1\r\n\r\n".encode())
-        wait_for(lambda: upstream.calls(UP_OBJ.format("gone")) == 1)
+        wait_until(lambda: upstream.calls(UP_OBJ.format("gone")) == 1, 10.0, 0.01, "the upstream to be called")
     time.sleep(0.2)
     r = d.get(OBJ.format("gone"))
     assert (r.status, upstream.calls(UP_OBJ.format("gone"))) == (200, 1)
@@ -287,10 +279,10 @@ def test_sigterm_stops_accepting_and_lets_a_request_in_flight_finish(make_daemon
     body = b"x" * 8_000_000
     upstream.set(UP_OBJ.format("slow"), delay=1.5, body=body)
     pending = in_thread(d.get, OBJ.format("slow"))
-    wait_for(lambda: upstream.calls(UP_OBJ.format("slow")) == 1)
+    wait_until(lambda: upstream.calls(UP_OBJ.format("slow")) == 1, 10.0, 0.01, "the upstream to be called")
     d.proc.send_signal(signal.SIGTERM)
     # draining: no longer accepting, still running
-    wait_for(lambda: refused(d.port), timeout=1.5)
+    wait_until(lambda: refused(d.port), 1.5, 0.01, "the port to refuse connections")
     assert d.proc.poll() is None
     pending["thread"].join(10)
     assert (pending["result"].status, pending["result"].cache) == (200, "MISS")

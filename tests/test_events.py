@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from apicache.harness.demo import Answer, UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, Reply
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -62,21 +63,6 @@ def topic(kafka: KafkaBroker) -> str:
     return name
 
 
-def eventually(check: Callable[[], Any], timeout: float = 2.0, interval: float = 0.02) -> Any:
-    """
-    Call ``check`` until it returns something true, for up to ``timeout``
-    seconds; return that, or fail with the last value.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        time.sleep(interval)
-
-
 def kafka_config(
     broker: KafkaBroker,
     topic: str,
@@ -109,14 +95,14 @@ def readyz(d: Daemon) -> Reply:
 
 
 def wait_ready(d: Daemon, timeout: float = JOIN_SECONDS) -> None:
-    eventually(lambda: readyz(d).status == 200, timeout, 0.1)
+    wait_until(lambda: readyz(d).status == 200, timeout, 0.1, "/readyz to answer 200 (the consumer group joined)")
 
 
 def wait_applied(d: Daemon, n: int, timeout: float = 2.0) -> dict[str, Any]:
     """
     Wait until ``n`` events were applied; fail if more were.
     """
-    found = eventually(lambda: (lambda e: e if e["applied"] >= n else None)(info(d)), timeout)
+    found = wait_until(lambda: (lambda e: e if e["applied"] >= n else None)(info(d)), timeout, 0.02, "the events to be applied")
     assert found["applied"] == n, found
     return found  # type: ignore[no-any-return]
 
@@ -234,7 +220,7 @@ def test_refresh_serves_the_stale_copy_then_the_new_body(event_daemon, kafka, to
     stale = d.get(obj(5), "t1")
     assert (stale.status, stale.cache, stale.body) == (200, "STALE", b"old")
     assert "age" in stale.headers
-    fresh = eventually(lambda: (lambda r: r if r.cache == "HIT" else None)(d.get(obj(5), "t1")))
+    fresh = wait_until(lambda: (lambda r: r if r.cache == "HIT" else None)(d.get(obj(5), "t1")), 2.0, 0.02, "the refreshed entry to be a hit")
     assert fresh.body == b"new"
     assert upstream.calls(path) == 2  # one background re-fetch
 
@@ -243,7 +229,7 @@ def test_refresh_serves_the_stale_copy_then_the_new_body(event_daemon, kafka, to
     kafka.send(topic, {"type": "object.update", "objectid": 5})
     wait_applied(d, 2)
     assert d.get(obj(5), "t1").cache == "STALE"
-    gone = eventually(lambda: (lambda r: r if r.status == 404 else None)(d.get(obj(5), "t1")))
+    gone = wait_until(lambda: (lambda r: r if r.status == 404 else None)(d.get(obj(5), "t1")), 2.0, 0.02, "the deleted object to answer 404")
     assert gone.cache == "MISS"
     assert gone.body == b"gone"
 
@@ -293,7 +279,7 @@ def test_event_during_a_slow_fetch_wins(event_daemon, kafka, topic, upstream: Up
     answers: list[Reply] = []
     slow = threading.Thread(target=lambda: answers.append(d.get(obj(9), "t1")))
     slow.start()
-    eventually(lambda: upstream.calls(path) == 1)
+    wait_until(lambda: upstream.calls(path) == 1, 2.0, 0.02, "the upstream to be called")
     kafka.send(topic, {"type": "object.update", "objectid": "9"})
     wait_applied(d, 1)
     assert upstream.calls(path) == 1 and not answers, "the fetch ended before the event applied"
@@ -364,7 +350,7 @@ def test_broker_down_then_restarted(make_daemon, upstream):
 
         broker.stop()
         stopped = time.monotonic()
-        r = eventually(lambda: (lambda r: r if r.status == 503 else None)(readyz(d)), timeout=5.0, interval=0.1)
+        r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(readyz(d)), 5.0, 0.1, "/readyz to answer 503")
         assert r.json() == {"ready": False, "failing": ["kafka"]}
         assert time.monotonic() - stopped < 5.0
         assert d.get(obj(1), "t1").cache == "HIT"  # still serving
@@ -425,7 +411,7 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
     b = make_daemon(config)
     wait_ready(a)
     wait_ready(b)
-    eventually(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1, "each daemon to hold one partition")
 
     ends = {0: 0, 1: 0}
 
@@ -435,7 +421,7 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
             ends[p] = o + 1
 
     send(range(0, 10))
-    eventually(lambda: info(a)["applied"] + info(b)["applied"] == 10)
+    wait_until(lambda: info(a)["applied"] + info(b)["applied"] == 10, 2.0, 0.02, "10 events to be applied")
     assert (info(a)["applied"], info(b)["applied"]) == (5, 5)
     assert info(a)["received"] + info(b)["received"] == 10
 
@@ -447,16 +433,16 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
     assert time.monotonic() - stopping < 5.0
     committed = _committed(kafka, group, topic)
     assert committed[a_partition] == ends[a_partition]
-    eventually(lambda: info(b)["partitions"] == 2, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(b)["partitions"] == 2, JOIN_SECONDS, 0.1, "b to hold both partitions")
     send(range(10, 16))
-    eventually(lambda: info(b)["applied"] == 11)
+    wait_until(lambda: info(b)["applied"] == 11, 2.0, 0.02, "b to apply the 11th event")
 
     # a comes back: the partition it gets resumes at b's committed offset
     a2 = make_daemon(config)
     wait_ready(a2)
-    eventually(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1, "each daemon to hold one partition again")
     send(range(16, 20))
-    eventually(lambda: info(b)["applied"] + info(a2)["applied"] == 15)
+    wait_until(lambda: info(b)["applied"] + info(a2)["applied"] == 15, 2.0, 0.02, "15 events to be applied")
     time.sleep(0.3)
     assert info(b)["received"] + info(a2)["received"] == 15, "an event was applied twice"
     assert a2.stop() in (0, -15)
@@ -486,7 +472,7 @@ def test_secrets_are_never_logged(make_daemon, kafka, topic):
         security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="user", sasl_password=secret
     )
     d = make_daemon(config)
-    eventually(lambda: "librdkafka" in d.logs() or "kafka:" in d.logs(), 5.0, 0.1)
+    wait_until(lambda: "librdkafka" in d.logs() or "kafka:" in d.logs(), 5.0, 0.1, "the Kafka client's log line")
     assert d.stop() in (0, -15)
     logs = d.logs()
     assert secret not in logs

@@ -15,6 +15,7 @@ import pytest
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, RedisServer, Reply
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -23,21 +24,8 @@ OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"
 
 
-def poll(check: Callable[[], Any], timeout: float = 1.0, step: float = 0.02) -> Any:
-    """
-    Return ``check()`` once it is truthy, trying for up to ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            assert got, f"still false after {timeout} s"
-            return got
-        time.sleep(step)
-
-
 def ready(d: Daemon, timeout: float = 5.0) -> Daemon:
-    poll(lambda: d.request("GET", "/readyz").status == 200, timeout)
+    wait_until(lambda: d.request("GET", "/readyz").status == 200, timeout, 0.02, "/readyz to answer 200")
     return d
 
 
@@ -82,7 +70,7 @@ def test_delete_on_one_instance_is_a_miss_on_the_other(pair: Any, upstream: Upst
     assert b.get(OBJ).cache == "HIT"  # now also in b's in-process tier
     deleted = a.delete(OBJ, tenant="t1")
     assert (deleted.status, deleted.json()) == (200, {"invalidated": 1})
-    poll(lambda: metric(b, "apicache_redis_invalidations_received") >= 1)
+    wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ).cache == "MISS"
     assert upstream.calls(UP) == 2
 
@@ -93,7 +81,7 @@ def test_delete_for_every_tenant_reaches_every_instance(pair: Any, upstream: Ups
     b.get(OBJ, tenant="t2")
     b.get(OBJ, tenant="t1")
     assert a.delete(OBJ).json() == {"invalidated": 2}
-    poll(lambda: metric(b, "apicache_redis_invalidations_received") >= 1)
+    wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ, tenant="t1").cache == "MISS"
     assert b.get(OBJ, tenant="t2").cache == "MISS"
 
@@ -131,7 +119,7 @@ def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: Up
         return r if r.status == 503 else None
 
     for d in (a, b):
-        r = poll(lambda d=d: not_ready(d), timeout=5.0)
+        r = wait_until(lambda d=d: not_ready(d), 5.0, 0.02, "/readyz to answer 503")
         assert r.json() == {"ready": False, "failing": ["redis"]}
     for d in (a, b):
         # held in this process: still a hit; not held: fetched without the store

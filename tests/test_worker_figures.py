@@ -9,7 +9,6 @@ per worker (a ``worker`` label), ``GET /`` summing ``hits``, ``misses``,
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -22,6 +21,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from apicache.daemon.workers import WorkerLink, WorkerSupervisor, _Worker
+from apicache.harness.polling import wait_until
 from apicache.http.channel import ApiSite
 from apicache.ops.metrics import Metrics, merge_snapshots
 
@@ -164,18 +164,21 @@ def test_every_worker_answers_the_same_summed_totals(make_daemon):
     # workers; go on until both have served some
     served: dict[int, int] = {}
     sent = 0
-    deadline = time.monotonic() + 60
-    while (len(served) < 2 or sent < 40) and time.monotonic() < deadline:
+
+    def both_served() -> bool:
+        nonlocal served, sent
         assert d.get(PATH).status == 200
         sent += 1
         info = d.get("/").json()
         served = {w["worker"]: w["hits"] + w["misses"] for w in info["per_worker"] if w["hits"] + w["misses"]}
-    assert len(served) == 2, f"one worker took every request: {served}"
+        return len(served) == 2 and sent >= 40
+
+    wait_until(both_served, 60, 0, lambda: f"both workers to serve (one took every request: {served})")
 
     scraped_by: dict[int, int] = {}
     totals, infos = [], []
-    deadline = time.monotonic() + 60
-    while (len(scraped_by) < 2 or len(totals) < 10) and time.monotonic() < deadline:
+
+    def both_scraped() -> bool:
         info = d.get("/").json()
         infos.append(info)
         scraped_by[info["worker"]] = scraped_by.get(info["worker"], 0) + 1
@@ -186,6 +189,9 @@ def test_every_worker_answers_the_same_summed_totals(make_daemon):
         # gauges stay per worker
         assert 'apicache_store_entries{worker="0"}' in text and 'apicache_store_entries{worker="1"}' in text
         assert "apicache_scrape_workers 2.0" in text
+        return len(scraped_by) == 2 and len(totals) >= 10
+
+    wait_until(both_scraped, 60, 0, lambda: f"ten scrapes from both workers: {scraped_by}")
     assert totals == [sent] * len(totals), "a scrape did not count every request exactly once"
     for info in infos:
         assert info["hits"] + info["misses"] == sent

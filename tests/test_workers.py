@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
 from twisted.internet.defer import Deferred, fail, succeed
@@ -30,6 +29,7 @@ from apicache.daemon.workers import (
     WorkerSupervisor,
     _Worker,
 )
+from apicache.harness.polling import wait_until
 from apicache.store.interface import StoreUnavailable
 
 PATH = "/server/object(7)/header"
@@ -44,41 +44,45 @@ def own(info):
 def workers_info(d, want=lambda info: True, timeout=30.0):
     """GET / until every worker answered with an info that ``want`` accepts."""
     seen = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def every_worker_answered():
         info = d.get("/").json()
         assert info["workers"] == 2
         if want(info):
             seen[info["worker"]] = info
         else:
             seen.pop(info["worker"], None)
-        if len(seen) == 2:
-            return seen
-    raise AssertionError(f"not every worker answered as wanted: {seen}")
+        return len(seen) == 2
+
+    # no pause between tries: each is a round trip to a worker
+    wait_until(every_worker_answered, timeout, 0, lambda: f"every worker to answer as wanted: {seen}")
+    return seen
 
 
 def fill_both(d, upstream, path=PATH, upstream_path=UPSTREAM_PATH):
     before = upstream.calls(upstream_path)
     # which worker accepts a new connection is up to the kernel: ask until
     # both have fetched (each fetches once, then serves its own copy)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    def both_fetched():
         d.get(path)
-        if upstream.calls(upstream_path) - before == 2:
-            break
-    assert upstream.calls(upstream_path) - before == 2
+        return upstream.calls(upstream_path) - before == 2
+
+    wait_until(both_fetched, 30, 0, "both workers to fetch")
     workers_info(d, lambda info: own(info)["entries"] == 1)
 
 
 def both_hold(d, path, timeout=30.0):
     """GET ``path`` until each worker holds it (which one answers is the kernel's choice)."""
     holding = set()
-    deadline = time.monotonic() + timeout
-    while len(holding) < 2 and time.monotonic() < deadline:
+
+    def both_holding():
         d.get(path)
         info = d.get("/").json()
         if own(info)["entries"] == 1:
             holding.add(info["worker"])
+        return len(holding) == 2
+
+    wait_until(both_holding, timeout, 0, lambda: f"both workers to hold {path}: {holding}")
     assert holding == {0, 1}
 
 
@@ -120,10 +124,7 @@ def test_two_workers_share_the_socket_and_relay_invalidations(make_daemon, upstr
     everyone = [info["pid"] for info in now.values()]
 
     assert d.stop() in (0, -15)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in everyone) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(p) for p in everyone)
+    wait_until(lambda: not any(alive(p) for p in everyone), 10, 0.05, "every worker to exit")
     lines = d.log_lines()
     assert any("worker 0 died" in line["message"] for line in lines)
     # start-up says what listens in plain words, not Twisted's class names
