@@ -1,8 +1,10 @@
 """
 In-memory fakes that tests share (txacme's ``testing.py``): an upstream
-whose fetches the test answers by hand, an OAuth token issuer to put behind
-an in-memory agent, and a Cloud Foundry ``VCAP_SERVICES`` value.  Nothing
-here opens a socket, starts a process or a thread.
+whose fetches the test answers by hand, the HTTP API built as the daemon
+builds it but over that upstream, a memory store and a C{task.Clock}
+(L{InMemoryAPI}), an OAuth token issuer to put behind an in-memory agent,
+and a Cloud Foundry ``VCAP_SERVICES`` value.  Nothing here opens a socket,
+starts a process or a thread.
 
 Real processes and servers are elsewhere: L{apicache.harness.launchers} (the daemon,
 ``redis-server``, the Kafka broker), L{apicache.harness.demo} (the loopback upstream)
@@ -14,20 +16,43 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.web.resource import Resource
+from twisted.internet.interfaces import IProtocol
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from apicache.cache.registry import CacheRegistry
+from apicache.cache.routes import Router
+from apicache.config import Config, parse_config
+from apicache.http.api import CacheAPI
+from apicache.http.channel import ApiSite, ConnectionLimits
+from apicache.http.front import ApiFront
+from apicache.ops.logs import AccessLog
+from apicache.store.interface import IStore
+from apicache.store.memory import MemoryStore
 from apicache.upstream.client import IUpstream, Overloaded, UpstreamResponse
 
 __all__ = [
     "FakeUpstream",
     "PendingFetch",
+    "AutoAnswer",
+    "OBJECT_ROUTE",
+    "OBJECT_BODY",
+    "answer_object",
+    "CountingResource",
+    "InMemoryAPI",
+    "parse_response",
+    "dechunk",
     "TokenIssuer",
     "TokenResource",
     "vcap_services",
@@ -144,6 +169,246 @@ class FakeUpstream:
 
 def _lower(headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     return [(name.lower(), value) for name, value in headers]
+
+
+#: The route L{InMemoryAPI} serves unless told otherwise.
+OBJECT_ROUTE: Mapping[str, Any] = {
+    "type": "object",
+    "path": "/server/object(<id>)/header",
+    "upstream": "/object({id})/header",
+    "ttl": 10,
+}
+
+#: The body L{answer_object} answers with.
+OBJECT_BODY = b'{"id": 42}'
+
+
+def answer_object(path: str, headers: Sequence[tuple[bytes, bytes]]) -> UpstreamResponse:
+    """
+    The L{AutoAnswer} L{InMemoryAPI} uses unless told otherwise: a JSON
+    L{OBJECT_BODY} with the entity tag C{"e"}, whatever was asked.
+    """
+    return UpstreamResponse(200, [(b"content-type", b"application/json"), (b"etag", b'"e"')], OBJECT_BODY)
+
+
+class CountingResource(Resource):
+    """
+    A resource in front of another (the Klein application's), counting the
+    requests that reach it: what the front answered itself never does.
+
+    @ivar calls: how many requests reached C{inner}.
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()
+        self.inner = inner
+        self.calls = 0
+
+    def render(self, request: IRequest) -> Any:
+        """
+        Count the request; return what C{inner} renders.
+        """
+        self.calls += 1
+        return self.inner.render(request)
+
+
+class InMemoryAPI:
+    """
+    The daemon's HTTP API, built as L{apicache.tap} builds it, in memory:
+    the parsed configuration, a L{MemoryStore}, a L{FakeUpstream}, the
+    L{CacheRegistry}, the Klein L{CacheAPI} behind L{ApiFront}, and an
+    L{ApiSite}, all on one L{Clock}.  Requests go in through C{treq} (treq's
+    L{StubTreq}, see L{request}) or as raw HTTP bytes through C{site} (see
+    L{raw} and L{get}).
+
+    The configuration is C{settings} when given (a document or a parsed
+    L{Config}), else C{{"server": {"api_keys": api_keys, **server},
+    "upstream": {"base_url": "http://up/api", **upstream_settings},
+    "routes": routes}}.
+
+    @ivar clock: the L{Clock} every part runs on.
+    @ivar config: the parsed L{Config}.
+    @ivar store: the store (a L{MemoryStore} unless given).
+    @ivar upstream: the upstream (a L{FakeUpstream} answering with C{auto}
+        unless given).
+    @ivar registry: the L{CacheRegistry}.
+    @ivar api: the L{CacheAPI}.
+    @ivar klein: the Klein resource, counting the requests that reach it
+        (a L{CountingResource}).
+    @ivar front: the L{ApiFront} over C{klein}: the root resource.
+    @ivar treq: a L{StubTreq} over C{front}.
+    @ivar site: an L{ApiSite} over C{front}.
+    """
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any] | Config | None = None,
+        *,
+        routes: Sequence[Mapping[str, Any]] = (OBJECT_ROUTE,),
+        server: Mapping[str, Any] | None = None,
+        upstream_settings: Mapping[str, Any] | None = None,
+        api_keys: Sequence[str] = ("k1",),
+        source: str = "test.toml",
+        auto: AutoAnswer | None = answer_object,
+        upstream: IUpstream | None = None,
+        store: IStore | None = None,
+        registry: CacheRegistry | None = None,
+        registry_options: Mapping[str, Any] | None = None,
+        upstream_config: bool = False,
+        clock: Clock | None = None,
+        now: float = 100.0,
+        max_bytes: int = 1 << 20,
+        node: str | None = "n1",
+        access_log: AccessLog | bool = False,
+        count_requests: bool = False,
+        check_keys: bool = False,
+        limits: ConnectionLimits | None = None,
+        worker: int | None = None,
+    ) -> None:
+        """
+        @param settings: the whole configuration; the next four parameters
+            build one when it is C{None}.
+        @param auto: how the L{FakeUpstream} answers (L{AutoAnswer}; C{None}:
+            the test answers each fetch by hand).
+        @param upstream: an upstream to use instead of a L{FakeUpstream}.
+        @param store: a store to use instead of a L{MemoryStore} of
+            C{max_bytes}.
+        @param registry: a registry to serve instead of a new one (its store
+            and upstream are then C{store} and C{upstream}).
+        @param registry_options: more keyword arguments of L{CacheRegistry}.
+        @param upstream_config: give the registry the configuration's
+            C{[upstream]} table, as the daemon does.
+        @param clock: the clock (default: a new L{Clock} advanced to C{now}).
+        @param node: the node name the API gives in C{Via} and C{GET /}.
+        @param access_log: the site's access log (C{True}: one of its own;
+            C{False}: none).
+        @param count_requests: the site counts requests in the API's metrics,
+            as the daemon's does.
+        @param check_keys: the site checks the API's keys once a request's
+            headers are in, as the daemon's does (else only L{ApiFront} does).
+        @param limits: the site's connection limits (default: SPEC's).
+        @param worker: the worker index the site logs.
+        """
+        if clock is None:
+            clock = Clock()
+            clock.advance(now)
+        self.clock = clock
+        if isinstance(settings, Config):
+            self.config = settings
+        else:
+            if settings is None:
+                settings = {
+                    "server": {"api_keys": list(api_keys), **(server or {})},
+                    "upstream": {"base_url": "http://up/api", **(upstream_settings or {})},
+                    "routes": [dict(r) for r in routes],
+                }
+            self.config = parse_config(settings, source, {})
+        if registry is None:
+            self.store = store if store is not None else MemoryStore(max_bytes)
+            self.upstream = upstream if upstream is not None else FakeUpstream(auto=auto)
+            options = dict(registry_options or {})
+            if upstream_config:
+                options["upstream_config"] = self.config.upstream
+            registry = CacheRegistry(
+                self.store, self.upstream, clock, self.config.routes, self.config.upstream.keyed_headers, **options
+            )
+        else:
+            self.store = registry.store
+            self.upstream = registry.upstream
+        self.registry = registry
+        self.api = CacheAPI(self.config, registry, Router(self.config.routes, source), clock, node=node)
+        self.klein = CountingResource(self.api.app.resource())
+        self.front = ApiFront(self.klein, self.api.resolver, self.api.keys, registry)
+        self.treq = StubTreq(self.front)
+        self.site = ApiSite(
+            self.front,
+            clock,
+            self.api.metrics if count_requests else None,
+            access_log,
+            worker=worker,
+            keys=self.api.keys if check_keys else None,
+            limits=limits,
+        )
+
+    def request(
+        self, method: str, url: str, headers: Mapping[str, str] | None = None, data: bytes | None = None
+    ) -> Deferred[Any]:
+        """
+        Send a request through C{treq} and let it finish; return the
+        Deferred firing with treq's response (already fired unless the
+        upstream was left to answer by hand).
+        """
+        d: Deferred[Any] = self.treq.request(  # type: ignore[attr-defined]
+            method, url, headers=headers, data=data, allow_redirects=False
+        )
+        self.treq.flush()
+        return d
+
+    def connect(self) -> tuple[IProtocol, StringTransport]:
+        """
+        Return a new connection to C{site} from 127.0.0.1 and its transport.
+        """
+        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        assert protocol is not None
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def raw(self, data: bytes) -> tuple[bytes, StringTransport]:
+        """
+        Send C{data} on a new connection; return what was written back, and
+        the transport (still open).
+        """
+        protocol, transport = self.connect()
+        protocol.dataReceived(data)
+        return transport.value(), transport
+
+    def get(
+        self,
+        path: bytes = b"/server/object(42)/header",
+        headers: Sequence[tuple[bytes, bytes]] = ((b"api-key", b"k1"), (b"org_id", b"t1")),
+        method: bytes = b"GET",
+        version: bytes = b"HTTP/1.1",
+    ) -> tuple[int, dict[bytes, bytes], bytes]:
+        """
+        Send one request as raw bytes; return its answer parsed by
+        L{parse_response}.
+        """
+        head = b"%s %s %s\r\nHost: x\r\n" % (method, path, version)
+        head += b"".join(b"%s: %s\r\n" % h for h in headers)
+        out, _ = self.raw(head + b"\r\n")
+        return parse_response(out)
+
+
+def parse_response(out: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+    """
+    Return the status, the fields (lower-case name: value) and the body
+    (de-chunked) of the first answer in C{out}.
+    """
+    head, _, body = out.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        fields[name.lower()] = value
+    if fields.get(b"transfer-encoding") == b"chunked":
+        body = dechunk(body)
+    return int(lines[0].split(b" ")[1]), fields, body
+
+
+def dechunk(data: bytes) -> bytes:
+    """
+    Return the body of a chunked answer.
+    """
+    out = b""
+    while True:
+        size, _, data = data.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return out
+        out, data = out + data[:n], data[n + 2 :]
 
 
 class TokenIssuer:

@@ -20,7 +20,6 @@ from test_server import BODY, Wire
 from twisted.internet.task import Clock
 
 from apicache.harness.launchers import Daemon
-from apicache.http.channel import ApiSite
 from apicache.ops import logs
 from apicache.ops.instrument import TimedUpstream
 from apicache.ops.logs import PIPE_BUF, AccessLog, redact_query
@@ -122,16 +121,17 @@ def test_a_full_batch_is_written_before_the_timer(monkeypatch):
 
 
 class _LoggedWire(Wire):
-    """test_server's site, with an access log writing to a pipe."""
+    """The in-memory site, with an access log writing to a pipe."""
 
     def __init__(self):
-        super().__init__()
+        clock = Clock()
+        clock.advance(100)
+        self.read_fd, fd = os.pipe()
+        self.log = AccessLog(clock, fd=fd)
+        self.log.startService()
+        super().__init__(clock=clock, access_log=self.log, worker=1)
         # measured as the daemon measures it: the access line's upstream fields
         self.registry.upstream = TimedUpstream(self.upstream, Metrics(), self.clock)
-        self.read_fd, fd = os.pipe()
-        self.log = AccessLog(self.clock, fd=fd)
-        self.log.startService()
-        self.site = ApiSite(self.site.resource, self.clock, None, self.log, worker=1)
 
     def lines(self):
         self.log.flush()

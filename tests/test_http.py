@@ -9,16 +9,10 @@ import base64
 import json
 
 import pytest
-from treq.testing import StubTreq
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
-from apicache.config import parse_config
-from apicache.http.api import CacheAPI
-from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
 
 ROUTES = [
@@ -35,28 +29,9 @@ def echo(path, headers):
     return UpstreamResponse(200, [(b"content-type", b"application/json"), (b"etag", b'"e"')], body)
 
 
-class App:
-    def __init__(self, server=None, auto=echo, routes=ROUTES):
-        self.clock = Clock()
-        self.clock.advance(100)
-        data = {
-            "server": {"api_keys": ["k1", "k2"], **(server or {})},
-            "upstream": {"base_url": "http://up/api"},
-            "routes": routes,
-        }
-        self.config = parse_config(data, "test.toml", {})
-        self.store = MemoryStore(1 << 20)
-        self.upstream = FakeUpstream(auto=auto)
-        self.registry = CacheRegistry(
-            self.store, self.upstream, self.clock, self.config.routes, self.config.upstream.keyed_headers
-        )
-        self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
-        self.treq = StubTreq(self.api.resource())
-
-    def request(self, method, url, headers=None):
-        d = self.treq.request(method, url, headers=headers, allow_redirects=False)
-        self.treq.flush()
-        return d
+def App(server=None, auto=echo, routes=ROUTES):
+    """The API in memory with this module's routes and keys, its upstream echoing what it was sent."""
+    return InMemoryAPI(server=server, auto=auto, routes=routes, api_keys=("k1", "k2"))
 
 
 def result(tc, d):
@@ -347,11 +322,7 @@ def test_keys_are_checked_even_when_anonymous_is_allowed():
 
 
 def test_built_in_defaults_serve_info_and_no_routes():
-    clock = Clock()
-    config = parse_config({}, "<built-in defaults>", {})
-    registry = CacheRegistry(MemoryStore(1 << 20), FakeUpstream(), clock, (), ())
-    api = CacheAPI(config, registry, Router(()), clock)
-    treq = StubTreq(api.resource())
+    treq = InMemoryAPI({}, source="<built-in defaults>", auto=None, now=0, node=None).treq
     tc = _tc()
     for url, status in (("http://x/", 200), ("http://x/healthz", 200), ("http://x/server/templates/1", 404)):
         d = treq.get(url, headers={"org_id": "t1"})

@@ -22,7 +22,6 @@ from twisted.internet.testing import MemoryReactorClock
 
 from apicache.daemon.workers import WorkerLink, WorkerSupervisor, _Worker
 from apicache.harness.polling import wait_until
-from apicache.http.channel import ApiSite
 from apicache.ops.metrics import Metrics, merge_snapshots
 
 PATH = "/server/object(7)/header"
@@ -40,9 +39,7 @@ def parsed(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_get_root_has_hits_misses_and_hit_ratio():
-    w = Wire()
-    # counting requests, as the daemon's site does
-    w.site = ApiSite(w.site.resource, w.clock, w.api.metrics, access_log=False)
+    w = Wire(count_requests=True)
     assert parse(w.raw(b"GET / HTTP/1.1\r\nHost: x\r\napi-key: k1\r\n\r\n")[0])[0] == 200
     for _ in range(4):
         assert w.get()[0] == 200  # a miss, then three hits
@@ -54,8 +51,7 @@ def test_get_root_has_hits_misses_and_hit_ratio():
 
 
 def test_hit_ratio_is_zero_before_any_request():
-    w = Wire()
-    w.site = ApiSite(w.site.resource, w.clock, w.api.metrics, access_log=False)
+    w = Wire(count_requests=True)
     status, _, body = parse(w.raw(b"GET / HTTP/1.1\r\nHost: x\r\napi-key: k1\r\n\r\n")[0])
     assert json.loads(body)["hit_ratio"] == 0.0
 
