@@ -2,9 +2,11 @@
 In-memory fakes that tests share (txacme's ``testing.py``): an upstream
 whose fetches the test answers by hand, the HTTP API built as the daemon
 builds it but over that upstream, a memory store and a C{task.Clock}
-(L{InMemoryAPI}), an OAuth token issuer to put behind an in-memory agent,
-and a Cloud Foundry ``VCAP_SERVICES`` value.  Nothing here opens a socket,
-starts a process or a thread.
+(L{InMemoryAPI}), invalidators that record or fail, two worker control
+links joined in memory, confluent-kafka's consumer and messages for the
+event listener's loop, a JWT signer and its JWKS, an OAuth token issuer to
+put behind an in-memory agent, and a Cloud Foundry ``VCAP_SERVICES``
+value.  Nothing here opens a socket, starts a process or a thread.
 
 Real processes and servers are elsewhere: L{apicache.harness.launchers} (the daemon,
 ``redis-server``, the Kafka broker), L{apicache.harness.demo} (the loopback upstream)
@@ -13,32 +15,46 @@ and L{apicache.harness.token_endpoint} (the loopback token endpoint).
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from joserfc import jwt
+from joserfc.errors import SecurityWarning
+from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IProtocol
+from twisted.internet.interfaces import IProtocol, IReactorFromThreads, IReactorTime
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 from zope.interface import implementer
 
+from apicache.cache.invalidator import IInvalidator
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import Router
 from apicache.config import Config, parse_config
+from apicache.daemon.workers import ControlLink, Invalidation
 from apicache.http.api import CacheAPI
 from apicache.http.channel import ApiSite, ConnectionLimits
 from apicache.http.front import ApiFront
 from apicache.ops.logs import AccessLog
-from apicache.store.interface import IStore
+from apicache.store.interface import IStore, StoreUnavailable
 from apicache.store.memory import MemoryStore
 from apicache.upstream.client import IUpstream, Overloaded, UpstreamResponse
 
@@ -47,12 +63,29 @@ __all__ = [
     "PendingFetch",
     "AutoAnswer",
     "OBJECT_ROUTE",
+    "OBJECT_PATH",
     "OBJECT_BODY",
     "answer_object",
     "CountingResource",
     "InMemoryAPI",
     "parse_response",
     "dechunk",
+    "RecordingInvalidator",
+    "FlakyInvalidator",
+    "linked_control_links",
+    "ImmediateClock",
+    "FakeMessage",
+    "FakeConsumer",
+    "TOKEN_ISSUER",
+    "TOKEN_AUDIENCE",
+    "TOKEN_NOW",
+    "TokenSigner",
+    "write_jwks",
+    "b64url",
+    "jwt_segment",
+    "unsigned_token",
+    "hmac_token",
+    "token_claims",
     "TokenIssuer",
     "TokenResource",
     "vcap_services",
@@ -178,6 +211,9 @@ OBJECT_ROUTE: Mapping[str, Any] = {
     "upstream": "/object({id})/header",
     "ttl": 10,
 }
+
+#: The path L{InMemoryAPI.get} asks for unless told otherwise.
+OBJECT_PATH = b"/server/object(42)/header"
 
 #: The body L{answer_object} answers with.
 OBJECT_BODY = b'{"id": 42}'
@@ -367,7 +403,7 @@ class InMemoryAPI:
 
     def get(
         self,
-        path: bytes = b"/server/object(42)/header",
+        path: bytes = OBJECT_PATH,
         headers: Sequence[tuple[bytes, bytes]] = ((b"api-key", b"k1"), (b"org_id", b"t1")),
         method: bytes = b"GET",
         version: bytes = b"HTTP/1.1",
@@ -409,6 +445,343 @@ def dechunk(data: bytes) -> bytes:
         if n == 0:
             return out
         out, data = out + data[:n], data[n + 2 :]
+
+
+# the parts of IInvalidator tests call (tag purges: subclass and add them)
+@implementer(IInvalidator)
+class RecordingInvalidator:  # type: ignore[misc]
+    """
+    An L{IInvalidator} that records its calls and says it touched C{n}
+    entries each time.
+
+    @ivar calls: each call, as an L{Invalidation}.
+    """
+
+    def __init__(self, n: int = 1) -> None:
+        self.n = n
+        self.calls: list[Invalidation] = []
+
+    def invalidate(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Record the call; return a Deferred fired with C{n}.
+        """
+        self.calls.append(Invalidation("invalidate", tenant, route_type, params))
+        return succeed(self.n)
+
+    def refresh(self, tenant: str | None, route_type: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Record the call; return a Deferred fired with C{n}.
+        """
+        self.calls.append(Invalidation("refresh", tenant, route_type, params))
+        return succeed(self.n)
+
+    def clear(self, tenant: str | None) -> Deferred[int]:
+        """
+        Record the call; return a Deferred fired with C{n}.
+        """
+        self.calls.append(Invalidation("clear", tenant))
+        return succeed(self.n)
+
+
+# the parts of IInvalidator the event handler calls
+@implementer(IInvalidator)
+class FlakyInvalidator:  # type: ignore[misc]
+    """
+    An L{IInvalidator} that fails with L{StoreUnavailable} for the ids in
+    C{failing}, as the registry does when Redis is away.
+
+    @ivar applied: each call that succeeded: C{(action, tenant, route,
+        params)}.
+    """
+
+    def __init__(self, *failing: str) -> None:
+        self.failing = set(failing)
+        self.applied: list[tuple[str, str | None, str, tuple[str, ...]]] = []
+
+    def _do(self, action: str, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        if params[0] in self.failing:
+            return fail(StoreUnavailable("away"))
+        self.applied.append((action, tenant, route, params))
+        return succeed(1)
+
+    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Return a Deferred fired with 1, or failed if C{params[0]} fails.
+        """
+        return self._do("invalidate", tenant, route, params)
+
+    def refresh(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
+        """
+        Return a Deferred fired with 1, or failed if C{params[0]} fails.
+        """
+        return self._do("refresh", tenant, route, params)
+
+
+def linked_control_links(
+    clock: IReactorTime,
+    answer_a: Callable[[Invalidation], Deferred[int]] = lambda i: succeed(0),
+    answer_b: Callable[[Invalidation], Deferred[int]] = lambda i: succeed(0),
+    lost_b: Callable[[], None] = lambda: None,
+) -> tuple[ControlLink, ControlLink, IOPump]:
+    """
+    Join two ends of a worker control link in memory.
+
+    @return: the two ends and the pump that carries their bytes
+        (C{pump.flush()}).
+    """
+    a = ControlLink(clock, answer_a)
+    b = ControlLink(clock, answer_b, lost_b)
+    pump = connect(b, FakeTransport(b, isServer=True), a, FakeTransport(a, isServer=False), greet=False)
+    return a, b, pump
+
+
+@implementer(IReactorFromThreads)
+class ImmediateClock(Clock):
+    """
+    A L{Clock} that runs calls "from the consumer thread" at once: the
+    test's thread plays both the event listener's consumer thread and the
+    reactor's.
+    """
+
+    def callFromThread(self, callable: Callable[..., Any], *args: object, **kwargs: object) -> None:
+        """
+        Call C{callable} now.
+        """
+        callable(*args, **kwargs)
+
+
+class FakeMessage:
+    """
+    What the event listener reads of a confluent-kafka C{Message}, of
+    topic C{t}, created at 990 s.
+    """
+
+    def __init__(self, partition: int, offset: int, value: bytes | None = None, error: KafkaError | None = None) -> None:
+        self._partition, self._offset, self._value, self._error = partition, offset, value, error
+
+    def error(self) -> KafkaError | None:
+        """
+        Return the error given, if any.
+        """
+        return self._error
+
+    def value(self) -> bytes | None:
+        """
+        Return the value given.
+        """
+        return self._value
+
+    def topic(self) -> str:
+        """
+        Return C{"t"}.
+        """
+        return "t"
+
+    def partition(self) -> int:
+        """
+        Return the partition given.
+        """
+        return self._partition
+
+    def offset(self) -> int:
+        """
+        Return the offset given.
+        """
+        return self._offset
+
+    def timestamp(self) -> tuple[int, int]:
+        """
+        Return C{(TIMESTAMP_CREATE_TIME, 990000)}: created at 990 s.
+        """
+        return (1, 990_000)
+
+
+class FakeConsumer:
+    """
+    The parts of confluent-kafka's C{Consumer} the event listener's loop
+    uses, handing out C{messages} and recording what it was asked to do.
+    """
+
+    def __init__(self, messages: Sequence[FakeMessage] = (), committed: dict[int, int] | None = None, high: int = 42) -> None:
+        self.messages = list(messages)
+        self.committed_offsets = committed or {}
+        self.high = high
+        self.stored: list[tuple[str, int, int]] = []
+        self.seeks: list[tuple[str, int, int]] = []
+        self.assigned: list[tuple[str, int, int]] = []
+        self.credentials: list[tuple[str, str]] = []
+        self.commits = 0
+        self.commit_error: KafkaError | None = None
+
+    def poll(self, timeout: float) -> FakeMessage | None:
+        """
+        Return the next message, if any.
+        """
+        return self.messages.pop(0) if self.messages else None
+
+    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
+        """
+        Return the next C{n} messages or fewer.
+        """
+        taken, self.messages = self.messages[:n], self.messages[n:]
+        return taken
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        """
+        Record the offsets stored.
+        """
+        self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
+
+    def seek(self, tp: TopicPartition) -> None:
+        """
+        Record the seek.
+        """
+        self.seeks.append((tp.topic, tp.partition, tp.offset))
+
+    def commit(self, asynchronous: bool = True) -> None:
+        """
+        Count the commit; raise C{commit_error} if set.
+        """
+        self.commits += 1
+        if self.commit_error is not None:
+            raise KafkaException(self.commit_error)
+
+    def set_sasl_credentials(self, username: str, password: str) -> None:
+        """
+        Record the credentials handed over.
+        """
+        self.credentials.append((username, password))
+
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        """
+        Return C{committed_offsets} for C{partitions} (-1001, none, for the
+        others).
+        """
+        return [TopicPartition(p.topic, p.partition, self.committed_offsets.get(p.partition, -1001)) for p in partitions]
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+        """
+        Return C{(0, high)}.
+        """
+        return (0, self.high)
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """
+        Record the partitions and offsets assigned.
+        """
+        self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
+
+
+#: The issuer, audience and time L{TokenSigner.token} signs with unless told
+#: otherwise.
+TOKEN_ISSUER = "https://idp.example/realms/acme"
+TOKEN_AUDIENCE = "apicache"
+TOKEN_NOW = 1_750_000_000.0
+
+
+def b64url(data: bytes) -> str:
+    """
+    Return C{data} in unpadded base64url, as JWTs write it.
+    """
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def jwt_segment(obj: dict[str, Any]) -> str:
+    """
+    Return C{obj} as a JWT header or claims segment.
+    """
+    return b64url(json.dumps(obj, separators=(",", ":")).encode())
+
+
+class TokenSigner:
+    """
+    A private key generated with cryptography (RSA 2048 for C{RS*} and
+    C{PS*}, P-256 for C{ES256}, else Ed25519), its kid and algorithm, and
+    the public JWK to publish.
+    """
+
+    def __init__(self, alg: str, kid: str) -> None:
+        self.alg = alg
+        self.kid = kid
+        if alg.startswith(("RS", "PS")):
+            self.native: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            self.key: Key = RSAKey.import_key(self.native, parameters={"kid": kid})
+        elif alg == "ES256":
+            self.native = ec.generate_private_key(ec.SECP256R1())
+            self.key = ECKey.import_key(self.native, parameters={"kid": kid})
+        else:
+            self.native = ed25519.Ed25519PrivateKey.generate()
+            self.key = OKPKey.import_key(self.native, parameters={"kid": kid})
+
+    def jwk(self, **extra: Any) -> dict[str, Any]:
+        """
+        Return the public JWK, with C{extra} members.
+        """
+        return {**self.key.as_dict(private=False), "kid": self.kid, **extra}
+
+    def public_pem(self) -> bytes:
+        """
+        Return the public key in PEM.
+        """
+        return self.native.public_key().public_bytes(  # type: ignore[no-any-return]
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+    def token(self, header: dict[str, Any] | None = None, **claims: Any) -> bytes:
+        """
+        Return a signed token: issuer L{TOKEN_ISSUER}, audience
+        L{TOKEN_AUDIENCE}, subject C{alice}, C{zid} C{tenant-a}, issued at
+        L{TOKEN_NOW} and valid ten minutes, as C{claims} change them (a
+        claim given as C{None} is left out).
+        """
+        body: dict[str, Any] = {
+            "iss": TOKEN_ISSUER,
+            "aud": TOKEN_AUDIENCE,
+            "sub": "alice",
+            "zid": "tenant-a",
+            "iat": int(TOKEN_NOW),
+            "exp": int(TOKEN_NOW) + 600,
+        }
+        body.update(claims)
+        for name in [k for k, v in body.items() if v is None]:
+            del body[name]
+        head = {"alg": self.alg, "kid": self.kid, **(header or {})}
+        with warnings.catch_warnings():
+            # joserfc prefers RFC 9864's "Ed25519"; providers sign "EdDSA"
+            warnings.simplefilter("ignore", SecurityWarning)
+            return jwt.encode(head, body, self.key, algorithms=[self.alg]).encode("ascii")
+
+
+def write_jwks(path: Path, *members: dict[str, Any]) -> None:
+    """
+    Write a JWKS of C{members} to C{path}.
+    """
+    path.write_text(json.dumps({"keys": list(members)}))
+
+
+def unsigned_token(kid: str, claims: dict[str, Any]) -> bytes:
+    """
+    Return an C{alg: none} token of C{claims}.
+    """
+    return f"{jwt_segment({'alg': 'none', 'kid': kid})}.{jwt_segment(claims)}.".encode()
+
+
+def hmac_token(secret: bytes, header: dict[str, Any], claims: dict[str, Any]) -> bytes:
+    """
+    Return a token of C{header} and C{claims} signed with HMAC-SHA256 and
+    C{secret}.
+    """
+    signing_input = f"{jwt_segment(header)}.{jwt_segment(claims)}".encode()
+    return signing_input + b"." + b64url(hmac.new(secret, signing_input, hashlib.sha256).digest()).encode()
+
+
+def token_claims(token: bytes) -> dict[str, Any]:
+    """
+    Return the claims of C{token}, unchecked.
+    """
+    payload = token.split(b".")[1]
+    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+    return result
 
 
 class TokenIssuer:
@@ -509,3 +882,4 @@ def vcap_services(
     if redis is not None:
         services["redis"] = [{"name": "cache-redis", "label": "redis", "plan": "small", "credentials": redis}]
     return json.dumps(services)
+

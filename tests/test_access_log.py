@@ -15,8 +15,7 @@ import time
 
 import pytest
 import tomli_w
-from conftest import API_KEY, daemon_config
-from test_server import BODY, Wire
+from daemon_support import API_KEY, daemon_config
 from twisted.internet.task import Clock
 
 from apicache.harness.launchers import Daemon
@@ -24,6 +23,8 @@ from apicache.ops import logs
 from apicache.ops.instrument import TimedUpstream
 from apicache.ops.logs import PIPE_BUF, AccessLog, redact_query
 from apicache.ops.metrics import Metrics
+from apicache.testing import OBJECT_BODY as BODY
+from apicache.testing import InMemoryAPI as Wire
 
 PATH = "/server/object(7)/header"
 

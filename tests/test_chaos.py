@@ -31,7 +31,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from test_events import JOIN_SECONDS, info, kafka_config, wait_ready
+from daemon_support import JOIN_SECONDS, kafka_config, wait_ready
+from daemon_support import events_info as info
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer

@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import API_KEY, ROUTES
+from daemon_support import API_KEY, ROUTES
 
 from apicache.harness.launchers import free_port
 from apicache.harness.polling import wait_until

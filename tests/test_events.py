@@ -4,7 +4,7 @@ Kafka-protocol broker (Tansu, memory storage), with the upstream stub.
 
 Every check of something asynchronous polls for up to 2 s, except the
 readiness waits that include a consumer-group join (about 3 s on Tansu with
-the short timeouts of ``KAFKA_EXTRA``).
+the short timeouts of ``KAFKA_EXTRA`` in tests/daemon_support.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from daemon_support import JOIN_SECONDS, OBJECT_EVENTS, kafka_config, readyz, wait_ready
+from daemon_support import events_info as info
 
 from apicache.harness.demo import Answer, UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, Reply
@@ -26,28 +28,6 @@ from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
-
-#: Consumer settings for the test broker: with librdkafka's defaults a group
-#: join on Tansu takes ~23 s, with these ~3 s.  Tansu does not end a waiting
-#: fetch early when data arrives, so the fetch wait bounds event latency.
-KAFKA_EXTRA = {
-    "session.timeout.ms": 6000,
-    "max.poll.interval.ms": 7000,
-    "heartbeat.interval.ms": 1000,
-    "fetch.wait.max.ms": 20,
-}
-
-OBJECT_EVENTS = [
-    {
-        "types": ["object.update", "object.publish", "object.revision", "object.delete"],
-        "route": "object",
-        "id_field": "objectid",
-        "tenant_field": "org_id",
-    }
-]
-
-JOIN_SECONDS = 20.0
-
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaBroker]:
@@ -61,41 +41,6 @@ def topic(kafka: KafkaBroker) -> str:
     name = f"events-{uuid.uuid4().hex[:10]}"
     kafka.create_topic(name, partitions=2)
     return name
-
-
-def kafka_config(
-    broker: KafkaBroker,
-    topic: str,
-    events: list[dict[str, Any]] | None = None,
-    mode: str = "broadcast",
-    group_id: str = "apicache",
-    **more: Any,
-) -> dict[str, Any]:
-    return {
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap,
-            "topics": [topic],
-            "mode": mode,
-            "group_id": group_id,
-            "extra": KAFKA_EXTRA,
-        },
-        "events": OBJECT_EVENTS if events is None else events,
-        **more,
-    }
-
-
-def info(d: Daemon) -> dict[str, Any]:
-    r = d.request("GET", "/")
-    assert r.status == 200
-    return r.json()["events"]  # type: ignore[no-any-return]
-
-
-def readyz(d: Daemon) -> Reply:
-    return d.request("GET", "/readyz")
-
-
-def wait_ready(d: Daemon, timeout: float = JOIN_SECONDS) -> None:
-    wait_until(lambda: readyz(d).status == 200, timeout, 0.1, "/readyz to answer 200 (the consumer group joined)")
 
 
 def wait_applied(d: Daemon, n: int, timeout: float = 2.0) -> dict[str, Any]:

@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from daemon_support import metric
+from daemon_support import ready as daemon_ready
 from redis_support import ready
 from store_contract import entry, key, store_entry
-from test_redis_daemons import metric
-from test_redis_daemons import ready as daemon_ready
 
 from apicache.harness.launchers import Daemon, RedisServer
 from apicache.harness.polling import wait_until_async

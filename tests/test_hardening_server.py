@@ -11,19 +11,22 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_http import KEY, OBJ, App, _tc, error_of, result
-from test_server import ROUTES, Wire, parse
+from http_support import KEY, OBJ, App, error_of, result
+from http_support import sync_case as _tc
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from apicache.http.api import CacheAPI
 from apicache.http.channel import ConnectionLimits, connection_limit
+from apicache.testing import OBJECT_ROUTE
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import parse_response as parse
 
 K1 = (b"api-key", b"k1")
 T1 = (b"org_id", b"t1")
 
 
-def LimitedWire(server=None, routes=ROUTES, **limits):
+def LimitedWire(server=None, routes=(OBJECT_ROUTE,), **limits):
     """L{Wire} whose site checks keys and limits as the daemon's does."""
     return Wire(server=server, routes=routes, check_keys=True, limits=ConnectionLimits(**limits))
 

@@ -9,44 +9,13 @@ import base64
 import json
 
 import pytest
+from http_support import KEY, OBJ, T1, App, error_of, result
+from http_support import sync_case as _tc
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from apicache.testing import InMemoryAPI
 from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
-
-ROUTES = [
-    {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10},
-    {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 10},
-]
-KEY = {"api-key": "k1"}
-T1 = {**KEY, "org_id": "t1"}
-OBJ = "http://x/server/object(42)/header"
-
-
-def echo(path, headers):
-    body = json.dumps({"path": path, "headers": [[k.decode(), v.decode()] for k, v in headers]}).encode()
-    return UpstreamResponse(200, [(b"content-type", b"application/json"), (b"etag", b'"e"')], body)
-
-
-def App(server=None, auto=echo, routes=ROUTES):
-    """The API in memory with this module's routes and keys, its upstream echoing what it was sent."""
-    return InMemoryAPI(server=server, auto=auto, routes=routes, api_keys=("k1", "k2"))
-
-
-def result(tc, d):
-    """Return (status, headers, body) of a StubTreq answer."""
-    r = tc.successResultOf(d)
-    body = tc.successResultOf(r.content())
-    return r.code, r.headers, body
-
-
-def error_of(tc, d):
-    code, headers, body = result(tc, d)
-    assert headers.getRawHeaders("content-type") == ["application/json"]
-    data = json.loads(body)
-    assert set(data) >= {"error", "message"}
-    return code, data["error"]
 
 
 @pytest.fixture
@@ -161,12 +130,6 @@ class TestProxy:
         assert (code, json.loads(body)) == (200, {"invalidated": 2})
         code, _, body = result(tc, app.request("DELETE", "http://x/clear", headers=KEY))
         assert (code, json.loads(body)) == (200, {"invalidated": 2})
-
-
-def _tc():
-    from twisted.trial.unittest import SynchronousTestCase
-
-    return SynchronousTestCase()
 
 
 class TestRequests:

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from daemon_support import metric, ready
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, RedisServer, Reply
@@ -22,18 +23,6 @@ pytestmark = pytest.mark.integration
 
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"
-
-
-def ready(d: Daemon, timeout: float = 5.0) -> Daemon:
-    wait_until(lambda: d.request("GET", "/readyz").status == 200, timeout, 0.02, "/readyz to answer 200")
-    return d
-
-
-def metric(d: Daemon, name: str) -> float:
-    for line in d.request("GET", "/metrics").body.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    raise AssertionError(f"no metric {name}")
 
 
 @pytest.fixture

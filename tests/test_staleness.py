@@ -14,8 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ROUTES
-from test_events import JOIN_SECONDS, KAFKA_EXTRA, kafka_config, wait_ready
+from daemon_support import JOIN_SECONDS, KAFKA_EXTRA, ROUTES, kafka_config, wait_ready
 
 from apicache.harness.launchers import Daemon, KafkaBroker
 from apicache.harness.polling import wait_until

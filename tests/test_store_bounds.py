@@ -18,12 +18,12 @@ from unittest import mock
 
 import pytest
 import pytest_twisted
+from daemon_support import metric
+from daemon_support import ready as daemon_ready
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis_support import ready, sleep
 from store_contract import entry, key, store_entry
-from test_redis_daemons import metric
-from test_redis_daemons import ready as daemon_ready
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from daemon_support import ready
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, Reply
@@ -35,11 +36,6 @@ TAGGED = {
         {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 300},
     ],
 }
-
-
-def ready(d: Daemon, timeout: float = 20.0) -> Daemon:
-    wait_until(lambda: d.request("GET", "/readyz").status == 200, timeout, 0.05, "/readyz to answer 200")
-    return d
 
 
 def metric_lines(d: Daemon, name: str) -> list[str]:
@@ -102,7 +98,7 @@ def test_an_answer_with_too_many_tags_is_served_but_not_stored(make_daemon: Call
 def pair(make_daemon: Callable[..., Daemon], redis_url: str) -> tuple[Daemon, Daemon]:
     cfg = {**TAGGED, "store": {"backend": "redis", "redis_url": redis_url, "key_prefix": f"tags-{uuid.uuid4().hex[:8]}"}}
     a, b = make_daemon(cfg), make_daemon(cfg)
-    return ready(a), ready(b)
+    return ready(a, 20.0), ready(b, 20.0)
 
 
 def test_a_purge_on_one_instance_is_a_miss_on_the_other(pair: tuple[Daemon, Daemon], upstream: UpstreamStub) -> None:
@@ -138,7 +134,7 @@ def test_race_rule_for_tags_across_instances(pair: tuple[Daemon, Daemon], upstre
 
 
 def test_a_tag_purge_without_redis_is_a_503(make_daemon: Callable[..., Daemon], redis_server: Any) -> None:
-    d = ready(make_daemon({**TAGGED, "store": {"backend": "redis", "redis_url": redis_server.url}}))
+    d = ready(make_daemon({**TAGGED, "store": {"backend": "redis", "redis_url": redis_server.url}}), 20.0)
     redis_server.stop()
     r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(purge(d, "object:1")), 5.0, 0.01, "a purge to answer 503")
     assert r.json()["error"] == "store_unavailable"

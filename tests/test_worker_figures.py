@@ -13,8 +13,6 @@ import json
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import Wire, parse
-from test_workers import linked
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
@@ -23,6 +21,9 @@ from twisted.internet.testing import MemoryReactorClock
 from apicache.daemon.workers import WorkerLink, WorkerSupervisor, _Worker
 from apicache.harness.polling import wait_until
 from apicache.ops.metrics import Metrics, merge_snapshots
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import linked_control_links as linked
+from apicache.testing import parse_response as parse
 
 PATH = "/server/object(7)/header"
 

@@ -11,17 +11,15 @@ import signal
 import subprocess
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from daemon_support import PATH, fill_both, own, workers_info
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.test.iosim import FakeTransport, connect
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from apicache.cache.invalidator import IInvalidator
 from apicache.daemon.workers import (
-    ControlLink,
     ControlLost,
     Invalidation,
     SiblingRelay,
@@ -31,44 +29,8 @@ from apicache.daemon.workers import (
 )
 from apicache.harness.polling import wait_until
 from apicache.store.interface import StoreUnavailable
-
-PATH = "/server/object(7)/header"
-UPSTREAM_PATH = "/api/object(7)/header"
-
-
-def own(info):
-    """The figures of the worker that answered ``GET /`` (the top level sums every worker's)."""
-    return next(w for w in info["per_worker"] if w["worker"] == info["worker"])
-
-
-def workers_info(d, want=lambda info: True, timeout=30.0):
-    """GET / until every worker answered with an info that ``want`` accepts."""
-    seen = {}
-
-    def every_worker_answered():
-        info = d.get("/").json()
-        assert info["workers"] == 2
-        if want(info):
-            seen[info["worker"]] = info
-        else:
-            seen.pop(info["worker"], None)
-        return len(seen) == 2
-
-    # no pause between tries: each is a round trip to a worker
-    wait_until(every_worker_answered, timeout, 0, lambda: f"every worker to answer as wanted: {seen}")
-    return seen
-
-
-def fill_both(d, upstream, path=PATH, upstream_path=UPSTREAM_PATH):
-    before = upstream.calls(upstream_path)
-    # which worker accepts a new connection is up to the kernel: ask until
-    # both have fetched (each fetches once, then serves its own copy)
-    def both_fetched():
-        d.get(path)
-        return upstream.calls(upstream_path) - before == 2
-
-    wait_until(both_fetched, 30, 0, "both workers to fetch")
-    workers_info(d, lambda info: own(info)["entries"] == 1)
+from apicache.testing import RecordingInvalidator as Recorder
+from apicache.testing import linked_control_links as linked
 
 
 def both_hold(d, path, timeout=30.0):
@@ -166,35 +128,6 @@ def test_workers_with_memory_stores_refuse_kafka_group_mode(make_daemon):
 # -- in-process: the control link, the relay, the supervisor's fan-out --------
 
 OBJECT_7 = Invalidation("invalidate", "t1", "object", ("7",))
-
-
-def linked(clock, answer_a=lambda i: succeed(0), answer_b=lambda i: succeed(0), lost_b=lambda: None):
-    """Two ends of a control link joined in memory; return (a, b, pump)."""
-    a = ControlLink(clock, answer_a)
-    b = ControlLink(clock, answer_b, lost_b)
-    pump = connect(b, FakeTransport(b, isServer=True), a, FakeTransport(a, isServer=False), greet=False)
-    return a, b, pump
-
-
-@implementer(IInvalidator)
-class Recorder:
-    """An invalidator that records its calls and touches ``n`` entries each."""
-
-    def __init__(self, n=1):
-        self.n = n
-        self.calls = []
-
-    def invalidate(self, tenant, route_type, params):
-        self.calls.append(Invalidation("invalidate", tenant, route_type, params))
-        return succeed(self.n)
-
-    def refresh(self, tenant, route_type, params):
-        self.calls.append(Invalidation("refresh", tenant, route_type, params))
-        return succeed(self.n)
-
-    def clear(self, tenant):
-        self.calls.append(Invalidation("clear", tenant))
-        return succeed(self.n)
 
 
 def test_an_asked_invalidation_is_applied_by_the_other_end_and_counted():
