@@ -241,6 +241,7 @@ def test_two_workers_on_one_stdout_pipe_never_interleave_lines(tmp_path, upstrea
             th.start()
         for th in workers:
             th.join(120)
+        # wall clock: a bound on two real workers under load, far above what it takes
         assert time.monotonic() - started < 120
         lines = _stop_then_lines(d)
     finally:

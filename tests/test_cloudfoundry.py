@@ -292,7 +292,7 @@ def test_sigterm_lets_a_slow_request_finish(cf, upstream):
 
     assert result and result[0][0] == 200 and result[0][1]["x-cache"] == "MISS"
     assert status in (0, -signal.SIGTERM)
-    assert took < 6.0  # within server.shutdown_grace
+    assert took < 6.0  # wall clock: the real daemon exits within server.shutdown_grace
     messages = [ln["message"] for ln in cf.lines()]
     order = [
         next(i for i, m in enumerate(messages) if m.startswith("Received SIGTERM")),

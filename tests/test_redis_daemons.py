@@ -59,6 +59,7 @@ def test_delete_on_one_instance_is_a_miss_on_the_other(pair: Any, upstream: Upst
     assert b.get(OBJ).cache == "HIT"  # now also in b's in-process tier
     deleted = a.delete(OBJ, tenant="t1")
     assert (deleted.status, deleted.json()) == (200, {"invalidated": 1})
+    # wall clock: through a real redis-server's pub/sub to another real daemon
     wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ).cache == "MISS"
     assert upstream.calls(UP) == 2
@@ -70,6 +71,7 @@ def test_delete_for_every_tenant_reaches_every_instance(pair: Any, upstream: Ups
     b.get(OBJ, tenant="t2")
     b.get(OBJ, tenant="t1")
     assert a.delete(OBJ).json() == {"invalidated": 2}
+    # wall clock: through a real redis-server's pub/sub to another real daemon
     wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ, tenant="t1").cache == "MISS"
     assert b.get(OBJ, tenant="t2").cache == "MISS"
@@ -147,6 +149,7 @@ def test_an_answer_that_is_not_stored_does_not_hold_up_the_other_instance(pair: 
         elapsed = time.monotonic() - started
     assert first.result().status == second.status == 404
     # b waited for a's fetch, then fetched itself: not for the lock's 5 s
+    # (wall clock: two real daemons and a real redis-server hold the lock)
     assert elapsed < 1.5
     assert upstream.calls(UP) == 2
 

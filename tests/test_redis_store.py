@@ -225,6 +225,8 @@ async def test_change_reaches_the_other_instance_within_100_ms(stores: Callable[
         await a.clear(None)
     else:
         await a.discard(key())
+    # wall clock: the change travels through a real redis-server's pub/sub,
+    # whose latency only the clock measures
     if change == "mark_stale":
         await wait_until_async(lambda: b.lookup(key()).stale, 0.1, 0.001, "b to see the entry marked stale")
     else:
@@ -268,6 +270,7 @@ async def test_a_waiter_fetches_itself_once_the_lock_expires(stores: Callable[..
     assert await a.load(key()) is None
     started = time.monotonic()
     assert await b.load(key()) is None
+    # wall clock: the 0.2 s lock expires inside the real redis-server
     assert 0.1 < time.monotonic() - started < 1.0
 
 
@@ -287,11 +290,14 @@ async def test_redis_down_fails_fast_and_comes_back(stores: Callable[..., RedisS
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await call()
+        # wall clock: failing at once, not after the 0.5 s timeout, is what
+        # a real redis-server's absence must cost
         assert time.monotonic() - started < 0.1
     redis_server.start()
     restarted = time.monotonic()
     await wait_until_async(s.is_ready, 5, 0.01, "the store to reconnect")
-    assert time.monotonic() - restarted < 3.5  # reconnection backoff is capped at 2 s
+    # wall clock: a real redis-server restarted; reconnection backoff is capped at 2 s
+    assert time.monotonic() - restarted < 3.5
     assert await store_entry(s, key(params=("2",)))
     assert (await s.load(key(params=("2",)))) is not None
 
@@ -308,16 +314,20 @@ async def test_slow_redis_times_out_and_never_stalls_local_hits(
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await s.load(key(params=("9",)))
+        # wall clock: the 0.3 s timeout runs out against a real, paused redis-server
         assert 0.25 < time.monotonic() - started < 1.0
         await wait_until_async(lambda: not s.is_ready(), 2, 0.01, "the store to notice Redis is paused")
         # until Redis answers a PING again, calls don't wait out the timeout
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await s.begin(key(params=("9",)))
+        # wall clock: not waiting for the paused redis-server is only seen on it
         assert time.monotonic() - started < 0.05
         started = time.monotonic()
         for _ in range(1000):
             assert s.lookup(key()) is not None
+        # wall clock: 1000 hits in far less than one 0.3 s timeout: none
+        # waited on the paused redis-server
         assert time.monotonic() - started < 0.1
     finally:
         redis_server.resume()
@@ -354,6 +364,8 @@ async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., Redis
     started = time.monotonic()
     a.release(key(), token)
     assert await waiting is None
+    # wall clock: the release reaches the waiter through a real redis-server,
+    # long before the 5 s lock would expire
     assert time.monotonic() - started < 0.5
 
 

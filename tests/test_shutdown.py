@@ -62,6 +62,7 @@ def test_request_slower_than_the_grace_does_not_hold_the_exit(make_daemon, upstr
     took = time.monotonic() - started
     caller.join(10)
     assert status in (0, -15)
+    # wall clock: the real daemon's 1 s shutdown grace, seen from outside it
     assert 0.9 < took < 3.0
     assert any("still in flight after the grace period" in ln["message"] for ln in d.log_lines())
 

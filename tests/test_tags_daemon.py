@@ -109,6 +109,7 @@ def test_a_purge_on_one_instance_is_a_miss_on_the_other(pair: tuple[Daemon, Daem
     assert b.get(LIST.format("p1")).cache == "HIT"  # now in b's in-process tier too
     r = purge(a, "object:42", tenant="t1")
     assert (r.status, r.json()) == (200, {"invalidated": 1})
+    # wall clock: through a real redis-server's pub/sub to another real daemon
     wait_until(lambda: b.get(LIST.format("p1")).cache == "MISS", 1.0, 0.01, "the purge to reach b")
     assert a.get(LIST.format("p1")).cache == "HIT"  # b stored it again
 
