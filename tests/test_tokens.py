@@ -30,41 +30,40 @@ from apicache.auth.tokens import (
     claim_text,
     www_authenticate,
 )
-from apicache.testing import (
-    TOKEN_AUDIENCE,
-    TOKEN_ISSUER,
-    TOKEN_NOW,
-    TokenSigner,
-    b64url,
-    hmac_token,
-    jwt_segment,
-    token_claims,
-    unsigned_token,
-    write_jwks,
-)
+from apicache.testing import TOKEN_AUDIENCE as AUDIENCE
+from apicache.testing import TOKEN_ISSUER as ISSUER
+from apicache.testing import TOKEN_NOW as NOW
+from apicache.testing import TokenSigner as Signer
+from apicache.testing import b64url as b64
+from apicache.testing import hmac_token as hmac_signed
+from apicache.testing import jwt_segment as segment
+from apicache.testing import token_claims as claims_of
+from apicache.testing import unsigned_token as unsigned
+from apicache.testing import write_jwks
 
 LEEWAY = 30
+
 
 def rs256_by_hand(header: dict[str, Any], claims: dict[str, Any]) -> bytes:
     """
     Sign with RSA's key without joserfc, which would refuse to sign some of
     the headers these tests need.
     """
-    signing_input = f"{jwt_segment({'alg': 'RS256', 'kid': RSA.kid, **header})}.{jwt_segment(claims)}".encode()
+    signing_input = f"{segment({'alg': 'RS256', 'kid': RSA.kid, **header})}.{segment(claims)}".encode()
     signature = RSA.native.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
-    return signing_input + b"." + b64url(signature).encode()
+    return signing_input + b"." + b64(signature).encode()
 
 
 # one key of each kind for the whole module: RSA generation is slow
-RSA = TokenSigner("RS256", "rsa-1")
-EC = TokenSigner("ES256", "ec-1")
-ED = TokenSigner("EdDSA", "ed-1")
+RSA = Signer("RS256", "rsa-1")
+EC = Signer("ES256", "ec-1")
+ED = Signer("EdDSA", "ed-1")
 
 
 class VerifierTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.clock.advance(TOKEN_NOW)
+        self.clock.advance(NOW)
         folder = tempfile.mkdtemp(prefix="apicache-jwks-")
         self.addCleanup(shutil.rmtree, folder)
         self.path = Path(folder) / "jwks.json"
@@ -75,7 +74,7 @@ class VerifierTests(SynchronousTestCase):
         self.verifier = self.make_verifier()
 
     def make_verifier(self, **options: Any) -> TokenVerifier:
-        settings: dict[str, Any] = {"issuers": [TOKEN_ISSUER], "audiences": [TOKEN_AUDIENCE], "leeway": LEEWAY}
+        settings: dict[str, Any] = {"issuers": [ISSUER], "audiences": [AUDIENCE], "leeway": LEEWAY}
         settings.update(options)
         return TokenVerifier(self.source, self.clock, **settings)
 
@@ -90,7 +89,7 @@ class VerifierTests(SynchronousTestCase):
         for signer in (RSA, EC, ED):
             claims = self.verifier.verify(signer.token())
             assert claims["sub"] == "alice", signer.alg
-            assert claims["iss"] == TOKEN_ISSUER
+            assert claims["iss"] == ISSUER
         assert self.verifier.signature_checks == 3
         assert sum(self.verifier.failures.values()) == 0
 
@@ -103,7 +102,7 @@ class VerifierTests(SynchronousTestCase):
         assert self.verifier.verify(RSA.token().decode())["zid"] == "tenant-a"
 
     def test_audience_list_holding_one_accepted_value(self) -> None:
-        assert self.verifier.verify(RSA.token(aud=["other", TOKEN_AUDIENCE]))["sub"] == "alice"
+        assert self.verifier.verify(RSA.token(aud=["other", AUDIENCE]))["sub"] == "alice"
 
     def test_any_issuer_and_audience_when_none_configured(self) -> None:
         open_verifier = self.make_verifier(issuers=[], audiences=[])
@@ -113,13 +112,13 @@ class VerifierTests(SynchronousTestCase):
     def test_kidless_token_uses_the_only_key(self) -> None:
         write_jwks(self.path, {k: v for k, v in RSA.jwk().items() if k != "kid"})
         self.source.refresh()
-        token = jwt.encode({"alg": "RS256"}, token_claims(RSA.token()), RSA.key, algorithms=["RS256"])
+        token = jwt.encode({"alg": "RS256"}, claims_of(RSA.token()), RSA.key, algorithms=["RS256"])
         assert self.verifier.verify(token)["sub"] == "alice"
 
     # -- refused ------------------------------------------------------------
 
     def test_alg_none_is_refused(self) -> None:
-        assert self.refused(unsigned_token(RSA.kid, token_claims(RSA.token()))) == "algorithm"
+        assert self.refused(unsigned(RSA.kid, claims_of(RSA.token()))) == "algorithm"
         assert self.verifier.signature_checks == 0
 
     def test_none_and_hmac_algorithms_cannot_be_configured(self) -> None:
@@ -131,13 +130,13 @@ class VerifierTests(SynchronousTestCase):
         assert check_algorithms(["RS256", "ES256", "RS256"]) == ("RS256", "ES256")
 
     def test_a_wrong_key_with_a_known_kid_is_refused(self) -> None:
-        impostor = TokenSigner("RS256", RSA.kid)
+        impostor = Signer("RS256", RSA.kid)
         assert self.refused(impostor.token()) == "bad_signature"
         assert self.verifier.failures["bad_signature"] == 1
 
     def test_hs256_key_confusion_token_is_refused(self) -> None:
         """HMAC-SHA256 keyed with the RSA public key's PEM, under the RSA key's kid."""
-        token = hmac_token(RSA.public_pem(), {"alg": "HS256", "kid": RSA.kid}, token_claims(RSA.token()))
+        token = hmac_signed(RSA.public_pem(), {"alg": "HS256", "kid": RSA.kid}, claims_of(RSA.token()))
         assert self.refused(token) == "algorithm"
         # even a verifier that allows RS256 only for that kid never runs HMAC
         assert self.verifier.signature_checks == 0
@@ -157,18 +156,18 @@ class VerifierTests(SynchronousTestCase):
         assert self.refused(EC.token(), only_rsa) == "algorithm"
 
     def test_expiry_just_inside_and_just_outside_leeway(self) -> None:
-        inside = RSA.token(exp=int(TOKEN_NOW) - LEEWAY + 1)
-        outside = RSA.token(exp=int(TOKEN_NOW) - LEEWAY)
+        inside = RSA.token(exp=int(NOW) - LEEWAY + 1)
+        outside = RSA.token(exp=int(NOW) - LEEWAY)
         assert self.verifier.verify(inside)["sub"] == "alice"
         assert self.refused(outside) == "expired"
 
     def test_not_before_just_inside_and_just_outside_leeway(self) -> None:
-        assert self.verifier.verify(RSA.token(nbf=int(TOKEN_NOW) + LEEWAY))["sub"] == "alice"
-        assert self.refused(RSA.token(nbf=int(TOKEN_NOW) + LEEWAY + 1)) == "not_yet_valid"
+        assert self.verifier.verify(RSA.token(nbf=int(NOW) + LEEWAY))["sub"] == "alice"
+        assert self.refused(RSA.token(nbf=int(NOW) + LEEWAY + 1)) == "not_yet_valid"
 
     def test_issued_at_just_inside_and_just_outside_leeway(self) -> None:
-        assert self.verifier.verify(RSA.token(iat=int(TOKEN_NOW) + LEEWAY))["sub"] == "alice"
-        assert self.refused(RSA.token(iat=int(TOKEN_NOW) + LEEWAY + 1)) == "not_yet_valid"
+        assert self.verifier.verify(RSA.token(iat=int(NOW) + LEEWAY))["sub"] == "alice"
+        assert self.refused(RSA.token(iat=int(NOW) + LEEWAY + 1)) == "not_yet_valid"
 
     def test_a_token_without_exp_is_refused(self) -> None:
         assert self.refused(RSA.token(exp=None)) == "malformed"
@@ -203,7 +202,7 @@ class VerifierTests(SynchronousTestCase):
         assert roomy.verify(token)["sub"] == "alice"
 
     def test_a_crit_header_naming_an_unknown_extension_is_refused(self) -> None:
-        claims = token_claims(RSA.token())
+        claims = claims_of(RSA.token())
         assert self.verifier.verify(rs256_by_hand({}, claims))["sub"] == "alice"
         token = rs256_by_hand({"crit": ["x-unheard-of"], "x-unheard-of": 1}, claims)
         assert self.refused(token) == "malformed"
@@ -211,7 +210,7 @@ class VerifierTests(SynchronousTestCase):
 
     def test_unknown_header_parameters_are_ignored(self) -> None:
         """RFC 7515 section 4: only what crit names must be understood."""
-        assert self.verifier.verify(rs256_by_hand({"x-trace": "1"}, token_claims(RSA.token())))["sub"] == "alice"
+        assert self.verifier.verify(rs256_by_hand({"x-trace": "1"}, claims_of(RSA.token())))["sub"] == "alice"
 
     def test_garbage_is_malformed(self) -> None:
         good = RSA.token()
@@ -221,8 +220,8 @@ class VerifierTests(SynchronousTestCase):
             b"a.b",
             b"a.b.c.d",
             b"!!!." + payload + b"." + signature,
-            jwt_segment({"alg": "RS256", "kid": ["rsa-1"]}).encode() + b"." + payload + b"." + signature,
-            jwt_segment({"kid": RSA.kid}).encode() + b"." + payload + b"." + signature,
+            segment({"alg": "RS256", "kid": ["rsa-1"]}).encode() + b"." + payload + b"." + signature,
+            segment({"kid": RSA.kid}).encode() + b"." + payload + b"." + signature,
             "tökén",
         ):
             assert self.refused(bad) == "malformed", bad
@@ -230,14 +229,14 @@ class VerifierTests(SynchronousTestCase):
 
     def test_a_tampered_payload_is_refused(self) -> None:
         head, _, signature = RSA.token().split(b".")
-        forged = token_claims(RSA.token())
+        forged = claims_of(RSA.token())
         forged["zid"] = "tenant-b"
-        assert self.refused(head + b"." + jwt_segment(forged).encode() + b"." + signature) == "bad_signature"
+        assert self.refused(head + b"." + segment(forged).encode() + b"." + signature) == "bad_signature"
 
     def test_every_reason_is_counted_from_zero(self) -> None:
         assert set(self.verifier.failures) == set(REASONS)
         assert set(self.verifier.failures.values()) == {0}
-        self.refused(RSA.token(exp=int(TOKEN_NOW) - 3600))
+        self.refused(RSA.token(exp=int(NOW) - 3600))
         self.refused(None)
         assert self.verifier.failures["expired"] == 1
         assert self.verifier.failures["missing"] == 1
@@ -253,7 +252,7 @@ class VerifierTests(SynchronousTestCase):
         assert self.verifier.cache_hits == 5
 
     def test_a_cached_token_expires_at_its_exp(self) -> None:
-        token = RSA.token(exp=int(TOKEN_NOW) + 60)
+        token = RSA.token(exp=int(NOW) + 60)
         self.verifier.verify(token)
         self.clock.advance(60 + LEEWAY - 1)
         assert self.verifier.verify(token)["sub"] == "alice"
@@ -298,7 +297,7 @@ class VerifierTests(SynchronousTestCase):
     # -- unknown kids --------------------------------------------------------
 
     def test_key_rotation_through_the_file(self) -> None:
-        new = TokenSigner("ES256", "ec-2")
+        new = Signer("ES256", "ec-2")
         token = new.token()
         reads = self.source.reads
         write_jwks(self.path, RSA.jwk(), new.jwk())
@@ -315,7 +314,7 @@ class VerifierTests(SynchronousTestCase):
         assert not isinstance(result, Deferred)
 
     def test_unknown_kid_reads_the_key_set_at_most_once_per_10_s(self) -> None:
-        stranger = TokenSigner("ES256", "nobody-knows")
+        stranger = Signer("ES256", "nobody-knows")
         reads = self.source.reads
         failure = self.failureResultOf(self.verifier.verify_or_refresh(stranger.token()), TokenRefused)
         assert failure.value.reason == "unknown_kid"
@@ -333,7 +332,7 @@ class VerifierTests(SynchronousTestCase):
         assert self.verifier.failures["unknown_kid"] == 20 * 2 + 2
 
     def test_verify_alone_asks_for_a_read_too(self) -> None:
-        new = TokenSigner("EdDSA", "ed-2")
+        new = Signer("EdDSA", "ed-2")
         write_jwks(self.path, ED.jwk(), new.jwk())
         assert self.refused(new.token()) == "unknown_kid"
         # the read it caused (a file: done at once) lets the next request in
