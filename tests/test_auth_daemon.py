@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_tokens import Signer, claims_of, unsigned, write_jwks
+
+from apicache.testing import TokenSigner as Signer
+from apicache.testing import token_claims as claims_of
+from apicache.testing import unsigned_token as unsigned
+from apicache.testing import write_jwks
 
 pytestmark = pytest.mark.integration
 

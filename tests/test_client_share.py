@@ -18,12 +18,22 @@ from redis_support import ready
 from store_contract import charge, store_entry
 from store_contract import entry as contract_entry
 from store_contract import key as contract_key
-from test_fair_share import e, k
 from twisted.internet.defer import Deferred
 
 from apicache.auth.apikey import ANONYMOUS_CLIENT, ApiKeys, fingerprint
+from apicache.cache.keys import CacheKey
 from apicache.store.eviction import ANONYMOUS, acting_for, current_client
+from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
+
+
+def k(tenant: str, i: int | str) -> CacheKey:
+    return CacheKey(tenant, "object", (str(i),), "v")
+
+
+def e(size: int = 1000) -> CachedResponse:
+    return CachedResponse(200, (), b"x" * size, 0.0, 1e9, 1e9)
+
 
 ONE = charge(k("a", 0), e())
 VICTIM, SYBIL, THIRD = 1, 2, 3

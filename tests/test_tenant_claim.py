@@ -4,7 +4,7 @@ SPEC.md section 4): reads, C{DELETE}, C{PURGE}, tag purges, C{/clear} and
 pass-through writes are refused C{403 tenant_mismatch} when the token's
 claim is another tenant.  Without C{[auth]} the claim is read from the
 unverified token (over StubTreq); with it, from the token the channel
-verified (in-process over the wire, L{test_auth_wiring.AuthWire}).  The
+verified (in-process over the wire, L{auth_support.AuthWire}).  The
 real daemon's case is in C{tests/test_auth_daemon.py}.
 """
 
@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_auth_wiring import K1, RSA, WRITE_ROUTES, AuthWire, bearer
-from test_http import App, _tc, error_of, jwt, result
-from test_server import PATH
-from test_tokens import unsigned
+from auth_support import K1, PATH, RSA, WRITE_ROUTES, AuthWire, bearer
+from auth_support import unverified_jwt as jwt
+from http_support import App, error_of, result
+from http_support import sync_case as _tc
+
+from apicache.testing import unsigned_token as unsigned
 
 OBJ = "http://x/server/object(42)/header"
 
