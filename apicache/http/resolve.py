@@ -18,6 +18,7 @@ from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from apicache._twisted import raw_headers
 from apicache.auth.apikey import claim_matches
 from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.cache.policy import normalise_accept_encoding
@@ -146,7 +147,7 @@ class Resolver:
         @raise InvalidQuery: the query string is rejected.
         """
         headers = request.requestHeaders
-        raw = headers._rawHeaders  # see _RAW_ACCEPT_ENCODING
+        raw = raw_headers(headers)
         tenants = raw.get(self._raw_tenant_header) or None
         keyed = [raw.get(h) or None for h in self._raw_keyed]
         accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None
