@@ -13,7 +13,6 @@ of what keeps the hit path fast).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.iweb import IRequest
@@ -86,7 +85,6 @@ class Resolver:
         self._tenant_claim = config.server.tenant_claim
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
         self._raw_keyed = [canonical_name(h) for h in self._keyed]
-        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
@@ -167,7 +165,7 @@ class Resolver:
             raw_query = request.uri.partition(b"?")[2]
             query = canonical_query(raw_query) if raw_query else ""
             encoding = normalise_accept_encoding(accept_encoding)
-            key = cache_key(tenant, route, params, query, keyed, encoding)
+            key = cache_key(tenant, route.config, params, query, keyed, encoding)
             found = Resolved(route, params, tenant, query, key, encoding)
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send
@@ -186,22 +184,3 @@ class Resolver:
         ):
             raise ApiError(403, "tenant_mismatch", f"the token's {self._tenant_claim!r} claim does not match the tenant")
         return found
-
-    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
-        """
-        Return the caller's headers to send upstream: those of
-        ``forward_headers`` (``traceparent``, always among them, set to this
-        request's span, and ``tracestate``) and those named in ``extra``,
-        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
-        are the upstream client's: no caller value replaces them.
-        """
-        headers = request.requestHeaders
-        trace = getattr(request, "trace", None)
-        if trace is not None:
-            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
-        forwarded: list[tuple[bytes, bytes]] = []
-        for names in (self._forward, extra):
-            for name in names:
-                for value in headers.getRawHeaders(name, ()):
-                    forwarded.append((name, value))
-        return forwarded
