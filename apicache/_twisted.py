@@ -18,6 +18,9 @@ Twisted's public API only.
    module C{twisted.web._newclient}) told of the bytes that follow an
    answer's end (C{_finishResponse_WAITING} and C{_TRANSMITTING}), for the
    tenant-safe pool.
+ - L{connection_field}: the C{Connection} field of an answer, which the
+   parser of a request (C{HTTP11ClientProtocol._parser}) keeps apart from
+   the answer's headers (in C{connHeaders}).
  - L{RequestNotSent}, also from C{twisted.web._newclient}: how an Agent's
    request that surely never reached the upstream fails.
  - L{adopt_fair_port}: a listening socket adopted as a TCP port that accepts
@@ -27,6 +30,7 @@ Twisted's public API only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import tcp
@@ -44,6 +48,7 @@ __all__ = [
     "HTTPChannelInternals",
     "LeftoverAwareClientProtocol",
     "RequestNotSent",
+    "connection_field",
     "FairPort",
     "adopt_fair_port",
 ]
@@ -138,6 +143,20 @@ class LeftoverAwareClientProtocol(HTTP11ClientProtocol):
     def _finishResponse_TRANSMITTING(self, rest: bytes) -> None:
         self.leftover(rest)
         super()._finishResponse_TRANSMITTING(rest)
+
+
+def connection_field(protocol: HTTP11ClientProtocol) -> Callable[[], tuple[bytes, ...]] | None:
+    """
+    Called right after C{protocol.request(...)}: return a function giving
+    the values of that request's answer's C{Connection} field once its head
+    is parsed (Twisted's parser keeps the field apart from the answer's
+    headers, and the protocol drops the parser once the answer is read), or
+    ``None`` when the request was not sent (no parser).
+    """
+    parser = getattr(protocol, "_parser", None)
+    if parser is None:
+        return None
+    return lambda: tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
 
 
 class FairPort(tcp.Port):

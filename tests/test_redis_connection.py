@@ -151,7 +151,7 @@ class ConnectionTests(SynchronousTestCase):
         assert self.commands.received()[0][0] == b"MGET"
         # the four generations, then the tag sequence (issue 12)
         self.commands.answer(b"*5\r\n$1\r\n1\r\n$-1\r\n$1\r\n2\r\n$-1\r\n$1\r\n7\r\n")
-        gens, seq, _ = self.successResultOf(d)
+        gens, seq, _, _ = self.successResultOf(d)
         assert gens == (b"1", b"0", b"2", b"0")
         assert seq == 7
 

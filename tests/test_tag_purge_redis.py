@@ -28,6 +28,9 @@ from apicache.store.redis import RedisStore
 from apicache.store.redis import store as redis_store_module
 from apicache.testing import FakeUpstream
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
@@ -111,7 +114,7 @@ async def test_a_purge_takes_effect_in_redis_before_the_entries_are_deleted(stor
     await s.commands.eval(
         redis_store_module.scripts.PURGE_TAG,
         [f"{s.prefix}:seq", f"{s.prefix}:L"],
-        [s.prefix, "t1", "object%3A42", "0", "nobody-listens", message, 3600],
+        [s.prefix, "t1", "object%3A42", "0", "nobody-listens", message, 120000],
     )
     assert await raw(s, "EXISTS", redis_store_module.encode_key(s.prefix, key())) == 1
     other = await ready(stores(prefix=s.prefix))
@@ -283,9 +286,10 @@ async def test_a_request_after_another_instances_purge_does_not_join_an_older_fe
 @pytest_twisted.ensureDeferred
 async def test_generations_outlive_every_entry(stores: Callable[..., RedisStore]) -> None:
     s = await ready(stores(prefix=unique("gttl")))
-    assert await put(s, key(), tagged("a", ttl=7200.0))
-    await s.purge_tag("t1", "b")
-    await s.purge_tag(None, "c")
+    assert await put(s, key(), tagged("a", "b", ttl=7200.0))
+    assert await put(s, key(params=("43",)), tagged("a", "c", ttl=7200.0))
+    assert await s.purge_tag("t1", "b") == 1
+    assert await s.purge_tag(None, "c") == 1
     for gen in (f"{s.prefix}:x:t1:b", f"{s.prefix}:y:t1:b", f"{s.prefix}:X:c", f"{s.prefix}:Y:c"):
-        # longer than the longest-lived entry (2 h), not just the 1 h floor
+        # longer than the longest-lived entry carrying a tag (2 h)
         assert int(await raw(s, "PTTL", gen)) > 7200 * 1000

@@ -428,11 +428,14 @@ class PurgeRouteTests(SynchronousTestCase):
         assert r.code in (404, 405)
 
 
-def test_forgotten_generations_make_older_tagged_entries_misses(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forgotten_generations_drop_nothing_and_refuse_only_that_tenants_older_fetches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """
-    The generations kept are bounded; past the bound, a tagged entry stored
-    before the oldest one forgotten is treated as purged (never served
-    wrongly), and an untagged one is untouched.
+    The generations kept are bounded; past the bound, a tenant's oldest is
+    forgotten: no entry is dropped (SPEC.md section 3, v3), and a tagged
+    answer of a fetch that tenant began before it is not stored (the race
+    rule, conservatively), while another tenant's is.
     """
     import apicache.store.tagindex as tagindex
 
@@ -440,10 +443,14 @@ def test_forgotten_generations_make_older_tagged_entries_misses(monkeypatch: pyt
     store = MemoryStore(1 << 20)
     store.put_now(key(id="old"), entry(("kept",)), 0)
     store.put_now(key(id="plain"), entry(()), 0)
+    before = store._epoch
     for i in range(4):
         store.purge_tag("t1", f"gone-{i}")
-    assert store.lookup(key(id="old")) is None
+    assert store.tags.generations == 3
+    assert store.lookup(key(id="old")) is not None
     assert store.lookup(key(id="plain")) is not None
+    assert not store.put_now(key(id="late"), entry(("kept",)), before)
+    assert store.put_now(key("t2", id="late"), entry(("kept",)), before)
     token = store._epoch
     assert store.put_now(key(id="new"), entry(("kept",)), token)
     assert store.lookup(key(id="new")) is not None

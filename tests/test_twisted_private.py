@@ -31,6 +31,7 @@ from apicache._twisted import (
     LeftoverAwareClientProtocol,
     RequestNotSent,
     adopt_fair_port,
+    connection_field,
     raw_headers,
 )
 from apicache.cache.wire import canonical_name
@@ -239,6 +240,25 @@ def test_a_request_on_a_busy_connection_is_request_not_sent():
     assert failure and failure[0].check(RequestNotSent)
     # the class Agent's users catch is this one
     assert RequestNotSent is ClientRequestNotSent
+
+
+# -- connection_field: HTTP11ClientProtocol._parser, HTTPClientParser.connHeaders
+
+
+def test_the_connection_field_is_kept_apart_from_the_answer_s_headers_and_read_from_the_parser():
+    protocol = _client()
+    answered = []
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True)).addCallback(answered.append)
+    fields = connection_field(protocol)
+    assert fields is not None
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\nContent-Length: 2\r\n\r\nok")
+    (response,) = answered
+    assert not response.headers.hasHeader(b"connection")
+    assert fields() == (b"keep-alive, x-secret",)
+
+
+def test_a_protocol_that_sent_nothing_has_no_connection_field():
+    assert connection_field(_client()) is None
 
 
 # -- FairPort: tcp.Port.numberAccepts, tcp.Port._fromListeningDescriptor --------

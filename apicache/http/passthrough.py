@@ -128,8 +128,10 @@ class PassThrough:
         if invalidates(response.status):
             await self._after_write(invalidator, tenant, route, params)
         # the headers, Date and Age of a MISS: the upstream's Date is passed
-        # on (apicache's own when it sent none), and a non-zero upstream Age
-        kept = replayed_headers(response.headers, self._hidden, date_header(self._clock.seconds()))
+        # on (apicache's own when it sent none), a non-zero upstream Age by
+        # its first value; never stored, so Set-Cookie is passed on (a login
+        # keeps its cookie)
+        kept = replayed_headers(response.headers, self._hidden, date_header(self._clock.seconds()), passed=True)
         age = upstream_age(response.headers) or None
         answer = CachedResponse(response.status, kept, response.body)
         # the writer appends apicache's member after any the upstream sent

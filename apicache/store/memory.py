@@ -383,9 +383,11 @@ class MemoryStore:
     def _reap_purged(self, key: CacheKey) -> None:
         slot = self._slots.get(key)
         entry = slot.entry if slot is not None else None
-        # the key may hold a newer entry, stored after the purge
-        if entry is not None and entry.tags and self.tags.check(key, entry.tags) == DROPPED:
-            self._remove(key)
+        # the key may hold a newer entry, stored after the purge; a refresh
+        # marks its entries here too, so that its generation may be
+        # forgotten later (L{TagIndex})
+        if entry is not None and entry.tags:
+            self._tag_purged(key, entry)
 
     def forget(self, tenant: str, route: str) -> None:
         for k in self._all(self._index.get(tenant, {}).get(route, {}).values()):

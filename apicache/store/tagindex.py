@@ -9,9 +9,22 @@ generations of its own tags against that: a purged entry is never served,
 whether or not its memory was freed yet.  Storing an answer checks the same
 generations against the token, which is the race rule for tags.  Dropping
 the entries themselves only frees memory, in bounded batches across reactor
-turns, so no request waits on a purge of 100k entries.
+turns, so no request waits on a purge of 100k entries; a refresh marks its
+entries stale the same way.
 
-The index's memory counts in the store's budget: L{TagIndex.charge}.
+Generations are kept per tenant, at most L{MAX_GENERATIONS} in all (SPEC.md
+section 3, v3: what a purge of a tag no entry carries leaves behind is
+bounded).  Once a purge's walk is done, its generation only matters to the
+fetches begun before it; so forgetting one first finishes the walks up to
+it, then refuses the tagged answers of that tenant's fetches begun before it
+(a token floor).  Forgetting never drops an entry, and the generation
+forgotten is one of the tenant holding the most, never another tenant's
+while the purging one holds its share: no number of one tenant's purges
+touches another tenant's entries.
+
+The index's memory counts in the store's budget: L{TagIndex.charge}; the
+generations are bounded apart from it (about 100 bytes each plus the tag,
+for a drop).
 """
 
 from __future__ import annotations
@@ -40,15 +53,27 @@ PAIR_CHARGE = 48
 ENTRY_CHARGE = 64
 #: Entries a purge walks per reactor turn (1-2 ms of work).
 REAP_BATCH = 200
-#: Tags whose generations are remembered; past this the oldest is
-#: forgotten and every tagged entry stored before it is treated as purged
-#: (conservative: a spurious miss, never a purged entry served).
+#: Generations remembered, all tenants together; past this a tenant's
+#: oldest is forgotten (see the module's docstring): never an entry
+#: dropped, only that tenant's older fetches' tagged answers not stored.
 MAX_GENERATIONS = 65536
+#: Tenants whose token floor is remembered; past this the oldest floor
+#: goes to the floor of every tenant (a tagged answer of a fetch begun
+#: before it is not stored, whatever its tenant).
+MAX_FLOORS = 65536
 
 
 #: The entries carrying a tag within one tenant: the key of the only one
 #: (the common ``object:{id}`` case costs no set), or a set of keys.
 _Held = CacheKey | set[CacheKey]
+
+#: The generation of a tag: the sequence of its latest purge when that was
+#: a drop (the common case: one int), else ``(latest, latest drop or 0)``.
+_Gen = int | tuple[int, int]
+
+
+def _latest(gen: _Gen) -> int:
+    return gen if gen.__class__ is int else gen[0]  # type: ignore[index,return-value]
 
 
 def _keys(held: _Held) -> Iterator[CacheKey]:
@@ -87,11 +112,12 @@ class _Sweep:
     the index), reaping each: at most a batch per reactor turn.
     """
 
-    __slots__ = ("keys", "reap")
+    __slots__ = ("keys", "reap", "seq")
 
-    def __init__(self, keys: Iterator[CacheKey], reap: Callable[[CacheKey], Any]) -> None:
+    def __init__(self, keys: Iterator[CacheKey], reap: Callable[[CacheKey], Any], seq: int) -> None:
         self.keys = keys
         self.reap = reap
+        self.seq = seq
 
 
 class TagIndex:
@@ -114,10 +140,18 @@ class TagIndex:
         self._members: dict[str, _Held | dict[str, _Held]] = {}
         #: tagged entry -> the sequence it was stored under
         self._seq: dict[CacheKey, int] = {}
-        #: tag -> tenant (None: every tenant) -> latest purge (drop or stale)
-        self._latest: dict[str, dict[str | None, int]] = {}
-        #: tag -> tenant (None: every tenant) -> latest drop
-        self._drops: dict[str, dict[str | None, int]] = {}
+        #: tenant (None: every tenant) -> tag -> generation, in order of
+        #: last purge, oldest first
+        self._gens: dict[str | None, dict[str, _Gen]] = {}
+        #: generations held, all tenants together
+        self._held = 0
+        #: a tenant holding at least its share of generations (a guess,
+        #: checked before use)
+        self._largest: str | None = None
+        #: tenant -> its fetches begun before this store no tagged answer
+        #: (generations forgotten), oldest change first
+        self._floors: dict[str, int] = {}
+        #: the same for every tenant
         self._floor = 0
         self._sweeps: deque[_Sweep] = deque()
         self._scheduled = False
@@ -142,19 +176,39 @@ class TagIndex:
         stored.  One dict lookup per tag when none of them was ever purged.
         """
         seq = self._seq.get(key)
-        if seq is None or seq < self._floor:
+        if seq is None:
             return DROPPED
-        latest = self._latest
+        gens = self._gens
+        if not gens:
+            return FRESH
+        mine = gens.get(key.tenant)
+        every = gens.get(None)
+        if every is None:
+            # the hit path: one lookup per tag, as long as none was purged
+            if mine is None:
+                return FRESH
+            for tag in tags:
+                if tag in mine:
+                    break
+            else:
+                return FRESH
         verdict = FRESH
-        for tag in tags:
-            gens = latest.get(tag)
-            if gens is None:
+        for table in (mine, every):
+            if table is None:
                 continue
-            if gens.get(key.tenant, 0) > seq or gens.get(None, 0) > seq:
-                drops = self._drops.get(tag)
-                if drops is not None and (drops.get(key.tenant, 0) > seq or drops.get(None, 0) > seq):
+            for tag in tags:
+                gen = table.get(tag)
+                if gen is None:
+                    continue
+                if gen.__class__ is int:
+                    if gen > seq:  # type: ignore[operator]
+                        return DROPPED
+                    continue
+                latest, drop = gen  # type: ignore[misc]
+                if drop > seq:
                     return DROPPED
-                verdict = STALE
+                if latest > seq:
+                    verdict = STALE
         return verdict
 
     def refused(self, tenant: str, tags: tuple[str, ...], token: int) -> bool:
@@ -162,13 +216,16 @@ class TagIndex:
         Return whether an answer carrying ``tags``, fetched with ``token``,
         must not be stored: one of its tags was purged since.
         """
-        if token < self._floor:
+        if token < self._floor or token < self._floors.get(tenant, 0):
             return True
-        latest = self._latest
-        for tag in tags:
-            gens = latest.get(tag)
-            if gens is not None and (gens.get(tenant, 0) > token or gens.get(None, 0) > token):
-                return True
+        gens = self._gens
+        for table in (gens.get(tenant), gens.get(None)):
+            if table is None:
+                continue
+            for tag in tags:
+                gen = table.get(tag)
+                if gen is not None and _latest(gen) > token:
+                    return True
         return False
 
     # -- membership ----------------------------------------------------------
@@ -239,23 +296,26 @@ class TagIndex:
         """
         Purge ``tag`` (of ``tenant``, or of every tenant) as of sequence
         ``seq``: at once for every later check; ``stale`` marks the entries
-        stale (as they are read) instead of dropping them.  The entries of a
-        drop are then walked in batches, one per reactor turn, calling
-        ``reap`` on each (``reap`` must check that the entry is still
-        purged: it may have been stored again since).
+        stale instead of dropping them.  The entries are then walked in
+        batches, one per reactor turn, calling ``reap`` on each: it drops
+        or marks stale what L{check} says (the entry may have been stored
+        again since), and changes the index only through L{remove}.
 
         @return: the number of entries (of ``tenant``) carrying the tag;
-            O(1), or O(tenants) for every tenant.
+            O(1) for a drop, or O(tenants) for every tenant; a refresh
+            copies the keys it walks (O(entries carrying the tag)).
         """
-        self._bump(self._latest, tag, tenant, seq)
-        if not stale:
-            self._bump(self._drops, tag, tenant, seq)
+        self._bump(tenant, tag, stale, seq)
         found = self._detach(tenant, tag, stale)
         n = 0
         for held in found:
             n += _count(held)
-            if not stale:
-                self._sweep(_Sweep(_keys(held), reap))
+            # a refresh's entries stay in the index, which may change
+            # under the walk: it walks a copy
+            self._sweep(_Sweep(iter(list(_keys(held))) if stale else _keys(held), reap, seq))
+        # only now: forgetting may finish this purge's own walk first
+        while self._held > MAX_GENERATIONS:
+            self._forget(self._victim(tenant))
         return n
 
     def _detach(self, tenant: str | None, tag: str, keep: bool) -> list[_Held]:
@@ -295,16 +355,69 @@ class TagIndex:
             self._scheduled = True
             self._clock.callLater(0, self._walk)
 
-    def _bump(self, table: dict[str, dict[str | None, int]], tag: str, tenant: str | None, seq: int) -> None:
-        gens = table.pop(tag, None)
-        if gens is None:
-            gens = {}
-        gens[tenant] = seq
-        # re-inserted: the dict is in order of last purge, oldest first
-        table[tag] = gens
-        if len(table) > MAX_GENERATIONS:
-            oldest = next(iter(table))
-            self._floor = max(self._floor, *table.pop(oldest).values())
+    def _bump(self, tenant: str | None, tag: str, stale: bool, seq: int) -> None:
+        table = self._gens.get(tenant)
+        if table is None:
+            table = self._gens[tenant] = {}
+        old = table.pop(tag, None)
+        if old is None:
+            self._held += 1
+        if not stale:
+            table[tag] = seq
+        elif old is None:
+            table[tag] = (seq, 0)
+        else:
+            # re-inserted: the table is in order of last purge, oldest first
+            table[tag] = (seq, old if old.__class__ is int else old[1])  # type: ignore[index,assignment]
+
+    def _victim(self, tenant: str | None) -> str | None:
+        """
+        Return the tenant that forgets a generation: the purging one while
+        it holds at least its share (the average), else one that does.
+        """
+        gens = self._gens
+        if len(gens.get(tenant, ())) * len(gens) >= self._held:
+            return tenant
+        largest = self._largest
+        table = gens.get(largest)
+        if table is None or len(table) * len(gens) < self._held:
+            largest = self._largest = max(gens, key=lambda t: len(gens[t]))
+        return largest
+
+    def _forget(self, tenant: str | None) -> None:
+        """
+        Forget the oldest generation of ``tenant``, after the walks of the
+        purges up to it: from then on only the fetches begun before it
+        could tell, and the token floor refuses their tagged answers.
+        """
+        table = self._gens[tenant]
+        tag = next(iter(table))
+        latest = _latest(table[tag])
+        self._finish(latest)
+        del table[tag]
+        self._held -= 1
+        if not table:
+            del self._gens[tenant]
+        if tenant is None:
+            self._floor = max(self._floor, latest)
+            return
+        floors = self._floors
+        floors[tenant] = max(floors.pop(tenant, 0), latest)
+        if len(floors) > MAX_FLOORS:
+            oldest = next(iter(floors))
+            self._floor = max(self._floor, floors.pop(oldest))
+
+    def _finish(self, seq: int) -> None:
+        """
+        Walk to their end the purges up to sequence ``seq`` (they are
+        queued in order of sequence).
+        """
+        sweeps = self._sweeps
+        while sweeps and sweeps[0].seq <= seq:
+            sweep = sweeps.popleft()
+            reap = sweep.reap
+            for key in sweep.keys:
+                reap(key)
 
     def _walk(self) -> None:
         """
@@ -333,6 +446,14 @@ class TagIndex:
         Whether purges are still walking their entries.
         """
         return bool(self._sweeps)
+
+    @property
+    def generations(self) -> int:
+        """
+        The generations held, all tenants together (at most
+        L{MAX_GENERATIONS}).
+        """
+        return self._held
 
     def stats(self) -> dict[str, int]:
         """

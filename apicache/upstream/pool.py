@@ -47,7 +47,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
-from apicache._twisted import LeftoverAwareClientProtocol, RequestNotSent
+from apicache._twisted import LeftoverAwareClientProtocol, RequestNotSent, connection_field
 
 __all__ = ["GuardedHTTP11ClientProtocol", "TenantConnectionPool"]
 
@@ -106,6 +106,26 @@ class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
             self._lost_callback(self)
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
+
+    def request(self, request: Any) -> Deferred[Any]:
+        """
+        Send ``request``; its answer carries, as C{connection_fields}, the
+        values of the upstream's C{Connection} field.  Twisted's parser
+        keeps that field apart from the answer's headers
+        (L{apicache._twisted.connection_field}), so the fields it names would
+        otherwise be replayed to callers (SPEC.md section 3, v3: never, on
+        misses and hits alike).
+        """
+        d: Deferred[Any] = super().request(request)
+        fields = connection_field(self)
+        if fields is not None:
+            d.addCallback(_with_connection_fields, fields)
+        return d
+
+
+def _with_connection_fields(response: Any, fields: Callable[[], tuple[bytes, ...]]) -> Any:
+    response.connection_fields = fields()
+    return response
 
 
 class _ConnectionFactory(Factory):

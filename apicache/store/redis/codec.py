@@ -190,22 +190,60 @@ def decode_entry(data: bytes) -> CachedResponse | None:
 # RFC 9110 section 5.6.2: a field name is a token
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
+#: Fields never stored (SPEC.md section 3, "Replayed headers"): the
+#: hop-by-hop ones, the framing apicache writes itself, cookies, and
+#: apicache's own; replayed from a stored value they would change how a
+#: client reads the answer, or what it keeps.  (The same list as the cache
+#: core's filter, kept here so that the store checks what it reads without
+#: importing the layer above it.)
+_NEVER_STORED = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"set-cookie",
+        b"age",
+        b"alt-svc",
+        b"x-cache",
+    }
+)
+#: Statuses never stored: interim answers and out-of-range ones are not
+#: final answers, a 206 is answered from a stored 200, and a 304 updates
+#: an entry rather than being one (SPEC.md section 3, "Storable").
+_STORED_STATUSES = frozenset(range(200, 600)) - {206, 304}
+#: Statuses whose answers have no content (RFC 9110 sections 15.3.5, 15.4.5).
+_NO_CONTENT = frozenset({204, 304})
 
 
 def entry_problem(entry: CachedResponse) -> str | None:
     """
     Check an entry read from Redis before it is used: Redis is shared, so
-    what it holds is not trusted to be what this code wrote.
+    what it holds is not trusted to be what this code wrote.  An entry that
+    apicache would not have stored as it is is refused (SPEC.md section 3,
+    "Stored values are untrusted").
 
-    @return: ``None`` when the entry may be replayed, else why not (a
-        header name that is not a token, a header value holding CR, LF or
-        NUL, a status outside 100-599).
+    @return: ``None`` when the entry may be replayed, else why not: a status
+        apicache does not store (1xx, 206, 304, outside 200-599), a body on
+        a 204, a field never stored (hop-by-hop, framing, ``set-cookie``,
+        apicache's own), a header name that is not a token, a header value
+        holding CR, LF or NUL.
     """
-    if not 100 <= entry.status <= 599:
-        return "status outside 100-599"
+    status = entry.status
+    if status not in _STORED_STATUSES:
+        return f"status {status} is never stored" if 100 <= status <= 599 else "status outside 100-599"
+    if status in _NO_CONTENT and entry.body:
+        return f"a body on a {status}"
     for name, value in entry.headers:
         if not _TOKEN.fullmatch(name):
             return "a header name that is not a token"
+        if name.lower() in _NEVER_STORED:
+            # ours, from the list above: safe to log
+            return f"a {name.lower().decode('ascii')} field, never stored"
         if _UNSAFE_VALUE.search(value):
             return "a header value holding CR, LF or NUL"
     return None

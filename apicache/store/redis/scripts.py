@@ -73,7 +73,8 @@ return 1
 # one compares them with its fetch's (PUT_TAGGED): so a purge takes effect
 # for every later request at once, and the entries are deleted afterwards in
 # bounded batches (DROP_BATCH).  Generations live longer than any entry
-# (P:L), so an expired generation (read as 0) can't resurrect anything.
+# carrying their tag (P:L), so an expired generation (read as 0) can't
+# resurrect anything; see PURGE_TAG for how long they live.
 
 # Store a tagged entry: PUT's checks, then every tag's generations must not
 # be newer than the fetch's sequence (the race rule for tags); then the tag
@@ -119,15 +120,20 @@ return 1
 # its generations to the next sequence, publish, and then (drop) move each
 # tenant's sorted set aside, for DROP_BATCH to work through, or (refresh)
 # count the live entries.  O(1), or O(tenants holding the tag).
+# How long a generation lives (SPEC.md section 3, v3: what a purge of a tag
+# no entry carries leaves is bounded or expires): while an entry carries
+# the tag (its P:z: set exists), past the longest-lived entry (P:L) and the
+# fetch horizon; else only the fetch horizon, for the fetches in flight
+# (RedisStore.put refuses a tagged answer of a fetch older than half of
+# it), and then the latest drop (P:y:) is not needed either: whatever it
+# covered is gone.  A generation's life is never shortened: entries a
+# drop moved aside may still be waiting for DROP_BATCH.
 # KEYS: P:seq, P:L
 # ARGV: prefix, tenant or '', tag, '1' refresh | '0' drop, channel, message,
-#       least generation ttl s
+#       fetch horizon ms
 # Returns {sequence, entries counted, {moved set...}}.
 PURGE_TAG = """
 local seq = redis.call('INCR', KEYS[1])
-local ttl = tonumber(ARGV[7]) * 1000
-local horizon = redis.call('PTTL', KEYS[2])
-if horizon + 60000 > ttl then ttl = horizon + 60000 end
 local p, t, tag = ARGV[1], ARGV[2], ARGV[3]
 local x, y
 if t == '' then
@@ -137,11 +143,27 @@ else
   x = p .. ':x:' .. t .. ':' .. tag
   y = p .. ':y:' .. t .. ':' .. tag
 end
-redis.call('SET', x, seq, 'PX', ttl)
-if ARGV[4] == '0' then redis.call('SET', y, seq, 'PX', ttl) end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
 local tenants
 if t == '' then tenants = redis.call('ZRANGE', p .. ':Z:' .. tag, 0, -1) else tenants = {t} end
+local carried = false
+for _, tt in ipairs(tenants) do
+  if redis.call('EXISTS', p .. ':z:' .. tt .. ':' .. tag) == 1 then carried = true break end
+end
+local ttl = tonumber(ARGV[7])
+if carried then
+  local horizon = redis.call('PTTL', KEYS[2]) + 60000
+  if horizon > ttl then ttl = horizon end
+end
+local function generation(k)
+  if redis.call('PTTL', k) > ttl then
+    redis.call('SET', k, seq, 'KEEPTTL')
+  else
+    redis.call('SET', k, seq, 'PX', ttl)
+  end
+end
+generation(x)
+if ARGV[4] == '0' and carried then generation(y) end
+redis.call('PUBLISH', ARGV[5], ARGV[6])
 local now = redis.call('TIME')
 local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local n = 0

@@ -18,6 +18,7 @@ once with :class:`StoreUnavailable` instead of queueing.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -58,6 +59,13 @@ __all__ = ["RedisStore"]
 #: Generations must outlive any fetch in flight (upstream.timeout, plus
 #: lock_ttl): an hour is far more.  An expired one reads as 0 again.
 _GENERATION_TTL = 3600
+#: Seconds a tag generation lives in Redis when no entry carries its tag
+#: (and at least, when one does): it only has to outlive the fetches in
+#: flight, and L{RedisStore.put} refuses a tagged answer of a fetch begun
+#: more than half of it ago, so none outlives it (SPEC.md section 3, v3:
+#: what a purge of a tag no entry carries leaves in Redis expires).  Far
+#: above upstream.timeout (10 s by default) and a revalidation's two asks.
+TAG_FETCH_HORIZON = 120.0
 #: How often a waiter looks for the value another instance is fetching.
 _POLL_INTERVAL = 0.02
 #: Entries a tag purge deletes per script call: each call holds Redis for
@@ -69,6 +77,11 @@ SWEEP_INTERVAL = 10.0
 SWEEP_MEMBERS = 1000
 #: How many keys with a bad value are remembered so that each is logged once.
 _BAD_KEYS_LOGGED = 1024
+#: An invalidation message longer than this, or nested deeper, is dropped
+#: before it is decoded (SPEC.md section 3): ours are a few hundred bytes,
+#: two levels deep, and json would raise RecursionError on deep nesting.
+MAX_MESSAGE_BYTES = 65536
+MAX_MESSAGE_DEPTH = 8
 
 
 @implementer(IStore)
@@ -330,14 +343,25 @@ class RedisStore:
 
     def begin(self, key: CacheKey) -> Deferred[Any]:
         local_token = self._local_token()
+        began = self._clock.seconds()
         d = self.commands.execute("MGET", *generation_keys(self.prefix, key), f"{self.prefix}:seq")
         d.addCallback(
-            lambda gens: (tuple(g if g is not None else b"0" for g in gens[:-1]), int(gens[-1] or 0), local_token)
+            lambda gens: (
+                tuple(g if g is not None else b"0" for g in gens[:-1]),
+                int(gens[-1] or 0),
+                local_token,
+                began,
+            )
         )
         return d
 
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
-        gens, seq, local_token = token
+        gens, seq, local_token, began = token
+        if entry.tags and self._clock.seconds() - began > TAG_FETCH_HORIZON / 2:
+            # a purge of one of its tags during the fetch may have left a
+            # generation that has expired by now (PURGE_TAG): not stored
+            self.release(key, token)
+            return succeed(False)
         value = encode_entry(entry)
         ttl_ms = int((max(entry.stale_until, entry.keep_until) - self._clock.seconds()) * 1000)
         if ttl_ms <= 0 or len(value) > self.max_value_bytes or entry.size() > self.max_entry_bytes:
@@ -460,7 +484,7 @@ class RedisStore:
             scripts.PURGE_TAG,
             [f"{p}:seq", f"{p}:L"],
             [p, "" if tenant is None else encode_component(tenant), encode_component(tag),
-             "1" if stale else "0", self.channel, message, _GENERATION_TTL],
+             "1" if stale else "0", self.channel, message, int(TAG_FETCH_HORIZON * 1000)],
         )
         for aside in moved:
             while True:
@@ -505,17 +529,25 @@ class RedisStore:
     def _message(self, message: bytes) -> None:
         """
         Apply an invalidation published by another instance to the
-        in-process tier.  A malformed message is skipped, counted and
-        logged (not in full); it never raises into the connection, so the
-        messages that follow it in the same read are still applied.
+        in-process tier.  A malformed message (over L{MAX_MESSAGE_BYTES},
+        nested deeper than L{MAX_MESSAGE_DEPTH}, or not one this store
+        writes) is skipped, counted and logged (not in full); nothing
+        raises into the connection, so the messages that follow it in the
+        same read are still applied.
         """
         try:
             change = _parse_message(message)
-        except (ValueError, TypeError, UnicodeDecodeError):
+        except (ValueError, TypeError, UnicodeDecodeError) as e:
             self.counters["bad_messages"] += 1
-            self.log.warn("ignored a malformed invalidation message ({n} bytes)", n=len(message))
+            self.log.warn("ignored a malformed invalidation message ({n} bytes): {why}", n=len(message), why=_why(e))
             return
-        origin, kind, args = change
+        try:
+            self._apply(*change)
+        except Exception:
+            # a bug, not the message's fault: the connection carries on
+            self.log.failure("could not apply an invalidation message")
+
+    def _apply(self, origin: str, kind: str, args: tuple[Any, ...]) -> None:
         if origin == self.instance:
             return
         self.counters["invalidations_received"] += 1
@@ -570,7 +602,7 @@ class RedisStore:
         yield CounterMetricFamily("apicache_redis_invalidations_received", "Invalidations from other instances applied to the in-process tier.", value=c["invalidations_received"])
         yield CounterMetricFamily("apicache_redis_coalesce_waits", "Polls for an answer another instance was fetching.", value=c["coalesce_waits"])
         yield CounterMetricFamily("apicache_store_bad_values", "Values read from Redis that failed validation (bad status or header), served as misses.", value=c["bad_values"])
-        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel, skipped.", value=c["bad_messages"])
+        yield CounterMetricFamily("apicache_redis_bad_messages", "Malformed messages on the invalidation channel (over 64 KiB, nested deeper than 8, or not an invalidation), skipped.", value=c["bad_messages"])
         yield CounterMetricFamily("apicache_redis_local_clears", "Times the in-process tier was emptied because the pub/sub connection was remade.", value=c["local_clears"])
         yield GaugeMetricFamily("apicache_redis_up", "1 while Redis is connected and answering.", value=1 if self.is_ready() else 0)
 
@@ -591,6 +623,53 @@ def _params(value: Any) -> tuple[str, ...]:
     return tuple(_text(p) for p in value)
 
 
+class _TooBig(ValueError):
+    """A message over L{MAX_MESSAGE_BYTES} or nested deeper than L{MAX_MESSAGE_DEPTH}."""
+
+
+def _why(e: Exception) -> str:
+    # our own words only: a decoding error may quote the message
+    return str(e) if isinstance(e, _TooBig) else "not an invalidation"
+
+
+#: The next JSON string or bracket, and the rest of a string after its quote.
+_JSON_NEXT = re.compile(rb'["\[\]{}]')
+_JSON_STRING_REST = re.compile(rb'(?:[^"\\]|\\.)*"', re.S)
+
+
+def _check_bounds(message: bytes) -> None:
+    """
+    Raise L{_TooBig} for a message over L{MAX_MESSAGE_BYTES}, or whose
+    arrays and objects nest deeper than L{MAX_MESSAGE_DEPTH}, outside
+    strings; in time linear in its length, before any decoding.
+
+    @raise ValueError: also for a string left open (not JSON anyway).
+    """
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise _TooBig(f"over {MAX_MESSAGE_BYTES} bytes")
+    if message.count(b"[") + message.count(b"{") <= MAX_MESSAGE_DEPTH:
+        return
+    depth = 0
+    pos = 0
+    while True:
+        found = _JSON_NEXT.search(message, pos)
+        if found is None:
+            return
+        c = message[found.start()]
+        pos = found.end()
+        if c == 0x22:  # '"': skip the string, once
+            rest = _JSON_STRING_REST.match(message, pos)
+            if rest is None:
+                raise ValueError("a string left open")
+            pos = rest.end()
+        elif c in b"[{":
+            depth += 1
+            if depth > MAX_MESSAGE_DEPTH:
+                raise _TooBig(f"nested deeper than {MAX_MESSAGE_DEPTH}")
+        else:
+            depth -= 1
+
+
 def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
     """
     Return ``(origin, kind, arguments)`` of an invalidation message, as
@@ -599,9 +678,11 @@ def _parse_message(message: bytes) -> tuple[str, str, tuple[Any, ...]]:
     params, variant), ``g`` (tenant or null, tag, whether to mark stale:
     a tag purge).
 
-    @raise ValueError: not JSON, an unknown kind, or the wrong arity.
+    @raise ValueError: over L{MAX_MESSAGE_BYTES}, nested deeper than
+        L{MAX_MESSAGE_DEPTH}, not JSON, an unknown kind, or the wrong arity.
     @raise TypeError: a field of the wrong type.
     """
+    _check_bounds(message)
     data = json.loads(message)
     if not isinstance(data, list) or len(data) < 2:
         raise ValueError("not a list of at least two")
