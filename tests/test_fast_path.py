@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import tempfile
+from pathlib import Path
 
 import pytest
 from hypothesis import event, given, settings
@@ -25,6 +26,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from apicache.auth.jwks import JWKSSource
+from apicache.auth.tokens import TokenVerifier
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import Router
 from apicache.config import parse_config
@@ -33,10 +36,11 @@ from apicache.http.channel import ApiSite, ConnectionLimits
 from apicache.http.fast import MAX_HEAD_BYTES, parse_head
 from apicache.ops.logs import AccessLog
 from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
+from apicache.testing import TOKEN_AUDIENCE, TOKEN_ISSUER, TOKEN_NOW, FakeUpstream, TokenSigner, write_jwks
 from apicache.upstream.client import UpstreamResponse
 
 LM = b"Sun, 06 Nov 1994 08:49:37 GMT"
+SIGNER = TokenSigner("RS256", "fast-rsa")
 ROUTES = [
     {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 60, "negative_ttl": 30},
     {"type": "short", "path": "/server/short/<id>", "upstream": "/short/{id}", "ttl": 2},
@@ -87,20 +91,30 @@ class World:
     in a file and its counts, with or without the fast path.
     """
 
-    def __init__(self, fast: bool, server: dict | None = None) -> None:
+    def __init__(self, fast: bool, server: dict | None = None, auth: bool = False) -> None:
         self.clock = Clock()
-        self.clock.advance(1_000_000)
+        self.clock.advance(TOKEN_NOW)
         data = {
             "server": {"api_keys": ["k1"], **(server or {})},
             "upstream": {"base_url": "http://up/api"},
             "routes": ROUTES,
         }
+        verifier = None
+        if auth:
+            self._jwks = tempfile.NamedTemporaryFile(suffix=".json")
+            write_jwks(Path(self._jwks.name), SIGNER.jwk())
+            data["auth"] = {"jwks": self._jwks.name, "issuers": [TOKEN_ISSUER], "audiences": [TOKEN_AUDIENCE]}
+            self.source = JWKSSource(self._jwks.name, self.clock)
+            self.source.startService()
         config = parse_config(data, "test.toml", {})
+        if auth:
+            verifier = TokenVerifier(self.source, self.clock, issuers=config.auth.issuers, audiences=config.auth.audiences)
+        self.verifier = verifier
         self.upstream = FakeUpstream(auto=upstream_answer)
         self.registry = CacheRegistry(
             MemoryStore(1 << 20), self.upstream, self.clock, config.routes, config.upstream.keyed_headers
         )
-        self.api = CacheAPI(config, self.registry, Router(config.routes), self.clock, node="n1")
+        self.api = CacheAPI(config, self.registry, Router(config.routes), self.clock, node="n1", verifier=verifier)
         self._log_file = tempfile.TemporaryFile()
         self.log = AccessLog(self.clock, fd=self._log_file.fileno())
         self.log.startService()
@@ -112,11 +126,14 @@ class World:
             keys=self.api.keys,
             limits=ConnectionLimits(header_timeout=10.0, idle_timeout=30.0),
             tenant_header=b"org_id",
+            verifier=verifier,
             fast_path=fast,
         )
         assert (self.site.fast_path is not None) == fast
         for target, headers, tenant in WARM:
-            if "tenant_claim" in (server or {}):
+            if auth:
+                headers = (*headers, (b"authorization", b"Bearer " + SIGNER.token(zid=tenant.decode())))
+            elif "tenant_claim" in (server or {}):
                 headers = (*headers, (b"authorization", bearer(zid=tenant.decode())))
             out, _ = self.exchange([request(target=target, headers=((b"api-key", b"k1"), (b"org_id", tenant), *headers))])
             assert b"X-Cache: MISS" in out, out
@@ -164,15 +181,22 @@ class World:
 
     def counts(self) -> tuple:
         m = self.api.metrics
-        return dict(m.requests), {k: list(v) for k, v in m.tenants.items()}, self.site.active, len(self.upstream.fetched)
+        tokens = None
+        if self.verifier is not None:
+            tokens = (dict(self.verifier.failures), self.verifier.signature_checks, self.verifier.cache_hits)
+        return (
+            dict(m.requests), {k: list(v) for k, v in m.tenants.items()}, self.site.active, len(self.upstream.fetched), tokens
+        )
 
 
-def both(chunks: list[bytes], pauses: list[float] | None = None, server: dict | None = None) -> tuple[World, World]:
+def both(
+    chunks: list[bytes], pauses: list[float] | None = None, server: dict | None = None, auth: bool = False
+) -> tuple[World, World]:
     """
     Send the same bytes to a site with the fast path and to one without;
     check that everything observable is the same; return both worlds.
     """
-    fast, slow = World(True, server), World(False, server)
+    fast, slow = World(True, server, auth), World(False, server, auth)
     assert fast.exchange(chunks, pauses) == slow.exchange(chunks, pauses)
     assert fast.log_lines() == slow.log_lines()
     assert fast.counts() == slow.counts()
@@ -546,3 +570,65 @@ def test_a_hit_with_an_odd_line_end_is_answered_alike(end, at):
     lines = HITS["get"].split(b"\r\n")
     data = b"".join(line + (end if i == at else b"\r\n") for i, line in enumerate(lines[:4])) + b"\r\n"
     both([data + HITS["get"]])
+
+
+# -- [auth] -------------------------------------------------------------------
+
+
+def signed(**claims: str) -> tuple[bytes, bytes]:
+    return (b"authorization", b"Bearer " + SIGNER.token(**claims))
+
+
+def test_with_auth_a_hit_whose_token_was_verified_is_answered_on_the_fast_path():
+    token = signed(zid="t1")
+    data = request(headers=(K1, T1, token))
+    fast, _ = both([data + data + data], auth=True)
+    # the warming request verified it: every hit is a remembered token's
+    assert answered_fast(fast) == 3
+    # one signature check per token (t1's, t2's), when warming: the hits
+    # counted their cache hits as twisted.web's path does (both() compares)
+    assert fast.verifier.signature_checks == 2
+
+
+AUTH_CASES = {
+    "a new token": [request(headers=(K1, T1, signed(zid="t1", sub="bob")))],
+    "no token": [request(headers=(K1, T1))],
+    "another scheme": [request(headers=(K1, T1, (b"authorization", b"Basic eDp5")))],
+    "a bearer without a token": [request(headers=(K1, T1, (b"authorization", b"Bearer ")))],
+    "two authorization headers": [request(headers=(K1, T1, signed(zid="t1"), signed(zid="t1")))],
+    "a forged signature": [request(headers=(K1, T1, (b"authorization", b"Bearer " + SIGNER.token(zid="t1")[:-4] + b"AAAA")))],
+    "an unknown kid": [request(headers=(K1, T1, (b"authorization", b"Bearer " + TokenSigner("RS256", "nope").token(zid="t1"))))],
+    "the warm token, then a new one": [request(headers=(K1, T1, signed(zid="t1"))) + request(headers=(K1, T1, signed(zid="t1", sub="x")))],
+    "no tenant: no token needed": [request(target=b"/healthz", headers=(K1,))],
+}
+
+
+@pytest.mark.parametrize("chunks", list(AUTH_CASES.values()), ids=list(AUTH_CASES))
+def test_with_auth_what_the_fast_path_cannot_vouch_for_is_left_to_twisted_web(chunks):
+    both(chunks, auth=True)
+
+
+def test_with_auth_an_expired_remembered_token_is_left_to_twisted_web():
+    data = request(headers=(K1, T1, signed(zid="t1")))
+    fast, slow = World(True, auth=True), World(False, auth=True)
+    for world in (fast, slow):
+        # the warming requests verified the token; it is valid ten minutes
+        world.clock.advance(3600)
+    out = fast.exchange([data])
+    assert out == slow.exchange([data])
+    assert out[0].startswith(b"HTTP/1.1 401")
+    assert fast.counts() == slow.counts()
+    assert answered_fast(fast) == 0
+
+
+_T1_TOKEN = b"authorization: Bearer " + SIGNER.token(zid="t1")
+
+
+@settings(max_examples=int(os.environ.get("FAST_PATH_EXAMPLES", "200")) // 4)
+@given(exchanges())
+def test_with_auth_the_fast_path_answers_as_twisted_web_or_declines(exchange):
+    chunks, pauses = exchange
+    # most requests carry the token the warming requests verified
+    chunks = [c.replace(b"api-key: k1\r\n", b"api-key: k1\r\n" + _T1_TOKEN + b"\r\n") for c in chunks]
+    fast, _ = both(chunks, pauses, auth=True)
+    event(f"answered on the fast path: {min(answered_fast(fast), 3)}")

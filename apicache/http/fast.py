@@ -28,13 +28,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
-from twisted.internet import tcp
 from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
+from apicache._twisted import headers_over, send_now
+from apicache.auth.tokens import Claims, TokenRefused
 from apicache.cache.wire import canonical_name
-from apicache.http.channel import check_head
+from apicache.http.channel import check_head, request_token, token_needed
 from apicache.http.front import ApiFront
 
 if TYPE_CHECKING:
@@ -144,50 +145,10 @@ def parse_head(data: bytes, start: int = 0) -> Head | None:
     return Head(method, target, headers, end + 4)
 
 
-def _headers(table: dict[bytes, list[bytes]]) -> Headers:
-    # a Headers over the table as twisted.web would have filled it, without
-    # adding each value again through its name encoder
-    headers = Headers()
-    headers._rawHeaders = table
-    return headers
-
-
 #: Answers written on the fast path are gathered up to this many bytes, then
 #: sent: pipelined hits leave in few writes, and no more than this waits
 #: unsent beyond what the transport holds (``server.max_write_buffer``).
 BATCH_BYTES = 16384
-
-
-def send_now(transport: Any, data: bytes) -> bool:
-    """
-    Send ``data`` on a plain TCP ``transport`` at once, when it holds
-    nothing unsent; else, or for what the socket does not take, queue it
-    as C{transport.write} does.
-
-    A write of twisted's TCP transport is sent on the reactor's next turn:
-    the descriptor is added to the reactor's writers (an C{epoll_ctl}),
-    woken, written and removed again (another C{epoll_ctl}).  For a small
-    answer to a request just read, sending it now costs one C{send} and
-    nothing else, about a tenth of a hit's time.
-
-    Private Twisted API (the transport's buffer, C{dataBuffer} and
-    C{_tempDataLen}): only on L{tcp.Server} itself (never TLS, whose
-    socket is not where answers go), and only when nothing is queued,
-    so that the bytes on the wire keep their order.
-
-    @return: whether all of ``data`` was sent now.
-    """
-    if type(transport) is tcp.Server and not transport.dataBuffer and not transport._tempDataLen and transport.connected:
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # full (EAGAIN) or failing: the transport's own write finds out
-            sent = 0
-        if sent == len(data):
-            return True
-        data = data[sent:]
-    transport.write(data)
-    return False
 
 
 class _Answers:
@@ -266,6 +227,7 @@ class FastRequest:
         "tenant",
         "cache",
         "trace",
+        "token_claims",
     )
 
     clientproto = b"HTTP/1.1"
@@ -277,7 +239,7 @@ class FastRequest:
         self.method = head.method
         self.uri = head.target
         self.path = head.target.partition(b"?")[0]
-        self.requestHeaders = _headers(head.headers)
+        self.requestHeaders = headers_over(head.headers)
         self.responseHeaders = Headers()
         self.started = started
         self.client = client
@@ -290,6 +252,8 @@ class FastRequest:
         self.tenant = "-"
         self.cache = "-"
         self.trace: RequestTrace | None = None
+        #: the verified claims of its bearer token ([auth]), or None
+        self.token_claims: Claims | None = None
 
     def getHeader(self, name: bytes) -> bytes | None:
         """
@@ -378,7 +342,7 @@ class FastPath:
         answers.flush()
         return data[start:] if start else data
 
-    def answer(self, channel: _Answers, head: Head) -> bool:
+    def answer(self, answers: _Answers, head: Head) -> bool:
         """
         Answer the request of ``head`` if it is a hit whose checks pass.
 
@@ -387,7 +351,7 @@ class FastPath:
         """
         site = self.site
         front = self.front
-        request = FastRequest(channel, head, site.clock.seconds(), channel.peer)
+        request = FastRequest(answers, head, site.clock.seconds(), answers.peer)
         # the channel's checks, then the front's when its keys differ
         # (ApiFront.render): a request they refuse is refused by twisted.web
         headers = request.requestHeaders
@@ -395,6 +359,23 @@ class FastPath:
             return False
         if front.keys is not site.keys and check_head(front.keys, site.tenant_header, request.path, headers) is not None:
             return False
+        verifier = site.verifier
+        if verifier is not None or front.verifier is not None:
+            if front.verifier is not verifier:
+                return False
+            if token_needed(verifier, site.tenant_header, request.path, headers):
+                # [auth]: only a token the verifier remembers as verified,
+                # and still valid, is taken here; any other (new, refused,
+                # waiting for its key set) is verified, counted and
+                # answered by twisted.web's path
+                try:
+                    token = request_token(headers, answers.channel.token_memo())
+                except TokenRefused:
+                    return False
+                claims = verifier.remembered(token) if token and verifier is not None else None
+                if claims is None:
+                    return False
+                request.token_claims = claims
         site.active += 1
         answered = False
         try:
@@ -411,4 +392,7 @@ class FastPath:
                 site.active -= 1
         if answered:
             self.answered += 1
+            if request.token_claims is not None:
+                # as the verifier counts a token it answers from its cache
+                verifier.cache_hits += 1  # type: ignore[union-attr]
         return answered
