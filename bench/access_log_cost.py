@@ -48,7 +48,7 @@ def answer(path: str, headers: Any) -> UpstreamResponse:
     return UpstreamResponse(200, [(b"content-type", b"application/json")], b'{"id": 42, "name": "x"}' * 20)
 
 
-def make_site(access_log: bool, devnull: int, clock: Clock) -> ApiSite:
+def make_site(access_log: bool, devnull: int, clock: Clock, fast_path: bool = True) -> ApiSite:
     config = parse_config(
         {"server": {"api_keys": ["k1"]}, "upstream": {"base_url": "http://up/api"}, "routes": ROUTES}, "bench.toml", {}
     )
@@ -63,6 +63,9 @@ def make_site(access_log: bool, devnull: int, clock: Clock) -> ApiSite:
         else:
             log = AccessLog(clock, fd=devnull)
             log.startService()
+    if not fast_path:
+        # twisted.web's path for every request (issue 23's "before")
+        return ApiSite(api.resource(), clock, None, log, fast_path=False)
     return ApiSite(api.resource(), clock, None, log)
 
 
@@ -86,13 +89,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     p.add_argument("--requests", type=int, default=20000)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--slow-path", action="store_true", help="every hit through twisted.web's Request, not the fast path")
     args = p.parse_args()
     devnull = os.open(os.devnull, os.O_WRONLY)
     # non-access lines (and, before the buffered log, access lines) as the daemon writes them
     globalLogBeginner.beginLoggingTo([json_log_observer("info", os.fdopen(os.dup(devnull), "w"))], redirectStandardIO=False)
     clock = Clock()
     clock.advance(1_000_000)
-    sites = {"off": make_site(False, devnull, clock), "on": make_site(True, devnull, clock)}
+    fast = not args.slow_path
+    sites = {"off": make_site(False, devnull, clock, fast), "on": make_site(True, devnull, clock, fast)}
     for site in sites.values():
         round_(site, clock, 200)  # the first request is the miss
     per: dict[str, list[float]] = {"off": [], "on": []}

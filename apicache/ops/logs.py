@@ -375,17 +375,24 @@ class AccessLog(Service):
         parts = self._parts.get(key)
         if parts is None:
             parts = self._line_parts(key)
+        # the time as formatted for this millisecond, if it was
+        stamp = self._time if int(now * 1000) == self._millisecond else self.timestamp(now)
         # hex digits, ours or checked by parse_traceparent: nothing to escape
         trace = "null" if trace_id is None else f'"{trace_id}"'
-        line = f'{{"time":"{self.timestamp(now)}",{parts[0]}{duration * 1000:.3f}{parts[1]}{trace}'
-        if upstream is not None:
-            status_, took, error = upstream
-            line += f',"upstream_status":{"null" if status_ is None else status_},"upstream_ms":{took * 1000:.3f}'
-            if error is not None:
-                line += f',"upstream_error":{_json_str(error)}'
-        if worker is not None:
-            line += f',"worker":{worker}'
-        self._lines.append(line + "}")
+        if upstream is None and worker is None:
+            # a hit's line: one string built
+            line = f'{{"time":"{stamp}",{parts[0]}{duration * 1000:.3f}{parts[1]}{trace}}}'
+        else:
+            line = f'{{"time":"{stamp}",{parts[0]}{duration * 1000:.3f}{parts[1]}{trace}'
+            if upstream is not None:
+                status_, took, error = upstream
+                line += f',"upstream_status":{"null" if status_ is None else status_},"upstream_ms":{took * 1000:.3f}'
+                if error is not None:
+                    line += f',"upstream_error":{_json_str(error)}'
+            if worker is not None:
+                line += f',"worker":{worker}'
+            line += "}"
+        self._lines.append(line)
         if len(self._lines) >= self.max_lines or not self.running:
             self.flush()
 
