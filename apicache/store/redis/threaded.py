@@ -683,7 +683,7 @@ class ThreadedSubscriber:
         last_pong = time.monotonic()
         next_ping = last_pong + PING_INTERVAL
         while not self._stopping.is_set():
-            m = pubsub.get_message(timeout=0.2)
+            m = pubsub.get_message(timeout=0.1)
             now = time.monotonic()
             if m is not None:
                 if m.get("type") == "message":
