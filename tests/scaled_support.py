@@ -3,9 +3,9 @@ Fixtures for the Redis store on a real Redis Cluster and on a real
 Sentinel-managed primary (L{apicache.harness.rediscluster}): private
 processes on loopback, started by the tests, never a fake.
 
-Import the fixtures into a test module::
+A test module uses the fixtures with::
 
-    from scaled_support import redis_cluster, redis_sentinels, scaled_stores  # noqa: F401
+    pytest_plugins = ["scaled_support"]
 """
 
 from __future__ import annotations

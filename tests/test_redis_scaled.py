@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from redis_support import ready, sleep, until
-from scaled_support import deployment, need_redis_cli, redis_cluster, redis_sentinels, scaled_stores  # noqa: F401
+from scaled_support import deployment, need_redis_cli
 from store_contract import entry, key, make_store_tests, store_entry
 
 from apicache.harness.launchers import Daemon
@@ -26,6 +26,8 @@ from apicache.store.redis.layout import BUCKET_TAGS, key_slot
 from apicache.store.redis.scaled import ScaledRedisStore
 
 pytestmark = pytest.mark.integration
+# the cluster, the sentinels and the store factory
+pytest_plugins = ["scaled_support"]
 
 MODES = ["cluster", "sentinel"]
 

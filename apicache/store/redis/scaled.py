@@ -84,6 +84,7 @@ from apicache.store.redis.threaded import (
     THREADS,
     Backend,
     ClusterBackend,
+    NotConfirmed,
     SentinelBackend,
     ThreadedCommands,
     ThreadedSubscriber,
@@ -133,7 +134,9 @@ class ScaledRedisStore(RedisStore):
             timeout = self.timeout
 
             def connect() -> Backend:
-                return ClusterBackend(seeds, timeout, lambda bucket: f"{bucket}:wait")
+                return ClusterBackend(seeds, timeout, barriers)
+
+            barriers = [f"{bucket}:wait" for bucket in self.layout.every()]
         else:
             master, barrier, timeout = self.sentinel_master, f"{self.prefix}:wait", self.timeout
 
@@ -166,6 +169,7 @@ class ScaledRedisStore(RedisStore):
             confirm.
         """
         channel = self.channel if len(targets) == 1 else ""
+        before = self.commands.placement(targets) if confirm else None
         started = [run(t, channel) for t in targets]
         results: list[Any] = []
         error: Failure | None = None
@@ -182,12 +186,19 @@ class ScaledRedisStore(RedisStore):
         if error is not None:
             error.raiseException()
         if confirm:
-            await self._confirm(targets)
+            await self._confirm(targets, before)
         return results
 
-    async def _confirm(self, targets: list[str]) -> None:
+    async def _confirm(self, targets: list[str], before: Any) -> None:
         try:
-            await self.commands.confirm(targets)
+            try:
+                await self.commands.confirm(targets, before)
+            except NotConfirmed as e:
+                if e.shortfall:
+                    raise
+                # the time went on redirections (a slot migrating) or a busy
+                # moment, not on replicas that did not acknowledge: once more
+                await self.commands.confirm(targets, before)
         except StoreUnavailable:
             self.counters["purges_not_confirmed"] += 1
             raise
@@ -228,6 +239,7 @@ class ScaledRedisStore(RedisStore):
         def bump(t: str, channel: str) -> Deferred[Any]:
             return self.commands.eval(scripts.BUMP, [f"{t}:{generation}"], [channel, message, _GENERATION_TTL])
 
+        before = self.commands.placement(self.layout.every())
         await self._each(targets, bump, message, confirm=False)
         # then one SCAN pass over every primary (a tenant's keys are in its
         # buckets, but SCAN can't be asked for a slot); generations stay
@@ -249,7 +261,7 @@ class ScaledRedisStore(RedisStore):
                 if not cursor:
                     break
         # the deletions were made on every primary
-        await self._confirm(self.layout.every())
+        await self._confirm(self.layout.every(), before)
         return n
 
     async def _purge_tag(self, tenant: str | None, tag: str, stale: bool) -> int:

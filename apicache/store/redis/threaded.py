@@ -18,7 +18,10 @@ client sends it to every primary and sums the replies.  L{Backend.confirm}
 does it per primary, on one connection of that primary: a small write (the
 barrier) then C{WAIT}.  The barrier's replication offset is at least that
 of every write the primary answered before it, so C{WAIT} acknowledging it
-acknowledges them too (SPEC.md section 7, WAIT-confirmed purges).
+acknowledges them too (SPEC.md section 7, WAIT-confirmed purges).  The
+primaries to confirm are those that served the purge's keys when it began
+(L{Backend.placement}) and those that serve them now: a primary that died
+or stopped being one in between can't be confirmed, and the purge is not.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from typing import Any
 from redis import Redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import AskError, MovedError, NoScriptError, RedisError
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, fail, succeed
@@ -65,9 +68,11 @@ THREADS = 16
 #: Seconds the replica counts of the primaries (CLUSTER SHARDS, SENTINEL
 #: REPLICAS) are reused before they are asked again.
 REPLICAS_TTL = 1.0
-#: How long the barrier key of a confirmation lives (it only needs to be
-#: written; a short life keeps nothing behind).
-_BARRIER_MS = 10000
+#: How long the barrier key of a confirmation lives: it only needs to be
+#: written, and one left behind would be written in place while its slot
+#: migrates, where a missing one is redirected (ASK) to the importing node,
+#: which must then be confirmed too.
+_BARRIER_MS = 1
 #: What a WAIT leaves of the deadline: Redis ends a WAIT that timed out on
 #: the next turn of its event loop, up to 100 ms late (hz 10), and the
 #: answer must come within the socket timeout, which is the deadline.
@@ -81,7 +86,15 @@ class NotConfirmed(StoreUnavailable):
     The replicas of a primary did not acknowledge its writes within the
     deadline (fewer C{WAIT} acknowledgements than replicas listed, or no
     answer).
+
+    @ivar shortfall: whether a C{WAIT} ran out of time with fewer
+        acknowledgements than replicas listed; else the time went on
+        redirections, a primary not answering, or the queue.
     """
+
+    def __init__(self, message: str, shortfall: bool = False) -> None:
+        super().__init__(message)
+        self.shortfall = shortfall
 
 
 def _retry(timeout: float) -> Retry:
@@ -124,14 +137,24 @@ class Backend:
         """
         raise NotImplementedError
 
-    def confirm(self, keys: Sequence[str], deadline: float) -> int:
+    def placement(self, keys: Sequence[str]) -> Any:
         """
-        Return once every primary serving one of ``keys`` has had all the
-        writes it answered so far acknowledged by its listed replicas;
-        return how many primaries needed a C{WAIT}.
+        Return where ``keys`` are written now, as the client knows it
+        without asking Redis (it runs in the reactor thread), for
+        L{confirm}.
+        """
+        raise NotImplementedError
+
+    def confirm(self, keys: Sequence[str], deadline: float, before: Any = None) -> int:
+        """
+        Return once every primary serving one of ``keys`` (now, or when
+        ``before`` was taken) has had all the writes it answered so far
+        acknowledged by its listed replicas; return how many primaries
+        needed a C{WAIT}.
 
         @param keys: keys (hash tags) whose primaries wrote.
         @param deadline: C{time.monotonic()} by which to be done.
+        @param before: L{placement} of ``keys`` before the writes.
         @raise NotConfirmed: not so by ``deadline``.
         """
         raise NotImplementedError
@@ -187,13 +210,13 @@ class ClusterBackend(Backend):
     A L{RedisCluster} from seed nodes; replica counts from C{CLUSTER
     SHARDS}.
 
-    @param barrier: the barrier key's name given a key's hash tag prefix
-        (it must hash to the same slot).
+    @param barriers: keys to write before a C{WAIT}, spread over the slots
+        (each primary serves some of them).
     """
 
-    def __init__(self, seeds: RedisSeeds, timeout: float, barrier: Callable[[str], str]) -> None:
+    def __init__(self, seeds: RedisSeeds, timeout: float, barriers: Sequence[str]) -> None:
         self._kwargs = _connection_kwargs(seeds, timeout)
-        self._barrier = barrier
+        self._barriers = list(barriers)
         self.client = RedisCluster(
             startup_nodes=[ClusterNode(h, p) for h, p in seeds.hosts],
             retry=_retry(timeout),
@@ -255,36 +278,75 @@ class ClusterBackend(Backend):
                         counts[(_text(primary[name]), port)] = replicas
         return counts
 
-    def confirm(self, keys: Sequence[str], deadline: float) -> int:
-        waited = 0
+    def placement(self, keys: Sequence[str]) -> set[str]:
+        names = set()
+        for k in keys:
+            try:
+                names.add(self.client.get_node_from_key(k).name)
+            except RedisError:
+                pass  # a slot not covered now: where it is written is confirmed after
+        return names
+
+    def confirm(self, keys: Sequence[str], deadline: float, before: Any = None) -> int:
+        pending = set(before or ()) | self.placement(keys)
         done: set[str] = set()
-        for key in keys:
-            while True:
-                node = self.client.get_node_from_key(key)
-                if node.name in done:
-                    break
-                try:
-                    need = self.replicas(node)
-                    if need:
-                        acked = _wait(node.redis_connection, self._barrier(key), need, deadline)
-                        if acked < need:
-                            # a replica may have failed meanwhile: the listing decides
-                            need = self.replicas(node, refresh=True)
-                            if acked < need:
-                                raise NotConfirmed(f"{acked} of {need} replicas of {node.name} acknowledged")
-                        waited += 1
-                    done.add(node.name)
-                    break
-                except NotConfirmed:
-                    raise
-                except (RedisError, LookupError, OSError) as e:
-                    # MOVED (the slot has a new primary), ASK, TRYAGAIN, a
-                    # failed primary: the slot map again, then the new owner
-                    if time.monotonic() + 0.05 > deadline:
-                        raise NotConfirmed(f"{node.name}: {type(e).__name__}") from None
-                    time.sleep(0.02)
-                    self._refresh()
+        waited = 0
+        while pending:
+            name = pending.pop()
+            if name in done:
+                continue
+            waited += self._confirm_node(name, deadline, pending)
+            done.add(name)
         return waited
+
+    def _confirm_node(self, name: str, deadline: float, pending: set[str]) -> int:
+        """
+        Confirm the primary ``name`` with a barrier key of a slot it serves;
+        a redirection names another node that may hold writes too: it is
+        added to ``pending``.  Return 1 if a C{WAIT} was needed, else 0.
+        """
+        tried: set[str] = set()
+        while True:
+            node = self.client.get_node(node_name=name)
+            barrier = None
+            if node is not None:
+                for b in self._barriers:
+                    if b not in tried and self.client.get_node_from_key(b).name == name:
+                        barrier = b
+                        break
+            try:
+                if node is None or barrier is None:
+                    raise LookupError(f"{name} serves no slot now")
+                need = self.replicas(node)
+                if not need:
+                    return 0
+                acked = _wait(node.redis_connection, barrier, need, deadline)
+                if acked < need:
+                    # a replica may have failed meanwhile: the listing decides
+                    need = self.replicas(node, refresh=True)
+                    if acked < need:
+                        raise NotConfirmed(f"{acked} of {need} replicas of {name} acknowledged", shortfall=True)
+                return 1
+            except NotConfirmed:
+                raise
+            except (AskError, MovedError) as e:
+                # the barrier's slot is migrating (ASK) or moved: the other
+                # node may hold writes of this purge; this one is confirmed
+                # with another of its slots
+                pending.add(f"{e.host}:{e.port}")
+                tried.add(barrier or "")
+                if isinstance(e, MovedError):
+                    self._refresh()
+            except (RedisError, LookupError, OSError) as e:
+                # TRYAGAIN, CLUSTERDOWN, a primary not answering or failed
+                # over: the slot map again, then this node again, while
+                # there is time (a dead one never confirms)
+                if time.monotonic() + 0.05 > deadline:
+                    raise NotConfirmed(f"{name}: {type(e).__name__}") from None
+                time.sleep(0.02)
+                self._refresh()
+            if time.monotonic() + 0.05 > deadline:
+                raise NotConfirmed(f"{name}: no time left")
 
     def _refresh(self) -> None:
         try:
@@ -347,21 +409,27 @@ class SentinelBackend(Backend):
                 self._replicas_at = time.monotonic()
             return self._replicas
 
-    def confirm(self, keys: Sequence[str], deadline: float) -> int:
+    def placement(self, keys: Sequence[str]) -> Any:
+        # the address the pool last connected to the master at (no I/O)
+        return getattr(self.client.connection_pool, "master_address", None)
+
+    def confirm(self, keys: Sequence[str], deadline: float, before: Any = None) -> int:
         try:
             need = self.replicas()
-            if not need:
-                return 0
-            acked = _wait(self.client, self._barrier, need, deadline)
-            if acked < need:
-                need = self.replicas(refresh=True)
+            if need:
+                acked = _wait(self.client, self._barrier, need, deadline)
                 if acked < need:
-                    raise NotConfirmed(f"{acked} of {need} replicas of the master acknowledged")
-            return 1
+                    need = self.replicas(refresh=True)
+                    if acked < need:
+                        raise NotConfirmed(f"{acked} of {need} replicas of the master acknowledged", shortfall=True)
         except NotConfirmed:
             raise
         except (RedisError, OSError) as e:
             raise NotConfirmed(f"the master: {type(e).__name__}") from None
+        if before is not None and self.placement(keys) != before:
+            # the writes went to a master that is not the one confirmed
+            raise NotConfirmed("the master changed during the purge")
+        return 1 if need else 0
 
     def subscriber(self, attempt: int) -> Redis:
         kwargs = dict(self._kwargs)
@@ -557,9 +625,18 @@ class ThreadedCommands:
 
         return self.call(run)
 
-    def confirm(self, keys: Sequence[str]) -> Deferred[int]:
+    def placement(self, keys: Sequence[str]) -> Any:
         """
-        Fire once the primaries serving ``keys`` have had their writes
+        Return where ``keys`` are written now (L{Backend.placement}), to
+        hand to L{confirm} once written; C{None} while not connected.
+        """
+        backend = self.backend
+        return None if backend is None else backend.placement(keys)
+
+    def confirm(self, keys: Sequence[str], before: Any = None) -> Deferred[int]:
+        """
+        Fire once the primaries serving ``keys``, now or at ``before`` (a
+        L{placement} taken before the writes), have had their writes
         acknowledged by their replicas (L{Backend.confirm}), within the
         store's timeout; errback with L{StoreUnavailable} (a
         L{NotConfirmed}) when not.
@@ -567,11 +644,10 @@ class ThreadedCommands:
         if not keys:
             return succeed(0)
         keys = list(keys)
-        # the thread gets the whole deadline: the Deferred's is a bit later,
+        # the thread's deadline is the call's; the Deferred's is a bit later,
         # so that WAIT's own answer (0 replicas) is what the caller sees
-        return self.call(
-            lambda b: b.confirm(keys, time.monotonic() + self.timeout), timeout=self.timeout + 0.05
-        )
+        deadline = time.monotonic() + self.timeout
+        return self.call(lambda b: b.confirm(keys, deadline, before), timeout=self.timeout + 0.05)
 
 
 class _Expired(Exception):
