@@ -3,9 +3,7 @@ Fixtures for the Redis store on a real Redis Cluster and on a real
 Sentinel-managed primary (L{apicache.harness.rediscluster}): private
 processes on loopback, started by the tests, never a fake.
 
-A test module uses the fixtures with::
-
-    pytest_plugins = ["scaled_support"]
+A plugin of tests/conftest.py: its fixtures are there for every test.
 """
 
 from __future__ import annotations

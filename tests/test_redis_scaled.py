@@ -26,8 +26,6 @@ from apicache.store.redis.layout import BUCKET_TAGS, key_slot
 from apicache.store.redis.scaled import ScaledRedisStore
 
 pytestmark = pytest.mark.integration
-# the cluster, the sentinels and the store factory
-pytest_plugins = ["scaled_support"]
 
 MODES = ["cluster", "sentinel"]
 
@@ -285,3 +283,43 @@ def test_daemons_share_entries_and_purges(
             n.resume()
     time.sleep(0.1)
     assert a.delete(OBJ, tenant="t1").status == 200
+
+
+def vcap_for(mode: str, d: Any) -> str:
+    """A binding of the module's cluster (SAP BTP's form) or sentinels (Spring Cloud Bindings' form)."""
+    import json
+
+    if mode == "cluster":
+        seed = d.nodes[0]
+        label, creds = "redis-cache", {"cluster_mode": True, "hostname": "127.0.0.1", "port": seed.port,
+                                       "password": "", "tls": False}
+    else:
+        label, creds = "redis", {"sentinel.nodes": ",".join(d.sentinel_addresses), "sentinel.master": d.master_name}
+    return json.dumps({label: [{"name": "cache", "label": label, "tags": [], "credentials": creds}]})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_cloud_foundry_binding_selects_the_mode(
+    request: Any, mode: str, make_daemon: Callable[..., Daemon], upstream: Any
+) -> None:
+    """
+    A daemon whose only Redis configuration is a VCAP_SERVICES binding of
+    the cluster (or the sentinels) runs in that mode: it is ready, shares
+    entries with a daemon configured by file, and says so at start.
+    """
+    need_redis_cli()
+    d = deployment(request, mode)
+    prefix = f"cf-{uuid.uuid4().hex[:8]}"
+    a = make_daemon({"store": {"key_prefix": prefix}}, env={"VCAP_SERVICES": vcap_for(mode, d)})
+    cfg = {"store": {"backend": "redis", "redis_mode": mode, "redis_url": d.url, "key_prefix": prefix}}
+    if mode == "sentinel":
+        cfg["store"]["redis_sentinel_master"] = d.master_name
+    b = make_daemon(cfg)
+    for x in (a, b):
+        deadline = time.monotonic() + 10
+        while x.request("GET", "/readyz").status != 200:
+            assert time.monotonic() < deadline, x.logs()[-2000:]
+            time.sleep(0.05)
+    assert a.get(OBJ).cache == "MISS"
+    assert b.get(OBJ).cache == "HIT"
+    assert "store.redis_mode" in a.logs()
