@@ -155,29 +155,41 @@ class ScaledRedisStore(RedisStore):
     # -- what spans buckets ----------------------------------------------------
 
     async def _each(
-        self, targets: list[str], run: Callable[[str, str], Deferred[Any]], message: str, confirm: bool = True
+        self,
+        targets: list[str],
+        script: str,
+        keys: Callable[[str], list[str]],
+        args: Callable[[str, str], list[Any]],
+        message: str,
+        confirm: bool = True,
     ) -> list[Any]:
         """
-        Run ``run(bucket, channel)`` in every bucket of ``targets`` at
-        once; the channel is ours when there is one bucket (its script
+        Run ``script`` in every bucket of ``targets`` (with ``keys(bucket)``
+        and ``args(bucket, channel)``), the buckets of each primary in one
+        pipeline.  The channel is ours when there is one bucket (its script
         publishes ``message``), else empty, and ``message`` is published
         once after every bucket has run, whatever happened.  Then (with
         ``confirm``) wait for the replicas (L{ThreadedCommands.confirm}).
 
-        @return: each bucket's result.
+        @return: each bucket's reply.
         @raise StoreUnavailable: a bucket failed, or the replicas did not
             confirm.
         """
         channel = self.channel if len(targets) == 1 else ""
         before = self.commands.placement(targets) if confirm else None
-        started = [run(t, channel) for t in targets]
-        results: list[Any] = []
         error: Failure | None = None
-        for d in started:
-            try:
-                results.append(await d)
-            except StoreUnavailable:
-                error = error or Failure()
+        replies: list[Any] = []
+        try:
+            if len(targets) == 1:
+                replies = [await self.commands.eval(script, keys(targets[0]), args(targets[0], channel))]
+            else:
+                replies = await self.commands.eval_many(script, [(keys(t), args(t, channel)) for t in targets])
+                failed = [r for r in replies if isinstance(r, Exception)]
+                if failed:
+                    self.counters["errors"] += 1
+                    raise StoreUnavailable(f"redis: {len(failed)} of {len(replies)} buckets failed: {failed[0]}")
+        except StoreUnavailable:
+            error = Failure()
         if not channel:
             try:
                 await self.commands.execute("PUBLISH", self.channel, message)
@@ -187,7 +199,7 @@ class ScaledRedisStore(RedisStore):
             error.raiseException()
         if confirm:
             await self._confirm(targets, before)
-        return results
+        return replies
 
     async def _confirm(self, targets: list[str], before: Any) -> None:
         try:
@@ -208,23 +220,22 @@ class ScaledRedisStore(RedisStore):
         rp = route_name(route, params)
         message = self._publish_message("s" if action == "stale" else "i", tenant, route, list(params))
         if tenant is None:
-            targets = self.layout.every()
+            targets, mode = self.layout.every(), "all"
 
-            def run(t: str, channel: str) -> Deferred[Any]:
-                return self.commands.eval(
-                    scripts.CHANGE, [f"{t}:G:{rp}", f"{t}:t:{rp}"], ["all", action, channel, message, _GENERATION_TTL]
-                )
+            def keys(t: str) -> list[str]:
+                return [f"{t}:G:{rp}", f"{t}:t:{rp}"]
         else:
             res = resource_name(tenant, route, params)
-            targets = [self.layout.resource(tenant, route, params)]
+            targets, mode = [self.layout.resource(tenant, route, params)], "one"
 
-            def run(t: str, channel: str) -> Deferred[Any]:
-                return self.commands.eval(
-                    scripts.CHANGE, [f"{t}:g:{res}", f"{t}:r:{res}"], ["one", action, channel, message, _GENERATION_TTL]
-                )
+            def keys(t: str) -> list[str]:
+                return [f"{t}:g:{res}", f"{t}:r:{res}"]
 
         async def change() -> int:
-            return sum(int(n) for n in await self._each(targets, run, message))
+            replies = await self._each(
+                targets, scripts.CHANGE, keys, lambda t, ch: [mode, action, ch, message, _GENERATION_TTL], message
+            )
+            return sum(int(n) for n in replies)
 
         return Deferred.fromCoroutine(change())
 
@@ -234,13 +245,12 @@ class ScaledRedisStore(RedisStore):
             targets, generation = self.layout.every(), "A"
         else:
             targets, generation = self.layout.of_tenant(tenant), f"T:{encode_component(tenant)}"
-
-        # the generations first, so that fetches in flight don't store
-        def bump(t: str, channel: str) -> Deferred[Any]:
-            return self.commands.eval(scripts.BUMP, [f"{t}:{generation}"], [channel, message, _GENERATION_TTL])
-
         before = self.commands.placement(self.layout.every())
-        await self._each(targets, bump, message, confirm=False)
+        # the generations first, so that fetches in flight don't store
+        await self._each(
+            targets, scripts.BUMP, lambda t: [f"{t}:{generation}"], lambda t, ch: [ch, message, _GENERATION_TTL],
+            message, confirm=False,
+        )
         # then one SCAN pass over every primary (a tenant's keys are in its
         # buckets, but SCAN can't be asked for a slot); generations stay
         pattern = self.layout.clear_pattern(tenant)
@@ -267,26 +277,33 @@ class ScaledRedisStore(RedisStore):
     async def _purge_tag(self, tenant: str | None, tag: str, stale: bool) -> int:
         message = self._publish_message("g", tenant, tag, stale)
         targets = self.layout.every() if tenant is None else self.layout.of_tenant(tenant)
-        args_tail = [encode_component(tag), "1" if stale else "0"]
-
-        async def purge(t: str, channel: str) -> int:
-            seq, n, moved = await self.commands.eval(
-                scripts.PURGE_TAG,
-                [f"{t}:seq", f"{t}:L"],
-                [t, "" if tenant is None else encode_component(tenant), *args_tail,
-                 channel, message, int(TAG_FETCH_HORIZON * 1000)],
+        fixed = ["" if tenant is None else encode_component(tenant), encode_component(tag), "1" if stale else "0"]
+        horizon = int(TAG_FETCH_HORIZON * 1000)
+        replies = await self._each(
+            targets, scripts.PURGE_TAG, lambda t: [f"{t}:seq", f"{t}:L"],
+            lambda t, ch: [t, *fixed, ch, message, horizon], message,
+        )
+        # the generations are bumped (and confirmed): nothing purged is
+        # served or stored from now on; what was moved aside is deleted in
+        # batches, as on one node, every bucket's next batch in one go
+        n = 0
+        batches: list[tuple[str, int, int]] = []
+        for t, (seq, counted, moved) in zip(targets, replies, strict=True):
+            n += int(counted)
+            batches += [(aside, int(seq), len(t)) for aside in moved]
+        while batches:
+            done = await self.commands.eval_many(
+                scripts.DROP_BATCH, [([aside], [TAG_DROP_BATCH, seq, plen]) for aside, seq, plen in batches]
             )
-            n = int(n)
-            for aside in moved:
-                while True:
-                    dropped, left = await self.commands.eval(scripts.DROP_BATCH, [aside], [TAG_DROP_BATCH, seq, len(t)])
-                    n += int(dropped)
-                    if not left:
-                        break
-            return n
-
-        found = await self._each(targets, lambda t, channel: Deferred.fromCoroutine(purge(t, channel)), message)
-        return sum(found)
+            left = []
+            for batch, reply in zip(batches, done, strict=True):
+                if isinstance(reply, Exception):
+                    raise StoreUnavailable(f"redis: {reply}")
+                n += int(reply[0])
+                if reply[1]:
+                    left.append(batch)
+            batches = left
+        return n
 
     def sweep_tags(self) -> Deferred[int]:
         """

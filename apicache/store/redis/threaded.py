@@ -613,9 +613,7 @@ class ThreadedCommands:
         Run one Lua script by its SHA, loading it where Redis does not know
         it yet; see L{call}.
         """
-        sha = self._shas.get(script)
-        if sha is None:
-            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+        sha = self._sha(script)
 
         def run(b: Backend) -> Any:
             try:
@@ -633,6 +631,38 @@ class ThreadedCommands:
         backend = self.backend
         return None if backend is None else backend.placement(keys)
 
+    def eval_many(self, script: str, calls: Sequence[tuple[list[str], list[Any]]]) -> Deferred[list[Any]]:
+        """
+        Run ``script`` once per ``(keys, args)`` of ``calls`` in one
+        pipeline (redis-py's cluster pipeline sends each primary its share
+        in one round trip, and follows redirections command by command);
+        see L{call}.
+
+        @return: a Deferred firing with the replies in order, an error reply
+            as the exception in its place.
+        """
+        sha = self._sha(script)
+        calls = list(calls)
+
+        def run(b: Backend) -> list[Any]:
+            replies = _pipeline(b, sha, calls)
+            missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+            if missing:
+                # a primary that never ran it (new, or promoted): load it on
+                # every primary, then those again
+                b.client.script_load(script)
+                for i, r in zip(missing, _pipeline(b, sha, [calls[i] for i in missing]), strict=True):
+                    replies[i] = r
+            return replies
+
+        return self.call(run)
+
+    def _sha(self, script: str) -> str:
+        sha = self._shas.get(script)
+        if sha is None:
+            sha = self._shas[script] = hashlib.sha1(script.encode()).hexdigest()  # noqa: S324 - Redis names scripts so
+        return sha
+
     def confirm(self, keys: Sequence[str], before: Any = None) -> Deferred[int]:
         """
         Fire once the primaries serving ``keys``, now or at ``before`` (a
@@ -648,6 +678,13 @@ class ThreadedCommands:
         # so that WAIT's own answer (0 replicas) is what the caller sees
         deadline = time.monotonic() + self.timeout
         return self.call(lambda b: b.confirm(keys, deadline, before), timeout=self.timeout + 0.05)
+
+
+def _pipeline(b: Backend, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+    pipe = b.client.pipeline(transaction=False)
+    for keys, args in calls:
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+    return list(pipe.execute(raise_on_error=False))
 
 
 class _Expired(Exception):
