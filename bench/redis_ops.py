@@ -33,6 +33,12 @@ Operations (1 KiB bodies, every entry with two tags, 64 tenants):
 
 and ``memory``: Redis's ``used_memory_dataset`` per stored entry (body,
 key, tag records and sets), primaries only.
+
+With ``--daemon`` (needs ``wrk``) it also measures the real daemon's CPU
+per request under ``wrk`` (bench/run.py's upstream and load, 50
+connections): in-process hits, Redis hits (an in-process tier too small to
+hold anything) and misses (unique keys), with the memory store and on the
+cluster: the per-core figures of docs/capacity.md.
 """
 
 from __future__ import annotations
@@ -55,7 +61,7 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from twisted.internet import defer, reactor  # noqa: E402
+from twisted.internet import defer, reactor, threads  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from apicache.cache.keys import CacheKey  # noqa: E402
@@ -193,7 +199,8 @@ async def measure(
         "cmds": round(p["cmds"] / n, 1),
         "cpu_us": round(p["cpu"] / n * 1e6, 1),
         "replica_cpu_us": round(r["cpu"] / n * 1e6, 1) if meter.replicas else 0,
-        "bytes": round((p["total_net_input_bytes"] + p["total_net_output_bytes"]) / n),
+        # (total_net_output_bytes counts what goes to the replicas too)
+        "bytes": round((p["total_net_input_bytes"] + p["total_net_output_bytes"] - p["total_net_repl_output_bytes"]) / n),
         "repl_bytes": round(p["total_net_repl_output_bytes"] / n),
         "client_us": round(client, 1),
     }
@@ -277,6 +284,66 @@ def print_rows(title: str, rows: list[dict[str, Any]]) -> None:
             print(" | ".join(str(r[c]) for c in cols))
 
 
+def daemon_figures(cluster_url: str | None, seconds: float, single_url: str | None = None) -> list[dict[str, Any]]:
+    """
+    CPU per request of the real daemon under wrk (see the module
+    docstring); blocking.
+    """
+    sys.path.insert(0, HERE)
+    import run as bench_run  # bench/run.py
+
+    rows = []
+    tmp = tempfile.mkdtemp(prefix="apicache-bench-daemon-")
+    ps = bench_run.Processes(tmp)
+    try:
+        _, upstream_port = bench_run.start_server(ps, "upstream", 0.0)
+        cases = [("memory", "", 268435456), ("cluster", cluster_url, 268435456), ("cluster", cluster_url, 1),
+                 ("single", single_url, 268435456), ("single", single_url, 1)]
+        for store, url, local in cases:
+            if store != "memory" and not url:
+                continue
+            name = f"apicache-{store}-{local}"
+            config = bench_run.apicache_config(upstream_port, False)
+            if store != "memory":
+                config = config.replace(
+                    'backend = "memory"',
+                    f'backend = "redis"\nredis_mode = "{store}"\nredis_url = "{url}"\n'
+                    f'key_prefix = "d{uuid.uuid4().hex[:6]}"\nlocal_max_bytes = {local}\nredis_timeout = 2.0',
+                )
+            path = os.path.join(tmp, f"{name}.toml")
+            with open(path, "w") as f:
+                f.write(config)
+            port = bench_run.free_port()
+            twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+            proc = ps.start([twistd, "-n", "--pidfile=", "apicache", "--config", path,
+                             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024"], name)
+            bench_run.wait_port(port, proc)
+            deadline = time.monotonic() + 30
+            while bench_run.get(port, "/readyz")[0] != 200:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{name} is not ready")
+                time.sleep(0.05)
+            kinds = ["miss", "hit"] if local > 1 else ["redis hit"]
+            for kind in kinds:
+                if kind != "miss":
+                    bench_run.warm(port, "/server/object(", ")/header", 100)
+                r = bench_run.run_wrk(port, "/server/object(", ")/header", 100, seconds, 50, tmp,
+                                      unique=kind == "miss", pid=proc.pid)
+                rows.append({"store": store, "answer": kind, "req_s": round(r.rps), "p50_ms": r.p50_ms,
+                             "p99_ms": r.p99_ms, "errors": r.errors, "cpu_us": round(r.cpu_us, 1),
+                             "per_core": round(1e6 / r.cpu_us) if r.cpu_us else 0})
+            ps.stop(proc)
+    finally:
+        for proc in ps.procs:
+            ps.stop(proc)
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("\nthe daemon under wrk -c50 (CPU of the apicache process per request)")
+    for r in rows:
+        print(f"{r['store']:8} {r['answer']:10} {r['req_s']:>7} req/s  p50 {r['p50_ms']} ms  p99 {r['p99_ms']} ms  "
+              f"{r['cpu_us']} us CPU/req  = {r['per_core']}/s per core  errors {r['errors']}")
+    return rows
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
     work = tempfile.mkdtemp(prefix="apicache-bench-redis-")
@@ -294,6 +361,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await store.close()
                 results["cluster"] = rows
                 print_rows("Redis Cluster, 3 primaries + 3 replicas (per operation)", rows)
+                if args.daemon:
+                    results["daemon"] = await threads.deferToThread(daemon_figures, c.url, args.seconds)
         if "single" in args.targets:
             os.makedirs(os.path.join(work, "s"))
             server = RedisServer(os.path.join(work, "s")).start()
@@ -306,6 +375,11 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 await store.close()
                 results["single"] = rows
                 print_rows("one redis-server, no replica (per operation)", rows)
+                if args.daemon:
+                    results["daemon"] = results.get("daemon", []) + [
+                        r for r in await threads.deferToThread(daemon_figures, None, args.seconds, server.url)
+                        if r["store"] == "single"
+                    ]
             finally:
                 server.stop()
     finally:
@@ -320,6 +394,8 @@ if __name__ == "__main__":
     p.add_argument("--timeout", type=float, default=2.0, help="redis_timeout (generous: the machine is shared)")
     p.add_argument("--targets", default="cluster,single")
     p.add_argument("--json", help="write the figures here")
+    p.add_argument("--daemon", action="store_true", help="also the daemon's CPU per request under wrk")
+    p.add_argument("--seconds", type=float, default=5.0, help="seconds of each wrk run (--daemon)")
     args = p.parse_args()
     out: dict[str, Any] = {}
 
