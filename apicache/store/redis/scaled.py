@@ -66,9 +66,10 @@ vouching until it is back (L{RedisStore.is_ready}), as on one node.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
+from prometheus_client.core import CounterMetricFamily, Metric
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTCP, IReactorThreads
 from twisted.python.failure import Failure
@@ -304,6 +305,24 @@ class ScaledRedisStore(RedisStore):
                     left.append(batch)
             batches = left
         return n
+
+    def metrics(self) -> Iterator[Metric]:
+        """
+        Yield L{RedisStore.metrics}, and the purges confirmed by the
+        replicas and those that could not be.
+        """
+        yield from super().metrics()
+        c = self.counters
+        yield CounterMetricFamily(
+            "apicache_redis_purges_confirmed",
+            "Purges (invalidations, clears, tag purges) the replicas acknowledged (cluster and sentinel modes).",
+            value=c["purges_confirmed"],
+        )
+        yield CounterMetricFamily(
+            "apicache_redis_purges_not_confirmed",
+            "Purges answered 503 because the replicas did not acknowledge them within store.redis_timeout.",
+            value=c["purges_not_confirmed"],
+        )
 
     def sweep_tags(self) -> Deferred[int]:
         """
