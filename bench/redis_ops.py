@@ -300,7 +300,7 @@ def daemon_figures(cluster_url: str | None, seconds: float, single_url: str | No
         cases = [("memory", "", 268435456), ("cluster", cluster_url, 268435456), ("cluster", cluster_url, 1),
                  ("single", single_url, 268435456), ("single", single_url, 1)]
         for store, url, local in cases:
-            if store != "memory" and not url:
+            if not (url or (store == "memory" and cluster_url)):
                 continue
             name = f"apicache-{store}-{local}"
             config = bench_run.apicache_config(upstream_port, False)
@@ -376,10 +376,9 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 results["single"] = rows
                 print_rows("one redis-server, no replica (per operation)", rows)
                 if args.daemon:
-                    results["daemon"] = results.get("daemon", []) + [
-                        r for r in await threads.deferToThread(daemon_figures, None, args.seconds, server.url)
-                        if r["store"] == "single"
-                    ]
+                    results["daemon"] = results.get("daemon", []) + await threads.deferToThread(
+                        daemon_figures, None, args.seconds, server.url
+                    )
             finally:
                 server.stop()
     finally:
