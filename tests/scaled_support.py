@@ -17,9 +17,10 @@ from typing import Any
 import greenlet
 import pytest
 import pytest_twisted
-from redis_support import no_redis_server, until
+from redis_support import no_redis_server
 from twisted.internet.defer import Deferred
 
+from apicache.harness.polling import wait_until_async
 from apicache.harness.rediscluster import RedisCluster, RedisSentinels
 from apicache.store.redis.scaled import ScaledRedisStore
 
@@ -88,7 +89,7 @@ def scaled_stores(request: pytest.FixtureRequest) -> Iterator[Callable[..., Scal
         s = make_scaled_store(mode, deployment(request, mode).url, prefix, **kwargs)
         made.append(s)
         if wait and greenlet.getcurrent() is not pytest_twisted._instances.gr_twisted:
-            pytest_twisted.blockon(Deferred.fromCoroutine(until(s.is_ready)))
+            pytest_twisted.blockon(Deferred.fromCoroutine(wait_until_async(s.is_ready, 5.0, 0.01, "the store to connect")))
         return s
 
     yield make

@@ -12,36 +12,24 @@ directly, from the test's thread, with a fake consumer and a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-from twisted.internet.defer import Deferred, fail, succeed
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from listener_support import CONFIG, event, kafka_config
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from zope.interface import implementer
 
-from apicache.cache.invalidator import IInvalidator
 from apicache.cache.registry import CacheRegistry
-from apicache.config import KafkaConfig, parse_config
+from apicache.events.consumer import LibrdkafkaLog
 from apicache.events.decoding import EventDecoder
 from apicache.events.handling import EventHandler
-from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
-from apicache.harness.launchers import free_port
+from apicache.events.kafka import EventListenerService
 from apicache.store import MemoryStore
-from apicache.store.interface import StoreUnavailable
-
-CONFIG = parse_config(
-    {
-        "server": {"allow_anonymous": True},
-        "upstream": {"base_url": "http://127.0.0.1:1/api"},
-        "routes": [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"}],
-        "events": [{"types": ["object.update"], "route": "object", "id_field": "objectid"}],
-    },
-    "test.toml",
-    {},
-)
+from apicache.testing import FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
 
 
 @implementer(IReactorFromThreads)
@@ -59,17 +47,6 @@ class ThreadCollectingClock(Clock):
         handed, self.handed = self.handed, []
         for f, args, kwargs in handed:
             f(*args, **kwargs)
-
-
-@implementer(IReactorFromThreads)
-class ImmediateClock(Clock):
-    """
-    A Clock that runs calls "from the consumer thread" at once: the test's
-    thread plays both the consumer thread and the reactor's.
-    """
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
 
 
 def is_log(handed: Callable[..., Any], method: Callable[..., Any]) -> bool:
@@ -93,118 +70,6 @@ class FakeCredentials:
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         self.subscribers.append(callback)
-
-
-class FakeMessage:
-    """What the listener reads of a confluent-kafka ``Message``."""
-
-    def __init__(self, partition: int, offset: int, value: bytes | None = None, error: KafkaError | None = None) -> None:
-        self._partition, self._offset, self._value, self._error = partition, offset, value, error
-
-    def error(self) -> KafkaError | None:
-        return self._error
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 990_000)  # TIMESTAMP_CREATE_TIME, in ms
-
-
-def event(objectid: str) -> bytes:
-    return json.dumps({"type": "object.update", "objectid": objectid}).encode()
-
-
-class FakeConsumer:
-    """
-    The parts of confluent-kafka's ``Consumer`` the listener's thread uses,
-    recording what it was asked to do.
-    """
-
-    def __init__(self, messages: Sequence[FakeMessage] = (), committed: dict[int, int] | None = None, high: int = 42) -> None:
-        self.messages = list(messages)
-        self.committed_offsets = committed or {}
-        self.high = high
-        self.stored: list[tuple[str, int, int]] = []
-        self.seeks: list[tuple[str, int, int]] = []
-        self.assigned: list[tuple[str, int, int]] = []
-        self.credentials: list[tuple[str, str]] = []
-        self.commits = 0
-        self.commit_error: KafkaError | None = None
-
-    def poll(self, timeout: float) -> FakeMessage | None:
-        return self.messages.pop(0) if self.messages else None
-
-    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
-        taken, self.messages = self.messages[:n], self.messages[n:]
-        return taken
-
-    def store_offsets(self, offsets: list[TopicPartition]) -> None:
-        self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
-
-    def seek(self, tp: TopicPartition) -> None:
-        self.seeks.append((tp.topic, tp.partition, tp.offset))
-
-    def commit(self, asynchronous: bool = True) -> None:
-        self.commits += 1
-        if self.commit_error is not None:
-            raise KafkaException(self.commit_error)
-
-    def set_sasl_credentials(self, username: str, password: str) -> None:
-        self.credentials.append((username, password))
-
-    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        return [TopicPartition(p.topic, p.partition, self.committed_offsets.get(p.partition, -1001)) for p in partitions]
-
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        return (0, self.high)
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
-
-
-@implementer(IInvalidator)
-class FlakyInvalidator:
-    """
-    An L{apicache.cache.invalidator.IInvalidator} that fails for the ids in ``failing``,
-    as the registry does when Redis is away.
-    """
-
-    def __init__(self, *failing: str) -> None:
-        self.failing = set(failing)
-        self.applied: list[tuple[str, str | None, str, tuple[str, ...]]] = []
-
-    def _do(self, action: str, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        if params[0] in self.failing:
-            return fail(StoreUnavailable("away"))
-        self.applied.append((action, tenant, route, params))
-        return succeed(1)
-
-    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        return self._do("invalidate", tenant, route, params)
-
-    def refresh(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        return self._do("refresh", tenant, route, params)
-
-
-def kafka_config(mode: str = "broadcast") -> KafkaConfig:
-    return KafkaConfig(
-        bootstrap_servers=f"127.0.0.1:{free_port()}",
-        topics=("t",),
-        mode=mode,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
-        sasl_username="client-id",
-    )
 
 
 def listener(reactor: Clock, credentials: Any = None) -> EventListenerService:
@@ -251,10 +116,9 @@ def test_a_renewed_token_is_handed_to_the_consumer_before_its_next_poll() -> Non
     for renewed in creds.subscribers:
         renewed("token-2")
     consumer = FakeConsumer()
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    assert svc._new_password is None, "the consumer thread took the renewed token"
+    svc.loop.poll_once(consumer)
     assert consumer.credentials == [("client-id", "token-2")]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert consumer.credentials == [("client-id", "token-2")], "handed over once"
     svc.stopService()
 
@@ -306,8 +170,8 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
     )
     # the retry pause is the thread's own Event.wait: with the stop flag
     # set it returns at once
-    svc._stop.set()
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.stop()
+    svc.loop.poll_once(consumer)
     assert consumer.stored == [("t", 0, 7), ("t", 1, 4)]
     # back to the first message not applied, in each partition after it
     assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
@@ -324,7 +188,7 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
     # the store is back: the retried messages apply and their offsets follow
     invalidator.failing.clear()
     consumer.messages = [FakeMessage(0, 7, event("bad")), FakeMessage(1, 5, event("3")), FakeMessage(0, 8, event("4"))]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert consumer.stored[2:] == [("t", 0, 9), ("t", 1, 6)]
     assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
     assert svc.handler.applied == 5
@@ -333,25 +197,25 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
 def test_nothing_is_stored_when_nothing_arrived() -> None:
     svc, _ = driven()
     consumer = FakeConsumer([FakeMessage(0, 9, error=KafkaError(KafkaError._PARTITION_EOF))])
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
+    svc.loop.poll_once(consumer)
     assert (consumer.stored, consumer.seeks, svc.handler.received) == ([], [], 0)
 
 
 def test_revocation_commits_and_a_failed_commit_is_logged() -> None:
     svc, _ = driven()
     consumer = FakeConsumer()
-    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
-    svc._on_revoke(consumer, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 1)])
     assert consumer.commits == 1
     assert svc.links.assigned == ["t:0"]
     # nothing stored yet is not worth a line; a refused commit is
     consumer.commit_error = KafkaError(KafkaError._NO_OFFSET)
-    svc._commit(consumer)  # type: ignore[arg-type]
+    svc.loop.commit(consumer)
     consumer.commit_error = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing")
     warned: list[str] = []
-    svc.log = Logger(observer=lambda e: warned.append(formatEvent(e)))  # type: ignore[misc]
-    svc._commit(consumer)  # type: ignore[arg-type]
+    svc.loop.log = Logger(observer=lambda e: warned.append(formatEvent(e)))  # type: ignore[misc]
+    svc.loop.commit(consumer)
     assert consumer.commits == 3
     assert warned == ["kafka: commit failed: rebalancing"]
 
@@ -359,14 +223,14 @@ def test_revocation_commits_and_a_failed_commit_is_logged() -> None:
 def test_broadcast_starts_a_new_partition_at_its_end_and_a_known_one_at_the_beginning() -> None:
     svc, _ = driven()
     consumer = FakeConsumer(high=42)
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert consumer.assigned == [("t", 0, 42)]
-    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 0)])
     # assigned again without committed offsets (the broker lost them)
-    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
     assert consumer.assigned == [("t", 0, OFFSET_BEGINNING), ("t", 1, 42)]
     consumer.committed_offsets = {0: 17}
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert consumer.assigned == [("t", 0, 17)], "committed offsets win"
 
 
@@ -381,23 +245,23 @@ def test_readiness_follows_the_consumer_callbacks_in_broadcast_mode() -> None:
     svc, _ = driven()
     consumer = FakeConsumer()
     assert not svc.is_ready()
-    svc._on_stats(stats("INIT", "UP"))
+    svc.loop.on_stats(stats("INIT", "UP"))
     assert svc.links.connected and not svc.is_ready(), "connected, not yet assigned"
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert svc.is_ready()
     assert svc.info()["events"]["partitions"] == 1
-    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 0)])
     assert not svc.is_ready(), "a broadcast listener without partitions hears nothing"
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
-    svc._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
+    svc.loop.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))
     assert not svc.is_ready()
     assert svc.links.error == "down"
-    svc._on_stats(stats("UP"))
+    svc.loop.on_stats(stats("UP"))
     assert svc.is_ready()
-    svc._on_stats(stats("DOWN", "CONNECT"))
+    svc.loop.on_stats(stats("DOWN", "CONNECT"))
     assert not svc.is_ready()
-    svc._on_stats(stats("UP"))
-    svc._on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_stats(stats("UP"))
+    svc.loop.on_lost(consumer, [TopicPartition("t", 0)])
     assert not svc.is_ready() and svc.links.assigned == []
     assert svc.info()["events"]["partitions"] == 0
 
@@ -405,8 +269,8 @@ def test_readiness_follows_the_consumer_callbacks_in_broadcast_mode() -> None:
 def test_in_group_mode_a_member_without_partitions_is_ready() -> None:
     svc, _ = driven(mode="group")
     consumer = FakeConsumer()
-    svc._on_stats(stats("UP"))
-    svc._on_assign(consumer, [])  # type: ignore[arg-type]
+    svc.loop.on_stats(stats("UP"))
+    svc.loop.on_assign(consumer, [])
     assert svc.is_ready()
     assert consumer.assigned == [], "group mode keeps the group's offsets"
 
@@ -419,19 +283,19 @@ def test_the_same_kafka_complaint_is_logged_once_in_thirty_seconds() -> None:
     def warnings() -> int:
         return sum(1 for f, _, _ in reactor.handed if is_log(f, Logger.warn))
 
-    svc._on_error(down)
-    svc._on_error(down)
+    svc.loop.on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 1
-    svc._on_error(KafkaError(KafkaError._TRANSPORT, "reset"))
+    svc.loop.on_error(KafkaError(KafkaError._TRANSPORT, "reset"))
     assert warnings() == 2, "another complaint is logged at once"
     reactor.advance(29.9)
-    svc._on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 2
     reactor.advance(0.1)
-    svc._on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 3
     # librdkafka's own lines: the same rule, debug and connection failures left out
-    log = _LibrdkafkaLog(svc)
+    log = LibrdkafkaLog(svc.loop)
     log.log(30, "%s: broker %s is odd", "ODD", "b1")
     log.log(30, "%s: broker %s is odd", "ODD", "b1")
     log.log(20, "%s: info", "INFO")

@@ -30,6 +30,7 @@ import pytest
 from scaled_support import need_redis_cli
 
 from apicache.harness.launchers import Daemon
+from apicache.harness.polling import wait_until
 from apicache.harness.rediscluster import RedisCluster, RedisNode, RedisSentinels
 from apicache.store.redis.layout import BucketLayout
 
@@ -141,19 +142,7 @@ def report(name: str, figures: dict[str, Any]) -> None:
 
 def ready(*daemons: Daemon, timeout: float = 15.0) -> None:
     for d in daemons:
-        deadline = time.monotonic() + timeout
-        while d.request("GET", "/readyz").status != 200:
-            assert time.monotonic() < deadline, d.logs()[-3000:]
-            time.sleep(0.05)
-
-
-def until(check: Callable[[], Any], timeout: float, step: float = 0.05) -> float:
-    """Wait until ``check()`` is truthy; return the seconds it took."""
-    start = time.monotonic()
-    while not check():
-        assert time.monotonic() - start < timeout, f"still false after {timeout} s"
-        time.sleep(step)
-    return time.monotonic() - start
+        wait_until(lambda d=d: d.request("GET", "/readyz").status == 200, timeout, what=lambda d=d: d.logs()[-3000:])
 
 
 @pytest.fixture
@@ -238,7 +227,7 @@ def the_promises_hold_across(
         thaw()
         promoted()
         failover = time.monotonic() - killed
-        until(shared_again, 20.0, step=0.1)
+        wait_until(shared_again, 20.0, 0.1, "a new entry shared again")
         shared_at = time.monotonic() - killed
         time.sleep(1.0)
     figures = traffic.summary(killed)
@@ -260,7 +249,7 @@ def the_promises_hold_across(
     assert (lost.cache, body_n(lost)) == ("HIT", first_y)
     assert a.delete(y, tenant="t1").status == 200
     # (B hears of it through the cluster bus, a moment after A's answer)
-    until(lambda: b.get(y).cache == "MISS", 2.0)
+    wait_until(lambda: b.get(y).cache == "MISS", 2.0, what="B to hear of the purge")
     assert upstream.calls() > 0
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import ready, sleep, until
+from redis_support import ready, sleep
 from scaled_support import deployment, need_redis_cli
 from store_contract import entry, key, make_store_tests, store_entry
 
 from apicache.harness.launchers import Daemon
+from apicache.harness.polling import wait_until, wait_until_async
 from apicache.harness.rediscluster import RedisCluster, RedisNode, RedisSentinels
 from apicache.store.interface import StoreUnavailable
 from apicache.store.redis.layout import BUCKET_TAGS, key_slot
@@ -131,13 +132,13 @@ async def test_invalidations_reach_the_other_instance(request: Any, mode: str) -
         assert await store_entry(a, k)
         assert await b.load(k) is not None
     assert await a.invalidate("t1", "object", ("42",)) == 1
-    await until(lambda: b.lookup(key()) is None, 2.0)
+    await wait_until_async(lambda: b.lookup(key()) is None, 2.0, what="B to drop the invalidated entry")
     assert b.lookup(key(params=("43",))) is not None
     assert await a.clear("t1") == 1
-    await until(lambda: b.lookup(key(params=("43",))) is None, 2.0)
+    await wait_until_async(lambda: b.lookup(key(params=("43",))) is None, 2.0, what="B to drop the cleared entry")
     assert b.lookup(key(tenant="t2")) is not None
     assert await a.purge_tag(None, "none") == 0
-    await until(lambda: b.counters["invalidations_received"] == 3, 2.0)
+    await wait_until_async(lambda: b.counters["invalidations_received"] == 3, 2.0, what="three messages on B")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -257,10 +258,7 @@ def test_daemons_share_entries_and_purges(
     a = make_daemon(cfg)
     b = make_daemon(cfg)
     for x in (a, b):
-        deadline = time.monotonic() + 10
-        while x.request("GET", "/readyz").status != 200:
-            assert time.monotonic() < deadline, x.logs()[-2000:]
-            time.sleep(0.05)
+        wait_until(lambda x=x: x.request("GET", "/readyz").status == 200, 10.0, what=lambda x=x: x.logs()[-2000:])
     assert a.get(OBJ).cache == "MISS"
     assert b.get(OBJ).cache == "HIT"
     assert upstream.calls(UP) == 1
@@ -316,10 +314,7 @@ def test_a_cloud_foundry_binding_selects_the_mode(
         cfg["store"]["redis_sentinel_master"] = d.master_name
     b = make_daemon(cfg)
     for x in (a, b):
-        deadline = time.monotonic() + 10
-        while x.request("GET", "/readyz").status != 200:
-            assert time.monotonic() < deadline, x.logs()[-2000:]
-            time.sleep(0.05)
+        wait_until(lambda x=x: x.request("GET", "/readyz").status == 200, 10.0, what=lambda x=x: x.logs()[-2000:])
     assert a.get(OBJ).cache == "MISS"
     assert b.get(OBJ).cache == "HIT"
     assert "store.redis_mode" in a.logs()

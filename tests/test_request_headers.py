@@ -23,15 +23,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from apicache.cache.links import LinkTargets
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
 from apicache.config import parse_config
 from apicache.harness.launchers import free_port
-from apicache.http.api import CacheAPI
-from apicache.http.channel import ApiSite
-from apicache.store.memory import MemoryStore
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
-from apicache.upstream.intermediary import VIA, IntermediaryUpstream
+from apicache.upstream.intermediary import IntermediaryUpstream
+from apicache.upstream.requestheaders import VIA
 
 SECRET = "s3cr3t-upstream-key"
 ROUTES = [
@@ -74,21 +71,21 @@ def config(upstream=None, server=None):
     return parse_config(data, "test.toml", {})
 
 
-class Wire:
+class Wire(InMemoryAPI):
     """
     The whole site in-process over the real upstream client, whose agent
     traverses a L{Recorder}.
     """
 
     def __init__(self, upstream=None, server=None):
-        self.clock = Clock()
-        self.clock.advance(100)
-        self.config = config(upstream, server)
+        clock = Clock()
+        clock.advance(100)
+        settings = config(upstream, server)
         self.recorder = Recorder()
         self.agent = RequestTraversalAgent(self.recorder)
-        up = self.config.upstream
+        up = settings.upstream
         self.client = UpstreamClient(
-            self.clock,
+            clock,
             up.base_url,
             timeout=5.0,
             max_body_bytes=1 << 20,
@@ -96,12 +93,8 @@ class Wire:
             max_in_flight=8,
             agent=self.agent,
         )
-        self.upstream = IntermediaryUpstream(self.client, up.set_headers, LinkTargets(up.base_url, self.config.routes))
-        self.registry = CacheRegistry(
-            MemoryStore(1 << 20), self.upstream, self.clock, self.config.routes, up.keyed_headers
-        )
-        self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
-        self.site = ApiSite(self.api.resource(), self.clock, None, access_log=True)
+        intermediary = IntermediaryUpstream(self.client, up.set_headers, LinkTargets(up.base_url, settings.routes))
+        super().__init__(settings, upstream=intermediary, clock=clock, access_log=True)
 
     def send(self, method=b"GET", path=b"/server/object(42)/header", headers=(), body=None, chunked=False):
         """Return (status, {name: value}, body) of one answer to raw HTTP."""
@@ -324,3 +317,46 @@ class TestIntermediaryUpstream(SynchronousTestCase):
         fake.pending[-1].respond(200, b"{}", [(b"content-type", b"application/json")])
         assert self.successResultOf(plain).headers == [(b"content-type", b"application/json")]
         assert up.in_flight == 0
+
+
+# -- built in one place (apicache.upstream.requestheaders) ---------------------
+
+
+def test_the_caller_s_part_is_the_forwarded_names_our_span_and_the_normalised_encoding():
+    from twisted.web.http_headers import Headers
+
+    from apicache.upstream.requestheaders import CallerHeaders
+
+    caller = Headers(
+        {b"accept": [b"a"], b"traceparent": [b"00-caller"], b"accept-encoding": [b"br"], b"cookie": [b"c"], b"if-match": [b"x"]}
+    )
+    assert CallerHeaders(["accept", "traceparent"]).of(caller, b"00-ours", b"identity") == [
+        (b"accept", b"a"),
+        (b"traceparent", b"00-ours"),
+        (b"accept-encoding", b"identity"),
+    ]
+    # a write adds its own names; without a trace the caller's traceparent goes on
+    assert CallerHeaders(["traceparent"]).of(caller, None, b"gzip", (b"if-match",)) == [
+        (b"traceparent", b"00-caller"),
+        (b"if-match", b"x"),
+        (b"accept-encoding", b"gzip"),
+    ]
+
+
+def test_validators_follow_the_caller_s_part_and_none_leave_it_as_it_is():
+    from apicache.upstream.requestheaders import with_validators
+
+    caller = [(b"accept", b"a")]
+    assert with_validators(caller, []) is caller
+    assert with_validators(caller, [(b"if-none-match", b'"e"')]) == [(b"accept", b"a"), (b"if-none-match", b'"e"')]
+
+
+def test_set_headers_and_via_come_last_and_replace_a_caller_s_value():
+    from apicache.upstream.requestheaders import VIA, FixedHeaders
+
+    fixed = FixedHeaders({"X-Api-Key": "s"})
+    assert fixed.added_to([(b"x-api-key", b"caller's"), (b"Via", b"1.0 other"), (b"accept", b"a")]) == [
+        (b"accept", b"a"),
+        (b"x-api-key", b"s"),
+        (b"via", VIA),
+    ]
