@@ -632,3 +632,12 @@ def test_with_auth_the_fast_path_answers_as_twisted_web_or_declines(exchange):
     chunks = [c.replace(b"api-key: k1\r\n", b"api-key: k1\r\n" + _T1_TOKEN + b"\r\n") for c in chunks]
     fast, _ = both(chunks, pauses, auth=True)
     event(f"answered on the fast path: {min(answered_fast(fast), 3)}")
+
+
+def test_fast_answers_are_counted_in_the_metrics():
+    w = World(True)
+    w.api.metrics.add_source(w.site.metrics_families)  # as the daemon's wiring does
+    w.exchange([HITS["get"] * 3])
+    text = w.api.metrics.scrape()
+    text = text if isinstance(text, bytes) else text.encode()
+    assert b"apicache_fast_path_answers_total 3.0" in text

@@ -723,6 +723,8 @@ class ApiSite(server.Site):
         yield CounterMetricFamily("apicache_connections_refused", "Connections closed at once: server.max_connections were open.", value=c["connections_refused"])
         yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
         yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
+        if self.fast_path is not None:
+            yield CounterMetricFamily("apicache_fast_path_answers", "Hits answered on the fast path, from the connection's reads (every other request goes through twisted.web).", value=self.fast_path.answered)
 
     def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
         """
