@@ -327,6 +327,8 @@ class ApiChannel(HTTPChannelInternals):
     refused = False
     write_blocked = False
     peer: IAddress | None = None
+    #: where the fast path writes this connection's answers (made on first use)
+    fast_answers: Any = None
     #: a request's head waits for its bearer token (an unknown kid: the
     #: key set is being read); nothing more of the connection is parsed
     _token_wait = False
@@ -347,6 +349,7 @@ class ApiChannel(HTTPChannelInternals):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        self.fast_answers = None
         self._stop_head_deadline()
         self._drop_unread()
         if self._tracked is not None:

@@ -331,7 +331,9 @@ class FastPath:
         start = 0
         n = len(data)
         transport = channel.transport
-        answers = _Answers(channel)
+        answers = channel.fast_answers
+        if answers is None:
+            answers = channel.fast_answers = _Answers(channel)
         while start < n:
             head = parse_head(data, start)
             if head is None or not self.answer(answers, head):
