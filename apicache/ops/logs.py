@@ -295,7 +295,7 @@ class AccessLog(Service):
     """
 
     def __init__(
-        self, clock: IReactorTime, fd: int = 1, interval: float = 0.2, max_lines: int = 256
+        self, clock: IReactorTime, fd: int = 1, interval: float = 0.2, max_lines: int = 64
     ) -> None:
         self.clock = clock
         self.fd = fd
