@@ -304,6 +304,7 @@ DECLINED = {
     "space before colon": b"GET %s HTTP/1.1\r\napi-key: k1\r\norg_id : t1\r\n\r\n" % OBJ,
     "bare LF": b"GET %s HTTP/1.1\napi-key: k1\norg_id: t1\n\n" % OBJ,
     "LF ends the head": b"GET %s HTTP/1.1\r\napi-key: k1\r\norg_id: t1\r\n\n" % OBJ,
+    "CR and LF apart": b"GET %s HTTP/1.1\r\napi-key: k1\r\norg_id: t1\r\nx-a: 1\rb\nc\r\n\r\n" % OBJ,
     "obs-text": request(headers=(K1, T1, (b"x-a", b"caf\xe9"))),
     "NUL": request(headers=(K1, T1, (b"x-a", b"a\x00b"))),
     "two spaces": b"GET  %s HTTP/1.1\r\napi-key: k1\r\norg_id: t1\r\n\r\n" % OBJ,
@@ -475,7 +476,7 @@ def header_line(draw):
 _SPECIAL = [
     b"Connection: close", b"connection: Keep-Alive", b"Connection: keep-alive close", b"Connection: upgrade",
     b"Content-Length: 0", b"content-length: 5", b"Transfer-Encoding: chunked", b"Transfer-Encoding: identity",
-    b"Expect: 100-continue", b"x-a: 1\nx-b: 2", b"x-a: 1\rx", b"x-a: a\x00b", b"x-a: caf\xe9", b" folded",
+    b"Expect: 100-continue", b"x-a: 1\nx-b: 2", b"x-a: 1\rx", b"x-a: 1\rb\nc", b"x-a: \n\r", b"x-a: a\x00b", b"x-a: caf\xe9", b" folded",
     b"\tfolded", b"x-a : 1", b"x-a:1 \t", b"org_id: t1", b"ORG_ID: t2", b"API-KEY: k1", b"api-key: k2", b"no colon",
     b": empty name", b"x-\x7f: 1", b"x-a: \x7f", b"range: bytes=0-3", b"range: bytes=500-", b"range: bytes=0-1,3-4", b'if-range: "e1"',
     b"cache-control: only-if-cached",

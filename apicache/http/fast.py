@@ -52,9 +52,9 @@ MAX_HEAD_BYTES = 8192
 MAX_HEADER_LINES = 100
 
 # The bytes a head taken here may hold: printable ASCII, SP and HTAB, and
-# CR and LF as CRLF pairs only (checked by counting).  Anything else (NUL,
-# another control, obs-text) is twisted.web's to judge.
-_HEAD_BYTES = bytes(range(0x20, 0x7F)) + b"\t\r\n"
+# CR and LF as CRLF pairs only.  Anything else (NUL, another control,
+# obs-text) is twisted.web's to judge.
+_PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t"
 # RFC 9110 tchar: a header name made of anything else is twisted.web's to refuse
 _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # Header names twisted.web acts on itself (a body to read, a 100 Continue to
@@ -102,12 +102,17 @@ def parse_head(data: bytes, start: int = 0) -> Head | None:
     if end < 0:
         return None
     head = data[start:end]
-    if head.translate(None, _HEAD_BYTES):
-        return None
-    crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf or crlf > MAX_HEADER_LINES:
+    # what is left once the printable bytes are gone must be the line ends,
+    # CRLF pairs and nothing else: no control byte, no obs-text, no lone
+    # CR or LF (twisted.web splits lines at CRLF only)
+    ends = head.translate(None, _PRINTABLE)
+    crlf = len(ends) >> 1
+    if crlf > MAX_HEADER_LINES or ends != b"\r\n" * crlf:
         return None
     lines = head.split(b"\r\n")
+    if len(lines) != crlf + 1:
+        # a CR and an LF apart ("a\rb\nc"): not a line end to twisted.web
+        return None
     request_line = lines[0].split(b" ")
     if len(request_line) != 3:
         return None
