@@ -88,7 +88,7 @@ def write_result(request: Any, result: CacheResult) -> Any:
         conditions = raw_headers(request.requestHeaders)
         if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
         if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
-        if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
+        if (if_none_match or if_modified_since) and _condition_fails(if_none_match, if_modified_since, r):
             return _write_not_modified(request, result, member)
         # SPEC.md section 3 (v3): after the conditions (RFC 9110 section 13.2.2)
         ranges = conditions.get(_RAW_RANGE)
@@ -169,6 +169,39 @@ def _write_partial(request: Any, result: CacheResult, member: bytes, partial: Pa
     request.channel.writeSequence([b"".join(head), body])
     request.finish()
     return NOT_DONE_YET
+
+
+#: whether a caller's conditions fail on a stored answer, by the conditions
+#: and the wire form of the answer's headers (L{condition_fails} is a pure
+#: function of both): clients that revalidate send the same ones again.
+#: Bounded as L{_NOT_MODIFIED_BLOCKS}; conditions over 256 bytes are not
+#: remembered.
+_CONDITIONS: dict[tuple[bytes, bytes | None, bytes | None], bool] = {}
+_CONDITION_BYTES = 256
+
+
+def _condition_fails(
+    if_none_match: list[bytes] | None, if_modified_since: list[bytes] | None, response: CachedResponse
+) -> bool:
+    """
+    Return L{condition_fails} for ``response``'s headers, remembered.
+    """
+    head = response.head
+    if (
+        not head
+        or len(head) > _NOT_MODIFIED_HEAD_BYTES
+        or (if_none_match is not None and (len(if_none_match) != 1 or len(if_none_match[0]) > _CONDITION_BYTES))
+        or (if_modified_since is not None and len(if_modified_since[0]) > _CONDITION_BYTES)
+    ):
+        return condition_fails(if_none_match, if_modified_since, response.headers)
+    key = (head, if_none_match[0] if if_none_match else None, if_modified_since[0] if if_modified_since else None)
+    fails = _CONDITIONS.get(key)
+    if fails is None:
+        fails = condition_fails(if_none_match, if_modified_since, response.headers)
+        if len(_CONDITIONS) >= _NOT_MODIFIED_BLOCKS_MAX:
+            _CONDITIONS.clear()
+        _CONDITIONS[key] = fails
+    return fails
 
 
 #: the header blocks of 304s, by the wire form of the stored answer's headers
