@@ -396,6 +396,9 @@ def test_pipelined_hits_stop_once_the_write_buffer_is_full_and_resume_as_the_cli
     protocol = w.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
     transport = SlowReader()
     protocol.makeConnection(transport)
+    # a small write buffer (the channel may have set it from
+    # server.max_write_buffer as the connection was made)
+    transport.bufferSize = 4096
     one = len(World(False).exchange([HITS["get"]])[0])
     n = 100
     protocol.dataReceived(HITS["get"] * n)
