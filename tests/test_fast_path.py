@@ -57,6 +57,12 @@ def bearer(**claims: str) -> bytes:
 def upstream_answer(path, headers):
     if "missing" in path:
         return UpstreamResponse(404, [(b"content-type", b"application/json")], b'{"error": "nope"}')
+    if "vary" in path:
+        # an answer that varies by a request header (variants, RFC 9111 section 4.1)
+        given = dict(headers).get(b"accept-language", b"-")
+        return UpstreamResponse(
+            200, [(b"content-type", b"application/json"), (b"vary", b"Accept-Language")], b'{"lang": "%s"}' % given
+        )
     return UpstreamResponse(
         200,
         [
@@ -82,6 +88,8 @@ WARM = [
     (b"/server/object(7)/header", ((b"accept-language", b"de"),), b"t1"),
     (b"/server/short/1", (), b"t1"),
     (b"/server/object(missing)/header", (), b"t1"),
+    (b"/server/object(vary)/header", ((b"accept-language", b"de"),), b"t1"),
+    (b"/server/object(vary)/header", ((b"accept-language", b"fr"),), b"t1"),
 ]
 
 
@@ -231,6 +239,7 @@ HITS = {
     "range past the end": request(headers=(K1, T1, (b"range", b"bytes=500-"))),
     "range, if-range": request(headers=(K1, T1, (b"range", b"bytes=2-"), (b"if-range", b'"e1"'))),
     "only-if-cached": request(headers=(K1, T1, (b"cache-control", b"only-if-cached"))),
+    "a variant": request(target=b"/server/object(vary)/header", headers=(K1, T1, (b"accept-language", b"fr"))),
 }
 
 
@@ -439,6 +448,7 @@ _TARGETS = [
     b"/server/object(7)/header",
     b"/server/short/1",
     b"/server/object(missing)/header",
+    b"/server/object(vary)/header",
     b"/server/object(..%2Fx)/header",
     b"/server/object(%ff)/header",
     b"/healthz",
@@ -512,14 +522,14 @@ def one_request(draw):
         # a well-formed hit-like request (the common case, often a hit), now
         # and then with a line, version or line end twisted.web reads its own way
         headers = [b"api-key: k1", b"org_id: " + draw(st.sampled_from([b"t1", b"t1", b"t2"]))]
-        headers += draw(st.lists(st.sampled_from([b"accept-language: de", b'if-none-match: "e1"',
+        headers += draw(st.lists(st.sampled_from([b"accept-language: de", b"accept-language: fr", b'if-none-match: "e1"',
                                                   b"if-modified-since: " + LM, b"x-a: 1"]), max_size=2))
         for line in draw(st.lists(st.sampled_from(_SPECIAL), max_size=draw(st.sampled_from([0, 0, 1, 2])))):
             headers.insert(draw(st.integers(0, len(headers))), line)
         if draw(st.integers(0, 5)) == 5:
             headers.insert(draw(st.integers(0, len(headers))), draw(header_line()))
         method = draw(st.sampled_from([b"GET", b"GET", b"HEAD"]))
-        target = draw(st.sampled_from([OBJ, OBJ, *_TARGETS[:6]]))
+        target = draw(st.sampled_from([OBJ, OBJ, *_TARGETS[:7]]))
         version = draw(st.sampled_from([b"HTTP/1.1"] * 5 + [b"HTTP/1.0"]))
         lines = [method + b" " + target + b" " + version, b"Host: x", *headers]
         ends = [draw(st.sampled_from([b"\r\n"] * 15 + [b"\n"])) for _ in lines]
