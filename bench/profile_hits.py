@@ -65,6 +65,7 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--access-log", action="store_true")
+    p.add_argument("--auth", action="store_true", help="[auth] on, every request carrying one signed token")
     p.add_argument("--functions", type=int, default=0, help="also list the N functions with the most own time")
     args = p.parse_args()
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
@@ -75,15 +76,23 @@ def main() -> int:
     ps = bench.Processes(tmp)
     try:
         _, up_port = bench.start_server(ps, "upstream", 0.02)
-        proc, port = bench.start_apicache(ps, "apicache", up_port, access_log=args.access_log)
-        bench.warm(port, "/server/object(", ")/header", 100)
+        auth = bench.AUTH
+        if args.auth:
+            signer = bench.SigningKey(issuer="https://idp.example/realms/bench")
+            jwks = os.path.join(tmp, "jwks.json")
+            signer.write_jwks(jwks)
+            proc, port = bench.start_apicache(ps, "apicache", up_port, access_log=args.access_log, jwks=jwks, issuer=signer.issuer)
+            auth = "Bearer " + signer.token(tenant=bench.TENANT, lifetime=3600)
+        else:
+            proc, port = bench.start_apicache(ps, "apicache", up_port, access_log=args.access_log)
+        bench.warm(port, "/server/object(", ")/header", 100, auth)
         out = os.path.join(tmp, "samples.txt")
         sampler = subprocess.Popen(
             [spy, "record", "-p", str(proc.pid), "-r", "1000", "-d", str(int(args.seconds)), "-f", "raw", "-o", out, "--nonblocking"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         time.sleep(0.3)
-        r = bench.run_wrk(port, "/server/object(", ")/header", 100, args.seconds, args.connections, tmp, pid=proc.pid)
+        r = bench.run_wrk(port, "/server/object(", ")/header", 100, args.seconds, args.connections, tmp, pid=proc.pid, auth=auth)
         sampler.wait()
         groups: collections.Counter[str] = collections.Counter()
         functions: collections.Counter[str] = collections.Counter()
