@@ -110,6 +110,10 @@ class ServerConfig:
     header_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_body_bytes: int = 1048576
+    #: (v3) a request body must arrive in full within this from the end of its headers
+    body_timeout: float = 30.0
+    #: (v3) bytes of answers queued for one connection before apicache stops reading it
+    max_write_buffer: int = 1048576
 
 
 @dataclass(frozen=True)
@@ -134,9 +138,12 @@ class UpstreamConfig:
     base_url: str = "http://127.0.0.1:9000/ext_service/services/api/v1"
     timeout: float = 10.0
     max_body_bytes: int = 10485760
+    #: (v3) largest header block of an upstream answer
+    max_header_bytes: int = 65536
     max_connections: int = 64
     max_in_flight: int = 256
-    tenant_max_in_flight: int = 0
+    #: (v3) default 64, a quarter of max_in_flight; 0: no per-tenant limit
+    tenant_max_in_flight: int = 64
     #: the forwarded headers, the tracing headers always among them
     forward_headers: tuple[str, ...] = (
         "authorization",
@@ -354,6 +361,8 @@ _SERVER: dict[str, Checker] = {
     "header_timeout": _positive(_number),
     "idle_timeout": _positive(_number),
     "max_body_bytes": _positive(_int),
+    "body_timeout": _positive(_number),
+    "max_write_buffer": _positive(_int),
 }
 _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
@@ -371,6 +380,7 @@ _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,
     "timeout": _positive(_number),
     "max_body_bytes": _positive(_int),
+    "max_header_bytes": _positive(_int),
     "max_connections": _positive(_int),
     "max_in_flight": _positive(_int),
     "tenant_max_in_flight": _non_negative(_int),

@@ -156,7 +156,8 @@ def test_v2_defaults_match_the_spec():
         (), 0, 10.0, 120.0, 1048576,
     )
     assert st.tenant_max_bytes == 0
-    assert (up.tenant_max_in_flight, dict(up.set_headers), up.hide_headers, up.tags_header) == (0, {}, (), "")
+    # tenant_max_in_flight: 0 in v2, 64 since v3 (see test_v3_defaults_match_the_spec)
+    assert (dict(up.set_headers), up.hide_headers, up.tags_header) == ({}, (), "")
     assert k.max_clock_skew == 1.0
     r = parse({"upstream": UP, "routes": [ROUTE]}).route("object")
     assert (r.freshness, r.max_ttl, r.stale_while_revalidate, r.keep, r.negative_ttl) == ("route", 86400.0, 0.0, 3600.0, 0.0)
@@ -278,3 +279,12 @@ def test_tenant_max_bytes_defaults_to_no_cap_and_is_read():
 def test_a_bad_tenant_max_bytes_is_one_line_naming_the_key(bad):
     e = error({"store": {"tenant_max_bytes": bad}})
     assert "store.tenant_max_bytes" in str(e)
+
+
+def test_v3_keys_bounds_needs_are_read():
+    """The v3 keys the issue-19 request-side limits read (infra's full v3 set supersedes this)."""
+    c = load_config(None, {})
+    assert (c.server.body_timeout, c.server.max_write_buffer) == (30.0, 1048576)
+    assert (c.upstream.max_header_bytes, c.upstream.tenant_max_in_flight) == (65536, 64)
+    c = parse({"server": {"api_keys": ["k"], "body_timeout": 2, "max_write_buffer": 4096}, "upstream": {**UP, "max_header_bytes": 1024}})
+    assert (c.server.body_timeout, c.server.max_write_buffer, c.upstream.max_header_bytes) == (2, 4096, 1024)

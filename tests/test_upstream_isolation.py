@@ -296,7 +296,7 @@ def parse(data):
 
 
 def test_tenant_max_in_flight_is_configured_and_checked():
-    assert parse({}).upstream.tenant_max_in_flight == 0
+    assert parse({}).upstream.tenant_max_in_flight == 64  # (v3) default 64
     assert parse({"upstream": {"tenant_max_in_flight": 8}}).upstream.tenant_max_in_flight == 8
     for bad in (-1, "8", 1.5):
         with pytest.raises(ConfigError) as e:
