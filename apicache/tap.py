@@ -287,6 +287,8 @@ def build(
         header_timeout=server.header_timeout,
         idle_timeout=server.idle_timeout,
         max_body_bytes=server.max_body_bytes,
+        body_timeout=server.body_timeout,
+        max_write_buffer=server.max_write_buffer,
     )
     # access lines are info lines: a log_level above info leaves them out too
     access_log = AccessLog(reactor) if server.access_log and server.log_level in ("debug", "info") else None

@@ -21,7 +21,14 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamServerEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    IStreamServerEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -153,12 +160,18 @@ class ConnectionLimits:
     @ivar idle_timeout: seconds a keep-alive connection may sit idle
         between requests (twisted.web's C{timeOut}).
     @ivar max_body_bytes: the largest request body read.
+    @ivar body_timeout: seconds from the end of a request's head for its
+        body to arrive in full (v3).
+    @ivar max_write_buffer: bytes of answers waiting for a connection before
+        no more of its requests are read (v3).
     """
 
     max_connections: int = 0
     header_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_body_bytes: int = 1048576
+    body_timeout: float = 30.0
+    max_write_buffer: int = 1048576
 
 
 def connection_limit(configured: int, open_files: int) -> int:
@@ -214,10 +227,15 @@ class ApiChannel(HTTPChannel):
     error instead of an empty 400.
 
     @ivar refused: a refusal was written; nothing more is read.
+    @ivar write_blocked: the transport holds more than
+        ``server.max_write_buffer`` bytes of answers: no further request is
+        parsed, nothing more is read, until the client has taken them.
     """
 
     site: ApiSite
     refused = False
+    #: the transport holds ``server.max_write_buffer`` bytes: no request is parsed
+    write_blocked = False
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
@@ -227,6 +245,11 @@ class ApiChannel(HTTPChannel):
         self._tracked = self.transport
         if self._tracked is not None:
             self.site.connections.add(self._tracked)
+            # A TCP transport pauses its streaming producer (this channel)
+            # while it holds more than bufferSize bytes, and resumes it once
+            # it holds none: that threshold is server.max_write_buffer.
+            if hasattr(self._tracked, "bufferSize"):
+                self._tracked.bufferSize = self.site.limits.max_write_buffer
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_deadline()
@@ -247,6 +270,8 @@ class ApiChannel(HTTPChannel):
         if (
             self._head_deadline is None
             and not self.refused
+            # held back by a full write buffer: the client's to read first
+            and not self.write_blocked
             and self.line_mode
             and not self._handlingRequest
             and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
@@ -296,6 +321,48 @@ class ApiChannel(HTTPChannel):
             self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
         else:
             self._refuse_malformed("the request could not be parsed")
+
+    # -- writing: a client that does not read ------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        Called by the transport when it holds more than
+        ``server.max_write_buffer`` bytes: parse no further request and read
+        nothing more from the connection until the client has taken them.
+
+        twisted.web alone pauses the transport only between requests: an
+        answer written in one go (the hit path, and every proxied answer,
+        L{apicache.http.writers.write_result}) finishes its request before
+        this returns, and the next pipelined request is parsed from what was
+        already read, so a client that pipelines and never reads made
+        apicache hold every answer.
+        """
+        self.write_blocked = True
+        super().pauseProducing()
+        # LineReceiver's loop stops before the next line: the requests
+        # already read stay unparsed in its buffer
+        self.paused = True
+        # and stop reading even while a request is handled (twisted.web
+        # leaves the transport reading then); twisted.web resumes it when
+        # the transport drains or, if a request is in hand then, when that
+        # request is done
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """
+        Called by the transport once the client has taken what it held:
+        parse the requests held back, and read again.
+        """
+        self.write_blocked = False
+        super().resumeProducing()
+        self.paused = False
+        # a client that takes max_write_buffer bytes is not idle: the idle
+        # timeout counts from here (a client that reads nothing still meets it)
+        self.resetTimeout()
+        if self._buffer and not self.refused and self.transport is not None:
+            self.dataReceived(b"")
 
     # -- refusing ----------------------------------------------------------
 

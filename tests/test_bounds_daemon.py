@@ -1,0 +1,77 @@
+"""
+Issue 19, request side, against the real daemon (C{twistd}) over real
+sockets: what a client, an upstream or a tenant can make apicache hold.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+from test_hardening_daemon import rss_kib
+
+from apicache.harness.launchers import Daemon
+
+OBJ = "/server/object(42)/header"
+MB = 1_000_000
+
+
+def _pipeline(port: int, path: str, n: int) -> socket.socket:
+    """
+    Open a connection, send C{n} GETs of C{path} in one go, read nothing.
+    """
+    s = socket.create_connection(("127.0.0.1", port))
+    # a small receive window: what the kernel takes off the daemon's hands
+    # stays small next to what the daemon itself would hold
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\napi-key: test-key\r\norg_id: t1\r\n\r\n".encode()
+    s.sendall(request * n)
+    return s
+
+
+def test_fifty_pipelining_clients_that_never_read_hold_bounded_memory(make_daemon: Callable[..., Daemon], upstream) -> None:
+    """
+    50 connections each pipeline 200 GETs of a cached 1 MB answer and never
+    read: the daemon holds at most C{max_write_buffer} plus one answer for
+    each (v3).  Before, one connection took +570 MB.
+    """
+    upstream.set("/api/object(42)/header", body=b"x" * MB, headers={"Content-Type": "application/octet-stream"})
+    d = make_daemon()
+    assert d.get(OBJ).status == 200
+    assert d.get(OBJ).cache == "HIT"
+    before = rss_kib(d)
+    # 50 x (1 MiB + 1 MB) is 100 MB; leave room for the kernel's socket
+    # buffers being copied out and the allocator's slack
+    limit_kib = 300 * 1024
+    socks = []
+    grown = 0
+    try:
+        for _ in range(50):
+            socks.append(_pipeline(d.port, OBJ, 200))
+            grown = max(grown, rss_kib(d) - before)
+            assert grown < limit_kib, f"RSS grew by {grown // 1024} MiB with {len(socks)} connections"
+        deadline = time.monotonic() + 3.0
+        while time.monotonic() < deadline:  # let the daemon do whatever it would
+            grown = max(grown, rss_kib(d) - before)
+            assert grown < limit_kib, f"RSS grew by {grown // 1024} MiB"
+            time.sleep(0.05)
+        print(f"RSS before {before // 1024} MiB, grown by at most {grown // 1024} MiB with 50 connections")
+        # the daemon still serves others at once
+        started = time.monotonic()
+        assert d.get(OBJ).status == 200
+        assert time.monotonic() - started < 2.0
+        # and a client that pipelines as much and reads gets every answer
+        # as it drains
+        with socket.create_connection(("127.0.0.1", d.port)) as one:
+            one.sendall(f"GET {OBJ} HTTP/1.1\r\nHost: x\r\napi-key: test-key\r\norg_id: t1\r\n\r\n".encode() * 50)
+            one.settimeout(10)
+            got = 0
+            while got < 50 * MB:
+                chunk = one.recv(1 << 20)
+                assert chunk, got
+                got += len(chunk)
+    finally:
+        for s in socks:
+            s.close()
+
