@@ -248,6 +248,7 @@ def build(
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
         tenant_max_in_flight=up.tenant_max_in_flight,
+        max_header_bytes=up.max_header_bytes,
     )
     intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
     timed = TimedUpstream(intermediary, metrics, reactor)

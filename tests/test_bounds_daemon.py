@@ -6,6 +6,7 @@ sockets: what a client, an upstream or a tenant can make apicache hold.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -75,3 +76,78 @@ def test_fifty_pipelining_clients_that_never_read_hold_bounded_memory(make_daemo
         for s in socks:
             s.close()
 
+
+
+class FloodingUpstream:
+    """
+    A raw upstream on loopback: to every request it sends a status line and
+    then C{total} bytes of 1 kB field lines, and counts what it could send
+    before apicache closed the connection.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.sent: list[int] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            line = b"X-Flood: " + b"f" * 1000 + b"\r\n"
+            block = b"HTTP/1.1 200 OK\r\n" + line * 64
+            sent = 0
+            try:
+                while sent < self.total:
+                    conn.sendall(block)
+                    sent += len(block)
+                    block = line * 64
+                conn.sendall(b"Content-Length: 2\r\n\r\nok")
+            except OSError:
+                pass
+            self.sent.append(sent)
+
+    def stop(self) -> None:
+        self.sock.close()
+
+
+def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    50 MB of upstream field lines: 502 upstream_unreachable once
+    upstream.max_header_bytes (64 KiB) are read, the connection closed, and
+    the daemon's RSS back where it was (before: about +230 MB, held).
+    """
+    flood = FloodingUpstream(50 << 20)
+    try:
+        d = make_daemon(upstream_url=flood.url)
+        assert d.get("/healthz").status == 200
+        before = rss_kib(d)
+        for i in range(3):
+            r = d.get(f"/server/object(flood{i})/header")
+            assert r.status == 502, r.status
+            assert r.json()["error"] == "upstream_unreachable"
+        deadline = time.monotonic() + 5
+        while len(flood.sent) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # the connection was closed long before the 50 MB were sent
+        assert len(flood.sent) == 3 and max(flood.sent) < 20 << 20, flood.sent
+        time.sleep(0.5)
+        grown = rss_kib(d) - before
+        print(f"RSS before {before // 1024} MiB, after 3 floods +{grown // 1024} MiB; upstream sent {flood.sent}")
+        assert grown < 16 * 1024, f"+{grown} KiB held"
+    finally:
+        flood.stop()

@@ -28,7 +28,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
-from apicache.upstream.pool import TenantConnectionPool
+from apicache.upstream.pool import HeaderBlockTooLarge, TenantConnectionPool, UnknownTransferCoding
 
 __all__ = [
     "IUpstream",
@@ -241,6 +241,8 @@ class UpstreamClient:
     @param tenant_max_in_flight: fetches of one tenant at once; 0: no limit
         but ``max_in_flight``.
     @param agent: for tests: used for every tenant instead of the pool.
+    @param max_header_bytes: the largest header block of an answer; past
+        it the fetch fails (502) and the connection is closed.
     """
 
     def __init__(
@@ -253,6 +255,7 @@ class UpstreamClient:
         max_in_flight: int,
         tenant_max_in_flight: int = 0,
         agent: IAgent | None = None,
+        max_header_bytes: int = 65536,
     ) -> None:
         self._clock = reactor
         self._base = base_url.rstrip("/").encode("ascii")
@@ -266,7 +269,9 @@ class UpstreamClient:
         per_tenant = max(1, max_connections // 4)
         if tenant_max_in_flight:
             per_tenant = min(per_tenant, tenant_max_in_flight)
-        self.pool = TenantConnectionPool(reactor, max_connections, per_tenant, idle_timeout=60)
+        self.pool = TenantConnectionPool(
+            reactor, max_connections, per_tenant, idle_timeout=60, max_header_bytes=max_header_bytes
+        )
         # Agent's default policy, made once: it verifies TLS certificates (service_identity)
         self._tls = BrowserLikePolicyForHTTPS()
         self._agent = agent
@@ -379,6 +384,9 @@ def _generic_message(e: BaseException) -> str:
     the bytes the upstream sent.
     """
     causes = _reasons(e)
+    for c in causes:
+        if isinstance(c, (HeaderBlockTooLarge, UnknownTransferCoding)):
+            return str(c)  # fixed texts of our own
     try:
         from OpenSSL.SSL import Error as TLSError
 

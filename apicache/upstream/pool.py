@@ -47,14 +47,80 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 # the protocol class Agent's pools use; twisted.web.client imports it from
-# here but does not list it among its public names
-from twisted.web._newclient import HTTP11ClientProtocol, RequestNotSent
+# here but does not list it among its public names (and its parser, whose
+# header block this module bounds)
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol, HTTPClientParser, RequestNotSent
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
-__all__ = ["GuardedHTTP11ClientProtocol", "TenantConnectionPool"]
+__all__ = [
+    "GuardedHTTP11ClientProtocol",
+    "TenantConnectionPool",
+    "HeaderBlockTooLarge",
+    "UnknownTransferCoding",
+]
 
 #: (tenant, scheme, host, port)
 PoolKey = tuple[str, bytes, bytes, int]
+
+
+class HeaderBlockTooLarge(Exception):
+    """
+    An answer's header block (its status line and field lines, 1xx interim
+    answers included) is over C{upstream.max_header_bytes}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upstream's header block is over {limit} bytes")
+        self.limit = limit
+
+
+class UnknownTransferCoding(Exception):
+    """
+    An answer's C{Transfer-Encoding} is not C{chunked} alone: Twisted knows
+    no other coding (and failed on a C{KeyError} deep in its parser).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the upstream's answer uses a transfer coding apicache does not know")
+
+
+class _BoundedClientParser(HTTPClientParser):
+    """
+    Twisted's HTTP/1.1 answer parser with its header block bounded: it keeps
+    every field line it is sent, and LineReceiver bounds only the length of
+    each, so 50 MB of field lines were all read and kept.  Past
+    C{max_header_bytes} (counted line by line, CR LF included, across 1xx
+    interim answers too) it raises L{HeaderBlockTooLarge}, and an unknown
+    C{Transfer-Encoding} raises L{UnknownTransferCoding}: the protocol then
+    drops the connection and fails the request (C{ResponseFailed}).
+
+    Installed on the parser of each request by
+    L{GuardedHTTP11ClientProtocol.request} (Twisted builds the parser itself).
+    """
+
+    max_header_bytes = 65536
+    _head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state == STATUS or (self.state == HEADER and line not in (b"", b"\r")):
+            self._head_bytes += len(line) + 1  # the LF LineReceiver took off
+            if self._head_bytes > self.max_header_bytes:
+                raise HeaderBlockTooLarge(self.max_header_bytes)
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # MAX_LENGTH is max_header_bytes: one line alone is over the limit
+        raise HeaderBlockTooLarge(self.max_header_bytes)
+
+    def allHeadersReceived(self) -> None:
+        code = self.response.code
+        if not (100 <= code < 200 or code in self.NO_BODY_CODES or self.request.method == b"HEAD"):
+            # where Twisted would pick a decoder by the first field line's
+            # whole value (``gzip, chunked`` and ``gzip`` were KeyErrors)
+            codings = self.connHeaders.getRawHeaders(b"transfer-encoding")
+            if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+                raise UnknownTransferCoding()
+        super().allHeadersReceived()
 
 
 class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
@@ -68,6 +134,7 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
      - C{_finishResponse_WAITING} (and its C{TRANSMITTING} twin) receive, as
        C{rest}, the bytes that followed the end of an answer; Twisted ignores
        them.  Here they mark the connection unusable before the pool sees it.
+     - C{request} bounds the header block of the answer (L{_BoundedClientParser}).
      - C{dataReceived} while no request is in flight (Twisted fails on its
        missing parser and closes the connection some time later, leaving it in
        the pool meanwhile): here the connection is taken out of the pool at
@@ -81,10 +148,27 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         self,
         quiescentCallback: Callable[[GuardedHTTP11ClientProtocol], None],
         lostCallback: Callable[[GuardedHTTP11ClientProtocol], None],
+        max_header_bytes: int = 65536,
     ) -> None:
         super().__init__(quiescentCallback)
         self._lost_callback = lostCallback
+        self._max_header_bytes = max_header_bytes
         self.reusable = True
+
+    def request(self, request: Any) -> Deferred[Any]:
+        """
+        Send C{request} as Twisted does, its answer read by a parser whose
+        header block is bounded (L{_BoundedClientParser}).
+        """
+        before = self._parser
+        d = super().request(request)
+        parser = self._parser
+        if parser is not before and type(parser) is HTTPClientParser:
+            # Twisted builds the parser inside request(), before any byte of
+            # the answer can arrive: it becomes the bounded parser here
+            parser.__class__ = _BoundedClientParser
+            parser.max_header_bytes = parser.MAX_LENGTH = self._max_header_bytes  # type: ignore[attr-defined]
+        return d
 
     def _finishResponse_WAITING(self, rest: bytes) -> None:
         if rest:
@@ -127,7 +211,9 @@ class _ConnectionFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> GuardedHTTP11ClientProtocol:
         self._pool.opened += 1
         key = self._key
-        return GuardedHTTP11ClientProtocol(lambda p: self._pool._put(key, p), self._pool._forget)
+        return GuardedHTTP11ClientProtocol(
+            lambda p: self._pool._put(key, p), self._pool._forget, self._pool.max_header_bytes
+        )
 
 
 class _RetryOnce:
@@ -202,8 +288,14 @@ class TenantConnectionPool:
         max_idle: int,
         max_idle_per_tenant: int,
         idle_timeout: float = 60.0,
+        max_header_bytes: int = 65536,
     ) -> None:
+        """
+        @param max_header_bytes: the largest header block of an answer
+            (C{upstream.max_header_bytes}).
+        """
         self._clock = clock
+        self.max_header_bytes = max_header_bytes
         self.max_idle = max_idle
         self.max_idle_per_tenant = max_idle_per_tenant
         self.idle_timeout = idle_timeout

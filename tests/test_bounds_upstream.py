@@ -1,0 +1,176 @@
+"""
+Issue 19, upstream side: the real upstream client (L{UpstreamClient}, its
+tenant-safe pool and Twisted's HTTP/1.1 client under it) against a raw TCP
+upstream on loopback that writes whatever the test scripts.
+
+- A header block over C{upstream.max_header_bytes} (status line and field
+  lines) is refused, 502, and its connection closed; one at the limit is
+  read (SPEC.md section 3, "Connections upstream", v3).
+- An unknown C{Transfer-Encoding} is refused the same way.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import globalLogPublisher
+
+from apicache.upstream.client import UpstreamClient, UpstreamUnreachable
+
+
+class _Scripted(Protocol):
+    """Answers each request head with the bytes of C{factory.answer}, records what happened."""
+
+    factory: Scripted
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.factory.opened += 1
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer:
+            self.buffer = b""
+            self.transport.write(self.factory.answer)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.factory.closed += 1
+        if self.factory.lost is not None and not self.factory.lost.called:
+            self.factory.lost.callback(None)
+
+
+class Scripted(Factory):
+    protocol = _Scripted
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.opened = 0
+        self.closed = 0
+        self.lost: Deferred[None] | None = Deferred()
+
+
+async def fetch_from(answer: bytes, max_header_bytes: int = 65536, **kw: object) -> tuple[object, Scripted]:
+    """
+    Fetch once from an upstream answering C{answer}; return the answer (or
+    the error) and the upstream, once the connection closed or the pool kept it.
+    """
+    upstream = Scripted(answer)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(upstream)
+    client = UpstreamClient(
+        reactor,
+        f"http://127.0.0.1:{port.getHost().port}",
+        timeout=5.0,
+        max_body_bytes=1 << 20,
+        max_connections=8,
+        max_in_flight=16,
+        max_header_bytes=max_header_bytes,
+        **kw,  # type: ignore[arg-type]
+    )
+    try:
+        try:
+            got: object = await client.fetch("/a", [], tenant="acme")
+        except UpstreamUnreachable as e:
+            got = e
+            assert upstream.lost is not None
+            await upstream.lost  # the connection is closed, not kept
+        idle = client.pool.idle
+    finally:
+        await client.close()
+        await port.stopListening()
+    return (got, idle), upstream
+
+
+def head_of(size: int, body: bytes = b"ok") -> bytes:
+    """
+    Return an answer whose header block (status line and field lines, each
+    with its CR LF, not the blank line) is exactly C{size} bytes.
+    """
+    status = b"HTTP/1.1 200 OK\r\n"
+    length = b"Content-Length: %d\r\n" % len(body)
+    pad = size - len(status) - len(length) - len(b"X-Pad: \r\n")
+    assert pad >= 0
+    return status + length + b"X-Pad: " + b"p" * pad + b"\r\n\r\n" + body
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_header_block_at_the_limit_is_read() -> None:
+    (got, idle), upstream = await fetch_from(head_of(4096), max_header_bytes=4096)
+    assert got.body == b"ok"  # type: ignore[attr-defined]
+    assert idle == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_header_block_one_byte_over_the_limit_is_refused_and_its_connection_closed() -> None:
+    (got, idle), upstream = await fetch_from(head_of(4097), max_header_bytes=4096)
+    assert isinstance(got, UpstreamUnreachable)
+    assert str(got) == "the upstream's header block is over 4096 bytes"
+    assert idle == 0 and upstream.closed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_long_field_line_within_the_limit_is_read() -> None:
+    """Twisted's line length limit (16 KiB) does not cut below max_header_bytes."""
+    (got, _), _ = await fetch_from(head_of(40000), max_header_bytes=65536)
+    assert got.body == b"ok"  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_line_over_the_limit_is_refused_before_its_end() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 300_000  # never ends
+    (got, idle), upstream = await fetch_from(answer, max_header_bytes=65536)
+    assert str(got) == "the upstream's header block is over 65536 bytes"
+    assert idle == 0 and upstream.closed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_100k_small_headers_are_refused() -> None:
+    answer = b"HTTP/1.1 200 OK\r\n" + b"a: b\r\n" * 100_000 + b"Content-Length: 2\r\n\r\nok"
+    (got, idle), upstream = await fetch_from(answer)
+    assert str(got) == "the upstream's header block is over 65536 bytes"
+    assert idle == 0 and upstream.closed == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_interim_answers_count_toward_the_header_block() -> None:
+    """An upstream can't grow the header block with endless 1xx answers."""
+    interim = b"HTTP/1.1 100 Continue\r\nX-A: " + b"a" * 1000 + b"\r\n\r\n"
+    (got, _), _ = await fetch_from(interim * 100 + head_of(100))
+    assert str(got) == "the upstream's header block is over 65536 bytes"
+
+
+@pytest.mark.parametrize(
+    "coding",
+    [b"gzip", b"gzip, chunked", b"identity", b"chunked, gzip", b"x-unknown"],
+)
+@pytest_twisted.ensureDeferred
+async def test_an_unknown_transfer_encoding_is_refused_and_its_connection_closed(coding: bytes) -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n2\r\nok\r\n0\r\n\r\n" % coding
+    logged: list[dict] = []
+    globalLogPublisher.addObserver(logged.append)
+    try:
+        (got, idle), upstream = await fetch_from(answer)
+    finally:
+        globalLogPublisher.removeObserver(logged.append)
+    assert isinstance(got, UpstreamUnreachable)
+    assert str(got) == "the upstream's answer uses a transfer coding apicache does not know"
+    assert idle == 0 and upstream.closed == 1
+    text = " ".join(str(e.get("detail", "")) + str(e.get("log_failure", "")) for e in logged)
+    assert "KeyError" not in text
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunked_in_any_case_is_read() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    (got, _), _ = await fetch_from(answer)
+    assert got.body == b"ok"  # type: ignore[attr-defined]
+
+
+@pytest_twisted.ensureDeferred
+async def test_two_transfer_encoding_lines_are_refused() -> None:
+    answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    (got, _), _ = await fetch_from(answer)
+    assert isinstance(got, UpstreamUnreachable)
