@@ -128,9 +128,13 @@ def answers(data: bytes) -> list[int]:
         head, sep, rest = data.partition(b"\r\n\r\n")
         assert sep, data[:200]
         lines = head.split(b"\r\n")
-        length = next(int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:"))
         out.append(int(lines[0].split(b" ")[1]))
-        data = rest[length:]
+        lengths = [int(line.split(b":")[1]) for line in lines if line.lower().startswith(b"content-length:")]
+        if lengths:
+            data = rest[lengths[0] :]
+        else:  # chunked
+            end = rest.index(b"\r\n0\r\n\r\n") if not rest.startswith(b"0\r\n\r\n") else -2
+            data = rest[end + 7 :]
     return out
 
 
@@ -200,3 +204,94 @@ def test_the_write_buffer_threshold_is_max_write_buffer() -> None:
     w = BoundedWire(max_write_buffer=12345)
     _, transport = w.connect()
     assert transport.bufferSize == 12345
+
+
+# -- finding 3: connection timing ----------------------------------------------
+
+
+def test_a_new_connection_that_sends_nothing_is_closed_at_the_header_timeout() -> None:
+    w = BoundedWire(header_timeout=10.0, idle_timeout=120.0)
+    _, transport = w.connect()
+    w.clock.advance(9.9)
+    assert not transport.disconnecting
+    w.clock.advance(0.2)
+    assert transport.disconnecting
+    assert w.site.counters["head_timeouts"] == 1
+
+
+def test_the_first_byte_in_time_starts_the_heads_own_deadline() -> None:
+    w = BoundedWire(header_timeout=10.0, idle_timeout=120.0)
+    protocol, transport = w.connect()
+    w.clock.advance(9.0)
+    protocol.dataReceived(b"GET /server/obj")
+    w.clock.advance(9.9)  # 18.9 s after the connection, 9.9 s after its first byte
+    assert not transport.disconnecting
+    protocol.dataReceived(b"ect(1)/header HTTP/1.1\r\napi-key: k1\r\norg_id: t1\r\n\r\n")
+    assert answers(transport.drain()) == [200]
+    # between requests the idle timeout governs, not the header timeout
+    w.clock.advance(60)
+    assert not transport.disconnecting
+    w.clock.advance(60.1)
+    assert transport.disconnecting
+
+
+def post(length: int, extra: bytes = b"") -> bytes:
+    return (
+        b"POST /server/object(1)/header HTTP/1.1\r\nHost: x\r\napi-key: k1\r\norg_id: t1\r\n"
+        b"Content-Length: %d\r\n%s\r\n" % (length, extra)
+    )
+
+
+def refusal(data: bytes) -> tuple[int, str, dict[bytes, bytes]]:
+    import json
+
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    fields = {k.lower(): v for k, _, v in (line.partition(b": ") for line in lines[1:])}
+    return int(lines[0].split(b" ")[1]), json.loads(body)["error"], fields
+
+
+def test_a_body_slower_than_body_timeout_is_408_and_the_connection_closed() -> None:
+    w = BoundedWire(body_timeout=30.0, header_timeout=10.0, idle_timeout=120.0)
+    protocol, transport = w.connect()
+    protocol.dataReceived(post(100) + b"x" * 10)
+    for _ in range(29):  # a byte a second keeps every other timer at bay
+        w.clock.advance(1.0)
+        protocol.dataReceived(b"x")
+    assert not transport.disconnecting and transport.value() == b""
+    w.clock.advance(1.0)
+    status, code, fields = refusal(transport.value())
+    assert (status, code, fields[b"connection"]) == (408, "body_timeout", b"close")
+    assert transport.disconnecting
+    assert w.site.counters["body_timeouts"] == 1
+
+
+def test_a_chunked_body_slower_than_body_timeout_is_408() -> None:
+    w = BoundedWire(body_timeout=5.0)
+    protocol, transport = w.connect()
+    head = b"POST /server/object(1)/header HTTP/1.1\r\nHost: x\r\napi-key: k1\r\norg_id: t1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    protocol.dataReceived(head + b"3\r\nabc\r\n")
+    w.clock.advance(5.1)
+    assert refusal(transport.value())[:2] == (408, "body_timeout")
+    assert transport.disconnecting
+
+
+def test_the_body_deadline_counts_from_the_end_of_the_head_with_100_continue() -> None:
+    w = BoundedWire(body_timeout=5.0)
+    protocol, transport = w.connect()
+    protocol.dataReceived(post(3, b"Expect: 100-continue\r\n"))
+    assert transport.value().startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+    transport.clear()
+    w.clock.advance(5.1)
+    assert refusal(transport.value())[:2] == (408, "body_timeout")
+
+
+def test_a_body_in_time_stops_its_deadline() -> None:
+    w = BoundedWire(body_timeout=5.0, idle_timeout=120.0)
+    protocol, transport = w.connect()
+    protocol.dataReceived(post(3))
+    w.clock.advance(4.9)
+    protocol.dataReceived(b"abc")
+    assert answers(transport.drain()) == [405]  # the route takes no POST: the body was read in full
+    w.clock.advance(60)
+    assert not transport.disconnecting and transport.value() == b""

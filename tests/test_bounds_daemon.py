@@ -151,3 +151,42 @@ def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Ca
         assert grown < 16 * 1024, f"+{grown} KiB held"
     finally:
         flood.stop()
+
+
+def _closed_after(s: socket.socket, limit: float) -> tuple[float, bytes]:
+    """Read until the daemon closes ``s``; return how long that took and what came."""
+    started = time.monotonic()
+    s.settimeout(limit)
+    got = b""
+    try:
+        while chunk := s.recv(65536):
+            got += chunk
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started, got
+
+
+def test_silent_connections_and_slow_bodies_are_cut(make_daemon: Callable[..., Daemon]) -> None:
+    """
+    (v3) A connection that sends nothing is closed at header_timeout (before:
+    held for idle_timeout, 120 s); a body still arriving at body_timeout gets
+    408 body_timeout and the connection closed (before: held forever).
+    """
+    d = make_daemon({"server": {"header_timeout": 0.5, "body_timeout": 1.0, "idle_timeout": 30.0}})
+    with socket.create_connection(("127.0.0.1", d.port)) as s:
+        took, got = _closed_after(s, 10.0)
+    assert got == b"" and 0.4 < took < 3.0, took
+    with socket.create_connection(("127.0.0.1", d.port)) as s:
+        s.sendall(
+            f"POST {OBJ} HTTP/1.1\r\nHost: x\r\napi-key: test-key\r\norg_id: t1\r\nContent-Length: 100\r\n\r\n".encode()
+        )
+        for _ in range(4):  # a byte every 0.3 s: neither timeout of v2 would ever fire
+            time.sleep(0.3)
+            try:
+                s.sendall(b"x")
+            except OSError:
+                break
+        took, got = _closed_after(s, 10.0)
+    assert got.startswith(b"HTTP/1.1 408 "), got[:100]
+    assert b'"error": "body_timeout"' in got
+    assert b"Connection: close" in got

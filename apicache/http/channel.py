@@ -217,8 +217,11 @@ class ApiChannel(HTTPChannel):
     An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
     transport in its site's L{ApiSite.connections} while it is connected
     (the count behind ``max_connections``, and what a shutdown closes),
-    closes a connection whose request head takes longer than
-    ``header_timeout`` from its first byte, and checks the ``api-key`` and
+    closes a connection whose first byte takes longer than
+    ``header_timeout`` to come (v3), or whose request head takes longer than
+    that from its first byte, answers ``408 body_timeout`` to a body not in
+    within ``body_timeout`` from the end of its head (v3), stops reading a
+    client that leaves ``max_write_buffer`` bytes unread (v3), and checks the ``api-key`` and
     the declared body length once the headers are in, before any body byte
     is read and before ``100 Continue`` is sent.
 
@@ -239,9 +242,15 @@ class ApiChannel(HTTPChannel):
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
+    _body_deadline: IDelayedCall | None = None
+    #: no byte has arrived yet: the head deadline runs from the connection
+    _silent = True
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # (v3) the first byte, too, must arrive within header_timeout: a
+        # connection that sends nothing was held for the idle timeout
+        self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
         self._tracked = self.transport
         if self._tracked is not None:
             self.site.connections.add(self._tracked)
@@ -253,6 +262,7 @@ class ApiChannel(HTTPChannel):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._stop_head_deadline()
+        self._stop_body_deadline()
         self._drop_unread()
         if self._tracked is not None:
             self.site.connections.discard(self._tracked)
@@ -266,6 +276,10 @@ class ApiChannel(HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
+        if self._silent and data:
+            # the first byte is in: what follows is the head's own deadline
+            self._silent = False
+            self._stop_head_deadline()
         super().dataReceived(data)
         if (
             self._head_deadline is None
@@ -298,11 +312,16 @@ class ApiChannel(HTTPChannel):
             return
         # checked once here: ApiFront need not check again
         request.head_checked = True  # type: ignore[attr-defined]
+        if self.length != 0:
+            # (v3) a body (declared, or chunked: None) must be in within
+            # body_timeout from here, however slowly it trickles in
+            self._body_deadline = self.callLater(limits.body_timeout, self._body_too_slow)
         # now the request body may be read (twisted.web buffers it) and
         # ``Expect: 100-continue`` answered
         super().allHeadersReceived()
 
     def allContentReceived(self) -> None:
+        self._stop_body_deadline()
         if self.refused:
             return
         super().allContentReceived()
@@ -378,6 +397,7 @@ class ApiChannel(HTTPChannel):
             return
         self.refused = True
         self._stop_head_deadline()
+        self._stop_body_deadline()
         self._drop_unread()
         body = error_body(error.code, error.message)
         reason = RESPONSES.get(error.status, b"Error")
@@ -425,6 +445,20 @@ class ApiChannel(HTTPChannel):
             if self._head_deadline.active():
                 self._head_deadline.cancel()
             self._head_deadline = None
+
+    # -- the body deadline -------------------------------------------------
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        self.site.counters["body_timeouts"] += 1
+        timeout = self.site.limits.body_timeout
+        self.refuse(ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s"))
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            if self._body_deadline.active():
+                self._body_deadline.cancel()
+            self._body_deadline = None
 
 
 def _api_channel(site: ApiSite) -> Any:
@@ -477,8 +511,8 @@ class ApiSite(server.Site):
         self.limits = limits
         self.keys = keys or ApiKeys(())
         self.tenant_header = tenant_header
-        #: connections refused past max_connections, request heads too slow
-        self.counters = {"connections_refused": 0, "head_timeouts": 0, "requests_refused": 0}
+        #: connections refused past max_connections, request heads and bodies too slow
+        self.counters = {"connections_refused": 0, "head_timeouts": 0, "body_timeouts": 0, "requests_refused": 0}
         self._refusal_logged = float("-inf")
         self.clock = clock
         self.tracer = tracer or Tracer()
@@ -532,6 +566,7 @@ class ApiSite(server.Site):
         yield GaugeMetricFamily("apicache_connections", "Inbound connections open.", value=len(self.connections))
         yield CounterMetricFamily("apicache_connections_refused", "Connections closed at once: server.max_connections were open.", value=c["connections_refused"])
         yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
+        yield CounterMetricFamily("apicache_body_timeouts", "Requests answered 408: a body took longer than server.body_timeout.", value=c["body_timeouts"])
         yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
 
     def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
