@@ -190,3 +190,28 @@ def test_silent_connections_and_slow_bodies_are_cut(make_daemon: Callable[..., D
     assert got.startswith(b"HTTP/1.1 408 "), got[:100]
     assert b'"error": "body_timeout"' in got
     assert b"Connection: close" in got
+
+
+def test_one_slow_tenant_cannot_take_every_upstream_slot(make_daemon: Callable[..., Daemon], upstream) -> None:
+    """
+    (v3) tenant_max_in_flight defaults to 64: a tenant whose 80 misses hang
+    gets 64 fetches and 503 for the rest, and another tenant is still served
+    (before, with 0 by default, the slow tenant took all 80 of max_in_flight).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    for i in range(80):
+        upstream.set(f"/api/object(slow{i})/header", body=b"{}", delay=4.0)
+    d = make_daemon({"upstream": {"max_in_flight": 80, "timeout": 8.0}})
+    with ThreadPoolExecutor(80) as pool:
+        slow = [pool.submit(d.get, f"/server/object(slow{i})/header", "slowcorp") for i in range(80)]
+        deadline = time.monotonic() + 10
+        while upstream.calls() < 64 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # the 16 refused ones are answered at once
+        other = d.get("/server/object(1)/header", tenant="othercorp")
+        statuses = sorted(f.result().status for f in slow)
+    assert other.status == 200, (other.status, other.body)
+    assert statuses.count(200) == 64 and statuses.count(503) == 16, statuses
+    refused = [f.result() for f in slow if f.result().status == 503]
+    assert all(r.json()["error"] == "overloaded" for r in refused)
