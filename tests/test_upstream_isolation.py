@@ -377,6 +377,7 @@ def misbehaving(path: str) -> tuple[bytes, bytes]:
     return answer(b'{"mine": true}'), b""
 
 
+@pytest.mark.integration
 def test_the_daemon_never_serves_one_tenants_upstream_bytes_to_another(make_daemon):
     """Finding 1 end to end: B's misses, 20 ms after A's, get B's answers, and cache them."""
     raw = ThreadedRawUpstream(misbehaving)
@@ -398,6 +399,7 @@ def test_the_daemon_never_serves_one_tenants_upstream_bytes_to_another(make_daem
         raw.stop()
 
 
+@pytest.mark.integration
 def test_the_daemons_502_quotes_no_upstream_bytes(make_daemon):
     """Finding 8 end to end."""
     raw = ThreadedRawUpstream(misbehaving)
