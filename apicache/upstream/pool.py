@@ -155,21 +155,6 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         self._max_header_bytes = max_header_bytes
         self.reusable = True
 
-    def request(self, request: Any) -> Deferred[Any]:
-        """
-        Send C{request} as Twisted does, its answer read by a parser whose
-        header block is bounded (L{_BoundedClientParser}).
-        """
-        before = self._parser
-        d = super().request(request)
-        parser = self._parser
-        if parser is not before and type(parser) is HTTPClientParser:
-            # Twisted builds the parser inside request(), before any byte of
-            # the answer can arrive: it becomes the bounded parser here
-            parser.__class__ = _BoundedClientParser
-            parser.max_header_bytes = parser.MAX_LENGTH = self._max_header_bytes  # type: ignore[attr-defined]
-        return d
-
     def _finishResponse_WAITING(self, rest: bytes) -> None:
         if rest:
             # bytes past the answer's end: the framing is off, or the upstream
@@ -200,16 +185,25 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
 
     def request(self, request: Any) -> Deferred[Any]:
         """
-        Send ``request``; its answer carries, as C{connection_fields}, the
-        values of the upstream's C{Connection} field.  Twisted's parser
-        keeps that field apart from the answer's headers (in its private
-        C{connHeaders}), so the fields it names would otherwise be replayed
-        to callers (SPEC.md section 3, v3: never, on misses and hits alike).
+        Send ``request``; its answer is read by a parser whose header block
+        is bounded (L{_BoundedClientParser}), and carries, as
+        C{connection_fields}, the values of the upstream's C{Connection}
+        field.  Twisted's parser keeps that field apart from the answer's
+        headers (in its private C{connHeaders}), so the fields it names
+        would otherwise be replayed to callers (SPEC.md section 3, v3:
+        never, on misses and hits alike).
         """
+        before = getattr(self, "_parser", None)
         d: Deferred[Any] = super().request(request)
         # the parser of this request (private: set by HTTP11ClientProtocol.request)
         parser = getattr(self, "_parser", None)
-        if parser is not None:
+        if parser is not None and parser is not before:
+            if type(parser) is HTTPClientParser:
+                # Twisted builds the parser inside request(), before any
+                # byte of the answer can arrive: it becomes the bounded
+                # parser here
+                parser.__class__ = _BoundedClientParser
+                parser.max_header_bytes = parser.MAX_LENGTH = self._max_header_bytes  # type: ignore[attr-defined]
             d.addCallback(_with_connection_fields, parser)
         return d
 
