@@ -45,7 +45,7 @@ from twisted.python.failure import Failure
 from apicache.config import KafkaConfig
 from apicache.events.handling import EventHandler
 from apicache.events.lag import LagMonitor
-from apicache.events.watermark import Partition, Watermark, WatermarkExchange
+from apicache.events.watermark import Partition, Watermark, WatermarkExchange, judge_end_offsets
 
 if TYPE_CHECKING:
     from apicache.events.oauth import TokenProvider
@@ -609,11 +609,12 @@ class EventListenerService(Service):
             # the broker is away or slow: W stays where it was (the error
             # callback reports an unreachable broker)
             return
-        vouched = [
-            (a.topic, a.partition)
-            for a in answers
-            if a.error is None and 0 <= a.offset <= self._applied.get((a.topic, a.partition), -1)
-        ]
+        vouched, truncated = judge_end_offsets(
+            self._applied, [((a.topic, a.partition), a.offset) for a in answers if a.error is None]
+        )
+        if truncated:
+            # (v3) the broker lost or truncated its log: a skip
+            self._skipped("an end offset below the offset applied")
         if vouched:
             self._from_thread(self.watermark.vouch, vouched, sent)
 
