@@ -140,6 +140,7 @@ def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Ca
             r = d.get(f"/server/object(flood{i})/header")
             assert r.status == 502, r.status
             assert r.json()["error"] == "upstream_unreachable"
+            assert r.headers["cache-status"] == "apicache; fwd=uri-miss; detail=too-large"
         deadline = time.monotonic() + 5
         while len(flood.sent) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -36,6 +36,8 @@ class _Scripted(Protocol):
         if b"\r\n\r\n" in self.buffer:
             self.buffer = b""
             self.transport.write(self.factory.answer)  # type: ignore[union-attr]
+            if self.factory.close:
+                self.transport.loseConnection()  # type: ignore[union-attr]
 
     def connectionLost(self, reason: object = None) -> None:
         self.factory.closed += 1
@@ -46,19 +48,21 @@ class _Scripted(Protocol):
 class Scripted(Factory):
     protocol = _Scripted
 
-    def __init__(self, answer: bytes) -> None:
+    def __init__(self, answer: bytes, close: bool = False) -> None:
         self.answer = answer
+        self.close = close
         self.opened = 0
         self.closed = 0
         self.lost: Deferred[None] | None = Deferred()
 
 
-async def fetch_from(answer: bytes, max_header_bytes: int = 65536, **kw: object) -> tuple[object, Scripted]:
+async def fetch_from(answer: bytes, max_header_bytes: int = 65536, close: bool = False, **kw: object) -> tuple[object, Scripted]:
     """
-    Fetch once from an upstream answering C{answer}; return the answer (or
-    the error) and the upstream, once the connection closed or the pool kept it.
+    Fetch once from an upstream answering C{answer} (then closing the
+    connection, with C{close}); return the answer (or the error) and the
+    upstream, once the connection closed or the pool kept it.
     """
-    upstream = Scripted(answer)
+    upstream = Scripted(answer, close)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(upstream)
     client = UpstreamClient(
         reactor,

@@ -462,7 +462,9 @@ class TenantCache:
         headers = list(request.headers) + conditions if conditions else request.headers
         response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
         if response.status == 304 and not conditions:
-            raise UpstreamUnreachable("the upstream answered 304 to a request without validators")
+            error = UpstreamUnreachable("the upstream answered 304 to a request without validators")
+            error.detail, error.status = "bad-response", 304
+            raise error
         return response
 
     async def _not_modified(

@@ -43,6 +43,7 @@ from apicache.http.writers import json_answer, refuse, write_result
 from apicache.ops.health import Readiness
 from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
+from apicache.upstream.client import UpstreamError
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
 
@@ -359,6 +360,16 @@ class CacheAPI:
         """
         error = api_error(failure.value)  # type: ignore[arg-type]
         assert error is not None
+        e = failure.value
+        if isinstance(e, UpstreamError) and error.status in (502, 504):
+            # (v3) a route's upstream failure says what failed, as a miss
+            # whose forward failed (RFC 9211)
+            member = b"apicache; fwd=uri-miss; detail=%s" % e.detail.encode("ascii")
+            if e.status is not None:
+                member += b"; fwd-status=%d" % e.status
+            request.cache = "MISS"  # type: ignore[attr-defined]
+            request.setHeader(b"x-cache", b"MISS")
+            request.setHeader(b"cache-status", member)
         return refuse(request, error)
 
     @app.handle_errors(NotFound)

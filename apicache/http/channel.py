@@ -245,12 +245,16 @@ class ApiChannel(HTTPChannel):
     _body_deadline: IDelayedCall | None = None
     #: no byte has arrived yet: the head deadline runs from the connection
     _silent = True
+    #: when the first byte of the request head being read arrived (the
+    #: duration logged for a request refused before routing)
+    _head_at = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
         # (v3) the first byte, too, must arrive within header_timeout: a
         # connection that sends nothing was held for the idle timeout
         self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
+        self._head_at = self.site.clock.seconds()
         self._tracked = self.transport
         if self._tracked is not None:
             self.site.connections.add(self._tracked)
@@ -280,6 +284,9 @@ class ApiChannel(HTTPChannel):
             # the first byte is in: what follows is the head's own deadline
             self._silent = False
             self._stop_head_deadline()
+        if data and not self._buffer and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+            # a new request head begins with this read
+            self._head_at = self.site.clock.seconds()
         super().dataReceived(data)
         if (
             self._head_deadline is None
@@ -412,7 +419,16 @@ class ApiChannel(HTTPChannel):
             lines.append(body)
         self.transport.write(b"".join(lines))
         headers = self.requests[-1].requestHeaders if self.requests else Headers()
-        self.site.refused(getattr(self, "_command", b"-"), self._request_path(), error.status, headers)
+        peer = self.transport.getPeer()
+        self.site.refused(
+            getattr(self, "_command", b"-"),
+            self._request_target(),
+            error.status,
+            headers,
+            client=getattr(peer, "host", None),
+            sent=0 if head else len(body),
+            duration=self.site.clock.seconds() - self._head_at,
+        )
         self.loseConnection()
 
     def _drop_unread(self) -> None:
@@ -427,9 +443,11 @@ class ApiChannel(HTTPChannel):
     def _refuse_malformed(self, message: str) -> None:
         self.refuse(ApiError(400, "bad_request", message))
 
-    def _request_path(self) -> bytes:
+    def _request_target(self) -> bytes:
+        # the path and query of the request being read, once its request
+        # line is parsed
         path = getattr(self, "_path", None)
-        return path.partition(b"?")[0] if isinstance(path, bytes) else b"-"
+        return path if isinstance(path, bytes) else b"-"
 
     # -- the head deadline -------------------------------------------------
 
@@ -569,10 +587,24 @@ class ApiSite(server.Site):
         yield CounterMetricFamily("apicache_body_timeouts", "Requests answered 408: a body took longer than server.body_timeout.", value=c["body_timeouts"])
         yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
 
-    def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
+    def refused(
+        self,
+        method: bytes,
+        path: bytes,
+        status: int,
+        headers: Headers,
+        client: str | None = None,
+        sent: int = 0,
+        duration: float = 0.0,
+    ) -> None:
         """
         Count, trace and log (as the access log does) a request refused by
         its channel before it was processed.
+
+        @param path: the request target, its query included.
+        @param client: the client's address.
+        @param sent: bytes of body sent.
+        @param duration: seconds from the head's first byte to the refusal.
         """
         self.counters["requests_refused"] += 1
         if self.metrics is not None:
@@ -584,8 +616,8 @@ class ApiSite(server.Site):
         if self.access_log is not None:
             raw_path, _, query = path.partition(b"?")
             self.access_log.request(
-                self.clock.seconds(), method, raw_path, query, status, 0, 0.0, "-", "-", "-", None, trace.trace_id,
-                worker=self.worker,
+                self.clock.seconds(), method, raw_path, query, status, sent, duration, "-", "-", "-", client,
+                trace.trace_id, worker=self.worker,
             )
 
     def connection_closed(self) -> None:
