@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
-from urllib.parse import parse_qsl, quote, unquote_to_bytes
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 if TYPE_CHECKING:
     from apicache.cache.routes import Route
@@ -165,15 +165,19 @@ def canonical_query(raw: bytes) -> str:
         raise InvalidQuery(f"the query string is longer than {MAX_QUERY_BYTES} bytes")
     try:
         text = raw.decode("ascii")
-        pairs = parse_qsl(
-            text, keep_blank_values=True, strict_parsing=False, errors="strict"
-        )
+        # as parse_qsl(keep_blank_values=True) reads it, but a parameter
+        # without "=" stays so (v3: ?flag and ?flag= are different queries,
+        # each forwarded as it came)
+        pairs = [
+            (unquote_plus(name, errors="strict"), eq, unquote_plus(value, errors="strict"))
+            for name, eq, value in (part.partition("=") for part in text.split("&") if part)
+        ]
     except (UnicodeDecodeError, ValueError):
         raise InvalidQuery("the query string is not decodable") from None
-    if any(_CONTROL_RE.search(k) or _CONTROL_RE.search(v) for k, v in pairs):
+    if any(_CONTROL_RE.search(k) or _CONTROL_RE.search(v) for k, _, v in pairs):
         raise InvalidQuery("the query string holds a control character")
     pairs.sort(key=lambda p: p[0])
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+    return "&".join(f"{quote(k, safe='')}{eq}{quote(v, safe='')}" for k, eq, v in pairs)
 
 
 def variant(fingerprint: str, query: str, header_values: Iterable[str | None]) -> str:

@@ -303,6 +303,21 @@ class ApiChannel(HTTPChannel):
             # (nearly all of them) needs no timer at all.
             self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
 
+    def lineReceived(self, line: bytes) -> None:
+        if self._HTTPChannel__first_line and not line.isascii():  # type: ignore[attr-defined]
+            # twisted.web refuses a request target that is not printable
+            # ASCII as unparsable; a raw byte outside ASCII in the query
+            # alone is the query's fault (SPEC.md section 4, v3)
+            parts = line.split(b" ")
+            if len(parts) == 3 and parts[1].partition(b"?")[0].isascii():
+                self._command, self._path = parts[0], parts[1]
+                self.refuse(
+                    ApiError(400, "invalid_query", "the query string holds a byte outside ASCII that is not percent-encoded"),
+                    head=parts[0] == b"HEAD",
+                )
+                return
+        super().lineReceived(line)
+
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
 
