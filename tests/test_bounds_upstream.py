@@ -178,3 +178,13 @@ async def test_two_transfer_encoding_lines_are_refused() -> None:
     answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
     (got, _), _ = await fetch_from(answer)
     assert isinstance(got, UpstreamUnreachable)
+
+
+@pytest.mark.parametrize("status", [b"0", b"1", b"99", b"600", b"1199", b"-200"])
+@pytest_twisted.ensureDeferred
+async def test_a_status_outside_100_599_is_not_http(status: bytes) -> None:
+    """Found by the fuzz target: Twisted's parser takes any integer, and 1199 reached callers."""
+    (got, idle), upstream = await fetch_from(b"HTTP/1.1 %s X\r\nContent-Length: 2\r\n\r\nok" % status)
+    assert isinstance(got, UpstreamUnreachable)
+    assert str(got) == "the upstream's answer is not valid HTTP"
+    assert idle == 0 and upstream.closed == 1

@@ -49,7 +49,14 @@ from twisted.python.failure import Failure
 # the protocol class Agent's pools use; twisted.web.client imports it from
 # here but does not list it among its public names (and its parser, whose
 # header block this module bounds)
-from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol, HTTPClientParser, RequestNotSent
+from twisted.web._newclient import (
+    HEADER,
+    STATUS,
+    HTTP11ClientProtocol,
+    HTTPClientParser,
+    ParseError,
+    RequestNotSent,
+)
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
 __all__ = [
@@ -91,8 +98,9 @@ class _BoundedClientParser(HTTPClientParser):
     each, so 50 MB of field lines were all read and kept.  Past
     C{max_header_bytes} (counted line by line, CR LF included, across 1xx
     interim answers too) it raises L{HeaderBlockTooLarge}, and an unknown
-    C{Transfer-Encoding} raises L{UnknownTransferCoding}: the protocol then
-    drops the connection and fails the request (C{ResponseFailed}).
+    C{Transfer-Encoding} raises L{UnknownTransferCoding}, and a status
+    outside 100-599 Twisted's C{ParseError}: the protocol then drops the
+    connection and fails the request (C{ResponseFailed}).
 
     Installed on the parser of each request by
     L{GuardedHTTP11ClientProtocol.request} (Twisted builds the parser itself).
@@ -111,6 +119,14 @@ class _BoundedClientParser(HTTPClientParser):
     def lineLengthExceeded(self, line: bytes) -> None:
         # MAX_LENGTH is max_header_bytes: one line alone is over the limit
         raise HeaderBlockTooLarge(self.max_header_bytes)
+
+    def statusReceived(self, status: bytes) -> None:
+        super().statusReceived(status)
+        # Twisted takes any integer; a status of three digits, 100-599
+        # (RFC 9110 section 15), or the answer is not HTTP (found by the
+        # fuzz target: 0, 1 and 1199 were passed on to callers)
+        if not 100 <= self.response.code <= 599:
+            raise ParseError("status outside 100-599", status)
 
     def allHeadersReceived(self) -> None:
         code = self.response.code
