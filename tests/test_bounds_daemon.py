@@ -6,11 +6,10 @@ sockets: what a client, an upstream or a tenant can make apicache hold.
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 
-from test_hardening_daemon import rss_kib
+from bounds_support import FloodingUpstream, rss_kib
 
 from apicache.harness.launchers import Daemon
 
@@ -76,53 +75,6 @@ def test_fifty_pipelining_clients_that_never_read_hold_bounded_memory(make_daemo
         for s in socks:
             s.close()
 
-
-
-class FloodingUpstream:
-    """
-    A raw upstream on loopback: to every request it sends a status line and
-    then C{total} bytes of 1 kB field lines, and counts what it could send
-    before apicache closed the connection.
-    """
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.sent: list[int] = []
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    return
-                data += chunk
-            line = b"X-Flood: " + b"f" * 1000 + b"\r\n"
-            block = b"HTTP/1.1 200 OK\r\n" + line * 64
-            sent = 0
-            try:
-                while sent < self.total:
-                    conn.sendall(block)
-                    sent += len(block)
-                    block = line * 64
-                conn.sendall(b"Content-Length: 2\r\n\r\nok")
-            except OSError:
-                pass
-            self.sent.append(sent)
-
-    def stop(self) -> None:
-        self.sock.close()
 
 
 def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Callable[..., Daemon]) -> None:

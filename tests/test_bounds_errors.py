@@ -16,7 +16,6 @@ upstreams, and the real daemon.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -24,37 +23,14 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_bounds_channel import BoundedWire, refusal
-from test_bounds_upstream import fetch_from, head_of
-from test_http import App, _tc, result
+from bounds_support import BoundedWire, fetch_from, head_of, refusal
+from http_support import App, result, sync_case
 from twisted.internet import reactor
 
 from apicache.harness.launchers import Daemon, free_port
-from apicache.http.channel import ApiSite
-from apicache.ops.logs import AccessLog
 from apicache.upstream.client import BodyTooLarge, UpstreamClient, UpstreamError, UpstreamTimeout, UpstreamUnreachable
 
 # -- access lines of requests refused before routing -----------------------------
-
-
-class LoggedWire(BoundedWire):
-    """L{BoundedWire} whose access lines are read back."""
-
-    def __init__(self, **limits: Any) -> None:
-        super().__init__(**limits)
-        self._r, self._w = os.pipe()
-        self.log = AccessLog(self.clock, fd=self._w)
-        site = self.site
-        self.site = ApiSite(
-            site.resource, self.clock, None, access_log=self.log, keys=site.keys, limits=site.limits,
-            tenant_header=b"org_id",
-        )
-
-    def lines(self) -> list[dict[str, Any]]:
-        self.log.flush()
-        os.close(self._w)
-        with os.fdopen(self._r, "rb") as f:
-            return [json.loads(line) for line in f.read().splitlines()]
 
 
 HEAD = b"GET /server/object(1)/header?page=2&token=abc HTTP/1.1\r\nHost: x\r\n"
@@ -70,7 +46,7 @@ HEAD = b"GET /server/object(1)/header?page=2&token=abc HTTP/1.1\r\nHost: x\r\n"
     ],
 )
 def test_a_request_refused_before_routing_is_logged_with_client_bytes_and_duration(head: bytes, status: int, code: str) -> None:
-    w = LoggedWire()
+    w = BoundedWire(logged=True)
     protocol, transport = w.connect()
     protocol.dataReceived(head[:10])  # the head takes 2.5 s to arrive
     w.clock.advance(2.5)
@@ -86,7 +62,7 @@ def test_a_request_refused_before_routing_is_logged_with_client_bytes_and_durati
 
 
 def test_a_body_timeout_is_logged_with_client_bytes_and_duration() -> None:
-    w = LoggedWire(body_timeout=30.0)
+    w = BoundedWire(logged=True, body_timeout=30.0)
     protocol, transport = w.connect()
     protocol.dataReceived(HEAD.replace(b"GET", b"POST") + b"api-key: k1\r\norg_id: t1\r\nContent-Length: 10\r\n\r\nabc")
     w.clock.advance(30.0)
@@ -132,7 +108,7 @@ def test_502_and_504_of_a_route_carry_x_cache_miss_and_cache_status(error: Upstr
     routes = [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10,
                "pass_methods": ["POST"]}]
     app = App(auto=failing(error), routes=routes)
-    code, headers, body = result(_tc(), app.request(method, OBJ, T1))
+    code, headers, body = result(sync_case(), app.request(method, OBJ, T1))
     assert code == status
     assert headers.getRawHeaders("x-cache") == ["MISS"]
     assert headers.getRawHeaders("cache-status") == [member]
@@ -141,7 +117,7 @@ def test_502_and_504_of_a_route_carry_x_cache_miss_and_cache_status(error: Upstr
 
 def test_errors_that_are_not_the_upstreams_carry_no_cache_status() -> None:
     app = App()
-    code, headers, _ = result(_tc(), app.request("GET", "http://x/server/object(..)/header", T1))
+    code, headers, _ = result(sync_case(), app.request("GET", "http://x/server/object(..)/header", T1))
     assert code == 400
     assert headers.getRawHeaders("cache-status") is None and headers.getRawHeaders("x-cache") is None
 

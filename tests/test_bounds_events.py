@@ -6,14 +6,18 @@ new log's messages, an invalidation among them, are still to be applied.
 
 Through the public seam of the watermark (L{Watermark},
 L{judge_end_offsets}) over a Clock, and through the listener's end-offset
-step with a fake consumer (as tests/test_watermark.py drives it).
+step with a fake consumer.
 """
 
 from __future__ import annotations
 
-from test_watermark import P0, P1, WatermarkConsumer, clock_at, driven
+from bounds_support import EndOffsetConsumer, listener
+from twisted.internet.task import Clock
 
-from apicache.events.watermark import NEVER, Watermark, judge_end_offsets
+from apicache.events.watermark import NEVER, Partition, Watermark, judge_end_offsets
+
+P0: Partition = ("t", 0)
+P1: Partition = ("t", 1)
 
 
 def test_end_offsets_are_judged_against_the_offsets_applied() -> None:
@@ -34,7 +38,8 @@ def test_a_log_reset_is_a_skip_and_w_waits_for_the_new_log() -> None:
     entries fetched before 1010 are judged by their fetch time alone; once
     the listener applied the new log up to its end, W moves on.
     """
-    clock = clock_at(1000)
+    clock = Clock()
+    clock.advance(1000)
     w = Watermark(clock)
     w.set_partitions([P0])
     applied = {P0: 100}
@@ -59,8 +64,8 @@ def test_a_log_reset_is_a_skip_and_w_waits_for_the_new_log() -> None:
 
 
 def test_the_listener_records_an_end_offset_below_the_applied_one_as_a_skip() -> None:
-    svc, clock = driven()
-    consumer = WatermarkConsumer(ends={0: 100}, partitions=1)
+    svc, clock = listener()
+    consumer = EndOffsetConsumer(ends={0: 100})
     svc._held.add(P0)
     svc._applied[P0] = 100
     svc._watch_end_offsets(consumer)  # type: ignore[arg-type]

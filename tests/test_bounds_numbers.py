@@ -12,11 +12,11 @@ fake upstream and a task.Clock.
 from __future__ import annotations
 
 import pytest
-from test_http import _tc, result
-from test_writes import App
+from http_support import result, sync_case
 
 from apicache.cache.policy import freshness, upstream_age
 from apicache.config import RouteConfig
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import UpstreamResponse
 
 HUGE = [b"9" * 400, b"1" + b"0" * 5000, b"0" * 300 + b"7"]
@@ -52,9 +52,9 @@ def test_an_answer_with_a_number_of_any_length_is_served_and_stored(field: tuple
     fields = [(b"content-type", b"application/json"), (name, template % digits)]
     if name == b"age":
         fields.append((b"cache-control", b"max-age=60"))
-    app = App(routes=UPSTREAM_ROUTES)
+    app = InMemoryAPI(routes=UPSTREAM_ROUTES)
     app.upstream.auto = lambda path, headers: UpstreamResponse(200, fields, b"{}")
-    tc = _tc()
+    tc = sync_case()
     status, headers, _ = result(tc, app.request("GET", OBJ, T1))
     assert status == 200
     assert headers.getRawHeaders("x-cache") == ["MISS"]
@@ -69,11 +69,11 @@ def test_an_answer_with_a_number_of_any_length_is_served_and_stored(field: tuple
 
 @pytest.mark.parametrize("digits", HUGE)
 def test_a_pass_through_write_with_a_huge_age_is_passed_on(digits: bytes) -> None:
-    app = App(routes=UPSTREAM_ROUTES)
+    app = InMemoryAPI(routes=UPSTREAM_ROUTES)
     app.upstream.auto = lambda path, headers: UpstreamResponse(
         201, [(b"content-type", b"application/json"), (b"age", digits)], b"{}"
     )
-    tc = _tc()
+    tc = sync_case()
     status, headers, _ = result(tc, app.request("POST", OBJ, T1))
     assert status == 201
     want = "7" if digits.lstrip(b"0") == b"7" else "2147483648"

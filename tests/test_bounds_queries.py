@@ -12,7 +12,7 @@ Issue 19, logs and queries (SPEC.md section 4, v3):
 from __future__ import annotations
 
 import pytest
-from test_bounds_channel import BoundedWire, answers, refusal
+from bounds_support import BoundedWire, answers, refusal
 
 from apicache.cache.keys import canonical_query
 from apicache.ops.logs import redact_query

@@ -13,91 +13,10 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.protocol import Factory, Protocol
+from bounds_support import fetch_from, head_of
 from twisted.logger import globalLogPublisher
 
-from apicache.upstream.client import UpstreamClient, UpstreamUnreachable
-
-
-class _Scripted(Protocol):
-    """Answers each request head with the bytes of C{factory.answer}, records what happened."""
-
-    factory: Scripted
-
-    def connectionMade(self) -> None:
-        self.buffer = b""
-        self.factory.opened += 1
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if b"\r\n\r\n" in self.buffer:
-            self.buffer = b""
-            self.transport.write(self.factory.answer)  # type: ignore[union-attr]
-            if self.factory.close:
-                self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def connectionLost(self, reason: object = None) -> None:
-        self.factory.closed += 1
-        if self.factory.lost is not None and not self.factory.lost.called:
-            self.factory.lost.callback(None)
-
-
-class Scripted(Factory):
-    protocol = _Scripted
-
-    def __init__(self, answer: bytes, close: bool = False) -> None:
-        self.answer = answer
-        self.close = close
-        self.opened = 0
-        self.closed = 0
-        self.lost: Deferred[None] | None = Deferred()
-
-
-async def fetch_from(answer: bytes, max_header_bytes: int = 65536, close: bool = False, **kw: object) -> tuple[object, Scripted]:
-    """
-    Fetch once from an upstream answering C{answer} (then closing the
-    connection, with C{close}); return the answer (or the error) and the
-    upstream, once the connection closed or the pool kept it.
-    """
-    upstream = Scripted(answer, close)
-    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(upstream)
-    client = UpstreamClient(
-        reactor,
-        f"http://127.0.0.1:{port.getHost().port}",
-        timeout=5.0,
-        max_body_bytes=1 << 20,
-        max_connections=8,
-        max_in_flight=16,
-        max_header_bytes=max_header_bytes,
-        **kw,  # type: ignore[arg-type]
-    )
-    try:
-        try:
-            got: object = await client.fetch("/a", [], tenant="acme")
-        except UpstreamUnreachable as e:
-            got = e
-            assert upstream.lost is not None
-            await upstream.lost  # the connection is closed, not kept
-        idle = client.pool.idle
-    finally:
-        await client.close()
-        await port.stopListening()
-    return (got, idle), upstream
-
-
-def head_of(size: int, body: bytes = b"ok") -> bytes:
-    """
-    Return an answer whose header block (status line and field lines, each
-    with its CR LF, not the blank line) is exactly C{size} bytes.
-    """
-    status = b"HTTP/1.1 200 OK\r\n"
-    length = b"Content-Length: %d\r\n" % len(body)
-    pad = size - len(status) - len(length) - len(b"X-Pad: \r\n")
-    assert pad >= 0
-    return status + length + b"X-Pad: " + b"p" * pad + b"\r\n\r\n" + body
+from apicache.upstream.client import UpstreamUnreachable
 
 
 @pytest_twisted.ensureDeferred

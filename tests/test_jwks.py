@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_tokens import EC, ED, RSA, Signer, write_jwks
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -31,6 +30,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from apicache.auth.jwks import JWKSError, JWKSSource, check_jwks_location, parse_jwks
 from apicache.auth.tokens import TokenRefused, TokenVerifier
+from apicache.testing import TokenSigner, write_jwks
+
+# one key of each kind for the whole module: RSA generation is slow
+RSA = TokenSigner("RS256", "rsa-1")
+EC = TokenSigner("ES256", "ec-1")
+ED = TokenSigner("EdDSA", "ed-1")
+
 
 # -- where a key set may come from ---------------------------------------------
 
@@ -87,7 +93,7 @@ def test_only_public_signature_keys_are_kept() -> None:
             EC.jwk(),
             ED.jwk(),
             {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-            {**Signer("ES256", "enc").jwk(), "use": "enc"},
+            {**TokenSigner("ES256", "enc").jwk(), "use": "enc"},
             {**RSA.key.as_dict(private=True), "kid": "leaked"},
             {"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "F3oPXseC2XNlLbRSGhg5bHb-bHzsVPLYsQLJIwuzd2Q"},
             {"kty": "RSA", "kid": "broken", "n": "AQAB"},
@@ -180,11 +186,13 @@ class FileSourceTests(SynchronousTestCase):
             self.clock.advance(1)
             if source.reads > len(read_at) + 1:
                 read_at.append(self.clock.seconds())
-        assert read_at == [1.0, 3.0, 7.0, 15.0, 31.0]
-        assert source.refresh_failures == 6
+        # backing off, but never more than 4 s apart before a key set has
+        # loaded: /readyz follows a change within 5 s
+        assert read_at == [1.0, 3.0, 7.0, 11.0, 15.0, 19.0, 23.0, 27.0, 31.0, 35.0, 39.0]
+        assert source.refresh_failures == 12
         assert len(self.logged("warn")) == 1
         write_jwks(self.path, RSA.jwk())
-        self.clock.advance(32)  # the retry after 31 s waits 32 s
+        self.clock.advance(4)
         assert source.is_ready()
         assert source.key_count == 1
         assert len(self.logged("warn")) == 1
@@ -198,8 +206,19 @@ class FileSourceTests(SynchronousTestCase):
 
     def test_backoff_never_waits_longer_than_the_refresh_interval(self) -> None:
         source = self.source(refresh_interval=5.0, retry_policy=lambda attempt: 3600.0)
-        self.clock.advance(5)
+        self.clock.advance(4)
         assert source.reads == 2
+        write_jwks(self.path, RSA.jwk())
+        self.clock.advance(4)
+        assert source.is_ready()
+        self.path.unlink()
+        # once a key set has loaded, only the refresh interval bounds the backoff
+        self.clock.advance(5)
+        assert source.reads == 4 and source.refresh_failures == 3
+        self.clock.advance(4.9)
+        assert source.reads == 4
+        self.clock.advance(0.1)
+        assert source.reads == 5
 
     def test_a_broken_file_keeps_the_known_keys(self) -> None:
         write_jwks(self.path, RSA.jwk(), EC.jwk())
@@ -319,7 +338,7 @@ async def test_key_rotation_through_a_loopback_jwks_server(jwks_server) -> None:
         assert verifier.verify(old)["sub"] == "alice"
 
         # the provider rotates: a new key, the old one withdrawn
-        new = Signer("ES256", "ec-rotated")
+        new = TokenSigner("ES256", "ec-rotated")
         resource.body = document(new.jwk())
         requests = resource.requests
         exp = int(reactor.seconds()) + 600  # type: ignore[attr-defined]
@@ -358,7 +377,7 @@ async def test_an_unreachable_url_keeps_the_known_keys(jwks_server) -> None:
         now = int(reactor.seconds())  # type: ignore[attr-defined]
         assert verifier.verify(EC.token(exp=now + 600, iat=now))["sub"] == "alice"
         # an unknown kid asks for a read, which fails too: still refused, keys kept
-        stranger = Signer("ES256", "stranger")
+        stranger = TokenSigner("ES256", "stranger")
         failure = verifier.verify_or_refresh(stranger.token(exp=now + 600, iat=now))
         assert isinstance(failure, Deferred)
         with pytest.raises(TokenRefused):

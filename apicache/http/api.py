@@ -26,6 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import TokenVerifier
 from apicache.cache.keys import CacheKey
 from apicache.cache.policy import normalise_accept_encoding, only_if_cached
 from apicache.cache.registry import CacheRegistry
@@ -43,6 +44,7 @@ from apicache.http.writers import json_answer, refuse, write_result
 from apicache.ops.health import Readiness
 from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
+from apicache.store.eviction import acting_for
 from apicache.upstream.client import UpstreamError
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
@@ -86,7 +88,11 @@ class CacheAPI:
         readiness: Readiness | None = None,
         metrics: Metrics | None = None,
         node: str | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        """
+        @param verifier: verifies bearer tokens (C{[auth]} set), else C{None}.
+        """
         self.config = config
         self.registry = registry
         self.router = router
@@ -100,6 +106,7 @@ class CacheAPI:
         self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
         self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
+        self.verifier = verifier
         self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
@@ -107,7 +114,7 @@ class CacheAPI:
         Return the root resource to serve: the checks before routing and the
         fast hit path (L{ApiFront}) in front of the Klein application.
         """
-        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry)
+        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry, self.verifier)
 
     # -- reserved paths ----------------------------------------------------
 
@@ -194,7 +201,7 @@ class CacheAPI:
 
         @raise StoreUnavailable: answered ``503 store_unavailable``.
         """
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -218,7 +225,7 @@ class CacheAPI:
             tag = decode_tag_path(request.path[len(b"/tags/") :])
         except InvalidTag as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -282,7 +289,10 @@ class CacheAPI:
         # SPEC.md section 3: the normalised value, never the caller's own
         forwarded.append((b"accept-encoding", resolved.encoding))
         fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
-        result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
+        cache = self.registry.cache(resolved.tenant, resolved.route.type)
+        # what this request stores counts for its client (SPEC.md section 3)
+        with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
+            result = cache.get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers
@@ -304,7 +314,9 @@ class CacheAPI:
             request.setHeader(b"cache-status", b"apicache; detail=not-cached")
             return refuse(request, ApiError(504, "not_cached", "only-if-cached: nothing usable is stored"))
 
-        found = self.registry.cache(tenant, route_type).cached(key)
+        # a copy loaded from Redis into this process counts for the client too
+        with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
+            found = self.registry.cache(tenant, route_type).cached(key)
         if isinstance(found, Deferred):
             return found.addCallback(answer)
         return answer(found)
@@ -342,7 +354,7 @@ class CacheAPI:
         """
         route, params = self.resolver.match(request.path)
         request.route_type = route.type
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:

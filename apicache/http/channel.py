@@ -38,8 +38,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier, bearer_token
+from apicache.cache.routes import RESERVED_PATHS
 from apicache.cache.wire import canonical_name
-from apicache.http.errors import JSON, ApiError, error_body
+from apicache.http.errors import JSON, ApiError, error_body, invalid_token
 from apicache.ops.logs import AccessLog
 from apicache.ops.metrics import Metrics
 from apicache.ops.tracing import RequestTrace, Tracer
@@ -53,10 +55,15 @@ __all__ = [
     "ConnectionLimits",
     "HTTPService",
     "check_head",
+    "check_token",
     "connection_limit",
+    "TokenMemo",
 ]
 
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
+#: Reserved paths that touch no tenant's entries, whatever headers come
+#: with them: no bearer token is asked for there.
+_NO_TENANT_PATHS = RESERVED_PATHS - {b"/clear"}
 
 
 class ApiRequest(server.Request):
@@ -71,6 +78,9 @@ class ApiRequest(server.Request):
     trace: RequestTrace | None = None
     #: the checks before routing passed when the head came in (L{ApiChannel})
     head_checked = False
+    #: the claims of the request's verified bearer token (C{[auth]} set and
+    #: the request names a tenant), else C{None}
+    token_claims: Claims | None = None
     _counted = False
 
     _postpath: list[bytes] | None = None
@@ -208,6 +218,68 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
     return None
 
 
+_RAW_AUTHORIZATION = canonical_name(b"authorization")
+
+
+class TokenMemo:
+    """
+    The last bearer token a connection sent, as the verifier's cache knows
+    it: a keep-alive connection sends the same token again and again, and
+    handing the verifier that same bytes object (its hash computed once)
+    spares hashing the whole token, 0.5-2 KiB, on every request.  Every
+    check still runs (the verifier's cache holds the verdict and its expiry).
+
+    @ivar header: the C{Authorization} value it came from.
+    @ivar token: the token taken from it.
+    """
+
+    __slots__ = ("header", "token")
+
+    def __init__(self) -> None:
+        self.header: bytes | None = None
+        self.token: bytes | None = None
+
+
+def check_token(
+    verifier: TokenVerifier | None,
+    tenant_header: bytes,
+    path: bytes,
+    headers: Headers,
+    memo: TokenMemo | None = None,
+) -> Claims | Deferred[Claims] | None:
+    """
+    Verify the bearer token of a request that names a tenant, when
+    C{[auth]} is set (SPEC.md section 4): reads, purges, tag purges,
+    C{/clear} and pass-through writes, whatever the method; what names no
+    tenant (no tenant header, or C{/}, C{/healthz}, C{/readyz},
+    C{/metrics}) needs none.
+
+    @param memo: the connection's last token (L{TokenMemo}), or C{None}.
+    @return: C{None} when no token is needed; the verified claims; or, only
+        for a token whose C{kid} is not known yet, a Deferred firing with
+        them (or failing with L{TokenRefused}) once the key set was read.
+    @raise TokenRefused: refused at once (counted in the verifier's
+        C{failures}).
+    """
+    if verifier is None or path in _NO_TENANT_PATHS:
+        return None
+    raw = headers._rawHeaders  # see _RAW_API_KEY
+    if not raw.get(canonical_name(tenant_header)):
+        return None
+    values = raw.get(_RAW_AUTHORIZATION) or None
+    if memo is not None and values is not None and len(values) == 1 and values[0] == memo.header:
+        token = memo.token
+    else:
+        try:
+            token = bearer_token(values)
+        except TokenRefused as refused:
+            verifier.failures[refused.reason] += 1
+            raise
+        if memo is not None and values is not None and len(values) == 1:
+            memo.header, memo.token = values[0], token
+    return verifier.verify_or_refresh(token)
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
 
@@ -239,6 +311,13 @@ class ApiChannel(HTTPChannel):
     refused = False
     #: the transport holds ``server.max_write_buffer`` bytes: no request is parsed
     write_blocked = False
+    #: a request's head waits for its bearer token (an unknown kid: the
+    #: key set is being read); nothing more of the connection is parsed
+    _token_wait = False
+    #: that request had no body: it is complete once the token verifies
+    _content_due = False
+    _lost = False
+    _token_memo: TokenMemo | None = None
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
@@ -265,6 +344,7 @@ class ApiChannel(HTTPChannel):
                 self._tracked.bufferSize = self.site.limits.max_write_buffer
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._stop_head_deadline()
         self._stop_body_deadline()
         self._drop_unread()
@@ -334,17 +414,86 @@ class ApiChannel(HTTPChannel):
             return
         # checked once here: ApiFront need not check again
         request.head_checked = True  # type: ignore[attr-defined]
-        if self.length != 0:
-            # (v3) a body (declared, or chunked: None) must be in within
-            # body_timeout from here, however slowly it trickles in
-            self._body_deadline = self.callLater(limits.body_timeout, self._body_too_slow)
+        verifier = self.site.verifier
+        if verifier is not None and self._token_memo is None:
+            self._token_memo = TokenMemo()
+        try:
+            verified = check_token(verifier, self.site.tenant_header, path, request.requestHeaders, self._token_memo)
+        except TokenRefused as refused:
+            self.refuse(invalid_token(refused), head=self._command == b"HEAD")
+            return
+        if isinstance(verified, Deferred):
+            self._wait_for_token(request, verified)
+            return
+        request.token_claims = verified  # type: ignore[attr-defined]
+        self._start_body_deadline()
         # now the request body may be read (twisted.web buffers it) and
         # ``Expect: 100-continue`` answered
         super().allHeadersReceived()
 
+    def _start_body_deadline(self) -> None:
+        if self.length != 0:
+            # (v3) a body (declared, or chunked: None) must be in within
+            # body_timeout from now, when it may be read, however slowly
+            # it trickles in
+            self._body_deadline = self.callLater(self.site.limits.body_timeout, self._body_too_slow)
+
+    def _wait_for_token(self, request: Any, verified: Deferred[Claims]) -> None:
+        """
+        Hold the connection while the key set is read for a token whose
+        C{kid} is unknown: stop reading from the transport and parsing what
+        is buffered (no body byte is read, no 100 Continue sent), then go on
+        with the request, or refuse it.
+        """
+        outcome: list[Claims | Failure] = []
+        verified.addBoth(outcome.append)
+        if outcome:
+            # the key set was read at once (a file): no need to wait
+            self._token_verified(request, outcome[0], waited=False)
+            return
+        self._token_wait = True
+        # LineReceiver's own flag: what is buffered stays unparsed
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        verified.addCallback(lambda _: self._token_verified(request, outcome[0], waited=True))
+
+    def _token_verified(self, request: Any, result: Claims | Failure, waited: bool) -> None:
+        command = getattr(self, "_command", b"-")
+        self._token_wait = False
+        if self._lost or self.refused:
+            return
+        if isinstance(result, Failure):
+            if result.check(TokenRefused):
+                self.refuse(invalid_token(result.value), head=command == b"HEAD")  # type: ignore[arg-type]
+            else:
+                self.site.log_.failure("verifying a bearer token failed", result)
+                self.refuse(ApiError(500, "internal_error", "an unexpected error occurred"))
+            return
+        request.token_claims = result
+        self._start_body_deadline()
+        super().allHeadersReceived()
+        if not waited:
+            return
+        if self._content_due:
+            self._content_due = False
+            self.allContentReceived()
+        if self.write_blocked:
+            # answers wait for the client: resumeProducing goes on
+            return
+        self.paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        # parse what arrived meanwhile (the body, pipelined requests)
+        self.dataReceived(b"")
+
     def allContentReceived(self) -> None:
         self._stop_body_deadline()
         if self.refused:
+            return
+        if self._token_wait:
+            # a request without a body: processed once its token verifies
+            self._content_due = True
             return
         super().allContentReceived()
 
@@ -398,6 +547,12 @@ class ApiChannel(HTTPChannel):
         """
         self.write_blocked = False
         super().resumeProducing()
+        if self._token_wait:
+            # a head waits for its token: the connection stays unread until
+            # its verification goes on (twisted.web resumed the transport)
+            if self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            return
         self.paused = False
         # a client that takes max_write_buffer bytes is not idle: the idle
         # timeout counts from here (a client that reads nothing still meets it)
@@ -428,6 +583,7 @@ class ApiChannel(HTTPChannel):
             b"Date: %s\r\n" % self.site.http_date(self.site.clock.seconds()),
             b"Content-Type: %s\r\n" % JSON,
             b"Content-Length: %d\r\n" % len(body),
+            *[b"%s: %s\r\n" % (name, value) for name, value in error.headers],
             b"Connection: close\r\n\r\n",
         ]
         if not head:
@@ -531,10 +687,14 @@ class ApiSite(server.Site):
         keys: ApiKeys | None = None,
         limits: ConnectionLimits | None = None,
         tenant_header: bytes = b"org_id",
+        verifier: TokenVerifier | None = None,
     ) -> None:
         """
         @param keys: the api-keys checked once a request's headers are in
             (none: every request passes; L{ApiFront} checks again).
+        @param verifier: verifies the bearer token of every request naming
+            a tenant once its headers are in (C{[auth]}; none: no token is
+            asked for).
         @param limits: connection limits (default: SPEC's defaults, no
             connection limit).
         """
@@ -544,6 +704,7 @@ class ApiSite(server.Site):
         self.limits = limits
         self.keys = keys or ApiKeys(())
         self.tenant_header = tenant_header
+        self.verifier = verifier
         #: connections refused past max_connections, request heads and bodies too slow
         self.counters = {"connections_refused": 0, "head_timeouts": 0, "body_timeouts": 0, "requests_refused": 0}
         self._refusal_logged = float("-inf")

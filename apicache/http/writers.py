@@ -41,6 +41,8 @@ def refuse(request: IRequest, error: ApiError) -> bytes:
     """
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", JSON)
+    for name, value in error.headers:
+        request.setHeader(name, value)
     return error_body(error.code, error.message)
 
 

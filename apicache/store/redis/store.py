@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from apicache.cache.keys import CacheKey
 from apicache.config import StoreConfig
+from apicache.store.eviction import current_client
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import scripts
@@ -120,6 +121,7 @@ class RedisStore:
         lock_ttl: float = 1.0,
         tenant_max_bytes: int = 0,
         clock: IReactorTime | None = None,
+        fair_share: str = "client",
     ) -> None:
         # a real reactor is also the clock (IReactorTime)
         self._clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
@@ -130,7 +132,9 @@ class RedisStore:
         self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
         self.lock_ttl = lock_ttl
         # the in-process tier shares its room fairly too (SPEC.md section 3)
-        self.local = MemoryStore(local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock)
+        self.local = MemoryStore(
+            local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock, fair_share=fair_share
+        )
         self.instance = uuid.uuid4().hex
         self.channel = f"{prefix}:inv"
         self.counters: dict[str, int] = {
@@ -179,6 +183,7 @@ class RedisStore:
             max_value_bytes=s.redis_max_value_bytes,
             lock_ttl=s.redis_lock_ttl,
             tenant_max_bytes=s.tenant_max_bytes,
+            fair_share=s.fair_share,
         )
 
     # -- connections -------------------------------------------------------
@@ -282,6 +287,8 @@ class RedisStore:
 
     async def _load(self, key: CacheKey) -> CachedResponse | None:
         local_token = self._local_token()
+        # the copy kept here counts for the client whose request loaded it
+        client = current_client()
         rkey = encode_key(self.prefix, key)
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
@@ -304,7 +311,7 @@ class RedisStore:
                         # a refresh of one of its tags came after it was stored
                         entry.stale = True
                         entry.retry_at = 0.0
-                    self.local.put_now(key, entry, local_token)
+                    self.local.put_now(key, entry, local_token, client)
                 return entry
             if reply[0] == 1 or self._clock.seconds() >= deadline:
                 # ours to fetch (or waited long enough: fetch anyway)
@@ -357,6 +364,8 @@ class RedisStore:
 
     def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
         gens, seq, local_token, began = token
+        # read now: Redis answers in another context (SPEC.md section 3, fair share)
+        client = current_client()
         if entry.tags and self._clock.seconds() - began > TAG_FETCH_HORIZON / 2:
             # a purge of one of its tags during the fetch may have left a
             # generation that has expired by now (PURGE_TAG): not stored
@@ -388,7 +397,7 @@ class RedisStore:
         def stored(n: int) -> bool:
             if n != 1:
                 return False
-            self.local.put_now(key, entry, local_token)
+            self.local.put_now(key, entry, local_token, client)
             return True
 
         return d.addCallback(stored)
@@ -582,6 +591,12 @@ class RedisStore:
         Return the in-process tier's L{MemoryStore.top_tenants}.
         """
         return self.local.top_tenants(n)
+
+    def client_sizes(self) -> dict[int, tuple[int, int]]:
+        """
+        Return ``(bytes, entries)`` per client in the in-process tier.
+        """
+        return self.local.client_sizes()
 
     def tenant_entries(self) -> dict[str, int]:
         """
