@@ -7,7 +7,7 @@ DEV_KEY ?= dev-key-change-me
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
+.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio bench-redis dashboard-preview install install-test clean fuzz chaos
 
 # What a regular install copies into .venv: a change to any of them reinstalls.
 SOURCES := setup.py $(shell find apicache twisted -name '*.py' 2>/dev/null)
@@ -75,6 +75,13 @@ bench-tags: install-test
 # Redis), with and without max_staleness
 bench-freshness: install-test
 	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
+
+# What each Redis store operation costs Redis (calls, commands, CPU, bytes,
+# replication) per hit, miss, purge and event, and memory per entry, on a
+# private local Redis Cluster (3 primaries, 3 replicas) and on one
+# redis-server (needs redis-server and redis-cli); figures: docs/capacity.md.
+bench-redis: install
+	$(BIN)/python bench/redis_ops.py $(BENCH_ARGS)
 
 # The dashboard's panels drawn from real /metrics scrapes under wrk load
 # (README: Dashboard and alerts): writes deploy/dashboard-preview.png.

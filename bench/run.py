@@ -439,7 +439,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
         raw_id = f"{i:08d}"
         tenant = sys.intern(TENANT.encode().decode())  # as the HTTP layer interns valid tenants
         params = route.decode({"id": raw_id})
-        key = cache_key(tenant, route, params, "", keyed)
+        key = cache_key(tenant, config, params, "", keyed)
         cache = registry.cache(tenant, route.type)
         result = cache.get(key, FetchRequest(route.upstream_path(params, ""), []))
         if isinstance(result, CacheResult):

@@ -6,15 +6,18 @@ new log's messages, an invalidation among them, are still to be applied.
 
 Through the public seam of the watermark (L{Watermark},
 L{judge_end_offsets}) over a Clock, and through the listener's end-offset
-step with a fake consumer.
+step with a fake consumer (the loop's public seam).
 """
 
 from __future__ import annotations
 
 from bounds_support import EndOffsetConsumer, listener
+from confluent_kafka import KafkaError, TopicPartition
+from listener_support import event
 from twisted.internet.task import Clock
 
 from apicache.events.watermark import NEVER, Partition, Watermark, judge_end_offsets
+from apicache.testing import FakeMessage
 
 P0: Partition = ("t", 0)
 P1: Partition = ("t", 1)
@@ -64,18 +67,32 @@ def test_a_log_reset_is_a_skip_and_w_waits_for_the_new_log() -> None:
 
 
 def test_the_listener_records_an_end_offset_below_the_applied_one_as_a_skip() -> None:
+    """Through the listener's loop seam (its public steps), a fake consumer for the broker."""
     svc, clock = listener()
     consumer = EndOffsetConsumer(ends={0: 100})
-    svc._held.add(P0)
-    svc._applied[P0] = 100
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    consumer.committed_offsets = {0: 99}
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    consumer.messages = [FakeMessage(0, 99, event("1")), eof(0, 100)]
+    svc.loop.poll_once(consumer)  # type: ignore[arg-type]
+    assert svc.loop.applied == {P0: 100}
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
     assert svc.watermark.local == {P0: 1000.0}
     assert svc.watermark.skipped_at == NEVER
     # the broker comes back with its log truncated; an invalidation is appended at 5
     consumer.ends = {0: 6}
     for _ in range(4):
         clock.advance(0.5)
-        svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+        svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
     assert svc.watermark.skipped_at == 1000.5
     assert svc.watermark.local == {P0: 1000.0}, "old applied offsets vouch for nothing"
     assert svc.watermark.vouched(1001.0) == 1001.0
+    # the listener reaches the new log's end: W moves on
+    consumer.messages = [FakeMessage(0, 5, event("2")), eof(0, 6)]
+    svc.loop.poll_once(consumer)  # type: ignore[arg-type]
+    clock.advance(0.5)
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.local == {P0: 1002.5}
+
+
+def eof(partition: int, offset: int) -> FakeMessage:
+    return FakeMessage(partition, offset, error=KafkaError(KafkaError._PARTITION_EOF))

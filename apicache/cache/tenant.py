@@ -48,6 +48,7 @@ from apicache.cache.wire import date_header, header_block, shared_wire, status_m
 from apicache.config import RouteConfig, UpstreamConfig
 from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
 from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
+from apicache.upstream.requestheaders import with_validators
 
 if TYPE_CHECKING:
     # the wiring passes the event watermark in; only its type is named here,
@@ -459,7 +460,7 @@ class TenantCache:
         without validators is no answer (SPEC.md section 4: 502).
         """
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-        headers = list(request.headers) + conditions if conditions else request.headers
+        headers = with_validators(request.headers, conditions)
         response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
         if response.status == 304 and not conditions:
             error = UpstreamUnreachable("the upstream answered 304 to a request without validators")

@@ -46,6 +46,7 @@ from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
 from apicache.store.eviction import acting_for
 from apicache.upstream.client import UpstreamError
+from apicache.upstream.requestheaders import CallerHeaders
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
 
@@ -105,6 +106,7 @@ class CacheAPI:
         self.invalidator: Any = registry
         self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
+        self.caller_headers = CallerHeaders(config.upstream.forward_headers)
         self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
         self.verifier = verifier
         self.passthrough = PassThrough(config, registry.upstream, clock)
@@ -285,9 +287,7 @@ class CacheAPI:
         resolved = self.resolver.resolve(request)
         if only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
             return self._only_if_cached(request, resolved.tenant, resolved.route.type, resolved.key)
-        forwarded = self.resolver.forwarded(request)
-        # SPEC.md section 3: the normalised value, never the caller's own
-        forwarded.append((b"accept-encoding", resolved.encoding))
+        forwarded = self.caller_headers.of(request.requestHeaders, _traceparent(request), resolved.encoding)
         fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
         cache = self.registry.cache(resolved.tenant, resolved.route.type)
         # what this request stores counts for its client (SPEC.md section 3)
@@ -329,11 +329,10 @@ class CacheAPI:
         """
         resolved = self.resolver.resolve(request)
         body = self.passthrough.body(request)
-        headers = self.resolver.forwarded(request, WRITE_HEADERS)
         # as on a GET, only an encoding the caller accepts and apicache
         # never has to decode: gzip or identity
         accept = normalise_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
-        headers.append((b"accept-encoding", accept))
+        headers = self.caller_headers.of(request.requestHeaders, _traceparent(request), accept, WRITE_HEADERS)
         result = await self.passthrough.forward(
             request.method,
             resolved.route.upstream_path(resolved.params, resolved.query),
@@ -421,3 +420,12 @@ def _ratio(hits: int, misses: int) -> float:
     Return hits over hits and misses, 0.0 before any.
     """
     return hits / (hits + misses) if hits + misses else 0.0
+
+
+def _traceparent(request: ApiRequest) -> bytes | None:
+    """
+    Return the ``traceparent`` of ``request``'s span, sent upstream in place
+    of the caller's, or ``None`` for a request without a trace.
+    """
+    trace = getattr(request, "trace", None)
+    return None if trace is None else trace.traceparent()  # type: ignore[no-any-return]

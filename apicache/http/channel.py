@@ -18,12 +18,13 @@ from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
+    IListeningPort,
     IPushProducer,
     IReactorTime,
     IStreamServerEndpoint,
@@ -33,10 +34,11 @@ from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
+from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
+from apicache._twisted import HTTPChannelInternals, raw_headers
 from apicache.auth.apikey import ApiKeys
 from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier, bearer_token
 from apicache.cache.routes import RESERVED_PATHS
@@ -207,7 +209,7 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
 
     @return: the error to answer, or ``None`` when the request may go on.
     """
-    raw = headers._rawHeaders  # see _RAW_API_KEY
+    raw = raw_headers(headers)
     given = raw.get(_RAW_API_KEY) or None
     tenants = raw.get(canonical_name(tenant_header)) or None
     if (given and len(given) > 1) or (tenants and len(tenants) > 1):
@@ -263,7 +265,7 @@ def check_token(
     """
     if verifier is None or path in _NO_TENANT_PATHS:
         return None
-    raw = headers._rawHeaders  # see _RAW_API_KEY
+    raw = raw_headers(headers)
     if not raw.get(canonical_name(tenant_header)):
         return None
     values = raw.get(_RAW_AUTHORIZATION) or None
@@ -284,7 +286,7 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
 
 
-class ApiChannel(HTTPChannel):
+class ApiChannel(HTTPChannelInternals):
     """
     An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
     transport in its site's L{ApiSite.connections} while it is connected
@@ -364,7 +366,7 @@ class ApiChannel(HTTPChannel):
             # the first byte is in: what follows is the head's own deadline
             self._silent = False
             self._stop_head_deadline()
-        if data and not self._buffer and self._HTTPChannel__first_line:  # type: ignore[attr-defined]
+        if data and not self._head_begun():
             # a new request head begins with this read
             self._head_at = self.site.clock.seconds()
         super().dataReceived(data)
@@ -373,9 +375,10 @@ class ApiChannel(HTTPChannel):
             and not self.refused
             # held back by a full write buffer: the client's to read first
             and not self.write_blocked
+            # line mode: between requests or within a head (a body is read,
+            # and pipelined bytes held while a request is handled, in raw mode)
             and self.line_mode
-            and not self._handlingRequest
-            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+            and self._head_begun()
         ):
             # a request's head has begun and is not complete: its deadline
             # starts now, and unlike the idle timeout a byte now and then
@@ -383,17 +386,26 @@ class ApiChannel(HTTPChannel):
             # (nearly all of them) needs no timer at all.
             self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
 
+    def _head_begun(self) -> bool:
+        """
+        Return whether a request's head is being read: a request line came
+        in (its request is queued) and its head was not checked yet, or a
+        line is cut short.
+        """
+        return bool((self.requests and not self.requests[-1].head_checked) or self.line_pending())
+
     def lineReceived(self, line: bytes) -> None:
-        if self._HTTPChannel__first_line and not line.isascii():  # type: ignore[attr-defined]
-            # twisted.web refuses a request target that is not printable
-            # ASCII as unparsable; a raw byte outside ASCII in the query
-            # alone is the query's fault (SPEC.md section 4, v3)
+        if not line.isascii() and not (self.requests and not self.requests[-1].head_checked):
+            # a request line (no head is being read): twisted.web refuses a
+            # request target that is not printable ASCII as unparsable; a
+            # raw byte outside ASCII in the query alone is the query's
+            # fault (SPEC.md section 4, v3)
             parts = line.split(b" ")
             if len(parts) == 3 and parts[1].partition(b"?")[0].isascii():
-                self._command, self._path = parts[0], parts[1]
                 self.refuse(
                     ApiError(400, "invalid_query", "the query string holds a byte outside ASCII that is not percent-encoded"),
                     head=parts[0] == b"HEAD",
+                    line=(parts[0], parts[1]),
                 )
                 return
         super().lineReceived(line)
@@ -404,13 +416,14 @@ class ApiChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._stop_head_deadline()
         request = self.requests[-1]
-        path = self._path.partition(b"?")[0]
+        method, target = self.request_line() or (b"-", b"-")
+        path = target.partition(b"?")[0]
         limits = self.site.limits
         error = check_head(self.site.keys, self.site.tenant_header, path, request.requestHeaders)
         if error is None and self.length is not None and self.length > limits.max_body_bytes:
             error = _too_large(limits.max_body_bytes)
         if error is not None:
-            self.refuse(error, head=self._command == b"HEAD")
+            self.refuse(error, head=method == b"HEAD")
             return
         # checked once here: ApiFront need not check again
         request.head_checked = True  # type: ignore[attr-defined]
@@ -420,7 +433,7 @@ class ApiChannel(HTTPChannel):
         try:
             verified = check_token(verifier, self.site.tenant_header, path, request.requestHeaders, self._token_memo)
         except TokenRefused as refused:
-            self.refuse(invalid_token(refused), head=self._command == b"HEAD")
+            self.refuse(invalid_token(refused), head=method == b"HEAD")
             return
         if isinstance(verified, Deferred):
             self._wait_for_token(request, verified)
@@ -459,7 +472,7 @@ class ApiChannel(HTTPChannel):
         verified.addCallback(lambda _: self._token_verified(request, outcome[0], waited=True))
 
     def _token_verified(self, request: Any, result: Claims | Failure, waited: bool) -> None:
-        command = getattr(self, "_command", b"-")
+        command = (self.request_line() or (b"-", b"-"))[0]
         self._token_wait = False
         if self._lost or self.refused:
             return
@@ -502,12 +515,11 @@ class ApiChannel(HTTPChannel):
             return
         super().rawDataReceived(data)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def bad_request(self) -> None:
         # twisted.web's own refusal (an unparsable request line or header,
         # a NUL in a header value, too many headers, a head over
-        # totalHeadersSize: it counts each line before this is called)
-        # writes an empty 400
-        if self._receivedHeaderSize > self.totalHeadersSize:
+        # totalHeadersSize) would write an empty 400
+        if self.head_too_large():
             self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
         else:
             self._refuse_malformed("the request could not be parsed")
@@ -557,18 +569,21 @@ class ApiChannel(HTTPChannel):
         # a client that takes max_write_buffer bytes is not idle: the idle
         # timeout counts from here (a client that reads nothing still meets it)
         self.resetTimeout()
-        if self._buffer and not self.refused and self.transport is not None:
+        if self.line_pending() and not self.refused and self.transport is not None:
             self.dataReceived(b"")
 
     # -- refusing ----------------------------------------------------------
 
-    def refuse(self, error: ApiError, head: bool = False) -> None:
+    def refuse(self, error: ApiError, head: bool = False, line: tuple[bytes, bytes] | None = None) -> None:
         """
         Answer ``error`` as the API's JSON error, outside any request's
         processing, and close the connection once it is sent: the rest of
         the request (its body) is never read.
 
         @param head: answer without a body (a ``HEAD`` request).
+        @param line: the request's method and target, for its access line,
+            when twisted.web has not parsed its request line (default: the
+            one it parsed, if any).
         """
         if self.refused or self.transport is None:
             return
@@ -590,10 +605,12 @@ class ApiChannel(HTTPChannel):
             lines.append(body)
         self.transport.write(b"".join(lines))
         headers = self.requests[-1].requestHeaders if self.requests else Headers()
+        line = line or self.request_line()
+        method, target = line if line is not None else (b"-", b"-")
         peer = self.transport.getPeer()
         self.site.refused(
-            getattr(self, "_command", b"-"),
-            self._request_target(),
+            method,
+            target,
             error.status,
             headers,
             client=getattr(peer, "host", None),
@@ -608,17 +625,10 @@ class ApiChannel(HTTPChannel):
         # channel is freed by the cyclic garbage collector, which the
         # daemon runs seldom (GarbageCollectorTuning): thousands of refused
         # uploads held 130 MiB that way.
-        self._buffer = b""
-        self._dataBuffer = []
+        self.drop_unread()
 
     def _refuse_malformed(self, message: str) -> None:
         self.refuse(ApiError(400, "bad_request", message))
-
-    def _request_target(self) -> bytes:
-        # the path and query of the request being read, once its request
-        # line is parsed
-        path = getattr(self, "_path", None)
-        return path if isinstance(path, bytes) else b"-"
 
     # -- the head deadline -------------------------------------------------
 
@@ -650,14 +660,6 @@ class ApiChannel(HTTPChannel):
             self._body_deadline = None
 
 
-def _api_channel(site: ApiSite) -> Any:
-    # twisted.web's own factory (_genericHTTPChannelProtocolFactory) with
-    # our channel inside: the generic protocol is what makes Site's timeouts
-    # and attributes reach the channel.  No h2 here (not installed): with it
-    # the generic protocol would swap in an H2Connection, untracked.
-    return _GenericHTTPChannelProtocol(ApiChannel())
-
-
 class ApiSite(server.Site):
     """
     The site: no twisted.web access log (apicache writes its own JSON line
@@ -673,7 +675,10 @@ class ApiSite(server.Site):
     requestFactory = ApiRequest
     #: warnings about the site itself (connections refused); access lines go to the AccessLog
     log_ = Logger()
-    protocol = _api_channel
+    # the channel itself, not twisted.web's protocol that wraps a channel to
+    # switch to HTTP/2 after TLS negotiation (no h2 here): HTTPFactory's
+    # buildProtocol gives it the site's clock and idle timeout all the same
+    protocol = ApiChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -735,7 +740,7 @@ class ApiSite(server.Site):
             self._date_second = second
         return self._date
 
-    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> ApiChannel | None:  # type: ignore[override]
         """
         Return a channel for a new connection, or ``None`` (the connection
         is closed at once) while ``max_connections`` are held.
@@ -888,20 +893,54 @@ class ApiSite(server.Site):
         return d
 
 
-class HTTPService(StreamServerEndpointService):
+class HTTPService(Service):
     """
     Listens for HTTP; on stop, stops accepting and lets requests in flight
     finish for up to ``grace`` seconds.
+
+    Twisted's C{StreamServerEndpointService} only logs a port it can't
+    listen on; this one raises, so that the daemon says so and exits.
     """
 
     log = Logger()
-    _raiseSynchronously = True
 
     def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
-        super().__init__(endpoint, site)
+        self.endpoint = endpoint
         self.site = site
         self.grace = grace
         self.clock = clock
+        self._listening: Deferred[IListeningPort | None] | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen, before privileges are shed.
+
+        @raise twisted.internet.error.CannotListenError: the endpoint can't
+            listen (the address is in use, or privileged), when it says so
+            at once, as TCP and UNIX endpoints do; a later failure is logged.
+        """
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        starting = True
+
+        def failed(f: Failure) -> None:
+            if starting:
+                failures.append(f)
+            elif not f.check(CancelledError):
+                self.log.failure("cannot listen", f)
+
+        self._listening = self.endpoint.listen(self.site).addErrback(failed)
+        starting = False
+        if failures:
+            failures[0].raiseException()
+
+    def startService(self) -> None:
+        """
+        Start, listening now unless L{privilegedStartService} did.
+        """
+        super().startService()
+        if self._listening is None:
+            self.privilegedStartService()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -911,9 +950,19 @@ class HTTPService(StreamServerEndpointService):
         @return: a Deferred firing with ``None`` when done.
         """
 
+        async def stop_listening() -> None:
+            listening = self._listening
+            if listening is not None:
+                listening.cancel()
+                port = await listening
+                stopped = None if port is None else port.stopListening()
+                if stopped is not None:
+                    await stopped
+
         async def drain() -> None:
             started = self.clock.seconds()
-            await super(HTTPService, self).stopService()
+            super(HTTPService, self).stopService()
+            await stop_listening()
             if self.site.active:
                 self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
                 try:

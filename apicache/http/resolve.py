@@ -13,11 +13,11 @@ of what keeps the hit path fast).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from apicache._twisted import raw_headers
 from apicache.auth.apikey import claim_matches
 from apicache.auth.tokens import claim_text
 from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
@@ -88,7 +88,6 @@ class Resolver:
         self._verified_claims = config.auth.enabled
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
         self._raw_keyed = [canonical_name(h) for h in self._keyed]
-        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
@@ -186,7 +185,7 @@ class Resolver:
         @raise InvalidQuery: the query string is rejected.
         """
         headers = request.requestHeaders
-        raw = headers._rawHeaders  # see _RAW_ACCEPT_ENCODING
+        raw = raw_headers(headers)
         tenants = raw.get(self._raw_tenant_header) or None
         keyed = [raw.get(h) or None for h in self._raw_keyed]
         accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None
@@ -206,7 +205,7 @@ class Resolver:
             raw_query = request.uri.partition(b"?")[2]
             query = canonical_query(raw_query) if raw_query else ""
             encoding = normalise_accept_encoding(accept_encoding)
-            key = cache_key(tenant, route, params, query, keyed, encoding)
+            key = cache_key(tenant, route.config, params, query, keyed, encoding)
             found = Resolved(route, params, tenant, query, key, encoding)
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send
@@ -223,22 +222,3 @@ class Resolver:
         if self._tenant_claim:
             self.check_claim(request, found.tenant)
         return found
-
-    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
-        """
-        Return the caller's headers to send upstream: those of
-        ``forward_headers`` (``traceparent``, always among them, set to this
-        request's span, and ``tracestate``) and those named in ``extra``,
-        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
-        are the upstream client's: no caller value replaces them.
-        """
-        headers = request.requestHeaders
-        trace = getattr(request, "trace", None)
-        if trace is not None:
-            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
-        forwarded: list[tuple[bytes, bytes]] = []
-        for names in (self._forward, extra):
-            for name in names:
-                for value in headers.getRawHeaders(name, ()):
-                    forwarded.append((name, value))
-        return forwarded

@@ -6,7 +6,7 @@ Twisted's L{HTTPConnectionPool} keys connections by (scheme, host, port)
 only, bounds the idle connections of each key but not their total, and hands
 back a connection whatever happened on it while it sat idle.  Its HTTP/1.1
 client also ignores bytes that arrive after the end of an answer
-(C{HTTP11ClientProtocol._finishResponse_WAITING} drops C{rest}).  An
+(L{apicache._twisted.LeftoverAwareClientProtocol} says where).  An
 upstream that sends more than it announced, or a second answer nobody asked
 for, therefore gets those bytes read as the answer to the next request on the
 connection, which may be another tenant's.  This module gives
@@ -45,19 +45,16 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-# the protocol class Agent's pools use; twisted.web.client imports it from
-# here but does not list it among its public names (and its parser, whose
-# header block this module bounds)
-from twisted.web._newclient import (
-    HEADER,
-    STATUS,
-    HTTP11ClientProtocol,
-    HTTPClientParser,
-    ParseError,
-    RequestNotSent,
-)
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+
+from apicache._twisted import (
+    HeaderBlockTooLarge,
+    LeftoverAwareClientProtocol,
+    RequestNotSent,
+    UnknownTransferCoding,
+    bound_answer_parser,
+    connection_field,
+)
 
 __all__ = [
     "GuardedHTTP11ClientProtocol",
@@ -70,87 +67,18 @@ __all__ = [
 PoolKey = tuple[str, bytes, bytes, int]
 
 
-class HeaderBlockTooLarge(Exception):
-    """
-    An answer's header block (its status line and field lines, 1xx interim
-    answers included) is over C{upstream.max_header_bytes}.
-    """
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the upstream's header block is over {limit} bytes")
-        self.limit = limit
-
-
-class UnknownTransferCoding(Exception):
-    """
-    An answer's C{Transfer-Encoding} is not C{chunked} alone: Twisted knows
-    no other coding (and failed on a C{KeyError} deep in its parser).
-    """
-
-    def __init__(self) -> None:
-        super().__init__("the upstream's answer uses a transfer coding apicache does not know")
-
-
-class _BoundedClientParser(HTTPClientParser):
-    """
-    Twisted's HTTP/1.1 answer parser with its header block bounded: it keeps
-    every field line it is sent, and LineReceiver bounds only the length of
-    each, so 50 MB of field lines were all read and kept.  Past
-    C{max_header_bytes} (counted line by line, CR LF included, across 1xx
-    interim answers too) it raises L{HeaderBlockTooLarge}, and an unknown
-    C{Transfer-Encoding} raises L{UnknownTransferCoding}, and a status
-    outside 100-599 Twisted's C{ParseError}: the protocol then drops the
-    connection and fails the request (C{ResponseFailed}).
-
-    Installed on the parser of each request by
-    L{GuardedHTTP11ClientProtocol.request} (Twisted builds the parser itself).
-    """
-
-    max_header_bytes = 65536
-    _head_bytes = 0
-
-    def lineReceived(self, line: bytes) -> None:
-        if self.state == STATUS or (self.state == HEADER and line not in (b"", b"\r")):
-            self._head_bytes += len(line) + 1  # the LF LineReceiver took off
-            if self._head_bytes > self.max_header_bytes:
-                raise HeaderBlockTooLarge(self.max_header_bytes)
-        super().lineReceived(line)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        # MAX_LENGTH is max_header_bytes: one line alone is over the limit
-        raise HeaderBlockTooLarge(self.max_header_bytes)
-
-    def statusReceived(self, status: bytes) -> None:
-        super().statusReceived(status)
-        # Twisted takes any integer; a status of three digits, 100-599
-        # (RFC 9110 section 15), or the answer is not HTTP (found by the
-        # fuzz target: 0, 1 and 1199 were passed on to callers)
-        if not 100 <= self.response.code <= 599:
-            raise ParseError("status outside 100-599", status)
-
-    def allHeadersReceived(self) -> None:
-        code = self.response.code
-        if not (100 <= code < 200 or code in self.NO_BODY_CODES or self.request.method == b"HEAD"):
-            # where Twisted would pick a decoder by the first field line's
-            # whole value (``gzip, chunked`` and ``gzip`` were KeyErrors)
-            codings = self.connHeaders.getRawHeaders(b"transfer-encoding")
-            if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
-                raise UnknownTransferCoding()
-        super().allHeadersReceived()
-
-
-class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
+class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
     """
     An HTTP/1.1 client connection that notices bytes it was not asked for.
 
-    Twisted's protocol has no hook for either case, so two of its methods are
-    overridden (a subclass, not a patch on the class every other client in
-    the process shares):
+    Twisted's protocol has no public hook for either case (a subclass, not a
+    patch on the class every other client in the process shares):
 
-     - C{_finishResponse_WAITING} (and its C{TRANSMITTING} twin) receive, as
-       C{rest}, the bytes that followed the end of an answer; Twisted ignores
-       them.  Here they mark the connection unusable before the pool sees it.
-     - C{request} bounds the header block of the answer (L{_BoundedClientParser}).
+     - the bytes that followed the end of an answer (L{leftover}; Twisted
+       ignores them) mark the connection unusable before the pool sees it.
+     - C{request} bounds the header block of the answer to
+       C{max_header_bytes} and refuses an unknown C{Transfer-Encoding}
+       (L{apicache._twisted.bound_answer_parser}).
      - C{dataReceived} while no request is in flight (Twisted fails on its
        missing parser and closes the connection some time later, leaving it in
        the pool meanwhile): here the connection is taken out of the pool at
@@ -171,14 +99,11 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         self._max_header_bytes = max_header_bytes
         self.reusable = True
 
-    def _finishResponse_WAITING(self, rest: bytes) -> None:
+    def leftover(self, rest: bytes) -> None:
         if rest:
             # bytes past the answer's end: the framing is off, or the upstream
             # sent an answer nobody asked for; the pool closes the connection
             self.reusable = False
-        super()._finishResponse_WAITING(rest)
-
-    _finishResponse_TRANSMITTING = _finishResponse_WAITING
 
     def dataReceived(self, bytes: bytes) -> None:
         if self.state == "QUIESCENT":
@@ -201,31 +126,25 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
 
     def request(self, request: Any) -> Deferred[Any]:
         """
-        Send ``request``; its answer is read by a parser whose header block
-        is bounded (L{_BoundedClientParser}), and carries, as
+        Send ``request``; its answer is read with its header block bounded
+        (L{apicache._twisted.bound_answer_parser}), and carries, as
         C{connection_fields}, the values of the upstream's C{Connection}
-        field.  Twisted's parser keeps that field apart from the answer's
-        headers (in its private C{connHeaders}), so the fields it names
-        would otherwise be replayed to callers (SPEC.md section 3, v3:
-        never, on misses and hits alike).
+        field.  Twisted's parser
+        keeps that field apart from the answer's headers
+        (L{apicache._twisted.connection_field}), so the fields it names would
+        otherwise be replayed to callers (SPEC.md section 3, v3: never, on
+        misses and hits alike).
         """
-        before = getattr(self, "_parser", None)
         d: Deferred[Any] = super().request(request)
-        # the parser of this request (private: set by HTTP11ClientProtocol.request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None and parser is not before:
-            if type(parser) is HTTPClientParser:
-                # Twisted builds the parser inside request(), before any
-                # byte of the answer can arrive: it becomes the bounded
-                # parser here
-                parser.__class__ = _BoundedClientParser
-                parser.max_header_bytes = parser.MAX_LENGTH = self._max_header_bytes  # type: ignore[attr-defined]
-            d.addCallback(_with_connection_fields, parser)
+        bound_answer_parser(self, self._max_header_bytes)
+        fields = connection_field(self)
+        if fields is not None:
+            d.addCallback(_with_connection_fields, fields)
         return d
 
 
-def _with_connection_fields(response: Any, parser: Any) -> Any:
-    response.connection_fields = tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
+def _with_connection_fields(response: Any, fields: Callable[[], tuple[bytes, ...]]) -> Any:
+    response.connection_fields = fields()
     return response
 
 

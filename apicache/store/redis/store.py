@@ -125,7 +125,6 @@ class RedisStore:
     ) -> None:
         # a real reactor is also the clock (IReactorTime)
         self._clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
-        self.address = parse_redis_url(url)
         self.prefix = prefix
         self.timeout = timeout
         self.max_entry_bytes = max_entry_bytes
@@ -156,8 +155,17 @@ class RedisStore:
         self._sweep.clock = self._clock
         self._sweep_cursor: bytes = b"0"
         self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
-        self.commands = RedisCommands(reactor, self._clock, self.address, timeout, self.counters)
-        self.subscriber = RedisConnection(
+        self.commands, self.subscriber = self._connections(reactor, url)
+
+    def _connections(self, reactor: IReactorTCP, url: str) -> tuple[Any, Any]:
+        """
+        Return the commands connection and the invalidation subscription:
+        here, txredisapi's, to the one Redis ``url`` names.  (The cluster
+        and sentinel store, L{apicache.store.redis.scaled}, has its own.)
+        """
+        self.address: Any = parse_redis_url(url)
+        commands = RedisCommands(reactor, self._clock, self.address, self.timeout, self.counters)
+        subscriber = RedisConnection(
             "pubsub",
             reactor,
             self._clock,
@@ -166,13 +174,36 @@ class RedisStore:
             prepare=lambda p: p.subscribe(self.channel),
             on_change=self._subscriber_changed,
         )
+        return commands, subscriber
 
     @classmethod
     def from_config(cls, store_config: StoreConfig, reactor: IReactorTCP) -> RedisStore:
         """
-        Return a store configured by a L{apicache.config.StoreConfig}.
+        Return a store configured by a L{apicache.config.StoreConfig}: this
+        class in single mode, a L{apicache.store.redis.scaled.ScaledRedisStore}
+        in cluster and sentinel modes.
+
+        @raise ValueError: a bad URL (or key prefix, in cluster mode).
         """
         s = store_config
+        if s.redis_mode != "single":
+            # (imported here: that module builds on this one)
+            from apicache.store.redis.scaled import ScaledRedisStore
+
+            return ScaledRedisStore(
+                reactor,
+                s.redis_url,
+                mode=s.redis_mode,
+                sentinel_master=s.redis_sentinel_master,
+                prefix=s.key_prefix,
+                timeout=s.redis_timeout,
+                local_max_bytes=s.local_max_bytes,
+                max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
+                max_value_bytes=s.redis_max_value_bytes,
+                lock_ttl=s.redis_lock_ttl,
+                tenant_max_bytes=s.tenant_max_bytes,
+                fair_share=s.fair_share,
+            )
         return cls(
             reactor,
             s.redis_url,
@@ -253,6 +284,13 @@ class RedisStore:
         self.local.begin(CacheKey("", "", (), "")).addCallback(token.append)
         return token[0]
 
+    def _at(self, key: CacheKey) -> str:
+        """
+        Return the prefix of ``key``'s names: the store's own on one node; a
+        bucket's on a Redis Cluster (L{apicache.store.redis.layout}).
+        """
+        return self.prefix
+
     # -- reading -----------------------------------------------------------
 
     def lookup(self, key: CacheKey) -> CachedResponse | None:
@@ -289,21 +327,22 @@ class RedisStore:
         local_token = self._local_token()
         # the copy kept here counts for the client whose request loaded it
         client = current_client()
-        rkey = encode_key(self.prefix, key)
+        p = self._at(key)
+        rkey = encode_key(p, key)
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
         while True:
             reply = await self.commands.eval(
                 scripts.GET_OR_LOCK,
-                [rkey, lock_key(self.prefix, key), tag_record_key(self.prefix, key)],
-                [self.instance, lock_ms, self.prefix, encode_component(key.tenant)],
+                [rkey, lock_key(p, key), tag_record_key(p, key)],
+                [self.instance, lock_ms, p, encode_component(key.tenant)],
             )
             if reply[0] == 0 or reply[0] == 3:
                 entry = self._checked(rkey, decode_entry(reply[1]))
                 # (a Lua nil at the end of a table is left out of the reply)
                 tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
                 if entry is not None and tags is None:
-                    self._bad(tag_record_key(self.prefix, key), "a damaged tag record")
+                    self._bad(tag_record_key(p, key), "a damaged tag record")
                     entry = None
                 if entry is not None and tags is not None:
                     entry.tags = tags
@@ -351,7 +390,8 @@ class RedisStore:
     def begin(self, key: CacheKey) -> Deferred[Any]:
         local_token = self._local_token()
         began = self._clock.seconds()
-        d = self.commands.execute("MGET", *generation_keys(self.prefix, key), f"{self.prefix}:seq")
+        p = self._at(key)
+        d = self.commands.execute("MGET", *generation_keys(p, key), f"{p}:seq")
         d.addCallback(
             lambda gens: (
                 tuple(g if g is not None else b"0" for g in gens[:-1]),
@@ -377,7 +417,7 @@ class RedisStore:
             if len(value) > self.max_value_bytes:
                 self.counters["too_big"] += 1
             return succeed(False)
-        p = self.prefix
+        p = self._at(key)
         keys = [
             encode_key(p, key),
             f"{p}:r:{resource_name(key.tenant, key.route, key.params)}",
@@ -405,13 +445,13 @@ class RedisStore:
     def release(self, key: CacheKey, token: Any) -> None:
         if not self.lock_ttl:
             return
-        d = self.commands.eval(scripts.RELEASE, [lock_key(self.prefix, key)], [self.instance])
+        d = self.commands.eval(scripts.RELEASE, [lock_key(self._at(key), key)], [self.instance])
         # best effort: the lock expires by itself after lock_ttl
         d.addErrback(lambda f: f.trap(StoreUnavailable))
 
     def discard(self, key: CacheKey) -> Deferred[int]:
         self.local.discard(key)
-        rkey = encode_key(self.prefix, key)
+        rkey = encode_key(self._at(key), key)
         message = self._publish_message("d", key.tenant, key.route, list(key.params), key.variant)
 
         def publish(n: int) -> Deferred[int]:

@@ -1,0 +1,279 @@
+"""
+Every use of Twisted's private API, in one module.
+
+Twisted publishes no way to do what each name below does.  Each says what it
+relies on and why apicache needs it; C{tests/test_twisted_private.py} pins
+every one of them, so that a Twisted release that changes one fails that
+test rather than a request in production.  Everything else in apicache uses
+Twisted's public API only.
+
+ - L{raw_headers}: the live table behind a L{Headers} (C{_rawHeaders}), read
+   on the hit path with names worked out once.
+ - L{HTTPChannelInternals}: the parts of L{HTTPChannel}'s parser state the
+   inbound channel reads (the request line's method and target, the size of
+   the head read so far, a line cut short), the bytes it drops when it
+   refuses a request, and the hook for the requests twisted.web refuses
+   itself (C{_respondToBadRequestAndDisconnect}).
+ - L{LeftoverAwareClientProtocol}: L{HTTP11ClientProtocol} (from the private
+   module C{twisted.web._newclient}) told of the bytes that follow an
+   answer's end (C{_finishResponse_WAITING} and C{_TRANSMITTING}), for the
+   tenant-safe pool.
+ - L{connection_field}: the C{Connection} field of an answer, which the
+   parser of a request (C{HTTP11ClientProtocol._parser}) keeps apart from
+   the answer's headers (in C{connHeaders}).
+ - L{bound_answer_parser}: the answer parser Twisted builds for a request
+   (C{HTTP11ClientProtocol._parser}, an C{HTTPClientParser}) becomes one
+   whose header block is bounded, whose C{Transfer-Encoding} is checked and
+   whose status is 100-599 (L{BoundedAnswerParser}: its C{lineReceived},
+   C{statusReceived} and C{allHeadersReceived} hooks, its C{state} and
+   C{STATUS}/C{HEADER} states, C{connHeaders}).
+ - L{RequestNotSent}, also from C{twisted.web._newclient}: how an Agent's
+   request that surely never reached the upstream fails.
+ - L{adopt_fair_port}: a listening socket adopted as a TCP port that accepts
+   one connection each time it is readable (C{tcp.Port.numberAccepts},
+   C{tcp.Port._fromListeningDescriptor}).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet import tcp
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorSocket
+
+# the protocol class of Agent's pools and the error of a request never
+# sent: twisted.web.client imports both from here but lists neither among its
+# public names
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol, HTTPClientParser, ParseError, RequestNotSent
+from twisted.web.http import HTTPChannel
+from twisted.web.http_headers import Headers
+
+__all__ = [
+    "raw_headers",
+    "HTTPChannelInternals",
+    "LeftoverAwareClientProtocol",
+    "RequestNotSent",
+    "connection_field",
+    "HeaderBlockTooLarge",
+    "UnknownTransferCoding",
+    "BoundedAnswerParser",
+    "bound_answer_parser",
+    "FairPort",
+    "adopt_fair_port",
+]
+
+
+def raw_headers(headers: Headers) -> dict[bytes, list[bytes]]:
+    """
+    Return the live table of ``headers``: each name as twisted.web writes it
+    (L{apicache.cache.wire.canonical_name}) to its list of values.
+
+    Reading it costs a dictionary lookup, where C{getRawHeaders} encodes and
+    canonicalises the name on every call: on the hit path, which reads
+    several request headers per request, that was a measured share of a
+    hit's time.  Changing the table (popping a name) changes ``headers``.
+    """
+    return headers._rawHeaders  # type: ignore[no-any-return]
+
+
+class HTTPChannelInternals(HTTPChannel):
+    """
+    L{HTTPChannel} with the parser state a channel that enforces limits needs,
+    under public names.
+    """
+
+    def request_line(self) -> tuple[bytes, bytes] | None:
+        """
+        Return the method and target (path and query) of the request whose
+        head is being read, once its request line is parsed and until its
+        body is read; else ``None``.
+        """
+        method = getattr(self, "_command", None)
+        target = getattr(self, "_path", None)
+        if isinstance(method, bytes) and isinstance(target, bytes):
+            return method, target
+        return None
+
+    def head_too_large(self) -> bool:
+        """
+        Return whether the request head read so far is over
+        C{totalHeadersSize} (twisted.web counts each line before refusing).
+        """
+        return self._receivedHeaderSize > self.totalHeadersSize  # type: ignore[no-any-return]
+
+    def line_pending(self) -> bool:
+        """
+        Return whether bytes of a line that is not complete yet are held
+        (a read ended without the line's CRLF).
+        """
+        return bool(self._buffer)
+
+    def drop_unread(self) -> None:
+        """
+        Forget what was read but not parsed: a partial line, and the bytes
+        buffered while a request was handled.
+        """
+        self._buffer = b""
+        self._dataBuffer = []
+
+    def bad_request(self) -> None:
+        """
+        Called when twisted.web refuses a request itself (an unparsable
+        request line or header, a NUL in a header value, too many headers, a
+        head over C{totalHeadersSize}).  By default twisted.web's own empty
+        ``400`` is written and the connection closed; override to answer
+        otherwise.
+        """
+        super()._respondToBadRequestAndDisconnect()
+
+    def _respondToBadRequestAndDisconnect(self) -> None:
+        self.bad_request()
+
+
+class LeftoverAwareClientProtocol(HTTP11ClientProtocol):
+    """
+    L{HTTP11ClientProtocol} (the protocol of Agent's pools) that is told of
+    the bytes that arrived after the end of an answer, in the same read.
+    Twisted hands them to C{_finishResponse_WAITING} (or its
+    C{TRANSMITTING} twin, when the answer ends before the request is
+    written) as C{rest} and ignores them.
+    """
+
+    def leftover(self, rest: bytes) -> None:
+        """
+        Called with the bytes past an answer's end (possibly empty), before
+        the connection is handed back to its pool.
+        """
+
+    def _finishResponse_WAITING(self, rest: bytes) -> None:
+        self.leftover(rest)
+        super()._finishResponse_WAITING(rest)
+
+    def _finishResponse_TRANSMITTING(self, rest: bytes) -> None:
+        self.leftover(rest)
+        super()._finishResponse_TRANSMITTING(rest)
+
+
+def connection_field(protocol: HTTP11ClientProtocol) -> Callable[[], tuple[bytes, ...]] | None:
+    """
+    Called right after C{protocol.request(...)}: return a function giving
+    the values of that request's answer's C{Connection} field once its head
+    is parsed (Twisted's parser keeps the field apart from the answer's
+    headers, and the protocol drops the parser once the answer is read), or
+    ``None`` when the request was not sent (no parser).
+    """
+    parser = getattr(protocol, "_parser", None)
+    if parser is None:
+        return None
+    return lambda: tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
+
+
+class HeaderBlockTooLarge(Exception):
+    """
+    An answer's header block (its status line and field lines, 1xx interim
+    answers included) is over C{upstream.max_header_bytes}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upstream's header block is over {limit} bytes")
+        self.limit = limit
+
+
+class UnknownTransferCoding(Exception):
+    """
+    An answer's C{Transfer-Encoding} is not C{chunked} alone: Twisted knows
+    no other coding (and failed on a C{KeyError} deep in its parser).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the upstream's answer uses a transfer coding apicache does not know")
+
+
+class BoundedAnswerParser(HTTPClientParser):
+    """
+    Twisted's HTTP/1.1 answer parser with its header block bounded: Twisted's
+    keeps every field line it is sent (LineReceiver bounds only the length
+    of each), so 50 MB of field lines were all read and kept.  Past
+    C{max_header_bytes} (counted line by line, CR LF included, across 1xx
+    interim answers too) it raises L{HeaderBlockTooLarge}; an unknown
+    C{Transfer-Encoding} raises L{UnknownTransferCoding}; a status outside
+    100-599 raises Twisted's C{ParseError}.  Twisted's protocol then drops
+    the connection and fails the request (C{ResponseFailed}).
+    """
+
+    max_header_bytes = 65536
+    _head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state == STATUS or (self.state == HEADER and line not in (b"", b"\r")):
+            self._head_bytes += len(line) + 1  # the LF LineReceiver took off
+            if self._head_bytes > self.max_header_bytes:
+                raise HeaderBlockTooLarge(self.max_header_bytes)
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # MAX_LENGTH is max_header_bytes: one line alone is over the limit
+        raise HeaderBlockTooLarge(self.max_header_bytes)
+
+    def statusReceived(self, status: bytes) -> None:
+        super().statusReceived(status)
+        # Twisted takes any integer; a status of three digits, 100-599
+        # (RFC 9110 section 15), or the answer is not HTTP (found by the
+        # fuzz target: 0, 1 and 1199 were passed on to callers)
+        if not 100 <= self.response.code <= 599:
+            raise ParseError("status outside 100-599", status)
+
+    def allHeadersReceived(self) -> None:
+        code = self.response.code
+        if not (100 <= code < 200 or code in self.NO_BODY_CODES or self.request.method == b"HEAD"):
+            # where Twisted would pick a decoder by the first field line's
+            # whole value (``gzip, chunked`` and ``gzip`` were KeyErrors)
+            codings = self.connHeaders.getRawHeaders(b"transfer-encoding")
+            if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+                raise UnknownTransferCoding()
+        super().allHeadersReceived()
+
+
+def bound_answer_parser(protocol: HTTP11ClientProtocol, max_header_bytes: int) -> None:
+    """
+    Called right after C{protocol.request(...)}: turn the parser Twisted
+    built for that request's answer into a L{BoundedAnswerParser} reading at
+    most ``max_header_bytes`` of header block.  Twisted builds the parser
+    inside C{request()} and no byte of the answer can arrive before it
+    returns.  A request that was not sent leaves the parser of an earlier
+    one, already bounded: nothing changes then.
+    """
+    parser = getattr(protocol, "_parser", None)
+    if type(parser) is HTTPClientParser:
+        parser.__class__ = BoundedAnswerParser
+        parser.max_header_bytes = parser.MAX_LENGTH = max_header_bytes  # type: ignore[attr-defined]
+
+
+class FairPort(tcp.Port):
+    """
+    A TCP port that accepts one connection each time the socket is
+    readable.  Twisted's port accepts as many as are queued (up to 100,
+    growing): with several workers on one socket, a burst of connections
+    (a client pool opening 50 at once) would all go to whichever worker
+    woke first.  One at a time, every woken worker takes its share.
+    """
+
+    @property  # type: ignore[override]
+    def numberAccepts(self) -> int:
+        return 1
+
+    @numberAccepts.setter
+    def numberAccepts(self, value: int) -> None:
+        pass
+
+
+def adopt_fair_port(reactor: IReactorSocket, fd: int, family: int, factory: IProtocolFactory) -> IListeningPort:
+    """
+    Return a L{FairPort} listening on the listening socket ``fd`` (which it
+    duplicates: close ``fd`` afterwards), as C{reactor.adoptStreamPort}
+    does for its own port class.
+    """
+    port: Any = FairPort._fromListeningDescriptor(reactor, fd, family, factory)
+    port.startListening()
+    return port  # type: ignore[no-any-return]
