@@ -173,6 +173,8 @@ class RouteConfig:
     stale_while_revalidate: float = 0.0
     keep: float = 3600.0
     negative_ttl: float = 0.0
+    #: (v3) stored variants of one key told apart by the upstream's Vary
+    max_variants: int = 16
     #: tag templates over the path parameters, e.g. ``object:{id}``
     tags: tuple[str, ...] = ()
     #: methods forwarded to the upstream (SPEC.md section 4)
@@ -391,6 +393,7 @@ _ROUTE: dict[str, Checker] = {
     "stale_while_revalidate": _non_negative(_number),
     "keep": _non_negative(_number),
     "negative_ttl": _non_negative(_number),
+    "max_variants": _positive(_int),
     "tags": _str_list,
     "pass_methods": _str_list,
     "max_staleness": _non_negative(_number),
@@ -739,6 +742,7 @@ def _route(
         stale_while_revalidate=values.get("stale_while_revalidate", RouteConfig.stale_while_revalidate),
         keep=values.get("keep", RouteConfig.keep),
         negative_ttl=values.get("negative_ttl", RouteConfig.negative_ttl),
+        max_variants=values.get("max_variants", RouteConfig.max_variants),
         tags=tuple(tags),
         pass_methods=tuple(methods),
         max_staleness=values.get("max_staleness", RouteConfig.max_staleness),

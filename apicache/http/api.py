@@ -277,7 +277,12 @@ class CacheAPI:
         forwarded = self.resolver.forwarded(request)
         # SPEC.md section 3: the normalised value, never the caller's own
         forwarded.append((b"accept-encoding", resolved.encoding))
-        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
+        fetch = FetchRequest(
+            resolved.route.upstream_path(resolved.params, resolved.query),
+            forwarded,
+            resolved.encoding,
+            request.requestHeaders,
+        )
         result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)

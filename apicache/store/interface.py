@@ -13,8 +13,23 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from apicache.cache.keys import CacheKey
+from apicache.cache.variants import Variant
 
-__all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
+__all__ = [
+    "IStore",
+    "CachedResponse",
+    "StoreUnavailable",
+    "ENTRY_OVERHEAD",
+    "VARIANT_OVERHEAD",
+    "DEFAULT_MAX_VARIANTS",
+    "Variants",
+]
+
+#: A key's stored variants (RFC 9111 section 4.1), most recently used first.
+Variants = tuple[Variant, ...]
+
+#: The route's C{max_variants} when none is given (SPEC.md section 2).
+DEFAULT_MAX_VARIANTS = 16
 
 #: Bytes charged for each entry on top of its body, headers and key: the
 #: Python objects that hold it (the key tuple, its parameter strings, the
@@ -25,6 +40,11 @@ __all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
 #: (485 with the LRU before it); 576 covers that, and the budget for
 #: bookkeeping is 640 (issue 14).
 ENTRY_OVERHEAD = 576
+#: Bytes charged on top of L{ENTRY_OVERHEAD} for an entry that is one of its
+#: key's variants: its L{Variant} record (a 16-byte selector, its date, the
+#: names it varies on) and its place in its key's list of variants.
+#: C{bench/run.py --memory-probe 100000 --vary} measures what it costs.
+VARIANT_OVERHEAD = 192
 
 
 class StoreUnavailable(Exception):
@@ -56,6 +76,9 @@ class CachedResponse:
         revalidated it was sent (F of bounded staleness, SPEC.md section 5).
     @ivar tags: the tags it carries (L{apicache.cache.tags}); a purge of any of
         them drops it.
+    @ivar variant: (v3) for one of the variants of a key whose answers vary
+        (C{Vary}, or a content coding), what tells it apart from the
+        others; C{None} for an answer that serves every request of its key.
     """
 
     __slots__ = (
@@ -73,6 +96,7 @@ class CachedResponse:
         "no_cache",
         "sent_at",
         "tags",
+        "variant",
     )
 
     def __init__(
@@ -91,6 +115,7 @@ class CachedResponse:
         no_cache: bool = False,
         sent_at: float = 0.0,
         tags: tuple[str, ...] = (),
+        variant: Variant | None = None,
     ) -> None:
         self.status = status
         self.headers = headers
@@ -106,6 +131,7 @@ class CachedResponse:
         self.no_cache = no_cache
         self.sent_at = sent_at
         self.tags = tags
+        self.variant = variant
 
     def size(self) -> int:
         """
@@ -133,6 +159,17 @@ class IStore(Interface):
     Invalidation works on resources: ``(tenant, route, params)``, with every
     variant under it.  ``tenant=None`` means every tenant.
 
+    Variants (v3, RFC 9111 section 4.1): under one key a store holds
+    either one entry that serves every request (its C{variant} is
+    C{None}), or up to C{max_variants} entries whose C{variant} tells them
+    apart, each under the key L{apicache.cache.keys.variant_key} makes of
+    it and its selector.  :meth:`put` keeps that so: an entry that serves
+    every request replaces every variant of its key, a variant replaces
+    the entry that served every request, and past C{max_variants} the
+    least recently used variant goes.  :meth:`variants` and :meth:`load`
+    tell which variants a key holds; every invalidation of a resource
+    covers all of them.
+
     The race rule (SPEC.md section 3) is the store's: :meth:`begin` returns a
     token before a fetch starts, and :meth:`put` with that token stores
     nothing if the resource was invalidated, marked stale or cleared since.
@@ -149,10 +186,27 @@ class IStore(Interface):
         Synchronous: the cache-hit path.
         """
 
-    def load(key: CacheKey) -> Deferred[CachedResponse | None]:
+    def load(key: CacheKey, max_variants: int = DEFAULT_MAX_VARIANTS) -> Deferred[CachedResponse | Variants | None]:
         """
-        Fire with the entry for ``key`` wherever it is held, or ``None``.
+        Fire with the entry for ``key`` wherever it is held, or ``None``;
+        for a key that holds variants, with its L{Variants} instead (then
+        load the one chosen by its L{apicache.cache.keys.variant_key}).
         Errback with L{StoreUnavailable}.
+
+        @param max_variants: the route's, for the copy a shared store keeps
+            in this process.
+        """
+
+    def variants(key: CacheKey) -> Variants:
+        """
+        Return the variants of ``key`` held in this process, most recently
+        used first (C{()} when none).  Synchronous: the cache-hit path.
+        """
+
+    def touch_variant(key: CacheKey, index: int) -> None:
+        """
+        Note that the variant at ``index`` of L{variants}C{(key)} was
+        served: it is now the most recently used.
         """
 
     def begin(key: CacheKey) -> Deferred[Any]:
@@ -161,11 +215,18 @@ class IStore(Interface):
         Errback with L{StoreUnavailable}.
         """
 
-    def put(key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+    def put(
+        key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
+    ) -> Deferred[bool]:
         """
         Store ``entry`` unless the resource changed since ``token`` was
         taken, or the entry is too big.  Fire with whether it was stored.
         Errback with L{StoreUnavailable}.
+
+        @param key: the key the fetch was for: a request's key, or one of
+            its variants' (the fetch's lock, if any, is released).  The
+            entry goes under the key its C{variant} says (see above).
+        @param max_variants: how many variants its key may hold.
         """
 
     def release(key: CacheKey, token: Any) -> None:
@@ -177,7 +238,8 @@ class IStore(Interface):
 
     def discard(key: CacheKey) -> Deferred[int]:
         """
-        Drop the one entry under ``key``.  Fire with the number dropped.
+        Drop the one entry under ``key`` (a variant's key drops that
+        variant).  Fire with the number dropped.
         """
 
     def invalidate(tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
