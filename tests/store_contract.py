@@ -32,7 +32,7 @@ from zope.interface.verify import verifyObject
 
 from apicache.cache.keys import CacheKey, variant_key
 from apicache.cache.variants import Variant
-from apicache.store.interface import ENTRY_OVERHEAD, VARIANT_OVERHEAD, CachedResponse, IStore
+from apicache.store.interface import ENTRY_OVERHEAD, VARIANT_OVERHEAD, CachedResponse, CachedVariant, IStore
 
 __all__ = ["make_store_tests", "key", "entry", "store_entry", "charge", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL", "LANG"]
 
@@ -63,7 +63,11 @@ def entry(body: bytes = b'{"a": 1}', ttl: float = TTL, now: float | None = None,
     the wall clock, which a shared store's expiry runs on).
     """
     now = time.time() if now is None else now
-    return CachedResponse(
+    # a variant of its key (v3) when given one
+    cls: Any = CachedVariant if kw.get("variant") is not None else CachedResponse
+    if cls is CachedResponse:
+        kw.pop("variant", None)
+    return cls(
         200,
         ((b"content-type", b"application/json"), (b"etag", b'"v1"')),
         body,

@@ -46,7 +46,7 @@ from apicache.cache.tags import TooManyTags, answer_tags
 from apicache.cache.variants import ValuesOf, Variant, answer_variant, matches, pick_variant, selector
 from apicache.cache.wire import date_header, shared_wire, status_member
 from apicache.config import RouteConfig, UpstreamConfig
-from apicache.store.interface import CachedResponse, IStore, StoreUnavailable, Variants
+from apicache.store.interface import CachedResponse, CachedVariant, IStore, StoreUnavailable, Variants
 from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
 
 if TYPE_CHECKING:
@@ -84,6 +84,10 @@ DEFAULT_VARYING = varying_headers(UpstreamConfig())
 STALENESS_SPREAD = 0.2
 #: ``Cache-Status`` detail of an entry held past its route's max_staleness.
 EVENTS_BEHIND = "events-behind"
+
+#: The name lists of stored variants, each kept once (L{TenantCache._variant}).
+_VARIES: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+_VARIES_KEPT = 1024
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
@@ -673,7 +677,16 @@ class TenantCache:
         """
         date = http_date(header(response.headers, b"date"))
         found = answer_variant(response.headers, request.values_of, request.encoding, now if date is None else date)
-        return found if found is not None and found.vary else None
+        if found is None or not found.vary:
+            return None
+        # the variants of a route mostly vary on the same names: one tuple
+        # of them for all (memory per variant)
+        shared = _VARIES.get(found.vary)
+        if shared is None:
+            if len(_VARIES) >= _VARIES_KEPT:
+                _VARIES.clear()
+            shared = _VARIES[found.vary] = found.vary
+        return found._replace(vary=shared)
 
     async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:
         try:
@@ -728,6 +741,22 @@ class TenantCache:
         keep_until = max(stale_until, swr_until)
         if self.route.keep and validators(headers):
             keep_until = max(keep_until, expires + self.route.keep)
+        if variant is not None:
+            return CachedVariant(
+                status,
+                shared,
+                body,
+                stored_at=born,
+                expires_at=expires,
+                stale_until=stale_until,
+                head=head,
+                swr_until=swr_until,
+                keep_until=keep_until,
+                no_cache=f.no_cache,
+                sent_at=sent,
+                tags=tags,
+                variant=variant,
+            )
         return CachedResponse(
             status,
             shared,
@@ -741,7 +770,6 @@ class TenantCache:
             no_cache=f.no_cache,
             sent_at=sent,
             tags=tags,
-            variant=variant,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:

@@ -35,7 +35,7 @@ from urllib.parse import quote, unquote
 from apicache.cache.keys import VARIANT_MARK, CacheKey
 from apicache.cache.variants import Variant
 from apicache.cache.wire import header_block
-from apicache.store.interface import CachedResponse, Variants
+from apicache.store.interface import CachedResponse, CachedVariant, Variants
 
 __all__ = [
     "FORMAT_VERSION",
@@ -202,10 +202,7 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             return None
     except (struct.error, ValueError, TypeError, UnicodeError):
         return None
-    entry = CachedResponse(
-        status,
-        tuple(headers),
-        data[pos:],
+    fields = dict(
         stored_at=stored_at,
         expires_at=expires_at,
         stale_until=stale_until,
@@ -214,7 +211,11 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         keep_until=keep_until,
         no_cache=bool(no_cache),
         sent_at=sent_at,
-        variant=variant,
+    )
+    entry = (
+        CachedResponse(status, tuple(headers), data[pos:], **fields)
+        if variant is None
+        else CachedVariant(status, tuple(headers), data[pos:], variant=variant, **fields)
     )
     # the wire form is rebuilt once per load, not stored twice in Redis; an
     # entry that fails L{entry_problem} is never written, so it gets none
