@@ -7,22 +7,36 @@ DEV_KEY ?= dev-key-change-me
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: run test demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
+.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
+
+# What a regular install copies into .venv: a change to any of them reinstalls.
+SOURCES := setup.py $(shell find apicache twisted -name '*.py' 2>/dev/null)
+# Stamps of the last install, so that `make run` and `make demo` don't
+# reinstall on every start, and start offline once installed.
+INSTALLED := $(VENV)/.installed
+INSTALLED_TEST := $(VENV)/.installed-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 # A regular (not editable) install: twistd finds the plugin only then.
-install: $(BIN)/python
+$(INSTALLED): $(SOURCES) | $(BIN)/python
 	$(BIN)/pip install --quiet .
+	@touch $@
+
+install: $(INSTALLED)
 
 # json-server (npm, pinned by its package-lock.json) is an integration-test
-# upstream; without npm the tests that need it say so and are skipped.
-install-test: $(BIN)/python
+# upstream; without npm the tests that need it say so and are skipped (and
+# fail under CI=true: .ci/run installs npm).
+$(INSTALLED_TEST): $(SOURCES) tests/upstreams/json-server/package-lock.json | $(BIN)/python
 	$(BIN)/pip install --quiet '.[test]'
 	@if command -v npm >/dev/null; then npm ci --silent --no-audit --no-fund --prefix tests/upstreams/json-server; \
 	else echo "npm not found: the json-server integration tests will be skipped"; fi
+	@touch $@ $(INSTALLED)
+
+install-test: $(INSTALLED_TEST)
 
 # Serves out of the box: without APICACHE_UPSTREAM_URL the launcher also
 # starts the bundled demo upstream; Ctrl-C or SIGTERM stops both, exit 0.
@@ -30,13 +44,20 @@ install-test: $(BIN)/python
 run: install
 	@APICACHE_API_KEY=$(DEV_KEY) exec $(BIN)/python bench/run_local.py --port $(PORT) --config apicache.toml -- $(RUN_ARGS)
 
+# Every test (under 10 minutes on 2 cores).
 test: install-test
 	$(BIN)/python -m pytest tests
+
+# The inner loop: no test that starts a process (marker `integration`) or
+# takes long (`slow`); under 2 minutes.
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not integration and not slow" tests
 
 demo: install
 	@APICACHE_API_KEY=$(DEV_KEY) PY=$(BIN)/python TWISTD=$(BIN)/twistd sh bench/demo.sh
 
-# The benchmark of issue 5 (needs `apt-get install wrk nginx`; says so without them).
+# The hit path against bare twisted.web and nginx (needs `apt-get install wrk nginx`;
+# says so without them). Figures: docs/benchmarks.md.
 bench: install
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
@@ -49,7 +70,7 @@ bench-events: install-test
 bench-tags: install-test
 	$(BIN)/python bench/tags.py $(BENCH_ARGS)
 
-# Issue 13: staleness of every answer against a versioned upstream, steady,
+# Staleness of every answer against a versioned upstream, steady,
 # with the broker paused for 30 s and with an instance killed (group mode,
 # Redis), with and without max_staleness
 bench-freshness: install-test
@@ -61,7 +82,7 @@ dashboard-preview: $(BIN)/python
 	$(BIN)/pip install --quiet '.[test,preview]'
 	$(BIN)/python bench/dashboard_preview.py --out deploy/dashboard-preview.png $(PREVIEW_ARGS)
 
-# Hit ratios of the memory store against libCacheSim (issue 14); BENCH_ARGS=--quick for a smoke run.
+# Hit ratios of the memory store against libCacheSim; BENCH_ARGS=--quick for a smoke run.
 # A fixed hash seed: the S3-FIFO ghost hashes keys, so runs repeat exactly.
 # Then the noisy-neighbour scenario through the real daemon (about 55 s;
 # NOISY_ARGS=--help lists its knobs).
@@ -70,13 +91,13 @@ bench-hitratio: install
 	PYTHONHASHSEED=0 $(BIN)/python bench/hitratio.py $(BENCH_ARGS)
 	$(BIN)/python bench/noisy_neighbour.py $(filter --quick,$(BENCH_ARGS)) $(NOISY_ARGS)
 
-# The fuzz targets of issue 10 (tests/fuzz/targets.py) for FUZZ_SECONDS in
+# The fuzz targets (tests/fuzz/targets.py) for FUZZ_SECONDS in
 # all; `make test` runs a short smoke run of them (tests/test_fuzz_smoke.py).
 fuzz: install-test
 	$(BIN)/python tests/fuzz/run.py --seconds $(FUZZ_SECONDS)
 
 # Real daemons on Redis and group-mode Kafka, one killed with SIGKILL under
-# load and restarted (issue 10; about 30 s, so not part of `make test`).
+# load and restarted (about 30 s, so not part of `make test`).
 chaos: install-test
 	APICACHE_CHAOS=1 $(BIN)/python -m pytest tests/test_chaos.py -q -s
 

@@ -1,8 +1,8 @@
 """
-The configuration file: loading, ``${NAME}`` substitution, defaults and
+The configuration file: loading, C{${NAME}} substitution, defaults and
 validation (SPEC.md section 2).
 
-Every error is a :class:`ConfigError` whose ``str()`` is one line naming the
+Every error is a L{ConfigError} whose C{str()} is one line naming the
 file, the key and what was expected.  This module is a leaf: it imports
 nothing of the project's upper layers.
 """
@@ -10,6 +10,7 @@ nothing of the project's upper layers.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ __all__ = [
     "ConfigError",
     "Config",
     "ServerConfig",
+    "AuthConfig",
     "StoreConfig",
     "UpstreamConfig",
     "RouteConfig",
@@ -33,12 +35,15 @@ __all__ = [
     "UNKEYED_FORWARD",
     "TRACING_HEADERS",
     "PASS_METHODS",
+    "RESERVED_PATHS",
+    "SCHEMA",
+    "ASYMMETRIC_ALGORITHMS",
 ]
 
 
 class ConfigError(Exception):
     """
-    A configuration file that can't be used.  ``str(error)`` is one line.
+    A configuration file that can't be used.  C{str(error)} is one line.
     """
 
     def __init__(self, source: str, key: str, message: str) -> None:
@@ -67,17 +72,34 @@ FORBIDDEN_FORWARD = frozenset(
         "upgrade",
         "api-key",
         "via",
+        # (v3) apicache answers ranges from whole stored answers itself
+        "range",
     }
 )
 
-#: The default of ``upstream.unkeyed_headers`` (SPEC.md section 2).
+#: The default of C{upstream.unkeyed_headers} (SPEC.md section 2).
 UNKEYED_FORWARD = ("authorization", "x-correlationid")
 
-#: Always forwarded and never keyed, whatever ``forward_headers`` says.
+#: Always forwarded and never keyed, whatever C{forward_headers} says.
 TRACING_HEADERS = ("traceparent", "tracestate")
 
-#: Methods a route may forward with ``pass_methods`` (SPEC.md section 4).
+#: Methods a route may forward with C{pass_methods} (SPEC.md section 4).
 PASS_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+
+#: Paths apicache answers itself; a route may not claim one, nor a path under
+#: C{/tags/} (SPEC.md section 6).  The router keeps its own bytes copy.
+RESERVED_PATHS = ("/", "/healthz", "/readyz", "/metrics", "/clear")
+
+#: The JWS algorithms C{[auth] algorithms} may name: asymmetric ones only, so
+#: that a public key set can't be used to forge a token (RFC 7518, RFC 8037,
+#: RFC 9864).  The same set as the verifier's (apicache.auth.tokens), which
+#: tests/test_config.py checks; config stays a leaf that imports neither.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512",
+    "PS256", "PS384", "PS512",
+    "ES256", "ES384", "ES512", "ES256K",
+    "EdDSA", "Ed25519", "Ed448",
+)
 
 #: Tags past these limits make an answer unstorable (SPEC.md section 3).
 MAX_TAGS = 64
@@ -110,6 +132,43 @@ class ServerConfig:
     header_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_body_bytes: int = 1048576
+    #: (v3) a request body must arrive in full within this from the end of its headers
+    body_timeout: float = 30.0
+    #: (v3) bytes of answers queued for one connection before apicache stops reading it
+    max_write_buffer: int = 1048576
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """
+    (v3) Verified tenant identity: bearer tokens checked against a JSON Web
+    Key Set.  Off while C{jwks} is empty.
+    """
+
+    #: a file path, or an https:// URL (http:// only on a loopback host)
+    jwks: str = ""
+    jwks_refresh: float = 300.0
+    #: accepted C{iss} values; empty: any
+    issuers: tuple[str, ...] = ()
+    #: the token's C{aud} must hold one of them; empty: not checked
+    audiences: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
+    #: seconds of clock skew allowed on C{exp}, C{nbf} and C{iat}
+    leeway: float = 30.0
+
+    @property
+    def enabled(self) -> bool:
+        """
+        Whether tokens are verified.
+        """
+        return bool(self.jwks)
+
+    @property
+    def jwks_is_url(self) -> bool:
+        """
+        Whether C{jwks} is fetched over HTTP(S) rather than read from a file.
+        """
+        return _has_scheme(self.jwks)
 
 
 @dataclass(frozen=True)
@@ -119,7 +178,14 @@ class StoreConfig:
     max_entry_fraction: float = 0.1
     #: hard cap on one tenant's bytes in the memory store and the in-process tier (0: none)
     tenant_max_bytes: int = 0
+    #: (v3) "client": memory shared fairly among clients, then their tenants; "tenant": among tenants
+    fair_share: str = "client"
+    #: (v3) "single" | "cluster" | "sentinel"
+    redis_mode: str = "single"
+    #: (v3) cluster and sentinel: several comma-separated hosts, the seeds or the sentinels
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: (v3) the master's name, sentinel mode
+    redis_sentinel_master: str = "mymaster"
     redis_timeout: float = 0.5
     local_max_bytes: int = 33554432
     key_prefix: str = "apicache"
@@ -128,15 +194,27 @@ class StoreConfig:
     #: how long one instance's fetch holds off other instances' (0: no cross-instance coalescing)
     redis_lock_ttl: float = 1.0
 
+    @property
+    def redis_hosts(self) -> tuple[tuple[str, int], ...]:
+        """
+        The C{(host, port)} pairs C{redis_url} names: one in single mode, the
+        cluster's seed nodes or the sentinels otherwise (default port 6379,
+        26379 for sentinels); C{()} for a C{unix://} URL.
+        """
+        return _redis_hosts(self.redis_url, self.redis_mode)
+
 
 @dataclass(frozen=True)
 class UpstreamConfig:
     base_url: str = "http://127.0.0.1:9000/ext_service/services/api/v1"
     timeout: float = 10.0
     max_body_bytes: int = 10485760
+    #: (v3) largest header block of an upstream answer
+    max_header_bytes: int = 65536
     max_connections: int = 64
     max_in_flight: int = 256
-    tenant_max_in_flight: int = 0
+    #: (v3) default 64, a quarter of max_in_flight; 0: no per-tenant limit
+    tenant_max_in_flight: int = 64
     #: the forwarded headers, the tracing headers always among them
     forward_headers: tuple[str, ...] = (
         "authorization",
@@ -150,6 +228,8 @@ class UpstreamConfig:
     set_headers: Mapping[str, str] = field(default_factory=dict, repr=False)
     hide_headers: tuple[str, ...] = ()
     tags_header: str = ""
+    #: (v3) RFC 9213 targeted fields obeyed with freshness = "upstream", first match wins
+    targeted_cache_control: tuple[str, ...] = ("cdn-cache-control",)
 
     @property
     def keyed_headers(self) -> tuple[str, ...]:
@@ -172,17 +252,22 @@ class RouteConfig:
     max_ttl: float = 86400.0
     stale_while_revalidate: float = 0.0
     keep: float = 3600.0
+    #: seconds a 404/410 is stored (0: not stored); (v3) with freshness =
+    #: "upstream", the lifetime of a 404/410 that gives no freshness of its own
     negative_ttl: float = 0.0
+    #: (v3) share of (Date - Last-Modified) an answer without explicit
+    #: freshness is fresh for, with freshness = "upstream" (0: ttl instead)
+    heuristic: float = 0.1
     #: (v3) stored variants of one key told apart by the upstream's Vary
     max_variants: int = 16
-    #: tag templates over the path parameters, e.g. ``object:{id}``
+    #: tag templates over the path parameters, e.g. C{object:{id}}
     tags: tuple[str, ...] = ()
     #: methods forwarded to the upstream (SPEC.md section 4)
     pass_methods: tuple[str, ...] = ()
     max_staleness: float = 0.0
-    #: path parameter names, in the order they appear in ``path``
+    #: path parameter names, in the order they appear in C{path}
     params: tuple[str, ...] = ()
-    #: changes whenever the upstream URL template or ``set_headers`` change
+    #: changes whenever the upstream URL template or C{set_headers} change
     fingerprint: str = ""
 
 
@@ -217,7 +302,7 @@ class EventRule:
     fields: Mapping[str, str] = field(default_factory=dict)
     tenant_field: str = ""
     action: str = "invalidate"
-    #: tag templates over message fields, e.g. ``object:{objectid}``
+    #: tag templates over message fields, e.g. C{object:{objectid}}
     tags: tuple[str, ...] = ()
 
 
@@ -225,6 +310,7 @@ class EventRule:
 class Config:
     source: str = "<built-in defaults>"
     server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     routes: tuple[RouteConfig, ...] = ()
@@ -235,7 +321,7 @@ class Config:
 
     def route(self, route_type: str) -> RouteConfig:
         """
-        Return the route of that type; raise ``KeyError`` if there is none.
+        Return the route of that type; raise C{KeyError} if there is none.
         """
         for r in self.routes:
             if r.type == route_type:
@@ -356,13 +442,26 @@ _SERVER: dict[str, Checker] = {
     "header_timeout": _positive(_number),
     "idle_timeout": _positive(_number),
     "max_body_bytes": _positive(_int),
+    "body_timeout": _positive(_number),
+    "max_write_buffer": _positive(_int),
+}
+_AUTH: dict[str, Checker] = {
+    "jwks": _str,
+    "jwks_refresh": _positive(_number),
+    "issuers": _str_list,
+    "audiences": _str_list,
+    "algorithms": _str_list,
+    "leeway": _non_negative(_number),
 }
 _STORE: dict[str, Checker] = {
     "backend": _one_of("memory", "redis"),
     "max_bytes": _positive(_int),
     "max_entry_fraction": _positive(_number),
     "tenant_max_bytes": _non_negative(_int),
+    "fair_share": _one_of("client", "tenant"),
+    "redis_mode": _one_of("single", "cluster", "sentinel"),
     "redis_url": _str,
+    "redis_sentinel_master": _str,
     "redis_timeout": _positive(_number),
     "local_max_bytes": _non_negative(_int),
     "key_prefix": _str,
@@ -373,6 +472,7 @@ _UPSTREAM: dict[str, Checker] = {
     "base_url": _str,
     "timeout": _positive(_number),
     "max_body_bytes": _positive(_int),
+    "max_header_bytes": _positive(_int),
     "max_connections": _positive(_int),
     "max_in_flight": _positive(_int),
     "tenant_max_in_flight": _non_negative(_int),
@@ -381,18 +481,21 @@ _UPSTREAM: dict[str, Checker] = {
     "set_headers": _str_map,
     "hide_headers": _str_list,
     "tags_header": _str,
+    "targeted_cache_control": _str_list,
 }
 _ROUTE: dict[str, Checker] = {
     "type": _str,
     "path": _str,
     "upstream": _str,
-    "ttl": _positive(_number),
+    # 0 only with freshness = "upstream": checked in _route
+    "ttl": _non_negative(_number),
     "stale_if_error": _non_negative(_number),
     "freshness": _one_of("route", "upstream"),
     "max_ttl": _positive(_number),
     "stale_while_revalidate": _non_negative(_number),
     "keep": _non_negative(_number),
     "negative_ttl": _non_negative(_number),
+    "heuristic": _non_negative(_number),
     "max_variants": _positive(_int),
     "tags": _str_list,
     "pass_methods": _str_list,
@@ -421,13 +524,24 @@ _EVENT: dict[str, Checker] = {
     "action": _one_of("invalidate", "refresh"),
     "tags": _str_list,
 }
-_TOP = {"server", "store", "upstream", "routes", "kafka", "events"}
+#: Every table of the file and the keys it may hold (C{routes} and C{events}
+#: are arrays of tables); tests/test_docs.py holds docs/configuration.md to it.
+SCHEMA: Mapping[str, Mapping[str, Checker]] = {
+    "server": _SERVER,
+    "auth": _AUTH,
+    "store": _STORE,
+    "upstream": _UPSTREAM,
+    "routes": _ROUTE,
+    "kafka": _KAFKA,
+    "events": _EVENT,
+}
+_TOP = set(SCHEMA)
 
 
 class _Reader:
     """
     Walks the parsed TOML, substituting the environment and checking values,
-    raising :class:`ConfigError` with the dotted key of the first problem.
+    raising L{ConfigError} with the dotted key of the first problem.
     """
 
     def __init__(self, source: str, environ: Mapping[str, str]) -> None:
@@ -488,7 +602,7 @@ def _header_name(r: _Reader, key: str, value: str) -> str:
 
 def _settable(name: str, tenant_header: str) -> bool:
     """
-    Return whether apicache lets configuration put ``name`` on an upstream
+    Return whether apicache lets configuration put C{name} on an upstream
     request: not hop-by-hop or framing, not its own, not a conditional.
     """
     return not (
@@ -496,12 +610,117 @@ def _settable(name: str, tenant_header: str) -> bool:
     )
 
 
+_LOOPBACK_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost")
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _has_scheme(value: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+
+
+def _auth(r: _Reader, values: dict[str, Any]) -> AuthConfig:
+    """
+    Check the C{[auth]} table: where the key set comes from, and algorithms
+    that a public key set can't be turned against (no C{none}, no HMAC).
+    """
+    jwks = values.get("jwks", "")
+    if _has_scheme(jwks):
+        try:
+            u = urlsplit(jwks)
+            _ = u.port
+        except ValueError:
+            raise r.fail("auth.jwks", "expected an https:// URL with a valid host and port, or a file path") from None
+        if u.scheme not in ("https", "http") or not u.hostname:
+            raise r.fail("auth.jwks", "expected an https:// URL or a file path")
+        if u.scheme == "http" and not _is_loopback(u.hostname):
+            # a key set read in clear from another host lets anyone on the path mint tokens
+            raise r.fail("auth.jwks", "expected https:// (http:// is only allowed on a loopback host)")
+    algorithms: list[str] = []
+    for i, alg in enumerate(values.get("algorithms", AuthConfig.algorithms)):
+        key = f"auth.algorithms[{i}]"
+        if alg.lower() == "none" or alg.upper().startswith("HS"):
+            raise r.fail(key, f"{alg!r} is not allowed: expected an asymmetric algorithm (RS*, PS*, ES*, EdDSA)")
+        if alg not in ASYMMETRIC_ALGORITHMS:
+            raise r.fail(key, f"expected one of {', '.join(ASYMMETRIC_ALGORITHMS)}, got {alg!r}")
+        if alg not in algorithms:
+            algorithms.append(alg)
+    if not algorithms:
+        raise r.fail("auth.algorithms", "expected at least one algorithm")
+    values["algorithms"] = tuple(algorithms)
+    for name in ("issuers", "audiences"):
+        for i, v in enumerate(values.get(name, ())):
+            if not v:
+                raise r.fail(f"auth.{name}[{i}]", "expected a non-empty string")
+    return AuthConfig(**values)
+
+
+class _BadRedisURL(ValueError):
+    """C{store.redis_url} is wrong; the message never holds the URL (it may hold a password)."""
+
+
+def _redis_hosts(url: str, mode: str) -> tuple[tuple[str, int], ...]:
+    """
+    Return the C{(host, port)} pairs of a C{redis://} or C{rediss://} URL
+    (C{()} for C{unix://}); several comma-separated hosts only in cluster
+    and sentinel modes.
+
+    @raise _BadRedisURL: naming what is wrong, never quoting the URL.
+    """
+    u = urlsplit(url)
+    if u.scheme == "unix":
+        if mode != "single":
+            raise _BadRedisURL(f"expected redis:// or rediss:// with redis_mode = {mode!r}")
+        return ()
+    if u.scheme not in ("redis", "rediss"):
+        raise _BadRedisURL("expected a redis://, rediss:// or unix:// URL")
+    default_port = 26379 if mode == "sentinel" else 6379
+    hosts: list[tuple[str, int]] = []
+    netloc = u.netloc.rpartition("@")[2]
+    for part in netloc.split(","):
+        part = part.strip()
+        if part.startswith("["):
+            host, _, rest = part[1:].partition("]")
+            port_text = rest[1:] if rest.startswith(":") else rest
+        elif part.count(":") == 1:
+            host, _, port_text = part.partition(":")
+        else:
+            host, port_text = part, ""
+        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise _BadRedisURL("expected a port number from 1 to 65535")
+        if not host and (mode != "single" or "," in netloc):
+            raise _BadRedisURL("expected a host name before each port")
+        hosts.append((host or "127.0.0.1", int(port_text) if port_text else default_port))
+    if len(hosts) > 1 and mode == "single":
+        raise _BadRedisURL('several hosts need redis_mode = "cluster" or "sentinel"')
+    db = u.path.strip("/")
+    if db and not db.isdigit():
+        raise _BadRedisURL("expected a database number after the host")
+    if mode == "cluster" and db and int(db) != 0:
+        raise _BadRedisURL("a Redis Cluster has database 0 only")
+    return tuple(hosts)
+
+
+def _check_redis_url(r: _Reader, store: StoreConfig) -> None:
+    try:
+        _redis_hosts(store.redis_url, store.redis_mode)
+    except _BadRedisURL as e:
+        raise r.fail("store.redis_url", str(e)) from None
+
+
 def _template_skeleton(template: str) -> str:
     return _TEMPLATE_PARAM_RE.sub("{}", template)
 
 
 #: Called with a section's name and the values the file gives it (after
-#: ``${NAME}`` substitution, empty api keys dropped); may add what the file
+#: C{${NAME}} substitution, empty api keys dropped); may add what the file
 #: leaves out, before the values are checked (Cloud Foundry bindings).
 SectionFiller = Callable[[str, dict[str, Any]], None]
 
@@ -517,7 +736,7 @@ def parse_config(
     fill: SectionFiller = _no_fill,
 ) -> Config:
     """
-    Build a validated :class:`Config` from parsed TOML; ``fill`` may supply
+    Build a validated L{Config} from parsed TOML; C{fill} may supply
     values the file leaves out (see L{SectionFiller}).
 
     @raise ConfigError: naming the first key that is wrong.
@@ -543,13 +762,16 @@ def parse_config(
         server["log_level"] = "warn"
     server_cfg = ServerConfig(**server)
 
+    auth_cfg = _auth(r, r.table("auth", data.get("auth", {}), _AUTH))
+
     store = r.table("store", data.get("store", {}), _STORE)
     fill("store", store)
     store_cfg = StoreConfig(**store)
     if store_cfg.max_entry_fraction > 1:
         raise r.fail("store.max_entry_fraction", "expected a share between 0 and 1")
-    if urlsplit(store_cfg.redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise r.fail("store.redis_url", "expected a redis://, rediss:// or unix:// URL")
+    _check_redis_url(r, store_cfg)
+    if store_cfg.redis_mode == "sentinel" and not store_cfg.redis_sentinel_master:
+        raise r.fail("store.redis_sentinel_master", "expected the master's name (redis_mode = \"sentinel\")")
     if not re.match(r"^[A-Za-z0-9._:-]+\Z", store_cfg.key_prefix):
         raise r.fail("store.key_prefix", "expected a non-empty string of [A-Za-z0-9._:-]")
 
@@ -596,6 +818,13 @@ def parse_config(
     )
     if upstream.get("tags_header"):
         upstream["tags_header"] = _header_name(r, "upstream.tags_header", upstream["tags_header"])
+    if "targeted_cache_control" in upstream:
+        targeted: list[str] = []
+        for i, h in enumerate(upstream["targeted_cache_control"]):
+            h = _header_name(r, f"upstream.targeted_cache_control[{i}]", h)
+            if h not in targeted:
+                targeted.append(h)
+        upstream["targeted_cache_control"] = tuple(targeted)
     upstream_cfg = UpstreamConfig(**upstream)
     base = urlsplit(upstream_cfg.base_url)
     if base.scheme not in ("http", "https") or not base.hostname:
@@ -653,6 +882,7 @@ def parse_config(
     return Config(
         source=source,
         server=server_cfg,
+        auth=auth_cfg,
         store=store_cfg,
         upstream=upstream_cfg,
         routes=tuple(routes),
@@ -664,7 +894,7 @@ def parse_config(
 
 def _targets(rule: EventRule, route: RouteConfig, upstream: UpstreamConfig) -> bool:
     """
-    Return whether events of ``rule`` can reach entries of ``route``: by
+    Return whether events of C{rule} can reach entries of C{route}: by
     route, or by tags (a tag template of the same shape as one of the
     route's, or any tag while answers carry tags of their own).
     """
@@ -692,8 +922,16 @@ def _route(
         raise r.fail(f"{key}.type", f"duplicate route type {rtype!r}")
     if not path.startswith("/") or "?" in path or "#" in path:
         raise r.fail(f"{key}.path", "expected a path starting with '/' (no query)")
-    if path == "/tags" or path.startswith("/tags/"):
-        raise r.fail(f"{key}.path", "paths under /tags/ are reserved for tag purges")
+    if path.rstrip("/") in ("", *RESERVED_PATHS) or path.rstrip("/") == "/tags" or path.startswith("/tags/"):
+        # werkzeug's strict slashes make "/healthz/" answer "/healthz" too
+        raise r.fail(
+            f"{key}.path",
+            f"route {rtype!r} has the reserved path {path!r} "
+            f"(apicache answers {', '.join(RESERVED_PATHS)} and every path under /tags/ itself)",
+        )
+    freshness = values.get("freshness", RouteConfig.freshness)
+    if values.get("ttl", RouteConfig.ttl) == 0 and freshness != "upstream":
+        raise r.fail(f"{key}.ttl", 'expected a value greater than 0 (0 only with freshness = "upstream")')
     params: list[str] = []
     for m in _RULE_PARAM_RE.finditer(path):
         name = m.group(1)
@@ -737,11 +975,12 @@ def _route(
         upstream=template,
         ttl=values.get("ttl", RouteConfig.ttl),
         stale_if_error=values.get("stale_if_error", RouteConfig.stale_if_error),
-        freshness=values.get("freshness", RouteConfig.freshness),
+        freshness=freshness,
         max_ttl=values.get("max_ttl", RouteConfig.max_ttl),
         stale_while_revalidate=values.get("stale_while_revalidate", RouteConfig.stale_while_revalidate),
         keep=values.get("keep", RouteConfig.keep),
         negative_ttl=values.get("negative_ttl", RouteConfig.negative_ttl),
+        heuristic=values.get("heuristic", RouteConfig.heuristic),
         max_variants=values.get("max_variants", RouteConfig.max_variants),
         tags=tuple(tags),
         pass_methods=tuple(methods),
@@ -828,8 +1067,8 @@ def load_config(
     path: str | None, environ: Mapping[str, str], fill: SectionFiller = _no_fill
 ) -> Config:
     """
-    Read and validate the TOML file at ``path``; ``None`` gives the built-in
-    defaults.  ``fill`` is passed to L{parse_config}.
+    Read and validate the TOML file at C{path}; C{None} gives the built-in
+    defaults.  C{fill} is passed to L{parse_config}.
 
     @raise ConfigError: the file is unreadable, not TOML, or invalid.
     """

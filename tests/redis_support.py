@@ -22,8 +22,22 @@ from twisted.internet.task import deferLater
 from apicache.harness.launchers import RedisServer
 from apicache.store.redis import RedisStore
 
+#: Under CI=true (.ci/run) a missing redis-server fails the test: skipping
+#: would leave the whole RedisStore contract untested without a word.
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def no_redis_server(reason: str) -> None:
+    """
+    Skip the test for want of C{redis-server}, or fail it under C{CI=true}.
+    """
+    if IN_CI:
+        pytest.fail(f"CI=true: {reason} (.ci/run installs it with apt-get)", pytrace=False)
+    pytest.skip(reason)
+
+
 needs_redis_server = pytest.mark.skipif(
-    shutil.which("redis-server") is None, reason="redis-server is not installed"
+    not IN_CI and shutil.which("redis-server") is None, reason="redis-server is not installed"
 )
 
 
@@ -36,7 +50,7 @@ def redis_url() -> Iterator[str]:
         yield os.environ["REDIS_URL"]
         return
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed and REDIS_URL is not set")
+        no_redis_server("redis-server is not installed and REDIS_URL is not set")
     directory = tempfile.mkdtemp(prefix="apicache-redis-")
     server = RedisServer(directory).start()
     yield server.url
@@ -50,7 +64,7 @@ def redis_server(tmp_path: Any) -> Iterator[RedisServer]:
     A private server this test may stop, freeze and restart.
     """
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        no_redis_server("redis-server is not installed")
     server = RedisServer(str(tmp_path)).start()
     yield server
     server.resume() if server.proc and server.proc.poll() is None else None

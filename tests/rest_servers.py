@@ -64,10 +64,12 @@ class RestServer:
         self._log.close()
 
 
-def json_server(tmp: Path, db: dict[str, Any]) -> RestServer:
+def json_server(tmp: Path, db: dict[str, Any], quiet: bool = True) -> RestServer:
     """
     Start json-server 0.17.4 over ``db`` (written to ``tmp/db.json``),
     installing it first with ``npm ci`` if ``make install-test`` has not.
+    Unless ``quiet``, it logs one line per request it answered (morgan's
+    ``dev`` format: method, path, status) to ``log_path``.
     """
     binary = JSON_SERVER_DIR / "node_modules" / ".bin" / "json-server"
     if not binary.exists():
@@ -77,7 +79,7 @@ def json_server(tmp: Path, db: dict[str, Any]) -> RestServer:
         subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JSON_SERVER_DIR, check=True, timeout=600)
     (tmp / "db.json").write_text(json.dumps(db))
     port = free_port()
-    argv = [str(binary), "--host", "127.0.0.1", "--port", str(port), "--quiet", "db.json"]
+    argv = [str(binary), "--host", "127.0.0.1", "--port", str(port), *(["--quiet"] if quiet else []), "db.json"]
     return RestServer(argv, port, "/db", tmp, tmp / "json-server.log")
 
 

@@ -179,6 +179,7 @@ def _stop_then_lines(d: Daemon) -> list[dict]:
     return d.log_lines()  # raises unless every line is one JSON object
 
 
+@pytest.mark.integration
 def test_every_request_has_its_line_even_right_before_sigterm(make_daemon):
     """Lines waiting for the next batch are written at shutdown."""
     d = make_daemon()
@@ -218,6 +219,7 @@ class _PipedDaemon(Daemon):
         return status
 
 
+@pytest.mark.integration
 def test_two_workers_on_one_stdout_pipe_never_interleave_lines(tmp_path, upstream):
     config = tmp_path / "apicache.toml"
     config.write_text(tomli_w.dumps(daemon_config(upstream.url)))

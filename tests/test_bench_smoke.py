@@ -14,6 +14,9 @@ import sys
 
 import pytest
 
+# starts real processes; each benchmark run has a limit of its own of up to 300 s
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(330)]
+
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "run.py")
 
 

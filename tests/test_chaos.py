@@ -36,7 +36,11 @@ from test_events import JOIN_SECONDS, eventually, info, kafka_config, wait_ready
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer
 
-pytestmark = pytest.mark.skipif(not os.environ.get("APICACHE_CHAOS"), reason="chaos runs with APICACHE_CHAOS=1 (make chaos)")
+pytestmark = [
+    pytest.mark.skipif(not os.environ.get("APICACHE_CHAOS"), reason="chaos runs with APICACHE_CHAOS=1 (make chaos)"),
+    pytest.mark.integration,
+    pytest.mark.slow,
+]
 
 OBJECTS = 8
 STALE_BOUND = 0.1

@@ -15,6 +15,9 @@ import pytest
 
 from apicache.harness.launchers import free_port, twistd_path
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 ROUTE = '[[routes]]\ntype = "object"\npath = "/o/<id>"\nupstream = "/o/{id}"\n'
 KEY = '[server]\napi_keys = ["k"]\n'

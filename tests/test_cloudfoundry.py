@@ -30,6 +30,10 @@ from apicache.harness.launchers import free_port
 from apicache.harness.token_endpoint import TokenEndpoint
 from apicache.testing import vcap_services
 
+# starts real processes, and installs the package into a fresh Python
+# first (about 20 s; pip may take longer on a slow network)
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
+
 REPO = Path(__file__).resolve().parents[1]
 API_KEY = "key-from-vcap-" + os.urandom(4).hex()
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -156,7 +156,8 @@ def test_v2_defaults_match_the_spec():
         (), 0, 10.0, 120.0, 1048576,
     )
     assert st.tenant_max_bytes == 0
-    assert (up.tenant_max_in_flight, dict(up.set_headers), up.hide_headers, up.tags_header) == (0, {}, (), "")
+    # tenant_max_in_flight: 0 in v2, 64 since v3 (see test_v3_defaults_match_the_spec)
+    assert (dict(up.set_headers), up.hide_headers, up.tags_header) == ({}, (), "")
     assert k.max_clock_skew == 1.0
     r = parse({"upstream": UP, "routes": [ROUTE]}).route("object")
     assert (r.freshness, r.max_ttl, r.stale_while_revalidate, r.keep, r.negative_ttl) == ("route", 86400.0, 0.0, 3600.0, 0.0)
@@ -278,3 +279,186 @@ def test_tenant_max_bytes_defaults_to_no_cap_and_is_read():
 def test_a_bad_tenant_max_bytes_is_one_line_naming_the_key(bad):
     e = error({"store": {"tenant_max_bytes": bad}})
     assert "store.tenant_max_bytes" in str(e)
+
+
+# --- version 3 keys ---------------------------------------------------------
+
+
+def test_v3_defaults_match_the_spec():
+    c = load_config(None, {})
+    s, a, st, up = c.server, c.auth, c.store, c.upstream
+    assert (s.body_timeout, s.max_write_buffer) == (30.0, 1048576)
+    assert (a.jwks, a.jwks_refresh, a.issuers, a.audiences, a.leeway) == ("", 300.0, (), (), 30.0)
+    assert a.algorithms == ("RS256", "ES256", "EdDSA")
+    assert a.enabled is False
+    assert (st.fair_share, st.redis_mode, st.redis_sentinel_master) == ("client", "single", "mymaster")
+    assert st.redis_hosts == (("127.0.0.1", 6379),)
+    assert (up.max_header_bytes, up.targeted_cache_control, up.tenant_max_in_flight) == (
+        65536, ("cdn-cache-control",), 64,
+    )
+    r = parse({"upstream": UP, "routes": [ROUTE]}).route("object")
+    assert (r.heuristic, r.max_variants) == (0.1, 16)
+
+
+def test_every_v3_key_is_read():
+    c = parse(
+        {
+            "server": {"api_keys": ["k"], "body_timeout": 2.5, "max_write_buffer": 4096},
+            "auth": {
+                "jwks": "https://idp.example/.well-known/jwks.json", "jwks_refresh": 60,
+                "issuers": ["https://idp.example/"], "audiences": ["apicache"],
+                "algorithms": ["ES256", "PS384"], "leeway": 5,
+            },
+            "store": {"fair_share": "tenant", "redis_mode": "sentinel", "redis_sentinel_master": "primary",
+                      "redis_url": "redis://s1:26380,s2/1"},
+            "upstream": dict(UP, max_header_bytes=8192, targeted_cache_control=["Apicache-Cache-Control", "CDN-Cache-Control"],
+                             tenant_max_in_flight=0),
+            "routes": [dict(ROUTE, freshness="upstream", ttl=0, heuristic=0.2, max_variants=4, negative_ttl=30)],
+        }
+    )
+    assert (c.server.body_timeout, c.server.max_write_buffer) == (2.5, 4096)
+    a = c.auth
+    assert a.enabled and a.jwks_is_url
+    assert (a.jwks_refresh, a.issuers, a.audiences, a.algorithms, a.leeway) == (
+        60.0, ("https://idp.example/",), ("apicache",), ("ES256", "PS384"), 5.0,
+    )
+    assert (c.store.fair_share, c.store.redis_mode, c.store.redis_sentinel_master) == ("tenant", "sentinel", "primary")
+    assert c.store.redis_hosts == (("s1", 26380), ("s2", 26379))
+    assert c.upstream.max_header_bytes == 8192
+    assert c.upstream.targeted_cache_control == ("apicache-cache-control", "cdn-cache-control")
+    assert c.upstream.tenant_max_in_flight == 0
+    r = c.route("object")
+    assert (r.ttl, r.heuristic, r.max_variants, r.negative_ttl) == (0.0, 0.2, 4, 30.0)
+
+
+def test_a_jwks_file_path_is_not_a_url():
+    a = parse({"auth": {"jwks": "/etc/apicache/jwks.json"}}).auth
+    assert a.enabled and not a.jwks_is_url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8081/jwks", "http://localhost/jwks", "http://[::1]:9/jwks", "http://127.3.4.5/jwks"]
+)
+def test_a_jwks_over_plain_http_is_allowed_on_loopback(url):
+    assert parse({"auth": {"jwks": url}}).auth.jwks == url
+
+
+def test_targeted_cache_control_may_be_empty():
+    assert parse({"upstream": dict(UP, targeted_cache_control=[])}).upstream.targeted_cache_control == ()
+
+
+def test_a_cluster_takes_several_seed_nodes():
+    st = parse({"store": {"redis_mode": "cluster", "redis_url": "redis://:pw@h1:7000, h2:7001,[::1]:7002"}}).store
+    assert st.redis_hosts == (("h1", 7000), ("h2", 7001), ("::1", 7002))
+
+
+@pytest.mark.parametrize("ttl", [0, 0.0])
+def test_ttl_zero_is_allowed_with_upstream_freshness(ttl):
+    r = parse({"upstream": UP, "routes": [dict(ROUTE, freshness="upstream", ttl=ttl)]}).route("object")
+    assert r.ttl == 0.0
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"server": {"api_keys": ["k"], "body_timeout": 0}}, "server.body_timeout"),
+        ({"server": {"api_keys": ["k"], "body_timeout": "30s"}}, "server.body_timeout"),
+        ({"server": {"api_keys": ["k"], "max_write_buffer": 0}}, "server.max_write_buffer"),
+        ({"server": {"api_keys": ["k"], "max_write_buffer": 1.5}}, "server.max_write_buffer"),
+        ({"auth": {"bogus": 1}}, "auth.bogus"),
+        ({"auth": {"jwks": "http://idp.example/jwks"}}, "auth.jwks"),
+        ({"auth": {"jwks": "http://10.0.0.1/jwks"}}, "auth.jwks"),
+        ({"auth": {"jwks": "ftp://idp.example/jwks"}}, "auth.jwks"),
+        ({"auth": {"jwks": "https:///jwks"}}, "auth.jwks"),
+        ({"auth": {"jwks": "https://idp.example:99999/jwks"}}, "auth.jwks"),
+        ({"auth": {"jwks_refresh": 0}}, "auth.jwks_refresh"),
+        ({"auth": {"issuers": "https://idp"}}, "auth.issuers"),
+        ({"auth": {"issuers": [""]}}, "auth.issuers[0]"),
+        ({"auth": {"audiences": [1]}}, "auth.audiences"),
+        ({"auth": {"algorithms": ["RS256", "none"]}}, "auth.algorithms[1]"),
+        ({"auth": {"algorithms": ["None"]}}, "auth.algorithms[0]"),
+        ({"auth": {"algorithms": ["HS256"]}}, "auth.algorithms[0]"),
+        ({"auth": {"algorithms": ["hs512"]}}, "auth.algorithms[0]"),
+        ({"auth": {"algorithms": ["RSA1_5"]}}, "auth.algorithms[0]"),
+        ({"auth": {"algorithms": []}}, "auth.algorithms"),
+        ({"auth": {"leeway": -1}}, "auth.leeway"),
+        ({"store": {"fair_share": "equal"}}, "store.fair_share"),
+        ({"store": {"redis_mode": "replica"}}, "store.redis_mode"),
+        ({"store": {"redis_url": "redis://h1:7000,h2:7001"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "cluster", "redis_url": "redis://h1:7000,:7001"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "cluster", "redis_url": "redis://h1:port"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "cluster", "redis_url": "redis://h1:7000/2"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "cluster", "redis_url": "unix:///tmp/redis.sock"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "sentinel", "redis_url": "redis://s1,s2/db"}}, "store.redis_url"),
+        ({"store": {"redis_mode": "sentinel", "redis_sentinel_master": ""}}, "store.redis_sentinel_master"),
+        ({"store": {"redis_sentinel_master": 1}}, "store.redis_sentinel_master"),
+        ({"upstream": dict(UP, max_header_bytes=0)}, "upstream.max_header_bytes"),
+        ({"upstream": dict(UP, targeted_cache_control="cdn-cache-control")}, "upstream.targeted_cache_control"),
+        ({"upstream": dict(UP, targeted_cache_control=["cdn cache control"])}, "upstream.targeted_cache_control[0]"),
+        ({"upstream": dict(UP, forward_headers=["accept", "Range"])}, "upstream.forward_headers[1]"),
+        ({"upstream": dict(UP, set_headers={"range": "bytes=0-"})}, "upstream.set_headers.range"),
+        ({"upstream": UP, "routes": [dict(ROUTE, ttl=0)]}, "routes[0].ttl"),
+        ({"upstream": UP, "routes": [dict(ROUTE, freshness="route", ttl=0)]}, "routes[0].ttl"),
+        ({"upstream": UP, "routes": [dict(ROUTE, freshness="upstream", ttl=-1)]}, "routes[0].ttl"),
+        ({"upstream": UP, "routes": [dict(ROUTE, heuristic=-0.1)]}, "routes[0].heuristic"),
+        ({"upstream": UP, "routes": [dict(ROUTE, heuristic="10%")]}, "routes[0].heuristic"),
+        ({"upstream": UP, "routes": [dict(ROUTE, max_variants=0)]}, "routes[0].max_variants"),
+        ({"upstream": UP, "routes": [dict(ROUTE, max_variants=2.5)]}, "routes[0].max_variants"),
+    ],
+)
+def test_bad_v3_values_name_their_key(data, key):
+    e = error(data)
+    assert e.key == key, str(e)
+
+
+def test_redis_url_errors_never_quote_the_url():
+    e = error({"store": {"redis_mode": "cluster", "redis_url": "redis://:s3cret@h1:port"}})
+    assert "s3cret" not in str(e)
+
+
+@pytest.mark.parametrize(
+    "path", ["/", "/healthz", "/readyz", "/metrics", "/clear", "/healthz/", "/tags", "/tags/<tag>", "/tags/x/<id>"]
+)
+def test_a_route_on_a_reserved_path_is_an_error_naming_the_route(path):
+    route = {"type": "status", "path": path, "upstream": "/status"}
+    e = error({"upstream": UP, "routes": [ROUTE, route]})
+    assert e.key == "routes[1].path"
+    assert "'status'" in str(e) and "reserved" in str(e)
+
+
+@pytest.mark.parametrize("path", ["/<p>", "/healthz2", "/metrics/<id>", "/x/tags/<id>", "/tagsx"])
+def test_a_route_that_merely_could_match_a_reserved_path_is_allowed(path):
+    c = parse({"upstream": UP, "routes": [{"type": "any", "path": path, "upstream": "/a"}]})
+    assert c.route("any").path == path
+
+
+def test_the_algorithms_accepted_are_the_verifiers():
+    from apicache.auth.tokens import ASYMMETRIC_ALGORITHMS as verifier
+    from apicache.config import ASYMMETRIC_ALGORITHMS
+
+    assert set(ASYMMETRIC_ALGORITHMS) == set(verifier)
+    assert parse({"auth": {"algorithms": ["Ed25519", "RS256"]}}).auth.algorithms == ("Ed25519", "RS256")
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "/etc/jwks.json", "jwks.json", "https://idp.example/jwks", "http://127.0.0.1:9/jwks", "http://localhost/jwks",
+        "http://[::1]/jwks", "http://idp.example/jwks", "http://10.1.2.3/jwks", "ftp://idp.example/jwks", "https:///jwks",
+    ],
+)
+def test_a_jwks_location_is_accepted_exactly_when_the_key_source_accepts_it(location):
+    from apicache.auth.jwks import check_jwks_location
+
+    try:
+        check_jwks_location(location)
+        source_accepts = True
+    except ValueError:
+        source_accepts = False
+    try:
+        parse({"auth": {"jwks": location}})
+        config_accepts = True
+    except ConfigError as e:
+        assert e.key == "auth.jwks"
+        config_accepts = False
+    assert config_accepts == source_accepts

@@ -14,9 +14,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 from conftest import API_KEY, ROUTES
 
 from apicache.harness.launchers import free_port
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
 
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"

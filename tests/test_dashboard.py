@@ -23,6 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 
 #: Metrics the dashboard and rules query that pending work adds: delete a

@@ -23,6 +23,9 @@ from confluent_kafka import Consumer, TopicPartition
 from apicache.harness.demo import Answer, UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, Reply
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 #: Consumer settings for the test broker: with librdkafka's defaults a group
 #: join on Tansu takes ~23 s, with these ~3 s.  Tansu does not end a waiting
 #: fetch early when data arrives, so the fetch wait bounds event latency.
@@ -336,6 +339,7 @@ def test_stale_if_error_serves_stale_within_the_window_then_fails(make_daemon, u
 # --- broker faults -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_broker_down_then_restarted(make_daemon, upstream):
     """
     The daemon serves with the broker away, /readyz names kafka, and the
@@ -413,6 +417,7 @@ def _committed(broker: KafkaBroker, group: str, topic: str) -> dict[int, int]:
         c.close()
 
 
+@pytest.mark.slow
 def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(make_daemon, kafka, topic):
     group = f"g-{uuid.uuid4().hex[:8]}"
     config = kafka_config(kafka, topic, mode="group", group_id=group)

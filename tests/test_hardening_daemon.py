@@ -18,6 +18,9 @@ import pytest
 
 from apicache.harness.launchers import Daemon
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object(42)/header"
 
 

@@ -27,6 +27,9 @@ from apicache.store.interface import CachedResponse
 from apicache.store.redis import RedisStore, encode_entry, encode_key
 from apicache.store.redis.codec import entry_problem, tag_record_key
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object(42)/header"
 
 

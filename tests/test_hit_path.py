@@ -8,6 +8,11 @@ from __future__ import annotations
 import base64
 import json
 
+import pytest
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 PATH = "/server/object(42)/header"
 
 

@@ -423,7 +423,11 @@ def test_validators_are_the_stored_etag_and_last_modified():
     [
         ([(b"etag", b'"a"')], [(b"etag", b'"a"')], True),
         ([(b"etag", b'"a"')], [(b"etag", b'"b"')], False),
-        ([(b"etag", b'W/"a"')], [(b"etag", b'W/"a"')], False),  # strong comparison only
+        # v3: the weak comparison, so W/ validators (Express, Rails, nginx with gzip) confirm
+        ([(b"etag", b'W/"a"')], [(b"etag", b'W/"a"')], True),
+        ([(b"etag", b'W/"a"')], [(b"etag", b'"a"')], True),
+        ([(b"etag", b'"a"')], [(b"etag", b'W/"a"')], True),
+        ([(b"etag", b'W/"a"')], [(b"etag", b'W/"b"')], False),
         ([(b"last-modified", DATE)], [(b"last-modified", DATE)], True),
         ([(b"last-modified", DATE)], [(b"last-modified", b"Mon, 07 Nov 1994 08:49:37 GMT")], False),
         ([(b"etag", b'"a"')], [], True),  # a 304 without validators confirms the one stored
@@ -431,7 +435,7 @@ def test_validators_are_the_stored_etag_and_last_modified():
     ],
 )
 def test_a_304_updates_only_the_entry_whose_validator_matches(stored, not_modified, matches):
-    """RFC 9111 section 4.3.4, selecting the stored response to update."""
+    """RFC 9111 section 4.3.4, selecting the stored response to update (weak comparison)."""
     assert revalidation_matches(stored, not_modified) is matches
 
 

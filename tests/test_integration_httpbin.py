@@ -21,6 +21,9 @@ from rest_servers import RestServer, call, httpbin
 
 from apicache.harness.launchers import Daemon
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 KEY = "it-key"
 SECRET = "upstream-secret-4f1c"
 TENANT = {"api-key": KEY, "org_id": "acme"}

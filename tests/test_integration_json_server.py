@@ -3,12 +3,14 @@ The real daemon in front of json-server 0.17.4 (npm), a maintained REST
 server nobody here wrote: a paginated walk that follows the rewritten
 ``Link`` headers, a ``PATCH`` through ``pass_methods`` followed by a
 ``MISS``, ``DELETE`` forwarded or refused, ``PURGE`` and a 405 with
-``Allow``.
+``Allow``; a revalidation of its weak ETags costing one upstream request,
+counted in json-server's own request log.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +19,9 @@ import tomli_w
 from rest_servers import RestServer, call, json_server
 
 from apicache.harness.launchers import Daemon
+
+# starts real processes; the first test may run `npm ci` (its own limit is 600 s)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]
 
 KEY = "it-key"
 TENANT = {"api-key": KEY, "org_id": "acme"}
@@ -132,3 +137,96 @@ def test_post_creates_and_the_collection_is_fetched_again(stack: Stack) -> None:
     last = stack.call("GET", "/api/posts?_page=11&_limit=10")
     assert last.header("x-cache") == "MISS"
     assert created in [p["id"] for p in last.json()]
+
+
+# -- revalidation with json-server's weak ETags (issue 20 item 6) ------------
+
+
+class Logged:
+    """apicache in front of a json-server that logs each request it answers."""
+
+    def __init__(self, server: RestServer, daemon: Daemon) -> None:
+        self.server = server
+        self.daemon = daemon
+
+    def call(self, path: str) -> Any:
+        return call(self.daemon.port, "GET", path, TENANT)
+
+    def upstream_answers(self, path: str) -> list[str]:
+        """
+        Return the status of each request for ``path`` json-server logged
+        (morgan's ``dev`` format: ``GET /posts/1 304 0.512 ms - -``, coloured).
+        """
+        text = _ANSI.sub("", self.server.log_path.read_text(errors="replace"))
+        return [m.group(1) for m in re.finditer(rf"^GET {re.escape(path)} (\d{{3}}) ", text, re.MULTILINE)]
+
+    def settled(self, path: str, count: int) -> list[str]:
+        """
+        Return the statuses logged for ``path`` once ``count`` are there
+        (morgan writes its line as the answer finishes) and no more follow.
+        """
+        deadline = time.monotonic() + 10
+        while len(self.upstream_answers(path)) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        return self.upstream_answers(path)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Logged]:
+    tmp = tmp_path_factory.mktemp("json-server-logged")
+    server = json_server(tmp, {"posts": POSTS[:10]}, quiet=False)
+    config = {
+        "server": {"api_keys": [KEY], "shutdown_grace": 2.0},
+        "upstream": {"base_url": server.url, "timeout": 5.0},
+        "routes": [
+            # json-server (Express) answers Cache-Control: no-cache, Expires: -1
+            # and a weak ETag: with freshness = "upstream" every use is revalidated
+            {"type": "post", "path": "/api/posts/<id>", "upstream": "/posts/{id}", "ttl": 60, "freshness": "upstream"},
+            {"type": "comment", "path": "/api/timed/<id>", "upstream": "/posts/{id}", "ttl": 1},
+        ],
+    }
+    path = tmp / "apicache.toml"
+    path.write_text(tomli_w.dumps(config))
+    daemon = Daemon(str(path), api_key=KEY)
+    try:
+        daemon.start()
+        yield Logged(server, daemon)
+    finally:
+        daemon.kill()
+        server.stop()
+
+
+def test_a_revalidation_costs_exactly_one_upstream_request(logged: Logged) -> None:
+    """
+    RFC 9111 section 4.3.4: json-server's 304 carries the weak ETag it was
+    asked about (W/"…"), which selects the stored answer by weak comparison.
+    Issue 20: every revalidation cost 2 upstream requests (a 304, then a
+    200) and REVALIDATED never appeared.
+    """
+    first = logged.call("/api/posts/2")
+    assert (first.status, first.header("x-cache")) == (200, "MISS")
+    assert first.header("etag").startswith('W/"')
+    assert logged.settled("/posts/2", 1) == ["200"]
+    for n in range(2, 5):
+        again = logged.call("/api/posts/2")
+        assert (again.status, again.header("x-cache")) == (200, "REVALIDATED")
+        assert again.header("cache-status").replace(" ", "").endswith("apicache;fwd=stale;fwd-status=304")
+        assert again.json() == first.json()
+        # one conditional request, answered 304, and nothing else
+        assert logged.settled("/posts/2", n) == ["200"] + ["304"] * (n - 1)
+
+
+def test_an_expired_entry_is_revalidated_with_one_request(logged: Logged) -> None:
+    """RFC 9111 sections 4.3.1 and 4.3.4, freshness = "route" (ttl = 1)."""
+    assert logged.call("/api/timed/3").header("x-cache") == "MISS"
+    assert logged.call("/api/timed/3").header("x-cache") == "HIT"
+    assert logged.settled("/posts/3", 1) == ["200"]
+    time.sleep(1.1)
+    r = logged.call("/api/timed/3")
+    assert (r.status, r.header("x-cache")) == (200, "REVALIDATED")
+    assert logged.call("/api/timed/3").header("x-cache") == "HIT"
+    assert logged.settled("/posts/3", 2) == ["200", "304"]

@@ -7,11 +7,13 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 from twisted.logger import Logger
 
 from apicache.ops.logs import JSONLineObserver, json_log_observer
 
 
+@pytest.mark.integration
 def test_log_level_warn_leaves_out_info_lines(make_daemon):
     d = make_daemon({"server": {"log_level": "warn"}, "routes": []})
     assert d.get("/healthz").status == 200
@@ -22,6 +24,7 @@ def test_log_level_warn_leaves_out_info_lines(make_daemon):
     assert any("no routes are configured" in ln["message"] for ln in lines)
 
 
+@pytest.mark.integration
 def test_default_log_level_writes_json_access_lines_with_trace_ids(make_daemon):
     d = make_daemon()
     r = d.get("/server/object(1)/header", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

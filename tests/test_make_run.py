@@ -25,6 +25,9 @@ import pytest
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, free_port
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "bench" / "run_local.py"
 API_KEY = "make-run-key"
@@ -224,6 +227,8 @@ uses_the_repos_venv = pytest.mark.skipif(
 
 
 @uses_the_repos_venv
+# the first `make run` may install the package (it waits up to 180 s to serve)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "signum, to_group",
     [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGTERM, False)],

@@ -11,6 +11,11 @@ from __future__ import annotations
 import re
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"
 KIB = 1024

@@ -16,6 +16,9 @@ import pytest
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, RedisServer, Reply
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"
 

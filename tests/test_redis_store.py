@@ -34,6 +34,9 @@ from apicache.store.redis import (
 )
 from apicache.store.redis.codec import FORMAT_VERSION
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 
 async def redis_store(
     request: pytest.FixtureRequest, max_bytes: int, max_entry_bytes: int, tenant_max_bytes: int = 0

@@ -18,6 +18,9 @@ from apicache.store.interface import StoreUnavailable
 from apicache.store.redis import RedisStore
 from apicache.store.redis.watermarks import RedisWatermarks
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 
 def exchange(store: RedisStore, key: str, live: bool = True) -> RedisWatermarks:
     from twisted.internet import reactor

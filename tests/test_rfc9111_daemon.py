@@ -9,6 +9,11 @@ from __future__ import annotations
 import gzip
 import time
 
+import pytest
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 PATH = "/server/object(42)/header"
 UP = "/api/object(42)/header"
 

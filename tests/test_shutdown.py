@@ -6,6 +6,7 @@ connections close).
 
 from __future__ import annotations
 
+import pytest
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 
@@ -44,6 +45,7 @@ def test_children_stop_in_reverse_order_each_after_the_last_finished():
     assert stopped.called
 
 
+@pytest.mark.integration
 def test_request_slower_than_the_grace_does_not_hold_the_exit(make_daemon, upstream):
     import threading
     import time

@@ -1,3 +1,7 @@
+import pytest
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
 """
 The daemon as users start it: a miss, then a hit.
 """

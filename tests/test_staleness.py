@@ -19,6 +19,9 @@ from test_events import JOIN_SECONDS, KAFKA_EXTRA, eventually, kafka_config, wai
 
 from apicache.harness.launchers import Daemon, KafkaBroker
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def broker() -> Iterator[KafkaBroker]:
@@ -80,6 +83,7 @@ def staleness_daemon(make_daemon: Callable[..., Daemon], broker: KafkaBroker) ->
     return make
 
 
+@pytest.mark.slow
 def test_the_event_lag_grows_while_the_broker_is_paused_and_recovers(staleness_daemon, broker):
     d = staleness_daemon(max_staleness=2.0)
     # W exists once both partitions answered their first end-offset query
@@ -141,7 +145,11 @@ def served_from_cache_until(d: Daemon, deadline: float, statuses: list[str] | No
     return seen
 
 
-@pytest.mark.parametrize("backend", ["memory", "redis"])
+# Redis only: each case takes about 40 s, and the serving rule is the
+# cache core's whatever the store (tests/test_cache_staleness.py runs it
+# in-process); Redis adds the in-process tier in front of the shared store.
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["redis"])
 def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetched_again(
     staleness_daemon, broker, upstream, redis_url, backend
 ):

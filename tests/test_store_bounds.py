@@ -37,6 +37,9 @@ from apicache.store.redis import store as redis_store_module
 from apicache.store.redis.store import TAG_FETCH_HORIZON
 from apicache.store.tagindex import MAX_GENERATIONS
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object(42)/header"
 
 #: The purges of the attack in issue 19: past the 65,536 generations the

@@ -28,6 +28,9 @@ from apicache.store.redis import RedisStore
 from apicache.store.redis import store as redis_store_module
 from apicache.testing import FakeUpstream
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 
 def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"

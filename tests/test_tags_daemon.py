@@ -18,6 +18,9 @@ import pytest
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, Reply
 
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
+
 OBJ = "/server/object({})/header"
 UP_OBJ = "/api/object({})/header"
 LIST = "/server/templates/{}"

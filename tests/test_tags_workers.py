@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pytest
 from test_workers import Recorder, fill_both, linked
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
@@ -16,6 +17,9 @@ from zope.interface.verify import verifyObject
 
 from apicache.cache.invalidator import IInvalidator
 from apicache.daemon.workers import Invalidation, SiblingRelay, WorkerLink
+
+# starts real processes (make test-fast leaves it out)
+pytestmark = pytest.mark.integration
 
 
 class TagRecorder(Recorder):

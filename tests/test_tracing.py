@@ -8,6 +8,7 @@ import io
 import json
 import re
 
+import pytest
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
@@ -77,6 +78,7 @@ def test_no_otel_endpoint_means_plain_tracer():
     assert type(tracer_from_environ({})) is Tracer
 
 
+@pytest.mark.integration
 def test_opentelemetry_is_not_imported_without_an_endpoint():
     import subprocess
     import sys
@@ -91,6 +93,7 @@ def test_opentelemetry_is_not_imported_without_an_endpoint():
     assert out.strip() == "[]"
 
 
+@pytest.mark.integration
 def test_spans_are_exported_to_an_otlp_endpoint(make_daemon, upstream):
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, a server span per request reaches a loopback collector."""
     import threading

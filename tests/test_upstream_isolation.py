@@ -296,7 +296,7 @@ def parse(data):
 
 
 def test_tenant_max_in_flight_is_configured_and_checked():
-    assert parse({}).upstream.tenant_max_in_flight == 0
+    assert parse({}).upstream.tenant_max_in_flight == 64  # (v3) default 64
     assert parse({"upstream": {"tenant_max_in_flight": 8}}).upstream.tenant_max_in_flight == 8
     for bad in (-1, "8", 1.5):
         with pytest.raises(ConfigError) as e:
@@ -377,6 +377,7 @@ def misbehaving(path: str) -> tuple[bytes, bytes]:
     return answer(b'{"mine": true}'), b""
 
 
+@pytest.mark.integration
 def test_the_daemon_never_serves_one_tenants_upstream_bytes_to_another(make_daemon):
     """Finding 1 end to end: B's misses, 20 ms after A's, get B's answers, and cache them."""
     raw = ThreadedRawUpstream(misbehaving)
@@ -398,6 +399,7 @@ def test_the_daemon_never_serves_one_tenants_upstream_bytes_to_another(make_daem
         raw.stop()
 
 
+@pytest.mark.integration
 def test_the_daemons_502_quotes_no_upstream_bytes(make_daemon):
     """Finding 8 end to end."""
     raw = ThreadedRawUpstream(misbehaving)

@@ -165,6 +165,7 @@ def test_first_kafka_service_is_used():
     assert b.kafka is not None and b.kafka.brokers.startswith("broker-0")
 
 
+@pytest.mark.integration
 def test_daemon_with_bad_vcap_services_exits_with_one_line(tmp_path):
     import subprocess
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from test_server import Wire, parse
@@ -156,6 +157,7 @@ def _object_requests(text: str) -> float:
     return total
 
 
+@pytest.mark.integration
 def test_every_worker_answers_the_same_summed_totals(make_daemon):
     d = make_daemon(extra_args=["--workers", "2"])
     # each request is a new connection: the kernel spreads them over the

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import Clock
@@ -89,6 +90,7 @@ def alive(pid):
     return True
 
 
+@pytest.mark.integration
 def test_two_workers_share_the_socket_and_relay_invalidations(make_daemon, upstream):
     d = make_daemon(extra_args=["--workers", "2"])
     pids = {i: info["pid"] for i, info in workers_info(d).items()}
@@ -131,6 +133,7 @@ def test_two_workers_share_the_socket_and_relay_invalidations(make_daemon, upstr
     assert not any("_NeverAccepts" in m or "_SharedSocket" in m for m in messages)
 
 
+@pytest.mark.integration
 def test_workers_need_a_shareable_endpoint(make_daemon):
     """A TLS endpoint would need every worker to wrap its connections: refused."""
     import twisted.test
@@ -144,6 +147,7 @@ def test_workers_need_a_shareable_endpoint(make_daemon):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.integration
 def test_workers_with_memory_stores_refuse_kafka_group_mode(make_daemon):
     """Each worker's memory store needs every event: group mode would split them."""
     d = make_daemon(

@@ -137,6 +137,21 @@ def make_upstream_tests(fixture: Callable[[Any, int, bool], Any]) -> type:
                 assert r.header(b"x-thing") == [b"x"]
 
         @pytest_twisted.ensureDeferred
+        async def test_the_connection_field_is_among_the_headers(self, request: Any) -> None:
+            """
+            SPEC.md section 3 (v3): the cache drops the upstream's
+            C{Connection} and the fields it names, so it must see it
+            (Twisted's client parser keeps it apart from the other headers).
+            """
+            async with self.under_test(request) as u:
+                u.answer("/c", 200, [(b"Connection", b"X-Hop"), (b"X-Hop", b"1"), (b"X-End", b"2")], b"")
+                r = await u.upstream.fetch("/c", [], tenant="t1")
+                assert r.header(b"connection") == [b"X-Hop"]
+                assert r.header(b"x-hop") == [b"1"]
+                # the connection stays usable: the field named no option it acts on
+                assert (await u.upstream.fetch("/c", [], tenant="t1")).header(b"connection") == [b"X-Hop"]
+
+        @pytest_twisted.ensureDeferred
         async def test_path_query_and_headers_reach_the_upstream(self, request: Any) -> None:
             async with self.under_test(request) as u:
                 headers = [(b"authorization", b"Bearer t"), (b"accept-language", b"de")]

@@ -13,22 +13,30 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from email.utils import parsedate_to_datetime
 
+from apicache.cache.dates import first_delta_seconds, parse_http_date
+from apicache.cache.targeted import DEFAULT_TARGETS, targeted_directives
 from apicache.config import RouteConfig, UpstreamConfig
 
 __all__ = [
     "HOP_BY_HOP",
     "NEVER_REPLAYED",
     "NEGATIVE",
+    "ROUTE_STORABLE",
+    "HEURISTIC",
+    "UNDERSTOOD",
     "Freshness",
     "cache_control",
+    "governing_directives",
+    "status_not_stored",
+    "only_if_cached",
     "normalise_accept_encoding",
     "varying_headers",
     "hidden_headers",
     "not_stored_reason",
     "is_storable",
     "replayed_headers",
+    "withheld_fields",
     "freshness",
     "freshness_lifetime",
     "current_age",
@@ -66,6 +74,19 @@ _NOT_MODIFIED_SET = frozenset(NOT_MODIFIED_HEADERS)
 _BAD_VALUE_BYTES = (b"\r", b"\n", b"\x00")
 #: Status codes stored while a route's ``negative_ttl`` is set.
 NEGATIVE = frozenset({404, 410})
+#: SPEC.md section 3 (v3): the statuses stored with ``freshness = "route"``
+#: (for ``ttl``; 404 and 410 for ``negative_ttl``).
+ROUTE_STORABLE = frozenset({200, 203, 204, 300, 301, 308})
+#: RFC 9110 section 15.1: the heuristically cacheable statuses, stored with
+#: ``freshness = "upstream"`` without explicit freshness.
+HEURISTIC = frozenset({200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501})
+#: RFC 9111 section 5.2.2.3: the statuses whose caching rules apicache
+#: implements, those RFC 9110 section 15 defines (306 and 418 are only
+#: reserved there): ``must-understand`` lets apicache ignore ``no-store``
+#: for these, and stores an answer of any other status carrying it never.
+UNDERSTOOD = frozenset(
+    {100, 101, *range(200, 207), *range(300, 306), 307, 308, *range(400, 418), 421, 422, 426, *range(500, 506)}
+)
 
 
 def header(headers: Headers, name: bytes) -> bytes | None:
@@ -177,6 +198,23 @@ def normalise_accept_encoding(values: Sequence[bytes] | None) -> bytes:
     return result
 
 
+def only_if_cached(values: Sequence[bytes] | None) -> bool:
+    """
+    Return whether a request's ``Cache-Control`` lines hold
+    ``only-if-cached`` (RFC 9111 section 5.2.1.7), the one request
+    directive apicache obeys (SPEC.md section 3, v3): the caller wants a
+    stored answer or a 504, never an upstream call.
+    """
+    if not values:
+        return False
+    for value in values:
+        if b"only-if-cached" in value.lower():
+            for item in _split_list(value):
+                if item.partition(b"=")[0].strip().lower() == b"only-if-cached":
+                    return True
+    return False
+
+
 def varying_headers(upstream: UpstreamConfig) -> frozenset[bytes]:
     """
     Return the request headers whose upstream value may differ between the
@@ -205,12 +243,95 @@ def hidden_headers(upstream: UpstreamConfig) -> frozenset[bytes]:
 # -- storing ----------------------------------------------------------------
 
 
+def governing_directives(
+    headers: Headers, route: RouteConfig | None = None, targets: Iterable[str | bytes] = DEFAULT_TARGETS
+) -> tuple[dict[bytes, bytes | None], bool]:
+    """
+    Return the cache directives that govern an answer, for storing and
+    freshness alike, and whether they came from a targeted field: with
+    ``freshness = "upstream"``, the first of ``targets`` the answer carries
+    with a valid, non-empty value (RFC 9213 section 2.2), which replaces
+    ``Cache-Control`` and ``Expires``; else its ``Cache-Control``.
+
+    @param route: the route; ``None`` or ``freshness = "route"``: targeted
+        fields are not obeyed (SPEC.md section 2).
+    """
+    if route is not None and route.freshness == "upstream" and targets:
+        targeted = targeted_directives(headers, targets)
+        if targeted is not None:
+            return targeted, True
+    return cache_control(headers), False
+
+
+def _explicit(headers: Headers, directives: Mapping[bytes, bytes | None], targeted: bool) -> bool:
+    """
+    Return whether an answer carries explicit freshness (RFC 9111 section
+    4.2.1): ``s-maxage``, ``max-age``, or (unless a targeted field replaces
+    it) ``Expires``, valid or not.
+    """
+    if b"s-maxage" in directives or b"max-age" in directives:
+        return True
+    return not targeted and any(name == b"expires" for name, _ in headers)
+
+
+def _heuristic_base(headers: Headers) -> float | None:
+    """
+    Return the valid ``Last-Modified`` of an answer, from which heuristic
+    freshness counts (RFC 9111 section 4.2.2), or ``None``.
+    """
+    return http_date(header(headers, b"last-modified"))
+
+
+def status_not_stored(
+    status: int,
+    headers: Headers,
+    directives: Mapping[bytes, bytes | None],
+    targeted: bool = False,
+    route: RouteConfig | None = None,
+    negative_ttl: float = 0.0,
+) -> bool:
+    """
+    Return whether an answer's status keeps it from being stored (SPEC.md
+    section 3, "Storable", v3).
+
+    With ``freshness = "route"`` (or no ``route``): 200, 203, 204, 300, 301
+    and 308 are stored, 404 and 410 while ``negative_ttl`` is above 0.  With
+    ``freshness = "upstream"``: any final status but 206 and 304 that
+    carries explicit freshness (L{_explicit}), and the heuristically
+    cacheable statuses (L{HEURISTIC}) without it; a 404 or 410 then needs
+    heuristic freshness (a ``Last-Modified`` while the route's ``heuristic``
+    is above 0) or a ``negative_ttl``.  An answer with ``must-understand``
+    is stored only with a status whose caching rules apicache implements
+    (RFC 9111 section 5.2.2.3, L{UNDERSTOOD}).
+
+    @param directives: the governing directives (L{governing_directives}).
+    @param negative_ttl: used without a ``route``.
+    """
+    if b"must-understand" in directives and status not in UNDERSTOOD:
+        return True
+    if route is None or route.freshness != "upstream":
+        if route is not None:
+            negative_ttl = route.negative_ttl
+        return not (status in ROUTE_STORABLE or (status in NEGATIVE and negative_ttl > 0))
+    if not 200 <= status <= 599 or status == 206 or status == 304:
+        return True
+    if _explicit(headers, directives, targeted):
+        return False
+    if status not in HEURISTIC:
+        return True
+    if status in NEGATIVE and route.negative_ttl <= 0:
+        return not (route.heuristic > 0 and _heuristic_base(headers) is not None)
+    return False
+
+
 def not_stored_reason(
     status: int,
     headers: Headers,
     varying: Iterable[bytes],
     negative_ttl: float = 0.0,
     encoding: bytes = b"identity",
+    route: RouteConfig | None = None,
+    targets: Iterable[str | bytes] = DEFAULT_TARGETS,
 ) -> str | None:
     """
     Return why an upstream answer may not be stored, as the ``detail`` of
@@ -221,12 +342,18 @@ def not_stored_reason(
     @param headers: the answer's headers, names in lower case.
     @param varying: request headers a ``Vary`` may not name
         (L{varying_headers}).
+    @param negative_ttl: the route's, when no ``route`` is given.
     @param encoding: the normalised ``Accept-Encoding`` sent upstream.
+    @param route: the route: its ``freshness`` mode decides which statuses
+        are stored (L{status_not_stored}) and whether ``targets`` apply.
+    @param targets: ``upstream.targeted_cache_control`` (RFC 9213).
     """
-    if not (status == 200 or (status in NEGATIVE and negative_ttl > 0)):
+    directives, targeted = governing_directives(headers, route, targets)
+    if status_not_stored(status, headers, directives, targeted, route, negative_ttl):
         return "status"
-    directives = cache_control(headers)
-    if b"no-store" in directives:
+    # RFC 9111 section 5.2.2.3: must-understand overrides no-store for a
+    # status whose rules apicache implements (the others stopped above)
+    if b"no-store" in directives and b"must-understand" not in directives:
         return "no-store"
     # RFC 9111 section 5.2.2.7: a qualified private only strips the fields named
     if b"private" in directives and not directives[b"private"]:
@@ -256,13 +383,15 @@ def is_storable(status: int, headers: Headers, varying: Iterable[bytes], negativ
     return not_stored_reason(status, headers, varying, negative_ttl) is None
 
 
-def _named_fields(directives: Mapping[bytes, bytes | None]) -> set[bytes]:
+def _named_fields(directives: Mapping[bytes, bytes | None], passed: bool = False) -> set[bytes]:
     """
     Return the fields named by a qualified ``no-cache="…"`` or
-    ``private="…"`` (RFC 9111 sections 5.2.2.4 and 5.2.2.7).
+    ``private="…"`` (RFC 9111 sections 5.2.2.4 and 5.2.2.7); only those
+    ``private`` names when the answer is ``passed`` on to the caller whose
+    request fetched it (section 5.2.2.4 forbids only reusing them).
     """
     names: set[bytes] = set()
-    for d in (b"no-cache", b"private"):
+    for d in (b"private",) if passed else (b"no-cache", b"private"):
         arg = directives.get(d)
         if arg:
             names.update(f.strip().lower() for f in arg.split(b",") if f.strip())
@@ -270,7 +399,11 @@ def _named_fields(directives: Mapping[bytes, bytes | None]) -> set[bytes]:
 
 
 def replayed_headers(
-    headers: Headers, hidden: Iterable[bytes] = (), date: bytes | None = None
+    headers: Headers,
+    hidden: Iterable[bytes] = (),
+    date: bytes | None = None,
+    passed: bool = False,
+    directives: Mapping[bytes, bytes | None] | None = None,
 ) -> tuple[tuple[bytes, bytes], ...]:
     """
     Return the headers of an upstream answer that are stored and replayed
@@ -280,16 +413,28 @@ def replayed_headers(
     ones, the fields named by a qualified ``no-cache``/``private``, and any
     header whose value holds CR, LF or NUL.
 
-    @param headers: the answer's headers, names in lower case.
+    @param headers: the answer's headers, names in lower case (the
+        upstream's ``Connection`` among them: Twisted's client keeps it
+        apart, L{apicache.upstream.client} puts it back).
     @param date: the ``Date`` to add when the answer has none (apicache's
         own, RFC 9110 section 6.6.1), or ``None`` to add nothing.
+    @param passed: the headers are for an answer passed on, not stored:
+        an answer that is not stored, or the answer the caller whose
+        request fetched it gets (SPEC.md section 3, v3): ``Set-Cookie`` is
+        kept when the answer carries it (then it is never stored), and so
+        are the fields a qualified ``no-cache="…"`` names (RFC 9111 section
+        5.2.2.4: only their reuse is forbidden).
+    @param directives: the governing directives (L{governing_directives}),
+        when not the answer's ``Cache-Control``.
     """
     dropped = set(NEVER_REPLAYED)
+    if passed:
+        dropped.discard(b"set-cookie")
     dropped.update(hidden)
     for name, value in headers:
         if name == b"connection":
             dropped.update(t.strip().lower() for t in value.split(b","))
-    dropped.update(_named_fields(cache_control(headers)))
+    dropped.update(_named_fields(cache_control(headers) if directives is None else directives, passed))
     kept = [
         (name, value)
         for name, value in headers
@@ -298,6 +443,21 @@ def replayed_headers(
     if date is not None and not any(name == b"date" for name, _ in kept):
         kept.append((b"date", date))
     return tuple(kept)
+
+
+def withheld_fields(headers: Headers, directives: Mapping[bytes, bytes | None] | None = None) -> bool:
+    """
+    Return whether the answer the fetching caller gets differs from the
+    stored copy (L{replayed_headers} with and without ``passed``): it
+    carries a field a qualified ``no-cache="…"`` names.  Cheap for the
+    common answer, which names none.
+    """
+    d = cache_control(headers) if directives is None else directives
+    arg = d.get(b"no-cache")
+    if not arg:
+        return False
+    named = {f.strip().lower() for f in arg.split(b",")}
+    return any(name in named for name, _ in headers)
 
 
 def _token(name: bytes) -> bool:
@@ -317,20 +477,11 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 def http_date(value: bytes | None) -> float | None:
     """
     Return an HTTP-date (RFC 9110 section 5.6.7) as a POSIX time, or
-    ``None`` if absent or invalid.
+    ``None`` if absent or invalid: the three forms of the RFC only, matched
+    case-insensitively (L{apicache.cache.dates.parse_http_date}).
     """
-    if value is None:
-        return None
-    try:
-        parsed = parsedate_to_datetime(value.decode("latin-1"))
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-    if parsed.tzinfo is None:
-        return None
-    try:
-        return parsed.timestamp()
-    except (OverflowError, ValueError, OSError):
-        return None
+    parsed = parse_http_date(value)
+    return None if parsed is None else float(parsed)
 
 
 class Freshness:
@@ -374,12 +525,10 @@ class Freshness:
 def upstream_age(headers: Headers) -> int | None:
     """
     Return the upstream's ``Age`` (RFC 9111 section 5.1), or ``None`` when
-    it is absent or invalid (then it is ignored).
+    it is absent or invalid (then it is ignored).  With several values (a
+    list, or several lines) it counts by its first (SPEC.md section 3, v3).
     """
-    values = [v.strip() for k, v in headers if k == b"age"]
-    if not values or not values[0].isdigit():
-        return None
-    return int(values[0])
+    return first_delta_seconds([v for k, v in headers if k == b"age"])
 
 
 def freshness(
@@ -389,6 +538,7 @@ def freshness(
     request_time: float,
     response_time: float,
     age: int | None = None,
+    targets: Iterable[str | bytes] = DEFAULT_TARGETS,
 ) -> Freshness:
     """
     Return how a stored answer ages.
@@ -396,25 +546,32 @@ def freshness(
     With ``freshness = "route"`` it is fresh for the route's ``ttl`` (its
     ``negative_ttl`` for a 404 or 410) from the moment it arrived.  With
     ``"upstream"`` the upstream decides as a shared cache would (RFC 9111
-    section 4.2.1): ``s-maxage``, else ``max-age``, else ``Expires`` minus
-    ``Date``; the route's value when it gives none; never more than
-    ``max_ttl``; invalid freshness information (an unparsable ``Expires``,
-    ``Expires: 0``, a malformed ``max-age``) means already stale.  The age
-    starts at the corrected initial age (section 4.2.3); an invalid ``Age``
-    is ignored.  ``stale-while-revalidate``/``stale-if-error`` of the
-    answer (RFC 5861) override the route's keys.
+    section 4.2.1): the first of ``targets`` with a valid value in place of
+    ``Cache-Control`` and ``Expires`` (RFC 9213); ``s-maxage``, else
+    ``max-age``, else ``Expires`` minus ``Date``; else, for a heuristically
+    cacheable status with a ``Last-Modified``, the route's ``heuristic``
+    times ``Date`` minus ``Last-Modified`` (section 4.2.2; 0 turns it off);
+    the route's value when it gives none; never more than ``max_ttl``;
+    invalid freshness information (an unparsable ``Expires``, ``Expires:
+    0``, a malformed ``max-age``) means already stale.  The age starts at
+    the corrected initial age (section 4.2.3); an invalid ``Age`` is
+    ignored.  ``stale-while-revalidate``/``stale-if-error`` of the answer
+    (RFC 5861) override the route's keys; an answer that must be
+    revalidated before every use (``no-cache``) is never served stale
+    (section 5.2.2.4), whatever they say.
 
     @param request_time: when the upstream request was sent.
     @param response_time: when the answer arrived.
     @param age: the answer's valid ``Age`` (L{upstream_age}), when its
         ``headers`` no longer hold it.
+    @param targets: ``upstream.targeted_cache_control``.
     """
     default = route.negative_ttl if status in NEGATIVE else route.ttl
     swr = float(route.stale_while_revalidate)
     sie = float(route.stale_if_error)
     if route.freshness != "upstream":
         return Freshness(float(default), 0.0, swr, sie)
-    directives = cache_control(headers)
+    directives, targeted = governing_directives(headers, route, targets)
     lifetime: float | None = None
     no_stale = b"must-revalidate" in directives or b"proxy-revalidate" in directives
     if b"s-maxage" in directives:
@@ -424,7 +581,7 @@ def freshness(
     elif b"max-age" in directives:
         m = _delta_seconds(directives[b"max-age"])
         lifetime = 0.0 if m is None else float(m)
-    else:
+    elif not targeted:
         expires = [v for k, v in headers if k == b"expires"]
         if expires:
             date = http_date(header(headers, b"date"))
@@ -433,6 +590,11 @@ def freshness(
                 lifetime = 0.0
             else:
                 lifetime = max(0.0, when - (date if date is not None else response_time))
+    if lifetime is None and status in HEURISTIC and route.heuristic > 0:
+        modified = _heuristic_base(headers)
+        if modified is not None:
+            date = http_date(header(headers, b"date"))
+            lifetime = max(0.0, route.heuristic * ((date if date is not None else response_time) - modified))
     if lifetime is None:
         lifetime = float(default)
     lifetime = max(0.0, min(lifetime, float(route.max_ttl)))
@@ -450,10 +612,10 @@ def freshness(
     age_value = age if age is not None else upstream_age(headers) or 0
     response_delay = max(0.0, response_time - request_time)
     initial_age = max(apparent_age, age_value + response_delay)
-    if no_stale:
-        swr = sie = 0.0
     # a qualified no-cache="…" only strips the fields it names
     no_cache = b"no-cache" in directives and not directives[b"no-cache"]
+    if no_stale or no_cache:
+        swr = sie = 0.0
     return Freshness(lifetime, initial_age, swr, sie, no_cache=no_cache, no_stale=no_stale)
 
 
@@ -518,14 +680,16 @@ def validators(headers: Headers) -> list[tuple[bytes, bytes]]:
 def revalidation_matches(stored: Headers, not_modified: Headers) -> bool:
     """
     Return whether a 304 confirms the stored answer (RFC 9111 section
-    4.3.4): its ``ETag`` matches the stored one strongly, else (without an
-    ``ETag``) the stored answer has the same ``Last-Modified``, or the 304
-    carries no validator and the stored answer has one.
+    4.3.4): its ``ETag`` matches the stored one by the weak comparison (so
+    the ``W/"…"`` validators of Express, Rails or nginx with gzip confirm),
+    else (without an ``ETag``) the stored answer has the same
+    ``Last-Modified``, or the 304 carries no validator and the stored
+    answer has one.
     """
     stored_etag = header(stored, b"etag")
     new_etag = header(not_modified, b"etag")
     if new_etag is not None:
-        return stored_etag is not None and strong_etag_match(stored_etag, new_etag)
+        return stored_etag is not None and weak_etag_match(stored_etag, new_etag)
     stored_lm = header(stored, b"last-modified")
     new_lm = header(not_modified, b"last-modified")
     if new_lm is not None:

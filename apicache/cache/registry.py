@@ -87,6 +87,7 @@ class CacheRegistry:
         self.max_tenants = max_tenants
         self.watermark = watermark
         self.tags_header = up.tags_header
+        self._targets = up.targeted_cache_control
         self.tag_purges: dict[str, int] = {"http": 0, "event": 0, "write": 0}
         self.tag_dropped = LatencyHistogram(TAG_PURGE_BUCKETS)
         self._caches: OrderedDict[tuple[str, str], TenantCache] = OrderedDict()
@@ -129,6 +130,7 @@ class CacheRegistry:
             self._hidden,
             watermark=self.watermark,
             tags_header=self.tags_header,
+            targets=self._targets,
         )
         self._caches[k] = c
         if len(self._caches) > self.max_tenants:

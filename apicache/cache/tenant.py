@@ -30,6 +30,7 @@ from apicache.cache.policy import (
     cache_control,
     current_age,
     freshness,
+    governing_directives,
     header,
     http_date,
     is_fresh,
@@ -40,11 +41,13 @@ from apicache.cache.policy import (
     upstream_age,
     validators,
     varying_headers,
+    withheld_fields,
     within_staleness,
 )
 from apicache.cache.tags import TooManyTags, answer_tags
+from apicache.cache.targeted import DEFAULT_TARGETS
 from apicache.cache.variants import ValuesOf, Variant, answer_variant, matches, pick_variant, selector
-from apicache.cache.wire import date_header, shared_wire, status_member
+from apicache.cache.wire import date_header, header_block, shared_wire, status_member
 from apicache.config import RouteConfig, UpstreamConfig
 from apicache.store.interface import CachedResponse, CachedVariant, IStore, StoreUnavailable, Variants
 from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
@@ -174,11 +177,15 @@ class Outcome:
     @ivar storable: the answer may be shared with callers of other headers
         (those its C{variant} selects).
     @ivar status: the arguments of its L{status_member}.
+    @ivar own: the answer as the caller whose request fetched it gets it,
+        when it differs from the shared one: with the fields a qualified
+        ``no-cache="…"`` names (RFC 9111 section 5.2.2.4), which waiters
+        and the stored copy never see.
     @ivar variant: what tells the answer apart from its key's other
         variants, or C{None} when it serves every request of its key.
     """
 
-    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age", "variant")
+    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age", "own", "variant")
 
     def __init__(
         self,
@@ -196,6 +203,7 @@ class Outcome:
         self.status = status
         self.stored = stored
         self.age: float | None = None
+        self.own: CachedResponse | None = None
         self.variant = answer.variant
 
     def selects(self, request: FetchRequest) -> bool:
@@ -213,9 +221,8 @@ class Outcome:
         another caller's fetch.
         """
         age = current_age(self.answer.stored_at, now) if self.cache == REVALIDATED else self.age
-        return CacheResult(
-            self.cache, self.answer, age, status_member(collapsed=collapsed, **self.status), self.stored
-        )
+        answer = self.answer if collapsed or self.own is None else self.own
+        return CacheResult(self.cache, answer, age, status_member(collapsed=collapsed, **self.status), self.stored)
 
 
 class TenantCache:
@@ -239,10 +246,13 @@ class TenantCache:
         hidden: frozenset[bytes] = frozenset(),
         watermark: Watermark | None = None,
         tags_header: str = "",
+        targets: Sequence[str] = DEFAULT_TARGETS,
     ) -> None:
         """
         @param watermark: the event watermark, for routes with
             ``max_staleness``; without one they are judged by fetch time.
+        @param targets: ``upstream.targeted_cache_control`` (RFC 9213),
+            obeyed on routes with ``freshness = "upstream"``.
         """
         self.tenant = tenant
         self.route = route
@@ -258,6 +268,7 @@ class TenantCache:
         self._watermark = watermark
         self._max_staleness = route.max_staleness
         self._tags_header = tags_header.lower().encode("ascii")
+        self._targets = tuple(targets)
 
     @property
     def idle(self) -> bool:
@@ -338,6 +349,58 @@ class TenantCache:
         """
         if not entry.no_cache and is_fresh(entry.expires_at, entry.stale, now):
             return CacheResult(HIT, entry, current_age(entry.stored_at, now))
+        return None
+
+    def cached(
+        self, key: CacheKey, headers: Headers | None = None, encoding: bytes = b"identity"
+    ) -> CacheResult | Deferred[CacheResult | None] | None:
+        """
+        Answer a request with ``Cache-Control: only-if-cached`` (RFC 9111
+        section 5.2.1.7, SPEC.md section 3, v3) from what is stored, never
+        from the upstream: a fresh entry (C{HIT}), or one that may be served
+        stale now (C{STALE}, no revalidation started); ``None`` when
+        nothing usable is stored (the caller answers 504 ``not_cached``),
+        or a Deferred firing with either once a shared store is read.  Of
+        a key that holds variants, the one the caller's ``headers`` and
+        ``encoding`` select (RFC 9111 section 4.1).
+        """
+        now = self._clock.seconds()
+        values_of = _no_values if headers is None else headers.getRawHeaders
+        entry = self._store.lookup(key)
+        if entry is None:
+            variants = self._store.variants(key)
+            picked = self._pick(key, variants, values_of, encoding) if variants else None
+            if picked is not None:
+                key, entry = picked
+        found = self._usable(key, entry, now)
+        if found is not None or not self._store.shared:
+            return found
+        return Deferred.fromCoroutine(self._cached_shared(key, values_of, encoding))
+
+    async def _cached_shared(self, key: CacheKey, values_of: ValuesOf, encoding: bytes) -> CacheResult | None:
+        try:
+            found = await self._store.load(key, self.route.max_variants)
+            if isinstance(found, tuple):
+                index = pick_variant(found, values_of, encoding)
+                if index is None:
+                    return None
+                key = variant_key(key, found[index].selector)
+                found = await self._store.load(key, self.route.max_variants)
+        except StoreUnavailable:
+            return None
+        if isinstance(found, tuple):
+            return None
+        return self._usable(key, found, self._clock.seconds())
+
+    def _usable(self, key: CacheKey, entry: CachedResponse | None, now: float) -> CacheResult | None:
+        if entry is None or not self._vouched(key, entry, now):
+            return None
+        found = self._fresh(entry, now)
+        if found is not None or entry.no_cache:
+            return found
+        window = max(entry.stale_until, entry.swr_until) if entry.stale else entry.swr_until
+        if now < window:
+            return CacheResult(STALE, entry, current_age(entry.stored_at, now))
         return None
 
     def get(self, key: CacheKey, request: FetchRequest) -> CacheResult | Deferred[CacheResult]:
@@ -479,8 +542,10 @@ class TenantCache:
 
     def _stale_if_error(self, key: CacheKey, stale: CachedResponse | None) -> CacheResult | None:
         now = self._clock.seconds()
-        # past max_staleness (perhaps while the fetch ran) nothing stale is served
-        if stale is not None and now < stale.stale_until and self._vouched(key, stale, now):
+        # past max_staleness (perhaps while the fetch ran) nothing stale is
+        # served; nor an answer to revalidate before every use, whatever
+        # stale_if_error says (RFC 9111 section 5.2.2.4)
+        if stale is not None and not stale.no_cache and now < stale.stale_until and self._vouched(key, stale, now):
             return CacheResult(
                 STALE,
                 stale,
@@ -621,7 +686,14 @@ class TenantCache:
         now = self._clock.seconds()
         # (v3) a Vary naming any field is stored, one variant per value:
         # only "*" makes an answer unstorable
-        reason = not_stored_reason(response.status, response.headers, (), self.route.negative_ttl, request.encoding)
+        reason = not_stored_reason(
+            response.status,
+            response.headers,
+            (),
+            encoding=request.encoding,
+            route=self.route,
+            targets=self._targets,
+        )
         tags: tuple[str, ...] = ()
         variant: Variant | None = None
         if reason is None:
@@ -630,13 +702,25 @@ class TenantCache:
                 reason = "tags"
             else:
                 variant = self._variant(request, response, now)
-        headers = replayed_headers(response.headers, self._hidden, date_header(now))
+        directives, _ = governing_directives(response.headers, self.route, self._targets)
+        date = date_header(now)
+        # an answer not stored is passed on whole: Set-Cookie and the
+        # fields a qualified no-cache names included (SPEC.md section 3, v3)
+        passed = reason is not None
+        headers = replayed_headers(response.headers, self._hidden, date, passed, directives)
         age = upstream_age(response.headers)
         answer = self._entry(response.status, headers, response.body, sent, now, age, tags, variant)
+        own = None
+        if not passed and withheld_fields(response.headers, directives):
+            # the stored copy leaves them out; this caller's answer has them
+            own_headers = replayed_headers(response.headers, self._hidden, date, True, directives)
+            own = _with_headers(answer, own_headers)
+        # a 5xx while a stale entry may be served instead replaces nothing
+        keep_stale = response.status >= 500 and self._stale_if_error(key, stale) is not None
         stored = False
         if bypass:
             pass
-        elif reason is None:
+        elif reason is None and not keep_stale:
             stored = await self._put(key, answer, token)
             if not stored and answer.size() > getattr(self._store, "max_entry_bytes", answer.size()):
                 reason = "too-large"
@@ -663,6 +747,7 @@ class TenantCache:
                 "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
             }
         outcome = Outcome(BYPASS if bypass else MISS, answer, reason is None, bypass, args, stored=stored)
+        outcome.own = own
         # SPEC.md section 3: a MISS passes a non-zero upstream Age on
         outcome.age = age or None
         return outcome
@@ -731,7 +816,7 @@ class TenantCache:
         age counts from its corrected initial age (RFC 9111 section 4.2.3),
         its windows from its freshness; it carries ``tags``.
         """
-        f = freshness(self.route, status, headers, sent, now, age)
+        f = freshness(self.route, status, headers, sent, now, age, self._targets)
         # one float object less per entry when the answer came with no age
         born = now - f.initial_age if f.initial_age else now
         shared, head = shared_wire(headers)
@@ -830,6 +915,27 @@ class TenantCache:
             self._retry_later(key)
             return
         await self._complete(key, request, response, sent, token, False, entry)
+
+
+def _with_headers(entry: CachedResponse, headers: tuple[tuple[bytes, bytes], ...]) -> CachedResponse:
+    """
+    Return ``entry`` with other replayed headers (and their wire form),
+    for an answer passed on rather than stored.
+    """
+    return CachedResponse(
+        entry.status,
+        headers,
+        entry.body,
+        stored_at=entry.stored_at,
+        expires_at=entry.expires_at,
+        stale_until=entry.stale_until,
+        head=header_block(headers),
+        swr_until=entry.swr_until,
+        keep_until=entry.keep_until,
+        no_cache=entry.no_cache,
+        sent_at=entry.sent_at,
+        tags=entry.tags,
+    )
 
 
 def _no_values(name: bytes) -> None:

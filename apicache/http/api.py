@@ -26,7 +26,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
 from apicache.auth.apikey import ApiKeys
-from apicache.cache.policy import normalise_accept_encoding
+from apicache.cache.keys import CacheKey
+from apicache.cache.policy import normalise_accept_encoding, only_if_cached
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import RESERVED_PATHS, Route, Router
 from apicache.cache.tags import InvalidTag, decode_tag_path
@@ -274,6 +275,8 @@ class CacheAPI:
         a Deferred firing when the miss is answered.
         """
         resolved = self.resolver.resolve(request)
+        if only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
+            return self._only_if_cached(request, resolved.tenant, resolved.route.type, resolved.key, resolved.encoding)
         forwarded = self.resolver.forwarded(request)
         # SPEC.md section 3: the normalised value, never the caller's own
         forwarded.append((b"accept-encoding", resolved.encoding))
@@ -288,6 +291,29 @@ class CacheAPI:
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers
         return result.addCallback(lambda r: write_result(request, r))
+
+    def _only_if_cached(
+        self, request: ApiRequest, tenant: str, route_type: str, key: CacheKey, encoding: bytes = b"identity"
+    ) -> Any:
+        """
+        Answer a GET or HEAD with ``Cache-Control: only-if-cached`` (RFC
+        9111 section 5.2.1.7, SPEC.md section 3, v3) from what is stored,
+        or ``504 not_cached`` with ``X-Cache: MISS`` and ``Cache-Status:
+        apicache; detail=not-cached``, never calling the upstream.
+        """
+
+        def answer(found: CacheResult | None) -> Any:
+            if found is not None:
+                return write_result(request, found)
+            request.cache = "MISS"
+            request.setHeader(b"x-cache", b"MISS")
+            request.setHeader(b"cache-status", b"apicache; detail=not-cached")
+            return refuse(request, ApiError(504, "not_cached", "only-if-cached: nothing usable is stored"))
+
+        found = self.registry.cache(tenant, route_type).cached(key, request.requestHeaders, encoding)
+        if isinstance(found, Deferred):
+            return found.addCallback(answer)
+        return answer(found)
 
     async def _write(self, request: ApiRequest) -> Any:
         """

@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.web.http import datetimeToString
 
 from apicache.cache.invalidator import IInvalidator
-from apicache.cache.policy import replayed_headers
+from apicache.cache.policy import replayed_headers, upstream_age
 from apicache.cache.tags import InvalidTag
 from apicache.cache.tags import route_tags as entry_tags
 from apicache.cache.tenant import MISS, CacheResult
@@ -127,13 +127,13 @@ class PassThrough:
             raise
         if invalidates(response.status):
             await self._after_write(invalidator, tenant, route, params)
-        # the upstream's Date is passed on; apicache's own when it sent none
-        kept = replayed_headers(response.headers, self._hidden, datetimeToString(int(self._clock.seconds())))
-        age = None
-        for name, value in response.headers:
-            # a non-zero upstream Age is passed on, as on a MISS
-            if name == b"age" and value.strip().isdigit() and int(value) > 0:
-                age = int(value)
+        # the upstream's Date is passed on; apicache's own when it sent none;
+        # never stored, so Set-Cookie is passed on (a login keeps its cookie)
+        kept = replayed_headers(
+            response.headers, self._hidden, datetimeToString(int(self._clock.seconds())), passed=True
+        )
+        # a non-zero upstream Age is passed on, as on a MISS (by its first value)
+        age = upstream_age(response.headers) or None
         answer = CachedResponse(response.status, kept, response.body)
         # the writer appends apicache's member after any the upstream sent
         return CacheResult(MISS, answer, age, member=CACHE_STATUS, stored=False)

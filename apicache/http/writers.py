@@ -15,7 +15,8 @@ from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
-from apicache.cache.policy import condition_fails, not_modified_headers
+from apicache.cache.policy import condition_fails, header, not_modified_headers
+from apicache.cache.ranges import PartialAnswer, range_answer
 from apicache.cache.tenant import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheResult
 from apicache.cache.wire import canonical_name, header_block
 from apicache.http.errors import JSON, ApiError, error_body
@@ -27,6 +28,10 @@ _X_CACHE = {c: c.encode("ascii") for c in (HIT, STALE, REVALIDATED, MISS, BYPASS
 # with names worked out once: getRawHeaders encodes the name on every call
 _RAW_IF_NONE_MATCH = canonical_name(b"if-none-match")
 _RAW_IF_MODIFIED_SINCE = canonical_name(b"if-modified-since")
+_RAW_RANGE = canonical_name(b"range")
+_RAW_IF_RANGE = canonical_name(b"if-range")
+#: Not sent with a 416: it carries no representation (RFC 9110 section 15.5.17).
+_NOT_ON_416 = frozenset({b"content-type", b"content-encoding"})
 
 
 def refuse(request: IRequest, error: ApiError) -> bytes:
@@ -61,7 +66,8 @@ def write_result(request: Any, result: CacheResult) -> Any:
     ``X-Cache``, ``Age`` and ``Content-Length``, without building and
     re-normalising a C{Headers} object.  A ``HEAD`` gets the same head and
     no body.  A conditional ``GET``/``HEAD`` whose condition fails on a
-    stored 2xx answer gets a 304 (L{write_not_modified}).
+    stored 2xx answer gets a 304 (L{write_not_modified}); a ``GET`` with
+    one byte range of a stored 200 a 206 or 416 (L{_write_partial}).
 
     @return: C{NOT_DONE_YET} (the request is finished: twisted.web and
         Klein must not write again).
@@ -80,6 +86,20 @@ def write_result(request: Any, result: CacheResult) -> Any:
         if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
         if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):
             return _write_not_modified(request, result, member)
+        # SPEC.md section 3 (v3): after the conditions (RFC 9110 section 13.2.2)
+        ranges = conditions.get(_RAW_RANGE)
+        if ranges and status == 200:
+            partial = range_answer(
+                request.method,
+                status,
+                ranges,
+                conditions.get(_RAW_IF_RANGE) or None,
+                header(r.headers, b"etag"),
+                header(r.headers, b"last-modified"),
+                len(r.body),
+            )
+            if partial is not None:
+                return _write_partial(request, result, member, partial)
     body = r.body
     request.code = status
     request.code_message = RESPONSES.get(status, b"Unknown Status")
@@ -91,7 +111,14 @@ def write_result(request: Any, result: CacheResult) -> Any:
     # entries built elsewhere than the cache core may lack their wire form
     head.append(r.head or header_block(r.headers))
     x_cache = _X_CACHE[result.cache]
-    if age is None:
+    if status == 204:
+        # RFC 9110 section 8.6: a 204 (now stored too) has no Content-Length
+        head.append(b"%s\r\nX-Cache: %s\r\n" % (member, x_cache))
+        if age is not None:
+            head.append(b"Age: %d\r\n" % max(0, int(age)))
+        head.append(b"\r\n")
+        body = b""
+    elif age is None:
         head.append(b"%s\r\nX-Cache: %s\r\nContent-Length: %d\r\n\r\n" % (member, x_cache, len(body)))
     else:
         head.append(
@@ -104,6 +131,38 @@ def write_result(request: Any, result: CacheResult) -> Any:
     else:
         request.sentLength = len(body)
         request.channel.writeSequence([b"".join(head), body])
+    request.finish()
+    return NOT_DONE_YET
+
+
+def _write_partial(request: Any, result: CacheResult, member: bytes, partial: PartialAnswer) -> Any:
+    """
+    Answer a ``GET`` with one byte range from a stored 200 (RFC 9110
+    section 14, SPEC.md section 3): a 206 with the bytes the range covers
+    and ``Content-Range``, or a 416 with ``Content-Range: bytes */length``
+    and no body.
+    """
+    r = result.response
+    request.code = partial.status
+    request.code_message = RESPONSES[partial.status]
+    head = [b"%s %d %s\r\n" % (request.clientproto, partial.status, request.code_message)]
+    for name, values in request.responseHeaders.getAllRawHeaders():
+        if name != b"Date":
+            for value in values:
+                head.append(b"%s: %s\r\n" % (name, value))
+    if partial.status == 206:
+        body = r.body[partial.start : partial.stop]
+        head.append(r.head or header_block(r.headers))
+    else:
+        body = b""
+        head.append(header_block([(k, v) for k, v in r.headers if k not in _NOT_ON_416]))
+    head.append(b"%s\r\nX-Cache: %s\r\n" % (member, _X_CACHE[result.cache]))
+    if result.age is not None:
+        head.append(b"Age: %d\r\n" % max(0, int(result.age)))
+    head.append(b"Content-Range: %s\r\nContent-Length: %d\r\n\r\n" % (partial.content_range, len(body)))
+    request.startedWriting = 1
+    request.sentLength = len(body)
+    request.channel.writeSequence([b"".join(head), body])
     request.finish()
     return NOT_DONE_YET
 

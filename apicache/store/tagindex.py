@@ -181,8 +181,19 @@ class TagIndex:
         gens = self._gens
         if not gens:
             return FRESH
+        mine = gens.get(key.tenant)
+        every = gens.get(None)
+        if every is None:
+            # the hit path: one lookup per tag, as long as none was purged
+            if mine is None:
+                return FRESH
+            for tag in tags:
+                if tag in mine:
+                    break
+            else:
+                return FRESH
         verdict = FRESH
-        for table in (gens.get(key.tenant), gens.get(None)):
+        for table in (mine, every):
             if table is None:
                 continue
             for tag in tags:

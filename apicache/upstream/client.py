@@ -342,11 +342,12 @@ class UpstreamClient:
         except Exception as e:
             _log_detail("upstream fetch failed", e)
             raise UpstreamUnreachable(_generic_message(e)) from None
-        return UpstreamResponse(
-            response.code,
-            [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs],
-            answer,
-        )
+        headers = [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs]
+        # the upstream's Connection field, which Twisted keeps apart
+        # (GuardedHTTP11ClientProtocol.request): the cache's header filter
+        # drops it and every field it names
+        headers.extend([(b"connection", v) for v in getattr(response, "connection_fields", ())])
+        return UpstreamResponse(response.code, headers, answer)
 
     def close(self) -> Deferred[None]:
         if self._agent is not None:

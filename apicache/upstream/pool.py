@@ -114,6 +114,26 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
+    def request(self, request: Any) -> Deferred[Any]:
+        """
+        Send ``request``; its answer carries, as C{connection_fields}, the
+        values of the upstream's C{Connection} field.  Twisted's parser
+        keeps that field apart from the answer's headers (in its private
+        C{connHeaders}), so the fields it names would otherwise be replayed
+        to callers (SPEC.md section 3, v3: never, on misses and hits alike).
+        """
+        d: Deferred[Any] = super().request(request)
+        # the parser of this request (private: set by HTTP11ClientProtocol.request)
+        parser = getattr(self, "_parser", None)
+        if parser is not None:
+            d.addCallback(_with_connection_fields, parser)
+        return d
+
+
+def _with_connection_fields(response: Any, parser: Any) -> Any:
+    response.connection_fields = tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
+    return response
+
 
 class _ConnectionFactory(Factory):
     """Builds one pool key's connections."""
