@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+from daemon_support import API_KEY, daemon_config
 from hypothesis import HealthCheck, settings
 
 from apicache.harness.demo import UpstreamStub
@@ -70,39 +71,6 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-API_KEY = "test-key"
-
-ROUTES = [
-    {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 300},
-    {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 300},
-]
-
-
-def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """
-    Return ``base`` updated with ``extra``, tables merged key by key.
-    """
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-def daemon_config(upstream_url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """
-    Return a configuration (as a dict) for a daemon in front of ``upstream_url``.
-    """
-    base: dict[str, Any] = {
-        "server": {"api_keys": [API_KEY], "shutdown_grace": 3.0},
-        "upstream": {"base_url": upstream_url + "/api", "timeout": 2.0},
-        "routes": ROUTES,
-    }
-    return merge(base, extra or {})
-
 
 @pytest.fixture
 def upstream() -> Iterator[UpstreamStub]:

@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from apicache.harness.launchers import RedisServer
+from apicache.harness.polling import wait_until_async
 from apicache.store.redis import RedisStore
 
 #: Under CI=true (.ci/run) a missing redis-server fails the test: skipping
@@ -77,27 +78,11 @@ def sleep(seconds: float) -> Deferred[None]:
     return deferLater(reactor, seconds, lambda: None)
 
 
-async def until(condition: Callable[[], Any], timeout: float = 5.0, step: float = 0.01) -> float:
-    """
-    Wait until ``condition()`` is true; return the seconds waited.
-
-    @raise AssertionError: still false after ``timeout``.
-    """
-    from twisted.internet import reactor
-
-    start = reactor.seconds()
-    while not condition():
-        if reactor.seconds() - start > timeout:
-            raise AssertionError(f"condition still false after {timeout} s")
-        await sleep(step)
-    return float(reactor.seconds() - start)
-
-
 async def ready(store: RedisStore, timeout: float = 5.0) -> RedisStore:
     """
     Wait until ``store`` is connected and return it.
     """
-    await until(store.is_ready, timeout)
+    await wait_until_async(store.is_ready, timeout, 0.01, "the store to connect")
     return store
 
 
@@ -125,7 +110,7 @@ def stores(redis_url: str) -> Iterator[Callable[..., RedisStore]]:
         made.append(s)
         # inside a test coroutine (the reactor's greenlet) use `await ready(s)`
         if wait and greenlet.getcurrent() is not pytest_twisted._instances.gr_twisted:
-            pytest_twisted.blockon(Deferred.fromCoroutine(until(s.is_ready)))
+            pytest_twisted.blockon(Deferred.fromCoroutine(wait_until_async(s.is_ready, 5.0, 0.01, "the store to connect")))
         return s
 
     yield make

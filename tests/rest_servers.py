@@ -12,13 +12,13 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from apicache.harness.launchers import free_port
+from apicache.harness.polling import wait_until
 
 __all__ = ["RestServer", "json_server", "httpbin", "call", "Answer"]
 
@@ -39,8 +39,7 @@ class RestServer:
         self._wait(ready_path)
 
     def _wait(self, path: str, wait: float = 30.0) -> None:
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
+        def answering() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
             try:
@@ -48,10 +47,12 @@ class RestServer:
                 conn.request("GET", path)
                 if conn.getresponse().status < 500:
                     conn.close()
-                    return
+                    return True
             except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"server did not answer within {wait} s: {self.log_path.read_text()[-2000:]}")
+                pass
+            return False
+
+        wait_until(answering, wait, 0.1, lambda: f"the server to answer {path}: {self.log_path.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -15,16 +15,16 @@ import time
 
 import pytest
 import tomli_w
-from conftest import API_KEY, daemon_config
-from test_server import BODY, Wire
+from daemon_support import API_KEY, daemon_config
 from twisted.internet.task import Clock
 
 from apicache.harness.launchers import Daemon
-from apicache.http.channel import ApiSite
 from apicache.ops import logs
 from apicache.ops.instrument import TimedUpstream
 from apicache.ops.logs import PIPE_BUF, AccessLog, redact_query
 from apicache.ops.metrics import Metrics
+from apicache.testing import OBJECT_BODY as BODY
+from apicache.testing import InMemoryAPI as Wire
 
 PATH = "/server/object(7)/header"
 
@@ -122,16 +122,17 @@ def test_a_full_batch_is_written_before_the_timer(monkeypatch):
 
 
 class _LoggedWire(Wire):
-    """test_server's site, with an access log writing to a pipe."""
+    """The in-memory site, with an access log writing to a pipe."""
 
     def __init__(self):
-        super().__init__()
+        clock = Clock()
+        clock.advance(100)
+        self.read_fd, fd = os.pipe()
+        self.log = AccessLog(clock, fd=fd)
+        self.log.startService()
+        super().__init__(clock=clock, access_log=self.log, worker=1)
         # measured as the daemon measures it: the access line's upstream fields
         self.registry.upstream = TimedUpstream(self.upstream, Metrics(), self.clock)
-        self.read_fd, fd = os.pipe()
-        self.log = AccessLog(self.clock, fd=fd)
-        self.log.startService()
-        self.site = ApiSite(self.site.resource, self.clock, None, self.log, worker=1)
 
     def lines(self):
         self.log.flush()
@@ -240,6 +241,7 @@ def test_two_workers_on_one_stdout_pipe_never_interleave_lines(tmp_path, upstrea
             th.start()
         for th in workers:
             th.join(120)
+        # wall clock: a bound on two real workers under load, far above what it takes
         assert time.monotonic() - started < 120
         lines = _stop_then_lines(d)
     finally:

@@ -31,10 +31,12 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from test_events import JOIN_SECONDS, eventually, info, kafka_config, wait_ready
+from daemon_support import JOIN_SECONDS, kafka_config, wait_ready
+from daemon_support import events_info as info
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, RedisServer
+from apicache.harness.polling import wait_until
 
 pytestmark = [
     pytest.mark.skipif(not os.environ.get("APICACHE_CHAOS"), reason="chaos runs with APICACHE_CHAOS=1 (make chaos)"),
@@ -100,7 +102,7 @@ def test_kill_9_under_load(make_daemon: Callable[..., Daemon], upstream: Upstrea
         a, b = make_daemon(config), make_daemon(config)
         wait_ready(a)
         wait_ready(b)
-        eventually(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1)
+        wait_until(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1, "each daemon to hold one partition")
         first = {0: 0, 1: 0}
 
         # the upstream's data: a version per object, bumped before its event
@@ -157,7 +159,7 @@ def test_kill_9_under_load(make_daemon: Callable[..., Daemon], upstream: Upstrea
         a2 = Daemon(a.config_path, port=a.port, api_key=a.api_key)
         a2.start()
         wait_ready(a2)
-        eventually(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, 3 * JOIN_SECONDS, 0.2)
+        wait_until(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, 3 * JOIN_SECONDS, 0.2, "each daemon to hold one partition again")
         time.sleep(3)
         stop.set()
         producer.join(10)
@@ -165,7 +167,7 @@ def test_kill_9_under_load(make_daemon: Callable[..., Daemon], upstream: Upstrea
             t.join(10)
 
         # every event is applied at last (at least once)
-        eventually(lambda: all((p, o) in applied([a, a2, b]) for _, _, p, o in produced), 20.0, 0.2)
+        wait_until(lambda: all((p, o) in applied([a, a2, b]) for _, _, p, o in produced), 20.0, 0.2, "every produced event to be applied")
         assert a2.stop() in (0, -15)
         assert b.stop() in (0, -15)
         done = applied([a, a2, b])

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import free_port
+from apicache.harness.polling import wait_until
 from apicache.harness.token_endpoint import TokenEndpoint
 from apicache.testing import vcap_services
 
@@ -156,18 +157,16 @@ class CloudFoundryApp:
         self.proc = subprocess.Popen(
             ["bash", "-c", self.command], cwd=app, env=self.env, stdout=self._out, stderr=self._err
         )
-        deadline = time.monotonic() + 20
-        while True:
+
+        def healthy() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"exited {self.proc.returncode}: {self.stderr()} {self.stdout()}")
             try:
-                if self.request("GET", "/healthz", timeout=1)[0] == 200:
-                    break
+                return self.request("GET", "/healthz", timeout=1)[0] == 200
             except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no /healthz: {self.stdout()}")
-            time.sleep(0.05)
+                return False
+
+        wait_until(healthy, 20, 0.05, lambda: f"/healthz to answer 200: {self.stdout()}")
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None, timeout: float = 10):
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -248,10 +247,7 @@ def test_procfile_web_command_serves_as_on_cloud_foundry(cf, upstream, tokens):
     assert s[("apicache_store_entries", ())] == 1
 
     # the Kafka binding's OAuth token was fetched with the bound credentials
-    deadline = time.monotonic() + 10
-    while not tokens.tokens and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert tokens.tokens, "no token fetched"
+    wait_until(lambda: tokens.tokens, 10, 0.05, "a token to be fetched")
     assert tokens.requests[0][0].startswith("Basic ")
 
     cf.proc.send_signal(signal.SIGTERM)
@@ -283,10 +279,7 @@ def test_sigterm_lets_a_slow_request_finish(cf, upstream):
 
     caller = threading.Thread(target=call)
     caller.start()
-    deadline = time.monotonic() + 5
-    while upstream.calls("/api/object(slow)/header") == 0:
-        assert time.monotonic() < deadline, "the slow request never reached the upstream"
-        time.sleep(0.02)
+    wait_until(lambda: upstream.calls("/api/object(slow)/header"), 5, 0.02, "the slow request to reach the upstream")
     signalled = time.monotonic()
     cf.proc.send_signal(signal.SIGTERM)
 
@@ -299,7 +292,7 @@ def test_sigterm_lets_a_slow_request_finish(cf, upstream):
 
     assert result and result[0][0] == 200 and result[0][1]["x-cache"] == "MISS"
     assert status in (0, -signal.SIGTERM)
-    assert took < 6.0  # within server.shutdown_grace
+    assert took < 6.0  # wall clock: the real daemon exits within server.shutdown_grace
     messages = [ln["message"] for ln in cf.lines()]
     order = [
         next(i for i, m in enumerate(messages) if m.startswith("Received SIGTERM")),

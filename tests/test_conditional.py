@@ -6,8 +6,10 @@ and the Klein route alike.
 
 from __future__ import annotations
 
-from test_server import BODY, PATH, Wire, parse
-
+from apicache.testing import OBJECT_BODY as BODY
+from apicache.testing import OBJECT_PATH as PATH
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import parse_response as parse
 from apicache.upstream.client import UpstreamResponse
 
 LM = b"Sun, 06 Nov 1994 08:49:37 GMT"

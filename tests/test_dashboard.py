@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -147,15 +147,6 @@ def kafka() -> Iterator[KafkaBroker]:
     broker.stop()
 
 
-def _eventually(check: Callable[[], Any], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        time.sleep(0.1)
-    return value
-
-
 @pytest.fixture
 def scrape(make_daemon: Callable[..., Daemon], upstream: UpstreamStub, redis_url: str, kafka: KafkaBroker) -> dict[str, Any]:
     """
@@ -176,7 +167,7 @@ def scrape(make_daemon: Callable[..., Daemon], upstream: UpstreamStub, redis_url
             "events": [{"types": ["object.update"], "route": "object", "id_field": "objectid"}],
         }
     )
-    _eventually(lambda: d.request("GET", "/readyz").status == 200, 30)
+    wait_until(lambda: d.request("GET", "/readyz").status == 200, 30, 0.1, "/readyz to answer 200 (Redis up, group joined)")
     upstream.set("/api/object(2)/header", drop=True)
     assert d.get("/server/object(1)/header").cache == "MISS"
     assert d.get("/server/object(1)/header").cache == "HIT"

@@ -12,36 +12,23 @@ directly, from the test's thread, with a fake consumer and a
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-from twisted.internet.defer import Deferred, fail, succeed
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
+from listener_support import CONFIG, event, kafka_config
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 from zope.interface import implementer
 
-from apicache.cache.invalidator import IInvalidator
 from apicache.cache.registry import CacheRegistry
-from apicache.config import KafkaConfig, parse_config
 from apicache.events.decoding import EventDecoder
 from apicache.events.handling import EventHandler
 from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
-from apicache.harness.launchers import free_port
 from apicache.store import MemoryStore
-from apicache.store.interface import StoreUnavailable
-
-CONFIG = parse_config(
-    {
-        "server": {"allow_anonymous": True},
-        "upstream": {"base_url": "http://127.0.0.1:1/api"},
-        "routes": [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header"}],
-        "events": [{"types": ["object.update"], "route": "object", "id_field": "objectid"}],
-    },
-    "test.toml",
-    {},
-)
+from apicache.testing import FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
 
 
 @implementer(IReactorFromThreads)
@@ -59,17 +46,6 @@ class ThreadCollectingClock(Clock):
         handed, self.handed = self.handed, []
         for f, args, kwargs in handed:
             f(*args, **kwargs)
-
-
-@implementer(IReactorFromThreads)
-class ImmediateClock(Clock):
-    """
-    A Clock that runs calls "from the consumer thread" at once: the test's
-    thread plays both the consumer thread and the reactor's.
-    """
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        f(*args, **kwargs)
 
 
 def is_log(handed: Callable[..., Any], method: Callable[..., Any]) -> bool:
@@ -93,118 +69,6 @@ class FakeCredentials:
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         self.subscribers.append(callback)
-
-
-class FakeMessage:
-    """What the listener reads of a confluent-kafka ``Message``."""
-
-    def __init__(self, partition: int, offset: int, value: bytes | None = None, error: KafkaError | None = None) -> None:
-        self._partition, self._offset, self._value, self._error = partition, offset, value, error
-
-    def error(self) -> KafkaError | None:
-        return self._error
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def topic(self) -> str:
-        return "t"
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, 990_000)  # TIMESTAMP_CREATE_TIME, in ms
-
-
-def event(objectid: str) -> bytes:
-    return json.dumps({"type": "object.update", "objectid": objectid}).encode()
-
-
-class FakeConsumer:
-    """
-    The parts of confluent-kafka's ``Consumer`` the listener's thread uses,
-    recording what it was asked to do.
-    """
-
-    def __init__(self, messages: Sequence[FakeMessage] = (), committed: dict[int, int] | None = None, high: int = 42) -> None:
-        self.messages = list(messages)
-        self.committed_offsets = committed or {}
-        self.high = high
-        self.stored: list[tuple[str, int, int]] = []
-        self.seeks: list[tuple[str, int, int]] = []
-        self.assigned: list[tuple[str, int, int]] = []
-        self.credentials: list[tuple[str, str]] = []
-        self.commits = 0
-        self.commit_error: KafkaError | None = None
-
-    def poll(self, timeout: float) -> FakeMessage | None:
-        return self.messages.pop(0) if self.messages else None
-
-    def consume(self, n: int, timeout: float) -> list[FakeMessage]:
-        taken, self.messages = self.messages[:n], self.messages[n:]
-        return taken
-
-    def store_offsets(self, offsets: list[TopicPartition]) -> None:
-        self.stored.extend((tp.topic, tp.partition, tp.offset) for tp in offsets)
-
-    def seek(self, tp: TopicPartition) -> None:
-        self.seeks.append((tp.topic, tp.partition, tp.offset))
-
-    def commit(self, asynchronous: bool = True) -> None:
-        self.commits += 1
-        if self.commit_error is not None:
-            raise KafkaException(self.commit_error)
-
-    def set_sasl_credentials(self, username: str, password: str) -> None:
-        self.credentials.append((username, password))
-
-    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        return [TopicPartition(p.topic, p.partition, self.committed_offsets.get(p.partition, -1001)) for p in partitions]
-
-    def get_watermark_offsets(self, tp: TopicPartition, timeout: float) -> tuple[int, int]:
-        return (0, self.high)
-
-    def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
-
-
-@implementer(IInvalidator)
-class FlakyInvalidator:
-    """
-    An L{apicache.cache.invalidator.IInvalidator} that fails for the ids in ``failing``,
-    as the registry does when Redis is away.
-    """
-
-    def __init__(self, *failing: str) -> None:
-        self.failing = set(failing)
-        self.applied: list[tuple[str, str | None, str, tuple[str, ...]]] = []
-
-    def _do(self, action: str, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        if params[0] in self.failing:
-            return fail(StoreUnavailable("away"))
-        self.applied.append((action, tenant, route, params))
-        return succeed(1)
-
-    def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        return self._do("invalidate", tenant, route, params)
-
-    def refresh(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
-        return self._do("refresh", tenant, route, params)
-
-
-def kafka_config(mode: str = "broadcast") -> KafkaConfig:
-    return KafkaConfig(
-        bootstrap_servers=f"127.0.0.1:{free_port()}",
-        topics=("t",),
-        mode=mode,
-        security_protocol="SASL_PLAINTEXT",
-        sasl_mechanism="PLAIN",
-        sasl_username="client-id",
-    )
 
 
 def listener(reactor: Clock, credentials: Any = None) -> EventListenerService:

@@ -4,7 +4,7 @@ Kafka-protocol broker (Tansu, memory storage), with the upstream stub.
 
 Every check of something asynchronous polls for up to 2 s, except the
 readiness waits that include a consumer-group join (about 3 s on Tansu with
-the short timeouts of ``KAFKA_EXTRA``).
+the short timeouts of ``KAFKA_EXTRA`` in tests/daemon_support.py).
 """
 
 from __future__ import annotations
@@ -19,34 +19,15 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from daemon_support import JOIN_SECONDS, OBJECT_EVENTS, kafka_config, readyz, wait_ready
+from daemon_support import events_info as info
 
 from apicache.harness.demo import Answer, UpstreamStub
 from apicache.harness.launchers import Daemon, KafkaBroker, Reply
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
-
-#: Consumer settings for the test broker: with librdkafka's defaults a group
-#: join on Tansu takes ~23 s, with these ~3 s.  Tansu does not end a waiting
-#: fetch early when data arrives, so the fetch wait bounds event latency.
-KAFKA_EXTRA = {
-    "session.timeout.ms": 6000,
-    "max.poll.interval.ms": 7000,
-    "heartbeat.interval.ms": 1000,
-    "fetch.wait.max.ms": 20,
-}
-
-OBJECT_EVENTS = [
-    {
-        "types": ["object.update", "object.publish", "object.revision", "object.delete"],
-        "route": "object",
-        "id_field": "objectid",
-        "tenant_field": "org_id",
-    }
-]
-
-JOIN_SECONDS = 20.0
-
 
 @pytest.fixture(scope="session")
 def kafka() -> Iterator[KafkaBroker]:
@@ -62,61 +43,11 @@ def topic(kafka: KafkaBroker) -> str:
     return name
 
 
-def eventually(check: Callable[[], Any], timeout: float = 2.0, interval: float = 0.02) -> Any:
-    """
-    Call ``check`` until it returns something true, for up to ``timeout``
-    seconds; return that, or fail with the last value.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still {value!r} after {timeout} s")
-        time.sleep(interval)
-
-
-def kafka_config(
-    broker: KafkaBroker,
-    topic: str,
-    events: list[dict[str, Any]] | None = None,
-    mode: str = "broadcast",
-    group_id: str = "apicache",
-    **more: Any,
-) -> dict[str, Any]:
-    return {
-        "kafka": {
-            "bootstrap_servers": broker.bootstrap,
-            "topics": [topic],
-            "mode": mode,
-            "group_id": group_id,
-            "extra": KAFKA_EXTRA,
-        },
-        "events": OBJECT_EVENTS if events is None else events,
-        **more,
-    }
-
-
-def info(d: Daemon) -> dict[str, Any]:
-    r = d.request("GET", "/")
-    assert r.status == 200
-    return r.json()["events"]  # type: ignore[no-any-return]
-
-
-def readyz(d: Daemon) -> Reply:
-    return d.request("GET", "/readyz")
-
-
-def wait_ready(d: Daemon, timeout: float = JOIN_SECONDS) -> None:
-    eventually(lambda: readyz(d).status == 200, timeout, 0.1)
-
-
 def wait_applied(d: Daemon, n: int, timeout: float = 2.0) -> dict[str, Any]:
     """
     Wait until ``n`` events were applied; fail if more were.
     """
-    found = eventually(lambda: (lambda e: e if e["applied"] >= n else None)(info(d)), timeout)
+    found = wait_until(lambda: (lambda e: e if e["applied"] >= n else None)(info(d)), timeout, 0.02, "the events to be applied")
     assert found["applied"] == n, found
     return found  # type: ignore[no-any-return]
 
@@ -234,7 +165,7 @@ def test_refresh_serves_the_stale_copy_then_the_new_body(event_daemon, kafka, to
     stale = d.get(obj(5), "t1")
     assert (stale.status, stale.cache, stale.body) == (200, "STALE", b"old")
     assert "age" in stale.headers
-    fresh = eventually(lambda: (lambda r: r if r.cache == "HIT" else None)(d.get(obj(5), "t1")))
+    fresh = wait_until(lambda: (lambda r: r if r.cache == "HIT" else None)(d.get(obj(5), "t1")), 2.0, 0.02, "the refreshed entry to be a hit")
     assert fresh.body == b"new"
     assert upstream.calls(path) == 2  # one background re-fetch
 
@@ -243,7 +174,7 @@ def test_refresh_serves_the_stale_copy_then_the_new_body(event_daemon, kafka, to
     kafka.send(topic, {"type": "object.update", "objectid": 5})
     wait_applied(d, 2)
     assert d.get(obj(5), "t1").cache == "STALE"
-    gone = eventually(lambda: (lambda r: r if r.status == 404 else None)(d.get(obj(5), "t1")))
+    gone = wait_until(lambda: (lambda r: r if r.status == 404 else None)(d.get(obj(5), "t1")), 2.0, 0.02, "the deleted object to answer 404")
     assert gone.cache == "MISS"
     assert gone.body == b"gone"
 
@@ -293,7 +224,7 @@ def test_event_during_a_slow_fetch_wins(event_daemon, kafka, topic, upstream: Up
     answers: list[Reply] = []
     slow = threading.Thread(target=lambda: answers.append(d.get(obj(9), "t1")))
     slow.start()
-    eventually(lambda: upstream.calls(path) == 1)
+    wait_until(lambda: upstream.calls(path) == 1, 2.0, 0.02, "the upstream to be called")
     kafka.send(topic, {"type": "object.update", "objectid": "9"})
     wait_applied(d, 1)
     assert upstream.calls(path) == 1 and not answers, "the fetch ended before the event applied"
@@ -364,12 +295,14 @@ def test_broker_down_then_restarted(make_daemon, upstream):
 
         broker.stop()
         stopped = time.monotonic()
-        r = eventually(lambda: (lambda r: r if r.status == 503 else None)(readyz(d)), timeout=5.0, interval=0.1)
+        r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(readyz(d)), 5.0, 0.1, "/readyz to answer 503")
         assert r.json() == {"ready": False, "failing": ["kafka"]}
+        # wall clock: the real daemon notices the real broker gone within 5 s
         assert time.monotonic() - stopped < 5.0
         assert d.get(obj(1), "t1").cache == "HIT"  # still serving
         cpu_before = _cpu_seconds(d)
         time.sleep(2.0)
+        # CPU seconds of the real daemon's process over 2 s of the wall clock
         assert _cpu_seconds(d) - cpu_before < 0.5, "busy while the broker is away"
 
         broker.start()
@@ -425,7 +358,7 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
     b = make_daemon(config)
     wait_ready(a)
     wait_ready(b)
-    eventually(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(a)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1, "each daemon to hold one partition")
 
     ends = {0: 0, 1: 0}
 
@@ -435,7 +368,7 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
             ends[p] = o + 1
 
     send(range(0, 10))
-    eventually(lambda: info(a)["applied"] + info(b)["applied"] == 10)
+    wait_until(lambda: info(a)["applied"] + info(b)["applied"] == 10, 2.0, 0.02, "10 events to be applied")
     assert (info(a)["applied"], info(b)["applied"]) == (5, 5)
     assert info(a)["received"] + info(b)["received"] == 10
 
@@ -444,19 +377,20 @@ def test_group_mode_applies_each_event_once_and_resumes_from_committed_offsets(m
     a_partition = int(held.rsplit(":", 1)[1])
     stopping = time.monotonic()
     assert a.stop() in (0, -15)
+    # wall clock: the real daemon commits and exits within 5 s
     assert time.monotonic() - stopping < 5.0
     committed = _committed(kafka, group, topic)
     assert committed[a_partition] == ends[a_partition]
-    eventually(lambda: info(b)["partitions"] == 2, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(b)["partitions"] == 2, JOIN_SECONDS, 0.1, "b to hold both partitions")
     send(range(10, 16))
-    eventually(lambda: info(b)["applied"] == 11)
+    wait_until(lambda: info(b)["applied"] == 11, 2.0, 0.02, "b to apply the 11th event")
 
     # a comes back: the partition it gets resumes at b's committed offset
     a2 = make_daemon(config)
     wait_ready(a2)
-    eventually(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1)
+    wait_until(lambda: info(a2)["partitions"] == 1 and info(b)["partitions"] == 1, JOIN_SECONDS, 0.1, "each daemon to hold one partition again")
     send(range(16, 20))
-    eventually(lambda: info(b)["applied"] + info(a2)["applied"] == 15)
+    wait_until(lambda: info(b)["applied"] + info(a2)["applied"] == 15, 2.0, 0.02, "15 events to be applied")
     time.sleep(0.3)
     assert info(b)["received"] + info(a2)["received"] == 15, "an event was applied twice"
     assert a2.stop() in (0, -15)
@@ -486,7 +420,7 @@ def test_secrets_are_never_logged(make_daemon, kafka, topic):
         security_protocol="SASL_PLAINTEXT", sasl_mechanism="PLAIN", sasl_username="user", sasl_password=secret
     )
     d = make_daemon(config)
-    eventually(lambda: "librdkafka" in d.logs() or "kafka:" in d.logs(), 5.0, 0.1)
+    wait_until(lambda: "librdkafka" in d.logs() or "kafka:" in d.logs(), 5.0, 0.1, "the Kafka client's log line")
     assert d.stop() in (0, -15)
     logs = d.logs()
     assert secret not in logs

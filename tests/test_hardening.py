@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from http_support import OBJ, T1, App, error_of, result
+from http_support import sync_case as _tc
 from hypothesis import given
 from hypothesis import strategies as st
-from test_http import OBJ, T1, App, _tc, error_of, result
 from twisted.internet.task import Clock
 
 from apicache.cache.keys import CacheKey, InvalidParameter, InvalidTenant, decode_parameter, validate_tenant, variant

@@ -17,12 +17,13 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_support import ready, until
+from daemon_support import metric
+from daemon_support import ready as daemon_ready
+from redis_support import ready
 from store_contract import entry, key, store_entry
-from test_redis_daemons import metric
-from test_redis_daemons import ready as daemon_ready
 
 from apicache.harness.launchers import Daemon, RedisServer
+from apicache.harness.polling import wait_until_async
 from apicache.store.interface import CachedResponse
 from apicache.store.redis import RedisStore, encode_entry, encode_key
 from apicache.store.redis.codec import entry_problem, tag_record_key
@@ -170,7 +171,7 @@ async def test_malformed_invalidations_are_skipped_and_the_rest_of_the_batch_app
         messages.append(json.dumps(["other", "i", "t1", "object", list(k.params)]).encode())
     messages.append(json.dumps(["other", "d", "t1", "object", ["42"], key().variant]).encode())
     await a.commands.execute("EVAL", PUBLISH_ALL, 1, a.channel, *messages)
-    await until(lambda: b.lookup(key()) is None, timeout=2)
+    await wait_until_async(lambda: b.lookup(key()) is None, 2, 0.01, "b to drop the entry")
     assert all(b.lookup(k) is None for k in others)
     assert b.counters["bad_messages"] == len(MALFORMED)
     assert b.subscriber.protocol is not None  # the subscription stayed up

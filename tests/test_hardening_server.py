@@ -11,33 +11,24 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_http import KEY, OBJ, App, _tc, error_of, result
-from test_server import ROUTES, Wire, parse
+from http_support import KEY, OBJ, App, error_of, result
+from http_support import sync_case as _tc
 from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 
 from apicache.http.api import CacheAPI
-from apicache.http.channel import ApiSite, ConnectionLimits, connection_limit
-from apicache.http.front import ApiFront
+from apicache.http.channel import ConnectionLimits, connection_limit
+from apicache.testing import OBJECT_ROUTE
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import parse_response as parse
 
 K1 = (b"api-key", b"k1")
 T1 = (b"org_id", b"t1")
 
 
-class LimitedWire(Wire):
+def LimitedWire(server=None, routes=(OBJECT_ROUTE,), **limits):
     """L{Wire} whose site checks keys and limits as the daemon's does."""
-
-    def __init__(self, server=None, routes=ROUTES, **limits):
-        super().__init__(server, routes)
-        front = ApiFront(self.klein, self.api.resolver, self.api.keys, self.registry)
-        self.site = ApiSite(
-            front,
-            self.clock,
-            None,
-            access_log=False,
-            keys=self.api.keys,
-            limits=ConnectionLimits(**limits),
-            tenant_header=b"org_id",
-        )
+    return Wire(server=server, routes=routes, check_keys=True, limits=ConnectionLimits(**limits))
 
 
 def head(method=b"POST", path=b"/server/object(42)/header", headers=()):
@@ -307,11 +298,11 @@ def test_a_request_refused_before_its_body_is_logged_with_its_trace_id():
 
     from apicache.ops.logs import AccessLog
 
-    w = Wire()
-    front = ApiFront(w.klein, w.api.resolver, w.api.keys, w.registry)
+    clock = Clock()
+    clock.advance(100)
     r, fd = os.pipe()
-    log = AccessLog(w.clock, fd=fd)
-    w.site = ApiSite(front, w.clock, None, access_log=log, keys=w.api.keys)
+    log = AccessLog(clock, fd=fd)
+    w = Wire(clock=clock, access_log=log, check_keys=True)
     try:
         trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         w.raw(head(headers=((b"Content-Length", b"10"), (b"traceparent", trace.encode()), T1)))

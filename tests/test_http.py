@@ -9,69 +9,13 @@ import base64
 import json
 
 import pytest
-from treq.testing import StubTreq
+from http_support import KEY, OBJ, T1, App, error_of, result
+from http_support import sync_case as _tc
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
-from apicache.config import parse_config
-from apicache.http.api import CacheAPI
-from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
-
-ROUTES = [
-    {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10},
-    {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 10},
-]
-KEY = {"api-key": "k1"}
-T1 = {**KEY, "org_id": "t1"}
-OBJ = "http://x/server/object(42)/header"
-
-
-def echo(path, headers):
-    body = json.dumps({"path": path, "headers": [[k.decode(), v.decode()] for k, v in headers]}).encode()
-    return UpstreamResponse(200, [(b"content-type", b"application/json"), (b"etag", b'"e"')], body)
-
-
-class App:
-    def __init__(self, server=None, auto=echo, routes=ROUTES):
-        self.clock = Clock()
-        self.clock.advance(100)
-        data = {
-            "server": {"api_keys": ["k1", "k2"], **(server or {})},
-            "upstream": {"base_url": "http://up/api"},
-            "routes": routes,
-        }
-        self.config = parse_config(data, "test.toml", {})
-        self.store = MemoryStore(1 << 20)
-        self.upstream = FakeUpstream(auto=auto)
-        self.registry = CacheRegistry(
-            self.store, self.upstream, self.clock, self.config.routes, self.config.upstream.keyed_headers
-        )
-        self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
-        self.treq = StubTreq(self.api.resource())
-
-    def request(self, method, url, headers=None):
-        d = self.treq.request(method, url, headers=headers, allow_redirects=False)
-        self.treq.flush()
-        return d
-
-
-def result(tc, d):
-    """Return (status, headers, body) of a StubTreq answer."""
-    r = tc.successResultOf(d)
-    body = tc.successResultOf(r.content())
-    return r.code, r.headers, body
-
-
-def error_of(tc, d):
-    code, headers, body = result(tc, d)
-    assert headers.getRawHeaders("content-type") == ["application/json"]
-    data = json.loads(body)
-    assert set(data) >= {"error", "message"}
-    return code, data["error"]
 
 
 @pytest.fixture
@@ -186,12 +130,6 @@ class TestProxy:
         assert (code, json.loads(body)) == (200, {"invalidated": 2})
         code, _, body = result(tc, app.request("DELETE", "http://x/clear", headers=KEY))
         assert (code, json.loads(body)) == (200, {"invalidated": 2})
-
-
-def _tc():
-    from twisted.trial.unittest import SynchronousTestCase
-
-    return SynchronousTestCase()
 
 
 class TestRequests:
@@ -347,11 +285,7 @@ def test_keys_are_checked_even_when_anonymous_is_allowed():
 
 
 def test_built_in_defaults_serve_info_and_no_routes():
-    clock = Clock()
-    config = parse_config({}, "<built-in defaults>", {})
-    registry = CacheRegistry(MemoryStore(1 << 20), FakeUpstream(), clock, (), ())
-    api = CacheAPI(config, registry, Router(()), clock)
-    treq = StubTreq(api.resource())
+    treq = InMemoryAPI({}, source="<built-in defaults>", auto=None, now=0, node=None).treq
     tc = _tc()
     for url, status in (("http://x/", 200), ("http://x/healthz", 200), ("http://x/server/templates/1", 404)):
         d = treq.get(url, headers={"org_id": "t1"})

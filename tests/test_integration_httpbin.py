@@ -10,7 +10,6 @@ in the logs.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
@@ -20,6 +19,7 @@ import tomli_w
 from rest_servers import RestServer, call, httpbin
 
 from apicache.harness.launchers import Daemon
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -137,10 +137,11 @@ def test_set_header_values_never_reach_the_logs(stack: Stack) -> None:
     stack.call("GET", "/api/anything/4")
     stack.call("POST", "/api/anything/4", {"content-type": "text/plain"}, b"x")
     # access lines are written in batches (every 0.2 s)
-    deadline = time.monotonic() + 5
-    logs = stack.daemon.logs()
-    while '"method":"POST"' not in logs.replace(" ", "") and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def post_logged() -> str:
         logs = stack.daemon.logs()
+        return logs if '"method":"POST"' in logs.replace(" ", "") else ""
+
+    logs = wait_until(post_logged, 5, 0.05, "the POST's access line")
     assert '"method": "POST"' in logs or '"method":"POST"' in logs
     assert SECRET not in logs

@@ -19,6 +19,7 @@ import tomli_w
 from rest_servers import RestServer, call, json_server
 
 from apicache.harness.launchers import Daemon
+from apicache.harness.polling import wait_until
 
 # starts real processes; the first test may run `npm ci` (its own limit is 600 s)
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(660)]
@@ -165,9 +166,7 @@ class Logged:
         Return the statuses logged for ``path`` once ``count`` are there
         (morgan writes its line as the answer finishes) and no more follow.
         """
-        deadline = time.monotonic() + 10
-        while len(self.upstream_answers(path)) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(self.upstream_answers(path)) >= count, 10, 0.05, f"{count} answers to {path} logged")
         time.sleep(0.3)
         return self.upstream_answers(path)
 

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from test_tokens import EC, ED, RSA, Signer, write_jwks
 from twisted.application.internet import backoffPolicy
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -31,6 +30,13 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from apicache.auth.jwks import JWKSError, JWKSSource, check_jwks_location, parse_jwks
 from apicache.auth.tokens import TokenRefused, TokenVerifier
+from apicache.testing import TokenSigner, write_jwks
+
+# one key of each kind for the whole module: RSA generation is slow
+RSA = TokenSigner("RS256", "rsa-1")
+EC = TokenSigner("ES256", "ec-1")
+ED = TokenSigner("EdDSA", "ed-1")
+
 
 # -- where a key set may come from ---------------------------------------------
 
@@ -87,7 +93,7 @@ def test_only_public_signature_keys_are_kept() -> None:
             EC.jwk(),
             ED.jwk(),
             {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
-            {**Signer("ES256", "enc").jwk(), "use": "enc"},
+            {**TokenSigner("ES256", "enc").jwk(), "use": "enc"},
             {**RSA.key.as_dict(private=True), "kid": "leaked"},
             {"kty": "OKP", "crv": "X25519", "kid": "ecdh", "x": "F3oPXseC2XNlLbRSGhg5bHb-bHzsVPLYsQLJIwuzd2Q"},
             {"kty": "RSA", "kid": "broken", "n": "AQAB"},
@@ -319,7 +325,7 @@ async def test_key_rotation_through_a_loopback_jwks_server(jwks_server) -> None:
         assert verifier.verify(old)["sub"] == "alice"
 
         # the provider rotates: a new key, the old one withdrawn
-        new = Signer("ES256", "ec-rotated")
+        new = TokenSigner("ES256", "ec-rotated")
         resource.body = document(new.jwk())
         requests = resource.requests
         exp = int(reactor.seconds()) + 600  # type: ignore[attr-defined]
@@ -358,7 +364,7 @@ async def test_an_unreachable_url_keeps_the_known_keys(jwks_server) -> None:
         now = int(reactor.seconds())  # type: ignore[attr-defined]
         assert verifier.verify(EC.token(exp=now + 600, iat=now))["sub"] == "alice"
         # an unknown kid asks for a read, which fails too: still refused, keys kept
-        stranger = Signer("ES256", "stranger")
+        stranger = TokenSigner("ES256", "stranger")
         failure = verifier.verify_or_refresh(stranger.token(exp=now + 600, iat=now))
         assert isinstance(failure, Deferred)
         with pytest.raises(TokenRefused):

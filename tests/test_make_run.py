@@ -24,6 +24,7 @@ import pytest
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, free_port
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -75,17 +76,17 @@ def _client(port: int) -> Daemon:
 
 def _wait_healthy(proc: subprocess.Popen[bytes], port: int, wait: float = 60.0) -> Daemon:
     client = _client(port)
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"exited with {proc.returncode} before serving: {_output(proc)}")
         try:
-            if client.request("GET", "/healthz", timeout=1).status == 200:
-                return client
+            return client.request("GET", "/healthz", timeout=1).status == 200
         except OSError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"nothing answered on {port} within {wait} s")
+            return False
+
+    wait_until(healthy, wait, 0.1, f"/healthz to answer 200 on port {port}")
+    return client
 
 
 def _output(proc: subprocess.Popen[bytes]) -> str:
@@ -276,7 +277,4 @@ def test_killing_the_launcher_outright_stops_both_children(launched):
     assert len(children) == 2
     proc.kill()
     proc.wait()
-    deadline = time.monotonic() + 15
-    while [c for c in children if _alive(c)] and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert [c for c in children if _alive(c)] == []
+    wait_until(lambda: not [c for c in children if _alive(c)], 15, 0.1, "both children to exit")

@@ -12,40 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+from daemon_support import metric, ready
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, RedisServer, Reply
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
 
 OBJ = "/server/object(42)/header"
 UP = "/api/object(42)/header"
-
-
-def poll(check: Callable[[], Any], timeout: float = 1.0, step: float = 0.02) -> Any:
-    """
-    Return ``check()`` once it is truthy, trying for up to ``timeout`` seconds.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            assert got, f"still false after {timeout} s"
-            return got
-        time.sleep(step)
-
-
-def ready(d: Daemon, timeout: float = 5.0) -> Daemon:
-    poll(lambda: d.request("GET", "/readyz").status == 200, timeout)
-    return d
-
-
-def metric(d: Daemon, name: str) -> float:
-    for line in d.request("GET", "/metrics").body.decode().splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "_total "):
-            return float(line.split()[-1])
-    raise AssertionError(f"no metric {name}")
 
 
 @pytest.fixture
@@ -82,7 +59,8 @@ def test_delete_on_one_instance_is_a_miss_on_the_other(pair: Any, upstream: Upst
     assert b.get(OBJ).cache == "HIT"  # now also in b's in-process tier
     deleted = a.delete(OBJ, tenant="t1")
     assert (deleted.status, deleted.json()) == (200, {"invalidated": 1})
-    poll(lambda: metric(b, "apicache_redis_invalidations_received") >= 1)
+    # wall clock: through a real redis-server's pub/sub to another real daemon
+    wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ).cache == "MISS"
     assert upstream.calls(UP) == 2
 
@@ -93,7 +71,8 @@ def test_delete_for_every_tenant_reaches_every_instance(pair: Any, upstream: Ups
     b.get(OBJ, tenant="t2")
     b.get(OBJ, tenant="t1")
     assert a.delete(OBJ).json() == {"invalidated": 2}
-    poll(lambda: metric(b, "apicache_redis_invalidations_received") >= 1)
+    # wall clock: through a real redis-server's pub/sub to another real daemon
+    wait_until(lambda: metric(b, "apicache_redis_invalidations_received") >= 1, 1.0, 0.02, "b to receive the invalidation")
     assert b.get(OBJ, tenant="t1").cache == "MISS"
     assert b.get(OBJ, tenant="t2").cache == "MISS"
 
@@ -131,7 +110,7 @@ def test_redis_down_then_back(pair: Any, redis_server: RedisServer, upstream: Up
         return r if r.status == 503 else None
 
     for d in (a, b):
-        r = poll(lambda d=d: not_ready(d), timeout=5.0)
+        r = wait_until(lambda d=d: not_ready(d), 5.0, 0.02, "/readyz to answer 503")
         assert r.json() == {"ready": False, "failing": ["redis"]}
     for d in (a, b):
         # held in this process: still a hit; not held: fetched without the store
@@ -170,6 +149,7 @@ def test_an_answer_that_is_not_stored_does_not_hold_up_the_other_instance(pair: 
         elapsed = time.monotonic() - started
     assert first.result().status == second.status == 404
     # b waited for a's fetch, then fetched itself: not for the lock's 5 s
+    # (wall clock: two real daemons and a real redis-server hold the lock)
     assert elapsed < 1.5
     assert upstream.calls(UP) == 2
 

@@ -17,13 +17,14 @@ import pytest
 import pytest_twisted
 from hypothesis import given
 from hypothesis import strategies as st
-from redis_support import ready, sleep, until
+from redis_support import ready, sleep
 from store_contract import entry, key, make_store_tests, store_entry
 from twisted.internet.defer import Deferred
 
 from apicache.cache.keys import CacheKey
 from apicache.cache.wire import header_block
 from apicache.harness.launchers import RedisServer, free_port
+from apicache.harness.polling import wait_until_async
 from apicache.store.interface import CachedResponse, StoreUnavailable
 from apicache.store.redis import (
     RedisStore,
@@ -224,10 +225,12 @@ async def test_change_reaches_the_other_instance_within_100_ms(stores: Callable[
         await a.clear(None)
     else:
         await a.discard(key())
+    # wall clock: the change travels through a real redis-server's pub/sub,
+    # whose latency only the clock measures
     if change == "mark_stale":
-        await until(lambda: b.lookup(key()).stale, timeout=0.1, step=0.001)
+        await wait_until_async(lambda: b.lookup(key()).stale, 0.1, 0.001, "b to see the entry marked stale")
     else:
-        await until(lambda: b.lookup(key()) is None, timeout=0.1, step=0.001)
+        await wait_until_async(lambda: b.lookup(key()) is None, 0.1, 0.001, "b to drop the entry")
     assert time.monotonic() - started < 0.1
 
 
@@ -267,6 +270,7 @@ async def test_a_waiter_fetches_itself_once_the_lock_expires(stores: Callable[..
     assert await a.load(key()) is None
     started = time.monotonic()
     assert await b.load(key()) is None
+    # wall clock: the 0.2 s lock expires inside the real redis-server
     assert 0.1 < time.monotonic() - started < 1.0
 
 
@@ -278,7 +282,7 @@ async def test_redis_down_fails_fast_and_comes_back(stores: Callable[..., RedisS
     s = await ready(stores(url=redis_server.url, timeout=0.5))
     await store_entry(s, key())
     redis_server.stop()
-    await until(lambda: not s.is_ready(), timeout=2)
+    await wait_until_async(lambda: not s.is_ready(), 2, 0.01, "the store to notice Redis is down")
     # the in-process tier still answers, synchronously
     assert s.lookup(key()) is not None
     for call in (lambda: s.load(key(params=("1",))), lambda: s.begin(key()),
@@ -286,10 +290,14 @@ async def test_redis_down_fails_fast_and_comes_back(stores: Callable[..., RedisS
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await call()
+        # wall clock: failing at once, not after the 0.5 s timeout, is what
+        # a real redis-server's absence must cost
         assert time.monotonic() - started < 0.1
     redis_server.start()
-    waited = await until(s.is_ready, timeout=5)
-    assert waited < 3.5  # reconnection backoff is capped at 2 s
+    restarted = time.monotonic()
+    await wait_until_async(s.is_ready, 5, 0.01, "the store to reconnect")
+    # wall clock: a real redis-server restarted; reconnection backoff is capped at 2 s
+    assert time.monotonic() - restarted < 3.5
     assert await store_entry(s, key(params=("2",)))
     assert (await s.load(key(params=("2",)))) is not None
 
@@ -306,20 +314,24 @@ async def test_slow_redis_times_out_and_never_stalls_local_hits(
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await s.load(key(params=("9",)))
+        # wall clock: the 0.3 s timeout runs out against a real, paused redis-server
         assert 0.25 < time.monotonic() - started < 1.0
-        await until(lambda: not s.is_ready(), timeout=2)
+        await wait_until_async(lambda: not s.is_ready(), 2, 0.01, "the store to notice Redis is paused")
         # until Redis answers a PING again, calls don't wait out the timeout
         started = time.monotonic()
         with pytest.raises(StoreUnavailable):
             await s.begin(key(params=("9",)))
+        # wall clock: not waiting for the paused redis-server is only seen on it
         assert time.monotonic() - started < 0.05
         started = time.monotonic()
         for _ in range(1000):
             assert s.lookup(key()) is not None
+        # wall clock: 1000 hits in far less than one 0.3 s timeout: none
+        # waited on the paused redis-server
         assert time.monotonic() - started < 0.1
     finally:
         redis_server.resume()
-    await until(s.is_ready, timeout=3)
+    await wait_until_async(s.is_ready, 3, 0.01, "the store to reconnect")
     assert await s.load(key()) is not None
 
 
@@ -352,6 +364,8 @@ async def test_release_lets_the_waiter_fetch_at_once(stores: Callable[..., Redis
     started = time.monotonic()
     a.release(key(), token)
     assert await waiting is None
+    # wall clock: the release reaches the waiter through a real redis-server,
+    # long before the 5 s lock would expire
     assert time.monotonic() - started < 0.5
 
 
@@ -388,8 +402,8 @@ async def test_a_connection_frozen_for_several_pings_is_remade(
     first = s.commands.protocol
     redis_server.pause()
     try:
-        await until(lambda: s.commands.protocol is not first, timeout=6)
+        await wait_until_async(lambda: s.commands.protocol is not first, 6, 0.01, "the frozen connection to be remade")
     finally:
         redis_server.resume()
-    await until(s.is_ready, timeout=5)
+    await wait_until_async(s.is_ready, 5, 0.01, "the store to reconnect")
     assert await store_entry(s, key())

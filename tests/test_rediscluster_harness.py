@@ -94,7 +94,7 @@ def test_cluster_failover(cluster: RedisCluster) -> None:
     new = cluster.wait_failover(owner, timeout=30)
     took = time.monotonic() - killed
     assert new is replica
-    assert took < 15, took
+    assert took < 15, took  # wall clock: real redis-server nodes fail over
     assert new.command("GET", "fo-key") == b"kept"
     assert cli(cluster.live_nodes()[0].port, "GET", "fo-key") == "kept"
     cluster.restart(owner)
@@ -131,7 +131,7 @@ def test_sentinel_failover(sentinels: RedisSentinels) -> None:
     new = sentinels.wait_failover(old, timeout=30)
     took = time.monotonic() - killed
     assert new is replica
-    assert took < 15, took
+    assert took < 15, took  # wall clock: real redis-sentinel processes fail over
     assert sentinels.master_address() == ("127.0.0.1", replica.port)
     assert new.command("GET", "s-fo") == b"kept"
     new.command("SET", "s-after", "1")

@@ -23,13 +23,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
 
 from apicache.cache.links import LinkTargets
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
 from apicache.config import parse_config
 from apicache.harness.launchers import free_port
-from apicache.http.api import CacheAPI
-from apicache.http.channel import ApiSite
-from apicache.store.memory import MemoryStore
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
 from apicache.upstream.intermediary import VIA, IntermediaryUpstream
 
@@ -74,21 +70,21 @@ def config(upstream=None, server=None):
     return parse_config(data, "test.toml", {})
 
 
-class Wire:
+class Wire(InMemoryAPI):
     """
     The whole site in-process over the real upstream client, whose agent
     traverses a L{Recorder}.
     """
 
     def __init__(self, upstream=None, server=None):
-        self.clock = Clock()
-        self.clock.advance(100)
-        self.config = config(upstream, server)
+        clock = Clock()
+        clock.advance(100)
+        settings = config(upstream, server)
         self.recorder = Recorder()
         self.agent = RequestTraversalAgent(self.recorder)
-        up = self.config.upstream
+        up = settings.upstream
         self.client = UpstreamClient(
-            self.clock,
+            clock,
             up.base_url,
             timeout=5.0,
             max_body_bytes=1 << 20,
@@ -96,12 +92,8 @@ class Wire:
             max_in_flight=8,
             agent=self.agent,
         )
-        self.upstream = IntermediaryUpstream(self.client, up.set_headers, LinkTargets(up.base_url, self.config.routes))
-        self.registry = CacheRegistry(
-            MemoryStore(1 << 20), self.upstream, self.clock, self.config.routes, up.keyed_headers
-        )
-        self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
-        self.site = ApiSite(self.api.resource(), self.clock, None, access_log=True)
+        intermediary = IntermediaryUpstream(self.client, up.set_headers, LinkTargets(up.base_url, settings.routes))
+        super().__init__(settings, upstream=intermediary, clock=clock, access_log=True)
 
     def send(self, method=b"GET", path=b"/server/object(42)/header", headers=(), body=None, chunked=False):
         """Return (status, {name: value}, body) of one answer to raw HTTP."""

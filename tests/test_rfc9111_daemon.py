@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from apicache.harness.polling import wait_until
+
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
 
@@ -22,15 +24,6 @@ def route(**kw):
     r = {"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 300}
     r.update(kw)
     return {"routes": [r]}
-
-
-def until(check, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_etag_304_from_the_cache_and_revalidated(make_daemon, upstream):
@@ -80,6 +73,6 @@ def test_stale_while_revalidate(make_daemon, upstream):
     time.sleep(0.6)
     stale = d.get(PATH)
     assert stale.cache == "STALE" and stale.headers["cache-status"].startswith("apicache;hit;ttl=-")
-    assert until(lambda: upstream.calls(UP) == 2)
-    assert until(lambda: d.get(PATH).cache == "HIT")
+    wait_until(lambda: upstream.calls(UP) == 2, 5.0, 0.05, "the background revalidation to reach the upstream")
+    wait_until(lambda: d.get(PATH).cache == "HIT", 5.0, 0.05, "the revalidated entry to be a hit")
     assert upstream.calls(UP) == 2

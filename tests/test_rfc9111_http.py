@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 
-from test_server import Wire
-
+from apicache.testing import InMemoryAPI as Wire
 from apicache.upstream.client import UpstreamResponse
 
 K1 = (b"api-key", b"k1")

@@ -8,7 +8,7 @@ hands out (the harness of C{test_rfc9111}).
 
 from __future__ import annotations
 
-from test_rfc9111 import CT, DATE, ETAG, KEY, Harness, route
+from rfc9111_support import CT, DATE, ETAG, KEY, Harness, route
 from twisted.internet.defer import Deferred
 
 from apicache.cache.tenant import HIT, MISS, REVALIDATED, STALE, CacheResult

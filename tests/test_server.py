@@ -11,105 +11,15 @@ import base64
 import json
 
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import IResource, Resource
 
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
-from apicache.config import parse_config
-from apicache.http.api import CacheAPI
-from apicache.http.channel import ApiSite
-from apicache.http.front import ApiFront
-from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
-from apicache.upstream.client import UpstreamResponse
+from apicache.testing import OBJECT_BODY, OBJECT_ROUTE
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import parse_response as parse
 
-ROUTES = [{"type": "object", "path": "/server/object(<id>)/header", "upstream": "/object({id})/header", "ttl": 10}]
+ROUTES = [OBJECT_ROUTE]
 PATH = b"/server/object(42)/header"
-BODY = b'{"id": 42}'
-
-
-def answer(path, headers):
-    return UpstreamResponse(200, [(b"content-type", b"application/json"), (b"etag", b'"e"')], BODY)
-
-
-class _Counting(Resource):
-    """The Klein resource, counting the requests that reach it."""
-
-    isLeaf = True
-
-    def __init__(self, inner: IResource) -> None:
-        super().__init__()
-        self.inner = inner
-        self.calls = 0
-
-    def render(self, request):
-        self.calls += 1
-        return self.inner.render(request)
-
-
-class Wire:
-    """A site answering raw HTTP bytes in-process."""
-
-    def __init__(self, server=None, routes=ROUTES):
-        self.clock = Clock()
-        self.clock.advance(100)
-        data = {"server": {"api_keys": ["k1"], **(server or {})}, "upstream": {"base_url": "http://up/api"}}
-        if routes:
-            data["routes"] = routes
-        config = parse_config(data, "test.toml", {})
-        self.upstream = FakeUpstream(auto=answer)
-        self.registry = CacheRegistry(
-            MemoryStore(1 << 20), self.upstream, self.clock, config.routes, config.upstream.keyed_headers
-        )
-        self.api = CacheAPI(config, self.registry, Router(config.routes), self.clock, node="n1")
-        self.klein = _Counting(self.api.app.resource())
-        front = ApiFront(self.klein, self.api.resolver, self.api.keys, self.registry)
-        self.site = ApiSite(front, self.clock, None, access_log=False)
-
-    def connect(self):
-        protocol = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        return protocol, transport
-
-    def raw(self, data: bytes) -> tuple[bytes, StringTransport]:
-        protocol, transport = self.connect()
-        protocol.dataReceived(data)
-        return transport.value(), transport
-
-    def get(self, path=PATH, headers=((b"api-key", b"k1"), (b"org_id", b"t1")), method=b"GET", version=b"HTTP/1.1"):
-        head = b"%s %s %s\r\nHost: x\r\n" % (method, path, version)
-        head += b"".join(b"%s: %s\r\n" % h for h in headers)
-        out, _ = self.raw(head + b"\r\n")
-        return parse(out)
-
-
-def parse(out: bytes):
-    """Return (status, {lower-case name: value}, body) of one answer."""
-    head, _, body = out.partition(b"\r\n\r\n")
-    lines = head.split(b"\r\n")
-    fields = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(b": ")
-        fields[name.lower()] = value
-    if fields.get(b"transfer-encoding") == b"chunked":
-        body = dechunk(body)
-    return int(lines[0].split(b" ")[1]), fields, body
-
-
-def dechunk(data: bytes) -> bytes:
-    """Return the body of a chunked answer."""
-    out = b""
-    while True:
-        size, _, data = data.partition(b"\r\n")
-        n = int(size, 16)
-        if n == 0:
-            return out
-        out, data = out + data[:n], data[n + 2 :]
+BODY = OBJECT_BODY
 
 
 def error(answer):

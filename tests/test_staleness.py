@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import ROUTES
-from test_events import JOIN_SECONDS, KAFKA_EXTRA, eventually, kafka_config, wait_ready
+from daemon_support import JOIN_SECONDS, KAFKA_EXTRA, ROUTES, kafka_config, wait_ready
 
 from apicache.harness.launchers import Daemon, KafkaBroker
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -87,22 +87,23 @@ def staleness_daemon(make_daemon: Callable[..., Daemon], broker: KafkaBroker) ->
 def test_the_event_lag_grows_while_the_broker_is_paused_and_recovers(staleness_daemon, broker):
     d = staleness_daemon(max_staleness=2.0)
     # W exists once both partitions answered their first end-offset query
-    first = eventually(lambda: (lambda v: v is not None and v < 1.5)(lag(d)), timeout=10.0, interval=0.1)
+    first = wait_until(lambda: (lambda v: v is not None and v < 1.5)(lag(d)), 10.0, 0.1, "the lag to fall under 1.5 s")
     assert first
     assert lag_gauge(d) < 1.5
     pause(broker)
     paused = time.monotonic()
     try:
-        eventually(lambda: (lag(d) or 0) > 3.0, timeout=8.0, interval=0.2)
+        wait_until(lambda: (lag(d) or 0) > 3.0, 8.0, 0.2, "the lag to grow over 3 s")
         # W was vouched for by a query sent before the pause: the lag is at
-        # least the time paused, less the query interval
+        # least the time paused, less the query interval (wall clock: the
+        # real broker is paused, the real daemon measures its lag)
         assert (lag(d) or 0) >= time.monotonic() - paused - 1.0
         assert lag_gauge(d) > 3.0
         assert d.request("GET", "/healthz").status == 200, "serving on"
     finally:
         resume(broker)
-    eventually(lambda: (lambda v: v is not None and v < 1.5)(lag(d)), timeout=JOIN_SECONDS, interval=0.2)
-    eventually(lambda: outage_logged(d), timeout=2.0, interval=0.1)
+    wait_until(lambda: (lambda v: v is not None and v < 1.5)(lag(d)), JOIN_SECONDS, 0.2, "the lag to fall under 1.5 s again")
+    wait_until(lambda: outage_logged(d), 2.0, 0.1, "the outage to be logged")
 
 
 def outage_logged(d: Daemon) -> bool:
@@ -158,7 +159,7 @@ def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetche
     # query every 0.5 s, the broker's fetch wait): only the pause crosses it
     bound = 4.0
     d = staleness_daemon(max_staleness=bound, topic=f"serving-{backend}", store=store)
-    eventually(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), timeout=10.0, interval=0.1)
+    wait_until(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), 10.0, 0.1, "the lag to fall under 1 s")
     assert d.get(OBJ).cache == "MISS"
     # the events vouch for it: a hit well past max_staleness
     first = time.monotonic()
@@ -188,7 +189,7 @@ def test_with_the_broker_paused_an_entry_is_served_for_max_staleness_then_fetche
         assert counter(d, "apicache_events_behind_total") >= 3
     finally:
         resume(broker)
-    eventually(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), timeout=JOIN_SECONDS, interval=0.1)
+    wait_until(lambda: (lambda v: v is not None and v < 1.0)(lag(d)), JOIN_SECONDS, 0.1, "the lag to fall under 1 s")
     d.get(OBJ)
     calls = upstream.calls(UP)
     # caught up: served from the cache again, past max_staleness
@@ -218,9 +219,9 @@ def test_in_group_mode_the_other_instances_partitions_count_through_redis(make_d
     cfg = kafka_config(broker, topic, mode="group", group_id=group, routes=routes(2.0), store=store)
     a = make_daemon(cfg)
     b = make_daemon(cfg)
-    eventually(lambda: partitions_held(a) == 1 and partitions_held(b) == 1, timeout=3 * JOIN_SECONDS, interval=0.2)
+    wait_until(lambda: partitions_held(a) == 1 and partitions_held(b) == 1, 3 * JOIN_SECONDS, 0.2, "each daemon to hold one partition")
     if backend == "redis":
-        eventually(lambda: all((lambda v: v is not None and v < 1.5)(lag(d)) for d in (a, b)), timeout=10.0, interval=0.1)
+        wait_until(lambda: all((lambda v: v is not None and v < 1.5)(lag(d)) for d in (a, b)), 10.0, 0.1, "both daemons' lag to fall under 1.5 s")
     else:
         time.sleep(2.0)  # several end-offset queries and ticks
         assert partitions_held(a) == 1 and partitions_held(b) == 1

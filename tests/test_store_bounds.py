@@ -18,17 +18,18 @@ from unittest import mock
 
 import pytest
 import pytest_twisted
+from daemon_support import metric
+from daemon_support import ready as daemon_ready
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from redis_support import ready, sleep, until
+from redis_support import ready, sleep
 from store_contract import entry, key, store_entry
-from test_redis_daemons import metric
-from test_redis_daemons import ready as daemon_ready
 from twisted.internet.defer import DeferredList
 from twisted.internet.task import Clock
 
 from apicache.cache.keys import CacheKey
 from apicache.harness.launchers import Daemon, RedisServer
+from apicache.harness.polling import wait_until_async
 from apicache.store import tagindex
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
@@ -198,7 +199,7 @@ async def test_one_tenants_purges_in_redis_never_drop_another_tenants_entries(
     tags = random_tags(STORM)
     for start in range(0, len(tags), 200):
         await DeferredList([a.purge_tag("globex", t) for t in tags[start : start + 200]], fireOnOneErrback=True)
-    await until(lambda: b.counters["invalidations_received"] >= STORM, timeout=60)
+    await wait_until_async(lambda: b.counters["invalidations_received"] >= STORM, 60, 0.01, "b to receive every invalidation of the storm")
     assert sum(a.lookup(k) is not None for k in acme) == len(acme)
     assert sum(b.lookup(k) is not None for k in acme) == len(acme)
     c = await ready(stores(prefix=a.prefix))
@@ -441,7 +442,7 @@ async def test_oversized_or_deeply_nested_messages_are_dropped_and_the_next_one_
     nine = b'["other", "i", "t1", "object", [[[[[[[["0"]]]]]]]]]'
     messages = [deep, invalidation(first), padded, invalidation(second), nine, invalidation(third)]
     await a.commands.execute("EVAL", PUBLISH_ALL, 1, a.channel, *messages)
-    await until(lambda: b.lookup(third) is None, timeout=5)
+    await wait_until_async(lambda: b.lookup(third) is None, 5, 0.01, "b to apply the invalidation after the bad messages")
     assert b.lookup(first) is None and b.lookup(second) is None
     assert b.lookup(untouched) is not None
     assert b.counters["bad_messages"] == 3

@@ -19,16 +19,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from apicache.cache.keys import CacheKey
 from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
 from apicache.cache.tags import InvalidTag, TooManyTags, answer_tags, decode_tag_path, route_tags
 from apicache.cache.tenant import HIT, MISS, STALE, CacheResult, FetchRequest
-from apicache.config import EventRule, RouteConfig, parse_config
+from apicache.config import EventRule, RouteConfig
 from apicache.events.decoding import BadEvent, CacheAction, EventDecoder
 from apicache.http.api import CacheAPI
 from apicache.store.interface import CachedResponse
 from apicache.store.memory import MemoryStore
 from apicache.store.tagindex import REAP_BATCH, TagIndex
-from apicache.testing import FakeUpstream
+from apicache.testing import FakeUpstream, InMemoryAPI
 
 OBJ = RouteConfig(
     "object", "/o/<id>", "/o/{id}", ttl=10.0, params=("id",), fingerprint="f", tags=("object:{id}", "objects")
@@ -372,17 +371,13 @@ def test_an_event_rule_with_a_route_and_tags_makes_both_actions() -> None:
 
 
 def api(h: Harness, server: dict[str, object] | None = None) -> tuple[CacheAPI, StubTreq]:
-    config = parse_config(
-        {
-            "server": server or {"allow_anonymous": True},
-            "upstream": {"base_url": "http://up", "tags_header": "surrogate-key"},
-            "routes": [{"type": "object", "path": "/o/<id>", "upstream": "/o/{id}", "tags": ["object:{id}"]}],
-        },
-        "test.toml",
-        {},
-    )
-    a = CacheAPI(config, h.registry, Router(config.routes, "test.toml"), h.clock)
-    return a, StubTreq(a.resource())
+    settings = {
+        "server": server or {"allow_anonymous": True},
+        "upstream": {"base_url": "http://up", "tags_header": "surrogate-key"},
+        "routes": [{"type": "object", "path": "/o/<id>", "upstream": "/o/{id}", "tags": ["object:{id}"]}],
+    }
+    a = InMemoryAPI(settings, registry=h.registry, clock=h.clock, node=None)
+    return a.api, a.treq
 
 
 class PurgeRouteTests(SynchronousTestCase):

@@ -8,15 +8,16 @@ purge by tag, with the real broker, are in tests/test_events.py.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from daemon_support import ready
 
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon, Reply
+from apicache.harness.polling import wait_until
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration
@@ -35,21 +36,6 @@ TAGGED = {
         {"type": "template", "path": "/server/templates/<id>", "upstream": "/templates/{id}", "ttl": 300},
     ],
 }
-
-
-def poll(check: Callable[[], Any], timeout: float = 2.0, step: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got or time.monotonic() > deadline:
-            assert got, f"still false after {timeout} s"
-            return got
-        time.sleep(step)
-
-
-def ready(d: Daemon, timeout: float = 20.0) -> Daemon:
-    poll(lambda: d.request("GET", "/readyz").status == 200, timeout, 0.05)
-    return d
 
 
 def metric_lines(d: Daemon, name: str) -> list[str]:
@@ -112,7 +98,7 @@ def test_an_answer_with_too_many_tags_is_served_but_not_stored(make_daemon: Call
 def pair(make_daemon: Callable[..., Daemon], redis_url: str) -> tuple[Daemon, Daemon]:
     cfg = {**TAGGED, "store": {"backend": "redis", "redis_url": redis_url, "key_prefix": f"tags-{uuid.uuid4().hex[:8]}"}}
     a, b = make_daemon(cfg), make_daemon(cfg)
-    return ready(a), ready(b)
+    return ready(a, 20.0), ready(b, 20.0)
 
 
 def test_a_purge_on_one_instance_is_a_miss_on_the_other(pair: tuple[Daemon, Daemon], upstream: UpstreamStub) -> None:
@@ -123,7 +109,8 @@ def test_a_purge_on_one_instance_is_a_miss_on_the_other(pair: tuple[Daemon, Daem
     assert b.get(LIST.format("p1")).cache == "HIT"  # now in b's in-process tier too
     r = purge(a, "object:42", tenant="t1")
     assert (r.status, r.json()) == (200, {"invalidated": 1})
-    poll(lambda: b.get(LIST.format("p1")).cache == "MISS", timeout=1.0)
+    # wall clock: through a real redis-server's pub/sub to another real daemon
+    wait_until(lambda: b.get(LIST.format("p1")).cache == "MISS", 1.0, 0.01, "the purge to reach b")
     assert a.get(LIST.format("p1")).cache == "HIT"  # b stored it again
 
 
@@ -137,7 +124,7 @@ def test_race_rule_for_tags_across_instances(pair: tuple[Daemon, Daemon], upstre
     got: list[Reply] = []
     t = threading.Thread(target=lambda: got.append(b.get(LIST.format("slow"))))
     t.start()
-    poll(lambda: upstream.calls(UP_LIST.format("slow")) == 1)
+    wait_until(lambda: upstream.calls(UP_LIST.format("slow")) == 1, 2.0, 0.01, "b's fetch to reach the upstream")
     assert purge(a, "object:42").status == 200
     t.join()
     assert got[0].cache == "MISS"
@@ -148,9 +135,9 @@ def test_race_rule_for_tags_across_instances(pair: tuple[Daemon, Daemon], upstre
 
 
 def test_a_tag_purge_without_redis_is_a_503(make_daemon: Callable[..., Daemon], redis_server: Any) -> None:
-    d = ready(make_daemon({**TAGGED, "store": {"backend": "redis", "redis_url": redis_server.url}}))
+    d = ready(make_daemon({**TAGGED, "store": {"backend": "redis", "redis_url": redis_server.url}}), 20.0)
     redis_server.stop()
-    r = poll(lambda: (lambda r: r if r.status == 503 else None)(purge(d, "object:1")), timeout=5.0)
+    r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(purge(d, "object:1")), 5.0, 0.01, "a purge to answer 503")
     assert r.json()["error"] == "store_unavailable"
 
 # the [[events]] tags case, with the real broker: tests/test_events.py -k tag

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from test_workers import Recorder, fill_both, linked
+from daemon_support import fill_both
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
@@ -17,6 +17,8 @@ from zope.interface.verify import verifyObject
 
 from apicache.cache.invalidator import IInvalidator
 from apicache.daemon.workers import Invalidation, SiblingRelay, WorkerLink
+from apicache.testing import RecordingInvalidator as Recorder
+from apicache.testing import linked_control_links as linked
 
 # starts real processes (make test-fast leaves it out)
 pytestmark = pytest.mark.integration

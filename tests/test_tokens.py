@@ -7,22 +7,15 @@ L{JWKSSource}, time is a task.Clock; keys are generated with cryptography.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jwt
-from joserfc.errors import SecurityWarning
-from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -37,65 +30,18 @@ from apicache.auth.tokens import (
     claim_text,
     www_authenticate,
 )
+from apicache.testing import TOKEN_AUDIENCE as AUDIENCE
+from apicache.testing import TOKEN_ISSUER as ISSUER
+from apicache.testing import TOKEN_NOW as NOW
+from apicache.testing import TokenSigner as Signer
+from apicache.testing import b64url as b64
+from apicache.testing import hmac_token as hmac_signed
+from apicache.testing import jwt_segment as segment
+from apicache.testing import token_claims as claims_of
+from apicache.testing import unsigned_token as unsigned
+from apicache.testing import write_jwks
 
-NOW = 1_750_000_000.0
-ISSUER = "https://idp.example/realms/acme"
-AUDIENCE = "apicache"
 LEEWAY = 30
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def segment(obj: dict[str, Any]) -> str:
-    return b64(json.dumps(obj, separators=(",", ":")).encode())
-
-
-class Signer:
-    """
-    A private key generated with cryptography, its kid and algorithm, and
-    the public JWK to publish.
-    """
-
-    def __init__(self, alg: str, kid: str) -> None:
-        self.alg = alg
-        self.kid = kid
-        if alg.startswith(("RS", "PS")):
-            self.native: Any = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            self.key: Key = RSAKey.import_key(self.native, parameters={"kid": kid})
-        elif alg == "ES256":
-            self.native = ec.generate_private_key(ec.SECP256R1())
-            self.key = ECKey.import_key(self.native, parameters={"kid": kid})
-        else:
-            self.native = ed25519.Ed25519PrivateKey.generate()
-            self.key = OKPKey.import_key(self.native, parameters={"kid": kid})
-
-    def jwk(self, **extra: Any) -> dict[str, Any]:
-        return {**self.key.as_dict(private=False), "kid": self.kid, **extra}
-
-    def public_pem(self) -> bytes:
-        return self.native.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-
-    def token(self, header: dict[str, Any] | None = None, **claims: Any) -> bytes:
-        body: dict[str, Any] = {
-            "iss": ISSUER,
-            "aud": AUDIENCE,
-            "sub": "alice",
-            "zid": "tenant-a",
-            "iat": int(NOW),
-            "exp": int(NOW) + 600,
-        }
-        body.update(claims)
-        for name in [k for k, v in body.items() if v is None]:
-            del body[name]
-        head = {"alg": self.alg, "kid": self.kid, **(header or {})}
-        with warnings.catch_warnings():
-            # joserfc prefers RFC 9864's "Ed25519"; providers sign "EdDSA"
-            warnings.simplefilter("ignore", SecurityWarning)
-            return jwt.encode(head, body, self.key, algorithms=[self.alg]).encode("ascii")
 
 
 def rs256_by_hand(header: dict[str, Any], claims: dict[str, Any]) -> bytes:
@@ -106,25 +52,6 @@ def rs256_by_hand(header: dict[str, Any], claims: dict[str, Any]) -> bytes:
     signing_input = f"{segment({'alg': 'RS256', 'kid': RSA.kid, **header})}.{segment(claims)}".encode()
     signature = RSA.native.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
     return signing_input + b"." + b64(signature).encode()
-
-
-def write_jwks(path: Path, *members: dict[str, Any]) -> None:
-    path.write_text(json.dumps({"keys": list(members)}))
-
-
-def unsigned(kid: str, claims: dict[str, Any]) -> bytes:
-    return f"{segment({'alg': 'none', 'kid': kid})}.{segment(claims)}.".encode()
-
-
-def hmac_signed(secret: bytes, header: dict[str, Any], claims: dict[str, Any]) -> bytes:
-    signing_input = f"{segment(header)}.{segment(claims)}".encode()
-    return signing_input + b"." + b64(hmac.new(secret, signing_input, hashlib.sha256).digest()).encode()
-
-
-def claims_of(token: bytes) -> dict[str, Any]:
-    payload = token.split(b".")[1]
-    result: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
-    return result
 
 
 # one key of each kind for the whole module: RSA generation is slow

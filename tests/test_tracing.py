@@ -97,10 +97,11 @@ def test_opentelemetry_is_not_imported_without_an_endpoint():
 def test_spans_are_exported_to_an_otlp_endpoint(make_daemon, upstream):
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, a server span per request reaches a loopback collector."""
     import threading
-    import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    from apicache.harness.polling import wait_until
 
     spans: list = []
 
@@ -129,9 +130,7 @@ def test_spans_are_exported_to_an_otlp_endpoint(make_daemon, upstream):
         d = make_daemon(env=env)
         r = d.get("/server/object(7)/header", traceparent=VALID.decode())
         assert r.status == 200
-        deadline = time.monotonic() + 10
-        while not spans and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: spans, 10, 0.05, "the daemon to export a span")
         assert d.stop() in (0, -15)
     finally:
         server.shutdown()

@@ -40,6 +40,7 @@ from apicache.cache.keys import CacheKey
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.tenant import FetchRequest
 from apicache.config import ConfigError, RouteConfig, parse_config
+from apicache.harness.polling import wait_until_async
 from apicache.store.memory import MemoryStore
 from apicache.testing import FakeUpstream
 from apicache.upstream.client import DETAIL_CHARS, Overloaded, UpstreamClient, UpstreamTimeout, UpstreamUnreachable
@@ -125,14 +126,6 @@ async def sleep(seconds: float) -> None:
     await deferLater(reactor, seconds, lambda: None)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for ``condition`` (the upstream's late bytes go through the kernel)."""
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        assert reactor.seconds() < deadline, "condition not met in time"
-        await sleep(0.01)
-
-
 async def a_then_b(script) -> tuple[RawUpstream, list[object]]:
     """
     ROUNDS times: tenant A fetches /a, tenant B fetches /b B_AFTER seconds
@@ -196,7 +189,7 @@ async def test_bytes_on_an_idle_connection_retire_it():
     try:
         assert (await client.fetch("/a", [], tenant="acme")).body == b"a"
         assert client.pool.idle_of("acme") == 1
-        await until(lambda: client.pool.retired == 1)
+        await wait_until_async(lambda: client.pool.retired == 1, 5.0, 0.01, "the idle connection to be retired")
         assert client.pool.idle_of("acme") == 0
         assert client.pool.retired == 1
         assert (await client.fetch("/plain", [], tenant="acme")).body == b"p"

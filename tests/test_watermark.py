@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, KafkaException, TopicPartition
-from test_event_listener import CONFIG, FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock, event, kafka_config
+from listener_support import CONFIG, event, kafka_config
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
@@ -23,6 +23,7 @@ from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
 from apicache.events.lag import LagMonitor
 from apicache.events.watermark import NEVER, Partition, Watermark
 from apicache.store.interface import StoreUnavailable
+from apicache.testing import FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
 
 P0: Partition = ("t", 0)
 P1: Partition = ("t", 1)

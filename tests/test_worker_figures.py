@@ -9,21 +9,21 @@ per worker (a ``worker`` label), ``GET /`` summing ``hits``, ``misses``,
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
-from test_server import Wire, parse
-from test_workers import linked
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 
 from apicache.daemon.workers import WorkerLink, WorkerSupervisor, _Worker
-from apicache.http.channel import ApiSite
+from apicache.harness.polling import wait_until
 from apicache.ops.metrics import Metrics, merge_snapshots
+from apicache.testing import InMemoryAPI as Wire
+from apicache.testing import linked_control_links as linked
+from apicache.testing import parse_response as parse
 
 PATH = "/server/object(7)/header"
 
@@ -40,9 +40,7 @@ def parsed(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 def test_get_root_has_hits_misses_and_hit_ratio():
-    w = Wire()
-    # counting requests, as the daemon's site does
-    w.site = ApiSite(w.site.resource, w.clock, w.api.metrics, access_log=False)
+    w = Wire(count_requests=True)
     assert parse(w.raw(b"GET / HTTP/1.1\r\nHost: x\r\napi-key: k1\r\n\r\n")[0])[0] == 200
     for _ in range(4):
         assert w.get()[0] == 200  # a miss, then three hits
@@ -54,8 +52,7 @@ def test_get_root_has_hits_misses_and_hit_ratio():
 
 
 def test_hit_ratio_is_zero_before_any_request():
-    w = Wire()
-    w.site = ApiSite(w.site.resource, w.clock, w.api.metrics, access_log=False)
+    w = Wire(count_requests=True)
     status, _, body = parse(w.raw(b"GET / HTTP/1.1\r\nHost: x\r\napi-key: k1\r\n\r\n")[0])
     assert json.loads(body)["hit_ratio"] == 0.0
 
@@ -164,18 +161,21 @@ def test_every_worker_answers_the_same_summed_totals(make_daemon):
     # workers; go on until both have served some
     served: dict[int, int] = {}
     sent = 0
-    deadline = time.monotonic() + 60
-    while (len(served) < 2 or sent < 40) and time.monotonic() < deadline:
+
+    def both_served() -> bool:
+        nonlocal served, sent
         assert d.get(PATH).status == 200
         sent += 1
         info = d.get("/").json()
         served = {w["worker"]: w["hits"] + w["misses"] for w in info["per_worker"] if w["hits"] + w["misses"]}
-    assert len(served) == 2, f"one worker took every request: {served}"
+        return len(served) == 2 and sent >= 40
+
+    wait_until(both_served, 60, 0, lambda: f"both workers to serve (one took every request: {served})")
 
     scraped_by: dict[int, int] = {}
     totals, infos = [], []
-    deadline = time.monotonic() + 60
-    while (len(scraped_by) < 2 or len(totals) < 10) and time.monotonic() < deadline:
+
+    def both_scraped() -> bool:
         info = d.get("/").json()
         infos.append(info)
         scraped_by[info["worker"]] = scraped_by.get(info["worker"], 0) + 1
@@ -186,6 +186,9 @@ def test_every_worker_answers_the_same_summed_totals(make_daemon):
         # gauges stay per worker
         assert 'apicache_store_entries{worker="0"}' in text and 'apicache_store_entries{worker="1"}' in text
         assert "apicache_scrape_workers 2.0" in text
+        return len(scraped_by) == 2 and len(totals) >= 10
+
+    wait_until(both_scraped, 60, 0, lambda: f"ten scrapes from both workers: {scraped_by}")
     assert totals == [sent] * len(totals), "a scrape did not count every request exactly once"
     for info in infos:
         assert info["hits"] + info["misses"] == sent

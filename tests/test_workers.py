@@ -9,20 +9,17 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 
 import pytest
-from twisted.internet.defer import Deferred, fail, succeed
+from daemon_support import PATH, fill_both, own, workers_info
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.test.iosim import FakeTransport, connect
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from apicache.cache.invalidator import IInvalidator
 from apicache.daemon.workers import (
-    ControlLink,
     ControlLost,
     Invalidation,
     SiblingRelay,
@@ -30,55 +27,24 @@ from apicache.daemon.workers import (
     WorkerSupervisor,
     _Worker,
 )
+from apicache.harness.polling import wait_until
 from apicache.store.interface import StoreUnavailable
-
-PATH = "/server/object(7)/header"
-UPSTREAM_PATH = "/api/object(7)/header"
-
-
-def own(info):
-    """The figures of the worker that answered ``GET /`` (the top level sums every worker's)."""
-    return next(w for w in info["per_worker"] if w["worker"] == info["worker"])
-
-
-def workers_info(d, want=lambda info: True, timeout=30.0):
-    """GET / until every worker answered with an info that ``want`` accepts."""
-    seen = {}
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = d.get("/").json()
-        assert info["workers"] == 2
-        if want(info):
-            seen[info["worker"]] = info
-        else:
-            seen.pop(info["worker"], None)
-        if len(seen) == 2:
-            return seen
-    raise AssertionError(f"not every worker answered as wanted: {seen}")
-
-
-def fill_both(d, upstream, path=PATH, upstream_path=UPSTREAM_PATH):
-    before = upstream.calls(upstream_path)
-    # which worker accepts a new connection is up to the kernel: ask until
-    # both have fetched (each fetches once, then serves its own copy)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        d.get(path)
-        if upstream.calls(upstream_path) - before == 2:
-            break
-    assert upstream.calls(upstream_path) - before == 2
-    workers_info(d, lambda info: own(info)["entries"] == 1)
+from apicache.testing import RecordingInvalidator as Recorder
+from apicache.testing import linked_control_links as linked
 
 
 def both_hold(d, path, timeout=30.0):
     """GET ``path`` until each worker holds it (which one answers is the kernel's choice)."""
     holding = set()
-    deadline = time.monotonic() + timeout
-    while len(holding) < 2 and time.monotonic() < deadline:
+
+    def both_holding():
         d.get(path)
         info = d.get("/").json()
         if own(info)["entries"] == 1:
             holding.add(info["worker"])
+        return len(holding) == 2
+
+    wait_until(both_holding, timeout, 0, lambda: f"both workers to hold {path}: {holding}")
     assert holding == {0, 1}
 
 
@@ -120,10 +86,7 @@ def test_two_workers_share_the_socket_and_relay_invalidations(make_daemon, upstr
     everyone = [info["pid"] for info in now.values()]
 
     assert d.stop() in (0, -15)
-    deadline = time.monotonic() + 10
-    while any(alive(p) for p in everyone) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(p) for p in everyone)
+    wait_until(lambda: not any(alive(p) for p in everyone), 10, 0.05, "every worker to exit")
     lines = d.log_lines()
     assert any("worker 0 died" in line["message"] for line in lines)
     # start-up says what listens in plain words, not Twisted's class names
@@ -165,35 +128,6 @@ def test_workers_with_memory_stores_refuse_kafka_group_mode(make_daemon):
 # -- in-process: the control link, the relay, the supervisor's fan-out --------
 
 OBJECT_7 = Invalidation("invalidate", "t1", "object", ("7",))
-
-
-def linked(clock, answer_a=lambda i: succeed(0), answer_b=lambda i: succeed(0), lost_b=lambda: None):
-    """Two ends of a control link joined in memory; return (a, b, pump)."""
-    a = ControlLink(clock, answer_a)
-    b = ControlLink(clock, answer_b, lost_b)
-    pump = connect(b, FakeTransport(b, isServer=True), a, FakeTransport(a, isServer=False), greet=False)
-    return a, b, pump
-
-
-@implementer(IInvalidator)
-class Recorder:
-    """An invalidator that records its calls and touches ``n`` entries each."""
-
-    def __init__(self, n=1):
-        self.n = n
-        self.calls = []
-
-    def invalidate(self, tenant, route_type, params):
-        self.calls.append(Invalidation("invalidate", tenant, route_type, params))
-        return succeed(self.n)
-
-    def refresh(self, tenant, route_type, params):
-        self.calls.append(Invalidation("refresh", tenant, route_type, params))
-        return succeed(self.n)
-
-    def clear(self, tenant):
-        self.calls.append(Invalidation("clear", tenant))
-        return succeed(self.n)
 
 
 def test_an_asked_invalidation_is_applied_by_the_other_end_and_counted():

@@ -9,19 +9,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from treq.testing import StubTreq
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from apicache.cache.policy import normalise_accept_encoding, replayed_headers
-from apicache.cache.registry import CacheRegistry
-from apicache.cache.routes import Router
 from apicache.config import parse_config
-from apicache.http.api import CacheAPI
 from apicache.http.passthrough import invalidates, route_tags
 from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
+from apicache.testing import FakeUpstream, InMemoryAPI
 from apicache.upstream.client import Overloaded, UpstreamResponse, UpstreamTimeout, UpstreamUnreachable
 
 ROUTES = [
@@ -42,32 +38,18 @@ OBJ = "http://x/server/object(42)/header"
 TPL = "http://x/server/templates/7"
 
 
+FORWARDED = {"forward_headers": ["authorization", "accept"]}
+
+
 def answer(path, headers):
     return UpstreamResponse(200, [(b"content-type", b"application/json")], json.dumps({"path": path}).encode())
 
 
-class App:
-    def __init__(self, server=None, routes=ROUTES, upstream=None):
-        self.clock = Clock()
-        self.clock.advance(100)
-        data = {
-            "server": {"api_keys": ["k1"], **(server or {})},
-            "upstream": {"base_url": "http://up/api", "forward_headers": ["authorization", "accept"]},
-            "routes": routes,
-        }
-        self.config = parse_config(data, "test.toml", {})
-        self.store = MemoryStore(1 << 20)
-        self.upstream = FakeUpstream(auto=answer)
-        self.registry = CacheRegistry(
-            self.store, self.upstream, self.clock, self.config.routes, self.config.upstream.keyed_headers
-        )
-        self.api = CacheAPI(self.config, self.registry, Router(self.config.routes), self.clock, node="n1")
-        self.treq = StubTreq(self.api.resource())
+class App(InMemoryAPI):
+    """The API in memory with this module's routes, forwarding C{authorization} and C{accept}."""
 
-    def request(self, method, url, headers=None, data=None):
-        d = self.treq.request(method, url, headers=headers, data=data, allow_redirects=False)
-        self.treq.flush()
-        return d
+    def __init__(self, server=None, routes=ROUTES, upstream_settings=FORWARDED, **options):
+        super().__init__(server=server, routes=routes, upstream_settings=upstream_settings, auto=answer, **options)
 
     def write_answers(self, status, headers=(), body=b""):
         """Answer writes with ``status``; reads as usual."""
@@ -308,15 +290,6 @@ class TestPassThrough(SynchronousTestCase):
         """A 2xx PATCH drops the tenant's entries of other routes carrying the route's tag."""
         clock = Clock()
         clock.advance(100)
-        config = parse_config(
-            {
-                "server": {"api_keys": ["k1"]},
-                "upstream": {"base_url": "http://up/api", "tags_header": "surrogate-key"},
-                "routes": ROUTES,
-            },
-            "test.toml",
-            {},
-        )
         store = MemoryStore(1 << 20, clock=clock)
         tagged = [(b"content-type", b"application/json"), (b"surrogate-key", b"object:42 object:41")]
 
@@ -327,12 +300,14 @@ class TestPassThrough(SynchronousTestCase):
             return UpstreamResponse(200, tagged if path.startswith("/templates/") else [], b"{}")
 
         upstream = FakeUpstream(auto=auto)
-        registry = CacheRegistry(
-            store, upstream, clock, config.routes, config.upstream.keyed_headers, upstream_config=config.upstream
+        app = App(
+            upstream_settings={"tags_header": "surrogate-key"},
+            upstream=upstream,
+            store=store,
+            clock=clock,
+            upstream_config=True,
         )
-        api = CacheAPI(config, registry, Router(config.routes), clock, node="n1")
-        app = App()
-        app.treq = StubTreq(api.resource())
+        registry = app.registry
         for headers in (T1, T2):
             app.fill(self, TPL, headers)
         code, h, _ = result(self, app.request("GET", TPL, headers=T1))

@@ -17,9 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
+
+from apicache.harness.polling import wait_until
 
 __all__ = ["free_port", "twistd_path", "Reply", "Daemon", "RedisServer", "KafkaBroker"]
 
@@ -114,18 +115,19 @@ class Daemon:
         """
         Wait until ``/healthz`` answers; raise if the process exits first.
         """
-        assert self.proc is not None
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited with {self.proc.returncode}: {self.logs()[-2000:]}")
+        proc = self.proc
+        assert proc is not None
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {proc.returncode}: {self.logs()[-2000:]}")
             try:
-                if self.request("GET", "/healthz", timeout=1).status == 200:
-                    return self
+                return self.request("GET", "/healthz", timeout=1).status == 200
             except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon did not answer /healthz within {wait} s: {self.logs()[-2000:]}")
+                return False
+
+        wait_until(healthy, wait, 0.05, lambda: f"the daemon to answer /healthz: {self.logs()[-2000:]}")
+        return self
 
     def logs(self) -> str:
         try:
@@ -230,17 +232,18 @@ class RedisServer:
             stdout=log, stderr=subprocess.STDOUT,
         )
         log.close()
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.proc.returncode}")
+        proc = self.proc
+
+        def answering() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited with {proc.returncode}")
             try:
-                if self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required."):
-                    return self
+                return self.command("PING") in (b"+PONG", b"-NOAUTH Authentication required.")
             except OSError:
-                pass
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not answer within {wait} s")
+                return False
+
+        wait_until(answering, wait, 0.02, f"redis-server to answer PING on port {self.port}")
+        return self
 
     def command(self, *args: str | bytes, password: str | None = None) -> bytes:
         """
@@ -300,16 +303,19 @@ class KafkaBroker:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the broker exited with {self.proc.returncode}")
+        proc = self.proc
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the broker exited with {proc.returncode}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"the broker did not listen on {self.port} within {wait} s")
+                return False
+            return True
+
+        wait_until(listening, wait, 0.05, f"the broker to listen on port {self.port}")
+        return self
 
     def stop(self) -> None:
         """

@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from apicache.harness.polling import WaitTimeout, wait_until
+
 __all__ = [
     "RedisReplyError",
     "free_port",
@@ -130,18 +132,23 @@ def wait_for(condition: Callable[[], _T | None], timeout: float, what: str, step
     @raise TimeoutError: not so within ``timeout`` seconds; says ``what``
         was awaited and the last error seen.
     """
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while True:
+    last: list[Exception] = []
+
+    def attempt() -> tuple[_T] | None:
         try:
             result = condition()
-            if result is not None and result is not False:
-                return result
         except (OSError, RedisReplyError, ConnectionError) as e:
-            last = e
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s" + (f" (last error: {last})" if last else ""))
-        time.sleep(step)
+            last[:] = [e]
+            return None
+        # boxed: a result such as 0 or b"" is an answer, not "not yet"
+        return None if result is None or result is False else (result,)
+
+    try:
+        found = wait_until(attempt, timeout, step, what)
+    except WaitTimeout:
+        raise TimeoutError(f"{what}: not within {timeout} s" + (f" (last error: {last[0]})" if last else "")) from None
+    assert found is not None  # wait_until returns a true value
+    return found[0]
 
 
 def _info(port: int, section: str) -> dict[str, str]:

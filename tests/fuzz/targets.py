@@ -26,22 +26,17 @@ from urllib.parse import quote, unquote
 from hypothesis import assume
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.web.http_headers import Headers
 
 from apicache.cache.keys import validate_tenant
-from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import Route, Router
 from apicache.config import parse_config
 from apicache.events.decoding import BadEvent, EventDecoder
-from apicache.http.api import CacheAPI
-from apicache.http.channel import ApiSite, ConnectionLimits
+from apicache.http.channel import ConnectionLimits
 from apicache.http.errors import DOMAIN_ERRORS, api_error
-from apicache.http.front import ApiFront
 from apicache.http.resolve import Resolver
-from apicache.store.memory import MemoryStore
-from apicache.testing import FakeUpstream
+from apicache.testing import InMemoryAPI
 from apicache.upstream.client import UpstreamResponse
 
 ROUTES = [
@@ -209,21 +204,16 @@ class _Server:
     """One in-process server (site, API, memory store, fake upstream) reused across inputs."""
 
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1000)
-        self.upstream = FakeUpstream(auto=_answer)
-        registry = self.registry = CacheRegistry(
-            MemoryStore(1 << 22), self.upstream, self.clock, CONFIG.routes, CONFIG.upstream.keyed_headers
-        )
-        api = CacheAPI(CONFIG, registry, Router(CONFIG.routes), self.clock, node="fuzz")
-        self.site = ApiSite(
-            ApiFront(api.app.resource(), api.resolver, api.keys, registry),
-            self.clock,
-            None,
-            access_log=False,
-            keys=api.keys,
+        app = InMemoryAPI(
+            CONFIG,
+            auto=_answer,
+            now=1000,
+            max_bytes=1 << 22,
+            node="fuzz",
+            check_keys=True,
             limits=ConnectionLimits(max_body_bytes=4096),
         )
+        self.clock, self.upstream, self.registry, self.site = app.clock, app.upstream, app.registry, app.site
 
     def send(self, data: bytes) -> bytes:
         # each input starts from an empty cache: a hit would hide a fetch
