@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest_twisted
-from redis_support import ready, until
+from redis_support import ready
 from store_contract import LANG, entry, key, store_entry
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -23,6 +23,7 @@ from apicache.cache.keys import CacheKey, variant_key
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.tenant import HIT, MISS, CacheResult, FetchRequest
 from apicache.config import RouteConfig, UpstreamConfig
+from apicache.harness.polling import wait_until_async
 from apicache.store.redis import RedisStore
 from apicache.store.redis.codec import encode_key, variants_key
 from apicache.testing import FakeUpstream
@@ -88,7 +89,7 @@ async def test_a_vary_round_trip_through_redis(stores: Callable[..., RedisStore]
     assert len(a.upstream.fetched) == 2
     # a purge on b drops every variant, in Redis and in a's tier
     assert await b.registry.invalidate("t1", "object", ("1",)) == 3
-    await until(lambda: a.store.variants(KEY) == ())
+    await wait_until_async(lambda: a.store.variants(KEY) == (), 5.0, 0.01, "a to drop the purged variants")
     assert await raw(a.store, "EXISTS", variants_key(prefix, KEY)) == 0
     assert (await a.get("en")).member == b"apicache;fwd=uri-miss;fwd-status=200;stored"
     assert len(a.upstream.fetched) == 3
