@@ -7,7 +7,7 @@ DEV_KEY ?= dev-key-change-me
 
 FUZZ_SECONDS ?= 300
 
-.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio dashboard-preview install install-test clean fuzz chaos
+.PHONY: run test test-fast demo lint bench bench-events bench-tags bench-freshness bench-hitratio bench-redis dashboard-preview install install-test clean fuzz chaos
 
 # What a regular install copies into .venv: a change to any of them reinstalls.
 SOURCES := setup.py $(shell find apicache twisted -name '*.py' 2>/dev/null)
@@ -76,6 +76,13 @@ bench-tags: install-test
 bench-freshness: install-test
 	$(BIN)/python bench/freshness.py $(BENCH_ARGS)
 
+# What each Redis store operation costs Redis (calls, commands, CPU, bytes,
+# replication) per hit, miss, purge and event, and memory per entry, on a
+# private local Redis Cluster (3 primaries, 3 replicas) and on one
+# redis-server (needs redis-server and redis-cli); figures: docs/capacity.md.
+bench-redis: install
+	$(BIN)/python bench/redis_ops.py $(BENCH_ARGS)
+
 # The dashboard's panels drawn from real /metrics scrapes under wrk load
 # (README: Dashboard and alerts): writes deploy/dashboard-preview.png.
 dashboard-preview: $(BIN)/python
@@ -107,3 +114,12 @@ lint: install-test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+# Verified tenants (README "Tenants you can trust"): a signing key
+# generated on the spot, its key set in a file, apicache with ./apicache.toml
+# plus [auth] and tenant_claim = "zid"; a token accepted, a forged one and a
+# missing one refused (401), another tenant's refused (403). `make run` keeps
+# ./apicache.toml as it is, without [auth].
+.PHONY: demo-auth
+demo-auth: install
+	@APICACHE_API_KEY=$(DEV_KEY) $(BIN)/python bench/demo_auth.py $(DEMO_AUTH_ARGS)

@@ -25,7 +25,7 @@ setup(
         "txredisapi>=1.4.10",
         # redis_mode "cluster" and "sentinel" (issue 22): the client that knows
         # Redis Cluster (MOVED/ASK/TRYAGAIN, sharded pub/sub) and Sentinel,
-        # chosen by measurement over coredis and valkey-glide (docs/redis-clients.md);
+        # chosen by measurement over coredis and valkey-glide (docs/benchmarks.md, "Redis clients");
         # hiredis is its fast reply parser.  Single mode stays on txredisapi.
         "redis[hiredis]>=8.0",
         "prometheus-client>=0.20",

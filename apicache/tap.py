@@ -34,6 +34,8 @@ from twisted.python import usage
 from twisted.web.client import Agent
 
 from apicache import __version__
+from apicache.auth.jwks import JWKSSource
+from apicache.auth.tokens import TokenVerifier
 from apicache.cache.links import LinkTargets
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import Router
@@ -60,7 +62,14 @@ from apicache.http.channel import ApiSite, ConnectionLimits, HTTPService, connec
 from apicache.ops.health import Readiness
 from apicache.ops.instrument import TimedUpstream
 from apicache.ops.logs import AccessLog, capture_stdlib_logging, json_log_observer
-from apicache.ops.metrics import Metrics, cache_families, store_families, tag_families
+from apicache.ops.metrics import (
+    Metrics,
+    auth_families,
+    cache_families,
+    client_families,
+    store_families,
+    tag_families,
+)
 from apicache.ops.tracing import Tracer, TracerService, tracer_from_environ
 from apicache.store import IStore, MemoryStore
 from apicache.store.redis import RedisStore, RedisStoreService
@@ -165,8 +174,35 @@ def _store(config: Config, reactor: IReactorTime) -> IStore:
                 config.source, "store.redis_url", f"expected redis://[[user]:password@]host[:port][/db]: {e}"
             ) from None
     return MemoryStore(
-        s.max_bytes, int(s.max_bytes * s.max_entry_fraction), tenant_max_bytes=s.tenant_max_bytes, clock=reactor
+        s.max_bytes,
+        int(s.max_bytes * s.max_entry_fraction),
+        tenant_max_bytes=s.tenant_max_bytes,
+        clock=reactor,
+        fair_share=s.fair_share,
     )
+
+
+def _auth(config: Config, reactor: IReactorTime, readiness: Readiness, metrics: Metrics) -> tuple[JWKSSource, TokenVerifier]:
+    """
+    Return the key set's source (a service) and the verifier of bearer
+    tokens, for C{[auth]}; C{/readyz} names C{jwks} until a key set loads.
+    """
+    auth = config.auth
+    try:
+        source = JWKSSource(
+            auth.jwks,
+            reactor,
+            agent=Agent(reactor) if auth.jwks_is_url else None,  # type: ignore[arg-type]
+            refresh_interval=auth.jwks_refresh,
+        )
+        verifier = TokenVerifier(
+            source, reactor, algorithms=auth.algorithms, issuers=auth.issuers, audiences=auth.audiences, leeway=auth.leeway
+        )
+    except ValueError as e:
+        raise ConfigError(config.source, "auth", str(e)) from None
+    readiness.add("jwks", source.is_ready)
+    metrics.add_source(lambda: auth_families(verifier.failures, source.key_count, source.refresh_failures))
+    return source, verifier
 
 
 def _events(
@@ -272,10 +308,13 @@ def build(
         upstream_config=up,
         watermark=watermark,
     )
-    api = CacheAPI(config, registry, router, reactor, readiness, metrics)
+    jwks, verifier = _auth(config, reactor, readiness, metrics) if config.auth.enabled else (None, None)
+    api = CacheAPI(config, registry, router, reactor, readiness, metrics, verifier=verifier)
     metrics.add_source(lambda: cache_families(store.stats(), registry.counters, upstream.in_flight, len(registry)))
     if isinstance(store, (MemoryStore, RedisStore)):
         metrics.add_source(lambda: store_families(store.detailed_stats(), store.top_tenants(10)))
+        if config.store.fair_share == "client":
+            metrics.add_source(lambda: client_families(store.client_sizes(), api.keys.client_name))
     metrics.add_source(lambda: tag_families(registry.tag_purges, registry.tag_dropped, store.tag_stats()))
     tenant_entries = getattr(store, "tenant_entries", None)
     if tenant_entries is not None:
@@ -300,6 +339,7 @@ def build(
         keys=api.keys,
         limits=limits,
         tenant_header=api.resolver.tenant_header,
+        verifier=verifier,
     )
     metrics.add_source(site.metrics_families)
 
@@ -316,6 +356,9 @@ def build(
         # before HTTP: stopped after it drains, with the last lines
         access_log.setServiceParent(root)
     UpstreamService(upstream).setServiceParent(root)
+    if jwks is not None:
+        # before HTTP: the key set is read before the first request comes
+        jwks.setServiceParent(root)
     if config.kafka.enabled:
         # after the upstream, before HTTP: stopped after HTTP drains
         _events(config, registry, reactor, api, readiness, metrics, kafka_credentials, watermark).setServiceParent(root)

@@ -5,7 +5,9 @@ coalescing, memory and flood checks (issue 5).
 
 Every HTTP target is driven by ``wrk`` over the same keys with apicache's
 headers, in rounds interleaved A B C A B C so that a noisy neighbour hurts
-every target alike; medians are reported.
+every target alike; medians are reported.  One target is apicache with
+``[auth]`` on (issue 21): every hit carries one RS256 token signed by a key
+generated here, verified against a key set file, with ``tenant_claim``.
 
 ``python bench/run.py --help`` lists the knobs; ``--quick`` is the smoke
 test's tiny run.
@@ -33,6 +35,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from apicache.harness.signing import SigningKey
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 API_KEY = "bench-key"
 TENANT = "bench"
@@ -59,10 +63,11 @@ def wait_port(port: int, proc: subprocess.Popen[bytes] | None = None, timeout: f
     raise RuntimeError(f"nothing listens on {port} after {timeout} s")
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+        auth: str = AUTH) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
-        conn.request(method, path, headers={"api-key": API_KEY, "org_id": TENANT, "authorization": AUTH, **(headers or {})})
+        conn.request(method, path, headers={"api-key": API_KEY, "org_id": TENANT, "authorization": auth, **(headers or {})})
         r = conn.getresponse()
         return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
     finally:
@@ -140,10 +145,22 @@ class Processes:
             self.stop(p)
 
 
-def apicache_config(upstream_port: int, access_log: bool, max_bytes: int = 268435456) -> str:
-    return f"""
+AUTH_CONFIG = """
+[auth]
+jwks = "{jwks}"
+issuers = ["{issuer}"]
+audiences = ["apicache"]
+"""
+
+
+def apicache_config(upstream_port: int, access_log: bool, max_bytes: int = 268435456, jwks: str | None = None,
+                    issuer: str = "") -> str:
+    # with [auth], the tenant is the verified token's claim too
+    claim = 'tenant_claim = "zid"\n' if jwks else ""
+    auth = AUTH_CONFIG.format(jwks=jwks, issuer=issuer) if jwks else ""
+    return auth + f"""
 [server]
-api_keys = ["{API_KEY}"]
+{claim}api_keys = ["{API_KEY}"]
 access_log = {"true" if access_log else "false"}
 shutdown_grace = 2.0
 
@@ -164,11 +181,12 @@ ttl = 3600
 """
 
 
-def start_apicache(ps: Processes, name: str, upstream_port: int, access_log: bool, workers: int = 1, max_bytes: int = 268435456) -> tuple[subprocess.Popen[bytes], int]:
+def start_apicache(ps: Processes, name: str, upstream_port: int, access_log: bool, workers: int = 1,
+                   max_bytes: int = 268435456, jwks: str | None = None, issuer: str = "") -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     path = os.path.join(ps.tmp, f"{name}.toml")
     with open(path, "w") as f:
-        f.write(apicache_config(upstream_port, access_log, max_bytes))
+        f.write(apicache_config(upstream_port, access_log, max_bytes, jwks, issuer))
     twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
     argv = [twistd, "-n", "--pidfile=", "apicache", "--config", path,
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024"]
@@ -276,11 +294,11 @@ def _ms(text: str) -> float:
 
 
 def run_wrk(port: int, prefix: str, suffix: str, keys: int, duration: float, connections: int,
-            tmp: str, unique: bool = False, pin: str | None = None, pid: int | None = None) -> WrkResult:
-    script = os.path.join(tmp, f"wrk-{prefix.strip('/').replace('/', '_')}-{int(unique)}.lua")
+            tmp: str, unique: bool = False, pin: str | None = None, pid: int | None = None, auth: str = AUTH) -> WrkResult:
+    script = os.path.join(tmp, f"wrk-{port}-{prefix.strip('/').replace('/', '_')}-{int(unique)}.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT.format(keys=keys, unique="true" if unique else "false", prefix=prefix, suffix=suffix,
-                                  api_key=API_KEY, tenant=TENANT, auth=AUTH))
+                                  api_key=API_KEY, tenant=TENANT, auth=auth))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", script, f"http://127.0.0.1:{port}"]
     if pin is not None:
         argv = ["taskset", "-c", pin, *argv]
@@ -307,6 +325,8 @@ class Target:
     prefix: str = "/server/object("
     suffix: str = ")/header"
     results: list[WrkResult] = field(default_factory=list)
+    #: the Authorization value each request carries
+    auth: str = AUTH
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.results)
@@ -327,9 +347,9 @@ def table(targets: list[Target]) -> str:
     return "\n".join([head, rule, *(t.row() for t in targets)])
 
 
-def warm(port: int, prefix: str, suffix: str, keys: int) -> None:
+def warm(port: int, prefix: str, suffix: str, keys: int, auth: str = AUTH) -> None:
     for i in range(keys):
-        status, _, _ = get(port, f"{prefix}{i}{suffix}")
+        status, _, _ = get(port, f"{prefix}{i}{suffix}", auth=auth)
         if status != 200:
             raise RuntimeError(f"warming {prefix}{i}{suffix} on {port}: {status}")
 
@@ -424,7 +444,7 @@ def memory_probe(entries: int, vary: bool = False) -> dict[str, Any]:
         raw_id = f"{i:08d}"
         tenant = sys.intern(TENANT.encode().decode())  # as the HTTP layer interns valid tenants
         params = route.decode({"id": raw_id})
-        key = cache_key(tenant, route, params, "", keyed)
+        key = cache_key(tenant, config, params, "", keyed)
         cache = registry.cache(tenant, route.type)
         result = cache.get(key, FetchRequest(route.upstream_path(params, ""), forwarded))
         if isinstance(result, CacheResult):
@@ -570,26 +590,39 @@ def main(argv: list[str] | None = None) -> int:
             Target("bare twisted.web Resource", bare_port, bare_proc.pid),
         ]
         if args.throughput_only:
-            targets = targets[:2]
             have_nginx = False
+        # issue 21: the same hits with [auth] on, every one carrying one token
+        signer = SigningKey(issuer="https://idp.example/realms/bench")
+        jwks = os.path.join(tmp, "jwks.json")
+        signer.write_jwks(jwks)
+        auth_proc, auth_port = start_apicache(ps, "apicache-auth", up_port, access_log=False, jwks=jwks,
+                                              issuer=signer.issuer)
+        signed = "Bearer " + signer.token(tenant=TENANT, lifetime=24 * 3600)
+        targets.append(Target("apicache, [auth] on (one token)", auth_port, auth_proc.pid, auth=signed))
+        # apicache without [auth] and the bare server get the same requests,
+        # that token included (callers send theirs either way)
+        targets[0].auth = targets[1].auth = signed
+        nginx_target: Target | None = None
         if have_nginx:
             nginx_proc, nginx_port = start_nginx(ps, up_port)
-            targets.append(Target("nginx proxy_cache, 1 worker", nginx_port, nginx_proc.pid))
+            nginx_target = Target("nginx proxy_cache, 1 worker", nginx_port, nginx_proc.pid)
+            targets.append(nginx_target)
         if not args.throughput_only:
             targets.append(Target("apicache (access log on)", log_port, log_proc.pid))
             targets.append(Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, up_proc.pid, prefix="/api/object("))
         for t in targets:
-            warm(t.port, t.prefix, t.suffix, args.keys)
+            warm(t.port, t.prefix, t.suffix, args.keys, t.auth)
         status, headers, _ = get(api_port, "/server/object(0)/header")
         if headers.get("x-cache") != "HIT":
             raise RuntimeError(f"apicache did not serve a warm key from its cache: {status} {headers}")
 
         if have_wrk and "throughput" in set(args.parts.split(",")):
             for t in targets:  # a short warm-up run each: connections, JIT-free caches, allocator
-                run_wrk(t.port, t.prefix, t.suffix, args.keys, 1, args.connections, tmp)
+                run_wrk(t.port, t.prefix, t.suffix, args.keys, 1, args.connections, tmp, auth=t.auth)
             for r in range(args.rounds):
                 for t in targets:
-                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp, pid=t.pid))
+                    t.results.append(run_wrk(t.port, t.prefix, t.suffix, args.keys, args.duration, args.connections, tmp,
+                                             pid=t.pid, auth=t.auth))
                 print(f"  round {r + 1}/{args.rounds} done", flush=True)
             print()
             print(table(targets))
@@ -600,10 +633,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"apicache / bare twisted.web: {ratio:.2f}× req/s (target ≥ 0.9); "
                   f"CPU per request {api.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's")
             print(f"apicache p99 / p50: {api.median('p99_ms') / api.median('p50_ms'):.2f} (target ≤ 2)")
+            authed = targets[2]
+            print(f"apicache [auth] on / off: {authed.median('rps') / api.median('rps'):.2f}× req/s (target ≥ 0.9); "
+                  f"CPU per request {authed.median('cpu_us') / api.median('cpu_us'):.2f}×")
             if args.throughput_only:
                 return 0
-            if have_nginx:
-                print(f"apicache / nginx proxy_cache: {api.median('rps') / targets[2].median('rps'):.2f}× req/s")
+            if nginx_target is not None:
+                print(f"apicache / nginx proxy_cache: {api.median('rps') / nginx_target.median('rps'):.2f}× req/s")
             print(f"latency gain over the upstream called directly: p50 {up.median('p50_ms') / api.median('p50_ms'):.1f}× lower "
                   f"({up.median('p50_ms'):.2f} → {api.median('p50_ms'):.2f} ms), "
                   f"{api.median('rps') / up.median('rps'):.1f}× the req/s")

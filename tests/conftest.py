@@ -18,8 +18,9 @@ from hypothesis import HealthCheck, settings
 from apicache.harness.demo import UpstreamStub
 from apicache.harness.launchers import Daemon
 
-# Redis fixtures (a private redis-server, RedisStore factories)
-pytest_plugins = ["redis_support"]
+# Redis fixtures (a private redis-server, RedisStore factories; a Redis
+# Cluster and sentinels, and their stores)
+pytest_plugins = ["redis_support", "scaled_support"]
 
 #: Under CI=true (.ci/run) a test whose service is missing fails instead of
 #: skipping: a run that skipped the Redis contract must not look green.

@@ -24,9 +24,10 @@ from twisted.logger import Logger, formatEvent
 from zope.interface import implementer
 
 from apicache.cache.registry import CacheRegistry
+from apicache.events.consumer import LibrdkafkaLog
 from apicache.events.decoding import EventDecoder
 from apicache.events.handling import EventHandler
-from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
+from apicache.events.kafka import EventListenerService
 from apicache.store import MemoryStore
 from apicache.testing import FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
 
@@ -115,10 +116,9 @@ def test_a_renewed_token_is_handed_to_the_consumer_before_its_next_poll() -> Non
     for renewed in creds.subscribers:
         renewed("token-2")
     consumer = FakeConsumer()
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    assert svc._new_password is None, "the consumer thread took the renewed token"
+    svc.loop.poll_once(consumer)
     assert consumer.credentials == [("client-id", "token-2")]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert consumer.credentials == [("client-id", "token-2")], "handed over once"
     svc.stopService()
 
@@ -170,8 +170,8 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
     )
     # the retry pause is the thread's own Event.wait: with the stop flag
     # set it returns at once
-    svc._stop.set()
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.stop()
+    svc.loop.poll_once(consumer)
     assert consumer.stored == [("t", 0, 7), ("t", 1, 4)]
     # back to the first message not applied, in each partition after it
     assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
@@ -188,7 +188,7 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
     # the store is back: the retried messages apply and their offsets follow
     invalidator.failing.clear()
     consumer.messages = [FakeMessage(0, 7, event("bad")), FakeMessage(1, 5, event("3")), FakeMessage(0, 8, event("4"))]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert consumer.stored[2:] == [("t", 0, 9), ("t", 1, 6)]
     assert consumer.seeks == [("t", 0, 7), ("t", 1, 5)]
     assert svc.handler.applied == 5
@@ -197,25 +197,25 @@ def test_offsets_are_stored_only_for_messages_applied_or_skipped() -> None:
 def test_nothing_is_stored_when_nothing_arrived() -> None:
     svc, _ = driven()
     consumer = FakeConsumer([FakeMessage(0, 9, error=KafkaError(KafkaError._PARTITION_EOF))])
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
+    svc.loop.poll_once(consumer)
     assert (consumer.stored, consumer.seeks, svc.handler.received) == ([], [], 0)
 
 
 def test_revocation_commits_and_a_failed_commit_is_logged() -> None:
     svc, _ = driven()
     consumer = FakeConsumer()
-    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
-    svc._on_revoke(consumer, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 1)])
     assert consumer.commits == 1
     assert svc.links.assigned == ["t:0"]
     # nothing stored yet is not worth a line; a refused commit is
     consumer.commit_error = KafkaError(KafkaError._NO_OFFSET)
-    svc._commit(consumer)  # type: ignore[arg-type]
+    svc.loop.commit(consumer)
     consumer.commit_error = KafkaError(KafkaError.REBALANCE_IN_PROGRESS, "rebalancing")
     warned: list[str] = []
-    svc.log = Logger(observer=lambda e: warned.append(formatEvent(e)))  # type: ignore[misc]
-    svc._commit(consumer)  # type: ignore[arg-type]
+    svc.loop.log = Logger(observer=lambda e: warned.append(formatEvent(e)))  # type: ignore[misc]
+    svc.loop.commit(consumer)
     assert consumer.commits == 3
     assert warned == ["kafka: commit failed: rebalancing"]
 
@@ -223,14 +223,14 @@ def test_revocation_commits_and_a_failed_commit_is_logged() -> None:
 def test_broadcast_starts_a_new_partition_at_its_end_and_a_known_one_at_the_beginning() -> None:
     svc, _ = driven()
     consumer = FakeConsumer(high=42)
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert consumer.assigned == [("t", 0, 42)]
-    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 0)])
     # assigned again without committed offsets (the broker lost them)
-    svc._on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0), TopicPartition("t", 1)])
     assert consumer.assigned == [("t", 0, OFFSET_BEGINNING), ("t", 1, 42)]
     consumer.committed_offsets = {0: 17}
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert consumer.assigned == [("t", 0, 17)], "committed offsets win"
 
 
@@ -245,23 +245,23 @@ def test_readiness_follows_the_consumer_callbacks_in_broadcast_mode() -> None:
     svc, _ = driven()
     consumer = FakeConsumer()
     assert not svc.is_ready()
-    svc._on_stats(stats("INIT", "UP"))
+    svc.loop.on_stats(stats("INIT", "UP"))
     assert svc.links.connected and not svc.is_ready(), "connected, not yet assigned"
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
     assert svc.is_ready()
     assert svc.info()["events"]["partitions"] == 1
-    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 0)])
     assert not svc.is_ready(), "a broadcast listener without partitions hears nothing"
-    svc._on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
-    svc._on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])
+    svc.loop.on_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "down"))
     assert not svc.is_ready()
     assert svc.links.error == "down"
-    svc._on_stats(stats("UP"))
+    svc.loop.on_stats(stats("UP"))
     assert svc.is_ready()
-    svc._on_stats(stats("DOWN", "CONNECT"))
+    svc.loop.on_stats(stats("DOWN", "CONNECT"))
     assert not svc.is_ready()
-    svc._on_stats(stats("UP"))
-    svc._on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_stats(stats("UP"))
+    svc.loop.on_lost(consumer, [TopicPartition("t", 0)])
     assert not svc.is_ready() and svc.links.assigned == []
     assert svc.info()["events"]["partitions"] == 0
 
@@ -269,8 +269,8 @@ def test_readiness_follows_the_consumer_callbacks_in_broadcast_mode() -> None:
 def test_in_group_mode_a_member_without_partitions_is_ready() -> None:
     svc, _ = driven(mode="group")
     consumer = FakeConsumer()
-    svc._on_stats(stats("UP"))
-    svc._on_assign(consumer, [])  # type: ignore[arg-type]
+    svc.loop.on_stats(stats("UP"))
+    svc.loop.on_assign(consumer, [])
     assert svc.is_ready()
     assert consumer.assigned == [], "group mode keeps the group's offsets"
 
@@ -283,19 +283,19 @@ def test_the_same_kafka_complaint_is_logged_once_in_thirty_seconds() -> None:
     def warnings() -> int:
         return sum(1 for f, _, _ in reactor.handed if is_log(f, Logger.warn))
 
-    svc._on_error(down)
-    svc._on_error(down)
+    svc.loop.on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 1
-    svc._on_error(KafkaError(KafkaError._TRANSPORT, "reset"))
+    svc.loop.on_error(KafkaError(KafkaError._TRANSPORT, "reset"))
     assert warnings() == 2, "another complaint is logged at once"
     reactor.advance(29.9)
-    svc._on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 2
     reactor.advance(0.1)
-    svc._on_error(down)
+    svc.loop.on_error(down)
     assert warnings() == 3
     # librdkafka's own lines: the same rule, debug and connection failures left out
-    log = _LibrdkafkaLog(svc)
+    log = LibrdkafkaLog(svc.loop)
     log.log(30, "%s: broker %s is odd", "ODD", "b1")
     log.log(30, "%s: broker %s is odd", "ODD", "b1")
     log.log(20, "%s: info", "INFO")

@@ -143,10 +143,11 @@ def test_churn_leaves_no_garbage_behind():
             s.invalidate(f"t{i % 7}", "object", (str(i),))
     live = s.stats()["entries"]
     assert live <= 50
-    queued = sum(len(t.small) + len(t.main) for t in s._tenants.values())
+    queued = sum(len(t.small) + len(t.main) for by_client in s._tenants.values() for t in by_client.values())
     assert queued <= 2 * live + 7 * 33
     assert sum(len(b) for b in s._wheel.buckets.values()) <= 2 * live + 1025
-    assert len(s._sizes.heap) <= 2 * len(s._tenants) + 65
+    assert all(len(c.sizes.heap) <= 2 * len(c.tenants) + 65 for c in s._clients.values())
+    assert len(s._client_sizes.heap) <= 2 * len(s._clients) + 65
 
 
 # -- the property -------------------------------------------------------------

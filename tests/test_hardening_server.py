@@ -35,10 +35,6 @@ def head(method=b"POST", path=b"/server/object(42)/header", headers=()):
     return b"%s %s HTTP/1.1\r\nHost: x\r\n%s\r\n" % (method, path, b"".join(b"%s: %s\r\n" % h for h in headers))
 
 
-def channel_of(protocol):
-    return protocol._channel
-
-
 def answer_error(out: bytes):
     status, fields, body = parse(out)
     assert fields[b"content-type"] == b"application/json"
@@ -62,7 +58,7 @@ def test_keyless_body_is_never_buffered():
     w = LimitedWire()
     protocol, transport = w.connect()
     protocol.dataReceived(head(headers=((b"Content-Length", b"209715200"), T1)))
-    request = channel_of(protocol).requests[0]
+    request = protocol.requests[0]
     for _ in range(100):  # 100 x 64 KiB arriving after the answer
         protocol.dataReceived(b"x" * 65536)
     assert answer_error(transport.value()) == (401, "unauthorized")
@@ -103,7 +99,7 @@ def test_chunked_body_over_the_limit_is_413_while_read():
     w = LimitedWire(max_body_bytes=1000)
     protocol, transport = w.connect()
     protocol.dataReceived(head(headers=((b"Transfer-Encoding", b"chunked"), K1, T1)))
-    request = channel_of(protocol).requests[0]
+    request = protocol.requests[0]
     protocol.dataReceived(b"%x\r\n%s\r\n" % (600, b"y" * 600))
     assert transport.value() == b""
     protocol.dataReceived(b"%x\r\n%s\r\n" % (600, b"y" * 600))
@@ -321,5 +317,5 @@ def test_a_refused_channel_keeps_nothing_it_read():
     protocol, transport = w.connect()
     protocol.dataReceived(head(headers=((b"Content-Length", b"100000"), T1)) + b"x" * 60000)
     assert answer_error(transport.value()) == (401, "unauthorized")
-    channel = channel_of(protocol)
+    channel = protocol
     assert channel._buffer == b"" and channel._dataBuffer == []

@@ -186,11 +186,13 @@ class FileSourceTests(SynchronousTestCase):
             self.clock.advance(1)
             if source.reads > len(read_at) + 1:
                 read_at.append(self.clock.seconds())
-        assert read_at == [1.0, 3.0, 7.0, 15.0, 31.0]
-        assert source.refresh_failures == 6
+        # backing off, but never more than 4 s apart before a key set has
+        # loaded: /readyz follows a change within 5 s
+        assert read_at == [1.0, 3.0, 7.0, 11.0, 15.0, 19.0, 23.0, 27.0, 31.0, 35.0, 39.0]
+        assert source.refresh_failures == 12
         assert len(self.logged("warn")) == 1
         write_jwks(self.path, RSA.jwk())
-        self.clock.advance(32)  # the retry after 31 s waits 32 s
+        self.clock.advance(4)
         assert source.is_ready()
         assert source.key_count == 1
         assert len(self.logged("warn")) == 1
@@ -204,8 +206,19 @@ class FileSourceTests(SynchronousTestCase):
 
     def test_backoff_never_waits_longer_than_the_refresh_interval(self) -> None:
         source = self.source(refresh_interval=5.0, retry_policy=lambda attempt: 3600.0)
-        self.clock.advance(5)
+        self.clock.advance(4)
         assert source.reads == 2
+        write_jwks(self.path, RSA.jwk())
+        self.clock.advance(4)
+        assert source.is_ready()
+        self.path.unlink()
+        # once a key set has loaded, only the refresh interval bounds the backoff
+        self.clock.advance(5)
+        assert source.reads == 4 and source.refresh_failures == 3
+        self.clock.advance(4.9)
+        assert source.reads == 4
+        self.clock.advance(0.1)
+        assert source.reads == 5
 
     def test_a_broken_file_keeps_the_known_keys(self) -> None:
         write_jwks(self.path, RSA.jwk(), EC.jwk())

@@ -119,10 +119,9 @@ def test_key_size_counts_bytes():
 
 def test_cache_key_holds_tenant_route_params_and_variant():
     from apicache.cache.keys import cache_key
-    from apicache.cache.routes import Route
     from apicache.config import RouteConfig
 
-    route = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
+    route = RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1")
     key = cache_key("t1", route, ("42",), "a=1", [[b"en"], None])
     assert (key.tenant, key.route, key.params) == ("t1", "object", ("42",))
     assert key.variant == variant("f1", "a=1", ["en", None])
@@ -131,9 +130,8 @@ def test_cache_key_holds_tenant_route_params_and_variant():
 
 def test_a_new_fingerprint_gives_a_new_key():
     from apicache.cache.keys import cache_key
-    from apicache.cache.routes import Route
     from apicache.config import RouteConfig
 
-    old = Route(RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1"))
-    new = Route(RouteConfig("object", "/o/<id>", "/v2/o/{id}", params=("id",), fingerprint="f2"))
+    old = RouteConfig("object", "/o/<id>", "/o/{id}", params=("id",), fingerprint="f1")
+    new = RouteConfig("object", "/o/<id>", "/v2/o/{id}", params=("id",), fingerprint="f2")
     assert cache_key("t1", old, ("1",), "", []) != cache_key("t1", new, ("1",), "", [])

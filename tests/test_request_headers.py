@@ -27,7 +27,8 @@ from apicache.config import parse_config
 from apicache.harness.launchers import free_port
 from apicache.testing import InMemoryAPI
 from apicache.upstream.client import UpstreamClient, UpstreamTimeout, UpstreamUnreachable
-from apicache.upstream.intermediary import VIA, IntermediaryUpstream
+from apicache.upstream.intermediary import IntermediaryUpstream
+from apicache.upstream.requestheaders import VIA
 
 SECRET = "s3cr3t-upstream-key"
 ROUTES = [
@@ -316,3 +317,46 @@ class TestIntermediaryUpstream(SynchronousTestCase):
         fake.pending[-1].respond(200, b"{}", [(b"content-type", b"application/json")])
         assert self.successResultOf(plain).headers == [(b"content-type", b"application/json")]
         assert up.in_flight == 0
+
+
+# -- built in one place (apicache.upstream.requestheaders) ---------------------
+
+
+def test_the_caller_s_part_is_the_forwarded_names_our_span_and_the_normalised_encoding():
+    from twisted.web.http_headers import Headers
+
+    from apicache.upstream.requestheaders import CallerHeaders
+
+    caller = Headers(
+        {b"accept": [b"a"], b"traceparent": [b"00-caller"], b"accept-encoding": [b"br"], b"cookie": [b"c"], b"if-match": [b"x"]}
+    )
+    assert CallerHeaders(["accept", "traceparent"]).of(caller, b"00-ours", b"identity") == [
+        (b"accept", b"a"),
+        (b"traceparent", b"00-ours"),
+        (b"accept-encoding", b"identity"),
+    ]
+    # a write adds its own names; without a trace the caller's traceparent goes on
+    assert CallerHeaders(["traceparent"]).of(caller, None, b"gzip", (b"if-match",)) == [
+        (b"traceparent", b"00-caller"),
+        (b"if-match", b"x"),
+        (b"accept-encoding", b"gzip"),
+    ]
+
+
+def test_validators_follow_the_caller_s_part_and_none_leave_it_as_it_is():
+    from apicache.upstream.requestheaders import with_validators
+
+    caller = [(b"accept", b"a")]
+    assert with_validators(caller, []) is caller
+    assert with_validators(caller, [(b"if-none-match", b'"e"')]) == [(b"accept", b"a"), (b"if-none-match", b'"e"')]
+
+
+def test_set_headers_and_via_come_last_and_replace_a_caller_s_value():
+    from apicache.upstream.requestheaders import VIA, FixedHeaders
+
+    fixed = FixedHeaders({"X-Api-Key": "s"})
+    assert fixed.added_to([(b"x-api-key", b"caller's"), (b"Via", b"1.0 other"), (b"accept", b"a")]) == [
+        (b"accept", b"a"),
+        (b"x-api-key", b"s"),
+        (b"via", VIA),
+    ]

@@ -80,12 +80,12 @@ def test_a_port_in_use_is_one_line_and_a_quiet_exit_1():
     import socket
 
     import pytest
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
-    from twisted.internet.protocol import Factory
+    from twisted.web.resource import Resource
 
     from apicache.daemon.service import StartupFailed
+    from apicache.http.channel import ApiSite, HTTPService
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -93,8 +93,8 @@ def test_a_port_in_use_is_one_line_and_a_quiet_exit_1():
         port = taken.getsockname()[1]
         errors = io.StringIO()
         root = ApiCacheService(listen=f"tcp:{port}:interface=127.0.0.1", errors=errors)
-        http = StreamServerEndpointService(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"), Factory())
-        http._raiseSynchronously = True
+        site = ApiSite(Resource(), reactor, access_log=False)
+        http = HTTPService(TCP4ServerEndpoint(reactor, port, interface="127.0.0.1"), site, 1.0, reactor)
         http.setServiceParent(root)
         with pytest.raises(StartupFailed) as e:
             root.privilegedStartService()

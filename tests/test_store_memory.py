@@ -108,7 +108,7 @@ def test_a_hit_only_counts_and_moves_nothing():
     s = MemoryStore(1 << 20)
     for i in "123":
         s.put_now(key(params=(i,)), entry(), 0)
-    order = [slot.key for slot in s._tenants["t1"].small]
+    order = [slot.key for slot in s._tenants["t1"][0].small]
     s.lookup(key(params=("1",)))
-    assert [slot.key for slot in s._tenants["t1"].small] == order
+    assert [slot.key for slot in s._tenants["t1"][0].small] == order
     assert s._slots[key(params=("1",))].freq == 1

@@ -17,9 +17,10 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import Logger, formatEvent
 
+from apicache.events.consumer import LibrdkafkaLog
 from apicache.events.decoding import EventDecoder
 from apicache.events.handling import EventHandler
-from apicache.events.kafka import EventListenerService, _LibrdkafkaLog
+from apicache.events.kafka import EventListenerService
 from apicache.events.lag import LagMonitor
 from apicache.events.watermark import NEVER, Partition, Watermark
 from apicache.store.interface import StoreUnavailable
@@ -292,7 +293,7 @@ def driven(mode: str = "broadcast", shared_store: bool = False, invalidator: Any
 
 
 def assign(svc: EventListenerService, consumer: FakeConsumer, *partitions: int) -> None:
-    svc._on_assign(consumer, [TopicPartition("t", p) for p in partitions])  # type: ignore[arg-type]
+    svc.loop.on_assign(consumer, [TopicPartition("t", p) for p in partitions])
 
 
 def test_an_end_offset_not_beyond_what_was_applied_vouches_for_the_time_the_query_was_sent() -> None:
@@ -301,8 +302,8 @@ def test_an_end_offset_not_beyond_what_was_applied_vouches_for_the_time_the_quer
     consumer.committed_offsets = {0: 5, 1: 2}
     assign(svc, consumer, 0, 1)
     w = svc.watermark
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
+    svc.loop.watch_end_offsets(consumer)
     assert consumer.queries == [[("t", 0, -1), ("t", 1, -1)]], "one query for every partition held, OFFSET_END"
     assert w.partitions == {P0, P1}
     assert w.local == {P0: 1000.0}, "partition 1 ends at 4, only 3 applied"
@@ -310,12 +311,12 @@ def test_an_end_offset_not_beyond_what_was_applied_vouches_for_the_time_the_quer
     assert svc.info()["events_lag_s"] is None
 
     clock.advance(0.2)
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.watch_end_offsets(consumer)
     assert len(consumer.queries) == 1, "asked again only after half a second"
     consumer.messages = [FakeMessage(1, 3, event("3"))]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     clock.advance(0.3)
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.watch_end_offsets(consumer)
     assert w.local == {P0: 1000.5, P1: 1000.5}
     clock.advance(2.0)
     assert svc.info()["events_lag_s"] == 2.0
@@ -334,17 +335,17 @@ def test_the_end_of_a_partition_counts_as_applied_unless_a_message_before_it_fai
     )
     consumer.committed_offsets = {0: 7, 1: 2}
     assign(svc, consumer, 0, 1)
-    svc._stop.set()  # the retry pause returns at once
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    assert svc._applied == {P0: 9}
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.stop()  # the retry pause returns at once
+    svc.loop.poll_once(consumer)
+    assert svc.loop.applied == {P0: 9}
+    svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.local == {P0: 1000.0}
 
     invalidator.failing.clear()
     consumer.messages = [FakeMessage(1, 2, event("bad")), eof(1, 3)]
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     clock.advance(1)
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.value() == 1001.0
 
 
@@ -353,18 +354,18 @@ def test_a_failed_end_offset_query_vouches_for_nothing() -> None:
     consumer = WatermarkConsumer([eof(0, 4), eof(1, 0)], ends={0: 4, 1: 0})
     consumer.committed_offsets = {0: 4, 1: 0}
     assign(svc, consumer, 0, 1)
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
+    svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.value() == 1000.0
     consumer.query_error = KafkaError(KafkaError._TIMED_OUT, "timed out")
     for _ in range(10):
         clock.advance(0.5)
-        svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+        svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.value() == 1000.0
     assert svc.watermark.lag() == 5.0, "the lag grows while the broker does not answer"
     consumer.query_error = None
     clock.advance(0.5)
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.lag() == 0.0
 
 
@@ -373,12 +374,12 @@ def test_an_end_offset_beyond_what_was_applied_holds_w_back() -> None:
     consumer = WatermarkConsumer([eof(0, 4), eof(1, 0)], ends={0: 4, 1: 0})
     consumer.committed_offsets = {0: 4, 1: 0}
     assign(svc, consumer, 0, 1)
-    svc._consume_once(consumer)  # type: ignore[arg-type]
-    svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
+    svc.loop.watch_end_offsets(consumer)
     consumer.ends = {0: 5, 1: 0}  # an event appended, not yet fetched
     for _ in range(4):
         clock.advance(0.5)
-        svc._watch_end_offsets(consumer)  # type: ignore[arg-type]
+        svc.loop.watch_end_offsets(consumer)
     assert svc.watermark.value() == 1000.0
     assert svc.watermark.local[P1] == 1002.0
 
@@ -389,7 +390,7 @@ def test_log_append_time_of_the_newest_applied_message_counts_less_the_skew() ->
     consumer.committed_offsets = {0: 1}
     assign(svc, consumer, 0)
     svc.watermark.set_partitions([P0])
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert svc.watermark.value() == 995.0, "996 s less kafka.max_clock_skew (1 s)"
     assert consumer.queries == []
 
@@ -400,7 +401,7 @@ def test_creation_timestamps_vouch_for_nothing() -> None:
     consumer.committed_offsets = {0: 1}
     assign(svc, consumer, 0)
     svc.watermark.set_partitions([P0])
-    svc._consume_once(consumer)  # type: ignore[arg-type]
+    svc.loop.poll_once(consumer)
     assert svc.watermark.value() == NEVER
 
 
@@ -413,7 +414,7 @@ def test_a_broadcast_start_at_the_end_is_a_skip() -> None:
     assert svc.watermark.skipped_at == 1000.0
     clock.advance(5)
     # a partition known before starts at the beginning, committed offsets win: no skip
-    svc._on_revoke(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 0)])
     assign(svc, consumer, 0)
     consumer.committed_offsets = {1: 3}
     assign(svc, consumer, 1)
@@ -433,7 +434,7 @@ def test_taking_partitions_over_in_group_mode_is_a_skip_only_with_a_store_of_one
 
 def test_an_offset_reset_is_a_skip() -> None:
     svc, clock = driven()
-    log = _LibrdkafkaLog(svc)
+    log = LibrdkafkaLog(svc.loop)
     log.log(30, "%s [%s] %s", "OFFSET", "rdkafka#consumer-1", "t [0]: offset reset (at offset 5, broker 1) to offset BEGINNING: fetch failed due to requested offset not available on the broker: Broker: Offset out of range")
     assert svc.watermark.skipped_at == 1000.0
     clock.advance(1)
@@ -446,8 +447,8 @@ def test_revoked_and_lost_partitions_leave_the_watermark_assignment() -> None:
     consumer = WatermarkConsumer()
     consumer.committed_offsets = {0: 3, 1: 3}
     assign(svc, consumer, 0, 1)
-    svc._on_revoke(consumer, [TopicPartition("t", 1)])  # type: ignore[arg-type]
+    svc.loop.on_revoke(consumer, [TopicPartition("t", 1)])
     assert svc.watermark.assigned == {P0}
-    assert svc._held == {P0}
-    svc._on_lost(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
-    assert svc.watermark.assigned == set() and svc._held == set()
+    assert svc.loop.held == {P0}
+    svc.loop.on_lost(consumer, [TopicPartition("t", 0)])
+    assert svc.watermark.assigned == set() and svc.loop.held == set()

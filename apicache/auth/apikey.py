@@ -10,11 +10,25 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 from collections.abc import Iterable, Sequence
 
-__all__ = ["ApiKeys", "matches_any", "bearer_claim", "claim_matches"]
+__all__ = ["ApiKeys", "ANONYMOUS_CLIENT", "matches_any", "bearer_claim", "claim_matches", "fingerprint"]
+
+#: The client number of callers without an accepted api-key (SPEC.md
+#: section 2, C{store.fair_share}: anonymous callers are one client).
+ANONYMOUS_CLIENT = 0
+
+
+def fingerprint(key: str) -> str:
+    """
+    Return what may be logged or shown of an api-key: the first 8 hex
+    digits of its SHA-256 (enough to tell the configured keys apart, nothing
+    to guess the key from).
+    """
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
 
 
 def matches_any(given: bytes, secrets: Sequence[bytes]) -> bool:
@@ -41,12 +55,14 @@ class ApiKeys:
     @ivar admin_required: whether a purge of every tenant needs an admin key.
     """
 
-    __slots__ = ("_keys", "_admin", "required", "admin_required")
+    __slots__ = ("_keys", "_admin", "_fingerprints", "required", "admin_required")
 
     def __init__(self, keys: Iterable[str], admin_keys: Iterable[str] = ()) -> None:
+        keys, admin_keys = list(keys), list(admin_keys)
         self._admin = [k.encode("utf-8") for k in admin_keys]
         own = [k.encode("utf-8") for k in keys]
         self._keys = own + self._admin
+        self._fingerprints = [fingerprint(k) for k in (*keys, *admin_keys)]
         # admin keys alone (with allow_anonymous) guard the purges only
         self.required = bool(own)
         self.admin_required = bool(self._admin)
@@ -56,6 +72,31 @@ class ApiKeys:
         Return whether ``given`` is one of the keys or admin keys (constant time).
         """
         return matches_any(given, self._keys)
+
+    def client(self, given: Sequence[bytes] | None) -> int:
+        """
+        Return the client a request with these ``api-key`` values is (SPEC.md
+        section 2, C{store.fair_share}): a small number for each configured
+        key (its place, from 1), L{ANONYMOUS_CLIENT} for none or one that is
+        not configured.  Every key is compared, in constant time.
+        """
+        if not given or len(given) != 1:
+            return ANONYMOUS_CLIENT
+        found = ANONYMOUS_CLIENT
+        for number, secret in enumerate(self._keys, 1):
+            if hmac.compare_digest(given[0], secret):
+                found = number
+        return found
+
+    def client_name(self, client: int) -> str:
+        """
+        Return how client number C{client} is shown (metrics, logs): its
+        key's L{fingerprint}, never the key; C{"anonymous"} for callers
+        without one.
+        """
+        if 0 < client <= len(self._fingerprints):
+            return self._fingerprints[client - 1]
+        return "anonymous"
 
     def may_purge_every_tenant(self, given: Sequence[bytes] | None) -> bool:
         """

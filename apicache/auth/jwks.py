@@ -54,6 +54,7 @@ __all__ = [
     "parse_jwks",
     "UNKNOWN_KID_INTERVAL",
     "DEFAULT_MAX_JWKS_BYTES",
+    "UNREADY_RETRY_INTERVAL",
 ]
 
 #: At most one read of the key set per this many seconds is caused by tokens
@@ -65,6 +66,10 @@ UNKNOWN_KID_INTERVAL = 10.0
 DEFAULT_MAX_JWKS_BYTES = 256 * 1024
 #: Connect plus the whole answer.
 DEFAULT_FETCH_TIMEOUT = 10.0
+#: Until a key set has loaded once, failed reads are retried at least this
+#: often: C{/readyz} names C{jwks} meanwhile and must follow a change within
+#: 5 s (SPEC.md section 4), so the backoff stops growing here.
+UNREADY_RETRY_INTERVAL = 4.0
 
 #: Key types (and OKP curves) that can verify a signature.
 _SIGNATURE_KEY_TYPES = frozenset({"RSA", "EC", "OKP"})
@@ -508,6 +513,8 @@ class JWKSSource(Service):
         self.refresh_failures += 1
         self.last_error = error
         delay = min(self._retry_policy(self._attempt), self._refresh_interval)
+        if not self._loaded:
+            delay = min(delay, UNREADY_RETRY_INTERVAL)
         self._attempt += 1
         if not self._failing:
             self._failing = True

@@ -3,8 +3,8 @@ Cache keys and the rules for what goes into them (SPEC.md section 3): tenant
 names, path parameters, the canonical query string, the keyed headers, and
 L{cache_key}, which puts them together.
 
-A leaf module: it imports nothing of the project's (L{Route} is named for
-type checking only).
+A leaf module: it imports nothing of the project's but the configuration's
+L{RouteConfig}.
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote, unquote_to_bytes
 
-if TYPE_CHECKING:
-    from apicache.cache.routes import Route
+from apicache.config import RouteConfig
 
 __all__ = [
     "CacheKey",
@@ -215,7 +214,7 @@ def header_value(values: Sequence[bytes] | None) -> str | None:
 
 def cache_key(
     tenant: str,
-    route: Route,
+    route: RouteConfig,
     params: tuple[str, ...],
     query: str,
     keyed_values: Sequence[Sequence[bytes] | None],
@@ -236,7 +235,7 @@ def cache_key(
         tenant,
         route.type,
         params,
-        sys.intern(variant(route.config.fingerprint, query, [header_value(v) for v in keyed_values])),
+        sys.intern(variant(route.fingerprint, query, [header_value(v) for v in keyed_values])),
     )
 
 

@@ -51,6 +51,7 @@ from apicache.cache.wire import date_header, header_block, shared_wire, status_m
 from apicache.config import RouteConfig, UpstreamConfig
 from apicache.store.interface import CachedResponse, CachedVariant, IStore, StoreUnavailable, Variants
 from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
+from apicache.upstream.requestheaders import with_validators
 
 if TYPE_CHECKING:
     from twisted.web.http_headers import Headers
@@ -623,7 +624,7 @@ class TenantCache:
         without validators is no answer (SPEC.md section 4: 502).
         """
         self.counters["fetches"] = self.counters.get("fetches", 0) + 1
-        headers = list(request.headers) + conditions if conditions else request.headers
+        headers = with_validators(request.headers, conditions)
         response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
         if response.status == 304 and not conditions:
             raise UpstreamUnreachable("the upstream answered 304 to a request without validators")

@@ -8,8 +8,11 @@ give, or a ``${NAME:-}`` that came out empty).
 - Kafka: the first service under the label ``kafka``
   (``credentials.cluster.brokers``, ``username``, ``password``,
   ``urls.ca_cert``, ``urls.token``);
-- Redis: the first service under the label ``redis`` (``credentials.uri``,
-  or ``host``/``port``/``password``).
+- Redis: the first service labelled ``redis`` or ``redis-cache`` (SAP
+  BTP), else the first whose label or tags name Redis; a binding that
+  describes a Redis Cluster or sentinels also sets ``store.redis_mode``
+  (and ``redis_sentinel_master``).  The credential forms read are listed
+  in L{_redis} and in docs/configuration.md ("Cloud Foundry bindings").
 
 A leaf module: the configuration loader calls :class:`BindingFiller` for each
 section; nothing here touches the reactor.  Secrets are never logged and never
@@ -76,6 +79,9 @@ class Bindings:
     api_key: str = field(default="", repr=False)
     kafka: KafkaBinding | None = None
     redis_url: str = field(default="", repr=False)
+    #: "single", "cluster" or "sentinel" as the Redis binding describes it
+    redis_mode: str = ""
+    redis_sentinel_master: str = ""
 
 
 def _services(data: Any) -> list[tuple[str, dict[str, Any]]]:
@@ -128,18 +134,127 @@ def _kafka(creds: Mapping[str, Any]) -> KafkaBinding | None:
     )
 
 
-def _redis(creds: Mapping[str, Any]) -> str:
+#: The user name SAP BTP's Redis writes into ``uri`` where there is none
+#: (the password is an AUTH token); sent to Redis, it would fail the AUTH.
+_NO_USER = "no-user-name-for-redis"
+#: Labels of Redis services, before any label or tag that names Redis.
+REDIS_LABELS = ("redis", "redis-cache")
+
+
+def _truthy(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _get(creds: Mapping[str, Any], dotted: str) -> Any:
+    """
+    Return ``creds[dotted]``, or the nested ``creds[a][b]`` for ``"a.b"``.
+    """
+    if dotted in creds:
+        return creds[dotted]
+    head, _, rest = dotted.partition(".")
+    inner = creds.get(head)
+    if rest and isinstance(inner, dict):
+        return inner.get(rest)
+    return None
+
+
+def _host_list(where: str, value: Any, default_port: int) -> list[str]:
+    """
+    Return ``host:port`` items of a comma- or space-separated string, or of
+    a list of strings or of ``{"host"/"hostname"/"ip", "port"}`` objects.
+    """
+    if value is None or value == "":
+        return []
+    items: list[Any] = value if isinstance(value, list) else _text(where, value).replace(" ", ",").split(",")
+    hosts = []
+    for item in items:
+        if isinstance(item, dict):
+            host = _text(where, item.get("host") or item.get("hostname") or item.get("ip"))
+            port = _text(where, item.get("port")) or str(default_port)
+            text = f"{host}:{port}" if host else ""
+        else:
+            text = _text(where, item).strip()
+            if text and ":" not in text.rpartition("]")[2]:
+                text = f"{text}:{default_port}"
+        if text:
+            hosts.append(text)
+    return hosts
+
+
+def _redis_url(creds: Mapping[str, Any], hosts: list[str], db: str = "0") -> str:
+    password = _text("redis.credentials.password", creds.get("password"))
+    tls = any(_truthy(creds.get(k)) for k in ("tls", "tls_enabled", "ssl"))
+    auth = f":{quote(password, safe='')}@" if password else ""
+    query = ""
+    sentinel_password = _text("redis.credentials.sentinel.password", _get(creds, "sentinel.password"))
+    if sentinel_password:
+        query = f"?sentinel_password={quote(sentinel_password, safe='')}"
+    return f"{'rediss' if tls else 'redis'}://{auth}{','.join(hosts)}/{db}{query}"
+
+
+def _without_placeholder_user(uri: str) -> str:
+    u = urlsplit(uri)
+    if u.username != _NO_USER:
+        return uri
+    return uri.replace(f"{_NO_USER}:", ":", 1)
+
+
+def _redis(creds: Mapping[str, Any]) -> tuple[str, str, str]:
+    """
+    Return ``(redis_url, redis_mode, sentinel master)`` of a Redis binding's
+    credentials (``("", "", "")``: none), in this order:
+
+    - sentinels: ``sentinel.nodes`` and ``sentinel.master`` (flat, as
+      Spring Cloud Bindings spells them, or nested), or ``sentinels`` (a
+      list) and ``master_name``; ``sentinel.password`` when the sentinels
+      have their own;
+    - a cluster: ``cluster.nodes`` (flat or nested), or SAP BTP's form with
+      ``cluster_mode`` true: ``hostname`` and ``port`` (the cluster's
+      configuration endpoint), ``password``, ``tls``;
+    - one Redis: ``uri`` (or ``url``), else ``host``/``hostname``, ``port``
+      and ``password`` (SAP BTP's form with ``cluster_mode`` false).
+
+    ``tls`` (or ``tls_enabled``, ``ssl``) true gives ``rediss://``; SAP's
+    placeholder user name in ``uri`` is left out.
+    """
+    sentinels = _host_list(
+        "redis.credentials.sentinel.nodes", _get(creds, "sentinel.nodes") or creds.get("sentinels"), 26379
+    )
+    if sentinels:
+        master = _text(
+            "redis.credentials.sentinel.master",
+            _get(creds, "sentinel.master") or creds.get("master_name") or creds.get("sentinel_master"),
+        )
+        db = _text("redis.credentials.database", creds.get("database")) or "0"
+        return _redis_url(creds, sentinels, db), "sentinel", master
+    nodes = _host_list("redis.credentials.cluster.nodes", _get(creds, "cluster.nodes"), 6379)
+    if not nodes and _truthy(creds.get("cluster_mode")):
+        nodes = _host_list(
+            "redis.credentials.hostname",
+            [{"host": creds.get("hostname") or creds.get("host"), "port": creds.get("port")}],
+            6379,
+        )
+        if not nodes and (creds.get("uri") or creds.get("url")):
+            u = urlsplit(_text("redis.credentials.uri", creds.get("uri") or creds.get("url")))
+            return _without_placeholder_user(u.geturl()), "cluster", ""
+    if nodes:
+        return _redis_url(creds, nodes), "cluster", ""
     uri = _text("redis.credentials.uri", creds.get("uri") or creds.get("url"))
     if uri:
-        return uri
+        return _without_placeholder_user(uri), "single", ""
     host = _text("redis.credentials.host", creds.get("host") or creds.get("hostname"))
     if not host:
-        return ""
+        return "", "", ""
     port = _text("redis.credentials.port", creds.get("port")) or "6379"
-    password = _text("redis.credentials.password", creds.get("password"))
-    scheme = "rediss" if creds.get("tls_enabled") or creds.get("tls") else "redis"
-    auth = f":{quote(password, safe='')}@" if password else ""
-    return f"{scheme}://{auth}{host}:{port}/0"
+    return _redis_url(creds, [f"{host}:{port}"]), "single", ""
+
+
+def _is_redis(label: str, inst: Mapping[str, Any]) -> bool:
+    tags = inst.get("tags")
+    named = [label, *(t for t in tags if isinstance(t, str))] if isinstance(tags, list) else [label]
+    return any("redis" in n.lower() for n in named)
 
 
 def parse_vcap_services(text: str) -> Bindings:
@@ -154,15 +269,19 @@ def parse_vcap_services(text: str) -> Bindings:
         raise ConfigError(_SOURCE, "-", f"not valid JSON: {e}") from None
     api_key = ""
     kafka: KafkaBinding | None = None
-    redis_url = ""
-    for label, inst in _services(data):
+    services = _services(data)
+    for label, inst in services:
         if inst.get("name") == API_KEY_SERVICE and not api_key:
             api_key = _text(f"{API_KEY_SERVICE}.credentials.key", _credentials(label, inst).get("key"))
         elif label == "kafka" and kafka is None:
             kafka = _kafka(_credentials(label, inst))
-        elif label == "redis" and not redis_url:
-            redis_url = _redis(_credentials(label, inst))
-    return Bindings(api_key=api_key, kafka=kafka, redis_url=redis_url)
+    # a service of a Redis label first, then one whose label or tags name Redis
+    redis = next((i for i in services if i[0] in REDIS_LABELS), None) or next(
+        (i for i in services if i[1].get("name") != API_KEY_SERVICE and _is_redis(*i)), None
+    )
+    url, mode, master = _redis(_credentials(*redis)) if redis is not None else ("", "", "")
+    return Bindings(api_key=api_key, kafka=kafka, redis_url=url, redis_mode=mode if url else "",
+                    redis_sentinel_master=master)
 
 
 def bindings_from_environ(environ: Mapping[str, str]) -> Bindings | None:
@@ -235,10 +354,16 @@ class BindingFiller:
             self._set("server", values, "api_keys", (self.bindings.api_key,))
 
     def _fill_store(self, values: dict[str, Any]) -> None:
-        if not self.bindings.redis_url:
+        b = self.bindings
+        if not b.redis_url:
             return
         if _left_out(values, "redis_url"):
-            self._set("store", values, "redis_url", self.bindings.redis_url)
+            self._set("store", values, "redis_url", b.redis_url)
+            # the mode goes with the URL it describes, never with the file's
+            if b.redis_mode and _left_out(values, "redis_mode"):
+                self._set("store", values, "redis_mode", b.redis_mode)
+            if b.redis_sentinel_master and _left_out(values, "redis_sentinel_master"):
+                self._set("store", values, "redis_sentinel_master", b.redis_sentinel_master)
         if _left_out(values, "backend"):
             self._set("store", values, "backend", "redis")
 

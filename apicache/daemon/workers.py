@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from twisted.application.service import Service
-from twisted.internet import tcp
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, UNIXServerEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
@@ -59,6 +58,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from apicache._twisted import adopt_fair_port
 from apicache.cache.invalidator import IInvalidator
 from apicache.store.interface import StoreUnavailable
 
@@ -371,7 +371,6 @@ class WorkerSupervisor(Service):
     """
 
     log = Logger()
-    _raiseSynchronously = True
 
     def __init__(
         self,
@@ -581,33 +580,14 @@ class AdoptedPortEndpoint:
         """
         port: IListeningPort
         if self.family in (socket.AF_INET, socket.AF_INET6):
-            # what reactor.adoptStreamPort does, with a fair port
-            fair = _FairPort._fromListeningDescriptor(self.reactor, self.fd, self.family, factory)
-            fair.startListening()
-            port = fair
+            # what reactor.adoptStreamPort does, with a port that accepts
+            # one connection per wake-up: workers take their share of a burst
+            port = adopt_fair_port(self.reactor, self.fd, self.family, factory)
         else:
             # Twisted annotates the factory as a ServerFactory; any IProtocolFactory works
             port = self.reactor.adoptStreamPort(self.fd, socket.AddressFamily(self.family), factory)  # type: ignore[arg-type]
         os.close(self.fd)  # adopted as a duplicate
         return succeed(port)
-
-
-class _FairPort(tcp.Port):
-    """
-    A TCP port that accepts one connection each time the socket is
-    readable.  Twisted's port accepts as many as are queued (up to 100,
-    growing): with several workers on one socket, a burst of connections
-    (a client pool opening 50 at once) would all go to whichever worker
-    woke first.  One at a time, every woken worker takes its share.
-    """
-
-    @property  # type: ignore[override]
-    def numberAccepts(self) -> int:
-        return 1
-
-    @numberAccepts.setter
-    def numberAccepts(self, value: int) -> None:
-        pass
 
 
 class WorkerLink(Service):

@@ -26,6 +26,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from apicache import __version__
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import TokenVerifier
 from apicache.cache.keys import CacheKey
 from apicache.cache.policy import normalise_accept_encoding, only_if_cached
 from apicache.cache.registry import CacheRegistry
@@ -43,6 +44,8 @@ from apicache.http.writers import json_answer, refuse, write_result
 from apicache.ops.health import Readiness
 from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
+from apicache.store.eviction import acting_for
+from apicache.upstream.requestheaders import CallerHeaders
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
 
@@ -85,7 +88,11 @@ class CacheAPI:
         readiness: Readiness | None = None,
         metrics: Metrics | None = None,
         node: str | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
+        """
+        @param verifier: verifies bearer tokens (C{[auth]} set), else C{None}.
+        """
         self.config = config
         self.registry = registry
         self.router = router
@@ -98,7 +105,9 @@ class CacheAPI:
         self.invalidator: Any = registry
         self.workers_figures: Callable[[], Deferred[list[dict[str, Any]]]] | None = None
         self.resolver = Resolver(config, router)
+        self.caller_headers = CallerHeaders(config.upstream.forward_headers)
         self.keys = ApiKeys(config.server.api_keys, config.server.admin_api_keys)
+        self.verifier = verifier
         self.passthrough = PassThrough(config, registry.upstream, clock)
 
     def resource(self) -> IResource:
@@ -106,7 +115,7 @@ class CacheAPI:
         Return the root resource to serve: the checks before routing and the
         fast hit path (L{ApiFront}) in front of the Klein application.
         """
-        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry)
+        return ApiFront(self.app.resource(), self.resolver, self.keys, self.registry, self.verifier)
 
     # -- reserved paths ----------------------------------------------------
 
@@ -193,7 +202,7 @@ class CacheAPI:
 
         @raise StoreUnavailable: answered ``503 store_unavailable``.
         """
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -217,7 +226,7 @@ class CacheAPI:
             tag = decode_tag_path(request.path[len(b"/tags/") :])
         except InvalidTag as e:
             raise ApiError(400, "invalid_parameter", str(e)) from None
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -277,16 +286,17 @@ class CacheAPI:
         resolved = self.resolver.resolve(request)
         if only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
             return self._only_if_cached(request, resolved.tenant, resolved.route.type, resolved.key, resolved.encoding)
-        forwarded = self.resolver.forwarded(request)
-        # SPEC.md section 3: the normalised value, never the caller's own
-        forwarded.append((b"accept-encoding", resolved.encoding))
+        forwarded = self.caller_headers.of(request.requestHeaders, _traceparent(request), resolved.encoding)
         fetch = FetchRequest(
             resolved.route.upstream_path(resolved.params, resolved.query),
             forwarded,
             resolved.encoding,
             request.requestHeaders,
         )
-        result = self.registry.cache(resolved.tenant, resolved.route.type).get(resolved.key, fetch)
+        cache = self.registry.cache(resolved.tenant, resolved.route.type)
+        # what this request stores counts for its client (SPEC.md section 3)
+        with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
+            result = cache.get(resolved.key, fetch)
         if isinstance(result, CacheResult):
             return write_result(request, result)
         # an upstream failure errbacks to the handle_errors handlers
@@ -310,7 +320,9 @@ class CacheAPI:
             request.setHeader(b"cache-status", b"apicache; detail=not-cached")
             return refuse(request, ApiError(504, "not_cached", "only-if-cached: nothing usable is stored"))
 
-        found = self.registry.cache(tenant, route_type).cached(key, request.requestHeaders, encoding)
+        # a copy loaded from Redis into this process counts for the client too
+        with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
+            found = self.registry.cache(tenant, route_type).cached(key, request.requestHeaders, encoding)
         if isinstance(found, Deferred):
             return found.addCallback(answer)
         return answer(found)
@@ -323,11 +335,10 @@ class CacheAPI:
         """
         resolved = self.resolver.resolve(request)
         body = self.passthrough.body(request)
-        headers = self.resolver.forwarded(request, WRITE_HEADERS)
         # as on a GET, only an encoding the caller accepts and apicache
         # never has to decode: gzip or identity
         accept = normalise_accept_encoding(request.requestHeaders.getRawHeaders(b"accept-encoding"))
-        headers.append((b"accept-encoding", accept))
+        headers = self.caller_headers.of(request.requestHeaders, _traceparent(request), accept, WRITE_HEADERS)
         result = await self.passthrough.forward(
             request.method,
             resolved.route.upstream_path(resolved.params, resolved.query),
@@ -348,7 +359,7 @@ class CacheAPI:
         """
         route, params = self.resolver.match(request.path)
         request.route_type = route.type
-        tenant = self.resolver.tenant(request, required=False)
+        tenant = self.resolver.claimed_tenant(request, required=False)
         if tenant is not None:
             request.tenant = tenant
         else:
@@ -405,3 +416,12 @@ def _ratio(hits: int, misses: int) -> float:
     Return hits over hits and misses, 0.0 before any.
     """
     return hits / (hits + misses) if hits + misses else 0.0
+
+
+def _traceparent(request: ApiRequest) -> bytes | None:
+    """
+    Return the ``traceparent`` of ``request``'s span, sent upstream in place
+    of the caller's, or ``None`` for a request without a trace.
+    """
+    trace = getattr(request, "trace", None)
+    return None if trace is None else trace.traceparent()  # type: ignore[no-any-return]

@@ -18,21 +18,31 @@ from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.defer import Deferred
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.defer import TimeoutError as DeferredTimeout
-from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IStreamServerEndpoint, ITransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IStreamServerEndpoint,
+    ITransport,
+)
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
-from twisted.web.http import RESPONSES, HTTPChannel, _GenericHTTPChannelProtocol, datetimeToString
+from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
+from apicache._twisted import HTTPChannelInternals, raw_headers
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier, bearer_token
+from apicache.cache.routes import RESERVED_PATHS
 from apicache.cache.wire import canonical_name
-from apicache.http.errors import JSON, ApiError, error_body
+from apicache.http.errors import JSON, ApiError, error_body, invalid_token
 from apicache.ops.logs import AccessLog
 from apicache.ops.metrics import Metrics
 from apicache.ops.tracing import RequestTrace, Tracer
@@ -46,10 +56,15 @@ __all__ = [
     "ConnectionLimits",
     "HTTPService",
     "check_head",
+    "check_token",
     "connection_limit",
+    "TokenMemo",
 ]
 
 _UNAUTHENTICATED = frozenset({b"/healthz", b"/readyz"})
+#: Reserved paths that touch no tenant's entries, whatever headers come
+#: with them: no bearer token is asked for there.
+_NO_TENANT_PATHS = RESERVED_PATHS - {b"/clear"}
 
 
 class ApiRequest(server.Request):
@@ -64,6 +79,9 @@ class ApiRequest(server.Request):
     trace: RequestTrace | None = None
     #: the checks before routing passed when the head came in (L{ApiChannel})
     head_checked = False
+    #: the claims of the request's verified bearer token (C{[auth]} set and
+    #: the request names a tenant), else C{None}
+    token_claims: Claims | None = None
     _counted = False
 
     _postpath: list[bytes] | None = None
@@ -184,7 +202,7 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
 
     @return: the error to answer, or ``None`` when the request may go on.
     """
-    raw = headers._rawHeaders  # see _RAW_API_KEY
+    raw = raw_headers(headers)
     given = raw.get(_RAW_API_KEY) or None
     tenants = raw.get(canonical_name(tenant_header)) or None
     if (given and len(given) > 1) or (tenants and len(tenants) > 1):
@@ -195,11 +213,73 @@ def check_head(keys: ApiKeys, tenant_header: bytes, path: bytes, headers: Header
     return None
 
 
+_RAW_AUTHORIZATION = canonical_name(b"authorization")
+
+
+class TokenMemo:
+    """
+    The last bearer token a connection sent, as the verifier's cache knows
+    it: a keep-alive connection sends the same token again and again, and
+    handing the verifier that same bytes object (its hash computed once)
+    spares hashing the whole token, 0.5-2 KiB, on every request.  Every
+    check still runs (the verifier's cache holds the verdict and its expiry).
+
+    @ivar header: the C{Authorization} value it came from.
+    @ivar token: the token taken from it.
+    """
+
+    __slots__ = ("header", "token")
+
+    def __init__(self) -> None:
+        self.header: bytes | None = None
+        self.token: bytes | None = None
+
+
+def check_token(
+    verifier: TokenVerifier | None,
+    tenant_header: bytes,
+    path: bytes,
+    headers: Headers,
+    memo: TokenMemo | None = None,
+) -> Claims | Deferred[Claims] | None:
+    """
+    Verify the bearer token of a request that names a tenant, when
+    C{[auth]} is set (SPEC.md section 4): reads, purges, tag purges,
+    C{/clear} and pass-through writes, whatever the method; what names no
+    tenant (no tenant header, or C{/}, C{/healthz}, C{/readyz},
+    C{/metrics}) needs none.
+
+    @param memo: the connection's last token (L{TokenMemo}), or C{None}.
+    @return: C{None} when no token is needed; the verified claims; or, only
+        for a token whose C{kid} is not known yet, a Deferred firing with
+        them (or failing with L{TokenRefused}) once the key set was read.
+    @raise TokenRefused: refused at once (counted in the verifier's
+        C{failures}).
+    """
+    if verifier is None or path in _NO_TENANT_PATHS:
+        return None
+    raw = raw_headers(headers)
+    if not raw.get(canonical_name(tenant_header)):
+        return None
+    values = raw.get(_RAW_AUTHORIZATION) or None
+    if memo is not None and values is not None and len(values) == 1 and values[0] == memo.header:
+        token = memo.token
+    else:
+        try:
+            token = bearer_token(values)
+        except TokenRefused as refused:
+            verifier.failures[refused.reason] += 1
+            raise
+        if memo is not None and values is not None and len(values) == 1:
+            memo.header, memo.token = values[0], token
+    return verifier.verify_or_refresh(token)
+
+
 def _too_large(limit: int) -> ApiError:
     return ApiError(413, "body_too_large", f"the request body is larger than {limit} bytes")
 
 
-class ApiChannel(HTTPChannel):
+class ApiChannel(HTTPChannelInternals):
     """
     An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
     transport in its site's L{ApiSite.connections} while it is connected
@@ -218,6 +298,13 @@ class ApiChannel(HTTPChannel):
 
     site: ApiSite
     refused = False
+    #: a request's head waits for its bearer token (an unknown kid: the
+    #: key set is being read); nothing more of the connection is parsed
+    _token_wait = False
+    #: that request had no body: it is complete once the token verifies
+    _content_due = False
+    _lost = False
+    _token_memo: TokenMemo | None = None
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
@@ -229,6 +316,7 @@ class ApiChannel(HTTPChannel):
             self.site.connections.add(self._tracked)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
         self._stop_head_deadline()
         self._drop_unread()
         if self._tracked is not None:
@@ -247,9 +335,12 @@ class ApiChannel(HTTPChannel):
         if (
             self._head_deadline is None
             and not self.refused
+            # line mode: between requests or within a head (a body is read,
+            # and pipelined bytes held while a request is handled, in raw mode)
             and self.line_mode
-            and not self._handlingRequest
-            and (self._buffer or not self._HTTPChannel__first_line)  # type: ignore[attr-defined]
+            # a request line came in (its request is queued) and its head was
+            # not checked yet, or a line is cut short
+            and ((self.requests and not self.requests[-1].head_checked) or self.line_pending())
         ):
             # a request's head has begun and is not complete: its deadline
             # starts now, and unlike the idle timeout a byte now and then
@@ -263,22 +354,84 @@ class ApiChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._stop_head_deadline()
         request = self.requests[-1]
-        path = self._path.partition(b"?")[0]
+        method, target = self.request_line() or (b"-", b"-")
+        path = target.partition(b"?")[0]
         limits = self.site.limits
         error = check_head(self.site.keys, self.site.tenant_header, path, request.requestHeaders)
         if error is None and self.length is not None and self.length > limits.max_body_bytes:
             error = _too_large(limits.max_body_bytes)
         if error is not None:
-            self.refuse(error, head=self._command == b"HEAD")
+            self.refuse(error, head=method == b"HEAD")
             return
         # checked once here: ApiFront need not check again
         request.head_checked = True  # type: ignore[attr-defined]
+        verifier = self.site.verifier
+        if verifier is not None and self._token_memo is None:
+            self._token_memo = TokenMemo()
+        try:
+            verified = check_token(verifier, self.site.tenant_header, path, request.requestHeaders, self._token_memo)
+        except TokenRefused as refused:
+            self.refuse(invalid_token(refused), head=method == b"HEAD")
+            return
+        if isinstance(verified, Deferred):
+            self._wait_for_token(request, verified)
+            return
+        request.token_claims = verified  # type: ignore[attr-defined]
         # now the request body may be read (twisted.web buffers it) and
         # ``Expect: 100-continue`` answered
         super().allHeadersReceived()
 
+    def _wait_for_token(self, request: Any, verified: Deferred[Claims]) -> None:
+        """
+        Hold the connection while the key set is read for a token whose
+        C{kid} is unknown: stop reading from the transport and parsing what
+        is buffered (no body byte is read, no 100 Continue sent), then go on
+        with the request, or refuse it.
+        """
+        outcome: list[Claims | Failure] = []
+        verified.addBoth(outcome.append)
+        if outcome:
+            # the key set was read at once (a file): no need to wait
+            self._token_verified(request, outcome[0], waited=False)
+            return
+        self._token_wait = True
+        # LineReceiver's own flag: what is buffered stays unparsed
+        self.paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        verified.addCallback(lambda _: self._token_verified(request, outcome[0], waited=True))
+
+    def _token_verified(self, request: Any, result: Claims | Failure, waited: bool) -> None:
+        command = (self.request_line() or (b"-", b"-"))[0]
+        self._token_wait = False
+        if self._lost or self.refused:
+            return
+        if isinstance(result, Failure):
+            if result.check(TokenRefused):
+                self.refuse(invalid_token(result.value), head=command == b"HEAD")  # type: ignore[arg-type]
+            else:
+                self.site.log_.failure("verifying a bearer token failed", result)
+                self.refuse(ApiError(500, "internal_error", "an unexpected error occurred"))
+            return
+        request.token_claims = result
+        super().allHeadersReceived()
+        if not waited:
+            return
+        if self._content_due:
+            self._content_due = False
+            self.allContentReceived()
+        self.paused = False
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+        # parse what arrived meanwhile (the body, pipelined requests)
+        self.dataReceived(b"")
+
     def allContentReceived(self) -> None:
         if self.refused:
+            return
+        if self._token_wait:
+            # a request without a body: processed once its token verifies
+            self._content_due = True
             return
         super().allContentReceived()
 
@@ -287,12 +440,11 @@ class ApiChannel(HTTPChannel):
             return
         super().rawDataReceived(data)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def bad_request(self) -> None:
         # twisted.web's own refusal (an unparsable request line or header,
         # a NUL in a header value, too many headers, a head over
-        # totalHeadersSize: it counts each line before this is called)
-        # writes an empty 400
-        if self._receivedHeaderSize > self.totalHeadersSize:
+        # totalHeadersSize) would write an empty 400
+        if self.head_too_large():
             self._refuse_malformed(f"the request head is larger than {self.totalHeadersSize} bytes")
         else:
             self._refuse_malformed("the request could not be parsed")
@@ -319,13 +471,19 @@ class ApiChannel(HTTPChannel):
             b"Date: %s\r\n" % self.site.http_date(self.site.clock.seconds()),
             b"Content-Type: %s\r\n" % JSON,
             b"Content-Length: %d\r\n" % len(body),
+            *[b"%s: %s\r\n" % (name, value) for name, value in error.headers],
             b"Connection: close\r\n\r\n",
         ]
         if not head:
             lines.append(body)
         self.transport.write(b"".join(lines))
         headers = self.requests[-1].requestHeaders if self.requests else Headers()
-        self.site.refused(getattr(self, "_command", b"-"), self._request_path(), error.status, headers)
+        line = self.request_line()
+        if line is None:
+            method, path = b"-", b"-"
+        else:
+            method, path = line[0], line[1].partition(b"?")[0]
+        self.site.refused(method, path, error.status, headers)
         self.loseConnection()
 
     def _drop_unread(self) -> None:
@@ -334,15 +492,10 @@ class ApiChannel(HTTPChannel):
         # channel is freed by the cyclic garbage collector, which the
         # daemon runs seldom (GarbageCollectorTuning): thousands of refused
         # uploads held 130 MiB that way.
-        self._buffer = b""
-        self._dataBuffer = []
+        self.drop_unread()
 
     def _refuse_malformed(self, message: str) -> None:
         self.refuse(ApiError(400, "bad_request", message))
-
-    def _request_path(self) -> bytes:
-        path = getattr(self, "_path", None)
-        return path.partition(b"?")[0] if isinstance(path, bytes) else b"-"
 
     # -- the head deadline -------------------------------------------------
 
@@ -360,14 +513,6 @@ class ApiChannel(HTTPChannel):
             self._head_deadline = None
 
 
-def _api_channel(site: ApiSite) -> Any:
-    # twisted.web's own factory (_genericHTTPChannelProtocolFactory) with
-    # our channel inside: the generic protocol is what makes Site's timeouts
-    # and attributes reach the channel.  No h2 here (not installed): with it
-    # the generic protocol would swap in an H2Connection, untracked.
-    return _GenericHTTPChannelProtocol(ApiChannel())
-
-
 class ApiSite(server.Site):
     """
     The site: no twisted.web access log (apicache writes its own JSON line
@@ -383,7 +528,10 @@ class ApiSite(server.Site):
     requestFactory = ApiRequest
     #: warnings about the site itself (connections refused); access lines go to the AccessLog
     log_ = Logger()
-    protocol = _api_channel
+    # the channel itself, not twisted.web's protocol that wraps a channel to
+    # switch to HTTP/2 after TLS negotiation (no h2 here): HTTPFactory's
+    # buildProtocol gives it the site's clock and idle timeout all the same
+    protocol = ApiChannel  # type: ignore[assignment]
     noisy = False
 
     def __init__(
@@ -397,10 +545,14 @@ class ApiSite(server.Site):
         keys: ApiKeys | None = None,
         limits: ConnectionLimits | None = None,
         tenant_header: bytes = b"org_id",
+        verifier: TokenVerifier | None = None,
     ) -> None:
         """
         @param keys: the api-keys checked once a request's headers are in
             (none: every request passes; L{ApiFront} checks again).
+        @param verifier: verifies the bearer token of every request naming
+            a tenant once its headers are in (C{[auth]}; none: no token is
+            asked for).
         @param limits: connection limits (default: SPEC's defaults, no
             connection limit).
         """
@@ -410,6 +562,7 @@ class ApiSite(server.Site):
         self.limits = limits
         self.keys = keys or ApiKeys(())
         self.tenant_header = tenant_header
+        self.verifier = verifier
         #: connections refused past max_connections, request heads too slow
         self.counters = {"connections_refused": 0, "head_timeouts": 0, "requests_refused": 0}
         self._refusal_logged = float("-inf")
@@ -440,7 +593,7 @@ class ApiSite(server.Site):
             self._date_second = second
         return self._date
 
-    def buildProtocol(self, addr: IAddress | None) -> _GenericHTTPChannelProtocol | None:
+    def buildProtocol(self, addr: IAddress | None) -> ApiChannel | None:  # type: ignore[override]
         """
         Return a channel for a new connection, or ``None`` (the connection
         is closed at once) while ``max_connections`` are held.
@@ -578,20 +731,54 @@ class ApiSite(server.Site):
         return d
 
 
-class HTTPService(StreamServerEndpointService):
+class HTTPService(Service):
     """
     Listens for HTTP; on stop, stops accepting and lets requests in flight
     finish for up to ``grace`` seconds.
+
+    Twisted's C{StreamServerEndpointService} only logs a port it can't
+    listen on; this one raises, so that the daemon says so and exits.
     """
 
     log = Logger()
-    _raiseSynchronously = True
 
     def __init__(self, endpoint: IStreamServerEndpoint, site: ApiSite, grace: float, clock: IReactorTime) -> None:
-        super().__init__(endpoint, site)
+        self.endpoint = endpoint
         self.site = site
         self.grace = grace
         self.clock = clock
+        self._listening: Deferred[IListeningPort | None] | None = None
+
+    def privilegedStartService(self) -> None:
+        """
+        Listen, before privileges are shed.
+
+        @raise twisted.internet.error.CannotListenError: the endpoint can't
+            listen (the address is in use, or privileged), when it says so
+            at once, as TCP and UNIX endpoints do; a later failure is logged.
+        """
+        super().privilegedStartService()
+        failures: list[Failure] = []
+        starting = True
+
+        def failed(f: Failure) -> None:
+            if starting:
+                failures.append(f)
+            elif not f.check(CancelledError):
+                self.log.failure("cannot listen", f)
+
+        self._listening = self.endpoint.listen(self.site).addErrback(failed)
+        starting = False
+        if failures:
+            failures[0].raiseException()
+
+    def startService(self) -> None:
+        """
+        Start, listening now unless L{privilegedStartService} did.
+        """
+        super().startService()
+        if self._listening is None:
+            self.privilegedStartService()
 
     def stopService(self) -> Deferred[None]:
         """
@@ -601,9 +788,19 @@ class HTTPService(StreamServerEndpointService):
         @return: a Deferred firing with ``None`` when done.
         """
 
+        async def stop_listening() -> None:
+            listening = self._listening
+            if listening is not None:
+                listening.cancel()
+                port = await listening
+                stopped = None if port is None else port.stopListening()
+                if stopped is not None:
+                    await stopped
+
         async def drain() -> None:
             started = self.clock.seconds()
-            await super(HTTPService, self).stopService()
+            super(HTTPService, self).stopService()
+            await stop_listening()
             if self.site.active:
                 self.log.info("waiting up to {grace} s for {n} requests in flight", grace=self.grace, n=self.site.active)
                 try:

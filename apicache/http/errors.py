@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import cast
 
+from apicache.auth.tokens import TokenRefused, www_authenticate
 from apicache.cache.keys import InvalidParameter, InvalidQuery, InvalidTenant
 from apicache.store.interface import StoreUnavailable
 from apicache.upstream.client import BodyTooLarge, Overloaded, UpstreamTimeout, UpstreamUnreachable
 
-__all__ = ["ApiError", "DOMAIN_ERRORS", "api_error", "error_body"]
+__all__ = ["ApiError", "DOMAIN_ERRORS", "api_error", "error_body", "invalid_token"]
 
 JSON = b"application/json"
 
@@ -23,13 +25,27 @@ JSON = b"application/json"
 class ApiError(Exception):
     """
     An error answered as ``{"error": code, "message": message}``.
+
+    @ivar headers: further header fields of the answer, as ``(name, value)``
+        byte pairs (a 401's C{WWW-Authenticate}).
     """
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
+        self.headers = headers
+
+
+def invalid_token(refused: TokenRefused) -> ApiError:
+    """
+    Return the C{401 invalid_token} answering a refused bearer token, with
+    its C{WWW-Authenticate} challenge (RFC 6750 section 3).
+    """
+    return ApiError(401, "invalid_token", refused.message, ((b"WWW-Authenticate", www_authenticate(refused)),))
 
 
 def _invalid_tenant(e: Exception) -> ApiError:
@@ -48,6 +64,7 @@ _TABLE: dict[type[Exception], Callable[[Exception], ApiError]] = {
     UpstreamTimeout: lambda e: ApiError(504, "upstream_timeout", str(e)),
     BodyTooLarge: lambda e: ApiError(502, "upstream_unreachable", f"the upstream answer is too large: {e}"),
     UpstreamUnreachable: lambda e: ApiError(502, "upstream_unreachable", str(e)),
+    TokenRefused: lambda e: invalid_token(cast(TokenRefused, e)),
 }
 
 #: The exception types L{api_error} maps, for C{Klein.handle_errors}.

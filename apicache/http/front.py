@@ -10,14 +10,18 @@ import re
 from typing import Any, cast
 from urllib.parse import unquote_to_bytes as unquote
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET
 
 from apicache.auth.apikey import ApiKeys
+from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import RESERVED_PATHS
-from apicache.http.channel import ApiRequest, check_head
-from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error
+from apicache.http.channel import ApiRequest, check_head, check_token
+from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error, invalid_token
 from apicache.http.resolve import Resolver
 from apicache.http.writers import refuse, write_result
 
@@ -33,26 +37,68 @@ class ApiFront(Resource):
 
     isLeaf = True
 
-    def __init__(self, inner: IResource, resolver: Resolver, keys: ApiKeys, registry: CacheRegistry) -> None:
+    def __init__(
+        self,
+        inner: IResource,
+        resolver: Resolver,
+        keys: ApiKeys,
+        registry: CacheRegistry,
+        verifier: TokenVerifier | None = None,
+    ) -> None:
         super().__init__()
         self._inner = inner
         self._resolver = resolver
         self._keys = keys
         self._registry = registry
+        self._verifier = verifier
         self._tenant_header = resolver.tenant_header
 
     def render(self, request: IRequest) -> Any:
         """
-        Answer ``request``: an error for a duplicate header, a wrong key or
-        an undecodable path, a hit, or whatever the Klein application says.
+        Answer ``request``: an error for a duplicate header, a wrong key, a
+        refused bearer token or an undecodable path, a hit, or whatever the
+        Klein application says.
         """
         # the channel checked these before reading the body, with the same
-        # keys in production; again here for requests that come another way
-        # (tests over StubTreq, a site given other keys or none)
-        if not getattr(request, "head_checked", False) or request.channel.site.keys is not self._keys:  # type: ignore[attr-defined]
+        # keys and verifier in production; again here for requests that
+        # come another way (tests over StubTreq, a site given other keys or none)
+        if not getattr(request, "head_checked", False) or (
+            request.channel.site.keys is not self._keys  # type: ignore[attr-defined]
+            or request.channel.site.verifier is not self._verifier  # type: ignore[attr-defined]
+        ):
             error = check_head(self._keys, self._tenant_header, request.path, request.requestHeaders)
             if error is not None:
                 return refuse(request, error)
+            try:
+                verified = check_token(self._verifier, self._tenant_header, request.path, request.requestHeaders)
+            except TokenRefused as refused:
+                return refuse(request, invalid_token(refused))
+            if isinstance(verified, Deferred):
+                verified.addBoth(self._render_verified, request)
+                return NOT_DONE_YET
+            request.token_claims = verified  # type: ignore[attr-defined]
+        return self._render_checked(request)
+
+    def _render_verified(self, result: Claims | Failure, request: IRequest) -> None:
+        """
+        Go on with a request whose token waited for the key set.
+        """
+        if isinstance(result, Failure):
+            error = api_error(cast(BaseException, result.value))
+            if error is None:
+                result.raiseException()
+            body = refuse(request, cast(ApiError, error))
+        else:
+            request.token_claims = result  # type: ignore[attr-defined]
+            body = self._render_checked(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _render_checked(self, request: IRequest) -> Any:
+        """
+        Answer a request past the checks made before routing.
+        """
         if request.method == b"GET" or request.method == b"HEAD":
             # any twisted.web Request takes the attributes ApiRequest declares
             body = self.answer_hit(cast(ApiRequest, request))

@@ -17,13 +17,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.web.http import datetimeToString
 
 from apicache.cache.invalidator import IInvalidator
-from apicache.cache.policy import replayed_headers, upstream_age
+from apicache.cache.policy import hidden_headers, replayed_headers, upstream_age
 from apicache.cache.tags import InvalidTag
 from apicache.cache.tags import route_tags as entry_tags
 from apicache.cache.tenant import MISS, CacheResult
+from apicache.cache.wire import date_header
 from apicache.config import Config, RouteConfig
 from apicache.http.errors import ApiError
 from apicache.store.interface import CachedResponse, StoreUnavailable
@@ -77,8 +77,8 @@ class PassThrough:
         self._upstream = upstream
         self._clock = clock
         self.max_body_bytes = config.server.max_body_bytes
-        up = config.upstream
-        self._hidden = tuple(h.encode("ascii") for h in (*up.hide_headers, up.tags_header) if h)
+        # hidden as on a GET: hide_headers and the tags header
+        self._hidden = hidden_headers(config.upstream)
 
     def body(self, request: Any) -> bytes:
         """
@@ -127,12 +127,11 @@ class PassThrough:
             raise
         if invalidates(response.status):
             await self._after_write(invalidator, tenant, route, params)
-        # the upstream's Date is passed on; apicache's own when it sent none;
-        # never stored, so Set-Cookie is passed on (a login keeps its cookie)
-        kept = replayed_headers(
-            response.headers, self._hidden, datetimeToString(int(self._clock.seconds())), passed=True
-        )
-        # a non-zero upstream Age is passed on, as on a MISS (by its first value)
+        # the headers, Date and Age of a MISS: the upstream's Date is passed
+        # on (apicache's own when it sent none), a non-zero upstream Age by
+        # its first value; never stored, so Set-Cookie is passed on (a login
+        # keeps its cookie)
+        kept = replayed_headers(response.headers, self._hidden, date_header(self._clock.seconds()), passed=True)
         age = upstream_age(response.headers) or None
         answer = CachedResponse(response.status, kept, response.body)
         # the writer appends apicache's member after any the upstream sent

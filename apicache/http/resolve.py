@@ -13,12 +13,13 @@ of what keeps the hit path fast).
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
 from typing import Any
 
 from twisted.web.iweb import IRequest
 
+from apicache._twisted import raw_headers
 from apicache.auth.apikey import claim_matches
+from apicache.auth.tokens import claim_text
 from apicache.cache.keys import CacheKey, InvalidTenant, cache_key, canonical_query, validate_tenant
 from apicache.cache.policy import normalise_accept_encoding
 from apicache.cache.routes import Route, Router
@@ -84,9 +85,10 @@ class Resolver:
         self.tenant_header = config.server.tenant_header.encode("ascii")
         self._raw_tenant_header = canonical_name(self.tenant_header)
         self._tenant_claim = config.server.tenant_claim
+        # with [auth], the claim is read from the verified token only
+        self._verified_claims = config.auth.enabled
         self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
         self._raw_keyed = [canonical_name(h) for h in self._keyed]
-        self._forward = [h.encode("ascii") for h in config.upstream.forward_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
@@ -133,6 +135,43 @@ class Resolver:
         self._tenants[raw] = tenant
         return tenant
 
+    def claimed_tenant(self, request: Any, required: bool) -> str | None:
+        """
+        Return the request's tenant as L{tenant} does, checked against the
+        bearer token's C{tenant_claim} (L{check_claim}).  For the requests
+        L{resolve} does not see: purges, tag purges and C{/clear}.
+
+        @raise ApiError: ``missing_tenant`` or ``tenant_mismatch``.
+        @raise InvalidTenant: the tenant header is not a tenant name.
+        """
+        tenant = self.tenant(request, required)
+        if tenant is not None:
+            self.check_claim(request, tenant)
+        return tenant
+
+    def check_claim(self, request: Any, tenant: str) -> None:
+        """
+        Check C{server.tenant_claim}, when set, on a request naming
+        C{tenant} (SPEC.md section 4, every method): with C{[auth]}, the
+        claim of the token the channel verified; without it, of the
+        unverified token (a consistency check, not a proof).
+
+        @raise ApiError: ``403 tenant_mismatch``.
+        """
+        claim = self._tenant_claim
+        if not claim:
+            return
+        if self._verified_claims:
+            claims = getattr(request, "token_claims", None)
+            # no verified claims: the token was never checked, so nothing
+            # vouches for the tenant.  A plain comparison: both sides are
+            # the caller's own (its header, its token), no secret to time.
+            ok = claims is not None and claim_text(claims, claim) == tenant
+        else:
+            ok = claim_matches(request.requestHeaders.getRawHeaders(b"authorization"), claim, tenant)
+        if not ok:
+            raise ApiError(403, "tenant_mismatch", f"the token's {claim!r} claim does not match the tenant")
+
     def resolve(self, request: Any) -> Resolved:
         """
         Resolve a ``GET`` (or ``HEAD``) on a route.  Sets the request's
@@ -147,7 +186,7 @@ class Resolver:
         @raise InvalidQuery: the query string is rejected.
         """
         headers = request.requestHeaders
-        raw = headers._rawHeaders  # see _RAW_ACCEPT_ENCODING
+        raw = raw_headers(headers)
         tenants = raw.get(self._raw_tenant_header) or None
         keyed = [raw.get(h) or None for h in self._raw_keyed]
         accept_encoding = raw.get(_RAW_ACCEPT_ENCODING) or None
@@ -167,7 +206,7 @@ class Resolver:
             raw_query = request.uri.partition(b"?")[2]
             query = canonical_query(raw_query) if raw_query else ""
             encoding = normalise_accept_encoding(accept_encoding)
-            key = cache_key(tenant, route, params, query, keyed)
+            key = cache_key(tenant, route.config, params, query, keyed)
             found = Resolved(route, params, tenant, query, key, encoding)
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send
@@ -181,27 +220,6 @@ class Resolver:
         else:
             request.route_type = found.route.type
             request.tenant = found.tenant
-        if self._tenant_claim and not claim_matches(
-            headers.getRawHeaders(b"authorization"), self._tenant_claim, found.tenant
-        ):
-            raise ApiError(403, "tenant_mismatch", f"the token's {self._tenant_claim!r} claim does not match the tenant")
+        if self._tenant_claim:
+            self.check_claim(request, found.tenant)
         return found
-
-    def forwarded(self, request: Any, extra: Sequence[bytes] = ()) -> list[tuple[bytes, bytes]]:
-        """
-        Return the caller's headers to send upstream: those of
-        ``forward_headers`` (``traceparent``, always among them, set to this
-        request's span, and ``tracestate``) and those named in ``extra``,
-        as ``(lower-case name, value)`` pairs.  ``set_headers`` and ``Via``
-        are the upstream client's: no caller value replaces them.
-        """
-        headers = request.requestHeaders
-        trace = getattr(request, "trace", None)
-        if trace is not None:
-            headers.setRawHeaders(b"traceparent", [trace.traceparent()])
-        forwarded: list[tuple[bytes, bytes]] = []
-        for names in (self._forward, extra):
-            for name in names:
-                for value in headers.getRawHeaders(name, ()):
-                    forwarded.append((name, value))
-        return forwarded

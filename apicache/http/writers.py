@@ -15,6 +15,7 @@ from twisted.web.http import RESPONSES
 from twisted.web.iweb import IRequest
 from twisted.web.server import NOT_DONE_YET
 
+from apicache._twisted import raw_headers
 from apicache.cache.policy import condition_fails, header, not_modified_headers
 from apicache.cache.ranges import PartialAnswer, range_answer
 from apicache.cache.tenant import BYPASS, HIT, MISS, REVALIDATED, STALE, CacheResult
@@ -41,6 +42,8 @@ def refuse(request: IRequest, error: ApiError) -> bytes:
     """
     request.setResponseCode(error.status)
     request.setHeader(b"content-type", JSON)
+    for name, value in error.headers:
+        request.setHeader(name, value)
     return error_body(error.code, error.message)
 
 
@@ -81,7 +84,7 @@ def write_result(request: Any, result: CacheResult) -> Any:
         # a hit: freshness left, negative once stale (RFC 9211 section 2.2)
         member = b"apicache;hit;ttl=%d" % math.floor(r.expires_at - r.stored_at - (age or 0.0))
     if result.stored and 200 <= status < 300:
-        conditions = request.requestHeaders._rawHeaders  # see _RAW_IF_NONE_MATCH
+        conditions = raw_headers(request.requestHeaders)
         if_none_match = conditions.get(_RAW_IF_NONE_MATCH) or None
         if_modified_since = None if if_none_match else conditions.get(_RAW_IF_MODIFIED_SINCE) or None
         if (if_none_match or if_modified_since) and condition_fails(if_none_match, if_modified_since, r.headers):

@@ -33,6 +33,8 @@ __all__ = [
     "cache_families",
     "store_families",
     "tag_families",
+    "auth_families",
+    "client_families",
     "Snapshot",
     "merge_snapshots",
     "SUMMED_TYPES",
@@ -333,6 +335,45 @@ def tag_families(
     yield GaugeMetricFamily(
         "apicache_tag_index_pairs", "(entry, tag) pairs in this process's tag index.", value=index["pairs"]
     )
+def auth_families(failures: Mapping[str, int], keys: int, refresh_failures: int) -> Iterator[Metric]:
+    """
+    Return the families of verified tenants (C{[auth]}, SPEC.md section 2):
+    refused bearer tokens by reason, the keys of the JSON Web Key Set held
+    now, and the reads of it that failed.
+
+    @param failures: refusals by reason, every reason of the fixed set
+        present (from 0), so the label values are bounded.
+    """
+    family = CounterMetricFamily(
+        "apicache_auth_failures", "Bearer tokens refused (401 invalid_token), by reason.", labels=["reason"]
+    )
+    for reason, n in failures.items():
+        family.add_metric([reason], n)
+    yield family
+    yield GaugeMetricFamily("apicache_jwks_keys", "Signature keys of the JSON Web Key Set held now.", value=keys)
+    yield CounterMetricFamily(
+        "apicache_jwks_refresh_failures", "Reads of the JSON Web Key Set that failed.", value=refresh_failures
+    )
+
+
+def client_families(sizes: Mapping[int, tuple[int, int]], name: Callable[[int], str]) -> Iterator[Metric]:
+    """
+    Return the bytes and entries each client holds in the memory store (or
+    the in-process tier), C{store.fair_share = "client"}.
+
+    @param sizes: ``(bytes, entries)`` by client number.
+    @param name: a client's label: its api-key's fingerprint, never the key
+        (the configured keys bound the label values).
+    """
+    held = GaugeMetricFamily("apicache_store_client_bytes", "Bytes held per client (api-key fingerprint).", labels=["client"])
+    entries = GaugeMetricFamily("apicache_store_client_entries", "Entries held per client (api-key fingerprint).", labels=["client"])
+    for client, (n_bytes, n_entries) in sorted(sizes.items()):
+        held.add_metric([name(client)], n_bytes)
+        entries.add_metric([name(client)], n_entries)
+    yield held
+    yield entries
+
+
 def store_families(detailed: Mapping[str, int], top: Sequence[tuple[str, int, int]]) -> Iterator[Metric]:
     """
     Return the memory store's (or the in-process tier's) eviction counts by

@@ -23,6 +23,8 @@ from twisted.application.service import Service
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from apicache._twisted import raw_headers
+
 __all__ = [
     "RequestTrace",
     "Tracer",
@@ -184,7 +186,7 @@ class Tracer:
         """
         # twisted.web's table of raw headers, read directly: getRawHeaders
         # and removeHeader encode the name again on every call (hit path)
-        raw = headers._rawHeaders
+        raw = raw_headers(headers)
         parsed = parse_traceparent(raw.get(_RAW_TRACEPARENT) or None)
         if parsed is None:
             raw.pop(_RAW_TRACESTATE, None)

@@ -1,13 +1,26 @@
 """
 What the memory store evicts: expired entries first (L{ExpiryWheel}), then
-the largest tenant's (L{TenantSizes}), and within a tenant what S3-FIFO
-(Yang et al., SOSP '23) would (L{TenantQueues}).
+the largest client's (L{ClientShare}) and within it the largest tenant's
+(L{TenantSizes}), and within a tenant what S3-FIFO (Yang et al., SOSP '23)
+would (L{TenantQueues}).
 
 Every structure here is O(1) per entry operation (amortised), except the
-choice of a tenant: O(log tenants).  Removal anywhere is lazy: a dropped
-L{Slot} loses its entry at once (so its body is freed) and is skipped when a
-queue reaches it; queues holding more dead slots than live ones are
-compacted, which keeps memory bounded under any mix of inserts and purges.
+choice of a client or a tenant: O(log clients), O(log tenants).  Removal
+anywhere is lazy: a dropped L{Slot} loses its entry at once (so its body is
+freed) and is skipped when a queue reaches it; queues holding more dead
+slots than live ones are compacted, which keeps memory bounded under any
+mix of inserts and purges.
+
+Which client an insert is for (SPEC.md section 3, C{fair_share =
+"client"}): the api-key its request carried, as a small number
+(L{apicache.auth.apikey.ApiKeys.client}, 0 for anonymous callers).  The
+HTTP layer says so with L{acting_for} around the call that may fetch and
+store; the store reads it with L{current_client} when the answer is put.
+A context variable rather than a parameter because a store is reached
+through the cache core, which has no business knowing callers: Twisted runs
+every coroutine step in the context it started in, so the answer stored
+seconds later, after the upstream or Redis answered, still counts for the
+client whose request fetched it.
 """
 
 from __future__ import annotations
@@ -15,13 +28,51 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from apicache.cache.keys import CacheKey
 from apicache.store.interface import CachedResponse
 
-__all__ = ["Slot", "TenantQueues", "Ghost", "ExpiryWheel", "TenantSizes"]
+__all__ = [
+    "ANONYMOUS",
+    "Slot",
+    "TenantQueues",
+    "ClientShare",
+    "Ghost",
+    "ExpiryWheel",
+    "TenantSizes",
+    "acting_for",
+    "current_client",
+]
+
+#: The client of requests that carried no api-key (or one not configured),
+#: and of everything stored outside a request.
+ANONYMOUS = 0
+
+_client: ContextVar[int] = ContextVar("apicache_client", default=ANONYMOUS)
+
+
+def current_client() -> int:
+    """
+    Return the client the store counts an insert for now (L{acting_for}).
+    """
+    return _client.get()
+
+
+@contextmanager
+def acting_for(client: int) -> Iterator[None]:
+    """
+    Count what is stored under this block (and in the coroutines started
+    in it, however much later they store) for C{client}.
+    """
+    token = _client.set(client)
+    try:
+        yield
+    finally:
+        _client.reset(token)
 
 #: S3-FIFO's small queue holds this share of a tenant's bytes: new keys wait
 #: there, and only those asked for again while in it move to the main queue.
@@ -51,16 +102,19 @@ class Slot:
     @ivar size: the bytes charged for it.
     @ivar freq: hits since S3-FIFO last looked at it (a hit only adds one).
     @ivar main: in its tenant's main queue (else in the small one).
+    @ivar owner: the queues holding it: its tenant's, of the client that
+        stored it.
     """
 
-    __slots__ = ("key", "entry", "size", "freq", "main")
+    __slots__ = ("key", "entry", "size", "freq", "main", "owner")
 
-    def __init__(self, key: CacheKey, entry: CachedResponse, size: int, main: bool) -> None:
+    def __init__(self, key: CacheKey, entry: CachedResponse, size: int, main: bool, owner: TenantQueues) -> None:
         self.key = key
         self.entry: CachedResponse | None = entry
         self.size = size
         self.freq = 0
         self.main = main
+        self.owner = owner
 
 
 class Ghost:
@@ -127,12 +181,18 @@ class TenantQueues:
     turn, up to L{MAX_FREQ} turns.  So a one-pass scan of new keys flows
     through the small queue without touching the main one.  The store's
     L{Ghost} remembers keys the small queue evicted.
+
+    A tenant whose entries several clients stored has queues in each of
+    them: what one client stored never counts against another.
+
+    @ivar client: the client's share these queues belong to.
     """
 
-    __slots__ = ("name", "bytes", "entries", "small", "main", "small_bytes", "dead")
+    __slots__ = ("name", "client", "bytes", "entries", "small", "main", "small_bytes", "dead")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, client: ClientShare | None = None) -> None:
         self.name = name
+        self.client = client if client is not None else ClientShare(ANONYMOUS)
         self.bytes = 0
         self.entries = 0
         self.small: deque[Slot] = deque()
@@ -274,21 +334,53 @@ class ExpiryWheel:
         self.dead = 0
 
 
-class TenantSizes:
+class ClientShare:
     """
-    The tenants by bytes held, largest first: a max-heap pushed on every
-    growth and corrected lazily when a tenant that shrank comes to the top,
-    so finding the largest costs O(log tenants) amortised.
+    One client's part of the store: its bytes and entries, and the queues
+    of each tenant it stored entries for, by tenant name.
+
+    @ivar name: the client (L{current_client}'s number).
+    @ivar sizes: its tenants by bytes held.
+    """
+
+    __slots__ = ("name", "bytes", "entries", "tenants", "sizes")
+
+    def __init__(self, name: int) -> None:
+        self.name = name
+        self.bytes = 0
+        self.entries = 0
+        self.tenants: dict[str, TenantQueues] = {}
+        self.sizes: TenantSizes[TenantQueues] = TenantSizes()
+
+
+class _Holder(Protocol):
+    """What L{TenantSizes} orders: a tenant's queues, or a client's share."""
+
+    @property
+    def name(self) -> Any: ...
+
+    @property
+    def bytes(self) -> int: ...
+
+
+_H = TypeVar("_H", bound=_Holder)
+
+
+class TenantSizes(Generic[_H]):
+    """
+    Tenants (or clients) by bytes held, largest first: a max-heap pushed on
+    every growth and corrected lazily when one that shrank comes to the
+    top, so finding the largest costs O(log n) amortised.
     """
 
     __slots__ = ("heap",)
 
     def __init__(self) -> None:
-        self.heap: list[tuple[int, str]] = []
+        self.heap: list[tuple[int, Any]] = []
 
-    def grew(self, tenant: TenantQueues, tenants: dict[str, TenantQueues]) -> None:
+    def grew(self, tenant: _H, tenants: Mapping[Any, _H]) -> None:
         """
-        Note that ``tenant`` grew; ``tenants``: every tenant holding entries.
+        Note that ``tenant`` grew; ``tenants``: every one holding entries.
         """
         heap = self.heap
         heapq.heappush(heap, (-tenant.bytes, tenant.name))
@@ -296,10 +388,10 @@ class TenantSizes:
             self.heap = [(-t.bytes, name) for name, t in tenants.items()]
             heapq.heapify(self.heap)
 
-    def largest(self, tenants: dict[str, TenantQueues], besides: str) -> TenantQueues | None:
+    def largest(self, tenants: Mapping[Any, _H], besides: Any) -> _H | None:
         """
-        Return the tenant holding the most bytes other than ``besides``, or
-        C{None} when there is none.
+        Return the one of ``tenants`` holding the most bytes other than
+        ``besides`` (a name), or C{None} when there is none.
         """
         heap = self.heap
         mine: Any = None

@@ -1,6 +1,7 @@
 """
-The in-process store: bounded in bytes, fair between tenants, and resistant
-to scans within a tenant (SPEC.md section 3, "Fair share").
+The in-process store: bounded in bytes, fair between clients and between
+each client's tenants, and resistant to scans within a tenant (SPEC.md
+section 3, "Fair share").
 """
 
 from __future__ import annotations
@@ -16,7 +17,17 @@ from zope.interface import implementer
 from apicache.cache.keys import CacheKey, base_key, variant_key
 from apicache.cache.variants import admit_variant
 from apicache.cache.variants import touch_variant as _touched
-from apicache.store.eviction import GHOST_SHARE, ExpiryWheel, Ghost, Slot, TenantQueues, TenantSizes
+from apicache.store.eviction import (
+    ANONYMOUS,
+    GHOST_SHARE,
+    ClientShare,
+    ExpiryWheel,
+    Ghost,
+    Slot,
+    TenantQueues,
+    TenantSizes,
+    current_client,
+)
 from apicache.store.interface import (
     DEFAULT_MAX_VARIANTS,
     ENTRY_OVERHEAD,
@@ -34,26 +45,45 @@ __all__ = ["MemoryStore", "EVICTION_REASONS"]
 _CHANGES_KEPT = 65536
 
 #: Why entries are evicted (the keys of L{MemoryStore.evictions_by_reason}):
-#: expired, taken from another tenant above its fair share, over the
-#: inserting tenant's cap, or the inserting tenant's own (S3-FIFO's choice).
+#: expired, taken from another client or tenant above its fair share, over
+#: the inserting tenant's cap, or the inserting tenant's own (S3-FIFO's
+#: choice).
 EVICTION_REASONS = ("expiry", "fair_share", "tenant_cap", "policy")
+#: C{store.fair_share} values (SPEC.md section 2).
+FAIR_SHARES = ("client", "tenant")
 
 
 @implementer(IStore)
 class MemoryStore:
     """
-    Entries in this process, shared fairly between tenants.
+    Entries in this process, shared fairly between clients and tenants.
 
     The budget counts each entry's body, stored headers, key and a fixed
     :data:`ENTRY_OVERHEAD`; the total never exceeds ``max_bytes``.  An answer
     (body and stored headers) bigger than ``max_entry_bytes`` is not stored.
 
     Room for an insert comes from expired entries first, then from the
-    tenant holding the most bytes when it is above its fair share
-    (``max_bytes`` / tenants holding entries, the inserting one included
-    with its new entry) and above the inserting tenant; otherwise the
-    inserting tenant evicts its own entries, or the answer is not stored.
-    A tenant never holds more than ``tenant_max_bytes`` (0: no cap).
+    client holding the most bytes when it is above its fair share
+    (``max_bytes`` / clients holding entries, the inserting one included)
+    and above the inserting client (its bytes with the new entry): from
+    that client's largest tenant.  Otherwise the room comes from the
+    inserting client's own tenants, by the same rule among them (each
+    tenant's share: the client's share / its tenants, the inserting one
+    included): from its tenant holding the most bytes when that is above its
+    share and above the inserting tenant, else from the inserting tenant's
+    own entries, or the answer is not stored.  So a client within its share
+    never loses an entry to another client's inserts, however many tenant
+    ids those name.  With one client (``fair_share="tenant"``, or every
+    request of one api-key) this is version 2's rule among tenants.
+
+    The client of an insert is L{apicache.store.eviction.current_client}
+    (or the ``client`` given to L{put_now}); with ``fair_share="tenant"``
+    every entry counts for one client.  A tenant's entries stored by two
+    clients are two queues, one in each client's share.
+
+    A tenant never holds more than ``tenant_max_bytes`` (0: no cap): over
+    it, the inserting client's own entries of that tenant go first, and an
+    answer that still does not fit is not stored.
     Within a tenant, S3-FIFO chooses (L{apicache.store.eviction}).
     Tagged entries are also in a L{TagIndex}, whose memory counts in the
     budget too; an entry leaves it whenever it leaves the store (evicted,
@@ -68,6 +98,7 @@ class MemoryStore:
         of a tag purge's entries over reactor turns; without one, "now" is
         the latest ``stored_at`` stored (never ahead of the real time) and
         purged entries are freed at once.
+    @param fair_share: ``"client"`` or ``"tenant"`` (SPEC.md section 2).
     """
 
     shared = False
@@ -79,15 +110,21 @@ class MemoryStore:
         *,
         tenant_max_bytes: int = 0,
         clock: IReactorTime | None = None,
+        fair_share: str = "client",
     ) -> None:
+        if fair_share not in FAIR_SHARES:
+            raise ValueError(f"fair_share: expected one of {FAIR_SHARES}, got {fair_share!r}")
         self.max_bytes = max_bytes
         self.max_entry_bytes = max_bytes if max_entry_bytes is None else min(max_entry_bytes, max_bytes)
         self.tenant_max_bytes = tenant_max_bytes
+        self.by_client = fair_share == "client"
         self._clock = clock
         self._latest = 0.0
         self._slots: dict[CacheKey, Slot] = {}
-        self._tenants: dict[str, TenantQueues] = {}
-        self._sizes = TenantSizes()
+        self._clients: dict[int, ClientShare] = {}
+        self._client_sizes: TenantSizes[ClientShare] = TenantSizes()
+        # tenant -> client -> its queues: a tenant's totals over every client
+        self._tenants: dict[str, dict[int, TenantQueues]] = {}
         self._wheel = ExpiryWheel()
         self._ghost = Ghost()
         # tenant -> route -> params -> the key of the one variant, or a set
@@ -183,13 +220,21 @@ class MemoryStore:
     def put(
         self, key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
     ) -> Deferred[bool]:
-        return succeed(self.put_now(key, entry, token, max_variants))
+        return succeed(self.put_now(key, entry, token, max_variants=max_variants))
 
     def put_now(
-        self, key: CacheKey, entry: CachedResponse, token: int, max_variants: int = DEFAULT_MAX_VARIANTS
+        self,
+        key: CacheKey,
+        entry: CachedResponse,
+        token: int,
+        client: int | None = None,
+        max_variants: int = DEFAULT_MAX_VARIANTS,
     ) -> bool:
         """
         Like :meth:`put`, synchronously: return whether ``entry`` was stored.
+
+        @param client: the client it counts for; by default
+            L{current_client}.
         """
         if self._changed_since(key, token):
             return False
@@ -219,16 +264,27 @@ class MemoryStore:
             return False
         if self.tenant_max_bytes and size > self.tenant_max_bytes:
             return False
-        if not self._make_room(key.tenant, size):
+        if not self.by_client:
+            client = ANONYMOUS
+        elif client is None:
+            client = current_client()
+        if not self._make_room(client, key.tenant, size):
             return False
-        tenant = self._tenants.get(key.tenant)
+        share = self._clients.get(client)
+        if share is None:
+            share = self._clients[client] = ClientShare(client)
+        tenant = share.tenants.get(key.tenant)
         if tenant is None:
-            tenant = self._tenants[key.tenant] = TenantQueues(key.tenant)
-        slot = Slot(key, entry, size, seen)
+            tenant = share.tenants[key.tenant] = TenantQueues(key.tenant, share)
+            self._tenants.setdefault(key.tenant, {})[client] = tenant
+        slot = Slot(key, entry, size, seen, tenant)
         tenant.add(slot, self._ghost)
+        share.bytes += size
+        share.entries += 1
         self._slots[key] = slot
         self._bytes += size
-        self._sizes.grew(tenant, self._tenants)
+        share.sizes.grew(tenant, share.tenants)
+        self._client_sizes.grew(share, self._clients)
         self._wheel.add(slot)
         if entry.tags:
             self.tags.add(key, entry.tags, token)
@@ -272,16 +328,24 @@ class MemoryStore:
         else:
             del self._lists[base]
 
-    def _make_room(self, name: str, size: int) -> bool:
+    def _make_room(self, client: int, name: str, size: int) -> bool:
         """
-        Evict until ``size`` more bytes of tenant ``name`` fit; return
-        whether they do.
+        Evict until ``size`` more bytes of tenant ``name`` stored by
+        ``client`` fit; return whether they do.
         """
-        tenant = self._tenants.get(name)
+        share = self._clients.get(client)
+        tenant = share.tenants.get(name) if share is not None else None
         cap = self.tenant_max_bytes
-        if cap and tenant is not None:
-            while tenant.entries and tenant.bytes + size > cap:
+        if cap:
+            held = self._tenant_bytes(name)
+            # only the inserting client's entries of the tenant go for its
+            # cap: another client's never do
+            while tenant is not None and tenant.entries and held + size > cap:
+                before = tenant.bytes
                 self._evict(tenant, "tenant_cap")
+                held -= before - tenant.bytes
+            if held + size > cap:
+                return False
         if self._bytes + size <= self.max_bytes:
             return True
         now = self._clock.seconds() if self._clock is not None else self._latest
@@ -291,32 +355,61 @@ class MemoryStore:
                 break
             self._remove(slot.key, on_wheel=False)
             self.evictions_by_reason["expiry"] += 1
-        if self._bytes + size > self.max_bytes and size > self.max_bytes / (
-            len(self._tenants) + (name not in self._tenants)
-        ):
-            # bigger than a fair share: the others keep up to its size each
-            # (they are never cut below the inserting tenant), so when that
-            # leaves no room, refuse before evicting anything (O(tenants),
-            # only for such rare answers)
-            kept = sum(min(t.bytes, size) for other, t in self._tenants.items() if other != name)
-            if kept + size > self.max_bytes:
-                return False
+        if self._bytes + size > self.max_bytes and not self._may_fit(client, name, size):
+            return False
         while self._bytes + size > self.max_bytes:
-            tenant = self._tenants.get(name)
+            share = self._clients.get(client)
+            # every client's share is equal, so the client furthest above
+            # its share is the largest; while there is no room, a client
+            # larger than the inserting one is above its share
+            client_share = self.max_bytes / (len(self._clients) + (share is None))
+            other = self._client_sizes.largest(self._clients, besides=client)
+            if other is not None and other.bytes > client_share and other.bytes > size + (share.bytes if share else 0):
+                # from its tenant furthest above its share within it
+                victim = other.sizes.largest(other.tenants, besides=None)
+                assert victim is not None, "a client holding entries has a tenant"
+                self._evict(victim, "fair_share")
+                continue
+            if share is None:
+                # a new client with nothing to give, nobody else above its share
+                return False
+            # the same rule among the inserting client's own tenants
+            tenant = share.tenants.get(name)
             own = size + (tenant.bytes if tenant is not None else 0)
-            share = self.max_bytes / (len(self._tenants) + (tenant is None))
-            # every share is equal, so the tenant furthest above its share is
-            # the largest; while there is no room, a tenant larger than the
-            # inserting one is above its share (the check says it anyway)
-            other = self._sizes.largest(self._tenants, besides=name)
-            if other is not None and other.bytes > share and other.bytes > own:
-                self._evict(other, "fair_share")
+            tenant_share = client_share / (len(share.tenants) + (tenant is None))
+            other_tenant = share.sizes.largest(share.tenants, besides=name)
+            if other_tenant is not None and other_tenant.bytes > tenant_share and other_tenant.bytes > own:
+                self._evict(other_tenant, "fair_share")
             elif tenant is not None:
                 self._evict(tenant, "policy")
             else:
                 # alone above its share with nothing left to give
                 return False
         return True
+
+    def _may_fit(self, client: int, name: str, size: int) -> bool:
+        """
+        Return whether an answer of ``size`` bytes may fit once the others
+        gave what they would: each other client, and each other tenant of
+        the inserting client, keeps up to ``size`` (the rule never cuts one
+        below the inserting side).  Counted (O(clients + the client's
+        tenants)) only for an answer bigger than its tenant's share, so that
+        one that can't fit is refused before anything is evicted.
+        """
+        share = self._clients.get(client)
+        tenants = share.tenants if share is not None else {}
+        client_share = self.max_bytes / (len(self._clients) + (share is None))
+        if size <= client_share / (len(tenants) + (name not in tenants)):
+            return True
+        kept = sum([min(c.bytes, size) for n, c in self._clients.items() if n != client])
+        kept += sum([min(t.bytes, size) for n, t in tenants.items() if n != name])
+        return kept + size <= self.max_bytes
+
+    def _tenant_bytes(self, name: str) -> int:
+        """
+        Return the bytes tenant ``name`` holds, over every client.
+        """
+        return sum([t.bytes for t in self._tenants.get(name, {}).values()])
 
     def _evict(self, tenant: TenantQueues, reason: str) -> None:
         slot = tenant.victim(self._ghost, int(len(self._slots) * GHOST_SHARE))
@@ -342,7 +435,7 @@ class MemoryStore:
         slot = self._slots.get(key)
         if slot is None:
             return False
-        tenant = self._tenants[key.tenant]
+        tenant = slot.owner
         tenant.removed(slot)
         self._forget_slot(slot, tenant)
         if on_wheel:
@@ -365,8 +458,17 @@ class MemoryStore:
                 self._unlist(key, entry)
         slot.entry = None
         self._bytes -= slot.size
+        share = tenant.client
+        share.bytes -= slot.size
+        share.entries -= 1
         if not tenant.entries:
-            del self._tenants[key.tenant]
+            del share.tenants[key.tenant]
+            by_client = self._tenants[key.tenant]
+            del by_client[share.name]
+            if not by_client:
+                del self._tenants[key.tenant]
+            if not share.entries:
+                del self._clients[share.name]
         routes = self._index[key.tenant]
         by_params = routes[key.route]
         held = by_params[key.params]
@@ -436,7 +538,8 @@ class MemoryStore:
                 slot.entry = None
             self._slots.clear()
             self._tenants.clear()
-            self._sizes.clear()
+            self._clients.clear()
+            self._client_sizes.clear()
             self._wheel.clear()
             self._ghost = Ghost()
             self._index.clear()
@@ -488,6 +591,7 @@ class MemoryStore:
         """
         out = self.stats()
         out["tenants"] = len(self._tenants)
+        out["clients"] = len(self._clients)
         out["hits"] = self._hits
         out["lookups"] = self._hits + self._misses
         for reason, n in self.evictions_by_reason.items():
@@ -499,14 +603,24 @@ class MemoryStore:
         Return ``(tenant, bytes, entries)`` of the ``n`` tenants holding the
         most bytes, largest first (O(tenants log n): for metrics scrapes).
         """
-        top = heapq.nlargest(n, self._tenants.values(), key=lambda t: t.bytes)
-        return [(t.name, t.bytes, t.entries) for t in top]
+        totals = [
+            (name, sum([t.bytes for t in by_client.values()]), sum([t.entries for t in by_client.values()]))
+            for name, by_client in self._tenants.items()
+        ]
+        return heapq.nlargest(n, totals, key=lambda t: t[1])
 
     def tenant_entries(self) -> dict[str, int]:
         """
         Return the entries held per tenant (read at metrics scrape time).
         """
-        return {name: t.entries for name, t in self._tenants.items()}
+        return {name: sum([t.entries for t in by_client.values()]) for name, by_client in self._tenants.items()}
+
+    def client_sizes(self) -> dict[int, tuple[int, int]]:
+        """
+        Return ``(bytes, entries)`` held per client (L{current_client}'s
+        numbers; read at metrics scrape time).
+        """
+        return {name: (c.bytes, c.entries) for name, c in self._clients.items()}
 
     def is_ready(self) -> bool:
         return True

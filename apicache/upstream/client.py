@@ -22,12 +22,13 @@ from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, RequestNotSent, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
+from apicache._twisted import RequestNotSent
 from apicache.upstream.pool import TenantConnectionPool
 
 __all__ = [
@@ -294,7 +295,7 @@ class UpstreamClient:
         self.in_flight += 1
         self.tenant_in_flight[tenant] = running + 1
         d = Deferred.fromCoroutine(self._fetch(self._agent_for(tenant), self.url(path), headers, method, body))
-        deadline = self._clock.callLater(self._timeout, d.cancel)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=_timed_out)
 
         def done(result: object) -> object:
             self.in_flight -= 1
@@ -303,13 +304,6 @@ class UpstreamClient:
                 self.tenant_in_flight[tenant] = left
             else:
                 del self.tenant_in_flight[tenant]
-            if deadline.active():
-                deadline.cancel()
-            elif isinstance(result, Failure):
-                # whatever the cancellation surfaced as, the cause is the deadline
-                timeout = UpstreamTimeout(f"no complete answer within {self._timeout:g} s")
-                timeout.sent = getattr(result.value, "sent", True)
-                return Failure(timeout)
             return result
 
         d.addBoth(done)
@@ -353,6 +347,19 @@ class UpstreamClient:
         if self._agent is not None:
             return succeed(None)
         return self.pool.closeCachedConnections()
+
+
+def _timed_out(result: UpstreamResponse | Failure, timeout: float) -> UpstreamResponse | Failure:
+    """
+    What a fetch cancelled at its deadline fires with: an L{UpstreamTimeout}
+    (saying whether the request may have been sent) whatever the
+    cancellation surfaced as; an answer complete just then is kept.
+    """
+    if isinstance(result, Failure):
+        error = UpstreamTimeout(f"no complete answer within {timeout:g} s")
+        error.sent = getattr(result.value, "sent", True)
+        return Failure(error)
+    return result
 
 
 _log = Logger(namespace="apicache.upstream")

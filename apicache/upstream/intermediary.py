@@ -1,7 +1,8 @@
 """
 What apicache adds as an HTTP intermediary (RFC 9110 section 7.6), around
 any L{IUpstream}: every upstream request carries ``Via: 1.1 apicache`` and
-the configured ``set_headers``, which no caller value replaces; every
+the configured ``set_headers``, which no caller value replaces
+(L{apicache.upstream.requestheaders.FixedHeaders}); every
 answer's ``Location``, ``Content-Location`` and ``Link`` URLs under
 ``base_url`` are rewritten to route paths (L{apicache.cache.links}) before the
 cache or a pass-through write sees them, so stored, revalidated and
@@ -18,11 +19,9 @@ from zope.interface import implementer
 
 from apicache.cache.links import LinkTargets, rewrite_links
 from apicache.upstream.client import IUpstream, UpstreamResponse
+from apicache.upstream.requestheaders import FixedHeaders
 
-__all__ = ["IntermediaryUpstream", "VIA"]
-
-#: The ``Via`` every upstream request carries (RFC 9110 section 7.6.3).
-VIA = b"1.1 apicache"
+__all__ = ["IntermediaryUpstream"]
 
 
 @implementer(IUpstream)
@@ -37,30 +36,19 @@ class IntermediaryUpstream:
 
     def __init__(self, upstream: IUpstream, set_headers: Mapping[str, str], links: LinkTargets | None) -> None:
         self._upstream = upstream
-        fixed = [(k.lower().encode("ascii"), v.encode("utf-8")) for k, v in set_headers.items()]
-        self._fixed = [*fixed, (b"via", VIA)]
-        #: names a caller's value is dropped for: apicache sets them
-        self._own = frozenset(name for name, _ in self._fixed)
+        self._fixed = FixedHeaders(set_headers)
         self._links = links
 
     @property
     def in_flight(self) -> int:
         return self._upstream.in_flight  # type: ignore[no-any-return]
 
-    def request_headers(self, headers: Sequence[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """
-        Return ``headers`` (a caller's forwarded ones) without any of the
-        names apicache sets, followed by ``set_headers`` and ``Via``.
-        """
-        own = self._own
-        return [(n, v) for n, v in headers if n.lower() not in own] + self._fixed
-
     def fetch(self, path: str, headers: Sequence[tuple[bytes, bytes]], **kwargs: Any) -> Deferred[UpstreamResponse]:
         """
         Like the wrapped upstream's ``fetch`` (``kwargs`` passed on), with
-        L{request_headers} sent and the answer's links rewritten.
+        ``set_headers`` and ``Via`` added and the answer's links rewritten.
         """
-        d: Deferred[UpstreamResponse] = self._upstream.fetch(path, self.request_headers(headers), **kwargs)
+        d: Deferred[UpstreamResponse] = self._upstream.fetch(path, self._fixed.added_to(headers), **kwargs)
         if self._links is None:
             return d
         return d.addCallback(self._rewrite)

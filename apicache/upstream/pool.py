@@ -6,7 +6,7 @@ Twisted's L{HTTPConnectionPool} keys connections by (scheme, host, port)
 only, bounds the idle connections of each key but not their total, and hands
 back a connection whatever happened on it while it sat idle.  Its HTTP/1.1
 client also ignores bytes that arrive after the end of an answer
-(C{HTTP11ClientProtocol._finishResponse_WAITING} drops C{rest}).  An
+(L{apicache._twisted.LeftoverAwareClientProtocol} says where).  An
 upstream that sends more than it announced, or a second answer nobody asked
 for, therefore gets those bytes read as the answer to the next request on the
 connection, which may be another tenant's.  This module gives
@@ -45,11 +45,9 @@ from twisted.internet.interfaces import IAddress, IDelayedCall, IReactorTime, IS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-
-# the protocol class Agent's pools use; twisted.web.client imports it from
-# here but does not list it among its public names
-from twisted.web._newclient import HTTP11ClientProtocol, RequestNotSent
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
+
+from apicache._twisted import LeftoverAwareClientProtocol, RequestNotSent, connection_field
 
 __all__ = ["GuardedHTTP11ClientProtocol", "TenantConnectionPool"]
 
@@ -57,17 +55,15 @@ __all__ = ["GuardedHTTP11ClientProtocol", "TenantConnectionPool"]
 PoolKey = tuple[str, bytes, bytes, int]
 
 
-class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
+class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
     """
     An HTTP/1.1 client connection that notices bytes it was not asked for.
 
-    Twisted's protocol has no hook for either case, so two of its methods are
-    overridden (a subclass, not a patch on the class every other client in
-    the process shares):
+    Twisted's protocol has no public hook for either case (a subclass, not a
+    patch on the class every other client in the process shares):
 
-     - C{_finishResponse_WAITING} (and its C{TRANSMITTING} twin) receive, as
-       C{rest}, the bytes that followed the end of an answer; Twisted ignores
-       them.  Here they mark the connection unusable before the pool sees it.
+     - the bytes that followed the end of an answer (L{leftover}; Twisted
+       ignores them) mark the connection unusable before the pool sees it.
      - C{dataReceived} while no request is in flight (Twisted fails on its
        missing parser and closes the connection some time later, leaving it in
        the pool meanwhile): here the connection is taken out of the pool at
@@ -86,14 +82,11 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         self._lost_callback = lostCallback
         self.reusable = True
 
-    def _finishResponse_WAITING(self, rest: bytes) -> None:
+    def leftover(self, rest: bytes) -> None:
         if rest:
             # bytes past the answer's end: the framing is off, or the upstream
             # sent an answer nobody asked for; the pool closes the connection
             self.reusable = False
-        super()._finishResponse_WAITING(rest)
-
-    _finishResponse_TRANSMITTING = _finishResponse_WAITING
 
     def dataReceived(self, bytes: bytes) -> None:
         if self.state == "QUIESCENT":
@@ -118,20 +111,20 @@ class GuardedHTTP11ClientProtocol(HTTP11ClientProtocol):
         """
         Send ``request``; its answer carries, as C{connection_fields}, the
         values of the upstream's C{Connection} field.  Twisted's parser
-        keeps that field apart from the answer's headers (in its private
-        C{connHeaders}), so the fields it names would otherwise be replayed
-        to callers (SPEC.md section 3, v3: never, on misses and hits alike).
+        keeps that field apart from the answer's headers
+        (L{apicache._twisted.connection_field}), so the fields it names would
+        otherwise be replayed to callers (SPEC.md section 3, v3: never, on
+        misses and hits alike).
         """
         d: Deferred[Any] = super().request(request)
-        # the parser of this request (private: set by HTTP11ClientProtocol.request)
-        parser = getattr(self, "_parser", None)
-        if parser is not None:
-            d.addCallback(_with_connection_fields, parser)
+        fields = connection_field(self)
+        if fields is not None:
+            d.addCallback(_with_connection_fields, fields)
         return d
 
 
-def _with_connection_fields(response: Any, parser: Any) -> Any:
-    response.connection_fields = tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
+def _with_connection_fields(response: Any, fields: Callable[[], tuple[bytes, ...]]) -> Any:
+    response.connection_fields = fields()
     return response
 
 

@@ -180,8 +180,9 @@ return 1
 # covered is gone.  A generation's life is never shortened: entries a
 # drop moved aside may still be waiting for DROP_BATCH.
 # KEYS: P:seq, P:L
-# ARGV: prefix, tenant or '', tag, '1' refresh | '0' drop, channel, message,
-#       fetch horizon ms
+# ARGV: prefix, tenant or '', tag, '1' refresh | '0' drop, channel (or '':
+#       publish nothing, the caller publishes once for several buckets),
+#       message, fetch horizon ms
 # Returns {sequence, entries counted, {moved set...}}.
 PURGE_TAG = """
 local seq = redis.call('INCR', KEYS[1])
@@ -214,7 +215,7 @@ local function generation(k)
 end
 generation(x)
 if ARGV[4] == '0' and carried then generation(y) end
-redis.call('PUBLISH', ARGV[5], ARGV[6])
+if ARGV[5] ~= '' then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 local now = redis.call('TIME')
 local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local n = 0
@@ -364,8 +365,9 @@ return 0
 # A key's list of variants (P:v:, in the resource set with them) is dropped
 # with them, neither marked nor counted.
 # KEYS: generation, then either a resource set (one tenant) or the tenants set
-# ARGV: mode ('one' | 'all'), action ('drop' | 'stale'), channel, message,
-#       generation ttl, the prefix of the lists of variants ('P:v:')
+# ARGV: mode ('one' | 'all'), action ('drop' | 'stale'), channel (or '': see
+#       PURGE_TAG), message, generation ttl, the prefix of the lists of
+#       variants ('P:v:')
 # Returns the number of entries dropped or marked.
 CHANGE = """
 redis.call('INCR', KEYS[1])
@@ -387,19 +389,19 @@ for _, s in ipairs(sets) do
   if ARGV[2] == 'drop' then redis.call('DEL', s) end
 end
 if ARGV[2] == 'drop' and ARGV[1] == 'all' then redis.call('DEL', KEYS[2]) end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
 return n
 """
 
 # Bump one generation (a tenant's, or everything's) and publish the change:
 # the first step of /clear, so that no fetch in flight stores after it,
 # before the keys are scanned away.
-# KEYS: generation   ARGV: channel, message, generation ttl
+# KEYS: generation   ARGV: channel (or '': see PURGE_TAG), message, generation ttl
 # Returns 1.
 BUMP = """
 redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[1], ARGV[2])
+if ARGV[1] ~= '' then redis.call('PUBLISH', ARGV[1], ARGV[2]) end
 return 1
 """
 

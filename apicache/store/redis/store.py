@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from apicache.cache.keys import VARIANT_MARK, CacheKey, base_key, variant_key
 from apicache.config import StoreConfig
+from apicache.store.eviction import current_client
 from apicache.store.interface import DEFAULT_MAX_VARIANTS, CachedResponse, IStore, StoreUnavailable, Variants
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import scripts
@@ -123,17 +124,19 @@ class RedisStore:
         lock_ttl: float = 1.0,
         tenant_max_bytes: int = 0,
         clock: IReactorTime | None = None,
+        fair_share: str = "client",
     ) -> None:
         # a real reactor is also the clock (IReactorTime)
         self._clock: IReactorTime = clock if clock is not None else cast(IReactorTime, reactor)
-        self.address = parse_redis_url(url)
         self.prefix = prefix
         self.timeout = timeout
         self.max_entry_bytes = max_entry_bytes
         self.max_value_bytes = min(max_value_bytes, max_entry_bytes)
         self.lock_ttl = lock_ttl
         # the in-process tier shares its room fairly too (SPEC.md section 3)
-        self.local = MemoryStore(local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock)
+        self.local = MemoryStore(
+            local_max_bytes, max_entry_bytes, tenant_max_bytes=tenant_max_bytes, clock=self._clock, fair_share=fair_share
+        )
         self.instance = uuid.uuid4().hex
         self.channel = f"{prefix}:inv"
         self.counters: dict[str, int] = {
@@ -155,8 +158,17 @@ class RedisStore:
         self._sweep.clock = self._clock
         self._sweep_cursor: bytes = b"0"
         self._loading: dict[CacheKey, list[Deferred[CachedResponse | Variants | None]]] = {}
-        self.commands = RedisCommands(reactor, self._clock, self.address, timeout, self.counters)
-        self.subscriber = RedisConnection(
+        self.commands, self.subscriber = self._connections(reactor, url)
+
+    def _connections(self, reactor: IReactorTCP, url: str) -> tuple[Any, Any]:
+        """
+        Return the commands connection and the invalidation subscription:
+        here, txredisapi's, to the one Redis ``url`` names.  (The cluster
+        and sentinel store, L{apicache.store.redis.scaled}, has its own.)
+        """
+        self.address: Any = parse_redis_url(url)
+        commands = RedisCommands(reactor, self._clock, self.address, self.timeout, self.counters)
+        subscriber = RedisConnection(
             "pubsub",
             reactor,
             self._clock,
@@ -165,13 +177,36 @@ class RedisStore:
             prepare=lambda p: p.subscribe(self.channel),
             on_change=self._subscriber_changed,
         )
+        return commands, subscriber
 
     @classmethod
     def from_config(cls, store_config: StoreConfig, reactor: IReactorTCP) -> RedisStore:
         """
-        Return a store configured by a L{apicache.config.StoreConfig}.
+        Return a store configured by a L{apicache.config.StoreConfig}: this
+        class in single mode, a L{apicache.store.redis.scaled.ScaledRedisStore}
+        in cluster and sentinel modes.
+
+        @raise ValueError: a bad URL (or key prefix, in cluster mode).
         """
         s = store_config
+        if s.redis_mode != "single":
+            # (imported here: that module builds on this one)
+            from apicache.store.redis.scaled import ScaledRedisStore
+
+            return ScaledRedisStore(
+                reactor,
+                s.redis_url,
+                mode=s.redis_mode,
+                sentinel_master=s.redis_sentinel_master,
+                prefix=s.key_prefix,
+                timeout=s.redis_timeout,
+                local_max_bytes=s.local_max_bytes,
+                max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
+                max_value_bytes=s.redis_max_value_bytes,
+                lock_ttl=s.redis_lock_ttl,
+                tenant_max_bytes=s.tenant_max_bytes,
+                fair_share=s.fair_share,
+            )
         return cls(
             reactor,
             s.redis_url,
@@ -182,6 +217,7 @@ class RedisStore:
             max_value_bytes=s.redis_max_value_bytes,
             lock_ttl=s.redis_lock_ttl,
             tenant_max_bytes=s.tenant_max_bytes,
+            fair_share=s.fair_share,
         )
 
     # -- connections -------------------------------------------------------
@@ -251,6 +287,13 @@ class RedisStore:
         self.local.begin(CacheKey("", "", (), "")).addCallback(token.append)
         return token[0]
 
+    def _at(self, key: CacheKey) -> str:
+        """
+        Return the prefix of ``key``'s names: the store's own on one node; a
+        bucket's on a Redis Cluster (L{apicache.store.redis.layout}).
+        """
+        return self.prefix
+
     # -- reading -----------------------------------------------------------
 
     def lookup(self, key: CacheKey) -> CachedResponse | None:
@@ -294,7 +337,10 @@ class RedisStore:
 
     async def _load(self, key: CacheKey, max_variants: int) -> CachedResponse | Variants | None:
         local_token = self._local_token()
-        rkey = encode_key(self.prefix, key)
+        # the copy kept here counts for the client whose request loaded it
+        client = current_client()
+        p = self._at(key)
+        rkey = encode_key(p, key)
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
         base = base_key(key)
@@ -303,20 +349,20 @@ class RedisStore:
         while True:
             reply = await self.commands.eval(
                 scripts.GET_OR_LOCK,
-                [rkey, lock_key(self.prefix, key), tag_record_key(self.prefix, key), variants_key(self.prefix, base)],
-                [self.instance, lock_ms, self.prefix, encode_component(key.tenant), selector],
+                [rkey, lock_key(p, key), tag_record_key(p, key), variants_key(p, base)],
+                [self.instance, lock_ms, p, encode_component(key.tenant), selector],
             )
             if reply[0] == 4:
                 variants = decode_variants(reply[1])
                 if variants is None:
-                    self._bad(variants_key(self.prefix, base), "a damaged list of variants")
+                    self._bad(variants_key(p, base), "a damaged list of variants")
                 return variants
             if reply[0] == 0 or reply[0] == 3:
                 entry = self._checked(rkey, decode_entry(reply[1]), selector)
                 # (a Lua nil at the end of a table is left out of the reply)
                 tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
                 if entry is not None and tags is None:
-                    self._bad(tag_record_key(self.prefix, key), "a damaged tag record")
+                    self._bad(tag_record_key(p, key), "a damaged tag record")
                     entry = None
                 if entry is not None and tags is not None:
                     entry.tags = tags
@@ -324,7 +370,7 @@ class RedisStore:
                         # a refresh of one of its tags came after it was stored
                         entry.stale = True
                         entry.retry_at = 0.0
-                    self.local.put_now(key, entry, local_token, max_variants)
+                    self.local.put_now(key, entry, local_token, client, max_variants)
                 return entry
             if reply[0] == 1 or self._clock.seconds() >= deadline:
                 # ours to fetch (or waited long enough: fetch anyway)
@@ -369,7 +415,8 @@ class RedisStore:
     def begin(self, key: CacheKey) -> Deferred[Any]:
         local_token = self._local_token()
         began = self._clock.seconds()
-        d = self.commands.execute("MGET", *generation_keys(self.prefix, key), f"{self.prefix}:seq")
+        p = self._at(key)
+        d = self.commands.execute("MGET", *generation_keys(p, key), f"{p}:seq")
         d.addCallback(
             lambda gens: (
                 tuple(g if g is not None else b"0" for g in gens[:-1]),
@@ -384,6 +431,8 @@ class RedisStore:
         self, key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
     ) -> Deferred[bool]:
         gens, seq, local_token, began = token
+        # read now: Redis answers in another context (SPEC.md section 3, fair share)
+        client = current_client()
         if entry.tags and self._clock.seconds() - began > TAG_FETCH_HORIZON / 2:
             # a purge of one of its tags during the fetch may have left a
             # generation that has expired by now (PURGE_TAG): not stored
@@ -395,7 +444,7 @@ class RedisStore:
             if len(value) > self.max_value_bytes:
                 self.counters["too_big"] += 1
             return succeed(False)
-        p = self.prefix
+        p = self._at(key)
         # the entry goes under its variant's key (or its key's own); the
         # lock released is the fetch's
         base = base_key(key)
@@ -423,7 +472,7 @@ class RedisStore:
         def stored(n: int) -> bool:
             if n != 1:
                 return False
-            self.local.put_now(key, entry, local_token, max_variants)
+            self.local.put_now(key, entry, local_token, client, max_variants)
             return True
 
         return d.addCallback(stored)
@@ -431,13 +480,13 @@ class RedisStore:
     def release(self, key: CacheKey, token: Any) -> None:
         if not self.lock_ttl:
             return
-        d = self.commands.eval(scripts.RELEASE, [lock_key(self.prefix, key)], [self.instance])
+        d = self.commands.eval(scripts.RELEASE, [lock_key(self._at(key), key)], [self.instance])
         # best effort: the lock expires by itself after lock_ttl
         d.addErrback(lambda f: f.trap(StoreUnavailable))
 
     def discard(self, key: CacheKey) -> Deferred[int]:
         self.local.discard(key)
-        rkey = encode_key(self.prefix, key)
+        rkey = encode_key(self._at(key), key)
         message = self._publish_message("d", key.tenant, key.route, list(key.params), key.variant)
 
         def publish(n: int) -> Deferred[int]:
@@ -619,6 +668,12 @@ class RedisStore:
         Return the in-process tier's L{MemoryStore.top_tenants}.
         """
         return self.local.top_tenants(n)
+
+    def client_sizes(self) -> dict[int, tuple[int, int]]:
+        """
+        Return ``(bytes, entries)`` per client in the in-process tier.
+        """
+        return self.local.client_sizes()
 
     def tenant_entries(self) -> dict[str, int]:
         """

@@ -1,0 +1,308 @@
+"""
+What apicache relies on of Twisted's private API (L{apicache._twisted}), one
+test per reliance: each fails on a Twisted release that changes the thing it
+relies on, before a request in production would.  Also what the public
+replacements of former private uses rely on (the site's channel gets the
+site's clock and idle timeout without twisted.web's wrapper).
+"""
+
+from __future__ import annotations
+
+import inspect
+import socket
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.selectreactor import SelectReactor
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web._newclient import HTTP11ClientProtocol, Request
+from twisted.web.client import RequestNotSent as ClientRequestNotSent
+from twisted.web.http import HTTPChannel
+from twisted.web.http import Request as WebRequest
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IBodyProducer
+from twisted.web.resource import Resource
+from zope.interface import implementer
+
+from apicache._twisted import (
+    FairPort,
+    HTTPChannelInternals,
+    LeftoverAwareClientProtocol,
+    RequestNotSent,
+    adopt_fair_port,
+    connection_field,
+    raw_headers,
+)
+from apicache.cache.wire import canonical_name
+from apicache.http.channel import ApiChannel, ApiSite, ConnectionLimits
+
+# -- raw_headers: Headers._rawHeaders ----------------------------------------
+
+
+def test_the_raw_table_is_keyed_by_the_names_twisted_web_writes():
+    headers = Headers()
+    for name in (b"api-key", b"org_id", b"if-none-match", b"accept-encoding", b"traceparent", b"x-tenant"):
+        headers.addRawHeader(name, b"v")
+        assert raw_headers(headers)[canonical_name(name)] == [b"v"]
+
+
+def test_the_raw_table_is_live():
+    """What is popped from the table is gone from the headers (tracing drops tracestate so)."""
+    headers = Headers({b"tracestate": [b"a=1"]})
+    raw_headers(headers).pop(canonical_name(b"tracestate"))
+    assert not headers.hasHeader(b"tracestate")
+
+
+def test_a_parsed_request_s_headers_are_in_the_raw_table():
+    channel, _ = _channel(_Recording)
+    channel.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nIF-NONE-MATCH: \"e\"\r\napi-key: k\r\n\r\n")
+    raw = raw_headers(channel.requests[0].requestHeaders)
+    assert raw[canonical_name(b"if-none-match")] == [b'"e"']
+    assert raw[canonical_name(b"api-key")] == [b"k"]
+
+
+# -- HTTPChannelInternals: the parser state and the refusal hook --------------
+
+
+class _Recording(HTTPChannelInternals):
+    """Notes the refusals twisted.web makes itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bad = 0
+
+    def bad_request(self) -> None:
+        self.bad += 1
+        super().bad_request()
+
+
+class _Held(WebRequest):
+    """A request handled forever: pipelined bytes after it are held, unparsed."""
+
+    def process(self) -> None:
+        pass
+
+
+def _never_finishes(channel, queued=None):
+    return _Held(channel)
+
+
+def _channel(kind=_Recording, request_factory=None):
+    channel = kind()
+    if request_factory is not None:
+        channel.requestFactory = request_factory
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    return channel, transport
+
+
+def test_twisted_web_s_own_refusals_go_through_the_hook():
+    for head in (b"NOT A REQUEST LINE AT ALL\r\n\r\n", b"GET / HTTP/1.1\r\nno colon here\r\n\r\n"):
+        channel, transport = _channel()
+        channel.dataReceived(head)
+        assert channel.bad == 1
+        # the default is twisted.web's own empty 400
+        assert transport.value().startswith(b"HTTP/1.1 400 Bad Request")
+
+
+def test_a_head_over_total_headers_size_is_refused_through_the_hook_and_says_so():
+    channel, _ = _channel()
+    assert not channel.head_too_large()
+    channel.dataReceived(b"GET / HTTP/1.1\r\n" + b"x-a: " + b"a" * 9000 + b"\r\n" + b"x-b: " + b"b" * 9000 + b"\r\n")
+    assert channel.bad == 1
+    assert channel.head_too_large()
+
+
+def test_the_refusal_hook_is_the_method_twisted_web_calls():
+    assert inspect.signature(HTTPChannel._respondToBadRequestAndDisconnect).parameters.keys() == {"self"}
+
+
+def test_the_request_line_is_known_while_its_head_and_body_are_read():
+    channel, _ = _channel(request_factory=_never_finishes)
+    assert channel.request_line() is None
+    channel.dataReceived(b"POST /p?q=1 HTTP/1.1\r\nHost: a\r\n")
+    assert channel.request_line() == (b"POST", b"/p?q=1")
+    channel.dataReceived(b"Content-Length: 2\r\n\r\nx")
+    assert channel.request_line() == (b"POST", b"/p?q=1")
+    channel.dataReceived(b"y")
+    # the request is complete and handled: twisted.web forgets its line
+    assert channel.request_line() is None
+
+
+def test_a_line_cut_short_is_pending_until_its_crlf():
+    channel, _ = _channel()
+    channel.dataReceived(b"GE")
+    assert channel.line_pending()
+    channel.dataReceived(b"T / HTTP/1.1\r\n")
+    assert not channel.line_pending()
+
+
+def test_unread_bytes_are_dropped():
+    channel, _ = _channel(request_factory=_never_finishes)
+    channel.dataReceived(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+    # the second request waits, unparsed, while the first is handled
+    assert channel._dataBuffer == [b"GET /2 HTTP/1.1\r\nHo"]
+    channel.drop_unread()
+    assert channel._dataBuffer == []
+    fresh, _ = _channel()
+    fresh.dataReceived(b"GET / HT")
+    fresh.drop_unread()
+    assert not fresh.line_pending()
+
+
+# -- the site's channel without twisted.web's wrapper -------------------------
+
+
+def test_the_site_s_channel_gets_the_site_s_clock_and_idle_timeout():
+    clock = Clock()
+    site = ApiSite(Resource(), clock, access_log=False, limits=ConnectionLimits(idle_timeout=7.0))
+    channel = site.buildProtocol(None)
+    assert type(channel) is ApiChannel
+    assert channel.timeOut == 7.0
+    assert channel.callLater == clock.callLater
+    assert channel.site is site
+
+
+# -- LeftoverAwareClientProtocol: _finishResponse_WAITING / _TRANSMITTING -----
+
+
+class _Leftovers(LeftoverAwareClientProtocol):
+    def __init__(self) -> None:
+        super().__init__(lambda p: None)
+        self.seen: list[bytes] = []
+
+    def leftover(self, rest: bytes) -> None:
+        self.seen.append(rest)
+
+
+def _client():
+    protocol = _Leftovers()
+    protocol.makeConnection(StringTransport())
+    return protocol
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def test_the_bytes_past_an_answer_s_end_are_told():
+    protocol = _client()
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True))
+    protocol.dataReceived(OK + b"HTTP/1.1 200 OK\r\n")
+    assert protocol.seen == [b"HTTP/1.1 200 OK\r\n"]
+
+
+def test_an_answer_without_extra_bytes_tells_nothing_is_left():
+    protocol = _client()
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True))
+    protocol.dataReceived(OK)
+    assert protocol.seen == [b""]
+    assert protocol.state == "QUIESCENT"
+
+
+@implementer(IBodyProducer)
+class _Stalled:
+    """A body that is never written to its end."""
+
+    length = 10
+
+    def startProducing(self, consumer):
+        return Deferred()
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+def test_the_bytes_past_an_answer_that_came_before_the_whole_request_are_told():
+    protocol = _client()
+    protocol.request(Request(b"POST", b"/", Headers({b"host": [b"a"]}), _Stalled(), persistent=True))
+    assert protocol.state == "TRANSMITTING"
+    protocol.dataReceived(OK + b"extra")
+    assert protocol.seen == [b"extra"]
+
+
+def test_the_state_handlers_take_the_rest():
+    for name in ("_finishResponse_WAITING", "_finishResponse_TRANSMITTING"):
+        assert list(inspect.signature(getattr(HTTP11ClientProtocol, name)).parameters) == ["self", "rest"]
+
+
+def test_a_request_on_a_busy_connection_is_request_not_sent():
+    protocol = _client()
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True))
+    failure = []
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None)).addErrback(failure.append)
+    assert failure and failure[0].check(RequestNotSent)
+    # the class Agent's users catch is this one
+    assert RequestNotSent is ClientRequestNotSent
+
+
+# -- connection_field: HTTP11ClientProtocol._parser, HTTPClientParser.connHeaders
+
+
+def test_the_connection_field_is_kept_apart_from_the_answer_s_headers_and_read_from_the_parser():
+    protocol = _client()
+    answered = []
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True)).addCallback(answered.append)
+    fields = connection_field(protocol)
+    assert fields is not None
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, x-secret\r\nX-Secret: s\r\nContent-Length: 2\r\n\r\nok")
+    (response,) = answered
+    assert not response.headers.hasHeader(b"connection")
+    assert fields() == (b"keep-alive, x-secret",)
+
+
+def test_a_protocol_that_sent_nothing_has_no_connection_field():
+    assert connection_field(_client()) is None
+
+
+# -- FairPort: tcp.Port.numberAccepts, tcp.Port._fromListeningDescriptor --------
+
+
+def _accepted(port_class_or_adopt) -> int:
+    reactor = SelectReactor()
+    listener = socket.socket()
+    clients = []
+    built = []
+
+    class Counting(Factory):
+        def buildProtocol(self, addr):
+            built.append(addr)
+            return Protocol()
+
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.setblocking(False)  # as an inherited listening socket is
+        port = port_class_or_adopt(reactor, listener.fileno(), socket.AF_INET, Counting())
+        for _ in range(3):
+            c = socket.create_connection(listener.getsockname())
+            clients.append(c)
+        port.doRead()
+        return len(built)
+    finally:
+        for c in clients:
+            c.close()
+        for reader in reactor.removeAll():
+            getattr(reader, "socket", None) and reader.socket.close()
+        listener.close()
+
+
+def test_a_fair_port_accepts_one_connection_per_wake_up():
+    assert _accepted(adopt_fair_port) == 1
+
+
+def test_twisted_s_port_accepts_every_queued_connection_per_wake_up():
+    """What FairPort changes: without it a burst goes to one worker."""
+
+    def plain(reactor, fd, family, factory):
+        port = FairPort.__mro__[1]._fromListeningDescriptor(reactor, fd, family, factory)
+        port.startListening()
+        return port
+
+    assert _accepted(plain) == 3
