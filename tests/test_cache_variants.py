@@ -368,6 +368,15 @@ class HitPathTests(Harness):
         assert self.cache.hit(KEY, Headers({b"accept-language": [b"fr"]})) is None
         assert self.cache.hit(KEY) is None
 
+    def test_only_if_cached_answers_the_selected_variant(self) -> None:
+        """RFC 9111 sections 4.1 and 5.2.1.7: only-if-cached selects as a hit does."""
+        self.store_lang("en")
+        self.store_lang("de")
+        found = self.cache.cached(KEY, Headers({b"accept-language": [b"de"]}))
+        assert (found.cache, found.response.body) == (HIT, b"de")
+        assert self.cache.cached(KEY, Headers({b"accept-language": [b"fr"]})) is None
+        assert len(self.upstream.fetched) == 2
+
     def test_a_served_variant_becomes_the_most_recently_used(self) -> None:
         self.store_lang("en")
         self.store_lang("de")
