@@ -155,3 +155,18 @@ async def test_what_redis_holds_for_variants_is_checked(stores: Callable[..., Re
     assert await s.load(variant_key(key(), LANG[1].selector)) is None
     assert await s.load(key(params=("9",))) is None
     assert s.counters["bad_values"] == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_if_cached_selects_a_variant_in_redis(stores: Callable[..., RedisStore]) -> None:
+    """RFC 9111 sections 4.1 and 5.2.1.7, across instances: no upstream call."""
+    prefix = unique("oic")
+    a = Instance(await ready(stores(prefix=prefix)))
+    b = Instance(await ready(stores(prefix=prefix)))
+    await a.get("en")
+    await a.get("de")
+    cache = b.registry.cache("t1", "object")
+    found = await cache.cached(KEY, Headers({b"accept-language": [b"de"]}))
+    assert (found.cache, found.response.body) == (HIT, b"body:de")
+    assert await cache.cached(KEY, Headers({b"accept-language": [b"fr"]})) is None
+    assert b.upstream.fetched == []
