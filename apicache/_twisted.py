@@ -26,6 +26,12 @@ Twisted's public API only.
  - L{connection_field}: the C{Connection} field of an answer, which the
    parser of a request (C{HTTP11ClientProtocol._parser}) keeps apart from
    the answer's headers (in C{connHeaders}).
+ - L{bound_answer_parser}: the answer parser Twisted builds for a request
+   (C{HTTP11ClientProtocol._parser}, an C{HTTPClientParser}) becomes one
+   whose header block is bounded, whose C{Transfer-Encoding} is checked and
+   whose status is 100-599 (L{BoundedAnswerParser}: its C{lineReceived},
+   C{statusReceived} and C{allHeadersReceived} hooks, its C{state} and
+   C{STATUS}/C{HEADER} states, C{connHeaders}).
  - L{RequestNotSent}, also from C{twisted.web._newclient}: how an Agent's
    request that surely never reached the upstream fails.
  - L{adopt_fair_port}: a listening socket adopted as a TCP port that accepts
@@ -44,7 +50,7 @@ from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReact
 # the protocol class of Agent's pools and the error of a request never
 # sent: twisted.web.client imports both from here but lists neither among its
 # public names
-from twisted.web._newclient import HTTP11ClientProtocol, RequestNotSent
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol, HTTPClientParser, ParseError, RequestNotSent
 from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 
@@ -56,6 +62,10 @@ __all__ = [
     "LeftoverAwareClientProtocol",
     "RequestNotSent",
     "connection_field",
+    "HeaderBlockTooLarge",
+    "UnknownTransferCoding",
+    "BoundedAnswerParser",
+    "bound_answer_parser",
     "FairPort",
     "adopt_fair_port",
 ]
@@ -237,6 +247,87 @@ def connection_field(protocol: HTTP11ClientProtocol) -> Callable[[], tuple[bytes
     if parser is None:
         return None
     return lambda: tuple(parser.connHeaders.getRawHeaders(b"connection", ()))
+
+
+class HeaderBlockTooLarge(Exception):
+    """
+    An answer's header block (its status line and field lines, 1xx interim
+    answers included) is over C{upstream.max_header_bytes}.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upstream's header block is over {limit} bytes")
+        self.limit = limit
+
+
+class UnknownTransferCoding(Exception):
+    """
+    An answer's C{Transfer-Encoding} is not C{chunked} alone: Twisted knows
+    no other coding (and failed on a C{KeyError} deep in its parser).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("the upstream's answer uses a transfer coding apicache does not know")
+
+
+class BoundedAnswerParser(HTTPClientParser):
+    """
+    Twisted's HTTP/1.1 answer parser with its header block bounded: Twisted's
+    keeps every field line it is sent (LineReceiver bounds only the length
+    of each), so 50 MB of field lines were all read and kept.  Past
+    C{max_header_bytes} (counted line by line, CR LF included, across 1xx
+    interim answers too) it raises L{HeaderBlockTooLarge}; an unknown
+    C{Transfer-Encoding} raises L{UnknownTransferCoding}; a status outside
+    100-599 raises Twisted's C{ParseError}.  Twisted's protocol then drops
+    the connection and fails the request (C{ResponseFailed}).
+    """
+
+    max_header_bytes = 65536
+    _head_bytes = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.state == STATUS or (self.state == HEADER and line not in (b"", b"\r")):
+            self._head_bytes += len(line) + 1  # the LF LineReceiver took off
+            if self._head_bytes > self.max_header_bytes:
+                raise HeaderBlockTooLarge(self.max_header_bytes)
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # MAX_LENGTH is max_header_bytes: one line alone is over the limit
+        raise HeaderBlockTooLarge(self.max_header_bytes)
+
+    def statusReceived(self, status: bytes) -> None:
+        super().statusReceived(status)
+        # Twisted takes any integer; a status of three digits, 100-599
+        # (RFC 9110 section 15), or the answer is not HTTP (found by the
+        # fuzz target: 0, 1 and 1199 were passed on to callers)
+        if not 100 <= self.response.code <= 599:
+            raise ParseError("status outside 100-599", status)
+
+    def allHeadersReceived(self) -> None:
+        code = self.response.code
+        if not (100 <= code < 200 or code in self.NO_BODY_CODES or self.request.method == b"HEAD"):
+            # where Twisted would pick a decoder by the first field line's
+            # whole value (``gzip, chunked`` and ``gzip`` were KeyErrors)
+            codings = self.connHeaders.getRawHeaders(b"transfer-encoding")
+            if codings and (len(codings) > 1 or codings[0].strip().lower() != b"chunked"):
+                raise UnknownTransferCoding()
+        super().allHeadersReceived()
+
+
+def bound_answer_parser(protocol: HTTP11ClientProtocol, max_header_bytes: int) -> None:
+    """
+    Called right after C{protocol.request(...)}: turn the parser Twisted
+    built for that request's answer into a L{BoundedAnswerParser} reading at
+    most ``max_header_bytes`` of header block.  Twisted builds the parser
+    inside C{request()} and no byte of the answer can arrive before it
+    returns.  A request that was not sent leaves the parser of an earlier
+    one, already bounded: nothing changes then.
+    """
+    parser = getattr(protocol, "_parser", None)
+    if type(parser) is HTTPClientParser:
+        parser.__class__ = BoundedAnswerParser
+        parser.max_header_bytes = parser.MAX_LENGTH = max_header_bytes  # type: ignore[attr-defined]
 
 
 class FairPort(tcp.Port):

@@ -284,6 +284,7 @@ def build(
         max_connections=up.max_connections,
         max_in_flight=up.max_in_flight,
         tenant_max_in_flight=up.tenant_max_in_flight,
+        max_header_bytes=up.max_header_bytes,
     )
     intermediary = IntermediaryUpstream(upstream, up.set_headers, LinkTargets(up.base_url, config.routes, router))
     timed = TimedUpstream(intermediary, metrics, reactor)
@@ -326,6 +327,8 @@ def build(
         header_timeout=server.header_timeout,
         idle_timeout=server.idle_timeout,
         max_body_bytes=server.max_body_bytes,
+        body_timeout=server.body_timeout,
+        max_write_buffer=server.max_write_buffer,
     )
     # access lines are info lines: a log_level above info leaves them out too
     access_log = AccessLog(reactor) if server.access_log and server.log_level in ("debug", "info") else None

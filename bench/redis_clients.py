@@ -78,6 +78,8 @@ def key_names(resource: str) -> dict[str, str]:
     names["e"] += ":v"
     names["l"] = f"{PREFIX}:l:{tag}:v"
     names["n"] = f"{PREFIX}:n:{tag}:v"
+    # the key's list of variants (issue 20): read when it has no entry
+    names["v"] = f"{PREFIX}:v:{tag}:v"
     names["seq"] = f"{PREFIX}:seq:{tag}"
     return names
 
@@ -673,8 +675,8 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
             async def hit(i: int, n: int) -> None:
                 k = hot[(i * 7 + n) % HOT_KEYS]
-                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
-                                             [instance, 1000, PREFIX, "t1"])
+                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"], k["v"]],
+                                             [instance, 1000, PREFIX, "t1", ""])
                 if int(reply[0]) != 0 or bytes(reply[1]) != VALUE:
                     raise AssertionError(f"not a hit: {reply!r:.80}")
 
@@ -686,8 +688,8 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
             async def poll(i: int, n: int) -> None:
                 k = held[(i * 7 + n) % HOT_KEYS]
-                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
-                                             [instance, 1000, PREFIX, "t1"])
+                reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"], k["v"]],
+                                             [instance, 1000, PREFIX, "t1", ""])
                 if int(reply[0]) != 2:
                     raise AssertionError(f"not a wait: {reply!r:.80}")
 
@@ -695,16 +697,16 @@ async def run_worker(args: argparse.Namespace) -> dict[str, Any]:
 
         async def miss(i: int, n: int) -> None:
             k = key_names(f"{run}:miss:{i}:{n}")
-            reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"]],
-                                         [instance, 1000, PREFIX, "t1"])
+            reply = await client.evalsha(args.sha_get, scripts.GET_OR_LOCK, [k["e"], k["l"], k["n"], k["v"]],
+                                         [instance, 1000, PREFIX, "t1", ""])
             if int(reply[0]) != 1:
                 raise AssertionError(f"not ours to fetch: {reply!r:.80}")
             gens = await client.command("MGET", k["g"], k["G"], k["T"], k["A"], k["seq"])
             gens = [g if g is not None else b"0" for g in gens[:4]]
             stored = await client.evalsha(
                 args.sha_put, scripts.PUT,
-                [k["e"], k["r"], k["t"], k["g"], k["G"], k["T"], k["A"], k["l"], k["n"]],
-                [*gens, VALUE, 30000, instance],
+                [k["e"], k["r"], k["t"], k["g"], k["G"], k["T"], k["A"], k["l"], k["n"], k["e"], k["n"], k["v"]],
+                [*gens, VALUE, 30000, instance, "", 16],
             )
             if int(stored) != 1:
                 raise AssertionError("not stored")

@@ -425,11 +425,13 @@ def coalescing(port: int, upstream_port: int, n: int, delay_ms: int, key: str = 
     return {"requests": n, "upstream_calls": after - before, "x_cache": caches, "failed": failed}
 
 
-def memory_probe(entries: int) -> dict[str, Any]:
+def memory_probe(entries: int, vary: bool = False) -> dict[str, Any]:
     """
     Fill the real cache core (CacheRegistry, TenantCache, MemoryStore,
     keys built as the HTTP layer builds them) with ``entries`` 1 KiB
     answers, and measure this process's resident memory before and after.
+    With ``vary``, every answer carries ``Vary: accept-language`` and is
+    stored as a variant of its key (issue 20): what a variant costs more.
     """
     from twisted.internet.defer import succeed
     from twisted.internet.task import Clock
@@ -439,7 +441,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
     from apicache.cache.routes import Route
     from apicache.cache.tenant import CacheResult, FetchRequest
     from apicache.config import RouteConfig
-    from apicache.store.interface import ENTRY_OVERHEAD
+    from apicache.store.interface import ENTRY_OVERHEAD, VARIANT_OVERHEAD
     from apicache.store.memory import MemoryStore
     from apicache.upstream.client import UpstreamResponse
 
@@ -453,6 +455,8 @@ def memory_probe(entries: int) -> dict[str, Any]:
             body = body_for(path.encode())
             # fresh objects for every answer, as the real client makes them
             headers = [(b"Content-Type".lower(), b"".join([b"application/", b"json"])), (b"date".lower(), b"".join([b"n", b"ow"]))]
+            if vary:
+                headers.append((b"vary", b"".join([b"accept-", b"language"])))
             return succeed(UpstreamResponse(200, headers, body))
 
     config = RouteConfig("object", "/server/object(<id>)/header", "/object({id})/header", ttl=3600,
@@ -461,6 +465,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
     store = MemoryStore(1 << 40)
     registry = CacheRegistry(store, Upstream(), Clock(), [config], ("accept", "accept-language"))
     keyed: list[list[bytes] | None] = [None, None]
+    forwarded = [(b"accept-language", b"en")] if vary else []
     gc.collect()
     before = rss_bytes(os.getpid())
     body_bytes = 0
@@ -471,7 +476,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
         params = route.decode({"id": raw_id})
         key = cache_key(tenant, config, params, "", keyed)
         cache = registry.cache(tenant, route.type)
-        result = cache.get(key, FetchRequest(route.upstream_path(params, ""), []))
+        result = cache.get(key, FetchRequest(route.upstream_path(params, ""), forwarded))
         if isinstance(result, CacheResult):
             raise RuntimeError("a cold key was a hit")
         body_bytes += len(body_for(route.upstream_path(params, "").encode()))
@@ -481,6 +486,9 @@ def memory_probe(entries: int) -> dict[str, Any]:
     stats = store.stats()
     if stats["entries"] != entries:
         raise RuntimeError(f"stored {stats['entries']} of {entries}")
+    if vary:
+        # the variant keys' strings are longer: counted as key bytes
+        key_bytes = sum(k.size() for k in store._slots)
     per_entry = (after - before) / entries
     return {
         "entries": entries,
@@ -488,7 +496,7 @@ def memory_probe(entries: int) -> dict[str, Any]:
         "per_entry": per_entry,
         "body_and_key": (body_bytes + key_bytes) / entries,
         "overhead": per_entry - (body_bytes + key_bytes) / entries,
-        "charged_overhead": ENTRY_OVERHEAD,
+        "charged_overhead": ENTRY_OVERHEAD + (VARIANT_OVERHEAD if vary else 0),
         "charged_per_entry": stats["bytes"] / entries,
     }
 
@@ -572,10 +580,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated parts to run (default: all)")
     p.add_argument("--quick", action="store_true", help="the smoke test's tiny run: about a second per part")
     p.add_argument("--memory-probe", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--vary", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
     if args.memory_probe:
-        print(json.dumps(memory_probe(args.memory_probe)))
+        print(json.dumps(memory_probe(args.memory_probe, args.vary)))
         return 0
     if args.quick:
         args.duration, args.rounds, args.keys = 1.0, 1, 10

@@ -30,10 +30,11 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 from zope.interface.verify import verifyObject
 
-from apicache.cache.keys import CacheKey
-from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
+from apicache.cache.keys import CacheKey, variant_key
+from apicache.cache.variants import Variant
+from apicache.store.interface import ENTRY_OVERHEAD, VARIANT_OVERHEAD, CachedResponse, CachedVariant, IStore
 
-__all__ = ["make_store_tests", "key", "entry", "store_entry", "charge", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL"]
+__all__ = ["make_store_tests", "key", "entry", "store_entry", "charge", "ENTRY_LIMIT", "LOCAL_BUDGET", "TTL", "LANG"]
 
 #: The contract's default entry limit and in-process budget.  They are
 #: equal, so an entry over the limit is also over the budget.
@@ -51,13 +52,22 @@ def key(
     return CacheKey(tenant, route, params, variant)
 
 
+#: Variants of one key that vary on accept-language (their selectors stand
+#: for three values of it).
+LANG = tuple(Variant((b"accept-language",), bytes([i]) * 16, 1000.0 + i) for i in range(3))
+
+
 def entry(body: bytes = b'{"a": 1}', ttl: float = TTL, now: float | None = None, **kw: Any) -> CachedResponse:
     """
     Return an entry as the cache core builds one, stored ``now`` (default:
     the wall clock, which a shared store's expiry runs on).
     """
     now = time.time() if now is None else now
-    return CachedResponse(
+    # a variant of its key (v3) when given one
+    cls: Any = CachedVariant if kw.get("variant") is not None else CachedResponse
+    if cls is CachedResponse:
+        kw.pop("variant", None)
+    return cls(
         200,
         ((b"content-type", b"application/json"), (b"etag", b'"v1"')),
         body,
@@ -410,6 +420,117 @@ def make_store_tests(
                 assert s.lookup(k) is not None, k
             assert s.lookup(key(params=(f"scan{scan - 1}",))) is not None
             assert s.lookup(key(params=("scan0",))) is None
+
+        # -- variants (SPEC.md section 3, v3; RFC 9111 section 4.1) --------
+
+        @pytest_twisted.ensureDeferred
+        async def test_variants_of_a_key_are_held_apart(self, request: Any) -> None:
+            """RFC 9111 section 4.1: several variants under one key."""
+            s = await self.store(request)
+            assert await store_entry(s, key(), entry(b"en", variant=LANG[0])) is True
+            assert await store_entry(s, key(), entry(b"de", variant=LANG[1])) is True
+            assert s.lookup(key()) is None
+            assert s.variants(key()) == (LANG[1], LANG[0])
+            assert await s.load(key()) == (LANG[1], LANG[0])
+            for v, body in ((LANG[0], b"en"), (LANG[1], b"de")):
+                vkey = variant_key(key(), v.selector)
+                assert s.lookup(vkey).body == body
+                loaded = await s.load(vkey)
+                assert (loaded.body, loaded.variant) == (body, v)
+            assert s.variants(key(params=("43",))) == ()
+            assert s.stats()["entries"] == 2
+
+        @pytest_twisted.ensureDeferred
+        async def test_variants_and_an_entry_for_every_request_replace_each_other(self, request: Any) -> None:
+            """RFC 9111 section 4.1: the newest answer says whether the key varies."""
+            s = await self.store(request)
+            await store_entry(s, key(), entry(b"en", variant=LANG[0]))
+            await store_entry(s, key(), entry(b"de", variant=LANG[1]))
+            assert await store_entry(s, key(), entry(b"all")) is True
+            assert s.variants(key()) == ()
+            assert (await s.load(key())).body == b"all"
+            assert await s.load(variant_key(key(), LANG[0].selector)) is None
+            assert s.stats()["entries"] == 1
+            # and back, stored by a fetch that began under a variant's key
+            vkey = variant_key(key(), LANG[2].selector)
+            token = await s.begin(vkey)
+            assert await s.put(vkey, entry(b"fr", variant=LANG[2]), token) is True
+            assert s.lookup(key()) is None
+            assert await s.load(key()) == (LANG[2],)
+            assert (await s.load(vkey)).body == b"fr"
+            assert s.stats()["entries"] == 1
+
+        @pytest_twisted.ensureDeferred
+        async def test_past_max_variants_the_oldest_goes(self, request: Any) -> None:
+            """SPEC.md section 2: max_variants."""
+            s = await self.store(request)
+            for i in range(3):
+                token = await s.begin(key())
+                assert await s.put(key(), entry(b"%d" % i, variant=LANG[i]), token, 2) is True
+            assert s.variants(key()) == (LANG[2], LANG[1])
+            assert await s.load(key()) == (LANG[2], LANG[1])
+            assert await s.load(variant_key(key(), LANG[0].selector)) is None
+            # the same selector replaces its variant in place
+            token = await s.begin(key())
+            assert await s.put(key(), entry(b"again", variant=LANG[1]), token, 2) is True
+            assert s.variants(key()) == (LANG[1], LANG[2])
+            assert (await s.load(variant_key(key(), LANG[1].selector))).body == b"again"
+            assert s.stats()["entries"] == 2
+
+        @pytest_twisted.ensureDeferred
+        async def test_invalidate_and_clear_drop_every_variant(self, request: Any) -> None:
+            s = await self.store(request)
+            for i in range(3):
+                await store_entry(s, key(), entry(variant=LANG[i]))
+            await store_entry(s, key(tenant="t2"), entry(variant=LANG[0]))
+            assert await s.mark_stale("t1", "object", ("42",)) == 3
+            assert (await s.load(variant_key(key(), LANG[2].selector))).stale is True
+            assert await s.invalidate("t1", "object", ("42",)) == 3
+            assert s.variants(key()) == ()
+            assert await s.load(key()) is None
+            for v in LANG:
+                assert await s.load(variant_key(key(), v.selector)) is None
+            assert await s.load(key(tenant="t2")) == (LANG[0],)
+            await store_entry(s, key(), entry(variant=LANG[0]))
+            assert await s.clear("t1") == 1
+            assert await s.load(key()) is None and s.variants(key()) == ()
+            assert await s.load(key(tenant="t2")) == (LANG[0],)
+            assert await s.invalidate(None, "object", ("42",)) == 1
+            assert await s.load(key(tenant="t2")) is None
+
+        @pytest_twisted.ensureDeferred
+        async def test_a_variant_fetch_begun_before_an_invalidation_stores_nothing(self, request: Any) -> None:
+            """SPEC.md section 3, the race rule, for a variant."""
+            s = await self.store(request)
+            await store_entry(s, key(), entry(variant=LANG[0]))
+            vkey = variant_key(key(), LANG[1].selector)
+            token = await s.begin(vkey)
+            await s.invalidate("t1", "object", ("42",))
+            assert await s.put(vkey, entry(variant=LANG[1]), token) is False
+            assert await s.load(key()) is None and s.variants(key()) == ()
+
+        @pytest_twisted.ensureDeferred
+        async def test_discard_and_a_tag_purge_drop_one_variant(self, request: Any) -> None:
+            s = await self.store(request)
+            await store_entry(s, key(), entry(b"en", variant=LANG[0], tags=("lang:en",)))
+            await store_entry(s, key(), entry(b"de", variant=LANG[1], tags=("lang:de",)))
+            await store_entry(s, key(), entry(b"fr", variant=LANG[2]))
+            assert await s.purge_tag("t1", "lang:en") == 1
+            assert await s.load(variant_key(key(), LANG[0].selector)) is None
+            assert s.variants(key()) == (LANG[2], LANG[1])
+            assert await s.discard(variant_key(key(), LANG[1].selector)) == 1
+            assert await s.load(variant_key(key(), LANG[1].selector)) is None
+            assert s.variants(key()) == (LANG[2],)
+            assert (await s.load(variant_key(key(), LANG[2].selector))).body == b"fr"
+
+        @pytest_twisted.ensureDeferred
+        async def test_a_variant_is_charged_its_record(self, request: Any) -> None:
+            s = await self.store(request)
+            e = entry(b"x" * 100, variant=LANG[0])
+            await store_entry(s, key(), e)
+            assert s.stats()["bytes"] == charge(variant_key(key(), LANG[0].selector), e) + VARIANT_OVERHEAD
+            await s.discard(variant_key(key(), LANG[0].selector))
+            assert s.stats() == {"entries": 0, "bytes": 0, "evictions": 0}
 
     if tenant_cap:
         cap = max_bytes // 4

@@ -54,7 +54,7 @@ def test_scan_patterns_and_groups() -> None:
     keys = [f"{a}:e:t:r:1,x:v".encode(), f"{a}:n:t:r:1,x:v".encode(), f"{b}:e:t:r:1,y:v".encode()]
     assert [layout.is_entry(k) for k in keys] == [True, False, True]
     assert sorted(len(g) for g in layout.by_bucket(keys)) == [1, 2]
-    assert layout.clear_pattern("t 1") == "p:{*}:[erlnz]:t%201:*"
+    assert layout.clear_pattern("t 1") == "p:{*}:[erlnzv]:t%201:*"
 
 
 def test_a_brace_in_the_prefix_is_refused() -> None:

@@ -229,8 +229,13 @@ class NegativeAndNotStoredTests(Harness):
         r = self.fetched(d, headers=[CT, (b"content-encoding", b"gzip")])
         assert r.stored
 
-    def test_vary_on_a_forwarded_unkeyed_header_is_not_stored(self):
-        r = self.fetched(self.get(), headers=[CT, (b"vary", b"Authorization")])
+    def test_vary_star_is_not_stored(self):
+        """
+        RFC 9111 section 4.1: C{Vary: *} matches no request.  (v3: a Vary
+        on a forwarded unkeyed header is stored, one variant per value:
+        tests/test_cache_variants.py.)
+        """
+        r = self.fetched(self.get(), headers=[CT, (b"vary", b"Authorization, *")])
         assert r.member.endswith(b"detail=vary")
 
     def test_too_large_says_so(self):

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.selectreactor import SelectReactor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.web._newclient import HTTP11ClientProtocol, Request
+from twisted.web._newclient import HTTP11ClientProtocol, HTTPClientParser, ParseError, Request
 from twisted.web.client import RequestNotSent as ClientRequestNotSent
 from twisted.web.http import HTTPChannel
 from twisted.web.http import Request as WebRequest
@@ -26,11 +26,15 @@ from twisted.web.resource import Resource
 from zope.interface import implementer
 
 from apicache._twisted import (
+    BoundedAnswerParser,
     FairPort,
+    HeaderBlockTooLarge,
     HTTPChannelInternals,
     LeftoverAwareClientProtocol,
     RequestNotSent,
+    UnknownTransferCoding,
     adopt_fair_port,
+    bound_answer_parser,
     connection_field,
     headers_over,
     raw_headers,
@@ -369,6 +373,67 @@ def test_the_connection_field_is_kept_apart_from_the_answer_s_headers_and_read_f
 
 def test_a_protocol_that_sent_nothing_has_no_connection_field():
     assert connection_field(_client()) is None
+
+
+# -- bound_answer_parser: HTTP11ClientProtocol._parser, HTTPClientParser's hooks ---
+
+
+def _bounded(limit: int = 100):
+    protocol = _client()
+    answered: list = []
+    d = protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True))
+    d.addBoth(answered.append)
+    bound_answer_parser(protocol, limit)
+    return protocol, answered
+
+
+def _reasons(answered: list) -> list[type]:
+    (failure,) = answered
+    return [type(r.value) for r in failure.value.reasons]
+
+
+def test_the_parser_of_a_request_is_built_in_request_as_an_http_client_parser():
+    protocol = _client()
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None, persistent=True))
+    assert type(protocol._parser) is HTTPClientParser
+    bound_answer_parser(protocol, 100)
+    assert type(protocol._parser) is BoundedAnswerParser and protocol._parser.MAX_LENGTH == 100
+
+
+def test_a_bounded_parser_reads_a_header_block_at_its_limit():
+    protocol, answered = _bounded(len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"))
+    protocol.dataReceived(OK)
+    (response,) = answered
+    assert response.code == 200
+
+
+def test_a_bounded_parser_refuses_a_header_block_over_its_limit_line_by_line():
+    protocol, answered = _bounded(len(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n") - 1)
+    protocol.dataReceived(OK)
+    assert _reasons(answered) == [HeaderBlockTooLarge]
+
+
+def test_a_bounded_parser_refuses_a_line_longer_than_its_limit_before_its_end():
+    protocol, answered = _bounded(100)
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nX: " + b"x" * 200)
+    assert _reasons(answered) == [HeaderBlockTooLarge]
+
+
+def test_a_bounded_parser_refuses_unknown_codings_and_statuses():
+    protocol, answered = _bounded(1000)
+    protocol.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n")
+    assert _reasons(answered) == [UnknownTransferCoding]
+    protocol, answered = _bounded(1000)
+    protocol.dataReceived(b"HTTP/1.1 1199 OK\r\nContent-Length: 0\r\n\r\n")
+    assert _reasons(answered) == [ParseError]
+
+
+def test_a_request_not_sent_leaves_the_earlier_parser_alone():
+    protocol, _ = _bounded(100)
+    first = protocol._parser
+    protocol.request(Request(b"GET", b"/", Headers({b"host": [b"a"]}), None))  # busy: not sent
+    bound_answer_parser(protocol, 5)
+    assert protocol._parser is first and first.max_header_bytes == 100
 
 
 # -- FairPort: tcp.Port.numberAccepts, tcp.Port._fromListeningDescriptor --------

@@ -13,7 +13,7 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
-from urllib.parse import parse_qsl, quote, unquote_to_bytes
+from urllib.parse import quote, unquote_plus, unquote_to_bytes
 
 from apicache.config import RouteConfig
 
@@ -31,6 +31,9 @@ __all__ = [
     "variant",
     "header_value",
     "cache_key",
+    "VARIANT_MARK",
+    "variant_key",
+    "base_key",
 ]
 
 MAX_PARAM_BYTES = 512
@@ -62,7 +65,9 @@ class CacheKey(NamedTuple):
 
     ``(tenant, route, params)`` names a resource: invalidation works on that
     and drops every ``variant`` (query and keyed header values, plus the
-    route's fingerprint) under it.
+    route's fingerprint) under it.  A key made by L{variant_key} names one
+    of the variants stored under a key whose answers carry C{Vary}
+    (RFC 9111 section 4.1); it is of the same resource.
     """
 
     tenant: str
@@ -164,15 +169,19 @@ def canonical_query(raw: bytes) -> str:
         raise InvalidQuery(f"the query string is longer than {MAX_QUERY_BYTES} bytes")
     try:
         text = raw.decode("ascii")
-        pairs = parse_qsl(
-            text, keep_blank_values=True, strict_parsing=False, errors="strict"
-        )
+        # as parse_qsl(keep_blank_values=True) reads it, but a parameter
+        # without "=" stays so (v3: ?flag and ?flag= are different queries,
+        # each forwarded as it came)
+        pairs = [
+            (unquote_plus(name, errors="strict"), eq, unquote_plus(value, errors="strict"))
+            for name, eq, value in (part.partition("=") for part in text.split("&") if part)
+        ]
     except (UnicodeDecodeError, ValueError):
         raise InvalidQuery("the query string is not decodable") from None
-    if any(_CONTROL_RE.search(k) or _CONTROL_RE.search(v) for k, v in pairs):
+    if any(_CONTROL_RE.search(k) or _CONTROL_RE.search(v) for k, _, v in pairs):
         raise InvalidQuery("the query string holds a control character")
     pairs.sort(key=lambda p: p[0])
-    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs)
+    return "&".join(f"{quote(k, safe='')}{eq}{quote(v, safe='')}" for k, eq, v in pairs)
 
 
 def variant(fingerprint: str, query: str, header_values: Iterable[str | None]) -> str:
@@ -213,12 +222,16 @@ def cache_key(
     params: tuple[str, ...],
     query: str,
     keyed_values: Sequence[Sequence[bytes] | None],
-    encoding: bytes = b"identity",
 ) -> CacheKey:
     """
     Return the cache key of a request: its tenant, route, decoded path
-    parameters, canonical query, the raw values of the keyed headers
-    (``None`` for an absent one) and the normalised ``Accept-Encoding``.
+    parameters, canonical query and the raw values of the keyed headers
+    (``None`` for an absent one).
+
+    The normalised ``Accept-Encoding`` is not part of it (SPEC.md section
+    3, v3): it selects among a key's variants like a C{Vary} field
+    (L{apicache.cache.variants}), so that an identity answer serves gzip
+    and identity callers alike.
     """
     # interned: keys of one route without a query or keyed headers share
     # one variant string (memory per entry)
@@ -226,14 +239,36 @@ def cache_key(
         tenant,
         route.type,
         params,
-        sys.intern(
-            variant(
-                route.fingerprint,
-                query,
-                # identity adds nothing (the count of keyed headers is fixed
-                # per route, so one more component can't be confused)
-                [header_value(v) for v in keyed_values]
-                + ([] if encoding == b"identity" else [encoding.decode("ascii")]),
-            )
-        ),
+        sys.intern(variant(route.fingerprint, query, [header_value(v) for v in keyed_values])),
     )
+
+
+#: Separates a key's variant string from the selector of one of its
+#: variants (L{variant_key}).  No string L{variant} returns holds it: its
+#: fields are joined with NUL, and each field after the first starts with
+#: what a canonical query starts with (percent-encoded, so never C{!}),
+#: C{=} or C{-}; a NUL inside a header value is escaped.
+VARIANT_MARK = "\x00!"
+
+
+def variant_key(key: CacheKey, selector: bytes) -> CacheKey:
+    """
+    Return the key under which the variant of ``key`` with ``selector``
+    (L{apicache.cache.variants.selector}) is stored: same tenant, route
+    and parameters (so every invalidation of the resource covers it), the
+    selector in hex after L{VARIANT_MARK}.
+
+    @param key: a key made by L{cache_key} (not itself a variant's).
+    """
+    return CacheKey(key.tenant, key.route, key.params, key.variant + VARIANT_MARK + selector.hex())
+
+
+def base_key(key: CacheKey) -> CacheKey:
+    """
+    Return the key a variant's key (L{variant_key}) was made from, or
+    ``key`` itself when it is not a variant's.
+    """
+    base, mark, _ = key.variant.partition(VARIANT_MARK)
+    if not mark:
+        return key
+    return CacheKey(key.tenant, key.route, key.params, base)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from apicache.cache.dates import first_delta_seconds, parse_http_date
+from apicache.cache.dates import first_delta_seconds, parse_delta_seconds, parse_http_date
 from apicache.cache.targeted import DEFAULT_TARGETS, targeted_directives
 from apicache.config import RouteConfig, UpstreamConfig
 
@@ -150,11 +150,10 @@ def cache_control(headers: Headers) -> dict[bytes, bytes | None]:
 def _delta_seconds(value: bytes | None) -> int | None:
     """
     Return a delta-seconds argument (RFC 9111 section 1.2.2), or ``None``
-    if absent or malformed.
+    if absent or malformed; one too large to hold is 2147483648 (400 digits
+    made float() overflow, a 500; 4301 made int() refuse).
     """
-    if value is None or not value.isdigit():
-        return None
-    return int(value)
+    return parse_delta_seconds(value)
 
 
 # -- request side ---------------------------------------------------------

@@ -24,13 +24,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from apicache.cache.coalesce import Flight, Flights
-from apicache.cache.keys import CacheKey
+from apicache.cache.keys import CacheKey, variant_key
 from apicache.cache.policy import (
     NEGATIVE,
     cache_control,
     current_age,
     freshness,
     governing_directives,
+    header,
+    http_date,
     is_fresh,
     not_stored_reason,
     replayed_headers,
@@ -44,13 +46,16 @@ from apicache.cache.policy import (
 )
 from apicache.cache.tags import TooManyTags, answer_tags
 from apicache.cache.targeted import DEFAULT_TARGETS
+from apicache.cache.variants import ValuesOf, Variant, answer_variant, matches, pick_variant, selector
 from apicache.cache.wire import date_header, header_block, shared_wire, status_member
 from apicache.config import RouteConfig, UpstreamConfig
-from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.store.interface import CachedResponse, CachedVariant, IStore, StoreUnavailable, Variants
 from apicache.upstream.client import IUpstream, UpstreamError, UpstreamResponse, UpstreamUnreachable
 from apicache.upstream.requestheaders import with_validators
 
 if TYPE_CHECKING:
+    from twisted.web.http_headers import Headers
+
     # the wiring passes the event watermark in; only its type is named here,
     # so that the cache core imports nothing of the event listener
     from apicache.events.watermark import Watermark
@@ -72,7 +77,9 @@ MISS = "MISS"
 STALE = "STALE"
 BYPASS = "BYPASS"
 REVALIDATED = "REVALIDATED"
-#: The request headers whose Vary makes an answer unstorable by default.
+#: The request headers whose Vary made an answer unstorable by default in
+#: version 2; (v3) such answers are stored as variants (RFC 9111 section
+#: 4.1), and only C{Vary: *} is not stored.
 DEFAULT_VARYING = varying_headers(UpstreamConfig())
 
 #: Share of a route's ``max_staleness`` by which an entry's own bound may be
@@ -81,6 +88,10 @@ DEFAULT_VARYING = varying_headers(UpstreamConfig())
 STALENESS_SPREAD = 0.2
 #: ``Cache-Status`` detail of an entry held past its route's max_staleness.
 EVENTS_BEHIND = "events-behind"
+
+#: The name lists of stored variants, each kept once (L{TenantCache._variant}).
+_VARIES: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
+_VARIES_KEPT = 1024
 
 #: A failed background re-fetch is retried no sooner than this.
 REFRESH_RETRY_SECONDS = 1.0
@@ -93,15 +104,37 @@ class FetchRequest:
     """
     What to ask the upstream for on a caller's behalf: the encoded path and
     query under ``base_url``, the caller's forwarded headers (the
-    normalised ``accept-encoding`` among them) and that encoding.
+    normalised ``accept-encoding`` among them) and that encoding, and
+    (v3) the caller's request headers, whose values for the fields a
+    C{Vary} names select among a key's variants (RFC 9111 section 4.1).
     """
 
-    __slots__ = ("path", "headers", "encoding")
+    __slots__ = ("path", "headers", "encoding", "caller")
 
-    def __init__(self, path: str, headers: Sequence[tuple[bytes, bytes]], encoding: bytes = b"identity") -> None:
+    def __init__(
+        self,
+        path: str,
+        headers: Sequence[tuple[bytes, bytes]],
+        encoding: bytes = b"identity",
+        caller: Headers | None = None,
+    ) -> None:
+        """
+        @param caller: the caller's request headers; without them, the
+            forwarded ``headers`` stand for them.
+        """
         self.path = path
         self.headers = headers
         self.encoding = encoding
+        self.caller = caller
+
+    def values_of(self, name: bytes) -> Sequence[bytes] | None:
+        """
+        Return the caller's field lines named ``name`` (lower case), or
+        ``None`` (a L{ValuesOf}).
+        """
+        if self.caller is not None:
+            return self.caller.getRawHeaders(name)
+        return [v for k, v in self.headers if k == name] or None
 
 
 class CacheResult:
@@ -142,15 +175,18 @@ class Outcome:
     """
     The result of one upstream fetch, as shared with its waiters.
 
-    @ivar storable: the answer may be shared with callers of other headers.
+    @ivar storable: the answer may be shared with callers of other headers
+        (those its C{variant} selects).
     @ivar status: the arguments of its L{status_member}.
     @ivar own: the answer as the caller whose request fetched it gets it,
         when it differs from the shared one: with the fields a qualified
         ``no-cache="…"`` names (RFC 9111 section 5.2.2.4), which waiters
         and the stored copy never see.
+    @ivar variant: what tells the answer apart from its key's other
+        variants, or C{None} when it serves every request of its key.
     """
 
-    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age", "own")
+    __slots__ = ("cache", "answer", "storable", "bypass", "status", "stored", "age", "own", "variant")
 
     def __init__(
         self,
@@ -169,6 +205,16 @@ class Outcome:
         self.stored = stored
         self.age: float | None = None
         self.own: CachedResponse | None = None
+        self.variant = answer.variant
+
+    def selects(self, request: FetchRequest) -> bool:
+        """
+        Return whether the answer may be shared with ``request``, a
+        waiter's: it is storable and, as a variant, the one the waiter's
+        header values select (SPEC.md section 3, request coalescing).
+        """
+        v = self.variant
+        return self.storable and (v is None or matches(v, request.values_of, request.encoding))
 
     def result(self, collapsed: bool, now: float) -> CacheResult:
         """
@@ -232,19 +278,49 @@ class TenantCache:
         """
         return not self._refreshing and not self._flights.busy(self.tenant, self.route.type)
 
-    def hit(self, key: CacheKey) -> CacheResult | None:
+    def hit(self, key: CacheKey, headers: Headers | None = None, encoding: bytes = b"identity") -> CacheResult | None:
         """
         Return a L{CacheResult} for a fresh entry held in this process, or
         ``None`` (then call L{get}).  Synchronous and free of side effects
         but the store's recency: the fast hit path.
+
+        @param headers: the caller's request headers, read only when the key
+            holds variants (RFC 9111 section 4.1): a key whose answer serves
+            every request computes no selector.
+        @param encoding: the caller's normalised C{Accept-Encoding}.
         """
         entry = self._store.lookup(key)
         if entry is None:
-            return None
+            variants = self._store.variants(key)
+            if not variants:
+                return None
+            found = self._pick(key, variants, _no_values if headers is None else headers.getRawHeaders, encoding)
+            if found is None:
+                return None
+            key, entry = found
         now = self._clock.seconds()
         if self._max_staleness and not self._vouched(key, entry, now):
             return None
         return self._fresh(entry, now)
+
+    def _pick(
+        self, key: CacheKey, variants: Variants, values_of: ValuesOf, encoding: bytes
+    ) -> tuple[CacheKey, CachedResponse] | None:
+        """
+        Return the variant of ``key`` held in this process that a request
+        with ``values_of`` and ``encoding`` is served, with its key, or
+        ``None`` when none matches.
+        """
+        index = pick_variant(variants, values_of, encoding)
+        if index is None:
+            return None
+        vkey = variant_key(key, variants[index].selector)
+        entry = self._store.lookup(vkey)
+        if entry is None:
+            return None
+        if index:
+            self._store.touch_variant(key, index)
+        return vkey, entry
 
     def _vouched(self, key: CacheKey, entry: CachedResponse, now: float) -> bool:
         """
@@ -276,27 +352,46 @@ class TenantCache:
             return CacheResult(HIT, entry, current_age(entry.stored_at, now))
         return None
 
-    def cached(self, key: CacheKey) -> CacheResult | Deferred[CacheResult | None] | None:
+    def cached(
+        self, key: CacheKey, headers: Headers | None = None, encoding: bytes = b"identity"
+    ) -> CacheResult | Deferred[CacheResult | None] | None:
         """
         Answer a request with ``Cache-Control: only-if-cached`` (RFC 9111
         section 5.2.1.7, SPEC.md section 3, v3) from what is stored, never
         from the upstream: a fresh entry (C{HIT}), or one that may be served
         stale now (C{STALE}, no revalidation started); ``None`` when
         nothing usable is stored (the caller answers 504 ``not_cached``),
-        or a Deferred firing with either once a shared store is read.
+        or a Deferred firing with either once a shared store is read.  Of
+        a key that holds variants, the one the caller's ``headers`` and
+        ``encoding`` select (RFC 9111 section 4.1).
         """
         now = self._clock.seconds()
-        found = self._usable(key, self._store.lookup(key), now)
+        values_of = _no_values if headers is None else headers.getRawHeaders
+        entry = self._store.lookup(key)
+        if entry is None:
+            variants = self._store.variants(key)
+            picked = self._pick(key, variants, values_of, encoding) if variants else None
+            if picked is not None:
+                key, entry = picked
+        found = self._usable(key, entry, now)
         if found is not None or not self._store.shared:
             return found
-        return Deferred.fromCoroutine(self._cached_shared(key))
+        return Deferred.fromCoroutine(self._cached_shared(key, values_of, encoding))
 
-    async def _cached_shared(self, key: CacheKey) -> CacheResult | None:
+    async def _cached_shared(self, key: CacheKey, values_of: ValuesOf, encoding: bytes) -> CacheResult | None:
         try:
-            entry = await self._store.load(key)
+            found = await self._store.load(key, self.route.max_variants)
+            if isinstance(found, tuple):
+                index = pick_variant(found, values_of, encoding)
+                if index is None:
+                    return None
+                key = variant_key(key, found[index].selector)
+                found = await self._store.load(key, self.route.max_variants)
         except StoreUnavailable:
             return None
-        return self._usable(key, entry, self._clock.seconds())
+        if isinstance(found, tuple):
+            return None
+        return self._usable(key, found, self._clock.seconds())
 
     def _usable(self, key: CacheKey, entry: CachedResponse | None, now: float) -> CacheResult | None:
         if entry is None or not self._vouched(key, entry, now):
@@ -315,19 +410,44 @@ class TenantCache:
         (fresh, or stale while a revalidation runs), else a Deferred firing
         with one.  The Deferred errbacks with an L{UpstreamError} when there
         is no answer and no stale entry to serve instead.
+
+        When ``key`` holds variants, the one ``request`` selects is served
+        (RFC 9111 section 4.1); when none matches, a C{vary-miss} fetches.
         """
         now = self._clock.seconds()
         entry = self._store.lookup(key)
+        # the key fetches and stores go by: the request's key, or the key
+        # of the variant it selects (or would: a vary-miss)
+        fkey = key
+        vary_miss = False
+        if entry is None:
+            variants = self._store.variants(key)
+            if variants:
+                found = self._pick(key, variants, request.values_of, request.encoding)
+                if found is None:
+                    fkey, vary_miss = self._unmatched(key, variants, request), True
+                else:
+                    fkey, entry = found
         if entry is not None:
-            if self._vouched(key, entry, now):
-                found = self._serve(key, request, entry, now)
-                if found is not None:
-                    return found
+            if self._vouched(fkey, entry, now):
+                served = self._serve(fkey, request, entry, now)
+                if served is not None:
+                    return served
             else:
                 # nothing of it is served, not even stale: it is only
                 # revalidated (its validators) or fetched again
-                self._behind(key)
-        return Deferred.fromCoroutine(self._miss(key, request, entry, now))
+                self._behind(fkey)
+        return Deferred.fromCoroutine(self._miss(key, fkey, vary_miss, request, entry, now))
+
+    @staticmethod
+    def _unmatched(key: CacheKey, variants: Variants, request: FetchRequest) -> CacheKey:
+        """
+        Return the key that a request matching none of ``key``'s variants
+        fetches by: the variant it would be, if its answer varies as the
+        most recently used variant does (so that concurrent requests with
+        the same values share one fetch, and others don't wait for it).
+        """
+        return variant_key(key, selector(variants[0].vary, request.values_of, request.encoding))
 
     def _serve(
         self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float
@@ -348,46 +468,75 @@ class TenantCache:
         return None
 
     async def _miss(
-        self, key: CacheKey, request: FetchRequest, stale: CachedResponse | None, now: float
+        self,
+        key: CacheKey,
+        fkey: CacheKey,
+        vary_miss: bool,
+        request: FetchRequest,
+        stale: CachedResponse | None,
+        now: float,
     ) -> CacheResult:
+        """
+        Answer what the local tier could not: from a shared store, else by
+        a fetch for ``fkey`` (``key``'s, or the variant's ``request``
+        selects) shared with concurrent callers whose values select the
+        same answer.
+        """
         bypass = False
         if self._store.shared:
             try:
-                entry = await self._store.load(key)
+                found = await self._store.load(key, self.route.max_variants)
+                fkey, vary_miss = key, False
+                if isinstance(found, tuple):
+                    # the key holds variants: load the one the request selects
+                    index = pick_variant(found, request.values_of, request.encoding)
+                    if index is None:
+                        fkey, vary_miss = self._unmatched(key, found, request), True
+                    else:
+                        fkey = variant_key(key, found[index].selector)
+                    found = await self._store.load(fkey, self.route.max_variants)
+                    # another instance may have stored that one since
+                    vary_miss = vary_miss and found is None
+                    if isinstance(found, tuple):
+                        found = None
             except StoreUnavailable:
                 bypass = True
             else:
-                if entry is not None:
+                if found is not None:
                     now = self._clock.seconds()
-                    if self._vouched(key, entry, now):
-                        found = self._serve(key, request, entry, now)
-                        if found is not None:
-                            return found
+                    if self._vouched(fkey, found, now):
+                        served = self._serve(fkey, request, found, now)
+                        if served is not None:
+                            return served
                     elif stale is None:
-                        self._behind(key)
-                    stale = entry
-        flight = self._flights.by_key.get(key)
-        if flight is not None and not self._flights.joinable(key, flight):
+                        self._behind(fkey)
+                    stale = found
+        fwd = "vary-miss" if vary_miss and stale is None else None
+        flight = self._flights.by_key.get(fkey)
+        if flight is not None and not self._flights.joinable(fkey, flight):
             flight = None
         leader = flight is None
         if flight is None:
-            flight = self._launch(key, request, bypass, stale)
+            flight = self._launch(fkey, request, bypass, stale, fwd)
         else:
             self.counters["coalesced"] = self.counters.get("coalesced", 0) + 1
         collapsed = not leader
         try:
             outcome = await flight.wait()
-            if not (leader or outcome.storable):
+            if not (leader or outcome.selects(request)):
                 # the leader's answer was for its own headers: fetch with ours
                 collapsed = False
-                outcome = await self._fetch(key, request, outcome.bypass, stale)
+                if outcome.storable and stale is None:
+                    # it is a variant ours does not match
+                    fwd = "vary-miss"
+                outcome = await self._fetch(fkey, request, outcome.bypass, stale, fwd)
         except UpstreamError:
-            served = self._stale_if_error(key, stale)
+            served = self._stale_if_error(fkey, stale)
             if served is None:
                 raise
             return served
         if outcome.answer.status >= 500:
-            served = self._stale_if_error(key, stale)
+            served = self._stale_if_error(fkey, stale)
             if served is not None:
                 return served
         return outcome.result(collapsed, self._clock.seconds())
@@ -407,10 +556,12 @@ class TenantCache:
             )
         return None
 
-    def _launch(self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None) -> Flight[Outcome]:
+    def _launch(
+        self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None, fwd: str | None = None
+    ) -> Flight[Outcome]:
         flight: Flight[Outcome] = Flight(self._flights.tag_purges)
         self._flights.add(key, flight)
-        d = Deferred.fromCoroutine(self._fetch(key, request, bypass, stale))
+        d = Deferred.fromCoroutine(self._fetch(key, request, bypass, stale, fwd))
 
         def settle(result: Outcome | Failure) -> None:
             self._flights.remove(key, flight)
@@ -429,8 +580,21 @@ class TenantCache:
         return validators(stale.headers)
 
     async def _fetch(
-        self, key: CacheKey, request: FetchRequest, bypass: bool, stale: CachedResponse | None
+        self,
+        key: CacheKey,
+        request: FetchRequest,
+        bypass: bool,
+        stale: CachedResponse | None,
+        fwd: str | None = None,
     ) -> Outcome:
+        """
+        Fetch ``request`` for ``key`` (a request's key or a variant's), and
+        store the answer if it may be.
+
+        @param fwd: the C{Cache-Status} C{fwd} when not the usual
+            (C{vary-miss}: the key holds variants, none of them the
+            request's).
+        """
         token: Any = None
         if not bypass:
             try:
@@ -452,7 +616,7 @@ class TenantCache:
             if not bypass:
                 self._store.release(key, token)
             raise
-        return await self._complete(key, request, response, sent, token, bypass, stale)
+        return await self._complete(key, request, response, sent, token, bypass, stale, fwd)
 
     async def _ask(self, request: FetchRequest, conditions: list[tuple[bytes, bytes]]) -> UpstreamResponse:
         """
@@ -463,7 +627,9 @@ class TenantCache:
         headers = with_validators(request.headers, conditions)
         response = await self._upstream.fetch(request.path, headers, tenant=self.tenant)
         if response.status == 304 and not conditions:
-            raise UpstreamUnreachable("the upstream answered 304 to a request without validators")
+            error = UpstreamUnreachable("the upstream answered 304 to a request without validators")
+            error.detail, error.status = "bad-response", 304
+            raise error
         return response
 
     async def _not_modified(
@@ -486,7 +652,9 @@ class TenantCache:
         headers = updated_headers(
             stale.headers, response.headers, replayed_headers(response.headers, self._hidden, date_header(now))
         )
-        answer = self._entry(stale.status, headers, stale.body, sent, now, upstream_age(response.headers), stale.tags)
+        answer = self._entry(
+            stale.status, headers, stale.body, sent, now, upstream_age(response.headers), stale.tags, stale.variant
+        )
         if b"no-store" in cache_control(response.headers):
             self.log.debug("a 304 with no-store drops the entry")
             if not bypass:
@@ -510,24 +678,33 @@ class TenantCache:
         token: Any,
         bypass: bool,
         stale: CachedResponse | None,
+        fwd: str | None = None,
     ) -> Outcome:
         """
-        Store a complete upstream answer if it may be, and return it.
+        Store a complete upstream answer if it may be, and return it.  An
+        answer whose C{Vary} names request fields, or that is content-coded,
+        is stored as a variant of its key, told apart by ``request``'s
+        values for them (RFC 9111 section 4.1); C{Vary: *} is not stored.
         """
         now = self._clock.seconds()
+        # (v3) a Vary naming any field is stored, one variant per value:
+        # only "*" makes an answer unstorable
         reason = not_stored_reason(
             response.status,
             response.headers,
-            self._varying,
+            (),
             encoding=request.encoding,
             route=self.route,
             targets=self._targets,
         )
         tags: tuple[str, ...] = ()
+        variant: Variant | None = None
         if reason is None:
             tags, taggable = self._tags(key, response)
             if not taggable:
                 reason = "tags"
+            else:
+                variant = self._variant(request, response, now)
         directives, _ = governing_directives(response.headers, self.route, self._targets)
         date = date_header(now)
         # an answer not stored is passed on whole: Set-Cookie and the
@@ -535,7 +712,7 @@ class TenantCache:
         passed = reason is not None
         headers = replayed_headers(response.headers, self._hidden, date, passed, directives)
         age = upstream_age(response.headers)
-        answer = self._entry(response.status, headers, response.body, sent, now, age, tags)
+        answer = self._entry(response.status, headers, response.body, sent, now, age, tags, variant)
         own = None
         if not passed and withheld_fields(response.headers, directives):
             # the stored copy leaves them out; this caller's answer has them
@@ -567,7 +744,7 @@ class TenantCache:
             args: dict[str, Any] = {"fwd": "miss", "detail": "store-unavailable"}
         else:
             args = {
-                "fwd": "uri-miss" if stale is None else "stale",
+                "fwd": (fwd or "uri-miss") if stale is None else "stale",
                 "fwd_status": response.status,
                 "stored": stored,
                 "detail": reason if reason is not None or stale is None or self._vouched(key, stale, now) else EVENTS_BEHIND,
@@ -578,9 +755,30 @@ class TenantCache:
         outcome.age = age or None
         return outcome
 
+    @staticmethod
+    def _variant(request: FetchRequest, response: UpstreamResponse, now: float) -> Variant | None:
+        """
+        Return what tells a storable answer apart from its key's other
+        variants: the fields its C{Vary} names (and C{accept-encoding} for
+        a content-coded one) with the fetching request's values; C{None}
+        when it serves every request of its key.  Dated by its C{Date}.
+        """
+        date = http_date(header(response.headers, b"date"))
+        found = answer_variant(response.headers, request.values_of, request.encoding, now if date is None else date)
+        if found is None or not found.vary:
+            return None
+        # the variants of a route mostly vary on the same names: one tuple
+        # of them for all (memory per variant)
+        shared = _VARIES.get(found.vary)
+        if shared is None:
+            if len(_VARIES) >= _VARIES_KEPT:
+                _VARIES.clear()
+            shared = _VARIES[found.vary] = found.vary
+        return found._replace(vary=shared)
+
     async def _put(self, key: CacheKey, answer: CachedResponse, token: Any) -> bool:
         try:
-            return await self._store.put(key, answer, token)
+            return await self._store.put(key, answer, token, self.route.max_variants)
         except StoreUnavailable as e:
             self.counters["store_errors"] = self.counters.get("store_errors", 0) + 1
             self.log.warn("could not store an answer: {error}", error=str(e))
@@ -613,6 +811,7 @@ class TenantCache:
         now: float,
         age: int | None,
         tags: tuple[str, ...] = (),
+        variant: Variant | None = None,
     ) -> CachedResponse:
         """
         Return the entry for an answer asked for at ``sent`` and received at
@@ -630,6 +829,22 @@ class TenantCache:
         keep_until = max(stale_until, swr_until)
         if self.route.keep and validators(headers):
             keep_until = max(keep_until, expires + self.route.keep)
+        if variant is not None:
+            return CachedVariant(
+                status,
+                shared,
+                body,
+                stored_at=born,
+                expires_at=expires,
+                stale_until=stale_until,
+                head=head,
+                swr_until=swr_until,
+                keep_until=keep_until,
+                no_cache=f.no_cache,
+                sent_at=sent,
+                tags=tags,
+                variant=variant,
+            )
         return CachedResponse(
             status,
             shared,
@@ -724,3 +939,10 @@ def _with_headers(entry: CachedResponse, headers: tuple[tuple[bytes, bytes], ...
         sent_at=entry.sent_at,
         tags=entry.tags,
     )
+
+
+def _no_values(name: bytes) -> None:
+    """
+    The L{ValuesOf} of a request without headers.
+    """
+    return None

@@ -41,7 +41,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from apicache.events.handling import EventHandler
-from apicache.events.watermark import Partition, Watermark
+from apicache.events.watermark import Partition, Watermark, judge_end_offsets
 
 __all__ = ["ConsumerLoop", "ConsumerLinks", "KafkaConsumer", "LibrdkafkaLog"]
 
@@ -447,11 +447,12 @@ class ConsumerLoop:
             # the broker is away or slow: W stays where it was (the error
             # callback reports an unreachable broker)
             return
-        vouched = [
-            (a.topic, a.partition)
-            for a in answers
-            if a.error is None and 0 <= a.offset <= self.applied.get((a.topic, a.partition), -1)
-        ]
+        vouched, truncated = judge_end_offsets(
+            self.applied, [((a.topic, a.partition), a.offset) for a in answers if a.error is None]
+        )
+        if truncated:
+            # (v3) the broker lost or truncated its log: a skip
+            self.skipped("an end offset below the offset applied")
         if vouched:
             self._from_thread(self.watermark.vouch, vouched, sent)
 

@@ -17,13 +17,13 @@ event listener (writes W_p) can import it.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 
-__all__ = ["NEVER", "Partition", "Watermark", "WatermarkExchange"]
+__all__ = ["NEVER", "Partition", "Watermark", "WatermarkExchange", "judge_end_offsets"]
 
 #: W_p before anything is vouched for: −∞.
 NEVER = -math.inf
@@ -214,3 +214,39 @@ class Watermark:
         served from the cache under ``max_staleness`` seconds.
         """
         return self.clock.seconds() - self.vouched(fetched_at) <= max_staleness
+
+
+def judge_end_offsets(
+    applied: MutableMapping[Partition, int], ends: Iterable[tuple[Partition, int]]
+) -> tuple[list[Partition], list[Partition]]:
+    """
+    Judge the answers of an end-offset query against the offsets applied.
+
+    A partition whose end offset is not beyond the offset up to which its
+    messages were applied is vouched for.  One whose end offset is I{below}
+    it lost or truncated its log (SPEC.md section 5, v3): that is a skip,
+    and the offset applied no longer says anything about the new log, so it
+    is forgotten (dropped from C{applied}) until the listener applies a
+    message of the partition or reaches its end again.  Before, the old
+    offset went on vouching for every later query while the new log's
+    first messages, invalidations among them, were still to be applied.
+
+    @param applied: per partition, the offset up to which messages were
+        applied (the listener's own; truncated partitions are removed).
+    @param ends: (partition, end offset) answers; a negative offset (no
+        answer) and a partition with nothing applied are left out.
+    @return: (partitions vouched for, partitions whose log was truncated).
+    """
+    vouched: list[Partition] = []
+    truncated: list[Partition] = []
+    for p, end in ends:
+        done = applied.get(p)
+        if done is None or end < 0:
+            continue
+        if end <= done:
+            if end < done:
+                truncated.append(p)
+                del applied[p]
+            else:
+                vouched.append(p)
+    return vouched, truncated

@@ -45,6 +45,7 @@ from apicache.ops.health import Readiness
 from apicache.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from apicache.ops.metrics import Metrics
 from apicache.store.eviction import acting_for
+from apicache.upstream.client import UpstreamError
 from apicache.upstream.requestheaders import CallerHeaders
 
 __all__ = ["CacheAPI", "ApiError", "allowed_methods"]
@@ -285,9 +286,14 @@ class CacheAPI:
         """
         resolved = self.resolver.resolve(request)
         if only_if_cached(request.requestHeaders.getRawHeaders(b"cache-control")):
-            return self._only_if_cached(request, resolved.tenant, resolved.route.type, resolved.key)
+            return self._only_if_cached(request, resolved.tenant, resolved.route.type, resolved.key, resolved.encoding)
         forwarded = self.caller_headers.of(request.requestHeaders, _traceparent(request), resolved.encoding)
-        fetch = FetchRequest(resolved.route.upstream_path(resolved.params, resolved.query), forwarded, resolved.encoding)
+        fetch = FetchRequest(
+            resolved.route.upstream_path(resolved.params, resolved.query),
+            forwarded,
+            resolved.encoding,
+            request.requestHeaders,
+        )
         cache = self.registry.cache(resolved.tenant, resolved.route.type)
         # what this request stores counts for its client (SPEC.md section 3)
         with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
@@ -297,7 +303,9 @@ class CacheAPI:
         # an upstream failure errbacks to the handle_errors handlers
         return result.addCallback(lambda r: write_result(request, r))
 
-    def _only_if_cached(self, request: ApiRequest, tenant: str, route_type: str, key: CacheKey) -> Any:
+    def _only_if_cached(
+        self, request: ApiRequest, tenant: str, route_type: str, key: CacheKey, encoding: bytes = b"identity"
+    ) -> Any:
         """
         Answer a GET or HEAD with ``Cache-Control: only-if-cached`` (RFC
         9111 section 5.2.1.7, SPEC.md section 3, v3) from what is stored,
@@ -315,7 +323,7 @@ class CacheAPI:
 
         # a copy loaded from Redis into this process counts for the client too
         with acting_for(self.keys.client(request.requestHeaders.getRawHeaders(b"api-key"))):
-            found = self.registry.cache(tenant, route_type).cached(key)
+            found = self.registry.cache(tenant, route_type).cached(key, request.requestHeaders, encoding)
         if isinstance(found, Deferred):
             return found.addCallback(answer)
         return answer(found)
@@ -370,6 +378,16 @@ class CacheAPI:
         """
         error = api_error(failure.value)  # type: ignore[arg-type]
         assert error is not None
+        e = failure.value
+        if isinstance(e, UpstreamError) and error.status in (502, 504):
+            # (v3) a route's upstream failure says what failed, as a miss
+            # whose forward failed (RFC 9211)
+            member = b"apicache; fwd=uri-miss; detail=%s" % e.detail.encode("ascii")
+            if e.status is not None:
+                member += b"; fwd-status=%d" % e.status
+            request.cache = "MISS"  # type: ignore[attr-defined]
+            request.setHeader(b"x-cache", b"MISS")
+            request.setHeader(b"cache-status", member)
         return refuse(request, error)
 
     @app.handle_errors(NotFound)

@@ -25,6 +25,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IListeningPort,
+    IPushProducer,
     IReactorTime,
     IStreamServerEndpoint,
     ITransport,
@@ -173,12 +174,18 @@ class ConnectionLimits:
     @ivar idle_timeout: seconds a keep-alive connection may sit idle
         between requests (twisted.web's C{timeOut}).
     @ivar max_body_bytes: the largest request body read.
+    @ivar body_timeout: seconds from the end of a request's head for its
+        body to arrive in full (v3).
+    @ivar max_write_buffer: bytes of answers waiting for a connection before
+        no more of its requests are read (v3).
     """
 
     max_connections: int = 0
     header_timeout: float = 10.0
     idle_timeout: float = 120.0
     max_body_bytes: int = 1048576
+    body_timeout: float = 30.0
+    max_write_buffer: int = 1048576
 
 
 def connection_limit(configured: int, open_files: int) -> int:
@@ -303,8 +310,11 @@ class ApiChannel(HTTPChannelInternals):
     An HTTP/1.1 channel with the limits of SPEC.md section 2: it keeps its
     transport in its site's L{ApiSite.connections} while it is connected
     (the count behind ``max_connections``, and what a shutdown closes),
-    closes a connection whose request head takes longer than
-    ``header_timeout`` from its first byte, and checks the ``api-key`` and
+    closes a connection whose first byte takes longer than
+    ``header_timeout`` to come (v3), or whose request head takes longer than
+    that from its first byte, answers ``408 body_timeout`` to a body not in
+    within ``body_timeout`` from the end of its head (v3), stops reading a
+    client that leaves ``max_write_buffer`` bytes unread (v3), and checks the ``api-key`` and
     the declared body length once the headers are in, before any body byte
     is read and before ``100 Continue`` is sent.
 
@@ -317,14 +327,15 @@ class ApiChannel(HTTPChannelInternals):
     declines is handed to twisted.web before any byte of it is consumed.
 
     @ivar refused: a refusal was written; nothing more is read.
-    @ivar write_blocked: the transport holds more than its C{bufferSize}
-        bytes of answers: no further request is parsed, and nothing more is
-        read, until the client has taken them.
+    @ivar write_blocked: the transport holds more than
+        ``server.max_write_buffer`` bytes of answers: no further request is
+        parsed, nothing more is read, until the client has taken them.
     @ivar peer: the client's address.
     """
 
     site: ApiSite
     refused = False
+    #: the transport holds ``server.max_write_buffer`` bytes: no request is parsed
     write_blocked = False
     peer: IAddress | None = None
     #: where the fast path writes this connection's answers (made on first use)
@@ -339,18 +350,34 @@ class ApiChannel(HTTPChannelInternals):
 
     _tracked: ITransport | None = None
     _head_deadline: IDelayedCall | None = None
+    _body_deadline: IDelayedCall | None = None
+    #: no byte has arrived yet: the head deadline runs from the connection
+    _silent = True
+    #: when the first byte of the request head being read arrived (the
+    #: duration logged for a request refused before routing)
+    _head_at = 0.0
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # (v3) the first byte, too, must arrive within header_timeout: a
+        # connection that sends nothing was held for the idle timeout
+        self._head_deadline = self.callLater(self.site.limits.header_timeout, self._head_too_slow)
+        self._head_at = self.site.clock.seconds()
         self._tracked = self.transport
         if self._tracked is not None:
             self.site.connections.add(self._tracked)
             self.peer = self._tracked.getPeer()
+            # A TCP transport pauses its streaming producer (this channel)
+            # while it holds more than bufferSize bytes, and resumes it once
+            # it holds none: that threshold is server.max_write_buffer.
+            if hasattr(self._tracked, "bufferSize"):
+                self._tracked.bufferSize = self.site.limits.max_write_buffer
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
         self.fast_answers = None
         self._stop_head_deadline()
+        self._stop_body_deadline()
         self._drop_unread()
         if self._tracked is not None:
             self.site.connections.discard(self._tracked)
@@ -364,6 +391,13 @@ class ApiChannel(HTTPChannelInternals):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             return
+        if self._silent and data:
+            # the first byte is in: what follows is the head's own deadline
+            self._silent = False
+            self._stop_head_deadline()
+        if data and not self._head_begun():
+            # a new request head begins with this read
+            self._head_at = self.site.clock.seconds()
         fast = self.site.fast_path
         if fast is not None and self._between_requests():
             if self.line_pending():
@@ -386,12 +420,12 @@ class ApiChannel(HTTPChannelInternals):
         if (
             self._head_deadline is None
             and not self.refused
+            # held back by a full write buffer: the client's to read first
+            and not self.write_blocked
             # line mode: between requests or within a head (a body is read,
             # and pipelined bytes held while a request is handled, in raw mode)
             and self.line_mode
-            # a request line came in (its request is queued) and its head was
-            # not checked yet, or a line is cut short
-            and ((self.requests and not self.requests[-1].head_checked) or self.line_pending())
+            and self._head_begun()
         ):
             # a request's head has begun and is not complete: its deadline
             # starts now, and unlike the idle timeout a byte now and then
@@ -414,6 +448,30 @@ class ApiChannel(HTTPChannelInternals):
             and self.transport is not None
             and not self.transport.disconnecting  # type: ignore[attr-defined]
         )
+
+    def _head_begun(self) -> bool:
+        """
+        Return whether a request's head is being read: a request line came
+        in (its request is queued) and its head was not checked yet, or a
+        line is cut short.
+        """
+        return bool((self.requests and not self.requests[-1].head_checked) or self.line_pending())
+
+    def lineReceived(self, line: bytes) -> None:
+        if not line.isascii() and not (self.requests and not self.requests[-1].head_checked):
+            # a request line (no head is being read): twisted.web refuses a
+            # request target that is not printable ASCII as unparsable; a
+            # raw byte outside ASCII in the query alone is the query's
+            # fault (SPEC.md section 4, v3)
+            parts = line.split(b" ")
+            if len(parts) == 3 and parts[1].partition(b"?")[0].isascii():
+                self.refuse(
+                    ApiError(400, "invalid_query", "the query string holds a byte outside ASCII that is not percent-encoded"),
+                    head=parts[0] == b"HEAD",
+                    line=(parts[0], parts[1]),
+                )
+                return
+        super().lineReceived(line)
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_malformed(f"a request line or header is longer than {self.MAX_LENGTH} bytes")
@@ -442,6 +500,7 @@ class ApiChannel(HTTPChannelInternals):
             self._wait_for_token(request, verified)
             return
         request.token_claims = verified  # type: ignore[attr-defined]
+        self._start_body_deadline()
         # now the request body may be read (twisted.web buffers it) and
         # ``Expect: 100-continue`` answered
         super().allHeadersReceived()
@@ -454,6 +513,13 @@ class ApiChannel(HTTPChannelInternals):
         if self._token_memo is None and self.site.verifier is not None:
             self._token_memo = TokenMemo()
         return self._token_memo
+
+    def _start_body_deadline(self) -> None:
+        if self.length != 0:
+            # (v3) a body (declared, or chunked: None) must be in within
+            # body_timeout from now, when it may be read, however slowly
+            # it trickles in
+            self._body_deadline = self.callLater(self.site.limits.body_timeout, self._body_too_slow)
 
     def _wait_for_token(self, request: Any, verified: Deferred[Claims]) -> None:
         """
@@ -488,12 +554,16 @@ class ApiChannel(HTTPChannelInternals):
                 self.refuse(ApiError(500, "internal_error", "an unexpected error occurred"))
             return
         request.token_claims = result
+        self._start_body_deadline()
         super().allHeadersReceived()
         if not waited:
             return
         if self._content_due:
             self._content_due = False
             self.allContentReceived()
+        if self.write_blocked:
+            # answers wait for the client: resumeProducing goes on
+            return
         self.paused = False
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
@@ -501,6 +571,7 @@ class ApiChannel(HTTPChannelInternals):
         self.dataReceived(b"")
 
     def allContentReceived(self) -> None:
+        self._stop_body_deadline()
         if self.refused:
             return
         if self._token_wait:
@@ -527,40 +598,68 @@ class ApiChannel(HTTPChannelInternals):
 
     def pauseProducing(self) -> None:
         """
-        Called by the transport when it holds more than its C{bufferSize}:
-        parse no further request (pipelined ones stay unparsed) until the
-        client has taken what is waiting.
+        Called by the transport when it holds more than
+        ``server.max_write_buffer`` bytes: parse no further request and read
+        nothing more from the connection until the client has taken them.
+
+        twisted.web alone pauses the transport only between requests: an
+        answer written in one go (the hit path, and every proxied answer,
+        L{apicache.http.writers.write_result}) finishes its request before
+        this returns, and the next pipelined request is parsed from what was
+        already read, so a client that pipelines and never reads made
+        apicache hold every answer.
         """
         self.write_blocked = True
         super().pauseProducing()
-        # LineReceiver's loop stops before its next line
+        # LineReceiver's loop stops before the next line: the requests
+        # already read stay unparsed in its buffer
         self.paused = True
+        # and stop reading even while a request is handled (twisted.web
+        # leaves the transport reading then); twisted.web resumes it when
+        # the transport drains or, if a request is in hand then, when that
+        # request is done
+        producer = IPushProducer(self.transport, None)
+        if producer is not None:
+            producer.pauseProducing()
 
     def resumeProducing(self) -> None:
         """
-        Called by the transport once it has sent what it held: parse the
-        requests held back, and read again.
+        Called by the transport once the client has taken what it held:
+        parse the requests held back, and read again.
         """
         self.write_blocked = False
         super().resumeProducing()
+        if self._token_wait:
+            # a head waits for its token: the connection stays unread until
+            # its verification goes on (twisted.web resumed the transport)
+            if self.transport is not None:
+                self.transport.pauseProducing()  # type: ignore[attr-defined]
+            return
         self.paused = False
+        # a client that takes max_write_buffer bytes is not idle: the idle
+        # timeout counts from here (a client that reads nothing still meets it)
+        self.resetTimeout()
         if self.line_pending() and not self.refused and self.transport is not None:
             self.dataReceived(b"")
 
     # -- refusing ----------------------------------------------------------
 
-    def refuse(self, error: ApiError, head: bool = False) -> None:
+    def refuse(self, error: ApiError, head: bool = False, line: tuple[bytes, bytes] | None = None) -> None:
         """
         Answer ``error`` as the API's JSON error, outside any request's
         processing, and close the connection once it is sent: the rest of
         the request (its body) is never read.
 
         @param head: answer without a body (a ``HEAD`` request).
+        @param line: the request's method and target, for its access line,
+            when twisted.web has not parsed its request line (default: the
+            one it parsed, if any).
         """
         if self.refused or self.transport is None:
             return
         self.refused = True
         self._stop_head_deadline()
+        self._stop_body_deadline()
         self._drop_unread()
         body = error_body(error.code, error.message)
         reason = RESPONSES.get(error.status, b"Error")
@@ -576,12 +675,18 @@ class ApiChannel(HTTPChannelInternals):
             lines.append(body)
         self.transport.write(b"".join(lines))
         headers = self.requests[-1].requestHeaders if self.requests else Headers()
-        line = self.request_line()
-        if line is None:
-            method, path = b"-", b"-"
-        else:
-            method, path = line[0], line[1].partition(b"?")[0]
-        self.site.refused(method, path, error.status, headers)
+        line = line or self.request_line()
+        method, target = line if line is not None else (b"-", b"-")
+        peer = self.transport.getPeer()
+        self.site.refused(
+            method,
+            target,
+            error.status,
+            headers,
+            client=getattr(peer, "host", None),
+            sent=0 if head else len(body),
+            duration=self.site.clock.seconds() - self._head_at,
+        )
         self.loseConnection()
 
     def _drop_unread(self) -> None:
@@ -609,6 +714,20 @@ class ApiChannel(HTTPChannelInternals):
             if self._head_deadline.active():
                 self._head_deadline.cancel()
             self._head_deadline = None
+
+    # -- the body deadline -------------------------------------------------
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        self.site.counters["body_timeouts"] += 1
+        timeout = self.site.limits.body_timeout
+        self.refuse(ApiError(408, "body_timeout", f"the request body did not arrive within {timeout:g} s"))
+
+    def _stop_body_deadline(self) -> None:
+        if self._body_deadline is not None:
+            if self._body_deadline.active():
+                self._body_deadline.cancel()
+            self._body_deadline = None
 
 
 class ApiSite(server.Site):
@@ -664,8 +783,8 @@ class ApiSite(server.Site):
         self.keys = keys or ApiKeys(())
         self.tenant_header = tenant_header
         self.verifier = verifier
-        #: connections refused past max_connections, request heads too slow
-        self.counters = {"connections_refused": 0, "head_timeouts": 0, "requests_refused": 0}
+        #: connections refused past max_connections, request heads and bodies too slow
+        self.counters = {"connections_refused": 0, "head_timeouts": 0, "body_timeouts": 0, "requests_refused": 0}
         self._refusal_logged = float("-inf")
         self.clock = clock
         self.tracer = tracer or Tracer()
@@ -725,14 +844,29 @@ class ApiSite(server.Site):
         yield GaugeMetricFamily("apicache_connections", "Inbound connections open.", value=len(self.connections))
         yield CounterMetricFamily("apicache_connections_refused", "Connections closed at once: server.max_connections were open.", value=c["connections_refused"])
         yield CounterMetricFamily("apicache_header_timeouts", "Connections closed: a request head took longer than server.header_timeout.", value=c["head_timeouts"])
+        yield CounterMetricFamily("apicache_body_timeouts", "Requests answered 408: a body took longer than server.body_timeout.", value=c["body_timeouts"])
         yield CounterMetricFamily("apicache_requests_refused", "Requests answered before their body was read (bad key, body too large, malformed).", value=c["requests_refused"])
         if self.fast_path is not None:
             yield CounterMetricFamily("apicache_fast_path_answers", "Hits answered on the fast path, from the connection's reads (every other request goes through twisted.web).", value=self.fast_path.answered)
 
-    def refused(self, method: bytes, path: bytes, status: int, headers: Headers) -> None:
+    def refused(
+        self,
+        method: bytes,
+        path: bytes,
+        status: int,
+        headers: Headers,
+        client: str | None = None,
+        sent: int = 0,
+        duration: float = 0.0,
+    ) -> None:
         """
         Count, trace and log (as the access log does) a request refused by
         its channel before it was processed.
+
+        @param path: the request target, its query included.
+        @param client: the client's address.
+        @param sent: bytes of body sent.
+        @param duration: seconds from the head's first byte to the refusal.
         """
         self.counters["requests_refused"] += 1
         if self.metrics is not None:
@@ -744,8 +878,8 @@ class ApiSite(server.Site):
         if self.access_log is not None:
             raw_path, _, query = path.partition(b"?")
             self.access_log.request(
-                self.clock.seconds(), method, raw_path, query, status, 0, 0.0, "-", "-", "-", None, trace.trace_id,
-                worker=self.worker,
+                self.clock.seconds(), method, raw_path, query, status, sent, duration, "-", "-", "-", client,
+                trace.trace_id, worker=self.worker,
             )
 
     def connection_closed(self) -> None:

@@ -133,7 +133,9 @@ class ApiFront(Resource):
             resolved = self._resolver.resolve(request)
         except DOMAIN_ERRORS:
             return None
-        result = self._registry.cache(resolved.tenant, resolved.route.type).hit(resolved.key)
+        result = self._registry.cache(resolved.tenant, resolved.route.type).hit(
+            resolved.key, request.requestHeaders, resolved.encoding
+        )
         if result is None:
             return None
         return write_result(request, result)

@@ -52,7 +52,8 @@ class Resolved:
     @ivar query: the canonical query string (``""`` without one).
     @ivar key: the cache key.
     @ivar encoding: the normalised ``Accept-Encoding`` (``gzip`` or
-        ``identity``), sent upstream and part of the key.
+        ``identity``), sent upstream; (v3) it selects among the key's
+        variants instead of keying (L{apicache.cache.variants}).
     """
 
     __slots__ = ("route", "params", "tenant", "query", "key", "encoding")
@@ -205,7 +206,7 @@ class Resolver:
             raw_query = request.uri.partition(b"?")[2]
             query = canonical_query(raw_query) if raw_query else ""
             encoding = normalise_accept_encoding(accept_encoding)
-            key = cache_key(tenant, route.config, params, query, keyed, encoding)
+            key = cache_key(tenant, route.config, params, query, keyed)
             found = Resolved(route, params, tenant, query, key, encoding)
             # only short requests are remembered: the memo's size stays a
             # small fixed overhead whatever callers send

@@ -205,8 +205,11 @@ def capture_stdlib_logging(level: str = "info") -> None:
 # -- the access log ------------------------------------------------------------
 
 #: Query parameters whose name holds one of these have their value written
-#: as ``***`` (SPEC.md section 4).
-_SECRET_PARAM = re.compile(r"token|key|secret|password|signature|auth", re.IGNORECASE)
+#: as ``***`` (SPEC.md section 4; v3: ``pass`` and ``jwt`` too, ``pass``
+#: covering ``password``).
+_SECRET_PARAM = re.compile(r"token|key|secret|pass|signature|auth|jwt", re.IGNORECASE)
+#: (v3) ``;`` separates parameters too, as some servers read it
+_SEPARATOR = re.compile(r"([&;])")
 #: The largest write of lines to a regular file opened for appending
 #: (L{AccessLog.flush}): fewer system calls than L{PIPE_BUF} bytes at a time.
 FILE_CHUNK = 65536
@@ -241,8 +244,8 @@ def redact_query(query: bytes, limit: int = QUERY_LOG_BYTES) -> str:
     """
     Return the first ``limit`` bytes of a raw query string for the access
     log, the value of every parameter whose (percent-decoded) name contains
-    ``token``, ``key``, ``secret``, ``password``, ``signature`` or ``auth``
-    replaced by ``***``.
+    ``token``, ``key``, ``secret``, ``pass``, ``signature``, ``auth`` or
+    ``jwt`` replaced by ``***``; parameters are separated by ``&`` or ``;``.
 
     Cut before it is redacted: a cut inside a name leaves no value to hide,
     a cut inside a value leaves a name that is still matched.
@@ -251,12 +254,13 @@ def redact_query(query: bytes, limit: int = QUERY_LOG_BYTES) -> str:
         return ""
     text = query[:limit].decode("utf-8", "replace")
     if "%" in text or "+" in text or _SECRET_PARAM.search(text) is not None:
-        parts = text.split("&")
-        for i, part in enumerate(parts):
-            name, eq, _ = part.partition("=")
+        # the separators are kept at the odd indexes
+        parts = _SEPARATOR.split(text)
+        for i in range(0, len(parts), 2):
+            name, eq, _ = parts[i].partition("=")
             if eq and _SECRET_PARAM.search(unquote_plus(name)) is not None:
                 parts[i] = f"{name}=***"
-        text = "&".join(parts)
+        text = "".join(parts)
     return text
 
 

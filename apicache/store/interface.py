@@ -13,8 +13,24 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
 from apicache.cache.keys import CacheKey
+from apicache.cache.variants import Variant
 
-__all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
+__all__ = [
+    "IStore",
+    "CachedResponse",
+    "CachedVariant",
+    "StoreUnavailable",
+    "ENTRY_OVERHEAD",
+    "VARIANT_OVERHEAD",
+    "DEFAULT_MAX_VARIANTS",
+    "Variants",
+]
+
+#: A key's stored variants (RFC 9111 section 4.1), most recently used first.
+Variants = tuple[Variant, ...]
+
+#: The route's C{max_variants} when none is given (SPEC.md section 2).
+DEFAULT_MAX_VARIANTS = 16
 
 #: Bytes charged for each entry on top of its body, headers and key: the
 #: Python objects that hold it (the key tuple, its parameter strings, the
@@ -25,6 +41,15 @@ __all__ = ["IStore", "CachedResponse", "StoreUnavailable", "ENTRY_OVERHEAD"]
 #: (485 with the LRU before it); 576 covers that, and the budget for
 #: bookkeeping is 640 (issue 14).
 ENTRY_OVERHEAD = 576
+#: Bytes charged on top of L{ENTRY_OVERHEAD} for an entry that is one of its
+#: key's variants (L{CachedVariant}): its L{Variant} record (a 16-byte
+#: selector, its date), its own key (the key's and the selector, a string of
+#: its own), its place in its key's list of variants and that list, the
+#: key the list is held under.  C{bench/run.py --memory-probe 100000
+#: --vary} measures 421 bytes more per entry than without C{Vary} (1033
+#: against 612, every key holding one variant: the most a variant costs).
+#: An entry that serves every request of its key costs nothing more.
+VARIANT_OVERHEAD = 432
 
 
 class StoreUnavailable(Exception):
@@ -56,6 +81,8 @@ class CachedResponse:
         revalidated it was sent (F of bounded staleness, SPEC.md section 5).
     @ivar tags: the tags it carries (L{apicache.cache.tags}); a purge of any of
         them drops it.
+    @ivar variant: (v3) C{None}: the answer serves every request of its
+        key.  A L{CachedVariant} is one of the variants of a key instead.
     """
 
     __slots__ = (
@@ -74,6 +101,10 @@ class CachedResponse:
         "sent_at",
         "tags",
     )
+
+    #: a class attribute, not a slot: an entry that serves every request
+    #: of its key (most do) pays nothing for variants
+    variant: Variant | None = None
 
     def __init__(
         self,
@@ -117,7 +148,7 @@ class CachedResponse:
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, CachedResponse):
             return NotImplemented
-        return all(getattr(self, s) == getattr(other, s) for s in self.__slots__)
+        return all(getattr(self, s) == getattr(other, s) for s in _FIELDS)
 
     def __repr__(self) -> str:
         return (
@@ -126,12 +157,42 @@ class CachedResponse:
         )
 
 
+class CachedVariant(CachedResponse):
+    """
+    (v3) A L{CachedResponse} that is one of the variants of a key whose
+    answers vary (C{Vary}, or a content coding: RFC 9111 section 4.1).
+
+    @ivar variant: what tells it apart from the key's other variants.
+    """
+
+    __slots__ = ("variant",)
+
+    def __init__(self, *args: Any, variant: Variant, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.variant = variant
+
+
+#: What L{CachedResponse.__eq__} compares.
+_FIELDS = (*CachedResponse.__slots__, "variant")
+
+
 class IStore(Interface):
     """
     A place to keep cached answers, bounded in bytes.
 
     Invalidation works on resources: ``(tenant, route, params)``, with every
     variant under it.  ``tenant=None`` means every tenant.
+
+    Variants (v3, RFC 9111 section 4.1): under one key a store holds
+    either one entry that serves every request (its C{variant} is
+    C{None}), or up to C{max_variants} entries whose C{variant} tells them
+    apart, each under the key L{apicache.cache.keys.variant_key} makes of
+    it and its selector.  :meth:`put` keeps that so: an entry that serves
+    every request replaces every variant of its key, a variant replaces
+    the entry that served every request, and past C{max_variants} the
+    least recently used variant goes.  :meth:`variants` and :meth:`load`
+    tell which variants a key holds; every invalidation of a resource
+    covers all of them.
 
     The race rule (SPEC.md section 3) is the store's: :meth:`begin` returns a
     token before a fetch starts, and :meth:`put` with that token stores
@@ -149,10 +210,27 @@ class IStore(Interface):
         Synchronous: the cache-hit path.
         """
 
-    def load(key: CacheKey) -> Deferred[CachedResponse | None]:
+    def load(key: CacheKey, max_variants: int = DEFAULT_MAX_VARIANTS) -> Deferred[CachedResponse | Variants | None]:
         """
-        Fire with the entry for ``key`` wherever it is held, or ``None``.
+        Fire with the entry for ``key`` wherever it is held, or ``None``;
+        for a key that holds variants, with its L{Variants} instead (then
+        load the one chosen by its L{apicache.cache.keys.variant_key}).
         Errback with L{StoreUnavailable}.
+
+        @param max_variants: the route's, for the copy a shared store keeps
+            in this process.
+        """
+
+    def variants(key: CacheKey) -> Variants:
+        """
+        Return the variants of ``key`` held in this process, most recently
+        used first (C{()} when none).  Synchronous: the cache-hit path.
+        """
+
+    def touch_variant(key: CacheKey, index: int) -> None:
+        """
+        Note that the variant at ``index`` of L{variants}C{(key)} was
+        served: it is now the most recently used.
         """
 
     def begin(key: CacheKey) -> Deferred[Any]:
@@ -161,11 +239,18 @@ class IStore(Interface):
         Errback with L{StoreUnavailable}.
         """
 
-    def put(key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+    def put(
+        key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
+    ) -> Deferred[bool]:
         """
         Store ``entry`` unless the resource changed since ``token`` was
         taken, or the entry is too big.  Fire with whether it was stored.
         Errback with L{StoreUnavailable}.
+
+        @param key: the key the fetch was for: a request's key, or one of
+            its variants' (the fetch's lock, if any, is released).  The
+            entry goes under the key its C{variant} says (see above).
+        @param max_variants: how many variants its key may hold.
         """
 
     def release(key: CacheKey, token: Any) -> None:
@@ -177,7 +262,8 @@ class IStore(Interface):
 
     def discard(key: CacheKey) -> Deferred[int]:
         """
-        Drop the one entry under ``key``.  Fire with the number dropped.
+        Drop the one entry under ``key`` (a variant's key drops that
+        variant).  Fire with the number dropped.
         """
 
     def invalidate(tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:

@@ -14,7 +14,9 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
 
-from apicache.cache.keys import CacheKey
+from apicache.cache.keys import CacheKey, base_key, variant_key
+from apicache.cache.variants import admit_variant
+from apicache.cache.variants import touch_variant as _touched
 from apicache.store.eviction import (
     ANONYMOUS,
     GHOST_SHARE,
@@ -26,7 +28,14 @@ from apicache.store.eviction import (
     TenantSizes,
     current_client,
 )
-from apicache.store.interface import ENTRY_OVERHEAD, CachedResponse, IStore
+from apicache.store.interface import (
+    DEFAULT_MAX_VARIANTS,
+    ENTRY_OVERHEAD,
+    VARIANT_OVERHEAD,
+    CachedResponse,
+    IStore,
+    Variants,
+)
 from apicache.store.tagindex import DROPPED, FRESH, TagIndex
 
 __all__ = ["MemoryStore", "EVICTION_REASONS"]
@@ -80,6 +89,11 @@ class MemoryStore:
     budget too; an entry leaves it whenever it leaves the store (evicted,
     expired, replaced, invalidated).
 
+    Variants (v3): each variant of a key is an entry of its own (its own
+    slot, charged L{VARIANT_OVERHEAD} more, evicted, expired and purged as
+    any other), and the key's list of them, most recently used first, is
+    kept beside; an entry leaving the store leaves its key's list.
+
     @param clock: tells which entries have expired, and spreads the freeing
         of a tag purge's entries over reactor turns; without one, "now" is
         the latest ``stored_at`` stored (never ahead of the real time) and
@@ -118,6 +132,9 @@ class MemoryStore:
         # has several variants), which counts in ENTRY_OVERHEAD.  Dropping
         # a resource for every tenant visits each tenant holding entries.
         self._index: dict[str, dict[str, dict[tuple[str, ...], CacheKey | set[CacheKey]]]] = {}
+        # key -> its variants, most recently used first (only keys whose
+        # answers vary have one; see IStore)
+        self._lists: dict[CacheKey, Variants] = {}
         self._bytes = 0
         self.evictions_by_reason = dict.fromkeys(EVICTION_REASONS, 0)
         self._hits = 0
@@ -162,8 +179,19 @@ class MemoryStore:
             entry.retry_at = 0.0
         return False
 
-    def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
-        return succeed(self.lookup(key))
+    def load(self, key: CacheKey, max_variants: int = DEFAULT_MAX_VARIANTS) -> Deferred[CachedResponse | Variants | None]:
+        found = self.lookup(key)
+        if found is None and key in self._lists:
+            return succeed(self._lists[key])
+        return succeed(found)
+
+    def variants(self, key: CacheKey) -> Variants:
+        return self._lists.get(key, ())
+
+    def touch_variant(self, key: CacheKey, index: int) -> None:
+        held = self._lists.get(key)
+        if held is not None and 0 < index < len(held):
+            self._lists[key] = _touched(held, index)
 
     # -- writing -----------------------------------------------------------
 
@@ -189,10 +217,19 @@ class MemoryStore:
             oldest = next(iter(self._changed))
             self._forgotten_epoch = self._changed.pop(oldest)
 
-    def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
-        return succeed(self.put_now(key, entry, token))
+    def put(
+        self, key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
+    ) -> Deferred[bool]:
+        return succeed(self.put_now(key, entry, token, max_variants=max_variants))
 
-    def put_now(self, key: CacheKey, entry: CachedResponse, token: int, client: int | None = None) -> bool:
+    def put_now(
+        self,
+        key: CacheKey,
+        entry: CachedResponse,
+        token: int,
+        client: int | None = None,
+        max_variants: int = DEFAULT_MAX_VARIANTS,
+    ) -> bool:
         """
         Like :meth:`put`, synchronously: return whether ``entry`` was stored.
 
@@ -205,11 +242,22 @@ class MemoryStore:
             return False
         if entry.stored_at > self._latest:
             self._latest = entry.stored_at
+        variant = entry.variant
+        base = key = base_key(key)
+        if variant is not None:
+            key = variant_key(base, variant.selector)
         size = self._charge(key, entry)
         # the old entry goes even when the new answer is too big to keep:
         # it is no longer the upstream's answer; a key stored again goes to
         # the main queue, as one the ghost remembers would
         seen = self._remove(key)
+        # an answer that serves every request supersedes its key's
+        # variants, and a variant the entry that served every request
+        if variant is None:
+            if base in self._lists:
+                self._drop_variants(base)
+        else:
+            self._remove(base)
         # SPEC.md section 2: the share of max_bytes limits the answer (body
         # and stored headers), not its bookkeeping; the budget still counts both
         if entry.size() > self.max_entry_bytes or size > self.max_bytes:
@@ -248,7 +296,37 @@ class MemoryStore:
             held.add(key)
         else:
             by_params[key.params] = {held, key}
+        if variant is not None:
+            kept, dropped = admit_variant(self._lists.get(base, ()), variant, max_variants)
+            self._lists[base] = kept
+            for gone in dropped:
+                self._remove(variant_key(base, gone.selector))
         return True
+
+    def _drop_variants(self, base: CacheKey) -> None:
+        """
+        Drop every variant of ``base`` (and so its list).
+        """
+        for v in self._lists.get(base, ()):
+            self._remove(variant_key(base, v.selector))
+        self._lists.pop(base, None)
+
+    def _unlist(self, key: CacheKey, entry: CachedResponse) -> None:
+        """
+        Take the variant ``entry``, leaving the store from under ``key``,
+        out of its key's list.
+        """
+        assert entry.variant is not None
+        base = base_key(key)
+        held = self._lists.get(base)
+        if held is None:
+            return
+        selector = entry.variant.selector
+        left = tuple([v for v in held if v.selector != selector])
+        if left:
+            self._lists[base] = left
+        else:
+            del self._lists[base]
 
     def _make_room(self, client: int, name: str, size: int) -> bool:
         """
@@ -346,7 +424,8 @@ class MemoryStore:
 
     @staticmethod
     def _charge(key: CacheKey, entry: CachedResponse) -> int:
-        return entry.size() + key.size() + ENTRY_OVERHEAD + TagIndex.charge(entry.tags)
+        size = entry.size() + key.size() + ENTRY_OVERHEAD + TagIndex.charge(entry.tags)
+        return size if entry.variant is None else size + VARIANT_OVERHEAD
 
     def _remove(self, key: CacheKey, on_wheel: bool = True) -> bool:
         """
@@ -371,8 +450,12 @@ class MemoryStore:
         """
         key = slot.key
         del self._slots[key]
-        if slot.entry is not None and slot.entry.tags:
-            self.tags.remove(key, slot.entry.tags)
+        entry = slot.entry
+        if entry is not None:
+            if entry.tags:
+                self.tags.remove(key, entry.tags)
+            if entry.variant is not None:
+                self._unlist(key, entry)
         slot.entry = None
         self._bytes -= slot.size
         share = tenant.client
@@ -460,6 +543,7 @@ class MemoryStore:
             self._wheel.clear()
             self._ghost = Ghost()
             self._index.clear()
+            self._lists.clear()
             self.tags.clear()
             self._bytes = 0
             return succeed(n)

@@ -16,7 +16,13 @@ from collections.abc import Sequence
 
 from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.error import ConnectError, ConnectingCancelledError, ConnectionDone, DNSLookupError
+from twisted.internet.error import (
+    ConnectError,
+    ConnectingCancelledError,
+    ConnectionDone,
+    ConnectionRefusedError,
+    DNSLookupError,
+)
 from twisted.internet.error import TimeoutError as ConnectTimeoutError
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -29,7 +35,7 @@ from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import Attribute, Interface, implementer
 
 from apicache._twisted import RequestNotSent
-from apicache.upstream.pool import TenantConnectionPool
+from apicache.upstream.pool import HeaderBlockTooLarge, TenantConnectionPool, UnknownTransferCoding
 
 __all__ = [
     "IUpstream",
@@ -51,9 +57,18 @@ class UpstreamError(Exception):
     @ivar sent: whether the request may have reached the upstream (a write
         lost after it was sent may have been applied: SPEC.md section 4
         invalidates then).  ``False`` only when it surely was not sent.
+    @ivar detail: the kind of failure, a token for the C{detail} of the
+        answer's C{Cache-Status} member (SPEC.md section 4, v3):
+        C{connection-refused}, C{dns-error}, C{connection-failed},
+        C{tls-error}, C{timeout}, C{too-large}, C{bad-response},
+        C{connection-closed}, C{overloaded}.
+    @ivar status: the upstream's status when its answer's head was read,
+        else C{None} (the member's C{fwd-status}).
     """
 
     sent = True
+    detail = "bad-response"
+    status: int | None = None
 
 
 class UpstreamUnreachable(UpstreamError):
@@ -63,9 +78,13 @@ class UpstreamUnreachable(UpstreamError):
 class BodyTooLarge(UpstreamUnreachable):
     """The answer's body is over ``max_body_bytes`` (502)."""
 
+    detail = "too-large"
+
 
 class UpstreamTimeout(UpstreamError):
     """No complete answer within ``upstream.timeout`` (504)."""
+
+    detail = "timeout"
 
 
 class Overloaded(UpstreamError):
@@ -81,6 +100,7 @@ class Overloaded(UpstreamError):
         self.tenant = tenant
 
     sent = False
+    detail = "overloaded"
 
 
 def _unsent(error: UpstreamError) -> UpstreamError:
@@ -153,9 +173,10 @@ class _BodyReader(Protocol):
     reading (and buffering) the rest.
     """
 
-    def __init__(self, limit: int, finished: Deferred[bytes]) -> None:
+    def __init__(self, limit: int, finished: Deferred[bytes], status: int | None = None) -> None:
         self.limit = limit
         self.finished = finished
+        self.status = status
         self.parts: list[bytes] = []
         self.size = 0
 
@@ -165,7 +186,9 @@ class _BodyReader(Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self.parts = []
-            self.finished.errback(BodyTooLarge(f"the answer is over {self.limit} bytes"))
+            error = BodyTooLarge(f"the answer is over {self.limit} bytes")
+            error.status = self.status
+            self.finished.errback(error)
             self.transport.stopProducing()  # type: ignore[union-attr]
             return
         self.parts.append(data)
@@ -177,7 +200,9 @@ class _BodyReader(Protocol):
             self.finished.callback(b"".join(self.parts))
         else:
             _log_detail("body cut short", reason.value)  # type: ignore[arg-type]
-            self.finished.errback(UpstreamUnreachable("the upstream closed the connection before the whole answer"))
+            error = UpstreamUnreachable("the upstream closed the connection before the whole answer")
+            error.detail, error.status = "connection-closed", self.status
+            self.finished.errback(error)
 
 
 def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
@@ -191,7 +216,7 @@ def read_body(response: IResponse, limit: int) -> Deferred[bytes]:
             reader.transport.stopProducing()  # type: ignore[attr-defined]
 
     finished: Deferred[bytes] = Deferred(cancel)
-    reader = _BodyReader(limit, finished)
+    reader = _BodyReader(limit, finished, response.code)
     response.deliverBody(reader)
     return finished
 
@@ -242,6 +267,8 @@ class UpstreamClient:
     @param tenant_max_in_flight: fetches of one tenant at once; 0: no limit
         but ``max_in_flight``.
     @param agent: for tests: used for every tenant instead of the pool.
+    @param max_header_bytes: the largest header block of an answer; past
+        it the fetch fails (502) and the connection is closed.
     """
 
     def __init__(
@@ -254,6 +281,7 @@ class UpstreamClient:
         max_in_flight: int,
         tenant_max_in_flight: int = 0,
         agent: IAgent | None = None,
+        max_header_bytes: int = 65536,
     ) -> None:
         self._clock = reactor
         self._base = base_url.rstrip("/").encode("ascii")
@@ -267,7 +295,9 @@ class UpstreamClient:
         per_tenant = max(1, max_connections // 4)
         if tenant_max_in_flight:
             per_tenant = min(per_tenant, tenant_max_in_flight)
-        self.pool = TenantConnectionPool(reactor, max_connections, per_tenant, idle_timeout=60)
+        self.pool = TenantConnectionPool(
+            reactor, max_connections, per_tenant, idle_timeout=60, max_header_bytes=max_header_bytes
+        )
         # Agent's default policy, made once: it verifies TLS certificates (service_identity)
         self._tls = BrowserLikePolicyForHTTPS()
         self._agent = agent
@@ -332,10 +362,10 @@ class UpstreamClient:
             raise _unsent(UpstreamTimeout(f"could not connect within {self._timeout:g} s")) from None
         except (ConnectError, DNSLookupError, RequestNotSent) as e:
             _log_detail("upstream request not sent", e)
-            raise _unsent(UpstreamUnreachable(_generic_message(e))) from None
+            raise _unsent(_unreachable(e)) from None
         except Exception as e:
             _log_detail("upstream fetch failed", e)
-            raise UpstreamUnreachable(_generic_message(e)) from None
+            raise _unreachable(e) from None
         headers = [(k.lower(), v) for k, vs in response.headers.getAllRawHeaders() for v in vs]
         # the upstream's Connection field, which Twisted keeps apart
         # (GuardedHTTP11ClientProtocol.request): the cache's header filter
@@ -381,12 +411,50 @@ def _reasons(e: BaseException) -> list[BaseException]:
     return [e] + [f.value for f in failures if isinstance(f, Failure) and f.value is not None]
 
 
+#: Twisted's exceptions for an answer that is not valid HTTP/1.1
+_BAD_HTTP = frozenset({"ParseError", "BadHeaders", "BadResponseVersion", "_WrongContentLength", "_MalformedChunkedDataError"})
+
+
+def _unreachable(e: BaseException) -> UpstreamUnreachable:
+    """
+    Return the L{UpstreamUnreachable} for ``e``: a fixed message
+    (L{_generic_message}) and the kind of failure in C{detail}.
+    """
+    error = UpstreamUnreachable(_generic_message(e))
+    error.detail = _detail(e)
+    return error
+
+
+def _detail(e: BaseException) -> str:
+    """
+    Return the kind of failure ``e`` is (L{UpstreamError.detail}).
+    """
+    causes = _reasons(e)
+    kinds = {type(c).__name__ for c in causes}
+    if any(isinstance(c, HeaderBlockTooLarge) for c in causes):
+        return "too-large"
+    if any(isinstance(c, UnknownTransferCoding) for c in causes) or kinds & _BAD_HTTP:
+        return "bad-response"
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection-refused"
+    if any(isinstance(c, DNSLookupError) for c in causes):
+        return "dns-error"
+    if "tls" in _generic_message(e).lower():
+        return "tls-error"
+    if any(isinstance(c, ConnectError) for c in causes):
+        return "connection-failed"
+    return "connection-closed"
+
+
 def _generic_message(e: BaseException) -> str:
     """
     Return a fixed text for ``e``, chosen by the kind of failure, never by
     the bytes the upstream sent.
     """
     causes = _reasons(e)
+    for c in causes:
+        if isinstance(c, (HeaderBlockTooLarge, UnknownTransferCoding)):
+            return str(c)  # fixed texts of our own
     try:
         from OpenSSL.SSL import Error as TLSError
 
@@ -401,7 +469,7 @@ def _generic_message(e: BaseException) -> str:
     if any(isinstance(c, ConnectError) for c in causes):
         return "could not connect to the upstream"
     names = {type(c).__name__ for c in causes}
-    if names & {"ParseError", "BadHeaders", "_WrongContentLength", "_MalformedChunkedDataError"}:
+    if names & _BAD_HTTP:
         return "the upstream's answer is not valid HTTP"
     return "the upstream closed the connection without a complete answer"
 

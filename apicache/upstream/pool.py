@@ -47,9 +47,21 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 
-from apicache._twisted import LeftoverAwareClientProtocol, RequestNotSent, connection_field
+from apicache._twisted import (
+    HeaderBlockTooLarge,
+    LeftoverAwareClientProtocol,
+    RequestNotSent,
+    UnknownTransferCoding,
+    bound_answer_parser,
+    connection_field,
+)
 
-__all__ = ["GuardedHTTP11ClientProtocol", "TenantConnectionPool"]
+__all__ = [
+    "GuardedHTTP11ClientProtocol",
+    "TenantConnectionPool",
+    "HeaderBlockTooLarge",
+    "UnknownTransferCoding",
+]
 
 #: (tenant, scheme, host, port)
 PoolKey = tuple[str, bytes, bytes, int]
@@ -64,6 +76,9 @@ class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
 
      - the bytes that followed the end of an answer (L{leftover}; Twisted
        ignores them) mark the connection unusable before the pool sees it.
+     - C{request} bounds the header block of the answer to
+       C{max_header_bytes} and refuses an unknown C{Transfer-Encoding}
+       (L{apicache._twisted.bound_answer_parser}).
      - C{dataReceived} while no request is in flight (Twisted fails on its
        missing parser and closes the connection some time later, leaving it in
        the pool meanwhile): here the connection is taken out of the pool at
@@ -77,9 +92,11 @@ class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
         self,
         quiescentCallback: Callable[[GuardedHTTP11ClientProtocol], None],
         lostCallback: Callable[[GuardedHTTP11ClientProtocol], None],
+        max_header_bytes: int = 65536,
     ) -> None:
         super().__init__(quiescentCallback)
         self._lost_callback = lostCallback
+        self._max_header_bytes = max_header_bytes
         self.reusable = True
 
     def leftover(self, rest: bytes) -> None:
@@ -109,14 +126,17 @@ class GuardedHTTP11ClientProtocol(LeftoverAwareClientProtocol):
 
     def request(self, request: Any) -> Deferred[Any]:
         """
-        Send ``request``; its answer carries, as C{connection_fields}, the
-        values of the upstream's C{Connection} field.  Twisted's parser
+        Send ``request``; its answer is read with its header block bounded
+        (L{apicache._twisted.bound_answer_parser}), and carries, as
+        C{connection_fields}, the values of the upstream's C{Connection}
+        field.  Twisted's parser
         keeps that field apart from the answer's headers
         (L{apicache._twisted.connection_field}), so the fields it names would
         otherwise be replayed to callers (SPEC.md section 3, v3: never, on
         misses and hits alike).
         """
         d: Deferred[Any] = super().request(request)
+        bound_answer_parser(self, self._max_header_bytes)
         fields = connection_field(self)
         if fields is not None:
             d.addCallback(_with_connection_fields, fields)
@@ -140,7 +160,9 @@ class _ConnectionFactory(Factory):
     def buildProtocol(self, addr: IAddress | None) -> GuardedHTTP11ClientProtocol:
         self._pool.opened += 1
         key = self._key
-        return GuardedHTTP11ClientProtocol(lambda p: self._pool._put(key, p), self._pool._forget)
+        return GuardedHTTP11ClientProtocol(
+            lambda p: self._pool._put(key, p), self._pool._forget, self._pool.max_header_bytes
+        )
 
 
 class _RetryOnce:
@@ -215,8 +237,14 @@ class TenantConnectionPool:
         max_idle: int,
         max_idle_per_tenant: int,
         idle_timeout: float = 60.0,
+        max_header_bytes: int = 65536,
     ) -> None:
+        """
+        @param max_header_bytes: the largest header block of an answer
+            (C{upstream.max_header_bytes}).
+        """
         self._clock = clock
+        self.max_header_bytes = max_header_bytes
         self.max_idle = max_idle
         self.max_idle_per_tenant = max_idle_per_tenant
         self.idle_timeout = idle_timeout

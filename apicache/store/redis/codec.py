@@ -12,7 +12,14 @@ no value can contain the ``:`` and ``,`` separators (see :func:`encode_key`)::
     P:T:<tenant>                              generation of a tenant
     P:A                                       generation of everything
     P:l:<tenant>:<route>:<params>:<variant>   coalescing lock (instance id)
+    P:v:<tenant>:<route>:<params>:<variant>   (v3) the variants of a key (see encode_variants)
     P:inv                                     pub/sub channel of invalidations
+
+A key whose answers vary (RFC 9111 section 4.1) holds no ``P:e:`` entry of
+its own: its variants are entries under the keys
+L{apicache.cache.keys.variant_key} makes (the key's ``<variant>`` followed
+by L{VARIANT_SUFFIX} and the selector in hex), listed in its ``P:v:`` key,
+which is in the resource set with them so that every invalidation drops it.
 
 and the tag keys (``P:n:``, ``P:z:``, ``P:Z:``, ``P:x:``/``P:X:``,
 ``P:y:``/``P:Y:``, ``P:p:``, ``P:seq``, ``P:L``) described in
@@ -25,12 +32,15 @@ import re
 import struct
 from urllib.parse import quote, unquote
 
-from apicache.cache.keys import CacheKey
+from apicache.cache.keys import VARIANT_MARK, CacheKey
+from apicache.cache.variants import Variant
 from apicache.cache.wire import header_block
-from apicache.store.interface import CachedResponse
+from apicache.store.interface import CachedResponse, CachedVariant, Variants
 
 __all__ = [
     "FORMAT_VERSION",
+    "VARIANT_FORMAT_VERSION",
+    "VARIANT_SUFFIX",
     "STALE_OFFSET",
     "encode_key",
     "encode_entry",
@@ -44,16 +54,27 @@ __all__ = [
     "tag_record_key",
     "encode_tag_record",
     "decode_tag_record",
+    "variants_key",
+    "encode_variant_record",
+    "decode_variants",
 ]
 
 #: The first byte of every stored value; a value of another version is a miss.
 FORMAT_VERSION = 3
+#: (v3) The first byte of a stored variant (L{CachedResponse.variant} set):
+#: the same format with the variant after the times.  Entries that serve
+#: every request keep L{FORMAT_VERSION}, so that those stored before
+#: variants existed are still read, and an older instance reads a variant
+#: as a miss.
+VARIANT_FORMAT_VERSION = 4
 #: Offset of the stale flag in a stored value (set in place by the change script).
 STALE_OFFSET = 1
 # version, stale, status, stored_at, expires_at, stale_until, swr_until,
 # keep_until, sent_at, no_cache, header count
 _HEAD = struct.Struct("!BBHddddddBH")
 _HEADER = struct.Struct("!HI")
+# a variant's selector, date and the length of its names (joined by ",")
+_VARIANT = struct.Struct("!16sdH")
 
 
 def encode_component(value: str) -> str:
@@ -116,12 +137,14 @@ def encode_entry(entry: CachedResponse) -> bytes:
     """
     Return ``entry`` in the stored format: a version byte, the stale flag,
     status, times (the upstream request's sending last), the no-cache
-    flag, headers, then the body.  The headers'
+    flag, the header count, (v3, a variant's) its selector, date and
+    names, the headers, then the body.  The headers'
     wire form (``head``) is not stored: it is rebuilt when loaded.
     """
+    variant = entry.variant
     parts = [
         _HEAD.pack(
-            FORMAT_VERSION,
+            FORMAT_VERSION if variant is None else VARIANT_FORMAT_VERSION,
             1 if entry.stale else 0,
             entry.status,
             entry.stored_at,
@@ -134,6 +157,10 @@ def encode_entry(entry: CachedResponse) -> bytes:
             len(entry.headers),
         )
     ]
+    if variant is not None:
+        names = b",".join(variant.vary)
+        parts.append(_VARIANT.pack(variant.selector, variant.date, len(names)))
+        parts.append(names)
     for name, value in entry.headers:
         parts.append(_HEADER.pack(len(name), len(value)))
         parts.append(name)
@@ -147,13 +174,21 @@ def decode_entry(data: bytes) -> CachedResponse | None:
     Return the entry stored as ``data``, or ``None`` if it is of another
     format version or damaged.
     """
-    if len(data) < _HEAD.size or data[0] != FORMAT_VERSION:
+    if len(data) < _HEAD.size or data[0] not in (FORMAT_VERSION, VARIANT_FORMAT_VERSION):
         return None
     try:
         _, stale, status, stored_at, expires_at, stale_until, swr_until, keep_until, sent_at, no_cache, n = (
             _HEAD.unpack_from(data)
         )
         pos = _HEAD.size
+        variant = None
+        if data[0] == VARIANT_FORMAT_VERSION:
+            selector, date, ln = _VARIANT.unpack_from(data, pos)
+            pos += _VARIANT.size
+            variant = _variant(selector, date, data[pos : pos + ln])
+            pos += ln
+            if variant is None:
+                return None
         headers = []
         for _ in range(n):
             ln, lv = _HEADER.unpack_from(data, pos)
@@ -167,10 +202,7 @@ def decode_entry(data: bytes) -> CachedResponse | None:
             return None
     except (struct.error, ValueError, TypeError, UnicodeError):
         return None
-    entry = CachedResponse(
-        status,
-        tuple(headers),
-        data[pos:],
+    fields = dict(
         stored_at=stored_at,
         expires_at=expires_at,
         stale_until=stale_until,
@@ -179,6 +211,11 @@ def decode_entry(data: bytes) -> CachedResponse | None:
         keep_until=keep_until,
         no_cache=bool(no_cache),
         sent_at=sent_at,
+    )
+    entry = (
+        CachedResponse(status, tuple(headers), data[pos:], **fields)
+        if variant is None
+        else CachedVariant(status, tuple(headers), data[pos:], variant=variant, **fields)
     )
     # the wire form is rebuilt once per load, not stored twice in Redis; an
     # entry that fails L{entry_problem} is never written, so it gets none
@@ -189,6 +226,20 @@ def decode_entry(data: bytes) -> CachedResponse | None:
 
 # RFC 9110 section 5.6.2: a field name is a token
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# a variant's names as stored: lower-case tokens (never a "," nor a space)
+_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+
+
+def _variant(selector: bytes, date: float, names: bytes) -> Variant | None:
+    """
+    Return the L{Variant} read from a stored value or list, or ``None`` if
+    its names are not lower-case field names, sorted, without repeats (what
+    L{apicache.cache.variants.parse_vary} makes), or there are none.
+    """
+    vary = tuple(names.split(b","))
+    if not all(_NAME.fullmatch(n) for n in vary) or list(vary) != sorted(set(vary)) or len(selector) != 16:
+        return None
+    return Variant(vary, selector, date)
 _UNSAFE_VALUE = re.compile(rb"[\r\n\x00]")
 #: Fields never stored (SPEC.md section 3, "Replayed headers"): the
 #: hop-by-hop ones, the framing apicache writes itself, cookies, and
@@ -278,3 +329,49 @@ def decode_tag_record(record: bytes | None) -> tuple[str, ...] | None:
         return tuple(unquote(t, errors="strict") for t in tags)
     except (UnicodeError, ValueError):
         return None
+
+
+#: What L{apicache.cache.keys.VARIANT_MARK} becomes in a Redis key: a
+#: variant's keys are its key's followed by this and the selector in hex
+#: (the scripts build them so).
+VARIANT_SUFFIX = encode_component(VARIANT_MARK)
+
+
+def variants_key(prefix: str, key: CacheKey) -> str:
+    """
+    Return the key of the list of ``key``'s variants (L{decode_variants}).
+    """
+    return f"{prefix}:v:{resource_name(key.tenant, key.route, key.params)}:{encode_component(key.variant)}"
+
+
+def encode_variant_record(variant: Variant) -> str:
+    """
+    Return the line of a variants list for ``variant``: its selector in hex
+    (32 characters, first: the scripts compare them), its date, its names
+    joined by ``,``.
+    """
+    return f"{variant.selector.hex()} {variant.date!r} {b','.join(variant.vary).decode('ascii')}"
+
+
+def decode_variants(data: bytes) -> Variants | None:
+    """
+    Return the variants a list holds, most recently used first, or
+    ``None`` when it is damaged or empty.  A list is ``V``, one byte the scripts
+    ignore (the change script sets byte 1 of every value of a resource
+    when it marks it stale), then a line per variant, each after a
+    newline (L{encode_variant_record}).
+    """
+    if data[:1] != b"V":
+        return None
+    found: list[Variant] = []
+    try:
+        for line in data[2:].split(b"\n")[1:]:
+            selector, date, names = line.split(b" ")
+            variant = _variant(bytes.fromhex(selector.decode("ascii")), float(date), names)
+            if variant is None or len(selector) != 32:
+                return None
+            found.append(variant)
+    except (ValueError, UnicodeError):
+        return None
+    # the scripts never write an empty list
+    return tuple(found) or None

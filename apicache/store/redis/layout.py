@@ -171,8 +171,8 @@ class BucketLayout:
         other component percent-encoded, so C{{*}} matches the tag only).
         """
         if tenant is None:
-            return f"{self.prefix}:{{*}}:[ertlnzZp]:*"
-        return f"{self.prefix}:{{*}}:[erlnz]:{encode_component(tenant)}:*"
+            return f"{self.prefix}:{{*}}:[ertlnzZpv]:*"
+        return f"{self.prefix}:{{*}}:[erlnzv]:{encode_component(tenant)}:*"
 
     def sweep_pattern(self) -> str:
         """
@@ -224,8 +224,8 @@ class SingleLayout:
 
     def clear_pattern(self, tenant: str | None) -> str:
         if tenant is None:
-            return f"{self.prefix}:[ertlnzZp]:*"
-        return f"{self.prefix}:[erlnz]:{encode_component(tenant)}:*"
+            return f"{self.prefix}:[ertlnzZpv]:*"
+        return f"{self.prefix}:[erlnzv]:{encode_component(tenant)}:*"
 
     def sweep_pattern(self) -> str:
         return f"{self.prefix}:[zZ]:*"

@@ -234,7 +234,7 @@ class ScaledRedisStore(RedisStore):
 
         async def change() -> int:
             replies = await self._each(
-                targets, scripts.CHANGE, keys, lambda t, ch: [mode, action, ch, message, _GENERATION_TTL], message
+                targets, scripts.CHANGE, keys, lambda t, ch: [mode, action, ch, message, _GENERATION_TTL, f"{t}:v:"], message
             )
             return sum(int(n) for n in replies)
 

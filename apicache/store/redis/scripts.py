@@ -6,6 +6,8 @@ L{apicache.store.redis.codec}.
 
 from __future__ import annotations
 
+from apicache.store.redis.codec import VARIANT_SUFFIX
+
 __all__ = [
     "PUT",
     "PUT_TAGGED",
@@ -26,9 +28,11 @@ __all__ = [
 # lock is released if this instance holds it.  The index sets (resource,
 # tenants) live at least as long as the entry, so an invalidation finds it.
 # An untagged entry drops the tag record a tagged one under the same key
-# left (it would make the new entry look purged).
-# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record
-# ARGV: 4 generation tokens, value, ttl ms, instance id
+# left (it would make the new entry look purged).  Then the variants of its
+# key (_VARIANTS).
+# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record,
+#       then _VARIANTS' three
+# ARGV: 4 generation tokens, value, ttl ms, instance id, then _VARIANTS' two
 # Returns 1 if stored, 0 if refused.
 # The race rule's check, shared by PUT and PUT_TAGGED: the four
 # generations (resource, resource for every tenant, tenant, everything) must
@@ -46,7 +50,53 @@ if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
 if not ok then return 0 end
 """
 
-PUT = _GENERATIONS_UNCHANGED + """local px = tonumber(ARGV[6])
+# (v3) Variants (RFC 9111 section 4.1, see codec): a key holds either its
+# own entry or a list of variants, each an entry under the key's entry key
+# followed by the suffix and its selector in hex (32 characters, the first
+# of its line in the list).  Storing an entry that serves every request
+# drops its key's variants and list; storing a variant drops the key's own
+# entry and puts the variant first in the list (replacing the one with its
+# selector), dropping those past the most allowed (least recently used
+# last).  The list lives as long as its longest-lived variant, and is in
+# the resource set, so that an invalidation drops it with them.
+# KEYS (the last three): the key's entry, its tag record, its variants list
+# ARGV (the last two): the variant's line in the list ('' for an entry that
+# serves every request), the most variants allowed
+_VARIANTS = """
+local vb, vn, vl = KEYS[#KEYS - 2], KEYS[#KEYS - 1], KEYS[#KEYS]
+local vrec, vmax = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV])
+local vold = redis.call('GET', vl)
+if vrec == '' then
+  if vold then
+    for h in string.gmatch(vold, '\\n(%x+)') do
+      redis.call('DEL', vb .. 'SUFFIX' .. h, vn .. 'SUFFIX' .. h)
+    end
+    redis.call('DEL', vl)
+  end
+else
+  redis.call('DEL', vb, vn)
+  local sel = string.sub(vrec, 1, 32)
+  local lines = {vrec}
+  if vold then
+    for line in string.gmatch(vold, '\\n([^\\n]+)') do
+      local h = string.sub(line, 1, 32)
+      if h ~= sel then
+        if #lines < vmax then
+          lines[#lines + 1] = line
+        else
+          redis.call('DEL', vb .. 'SUFFIX' .. h, vn .. 'SUFFIX' .. h)
+        end
+      end
+    end
+  end
+  local vpx = redis.call('PTTL', vl)
+  if vpx < tonumber(ARGV[6]) then vpx = tonumber(ARGV[6]) end
+  redis.call('SET', vl, 'V-\\n' .. table.concat(lines, '\\n'), 'PX', vpx)
+  redis.call('SADD', KEYS[2], vl)
+end
+""".replace("SUFFIX", VARIANT_SUFFIX)
+
+PUT = _GENERATIONS_UNCHANGED + _VARIANTS + """local px = tonumber(ARGV[6])
 redis.call('SET', KEYS[1], ARGV[5], 'PX', px)
 redis.call('DEL', KEYS[9])
 redis.call('SADD', KEYS[2], KEYS[1])
@@ -79,17 +129,18 @@ return 1
 # Store a tagged entry: PUT's checks, then every tag's generations must not
 # be newer than the fetch's sequence (the race rule for tags); then the tag
 # record and the sorted sets.  A few expired members are trimmed on the way.
-# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record, P:L
+# KEYS: entry, resource set, tenants set, g, G, T, A, lock, tag record, P:L,
+#       then _VARIANTS' three
 # ARGV: 4 generation tokens, value, ttl ms, instance id, sequence, prefix,
-#       tenant, tag...
+#       tenant, tag..., then _VARIANTS' two
 # Returns 1 if stored, 0 if refused.
 PUT_TAGGED = _GENERATIONS_UNCHANGED + """local seq = tonumber(ARGV[8])
 local p, t = ARGV[9], ARGV[10]
-for i = 11, #ARGV do
+for i = 11, #ARGV - 2 do
   local g = redis.call('MGET', p .. ':x:' .. t .. ':' .. ARGV[i], p .. ':X:' .. ARGV[i])
   if (g[1] and tonumber(g[1]) > seq) or (g[2] and tonumber(g[2]) > seq) then return 0 end
 end
-local px = tonumber(ARGV[6])
+""" + _VARIANTS + """local px = tonumber(ARGV[6])
 local now = redis.call('TIME')
 local nowms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local exp = nowms + px
@@ -100,7 +151,7 @@ for i = 2, 3 do
   if redis.call('PTTL', KEYS[i]) < px then redis.call('PEXPIRE', KEYS[i], px) end
 end
 local record = ARGV[8]
-for i = 11, #ARGV do
+for i = 11, #ARGV - 2 do
   record = record .. ' ' .. ARGV[i]
   local z = p .. ':z:' .. t .. ':' .. ARGV[i]
   redis.call('ZADD', z, exp, KEYS[1])
@@ -228,16 +279,36 @@ return n
 # A tagged entry is checked against its tags' generations first (see the
 # tags layout below): one purged since it was stored is deleted and reads
 # as missing; one refreshed since is returned as {3, ...}: serve it stale.
-# KEYS: entry, lock, tag record
-# ARGV: instance id, lock ttl ms (0: no locking), prefix, tenant
+# (v3) A key that holds variants (_VARIANTS) returns its list, {4, list},
+# without taking the lock (the caller loads the variant it chooses); a
+# variant read moves first in its key's list (least recently used last).
+# KEYS: entry, lock, tag record, the variants list of the key (of the
+#       variant's key, when reading a variant)
+# ARGV: instance id, lock ttl ms (0: no locking), prefix, tenant, the
+#       variant's selector in hex ('' when reading a key)
 # Returns {0, value, tag record or false} if there is a value (3: stale by
-# a tag); else {1} (the lock is ours, or locking is off: fetch) or {2}
-# (another instance holds it: wait).
+# a tag); {4, list}; else {1} (the lock is ours, or locking is off: fetch)
+# or {2} (another instance holds it: wait).
 GET_OR_LOCK = """
+local function touch(sel)
+  local l = redis.call('GET', KEYS[4])
+  if (not l) or string.sub(l, 4, 35) == sel then return end
+  local first, rest = nil, {}
+  for line in string.gmatch(l, '\\n([^\\n]+)') do
+    if string.sub(line, 1, 32) == sel then first = line else rest[#rest + 1] = line end
+  end
+  if first then
+    table.insert(rest, 1, first)
+    redis.call('SET', KEYS[4], string.sub(l, 1, 2) .. '\\n' .. table.concat(rest, '\\n'), 'KEEPTTL')
+  end
+end
 local v = redis.call('GET', KEYS[1])
 if v then
   local record = redis.call('GET', KEYS[3])
-  if not record then return {0, v, false} end
+  if not record then
+    if ARGV[5] ~= '' then touch(ARGV[5]) end
+    return {0, v, false}
+  end
   local verdict = 0
   local seq = nil
   local p, t = ARGV[3], ARGV[4]
@@ -256,8 +327,15 @@ if v then
       end
     end
   end
-  if verdict ~= 1 then return {verdict, v, record} end
+  if verdict ~= 1 then
+    if ARGV[5] ~= '' then touch(ARGV[5]) end
+    return {verdict, v, record}
+  end
   redis.call('DEL', KEYS[1], KEYS[3])
+end
+if ARGV[5] == '' then
+  local l = redis.call('GET', KEYS[4])
+  if l then return {4, l} end
 end
 if ARGV[2] == '0' then return {1} end
 local owner = redis.call('GET', KEYS[2])
@@ -284,9 +362,12 @@ return 0
 # the entry's expiry.  The invalidation is published on the channel from
 # inside the script, so every instance that is subscribed hears of every
 # change that happened.
+# A key's list of variants (P:v:, in the resource set with them) is dropped
+# with them, neither marked nor counted.
 # KEYS: generation, then either a resource set (one tenant) or the tenants set
 # ARGV: mode ('one' | 'all'), action ('drop' | 'stale'), channel (or '': see
-#       PURGE_TAG), message, generation ttl
+#       PURGE_TAG), message, generation ttl, the prefix of the lists of
+#       variants ('P:v:')
 # Returns the number of entries dropped or marked.
 CHANGE = """
 redis.call('INCR', KEYS[1])
@@ -296,7 +377,9 @@ if ARGV[1] == 'one' then sets = {KEYS[2]} else sets = redis.call('SMEMBERS', KEY
 local n = 0
 for _, s in ipairs(sets) do
   for _, k in ipairs(redis.call('SMEMBERS', s)) do
-    if ARGV[2] == 'drop' then
+    if string.sub(k, 1, #ARGV[6]) == ARGV[6] then
+      if ARGV[2] == 'drop' then redis.call('DEL', k) end
+    elseif ARGV[2] == 'drop' then
       n = n + redis.call('DEL', k)
     elseif redis.call('EXISTS', k) == 1 then
       redis.call('SETRANGE', k, 1, '\\1')

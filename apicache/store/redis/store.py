@@ -31,26 +31,29 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from apicache.cache.keys import CacheKey
+from apicache.cache.keys import VARIANT_MARK, CacheKey, base_key, variant_key
 from apicache.config import StoreConfig
 from apicache.store.eviction import current_client
-from apicache.store.interface import CachedResponse, IStore, StoreUnavailable
+from apicache.store.interface import DEFAULT_MAX_VARIANTS, CachedResponse, IStore, StoreUnavailable, Variants
 from apicache.store.memory import MemoryStore
 from apicache.store.redis import scripts
 from apicache.store.redis.address import parse_redis_url
 from apicache.store.redis.codec import (
     decode_entry,
     decode_tag_record,
+    decode_variants,
     encode_component,
     encode_entry,
     encode_key,
     encode_tag_record,
+    encode_variant_record,
     entry_problem,
     generation_keys,
     lock_key,
     resource_name,
     route_name,
     tag_record_key,
+    variants_key,
 )
 from apicache.store.redis.connection import PubSubProtocol, RedisCommands, RedisConnection
 from apicache.store.redis.watermarks import RedisWatermarks
@@ -154,7 +157,7 @@ class RedisStore:
         self._sweep = LoopingCall(self.sweep_tags)
         self._sweep.clock = self._clock
         self._sweep_cursor: bytes = b"0"
-        self._loading: dict[CacheKey, list[Deferred[CachedResponse | None]]] = {}
+        self._loading: dict[CacheKey, list[Deferred[CachedResponse | Variants | None]]] = {}
         self.commands, self.subscriber = self._connections(reactor, url)
 
     def _connections(self, reactor: IReactorTCP, url: str) -> tuple[Any, Any]:
@@ -296,15 +299,24 @@ class RedisStore:
     def lookup(self, key: CacheKey) -> CachedResponse | None:
         return self.local.lookup(key)
 
-    def load(self, key: CacheKey) -> Deferred[CachedResponse | None]:
+    def variants(self, key: CacheKey) -> Variants:
+        return self.local.variants(key)
+
+    def touch_variant(self, key: CacheKey, index: int) -> None:
+        # in Redis a variant moves first when it is loaded (GET_OR_LOCK)
+        self.local.touch_variant(key, index)
+
+    def load(self, key: CacheKey, max_variants: int = DEFAULT_MAX_VARIANTS) -> Deferred[CachedResponse | Variants | None]:
         """
         Fire with the entry in Redis (also kept in this process), or ``None``.
         When another instance is fetching that key (it holds the lock), wait
         for its answer up to ``lock_ttl``.  Concurrent loads of one key share
-        one round trip.
+        one round trip.  A key that holds variants fires with them (no lock
+        is taken: the caller loads the variant it chooses, which is locked
+        if missing).
         """
         waiters = self._loading.get(key)
-        mine: Deferred[CachedResponse | None] = Deferred()
+        mine: Deferred[CachedResponse | Variants | None] = Deferred()
         if waiters is not None:
             waiters.append(mine)
             return mine
@@ -320,10 +332,10 @@ class RedisStore:
                 else:
                     w.callback(outcome)
 
-        Deferred.fromCoroutine(self._load(key)).addBoth(settle)
+        Deferred.fromCoroutine(self._load(key, max_variants)).addBoth(settle)
         return mine
 
-    async def _load(self, key: CacheKey) -> CachedResponse | None:
+    async def _load(self, key: CacheKey, max_variants: int) -> CachedResponse | Variants | None:
         local_token = self._local_token()
         # the copy kept here counts for the client whose request loaded it
         client = current_client()
@@ -331,14 +343,22 @@ class RedisStore:
         rkey = encode_key(p, key)
         lock_ms = int(self.lock_ttl * 1000)
         deadline = self._clock.seconds() + self.lock_ttl
+        base = base_key(key)
+        # a variant's selector, in hex ("" for a key)
+        selector = key.variant[len(base.variant) + len(VARIANT_MARK) :] if base is not key else ""
         while True:
             reply = await self.commands.eval(
                 scripts.GET_OR_LOCK,
-                [rkey, lock_key(p, key), tag_record_key(p, key)],
-                [self.instance, lock_ms, p, encode_component(key.tenant)],
+                [rkey, lock_key(p, key), tag_record_key(p, key), variants_key(p, base)],
+                [self.instance, lock_ms, p, encode_component(key.tenant), selector],
             )
+            if reply[0] == 4:
+                variants = decode_variants(reply[1])
+                if variants is None:
+                    self._bad(variants_key(p, base), "a damaged list of variants")
+                return variants
             if reply[0] == 0 or reply[0] == 3:
-                entry = self._checked(rkey, decode_entry(reply[1]))
+                entry = self._checked(rkey, decode_entry(reply[1]), selector)
                 # (a Lua nil at the end of a table is left out of the reply)
                 tags = decode_tag_record(reply[2] if len(reply) > 2 else None)
                 if entry is not None and tags is None:
@@ -350,7 +370,7 @@ class RedisStore:
                         # a refresh of one of its tags came after it was stored
                         entry.stale = True
                         entry.retry_at = 0.0
-                    self.local.put_now(key, entry, local_token, client)
+                    self.local.put_now(key, entry, local_token, client, max_variants)
                 return entry
             if reply[0] == 1 or self._clock.seconds() >= deadline:
                 # ours to fetch (or waited long enough: fetch anyway)
@@ -359,16 +379,21 @@ class RedisStore:
             self.counters["coalesce_waits"] += 1
             await deferLater(self._clock, _POLL_INTERVAL, lambda: None)
 
-    def _checked(self, rkey: str, entry: CachedResponse | None) -> CachedResponse | None:
+    def _checked(self, rkey: str, entry: CachedResponse | None, selector: str = "") -> CachedResponse | None:
         """
-        Return ``entry`` if it may be replayed (L{entry_problem}), else
-        ``None`` (a miss), counted and logged once per key.
+        Return ``entry`` if it may be replayed (L{entry_problem}) and is
+        what its key holds (a variant under the key of its ``selector``,
+        or an entry that serves every request under a request's key),
+        else ``None`` (a miss), counted and logged once per key.
         """
         if entry is None:
             return None
         problem = entry_problem(entry)
         if problem is None:
-            return entry
+            held = entry.variant.selector.hex() if entry.variant is not None else ""
+            if held == selector:
+                return entry
+            problem = "an entry under another key's name"
         self._bad(rkey, problem)
         return None
 
@@ -402,7 +427,9 @@ class RedisStore:
         )
         return d
 
-    def put(self, key: CacheKey, entry: CachedResponse, token: Any) -> Deferred[bool]:
+    def put(
+        self, key: CacheKey, entry: CachedResponse, token: Any, max_variants: int = DEFAULT_MAX_VARIANTS
+    ) -> Deferred[bool]:
         gens, seq, local_token, began = token
         # read now: Redis answers in another context (SPEC.md section 3, fair share)
         client = current_client()
@@ -418,26 +445,34 @@ class RedisStore:
                 self.counters["too_big"] += 1
             return succeed(False)
         p = self._at(key)
+        # the entry goes under its variant's key (or its key's own); the
+        # lock released is the fetch's
+        base = base_key(key)
+        target = base if entry.variant is None else variant_key(base, entry.variant.selector)
         keys = [
-            encode_key(p, key),
+            encode_key(p, target),
             f"{p}:r:{resource_name(key.tenant, key.route, key.params)}",
             f"{p}:t:{route_name(key.route, key.params)}",
             *generation_keys(p, key),
             lock_key(p, key),
-            tag_record_key(p, key),
+            tag_record_key(p, target),
         ]
+        variants_keys = [encode_key(p, base), tag_record_key(p, base), variants_key(p, base)]
+        record = "" if entry.variant is None else encode_variant_record(entry.variant)
         if entry.tags:
             keys.append(f"{p}:L")
             args = [*gens, value, ttl_ms, self.instance, *encode_tag_record(seq, entry.tags)]
             args[8:8] = [p, encode_component(key.tenant)]
-            d = self.commands.eval(scripts.PUT_TAGGED, keys, args)
+            d = self.commands.eval(scripts.PUT_TAGGED, keys + variants_keys, [*args, record, max_variants])
         else:
-            d = self.commands.eval(scripts.PUT, keys, [*gens, value, ttl_ms, self.instance])
+            d = self.commands.eval(
+                scripts.PUT, keys + variants_keys, [*gens, value, ttl_ms, self.instance, record, max_variants]
+            )
 
         def stored(n: int) -> bool:
             if n != 1:
                 return False
-            self.local.put_now(key, entry, local_token, client)
+            self.local.put_now(key, entry, local_token, client, max_variants)
             return True
 
         return d.addCallback(stored)
@@ -470,7 +505,9 @@ class RedisStore:
             keys = [f"{p}:g:{res}", f"{p}:r:{res}"]
             mode = "one"
         message = self._publish_message("s" if action == "stale" else "i", tenant, route, list(params))
-        return self.commands.eval(scripts.CHANGE, keys, [mode, action, self.channel, message, _GENERATION_TTL])
+        return self.commands.eval(
+            scripts.CHANGE, keys, [mode, action, self.channel, message, _GENERATION_TTL, f"{p}:v:"]
+        )
 
     def invalidate(self, tenant: str | None, route: str, params: tuple[str, ...]) -> Deferred[int]:
         # dropped here at once, whatever Redis says: never serve it again
@@ -494,9 +531,9 @@ class RedisStore:
         # SCAN, not KEYS nor FLUSHDB: only our prefix, without blocking Redis
         # one pass over the keyspace; generations stay (they only grow)
         if tenant is None:
-            patterns = [f"{p}:[ertlnzZp]:*"]
+            patterns = [f"{p}:[ertlnzZpv]:*"]
         else:
-            patterns = [f"{p}:[erlnz]:{encode_component(tenant)}:*"]
+            patterns = [f"{p}:[erlnzv]:{encode_component(tenant)}:*"]
         entry_prefix = f"{p}:e:".encode()
         n = 0
         for pattern in patterns:
