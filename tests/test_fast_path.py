@@ -655,3 +655,20 @@ def test_fast_answers_are_counted_in_the_metrics():
     text = w.api.metrics.scrape()
     text = text if isinstance(text, bytes) else text.encode()
     assert b"apicache_fast_path_answers_total 3.0" in text
+
+
+def test_a_fast_hit_as_the_first_read_stops_the_first_byte_deadline():
+    w = World(True)
+    protocol, transport = w.connect()
+    protocol.dataReceived(HITS["get"])
+    w.clock.advance(15)  # past header_timeout, within idle_timeout
+    assert not transport.disconnecting
+    assert answered_fast(w) == 1
+
+
+def test_a_connection_that_sends_nothing_is_closed_alike():
+    fast, slow = World(True), World(False)
+    for w in (fast, slow):
+        _, transport = w.connect()
+        w.clock.advance(11)
+        assert transport.disconnecting
