@@ -395,12 +395,11 @@ class ApiChannel(HTTPChannelInternals):
             # the first byte is in: what follows is the head's own deadline
             self._silent = False
             self._stop_head_deadline()
-        if data and not self._head_begun():
-            # a new request head begins with this read
-            self._head_at = self.site.clock.seconds()
         fast = self.site.fast_path
         if fast is not None and self._between_requests():
-            if self.line_pending():
+            # no request is queued: a head has begun only if bytes of it are held
+            held = self.line_pending()
+            if held:
                 # the beginning of the next request: held back while the
                 # client was not reading (write_blocked), or cut short
                 data = self.take_unparsed() + data
@@ -409,13 +408,19 @@ class ApiChannel(HTTPChannelInternals):
             if left is not data and self._head_deadline is not None:
                 # a head begun in an earlier read was completed and answered
                 self._stop_head_deadline()
-            data = left
             if self.write_blocked:
                 # parse nothing more until the client reads (resumeProducing)
-                self.hold_unparsed(data)
+                self.hold_unparsed(left)
                 return
-            if not data:
+            if not left:
                 return
+            if left is not data or not held:
+                # a new request head begins with what is left
+                self._head_at = self.site.clock.seconds()
+            data = left
+        elif data and not self._head_begun():
+            # a new request head begins with this read
+            self._head_at = self.site.clock.seconds()
         super().dataReceived(data)
         if (
             self._head_deadline is None

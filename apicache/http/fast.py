@@ -37,10 +37,10 @@ from apicache.auth.tokens import Claims, TokenRefused
 from apicache.cache.wire import canonical_name
 from apicache.http.channel import check_head, request_token, token_needed
 from apicache.http.front import ApiFront
+from apicache.ops.tracing import RequestTrace, Tracer
 
 if TYPE_CHECKING:
     from apicache.http.channel import ApiChannel, ApiSite
-    from apicache.ops.tracing import RequestTrace
 
 __all__ = ["FastPath", "FastRequest", "Head", "parse_head", "MAX_HEAD_BYTES", "MAX_HEADER_LINES"]
 
@@ -287,10 +287,14 @@ class FastRequest:
         """
         self.finished = True
         site = self.channel.site
-        # the span starts and ends here: nothing of a hit is traced in
-        # between (no log line, no upstream call), and a request the fast
-        # path declines must not have opened one
-        self.trace = site.tracer.start(self.requestHeaders, "apicache")
+        tracer = site.tracer
+        if site.access_log is not None or type(tracer) is not Tracer:
+            # the span starts and ends here: nothing of a hit is traced in
+            # between (no log line, no upstream call), and a request the
+            # fast path declines must not have opened one.  (A plain Tracer
+            # exports nothing: without an access line to write its trace id
+            # into, nothing would read the trace.)
+            self.trace = tracer.start(self.requestHeaders, "apicache")
         site.request_done(self)  # type: ignore[arg-type]
 
 
