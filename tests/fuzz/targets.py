@@ -475,9 +475,9 @@ class _RecordingStore(MemoryStore):
         super().__init__(max_bytes)
         self.stored: list[CachedResponse] = []
 
-    def put(self, key: Any, entry: CachedResponse, token: Any) -> Any:
+    def put(self, key: Any, entry: CachedResponse, token: Any, *args: Any, **kwargs: Any) -> Any:
         self.stored.append(entry)
-        return super().put(key, entry, token)
+        return super().put(key, entry, token, *args, **kwargs)
 
 
 def _check_answer(out: bytes, method: bytes) -> int:
