@@ -829,23 +829,10 @@ class TenantCache:
         keep_until = max(stale_until, swr_until)
         if self.route.keep and validators(headers):
             keep_until = max(keep_until, expires + self.route.keep)
-        if variant is not None:
-            return CachedVariant(
-                status,
-                shared,
-                body,
-                stored_at=born,
-                expires_at=expires,
-                stale_until=stale_until,
-                head=head,
-                swr_until=swr_until,
-                keep_until=keep_until,
-                no_cache=f.no_cache,
-                sent_at=sent,
-                tags=tags,
-                variant=variant,
-            )
-        return CachedResponse(
+        # a variant is the same entry with its selector (CachedVariant), so
+        # that a plain entry pays nothing for variants
+        extra: dict[str, Any] = {} if variant is None else {"variant": variant}
+        return (CachedResponse if variant is None else CachedVariant)(
             status,
             shared,
             body,
@@ -858,6 +845,7 @@ class TenantCache:
             no_cache=f.no_cache,
             sent_at=sent,
             tags=tags,
+            **extra,
         )
 
     def _revalidate(self, key: CacheKey, request: FetchRequest, entry: CachedResponse, now: float) -> None:
