@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import socket
+import time
 
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -257,6 +258,76 @@ def test_send_now_queues_what_a_full_socket_does_not_take():
     finally:
         client.close()
         server.socket.close()
+
+
+def test_bound_writes_pauses_past_the_limit_and_reads_64_kib_at_a_time():
+    """
+    bound_writes: the producer pauses once more than max_write_buffer bytes
+    wait, and a read still asks recv for READ_SIZE bytes only (Twisted's
+    doRead asks for bufferSize, the same attribute).
+    """
+    from apicache._twisted import READ_SIZE, ReadSizedServer, bound_writes
+
+    server, client = _tcp_pair()
+    received = []
+    server.protocol.dataReceived = received.append
+    asked = []
+
+    class Socket:
+        def __init__(self, real):
+            self.real = real
+
+        def recv(self, n):
+            asked.append(n)
+            return self.real.recv(n)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
+    try:
+        bound_writes(server, 1 << 20)
+        assert type(server) is ReadSizedServer and server.bufferSize == 1 << 20
+        server.socket = Socket(server.socket)
+        client.sendall(b"x" * 10)
+        for _ in range(100):
+            server.doRead()
+            if received:
+                break
+            time.sleep(0.01)
+        assert received == [b"x" * 10] and asked[0] == READ_SIZE == 65536
+
+        paused = []
+
+        class Producer:
+            def pauseProducing(self):
+                paused.append(True)
+
+            def resumeProducing(self):
+                pass
+
+            def stopProducing(self):
+                pass
+
+        server.registerProducer(Producer(), True)
+        server.write(b"y" * (1 << 20))
+        assert not paused  # not more than the limit
+        server.write(b"y")
+        assert paused
+        # send_now knows it for a plain TCP transport: sent at once
+        server.unregisterProducer()
+        server.dataBuffer, server._tempDataBuffer, server._tempDataLen = b"", [], 0
+        assert send_now(server, b"now")
+    finally:
+        client.close()
+        server.socket.close()
+
+
+def test_bound_writes_leaves_a_transport_without_buffer_size_alone():
+    from apicache._twisted import bound_writes
+
+    transport = StringTransport()
+    bound_writes(transport, 10)
+    assert type(transport) is StringTransport
 
 
 def test_send_now_writes_through_the_transport_elsewhere():

@@ -38,7 +38,7 @@ from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 
-from apicache._twisted import HTTPChannelInternals, raw_headers
+from apicache._twisted import HTTPChannelInternals, bound_writes, raw_headers
 from apicache.auth.apikey import ApiKeys
 from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier, bearer_token
 from apicache.cache.routes import RESERVED_PATHS
@@ -368,10 +368,9 @@ class ApiChannel(HTTPChannelInternals):
             self.site.connections.add(self._tracked)
             self.peer = self._tracked.getPeer()
             # A TCP transport pauses its streaming producer (this channel)
-            # while it holds more than bufferSize bytes, and resumes it once
-            # it holds none: that threshold is server.max_write_buffer.
-            if hasattr(self._tracked, "bufferSize"):
-                self._tracked.bufferSize = self.site.limits.max_write_buffer
+            # while it holds more than server.max_write_buffer bytes, and
+            # resumes it once it holds none
+            bound_writes(self._tracked, self.site.limits.max_write_buffer)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
