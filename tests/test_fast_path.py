@@ -635,6 +635,60 @@ def test_with_auth_an_expired_remembered_token_is_left_to_twisted_web():
     assert answered_fast(fast) == 0
 
 
+def test_with_auth_a_remembered_head_whose_token_expired_is_left_to_twisted_web():
+    """
+    A head answered as a hit is remembered by its bytes (a Plan): the same
+    bytes again are answered without parsing them, but the token's verdict
+    is asked for every time.
+    """
+    data = request(headers=(K1, T1, signed(zid="t1")))
+    fast, slow = World(True, auth=True), World(False, auth=True)
+    outs = []
+    for world in (fast, slow):
+        first = world.exchange([data + data])
+        world.clock.advance(3600)  # the token is valid ten minutes
+        outs.append((first, world.exchange([data])))
+    assert outs[0] == outs[1]
+    assert outs[0][1][0].startswith(b"HTTP/1.1 401")
+    assert fast.counts() == slow.counts()
+    assert fast.log_lines() == slow.log_lines()
+    assert answered_fast(fast) == 2
+    assert len(fast.site.fast_path._plans) == 1
+
+
+def test_a_remembered_head_is_answered_only_while_its_entry_is_fresh():
+    """
+    A Plan holds the resolution, never the answer: once the entry is stale
+    the same bytes go to twisted.web (a miss), and the next are a hit again.
+    """
+    data = request(target=b"/server/object(5)/header")
+    fast, slow = World(True), World(False)
+    outs = []
+    for world in (fast, slow):
+        first = world.exchange([data, data, data])  # a miss, then two hits
+        world.clock.advance(61)  # ttl 60
+        outs.append((first, world.exchange([data, data])))
+    assert outs[0] == outs[1]
+    assert outs[0][0][0].count(b"X-Cache: MISS") == 1 and outs[0][0][0].count(b"X-Cache: HIT") == 2
+    assert outs[0][1][0].count(b"X-Cache: MISS") == 1 and outs[0][1][0].count(b"X-Cache: HIT") == 1
+    assert fast.counts() == slow.counts()
+    assert fast.log_lines() == slow.log_lines()
+    assert answered_fast(fast) == 3
+
+
+def test_remembered_heads_are_bounded():
+    from apicache.http.fast import PLAN_HEAD_BYTES, PLANS_MAX
+
+    w = World(True)
+    protocol, transport = w.connect()
+    for i in range(PLANS_MAX + 5):
+        protocol.dataReceived(request(target=OBJ + b"?a=1", headers=(K1, T1, (b"x-n", b"%d" % i))))
+    protocol.dataReceived(request(headers=(K1, T1, (b"x-long", b"a" * PLAN_HEAD_BYTES))))
+    assert transport.value().count(b"X-Cache: HIT") == PLANS_MAX + 6
+    assert 0 < len(w.site.fast_path._plans) <= PLANS_MAX
+    assert all(len(raw) <= PLAN_HEAD_BYTES for raw in w.site.fast_path._plans)
+
+
 _T1_TOKEN = b"authorization: Bearer " + SIGNER.token(zid="t1")
 
 

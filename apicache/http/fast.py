@@ -37,12 +37,14 @@ from apicache.auth.tokens import Claims, TokenRefused
 from apicache.cache.wire import canonical_name
 from apicache.http.channel import check_head, request_token, token_needed
 from apicache.http.front import ApiFront
+from apicache.http.resolve import Resolved
+from apicache.http.writers import write_result
 from apicache.ops.tracing import RequestTrace, Tracer
 
 if TYPE_CHECKING:
     from apicache.http.channel import ApiChannel, ApiSite
 
-__all__ = ["FastPath", "FastRequest", "Head", "parse_head", "MAX_HEAD_BYTES", "MAX_HEADER_LINES"]
+__all__ = ["FastPath", "FastRequest", "Head", "Plan", "parse_head", "MAX_HEAD_BYTES", "MAX_HEADER_LINES", "PLANS_MAX"]
 
 #: Heads longer than this are left to twisted.web (its limits are larger:
 #: 16 KiB a line and a head, so whatever it refuses is never taken here).
@@ -239,12 +241,14 @@ class FastRequest:
     #: the checks before routing passed (see L{FastPath.answer})
     head_checked = True
 
-    def __init__(self, channel: _Answers, head: Head, started: float, client: Any) -> None:
+    def __init__(
+        self, channel: _Answers, method: bytes, uri: bytes, path: bytes, headers: Headers, started: float, client: Any
+    ) -> None:
         self.channel = channel
-        self.method = head.method
-        self.uri = head.target
-        self.path = head.target.partition(b"?")[0]
-        self.requestHeaders = headers_over(head.headers)
+        self.method = method
+        self.uri = uri
+        self.path = path
+        self.requestHeaders = headers
         self.responseHeaders = Headers()
         self.started = started
         self.client = client
@@ -298,16 +302,55 @@ class FastRequest:
         site.request_done(self)  # type: ignore[arg-type]
 
 
+class Plan:
+    """
+    What a request head answered as a hit resolved to, remembered by the
+    head's bytes (L{FastPath}): the same bytes again pass the same checks
+    and resolve alike (the api-keys, the routes and the resolution are
+    fixed for the process; what the bytes say does not change), so only
+    what can change is done again: the bearer token's verdict (expiry, key
+    set), the store's lookup and freshness, the answer.
+
+    @ivar resolved: the resolution (read-only, as the resolver's memo).
+    @ivar headers: the request's header table (read-only: the hit path
+        reads request headers, never writes them).
+    @ivar token: the bearer token to ask the verifier about, or ``None``.
+    """
+
+    __slots__ = ("method", "target", "path", "headers", "resolved", "token")
+
+    def __init__(
+        self, method: bytes, target: bytes, path: bytes, headers: Headers, resolved: Resolved, token: bytes | None
+    ) -> None:
+        self.method = method
+        self.target = target
+        self.path = path
+        self.headers = headers
+        self.resolved = resolved
+        self.token = token
+
+
+#: How many request heads answered as hits are remembered (L{Plan}), then
+#: forgotten at once; and the longest head remembered.  At most about
+#: 1024 x 3 KiB: a fixed overhead, whatever clients send.
+PLANS_MAX = 1024
+PLAN_HEAD_BYTES = 2048
+
+
 class FastPath:
     """
     The fast path of one site: L{serve} answers the hits at the front of
     what a connection received and returns the rest for twisted.web.
 
+    A head answered as a hit is remembered by its bytes (L{Plan}): a
+    client asking the same again (a keep-alive client polling, a pool of
+    them) is neither parsed, checked nor resolved again.
+
     @param site: the site whose channels call it (its keys, tenant header,
         clock, counts).
     @param front: the front resource: its keys (checked again when they are
         not the site's, as L{ApiFront.render} does) and its
-        L{ApiFront.answer_hit}.
+        L{ApiFront.resolve_hit} and L{ApiFront.hit}.
     @ivar answered: requests answered here.
     """
 
@@ -317,6 +360,7 @@ class FastPath:
         self.site = site
         self.front = front
         self.answered = 0
+        self._plans: dict[bytes, Plan] = {}
 
     @classmethod
     def for_site(cls, site: ApiSite, resource: Any) -> FastPath | None:
@@ -343,38 +387,54 @@ class FastPath:
         answers = channel.fast_answers
         if answers is None:
             answers = channel.fast_answers = _Answers(channel)
+        plans = self._plans
         while start < n:
-            head = parse_head(data, start)
-            if head is None or not self.answer(answers, head):
+            end = data.find(b"\r\n\r\n", start, start + MAX_HEAD_BYTES)
+            if end < 0:
                 break
-            start = head.end
+            # the head's bytes, its blank line included (a head read alone
+            # is the read itself: no copy, and its hash is worked out once)
+            raw = data if start == 0 and end + 4 == n else data[start : end + 4]
+            plan = plans.get(raw)
+            if plan is not None:
+                if not self.answer(answers, plan):
+                    break
+            else:
+                head = parse_head(data, start)
+                if head is None or not self.answer_new(answers, head, raw):
+                    break
+            start = end + 4
             if channel.write_blocked or transport is None or transport.disconnecting:  # type: ignore[attr-defined]
                 break
         answers.flush()
         return data[start:] if start else data
 
-    def answer(self, answers: _Answers, head: Head) -> bool:
+    def answer_new(self, answers: _Answers, head: Head, raw: bytes) -> bool:
         """
-        Answer the request of ``head`` if it is a hit whose checks pass.
+        Answer the request of ``head`` (first seen) if it is a hit whose
+        checks pass, and remember its L{Plan} under ``raw``, its bytes.
 
         @return: whether it was answered; if not, nothing was written and
             nothing counted.
         """
         site = self.site
         front = self.front
-        request = FastRequest(answers, head, site.clock.seconds(), answers.peer)
+        target = head.target
+        headers = headers_over(head.headers)
+        path = target.partition(b"?")[0]
         # the channel's checks, then the front's when its keys differ
         # (ApiFront.render): a request they refuse is refused by twisted.web
-        headers = request.requestHeaders
-        if check_head(site.keys, site.tenant_header, request.path, headers) is not None:
+        if check_head(site.keys, site.tenant_header, path, headers) is not None:
             return False
-        if front.keys is not site.keys and check_head(front.keys, site.tenant_header, request.path, headers) is not None:
+        if front.keys is not site.keys and check_head(front.keys, site.tenant_header, path, headers) is not None:
             return False
+        token = None
+        claims = None
         verifier = site.verifier
         if verifier is not None or front.verifier is not None:
             if front.verifier is not verifier:
                 return False
-            if token_needed(verifier, site.tenant_header, request.path, headers):
+            if token_needed(verifier, site.tenant_header, path, headers):
                 # [auth]: only a token the verifier remembers as verified,
                 # and still valid, is taken here; any other (new, refused,
                 # waiting for its key set) is verified, counted and
@@ -386,12 +446,56 @@ class FastPath:
                 claims = verifier.remembered(token) if token and verifier is not None else None
                 if claims is None:
                     return False
-                request.token_claims = claims
+        request = FastRequest(answers, head.method, target, path, headers, site.clock.seconds(), answers.peer)
+        request.token_claims = claims
+        resolved = front.resolve_hit(request)  # type: ignore[arg-type]
+        if resolved is None:
+            return False
+        if not self._answer(request, resolved, headers):
+            return False
+        if len(raw) <= PLAN_HEAD_BYTES:
+            plans = self._plans
+            if len(plans) >= PLANS_MAX:
+                plans.clear()
+            plans[raw] = Plan(head.method, target, path, headers, resolved, token)
+        return True
+
+    def answer(self, answers: _Answers, plan: Plan) -> bool:
+        """
+        Answer a request whose head was answered as a hit before (``plan``)
+        if it is a hit now: its token still verified, its entry fresh.
+
+        @return: whether it was answered; if not, nothing was written and
+            nothing counted.
+        """
+        claims = None
+        if plan.token is not None:
+            claims = self.site.verifier.remembered(plan.token)  # type: ignore[union-attr]
+            if claims is None:
+                return False
+        request = FastRequest(
+            answers, plan.method, plan.target, plan.path, plan.headers, self.site.clock.seconds(), answers.peer
+        )
+        request.token_claims = claims
+        resolved = plan.resolved
+        # as the resolver sets them
+        request.route_type = resolved.route.type
+        request.tenant = resolved.tenant
+        return self._answer(request, resolved, plan.headers)
+
+    def _answer(self, request: FastRequest, resolved: Resolved, headers: Headers) -> bool:
+        """
+        Write the fresh answer held for ``resolved``, if any.
+        """
+        site = self.site
         site.active += 1
         answered = False
         try:
-            # a FastRequest has what the hit path reads and sets on a request
-            answered = front.answer_hit(request) is not None  # type: ignore[arg-type]
+            result = self.front.hit(resolved, headers)
+            if result is not None:
+                # a FastRequest has what the writer reads and sets on a request
+                write_result(request, result)
+                answered = True
         except Exception:
             # written already: what failed is the bookkeeping after it; if
             # nothing was written, twisted.web's path answers the request (a
@@ -405,5 +509,5 @@ class FastPath:
             self.answered += 1
             if request.token_claims is not None:
                 # as the verifier counts a token it answers from its cache
-                verifier.cache_hits += 1  # type: ignore[union-attr]
+                site.verifier.cache_hits += 1  # type: ignore[union-attr]
         return answered

@@ -12,6 +12,7 @@ from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
@@ -20,9 +21,10 @@ from apicache.auth.apikey import ApiKeys
 from apicache.auth.tokens import Claims, TokenRefused, TokenVerifier
 from apicache.cache.registry import CacheRegistry
 from apicache.cache.routes import RESERVED_PATHS
+from apicache.cache.tenant import CacheResult
 from apicache.http.channel import ApiRequest, check_head, check_token
 from apicache.http.errors import DOMAIN_ERRORS, ApiError, api_error, invalid_token
-from apicache.http.resolve import Resolver
+from apicache.http.resolve import Resolved, Resolver
 from apicache.http.writers import refuse, write_result
 
 __all__ = ["ApiFront"]
@@ -118,7 +120,7 @@ class ApiFront(Resource):
 
     def answer_hit(self, request: ApiRequest) -> Any:
         """
-        The fast path: answer a GET or HEAD whose fresh answer is held in this
+        The hit path: answer a GET or HEAD whose fresh answer is held in this
         process, at once, before Klein's dispatch.  Creates no Deferred and
         no coroutine.
 
@@ -127,18 +129,34 @@ class ApiFront(Resource):
             check that fails: the route resolves it again and answers the
             error through the Klein error handlers).
         """
-        if request.path in RESERVED_PATHS:
+        resolved = self.resolve_hit(request)
+        if resolved is None:
             return None
-        try:
-            resolved = self._resolver.resolve(request)
-        except DOMAIN_ERRORS:
-            return None
-        result = self._registry.cache(resolved.tenant, resolved.route.type).hit(
-            resolved.key, request.requestHeaders, resolved.encoding
-        )
+        result = self.hit(resolved, request.requestHeaders)
         if result is None:
             return None
         return write_result(request, result)
+
+    def resolve_hit(self, request: ApiRequest) -> Resolved | None:
+        """
+        Resolve a GET or HEAD on its route for L{hit} (setting the
+        request's C{route_type} and C{tenant}), or return ``None`` for a
+        reserved path or a request the route would refuse (Klein's path
+        answers the error).
+        """
+        if request.path in RESERVED_PATHS:
+            return None
+        try:
+            return self._resolver.resolve(request)
+        except DOMAIN_ERRORS:
+            return None
+
+    def hit(self, resolved: Resolved, headers: Headers) -> CacheResult | None:
+        """
+        Return the fresh answer held in this process for ``resolved`` (the
+        variant ``headers`` select), or ``None``.
+        """
+        return self._registry.cache(resolved.tenant, resolved.route.type).hit(resolved.key, headers, resolved.encoding)
 
     def _undecodable(self, path: bytes) -> ApiError:
         """
