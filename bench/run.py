@@ -181,8 +181,14 @@ ttl = 3600
 """
 
 
+def pinned(argv: list[str], cpu: str | None) -> list[str]:
+    """``argv`` run on ``cpu`` only (taskset), or as it is without one."""
+    return ["taskset", "-c", cpu, *argv] if cpu is not None else argv
+
+
 def start_apicache(ps: Processes, name: str, upstream_port: int, access_log: bool, workers: int = 1,
-                   max_bytes: int = 268435456, jwks: str | None = None, issuer: str = "") -> tuple[subprocess.Popen[bytes], int]:
+                   max_bytes: int = 268435456, jwks: str | None = None, issuer: str = "",
+                   cpu: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     path = os.path.join(ps.tmp, f"{name}.toml")
     with open(path, "w") as f:
@@ -192,7 +198,7 @@ def start_apicache(ps: Processes, name: str, upstream_port: int, access_log: boo
             "--listen", f"tcp:{port}:interface=127.0.0.1:backlog=1024"]
     if workers != 1:
         argv += ["--workers", str(workers)]
-    p = ps.start(argv, name)
+    p = ps.start(pinned(argv, cpu), name)
     wait_port(port, p)
     deadline = time.monotonic() + 20
     while get(port, "/healthz")[0] != 200:
@@ -202,9 +208,10 @@ def start_apicache(ps: Processes, name: str, upstream_port: int, access_log: boo
     return p, port
 
 
-def start_server(ps: Processes, kind: str, latency: float) -> tuple[subprocess.Popen[bytes], int]:
+def start_server(ps: Processes, kind: str, latency: float, cpu: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
-    p = ps.start([sys.executable, os.path.join(HERE, "servers.py"), kind, "--port", str(port), "--latency", str(latency)], kind)
+    argv = [sys.executable, os.path.join(HERE, "servers.py"), kind, "--port", str(port), "--latency", str(latency)]
+    p = ps.start(pinned(argv, cpu), kind)
     wait_port(port, p)
     return p, port
 
@@ -242,13 +249,14 @@ http {{
 """
 
 
-def start_nginx(ps: Processes, upstream_port: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_nginx(ps: Processes, upstream_port: int, cpu: str | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = os.path.join(ps.tmp, "nginx.conf")
     user = "user root;" if os.geteuid() == 0 else ""
     with open(conf, "w") as f:
         f.write(NGINX_CONF.format(tmp=ps.tmp, port=port, upstream=upstream_port, user=user))
-    p = ps.start([shutil.which("nginx") or "nginx", "-p", ps.tmp, "-c", conf, "-e", os.path.join(ps.tmp, "nginx-error.log")], "nginx")
+    argv = [shutil.which("nginx") or "nginx", "-p", ps.tmp, "-c", conf, "-e", os.path.join(ps.tmp, "nginx-error.log")]
+    p = ps.start(pinned(argv, cpu), "nginx")
     wait_port(port, p)
     return p, port
 
@@ -353,10 +361,12 @@ class Target:
     results: list[WrkResult] = field(default_factory=list)
     #: the Authorization value each request carries
     auth: str = AUTH
+    #: the CPU wrk runs on (the servers measured run on another), or None
+    pin: str | None = None
 
     def wrk(self, keys: int, duration: float, connections: int, tmp: str, measure: bool = True) -> WrkResult:
         return run_wrk(self.port, self.prefix, self.suffix, keys, duration, connections, tmp,
-                       pid=self.pid if measure else None, auth=self.auth, etags=self.etags)
+                       pid=self.pid if measure else None, auth=self.auth, etags=self.etags, pin=self.pin)
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.results)
@@ -612,10 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.mkdtemp(prefix="apicache-bench-")
     ps = Processes(tmp)
     try:
+        # every server measured runs on one core and wrk on another (the
+        # upstream, only warmed from, anywhere): a server's CPU per request
+        # is then its own, and wrk never takes turns with it on one core
+        server_cpu, wrk_cpu = ("1", "0") if have_taskset and (os.cpu_count() or 1) >= 2 else (None, None)
+        print(f"servers measured pinned to CPU {server_cpu}, wrk to CPU {wrk_cpu} (taskset)" if server_cpu
+              else "NOTE: not pinned (needs taskset and 2 cores): CPU per request includes taking turns with wrk", flush=True)
         up_proc, up_port = start_server(ps, "upstream", args.latency)
-        bare_proc, bare_port = start_server(ps, "bare", args.latency)
-        api_proc, api_port = start_apicache(ps, "apicache", up_port, access_log=False)
-        log_proc, log_port = start_apicache(ps, "apicache-log", up_port, access_log=True)
+        bare_proc, bare_port = start_server(ps, "bare", args.latency, cpu=server_cpu)
+        api_proc, api_port = start_apicache(ps, "apicache", up_port, access_log=False, cpu=server_cpu)
+        log_proc, log_port = start_apicache(ps, "apicache-log", up_port, access_log=True, cpu=server_cpu)
         sys.path.insert(0, HERE)
         from servers import body_for, etag_for
 
@@ -631,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         jwks = os.path.join(tmp, "jwks.json")
         signer.write_jwks(jwks)
         auth_proc, auth_port = start_apicache(ps, "apicache-auth", up_port, access_log=False, jwks=jwks,
-                                              issuer=signer.issuer)
+                                              issuer=signer.issuer, cpu=server_cpu)
         signed = "Bearer " + signer.token(tenant=TENANT, lifetime=24 * 3600)
         targets.append(Target("apicache, [auth] on (one token)", auth_port, auth_proc.pid, auth=signed))
         # apicache without [auth] and the bare server get the same requests,
@@ -639,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         targets[0].auth = targets[1].auth = signed
         nginx_target: Target | None = None
         if have_nginx:
-            nginx_proc, nginx_port = start_nginx(ps, up_port)
+            nginx_proc, nginx_port = start_nginx(ps, up_port, cpu=server_cpu)
             nginx_target = Target("nginx proxy_cache, 1 worker", nginx_port, nginx_proc.pid)
             targets.append(nginx_target)
         targets.append(Target("apicache 304 hit (If-None-Match)", api_port, api_proc.pid, etags=etags, auth=signed))
@@ -648,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.throughput_only:
             targets.append(Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, up_proc.pid, prefix="/api/object("))
         for t in targets:
+            if t.pid != up_proc.pid:
+                t.pin = wrk_cpu
             warm(t.port, t.prefix, t.suffix, args.keys, t.auth)
         status, headers, _ = get(api_port, "/server/object(0)/header")
         if headers.get("x-cache") != "HIT":
