@@ -14,10 +14,14 @@ implementation for every hard case):
    C{Connection: close});
  - the checks made before routing pass (L{check_head}, with the keys of the
    channel and of the front);
- - the front finds a hit (L{ApiFront.answer_hit}: the same resolution,
-   freshness, C{max_staleness}, conditional requests, C{HEAD},
-   C{Cache-Status} and C{Age} as the slow path, written by the same
-   L{apicache.http.writers.write_result}).
+ - the front finds a hit (L{ApiFront.resolve_hit} and L{ApiFront.hit}:
+   the same resolution, freshness, C{max_staleness}, conditional requests,
+   C{HEAD}, C{Cache-Status} and C{Age} as the slow path, written by the
+   same L{apicache.http.writers.write_result}).
+
+A head answered so is remembered by its bytes (L{Plan}, bounded): when the
+same bytes come again, only what can have changed is done again (the bearer
+token's verdict, the store's lookup, freshness and the answer).
 
 The request it answers is a L{FastRequest}: the few attributes those
 functions and L{ApiSite.request_done} (metrics, span, access log line)
