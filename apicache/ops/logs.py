@@ -379,26 +379,12 @@ class AccessLog(Service):
         if len(self._lines) >= self.max_lines or not self.running:
             self.flush()
 
-    def _line(
-        self,
-        now: float,
-        method: bytes,
-        path: bytes,
-        query: bytes,
-        status: int,
-        sent: int,
-        duration: float,
-        tenant: str,
-        route: str,
-        cache: str,
-        client: str | None,
-        trace_id: str | None,
-        upstream: tuple[int | None, float, str | None] | None,
-        worker: int | None,
-    ) -> str:
+    def _line(self, fields: tuple[Any, ...]) -> str:
         """
-        Return the access line of one request (see L{request}).
+        Return the access line of one request: ``fields`` as L{request}
+        queued them (its arguments, in order).
         """
+        now, method, path, query, status, sent, duration, tenant, route, cache, client, trace_id, upstream, worker = fields
         # one f-string around the parts that repeat from request to request
         # (everything but the time, the duration and the trace id), built
         # once for each combination and remembered: hits of a hot key log
@@ -484,7 +470,7 @@ class AccessLog(Service):
             return
         line = self._line
         # ASCII (json.dumps escapes the rest): characters are bytes
-        data = ("\n".join([line(*fields) for fields in pending]) + "\n").encode("ascii")
+        data = ("\n".join([line(fields) for fields in pending]) + "\n").encode("ascii")
         if self._chunk == 0:
             self._chunk = _chunk_size(self.fd)
         limit = self._chunk

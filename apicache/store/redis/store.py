@@ -189,36 +189,24 @@ class RedisStore:
         @raise ValueError: a bad URL (or key prefix, in cluster mode).
         """
         s = store_config
+        common: dict[str, Any] = {
+            "prefix": s.key_prefix,
+            "timeout": s.redis_timeout,
+            "local_max_bytes": s.local_max_bytes,
+            "max_entry_bytes": int(s.max_bytes * s.max_entry_fraction),
+            "max_value_bytes": s.redis_max_value_bytes,
+            "lock_ttl": s.redis_lock_ttl,
+            "tenant_max_bytes": s.tenant_max_bytes,
+            "fair_share": s.fair_share,
+        }
         if s.redis_mode != "single":
             # (imported here: that module builds on this one)
             from apicache.store.redis.scaled import ScaledRedisStore
 
             return ScaledRedisStore(
-                reactor,
-                s.redis_url,
-                mode=s.redis_mode,
-                sentinel_master=s.redis_sentinel_master,
-                prefix=s.key_prefix,
-                timeout=s.redis_timeout,
-                local_max_bytes=s.local_max_bytes,
-                max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
-                max_value_bytes=s.redis_max_value_bytes,
-                lock_ttl=s.redis_lock_ttl,
-                tenant_max_bytes=s.tenant_max_bytes,
-                fair_share=s.fair_share,
+                reactor, s.redis_url, mode=s.redis_mode, sentinel_master=s.redis_sentinel_master, **common
             )
-        return cls(
-            reactor,
-            s.redis_url,
-            prefix=s.key_prefix,
-            timeout=s.redis_timeout,
-            local_max_bytes=s.local_max_bytes,
-            max_entry_bytes=int(s.max_bytes * s.max_entry_fraction),
-            max_value_bytes=s.redis_max_value_bytes,
-            lock_ttl=s.redis_lock_ttl,
-            tenant_max_bytes=s.tenant_max_bytes,
-            fair_share=s.fair_share,
-        )
+        return cls(reactor, s.redis_url, **common)
 
     # -- connections -------------------------------------------------------
 
