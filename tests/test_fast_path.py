@@ -498,6 +498,16 @@ _SPECIAL = [
 ]
 
 
+#: a new trace context each request (the fast path remembers heads without it)
+_TRACE_CONTEXT = [
+    b"traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    b"traceparent:00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00 ",
+    b"tracestate: a=1",
+    b"tracestate: b=2, c=3",
+]
+
+
 @st.composite
 def near_hit(draw):
     """A hit with one line, version or line end that twisted.web reads its own way."""
@@ -523,7 +533,7 @@ def one_request(draw):
         # and then with a line, version or line end twisted.web reads its own way
         headers = [b"api-key: k1", b"org_id: " + draw(st.sampled_from([b"t1", b"t1", b"t2"]))]
         headers += draw(st.lists(st.sampled_from([b"accept-language: de", b"accept-language: fr", b'if-none-match: "e1"',
-                                                  b"if-modified-since: " + LM, b"x-a: 1"]), max_size=2))
+                                                  b"if-modified-since: " + LM, b"x-a: 1", *_TRACE_CONTEXT]), max_size=2))
         for line in draw(st.lists(st.sampled_from(_SPECIAL), max_size=draw(st.sampled_from([0, 0, 1, 2])))):
             headers.insert(draw(st.integers(0, len(headers))), line)
         if draw(st.integers(0, 5)) == 5:
@@ -674,6 +684,67 @@ def test_a_remembered_head_is_answered_only_while_its_entry_is_fresh():
     assert fast.counts() == slow.counts()
     assert fast.log_lines() == slow.log_lines()
     assert answered_fast(fast) == 3
+
+
+def _traced(n: int, state: bool = False, name: bytes = b"traceparent") -> bytes:
+    lines = [(name, b"00-%032x-%016x-01" % (n + 1, n + 1))]
+    if state:
+        lines.append((b"tracestate", b"v=%d" % n))
+    return request(headers=(K1, *lines, T1, (b"x-a", b"1")))
+
+
+TRACED = {
+    "a new traceparent each time": [_traced(1), _traced(2), _traced(3)],
+    "and a tracestate": [_traced(1, True), _traced(2, True), _traced(3)],
+    "none, then one": [request(headers=(K1, T1, (b"x-a", b"1"))), _traced(4)],
+    "another spelling": [_traced(1, name=b"Traceparent"), _traced(2, name=b"Traceparent")],
+    "two traceparent lines": [_traced(1), _traced(2).replace(b"x-a: 1", b"traceparent: 00-ab-cd-01")],
+    "a control byte in it": [_traced(1), _traced(2).replace(b"-01\r\n", b"-\x0101\r\n", 1)],
+    "an obs-fold after it": [_traced(1), _traced(2).replace(b"-01\r\n", b"-01\r\n  more\r\n", 1)],
+    "a bare LF in it": [_traced(1), _traced(2).replace(b"-01\r\n", b"-0\n1\r\n", 1)],
+    "it ends the head": [_traced(1), request(headers=(K1, T1, (b"x-a", b"1"), (b"traceparent", b"00-%032x-%016x-01" % (9, 9))))],
+    "HEAD, then GET": [_traced(1).replace(b"GET", b"HEAD", 1), _traced(2)],
+}
+
+
+@pytest.mark.parametrize("chunks", list(TRACED.values()), ids=list(TRACED))
+def test_a_traced_client_finds_its_plan_and_is_answered_as_twisted_web_does(chunks):
+    """
+    A head is remembered without its W3C trace context lines, so that a
+    client sending a new traceparent each time finds its plan; the trace
+    ids logged are each request's own, and whatever is not one clean
+    lower-case line of each is parsed as it comes.
+    """
+    fast, slow = World(True), World(False)
+    warmed = len(fast.log_lines())
+    for world in (fast, slow):
+        for chunk in chunks:
+            world.exchange([chunk])
+    outs = [w.exchange([b"".join(chunks)]) for w in (fast, slow)]
+    assert outs[0] == outs[1]
+    assert fast.counts() == slow.counts()
+    assert fast.log_lines() == slow.log_lines()
+    ids = []
+    for world in (fast, slow):
+        world._log_file.seek(0)
+        lines = world._log_file.read().decode().splitlines()[warmed:]
+        # a caller's trace id is logged as it came; a new one is random
+        ids.append([i if i.startswith("0000") else "new" for i in (json.loads(line)["trace_id"] for line in lines)])
+    assert ids[0] == ids[1]
+
+
+def test_a_new_traceparent_each_time_is_answered_from_one_plan():
+    w = World(True)
+    protocol, transport = w.connect()
+    for n in range(5):
+        protocol.dataReceived(_traced(n, state=n % 2 == 0))
+    assert transport.value().count(b"X-Cache: HIT") == 5
+    assert answered_fast(w) == 5
+    assert list(w.site.fast_path._plans) == [request(headers=(K1, T1, (b"x-a", b"1")))]
+    w.log.flush()
+    w._log_file.seek(0)
+    ids = [json.loads(line)["trace_id"] for line in w._log_file.read().decode().splitlines()][-5:]
+    assert ids == ["%032x" % (n + 1) for n in range(5)]
 
 
 def test_remembered_heads_are_bounded():

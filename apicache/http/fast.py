@@ -36,7 +36,7 @@ from twisted.logger import Logger
 from twisted.web.http import RESPONSES
 from twisted.web.http_headers import Headers
 
-from apicache._twisted import headers_over, send_now
+from apicache._twisted import headers_over, raw_headers, send_now
 from apicache.auth.tokens import Claims, TokenRefused
 from apicache.cache.wire import canonical_name
 from apicache.http.channel import check_head, request_token, token_needed
@@ -48,7 +48,17 @@ from apicache.ops.tracing import RequestTrace, Tracer
 if TYPE_CHECKING:
     from apicache.http.channel import ApiChannel, ApiSite
 
-__all__ = ["FastPath", "FastRequest", "Head", "Plan", "parse_head", "MAX_HEAD_BYTES", "MAX_HEADER_LINES", "PLANS_MAX"]
+__all__ = [
+    "FastPath",
+    "FastRequest",
+    "Head",
+    "Plan",
+    "parse_head",
+    "without_trace_lines",
+    "MAX_HEAD_BYTES",
+    "MAX_HEADER_LINES",
+    "PLANS_MAX",
+]
 
 #: Heads longer than this are left to twisted.web (its limits are larger:
 #: 16 KiB a line and a head, so whatever it refuses is never taken here).
@@ -340,6 +350,46 @@ class Plan:
 PLANS_MAX = 1024
 PLAN_HEAD_BYTES = 2048
 
+# The W3C trace context lines a caller's tracing adds, new for every request:
+# a head is remembered without them, so that a traced client's requests find
+# their plan.  Lower case only, as the W3C recommendation has callers send
+# them (any other spelling is part of the bytes remembered).  Neither is
+# ever keyed (config.TRACING_HEADERS) nor read by a hit but for the trace.
+_TRACE_LINES = (
+    (b"\r\ntraceparent:", canonical_name(b"traceparent")),
+    (b"\r\ntracestate:", canonical_name(b"tracestate")),
+)
+
+
+def without_trace_lines(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+    """
+    Return a request head's bytes without its first C{traceparent} and
+    C{tracestate} lines (spelt in lower case), and what they held: each
+    header name as twisted.web stores it and the value as it does
+    (surrounding spaces and tabs stripped).
+
+    @return: ``None`` when the head has neither line, or one of them holds
+        anything but printable ASCII (then it has no key but its bytes).
+    """
+    key = raw
+    taken: list[tuple[bytes, bytes]] = []
+    for marker, name in _TRACE_LINES:
+        at = key.find(marker)
+        if at < 0:
+            continue
+        # always found: a head's bytes end with a blank line
+        end = key.find(b"\r\n", at + 2)
+        value = key[at + len(marker) : end]
+        if value.translate(None, _PRINTABLE):
+            return None
+        key = key[:at] + key[end:]
+        taken.append((name, value.strip(b" \t")))
+    return (key, taken) if taken else None
+
+
+def _per_request(name: bytes, trace: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == taken for taken, _ in trace)
+
 
 class FastPath:
     """
@@ -404,19 +454,33 @@ class FastPath:
                 if not self.answer(answers, plan):
                     break
             else:
-                head = parse_head(data, start)
-                if head is None or not self.answer_new(answers, head, raw):
-                    break
+                traced = without_trace_lines(raw) if b"\r\ntrace" in raw else None
+                plan = plans.get(traced[0]) if traced is not None else None
+                if plan is not None:
+                    if not self.answer(answers, plan, traced[1]):  # type: ignore[index]
+                        break
+                else:
+                    head = parse_head(data, start)
+                    if head is None or not self.answer_new(answers, head, raw, traced):
+                        break
             start = end + 4
             if channel.write_blocked or transport is None or transport.disconnecting:  # type: ignore[attr-defined]
                 break
         answers.flush()
         return data[start:] if start else data
 
-    def answer_new(self, answers: _Answers, head: Head, raw: bytes) -> bool:
+    def answer_new(
+        self,
+        answers: _Answers,
+        head: Head,
+        raw: bytes,
+        traced: tuple[bytes, list[tuple[bytes, bytes]]] | None = None,
+    ) -> bool:
         """
         Answer the request of ``head`` (first seen) if it is a hit whose
-        checks pass, and remember its L{Plan} under ``raw``, its bytes.
+        checks pass, and remember its L{Plan} under ``raw``, its bytes, or
+        (``traced``: L{without_trace_lines} of them) under its bytes
+        without its trace context lines.
 
         @return: whether it was answered; if not, nothing was written and
             nothing counted.
@@ -457,18 +521,29 @@ class FastPath:
             return False
         if not self._answer(request, resolved, headers):
             return False
-        if len(raw) <= PLAN_HEAD_BYTES:
+        key = raw
+        if traced is not None:
+            table = head.headers
+            # the trace context of this request only, once each: a head with
+            # another spelling or a second line of either is remembered as
+            # its bytes
+            if all(len(table.get(name, ())) == 1 for name, _ in traced[1]):
+                key = traced[0]
+                headers = headers_over({k: v for k, v in table.items() if not _per_request(k, traced[1])})
+        if len(key) <= PLAN_HEAD_BYTES:
             plans = self._plans
             if len(plans) >= PLANS_MAX:
                 plans.clear()
-            plans[raw] = Plan(head.method, target, path, headers, resolved, token)
+            plans[key] = Plan(head.method, target, path, headers, resolved, token)
         return True
 
-    def answer(self, answers: _Answers, plan: Plan) -> bool:
+    def answer(self, answers: _Answers, plan: Plan, trace: list[tuple[bytes, bytes]] | None = None) -> bool:
         """
         Answer a request whose head was answered as a hit before (``plan``)
         if it is a hit now: its token still verified, its entry fresh.
 
+        @param trace: the request's own trace context lines, when its plan
+            was found without them (L{without_trace_lines}).
         @return: whether it was answered; if not, nothing was written and
             nothing counted.
         """
@@ -477,15 +552,21 @@ class FastPath:
             claims = self.site.verifier.remembered(plan.token)  # type: ignore[union-attr]
             if claims is None:
                 return False
+        headers = plan.headers
+        if trace is not None:
+            table = dict(raw_headers(headers))
+            for name, value in trace:
+                table[name] = [value]
+            headers = headers_over(table)
         request = FastRequest(
-            answers, plan.method, plan.target, plan.path, plan.headers, self.site.clock.seconds(), answers.peer
+            answers, plan.method, plan.target, plan.path, headers, self.site.clock.seconds(), answers.peer
         )
         request.token_claims = claims
         resolved = plan.resolved
         # as the resolver sets them
         request.route_type = resolved.route.type
         request.tenant = resolved.tenant
-        return self._answer(request, resolved, plan.headers)
+        return self._answer(request, resolved, headers)
 
     def _answer(self, request: FastRequest, resolved: Resolved, headers: Headers) -> bool:
         """
