@@ -282,6 +282,11 @@ if etags then
     heads[i]["If-None-Match"] = etags[i]
   end
 end
+-- a new W3C trace context each request, as a traced client sends
+local traced = {traced}
+local th = {{}}
+for k, v in pairs(wrk.headers) do th[k] = v end
+local function r() return math.random(0, 0x7fffffff) end
 request = function()
   n = n + 1
   if unique then
@@ -289,6 +294,10 @@ request = function()
   end
   local i = (n % keys) + 1
   if etags then return wrk.format("GET", paths[i], heads[i]) end
+  if traced then
+    th["traceparent"] = string.format("00-%08x%08x%08x%08x-%08x%08x-01", r(), r(), r(), r(), r(), r())
+    return wrk.format("GET", paths[i], th)
+  end
   return wrk.format("GET", paths[i])
 end
 """
@@ -321,16 +330,17 @@ def _ms(text: str) -> float:
 
 def run_wrk(port: int, prefix: str, suffix: str, keys: int, duration: float, connections: int,
             tmp: str, unique: bool = False, pin: str | None = None, pid: int | None = None, auth: str = AUTH,
-            etags: list[bytes] | None = None) -> WrkResult:
+            etags: list[bytes] | None = None, traced: bool = False) -> WrkResult:
     """
     Drive ``port`` with wrk over ``keys`` paths, each request carrying
     ``auth``; with ``etags`` (one per key), every request is conditional on
     its key's ETag.
     """
-    script = os.path.join(tmp, f"wrk-{port}-{prefix.strip('/').replace('/', '_')}-{int(unique)}-{int(etags is not None)}.lua")
+    script = os.path.join(tmp, f"wrk-{port}-{prefix.strip('/').replace('/', '_')}-{int(unique)}-{int(etags is not None)}-{int(traced)}.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT.format(keys=keys, unique="true" if unique else "false", prefix=prefix, suffix=suffix,
-                                  api_key=API_KEY, tenant=TENANT, auth=auth, etags=lua_etags(etags)))
+                                  api_key=API_KEY, tenant=TENANT, auth=auth, etags=lua_etags(etags),
+                                  traced="true" if traced else "false"))
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", script, f"http://127.0.0.1:{port}"]
     if pin is not None:
         argv = ["taskset", "-c", pin, *argv]
@@ -363,10 +373,13 @@ class Target:
     auth: str = AUTH
     #: the CPU wrk runs on (the servers measured run on another), or None
     pin: str | None = None
+    #: a new traceparent each request
+    traced: bool = False
 
     def wrk(self, keys: int, duration: float, connections: int, tmp: str, measure: bool = True) -> WrkResult:
         return run_wrk(self.port, self.prefix, self.suffix, keys, duration, connections, tmp,
-                       pid=self.pid if measure else None, auth=self.auth, etags=self.etags, pin=self.pin)
+                       pid=self.pid if measure else None, auth=self.auth, etags=self.etags, pin=self.pin,
+                       traced=self.traced)
 
     def median(self, attr: str) -> float:
         return statistics.median(getattr(r, attr) for r in self.results)
@@ -659,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
             nginx_target = Target("nginx proxy_cache, 1 worker", nginx_port, nginx_proc.pid)
             targets.append(nginx_target)
         targets.append(Target("apicache 304 hit (If-None-Match)", api_port, api_proc.pid, etags=etags, auth=signed))
+        # a traced client: a new traceparent (a new request head) each time
+        targets.append(Target("apicache, a new traceparent each request", api_port, api_proc.pid, auth=signed, traced=True))
         logged = Target("apicache (access log on)", log_port, log_proc.pid, auth=signed)
         targets.append(logged)
         if not args.throughput_only:
@@ -690,6 +705,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"apicache / bare twisted.web: {ratio:.2f}× req/s (target ≥ 2); "
                   f"CPU per request {api.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's (target ≤ 0.5)")
             print(f"apicache p99 / p50: {api.median('p99_ms') / api.median('p50_ms'):.2f} (target ≤ 2)")
+            traced = next(t for t in targets if t.traced)
+            print(f"a new traceparent each request: {traced.median('rps') / bare.median('rps'):.2f}× bare twisted.web's "
+                  f"req/s, CPU per request {traced.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's")
             print(f"access log on: {logged.median('rps') / api.median('rps'):.2f}× the req/s of off "
                   f"(costs {1 - logged.median('rps') / api.median('rps'):.0%}; target ≥ 0.85)")
             authed = targets[2]
