@@ -96,3 +96,42 @@ def test_the_listener_records_an_end_offset_below_the_applied_one_as_a_skip() ->
 
 def eof(partition: int, offset: int) -> FakeMessage:
     return FakeMessage(partition, offset, error=KafkaError(KafkaError._PARTITION_EOF))
+
+
+def test_a_partition_that_disappears_and_comes_back_is_a_skip() -> None:
+    """
+    SPEC.md section 5 (v3): the topics' metadata stops listing a partition
+    (a topic deleted) and lists it again later (made again): a skip, and
+    its old applied offset vouches for nothing until the new log is applied.
+    """
+    svc, clock = listener()
+    consumer = EndOffsetConsumer(ends={0: 100}, partitions=2)
+    consumer.committed_offsets = {0: 99}
+    svc.loop.on_assign(consumer, [TopicPartition("t", 0)])  # type: ignore[arg-type]
+    consumer.messages = [FakeMessage(0, 99, event("1")), eof(0, 100)]
+    svc.loop.poll_once(consumer)  # type: ignore[arg-type]
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.partitions == {P0, P1}
+    assert svc.watermark.skipped_at == NEVER
+    # partition 1 is gone from the metadata: not a skip by itself
+    consumer.partitions = 1
+    clock.advance(6)  # the metadata is listed every 5 s
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.partitions == {P0}
+    assert svc.watermark.skipped_at == NEVER
+    # the same listing again: still nothing skipped
+    clock.advance(6)
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.skipped_at == NEVER
+    # partition 0 disappears too; then both come back
+    consumer.partitions = 0
+    clock.advance(6)
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.skipped_at == NEVER
+    consumer.partitions = 2
+    clock.advance(6)
+    svc.loop.watch_end_offsets(consumer)  # type: ignore[arg-type]
+    assert svc.watermark.skipped_at == clock.seconds()
+    assert svc.watermark.partitions == {P0, P1}
+    assert P0 not in svc.loop.applied, "the old offset says nothing about the new log"
+    assert svc.watermark.vouched(clock.seconds() - 1) == clock.seconds() - 1

@@ -146,6 +146,10 @@ class ConsumerLoop:
         self.held: set[Partition] = set()
         self._next_query = 0.0
         self._next_metadata = 0.0
+        #: the partitions the topics' metadata listed last, and those it
+        #: listed once and no longer lists
+        self._listed: set[Partition] = set()
+        self._gone: set[Partition] = set()
 
     # -- from the reactor thread ----------------------------------------------
 
@@ -467,6 +471,18 @@ class ConsumerLoop:
             if t is not None and t.error is None:
                 found.extend((topic, n) for n in t.partitions)
         self._next_metadata = self.clock.seconds() + _METADATA_SECONDS
+        listed = set(found)
+        self._gone |= self._listed - listed
+        back = self._gone & listed
+        self._listed = listed
+        if back:
+            # (v3) a partition that disappeared and came back (a topic
+            # deleted and made again): a skip, as a truncated log is; its
+            # old applied offset says nothing about the new log
+            self._gone -= back
+            for p in back:
+                self.applied.pop(p, None)
+            self.skipped("a partition that disappeared and came back")
         self._from_thread(self.watermark.set_partitions, found)
 
 
