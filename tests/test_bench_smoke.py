@@ -41,7 +41,7 @@ def test_bench_drives_wrk_when_installed():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "| apicache (access log off)" in out.stdout
-    assert "| apicache, a new traceparent each request" in out.stdout
+    assert "| apicache, new traceparent each request" in out.stdout
     assert "errors)" not in out.stdout, out.stdout  # every answer 2xx or 304
     assert "apicache / bare twisted.web:" in out.stdout
 
