@@ -424,6 +424,19 @@ class Target:
                 f"| {self.median('cpu_us'):>6.1f} µs |{note}")
 
 
+def paired(a: Target, b: Target, attr: str) -> str:
+    """
+    ``a``'s ``attr`` over ``b``'s, round by round (the two ran one after
+    the other): the median of those ratios and their range, e.g. ``2.51×
+    (2.40–2.63)``.  Less swayed by a machine whose speed drifts between
+    rounds than the ratio of two medians.
+    """
+    ratios = [getattr(x, attr) / getattr(y, attr) for x, y in zip(a.results, b.results, strict=True) if getattr(y, attr)]
+    if not ratios:
+        return "-"
+    return f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def table(targets: list[Target]) -> str:
     head = f"| {'target':<38} | {'req/s median (min–max)':<28} | {'p50':>10} | {'p99':>10} | {'CPU/req':>9} |"
     rule = "|" + "-" * 40 + "|" + "-" * 30 + "|" + "-" * 12 + "|" + "-" * 12 + "|" + "-" * 11 + "|"
@@ -679,12 +692,6 @@ def main(argv: list[str] | None = None) -> int:
         from servers import body_for, etag_for
 
         etags = [etag_for(body_for(f"/api/object({i})/header".encode())) for i in range(args.keys)]
-        targets = [
-            Target("apicache (access log off)", api_port, api_proc.pid),
-            Target("bare twisted.web Resource", bare_port, bare_proc.pid),
-        ]
-        if args.throughput_only:
-            have_nginx = False
         # issue 21: the same hits with [auth] on, every one carrying one token
         signer = SigningKey(issuer="https://idp.example/realms/bench")
         jwks = os.path.join(tmp, "jwks.json")
@@ -692,10 +699,16 @@ def main(argv: list[str] | None = None) -> int:
         auth_proc, auth_port = start_apicache(ps, "apicache-auth", up_port, access_log=False, jwks=jwks,
                                               issuer=signer.issuer, cpu=server_cpu)
         signed = "Bearer " + signer.token(tenant=TENANT, lifetime=24 * 3600)
-        targets.append(Target("apicache, [auth] on (one token)", auth_port, auth_proc.pid, auth=signed))
-        # apicache without [auth] and the bare server get the same requests,
-        # that token included (callers send theirs either way)
-        targets[0].auth = targets[1].auth = signed
+        # every target gets the same requests, that token included (callers
+        # send theirs whether apicache checks it or not).  Each round runs
+        # them in this order: what is compared runs side by side
+        api = Target("apicache (access log off)", api_port, api_proc.pid, auth=signed)
+        logged = Target("apicache (access log on)", log_port, log_proc.pid, auth=signed)
+        bare = Target("bare twisted.web Resource", bare_port, bare_proc.pid, auth=signed)
+        authed = Target("apicache, [auth] on (one token)", auth_port, auth_proc.pid, auth=signed)
+        targets = [api, logged, bare, authed]
+        if args.throughput_only:
+            have_nginx = False
         nginx_target: Target | None = None
         if have_nginx:
             nginx_proc, nginx_port = start_nginx(ps, up_port, cpu=server_cpu)
@@ -703,11 +716,12 @@ def main(argv: list[str] | None = None) -> int:
             targets.append(nginx_target)
         targets.append(Target("apicache 304 hit (If-None-Match)", api_port, api_proc.pid, etags=etags, auth=signed))
         # a traced client: a new traceparent (a new request head) each time
-        targets.append(Target("apicache, new traceparent each request", api_port, api_proc.pid, auth=signed, traced=True))
-        logged = Target("apicache (access log on)", log_port, log_proc.pid, auth=signed)
-        targets.append(logged)
+        traced = Target("apicache, new traceparent each request", api_port, api_proc.pid, auth=signed, traced=True)
+        targets.append(traced)
+        up: Target | None = None
         if not args.throughput_only:
-            targets.append(Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, up_proc.pid, prefix="/api/object("))
+            up = Target(f"upstream directly ({args.latency * 1000:g} ms)", up_port, up_proc.pid, prefix="/api/object(")
+            targets.append(up)
         for t in targets:
             if t.pid != up_proc.pid:
                 t.pin = wrk_cpu
@@ -730,26 +744,22 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  round {r + 1}/{args.rounds} done", flush=True)
             print()
             print(table(targets))
-            api, bare = targets[0], targets[1]
-            up = targets[-1]
             print()
-            ratio = api.median("rps") / bare.median("rps")
-            print(f"apicache / bare twisted.web: {ratio:.2f}× req/s (target ≥ 2); "
-                  f"CPU per request {api.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's (target ≤ 0.5)")
+            print("Ratios: the median over rounds of each round's ratio (min–max), each taken between runs side by side")
+            print(f"apicache / bare twisted.web: {paired(api, bare, 'rps')} req/s (target ≥ 2); "
+                  f"CPU per request {paired(api, bare, 'cpu_us')} bare's (target ≤ 0.5)")
             print(f"apicache p99 / p50: {api.median('p99_ms') / api.median('p50_ms'):.2f} (target ≤ 2); "
                   f"the same 1 ms of Python work timed on the servers' CPU: p99 / p50 {statistics.median(noise):.2f}")
-            traced = next(t for t in targets if t.traced)
-            print(f"a new traceparent each request: {traced.median('rps') / bare.median('rps'):.2f}× bare twisted.web's "
-                  f"req/s, CPU per request {traced.median('cpu_us') / bare.median('cpu_us'):.2f}× bare's")
-            print(f"access log on: {logged.median('rps') / api.median('rps'):.2f}× the req/s of off "
-                  f"(costs {1 - logged.median('rps') / api.median('rps'):.0%}; target ≥ 0.85)")
-            authed = targets[2]
-            print(f"apicache [auth] on / off: {authed.median('rps') / api.median('rps'):.2f}× req/s (target ≥ 0.9); "
-                  f"CPU per request {authed.median('cpu_us') / api.median('cpu_us'):.2f}×")
+            print(f"a new traceparent each request: {paired(traced, bare, 'rps')} bare twisted.web's req/s, "
+                  f"CPU per request {paired(traced, bare, 'cpu_us')} bare's")
+            print(f"access log on: {paired(logged, api, 'rps')} the req/s of off (target ≥ 0.85)")
+            print(f"apicache [auth] on / off: {paired(authed, api, 'rps')} req/s (target ≥ 0.9); "
+                  f"CPU per request {paired(authed, api, 'cpu_us')}")
             if args.throughput_only:
                 return 0
             if nginx_target is not None:
-                print(f"apicache / nginx proxy_cache: {api.median('rps') / nginx_target.median('rps'):.2f}× req/s")
+                print(f"apicache / nginx proxy_cache: {paired(api, nginx_target, 'rps')} req/s")
+            assert up is not None
             print(f"latency gain over the upstream called directly: p50 {up.median('p50_ms') / api.median('p50_ms'):.1f}× lower "
                   f"({up.median('p50_ms'):.2f} → {api.median('p50_ms'):.2f} ms), "
                   f"{api.median('rps') / up.median('rps'):.1f}× the req/s")
