@@ -360,6 +360,18 @@ def test_access_log_fields_of_a_fast_hit():
     assert line["client"] == StringTransport().getPeer().host and line["bytes"] > 0
 
 
+def test_each_fast_hit_without_a_traceparent_logs_a_new_trace_id():
+    w = World(True)
+    w.exchange([HITS["get"] * 3 + request(headers=(K1, T1, (b"traceparent", b"00-%032x-%016x-01" % (7, 7))))])
+    assert answered_fast(w) == 4
+    w.log.flush()
+    w._log_file.seek(0)
+    ids = [json.loads(line)["trace_id"] for line in w._log_file.read().decode().splitlines()][-4:]
+    assert all(isinstance(i, str) and len(i) == 32 and int(i, 16) for i in ids), ids
+    assert len(set(ids[:3])) == 3
+    assert ids[3] == "%032x" % 7
+
+
 def test_tenant_claim_is_checked_on_the_fast_path():
     server = {"tenant_claim": "zid"}
     good = request(headers=(K1, T1, (b"authorization", bearer(zid="t1"))))
@@ -693,6 +705,9 @@ def _traced(n: int, state: bool = False, name: bytes = b"traceparent") -> bytes:
     return request(headers=(K1, *lines, T1, (b"x-a", b"1")))
 
 
+#: the trace ids the traced requests below carry
+_CALLER_IDS = {"%032x" % n for n in range(1, 12)}
+
 TRACED = {
     "a new traceparent each time": [_traced(1), _traced(2), _traced(3)],
     "and a tracestate": [_traced(1, True), _traced(2, True), _traced(3)],
@@ -729,7 +744,7 @@ def test_a_traced_client_finds_its_plan_and_is_answered_as_twisted_web_does(chun
         world._log_file.seek(0)
         lines = world._log_file.read().decode().splitlines()[warmed:]
         # a caller's trace id is logged as it came; a new one is random
-        ids.append([i if i.startswith("0000") else "new" for i in (json.loads(line)["trace_id"] for line in lines)])
+        ids.append([i if i in _CALLER_IDS else "new" for i in (json.loads(line)["trace_id"] for line in lines)])
     assert ids[0] == ids[1]
 
 

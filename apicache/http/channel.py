@@ -961,7 +961,7 @@ class ApiSite(server.Site):
             request.route_type,
             request.cache,
             getattr(request.client, "host", None),
-            None if trace is None else trace.trace_id,
+            getattr(request, "trace_id", None) if trace is None else trace.trace_id,
             upstream,
             self.worker,
         )

@@ -43,7 +43,7 @@ from apicache.http.channel import check_head, request_token, token_needed
 from apicache.http.front import ApiFront
 from apicache.http.resolve import Resolved
 from apicache.http.writers import write_result
-from apicache.ops.tracing import RequestTrace, Tracer
+from apicache.ops.tracing import NEW_TRACE_ID, RequestTrace, Tracer
 
 if TYPE_CHECKING:
     from apicache.http.channel import ApiChannel, ApiSite
@@ -77,6 +77,7 @@ _TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqr
 # send): a request carrying one is never taken here.
 _ITS_OWN = frozenset({b"Content-Length", b"Transfer-Encoding", b"Expect"})
 _CONNECTION = canonical_name(b"connection")
+_RAW_TRACEPARENT = canonical_name(b"traceparent")
 
 # header name as sent -> as twisted.web stores it, or b"" for a name of
 # _ITS_OWN (only valid names are remembered: a name found needs no check)
@@ -248,6 +249,7 @@ class FastRequest:
         "tenant",
         "cache",
         "trace",
+        "trace_id",
         "token_claims",
     )
 
@@ -275,6 +277,8 @@ class FastRequest:
         self.tenant = "-"
         self.cache = "-"
         self.trace: RequestTrace | None = None
+        #: the access line's trace id when no trace was made (NEW_TRACE_ID)
+        self.trace_id: str | None = None
         #: the verified claims of its bearer token ([auth]), or None
         self.token_claims: Claims | None = None
 
@@ -306,13 +310,19 @@ class FastRequest:
         self.finished = True
         site = self.channel.site
         tracer = site.tracer
-        if site.access_log is not None or type(tracer) is not Tracer:
+        if type(tracer) is not Tracer:
             # the span starts and ends here: nothing of a hit is traced in
             # between (no log line, no upstream call), and a request the
-            # fast path declines must not have opened one.  (A plain Tracer
-            # exports nothing: without an access line to write its trace id
-            # into, nothing would read the trace.)
+            # fast path declines must not have opened one
             self.trace = tracer.start(self.requestHeaders, "apicache")
+        elif site.access_log is not None:
+            # a plain Tracer exports nothing: only the access line reads the
+            # trace id.  A caller's trace is read as Tracer.start reads it; a
+            # new one's id is drawn when the line is written.
+            if _RAW_TRACEPARENT in raw_headers(self.requestHeaders):
+                self.trace = tracer.start(self.requestHeaders, "apicache")
+            else:
+                self.trace_id = NEW_TRACE_ID
         site.request_done(self)  # type: ignore[arg-type]
 
 

@@ -39,7 +39,7 @@ from twisted.logger import (
 )
 from zope.interface import implementer
 
-from apicache.ops.tracing import current_trace_id
+from apicache.ops.tracing import current_trace_id, new_trace_id
 
 __all__ = [
     "AcceptErrorsOncePerSecond",
@@ -369,6 +369,8 @@ class AccessLog(Service):
         @param method: as received.
         @param path: as received, without the query (logged up to 512
             characters once decoded).
+        @param trace_id: the request's trace id; L{NEW_TRACE_ID} for a new
+            one drawn when the line is written; C{None} for none.
         @param upstream: the request's own upstream call: (status, seconds,
             kind of failure), or C{None} when it made none.
         """
@@ -396,7 +398,11 @@ class AccessLog(Service):
         # the time as formatted for this millisecond, if it was
         stamp = self._time if int(now * 1000) == self._millisecond else self.timestamp(now)
         # hex digits, ours or checked by parse_traceparent: nothing to escape
-        trace = "null" if trace_id is None else f'"{trace_id}"'
+        if trace_id:
+            trace = f'"{trace_id}"'
+        else:
+            # NEW_TRACE_ID: a new trace, its id drawn now
+            trace = "null" if trace_id is None else f'"{new_trace_id()}"'
         if upstream is None and worker is None:
             # a hit's line: one string built
             line = f'{{"time":"{stamp}",{parts[0]}{duration * 1000:.3f}{parts[1]}{trace}}}'

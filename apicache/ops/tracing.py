@@ -37,6 +37,8 @@ __all__ = [
     "enter",
     "leave",
     "TracerService",
+    "NEW_TRACE_ID",
+    "new_trace_id",
 ]
 
 _TRACEPARENT_RE = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -114,6 +116,18 @@ def _random_id(bits: int) -> str:
 
 _TRACE_IDS: list[str] = []
 _ZERO_ID = "0" * 32
+
+#: The trace id of a request that starts a new trace, as a request hands it
+#: to its access line when nothing else reads it: drawn (L{new_trace_id})
+#: when the line is written, with no L{RequestTrace} made for it.
+NEW_TRACE_ID = ""
+
+
+def new_trace_id() -> str:
+    """
+    Return a new trace id: 32 hex digits, not all zero.
+    """
+    return _random_id(128)
 
 
 def _draw_trace_ids(n: int = 256) -> None:
