@@ -222,6 +222,10 @@ class _Answers:
         return getattr(self.channel, name)
 
 
+#: The response headers of a L{FastRequest} that set none (never written to).
+_NO_HEADERS = Headers()
+
+
 class FastRequest:
     """
     A request answered by the fast path: what the hit path's functions read
@@ -265,7 +269,8 @@ class FastRequest:
         self.uri = uri
         self.path = path
         self.requestHeaders = headers
-        self.responseHeaders = Headers()
+        # made by setHeader when a header is set: a hit sets none
+        self.responseHeaders = _NO_HEADERS
         self.started = started
         self.client = client
         self.code = 200
@@ -293,6 +298,8 @@ class FastRequest:
         """
         Set the answer's header ``name`` (written before the stored headers).
         """
+        if self.responseHeaders is _NO_HEADERS:
+            self.responseHeaders = Headers()
         self.responseHeaders.setRawHeaders(name, [value])
 
     def setResponseCode(self, code: int, message: bytes | None = None) -> None:

@@ -57,6 +57,18 @@ def json_answer(request: IRequest, status: int, body: Any) -> bytes:
     return json.dumps(body).encode()
 
 
+#: (protocol, status) -> (status line, reason phrase), for the statuses answered
+_STATUS_LINES: dict[tuple[bytes, int], tuple[bytes, bytes]] = {}
+
+
+def _status_line(proto: bytes, status: int) -> tuple[bytes, bytes]:
+    message = RESPONSES.get(status, b"Unknown Status")
+    line = (b"%s %d %s\r\n" % (proto, status, message), message)
+    if len(_STATUS_LINES) < 64 and len(proto) <= 16:
+        _STATUS_LINES[(proto, status)] = line
+    return line
+
+
 def write_result(request: Any, result: CacheResult) -> Any:
     """
     Write a cache result's whole answer in one go and finish ``request``:
@@ -106,12 +118,18 @@ def write_result(request: Any, result: CacheResult) -> Any:
                 return _write_partial(request, result, member, partial)
     body = r.body
     request.code = status
-    request.code_message = RESPONSES.get(status, b"Unknown Status")
-    head = [b"%s %d %s\r\n" % (request.clientproto, status, request.code_message)]
-    for name, values in request.responseHeaders.getAllRawHeaders():
-        if name != b"Date":
-            for value in values:
-                head.append(b"%s: %s\r\n" % (name, value))
+    proto = request.clientproto
+    line = _STATUS_LINES.get((proto, status))
+    if line is None:
+        line = _status_line(proto, status)
+    request.code_message = line[1]
+    head = [line[0]]
+    extra = raw_headers(request.responseHeaders)
+    if extra:
+        for name, values in extra.items():
+            if name != b"Date":
+                for value in values:
+                    head.append(b"%s: %s\r\n" % (name, value))
     # entries built elsewhere than the cache core may lack their wire form
     head.append(r.head or header_block(r.headers))
     x_cache = _X_CACHE[result.cache]
