@@ -369,7 +369,7 @@ def test_each_fast_hit_without_a_traceparent_logs_a_new_trace_id():
     ids = [json.loads(line)["trace_id"] for line in w._log_file.read().decode().splitlines()][-4:]
     assert all(isinstance(i, str) and len(i) == 32 and int(i, 16) for i in ids), ids
     assert len(set(ids[:3])) == 3
-    assert ids[3] == "%032x" % 7
+    assert ids[3] == f"{7:032x}"
 
 
 def test_tenant_claim_is_checked_on_the_fast_path():
@@ -706,7 +706,7 @@ def _traced(n: int, state: bool = False, name: bytes = b"traceparent") -> bytes:
 
 
 #: the trace ids the traced requests below carry
-_CALLER_IDS = {"%032x" % n for n in range(1, 12)}
+_CALLER_IDS = {f"{n:032x}" for n in range(1, 12)}
 
 TRACED = {
     "a new traceparent each time": [_traced(1), _traced(2), _traced(3)],
@@ -759,7 +759,7 @@ def test_a_new_traceparent_each_time_is_answered_from_one_plan():
     w.log.flush()
     w._log_file.seek(0)
     ids = [json.loads(line)["trace_id"] for line in w._log_file.read().decode().splitlines()][-5:]
-    assert ids == ["%032x" % (n + 1) for n in range(5)]
+    assert ids == [f"{n + 1:032x}" for n in range(5)]
 
 
 def test_remembered_heads_are_bounded():
