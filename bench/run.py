@@ -628,8 +628,8 @@ def mib(n: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="apicache's benchmark (issue 5)")
-    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk round")
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--duration", type=float, default=3.0, help="seconds per wrk round")
+    p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (this machine drifts: more short rounds give steadier medians)")
     p.add_argument("--connections", type=int, default=50)
     p.add_argument("--keys", type=int, default=100)
     p.add_argument("--latency", type=float, default=0.02, help="upstream latency, seconds")
