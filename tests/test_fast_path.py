@@ -360,6 +360,33 @@ def test_access_log_fields_of_a_fast_hit():
     assert line["client"] == StringTransport().getPeer().host and line["bytes"] > 0
 
 
+@pytest.mark.parametrize("step", ["resolve_hit", "hit"])
+def test_a_fast_path_failure_before_answering_leaves_the_request_to_twisted_web(step, monkeypatch):
+    """
+    An exception in the fast path before anything is written is logged and
+    the request goes to twisted.web's path, whole: one answer, no byte lost.
+    """
+    w = World(True)
+    front = w.site.fast_path.front
+    real = getattr(front, step)
+    calls = []
+
+    def failing_once(*args):
+        calls.append(args)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(front, step, failing_once)
+    out, closed = w.exchange([HITS["get"]])
+    assert out.count(b"HTTP/1.1 200 OK") == 1 and b"X-Cache: HIT" in out and not closed
+    assert answered_fast(w) == 0
+    assert w.site.active == 0
+    # the next one is the fast path's again
+    out, _ = w.exchange([HITS["get"]])
+    assert answered_fast(w) == 1
+
+
 def test_each_fast_hit_without_a_traceparent_logs_a_new_trace_id():
     w = World(True)
     w.exchange([HITS["get"] * 3 + request(headers=(K1, T1, (b"traceparent", b"00-%032x-%016x-01" % (7, 7))))])

@@ -533,10 +533,14 @@ class FastPath:
                     return False
         request = FastRequest(answers, head.method, target, path, headers, site.clock.seconds(), answers.peer)
         request.token_claims = claims
-        resolved = front.resolve_hit(request)  # type: ignore[arg-type]
-        if resolved is None:
+        try:
+            resolved = front.resolve_hit(request)  # type: ignore[arg-type]
+        except Exception:
+            # nothing written: twisted.web's path answers it (a 500 with its
+            # id, if it fails there too)
+            self.log.failure("the fast path failed before answering")
             return False
-        if not self._answer(request, resolved, headers):
+        if resolved is None or not self._answer(request, resolved, headers):
             return False
         key = raw
         if traced is not None:
