@@ -78,6 +78,7 @@ __all__ = [
     "ImmediateClock",
     "FakeMessage",
     "FakeConsumer",
+    "EndOffsetConsumer",
     "TOKEN_ISSUER",
     "TOKEN_AUDIENCE",
     "TOKEN_NOW",
@@ -675,6 +676,48 @@ class FakeConsumer:
         Record the partitions and offsets assigned.
         """
         self.assigned = [(p.topic, p.partition, p.offset) for p in partitions]
+
+
+class EndOffsetConsumer(FakeConsumer):
+    """
+    A L{FakeConsumer} that also answers the end-offset and metadata queries
+    of the listener's watermark: C{ends} per partition number, C{partitions}
+    partitions listed for every topic; it records each end-offset query and
+    fails them with C{query_error} when set.
+    """
+
+    def __init__(
+        self, messages: Sequence[FakeMessage] = (), ends: dict[int, int] | None = None, partitions: int = 1
+    ) -> None:
+        super().__init__(messages)
+        self.ends = ends or {}
+        self.partitions = partitions
+        self.queries: list[list[tuple[str, int, int]]] = []
+        self.query_error: KafkaError | None = None
+
+    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        """
+        Record the query; answer each partition's end offset from C{ends}.
+        """
+        self.queries.append([(p.topic, p.partition, p.offset) for p in partitions])
+        if self.query_error is not None:
+            raise KafkaException(self.query_error)
+        return [TopicPartition(p.topic, p.partition, self.ends.get(p.partition, 0)) for p in partitions]
+
+    def list_topics(self, topic: str, timeout: float) -> Any:
+        """
+        Return metadata listing C{partitions} partitions of ``topic``.
+        """
+        count = self.partitions
+
+        class Topic:
+            error = None
+            partitions = dict.fromkeys(range(count))
+
+        class Metadata:
+            topics = {topic: Topic()}
+
+        return Metadata()
 
 
 #: The issuer, audience and time L{TokenSigner.token} signs with unless told

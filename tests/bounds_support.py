@@ -17,7 +17,6 @@ import socket
 import threading
 from typing import Any
 
-from confluent_kafka import TopicPartition
 from listener_support import CONFIG, kafka_config
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
@@ -31,10 +30,9 @@ from apicache.events.decoding import EventDecoder
 from apicache.events.handling import EventHandler
 from apicache.events.kafka import EventListenerService
 from apicache.events.watermark import Watermark
-from apicache.harness.launchers import Daemon
 from apicache.http.channel import ConnectionLimits
 from apicache.ops.logs import AccessLog
-from apicache.testing import FakeConsumer, FlakyInvalidator, ImmediateClock, InMemoryAPI
+from apicache.testing import FlakyInvalidator, ImmediateClock, InMemoryAPI
 from apicache.upstream.client import UpstreamClient, UpstreamResponse, UpstreamUnreachable
 
 ROUTES = [
@@ -175,18 +173,6 @@ def refusal(data: bytes) -> tuple[int, str, dict[bytes, bytes]]:
 
 
 
-def rss_kib(d: Daemon) -> int:
-    """
-    Return the daemon's resident memory (VmRSS) in KiB.
-    """
-    assert d.proc is not None
-    with open(f"/proc/{d.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 class _Scripted(Protocol):
     """Answers each request head with the bytes of C{factory.answer}, records what happened."""
 
@@ -312,28 +298,6 @@ class FloodingUpstream:
         self.sock.close()
 
 
-
-
-class EndOffsetConsumer(FakeConsumer):
-    """A fake consumer that also answers end-offset and metadata queries."""
-
-    def __init__(self, ends: dict[int, int], partitions: int = 1) -> None:
-        super().__init__([])
-        self.ends = ends
-        self.partitions = partitions
-
-    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        return [TopicPartition(p.topic, p.partition, self.ends.get(p.partition, 0)) for p in partitions]
-
-    def list_topics(self, topic: str, timeout: float) -> Any:
-        class Topic:
-            error = None
-            partitions = dict.fromkeys(range(self.partitions))
-
-        class Metadata:
-            topics = {topic: Topic()}
-
-        return Metadata()
 
 
 def listener() -> tuple[EventListenerService, ImmediateClock]:

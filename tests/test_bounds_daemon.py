@@ -9,7 +9,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from bounds_support import FloodingUpstream, rss_kib
+from bounds_support import FloodingUpstream
 
 from apicache.harness.launchers import Daemon
 
@@ -40,7 +40,7 @@ def test_fifty_pipelining_clients_that_never_read_hold_bounded_memory(make_daemo
     d = make_daemon()
     assert d.get(OBJ).status == 200
     assert d.get(OBJ).cache == "HIT"
-    before = rss_kib(d)
+    before = d.rss_kib()
     # 50 x (1 MiB + 1 MB) is 100 MB; leave room for the kernel's socket
     # buffers being copied out and the allocator's slack
     limit_kib = 300 * 1024
@@ -49,11 +49,11 @@ def test_fifty_pipelining_clients_that_never_read_hold_bounded_memory(make_daemo
     try:
         for _ in range(50):
             socks.append(_pipeline(d.port, OBJ, 200))
-            grown = max(grown, rss_kib(d) - before)
+            grown = max(grown, d.rss_kib() - before)
             assert grown < limit_kib, f"RSS grew by {grown // 1024} MiB with {len(socks)} connections"
         deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:  # let the daemon do whatever it would
-            grown = max(grown, rss_kib(d) - before)
+            grown = max(grown, d.rss_kib() - before)
             assert grown < limit_kib, f"RSS grew by {grown // 1024} MiB"
             time.sleep(0.05)
         print(f"RSS before {before // 1024} MiB, grown by at most {grown // 1024} MiB with 50 connections")
@@ -87,7 +87,7 @@ def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Ca
     try:
         d = make_daemon(upstream_url=flood.url)
         assert d.get("/healthz").status == 200
-        before = rss_kib(d)
+        before = d.rss_kib()
         for i in range(3):
             r = d.get(f"/server/object(flood{i})/header")
             assert r.status == 502, r.status
@@ -99,7 +99,7 @@ def test_a_50_mb_header_flood_is_a_502_and_leaves_no_memory_held(make_daemon: Ca
         # the connection was closed long before the 50 MB were sent
         assert len(flood.sent) == 3 and max(flood.sent) < 20 << 20, flood.sent
         time.sleep(0.5)
-        grown = rss_kib(d) - before
+        grown = d.rss_kib() - before
         print(f"RSS before {before // 1024} MiB, after 3 floods +{grown // 1024} MiB; upstream sent {flood.sent}")
         assert grown < 16 * 1024, f"+{grown} KiB held"
     finally:

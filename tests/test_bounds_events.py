@@ -11,13 +11,13 @@ step with a fake consumer (the loop's public seam).
 
 from __future__ import annotations
 
-from bounds_support import EndOffsetConsumer, listener
+from bounds_support import listener
 from confluent_kafka import KafkaError, TopicPartition
 from listener_support import event
 from twisted.internet.task import Clock
 
 from apicache.events.watermark import NEVER, Partition, Watermark, judge_end_offsets
-from apicache.testing import FakeMessage
+from apicache.testing import EndOffsetConsumer, FakeMessage
 
 P0: Partition = ("t", 0)
 P1: Partition = ("t", 1)

@@ -25,15 +25,6 @@ pytestmark = pytest.mark.integration
 OBJ = "/server/object(42)/header"
 
 
-def rss_kib(d: Daemon) -> int:
-    assert d.proc is not None
-    with open(f"/proc/{d.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def open_files(d: Daemon) -> list[str]:
     assert d.proc is not None
     import os
@@ -78,7 +69,7 @@ def test_keyless_100_continue_with_a_1_gb_body_gets_401_and_no_100_continue(make
 def test_keyless_large_body_is_not_read(make_daemon: Callable[..., Daemon]) -> None:
     """A keyless 200 MiB upload is refused after its headers: the body is not buffered."""
     d = make_daemon()
-    before = rss_kib(d)
+    before = d.rss_kib()
     sent = [0]
     answers: list[bytes] = []
 
@@ -116,7 +107,7 @@ def test_keyless_large_body_is_not_read(make_daemon: Callable[..., Daemon]) -> N
     assert temp_files == []
     # what reached the daemon is what the kernel buffers took, not 4 x 200 MiB
     assert sent[0] < 64 << 20, sent[0]
-    assert rss_kib(d) - before < 20 * 1024
+    assert d.rss_kib() - before < 20 * 1024
     assert d.get(OBJ).status == 200  # still serving
 
 
@@ -221,7 +212,7 @@ def test_many_keyless_uploads_do_not_grow_memory(make_daemon: Callable[..., Daem
     from concurrent.futures import ThreadPoolExecutor
 
     d = make_daemon()
-    before = rss_kib(d)
+    before = d.rss_kib()
     body = b"x" * (99 * 1024)
     head = f"POST {OBJ} HTTP/1.1\r\nHost: x\r\norg_id: t1\r\nContent-Length: {len(body)}\r\n\r\n".encode()
 
@@ -239,7 +230,7 @@ def test_many_keyless_uploads_do_not_grow_memory(make_daemon: Callable[..., Daem
     with ThreadPoolExecutor(32) as pool:
         held = list(pool.map(upload, range(800)))
     time.sleep(0.5)
-    grown = rss_kib(d) - before
+    grown = d.rss_kib() - before
     for s in held:
         if s is not None:
             s.close()

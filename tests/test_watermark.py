@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, KafkaError, TopicPartition
 from listener_support import CONFIG, event, kafka_config
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -24,7 +24,7 @@ from apicache.events.kafka import EventListenerService
 from apicache.events.lag import LagMonitor
 from apicache.events.watermark import NEVER, Partition, Watermark
 from apicache.store.interface import StoreUnavailable
-from apicache.testing import FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
+from apicache.testing import EndOffsetConsumer, FakeConsumer, FakeMessage, FlakyInvalidator, ImmediateClock
 
 P0: Partition = ("t", 0)
 P1: Partition = ("t", 1)
@@ -243,31 +243,11 @@ def test_the_lag_monitor_shares_marks_through_the_exchange() -> None:
 # --- the listener: its consumer thread, driven from here ---------------------------------
 
 
-class WatermarkConsumer(FakeConsumer):
-    """A fake consumer that also answers end-offset and metadata queries."""
+class WatermarkConsumer(EndOffsetConsumer):
+    """The end-offset fake with two partitions unless told otherwise."""
 
     def __init__(self, messages: list[FakeMessage] | None = None, ends: dict[int, int] | None = None, partitions: int = 2) -> None:
-        super().__init__(messages or [])
-        self.ends = ends or {}
-        self.partitions = partitions
-        self.queries: list[list[tuple[str, int, int]]] = []
-        self.query_error: KafkaError | None = None
-
-    def offsets_for_times(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
-        self.queries.append([(p.topic, p.partition, p.offset) for p in partitions])
-        if self.query_error is not None:
-            raise KafkaException(self.query_error)
-        return [TopicPartition(p.topic, p.partition, self.ends.get(p.partition, 0)) for p in partitions]
-
-    def list_topics(self, topic: str, timeout: float) -> Any:
-        class Topic:
-            error = None
-            partitions = dict.fromkeys(range(self.partitions))
-
-        class Metadata:
-            topics = {topic: Topic()}
-
-        return Metadata()
+        super().__init__(messages or [], ends, partitions)
 
 
 class AppendedMessage(FakeMessage):

@@ -200,6 +200,17 @@ class Daemon:
             self.proc.kill()
             self.proc.wait()
 
+    def rss_kib(self) -> int:
+        """
+        Return the daemon's resident memory (VmRSS) in KiB.
+        """
+        assert self.proc is not None
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
 
 class RedisServer:
     """
