@@ -32,6 +32,7 @@ SYSCALLS = {
     "Connection.writeSomeData": "send",
     "EPollReactor.doPoll": "epoll_wait",
     "Connection.doRead": "recv",
+    "ReadSizedServer.doRead": "recv",
 }
 
 
