@@ -100,8 +100,9 @@ async def test_a_purge_on_one_instance_reaches_the_other_instances_tier(stores: 
     await a.purge_tag(None, "object:42")
     # wall clock: the purge travels through a real redis-server's pub/sub,
     # whose latency only the clock measures
-    await wait_until_async(lambda: b.lookup(key()) is None, 0.1, 0.001, "b to drop the purged entry")
-    assert time.monotonic() - started < 0.1
+    await wait_until_async(lambda: b.lookup(key()) is None, 0.5, 0.001, "b to drop the purged entry")
+    # (0.5 s: room for a loaded machine, make test runs three workers on two cores)
+    assert time.monotonic() - started < 0.5
     assert b.counters["invalidations_received"] >= 1
 
 
@@ -225,11 +226,13 @@ async def test_the_sweep_trims_expired_members(stores: Callable[..., RedisStore]
     s = await ready(stores(prefix=unique("sweep")))
     # the set lives as long as its longest-lived member
     assert await put(s, key(params=("long",)), tagged("t", ttl=60))
+    # a second to live: the 20 puts finish within it on a loaded machine
+    # (make test runs three workers on two cores), so no put trims another
     for i in range(20):
-        assert await put(s, key(params=(str(i),)), tagged("t", ttl=0.05))
+        assert await put(s, key(params=(str(i),)), tagged("t", ttl=1.0))
     zset = f"{s.prefix}:z:t1:t"
     assert await raw(s, "ZCARD", zset) == 21
-    await sleep(0.2)
+    await sleep(1.2)
     # one SCAN step at a time, until the cursor comes round
     trimmed = await s.sweep_tags()
     while s._sweep_cursor != b"0":
