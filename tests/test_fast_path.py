@@ -99,12 +99,12 @@ class World:
     in a file and its counts, with or without the fast path.
     """
 
-    def __init__(self, fast: bool, server: dict | None = None, auth: bool = False) -> None:
+    def __init__(self, fast: bool, server: dict | None = None, auth: bool = False, upstream: dict | None = None) -> None:
         self.clock = Clock()
         self.clock.advance(TOKEN_NOW)
         data = {
             "server": {"api_keys": ["k1"], **(server or {})},
-            "upstream": {"base_url": "http://up/api"},
+            "upstream": {"base_url": "http://up/api", **(upstream or {})},
             "routes": ROUTES,
         }
         verifier = None
@@ -544,6 +544,10 @@ _TRACE_CONTEXT = [
     b"traceparent:00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00 ",
     b"tracestate: a=1",
     b"tracestate: b=2, c=3",
+    b"x-request-id: 4bf92f35-77b3",
+    b"X-Request-Id:0af76519 ",
+    b"x-b3-traceid: 80f198ee56343ba864fe8b2a57d3eff7",
+    b"X-Correlationid: c-1",
 ]
 
 
@@ -746,16 +750,24 @@ TRACED = {
     "a bare LF in it": [_traced(1), _traced(2).replace(b"-01\r\n", b"-0\n1\r\n", 1)],
     "it ends the head": [_traced(1), request(headers=(K1, T1, (b"x-a", b"1"), (b"traceparent", b"00-%032x-%016x-01" % (9, 9))))],
     "HEAD, then GET": [_traced(1).replace(b"GET", b"HEAD", 1), _traced(2)],
+    "a new x-request-id each time": [_traced(1, name=b"x-request-id"), _traced(2, name=b"x-request-id")],
+    "X-Request-Id and a traceparent": [_traced(1).replace(b"x-a: 1", b"X-Request-Id: r1"),
+                                       _traced(2).replace(b"x-a: 1", b"X-Request-Id: r2")],
+    "two x-request-id lines": [_traced(1, name=b"x-request-id"),
+                               _traced(2, name=b"x-request-id").replace(b"x-a: 1", b"X-Request-ID: r")],
+    "a control byte in an x-request-id": [_traced(1, name=b"x-request-id"),
+                                          _traced(2, name=b"x-request-id").replace(b"-01\r\n", b"-\x0101\r\n", 1)],
 }
 
 
 @pytest.mark.parametrize("chunks", list(TRACED.values()), ids=list(TRACED))
 def test_a_traced_client_finds_its_plan_and_is_answered_as_twisted_web_does(chunks):
     """
-    A head is remembered without its W3C trace context lines, so that a
-    client sending a new traceparent each time finds its plan; the trace
-    ids logged are each request's own, and whatever is not one clean
-    lower-case line of each is parsed as it comes.
+    A head is remembered without its per-request lines (the W3C trace
+    context, request ids), so that a client sending a new traceparent or
+    X-Request-Id each time finds its plan; the trace ids logged are each
+    request's own, and whatever is not one clean line of each is parsed as
+    it comes.
     """
     fast, slow = World(True), World(False)
     warmed = len(fast.log_lines())
@@ -787,6 +799,29 @@ def test_a_new_traceparent_each_time_is_answered_from_one_plan():
     w._log_file.seek(0)
     ids = [json.loads(line)["trace_id"] for line in w._log_file.read().decode().splitlines()][-5:]
     assert ids == [f"{n + 1:032x}" for n in range(5)]
+
+
+def test_a_new_request_id_each_time_is_answered_from_one_plan():
+    w = World(True)
+    protocol, transport = w.connect()
+    for n in range(5):
+        name = (b"x-request-id", b"X-Request-Id", b"x-correlationid", b"x-b3-traceid", b"b3")[n]
+        protocol.dataReceived(request(headers=(K1, (name, b"id-%d" % n), T1, (b"x-a", b"1"))))
+    assert transport.value().count(b"X-Cache: HIT") == 5
+    assert answered_fast(w) == 5
+    assert list(w.site.fast_path._plans) == [request(headers=(K1, T1, (b"x-a", b"1")))]
+
+
+def test_a_keyed_request_id_stays_in_the_bytes_remembered():
+    # forwarded and keyed by the configuration: each value is its own key
+    w = World(True, upstream={"forward_headers": ["authorization", "x-request-id"]})
+    assert b"x-request-id" not in w.site.fast_path._per_request.names
+    assert b"traceparent" in w.site.fast_path._per_request.names
+    protocol, transport = w.connect()
+    for n in (1, 1, 2):
+        protocol.dataReceived(request(headers=(K1, (b"x-request-id", b"r%d" % n), T1)))
+    assert transport.value().count(b"X-Cache: MISS") == 2
+    assert transport.value().count(b"X-Cache: HIT") == 1
 
 
 def test_remembered_heads_are_bounded():

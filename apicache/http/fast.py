@@ -30,6 +30,7 @@ read and set.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
@@ -54,7 +55,8 @@ __all__ = [
     "Head",
     "Plan",
     "parse_head",
-    "without_trace_lines",
+    "PerRequestLines",
+    "PER_REQUEST_HEADERS",
     "MAX_HEAD_BYTES",
     "MAX_HEADER_LINES",
     "PLANS_MAX",
@@ -367,41 +369,76 @@ class Plan:
 PLANS_MAX = 1024
 PLAN_HEAD_BYTES = 2048
 
-# The W3C trace context lines a caller's tracing adds, new for every request:
-# a head is remembered without them, so that a traced client's requests find
-# their plan.  Lower case only, as the W3C recommendation has callers send
-# them (any other spelling is part of the bytes remembered).  Neither is
-# ever keyed (config.TRACING_HEADERS) nor read by a hit but for the trace.
-_TRACE_LINES = (
-    (b"\r\ntraceparent:", canonical_name(b"traceparent")),
-    (b"\r\ntracestate:", canonical_name(b"tracestate")),
+# Request headers that callers, their tracers and their proxies set anew on
+# every request, and that a hit never reads but for the trace context: a
+# head is remembered without their lines, so that such a caller's requests
+# find their plan, and each request's own values are put back into its
+# headers (what selects a variant, or the trace, reads them there).  Any
+# spelling, as twisted.web reads them.  Those keyed by the configuration
+# (upstream.forward_headers less upstream.unkeyed_headers) are left out:
+# they are part of the key.  The W3C trace context is never keyed
+# (config.TRACING_HEADERS).
+PER_REQUEST_HEADERS = (
+    b"traceparent",
+    b"tracestate",
+    b"x-request-id",
+    b"x-correlation-id",
+    b"x-correlationid",
+    b"request-id",
+    b"x-amzn-trace-id",
+    b"x-cloud-trace-context",
+    b"b3",
+    b"x-b3-traceid",
+    b"x-b3-spanid",
+    b"x-b3-parentspanid",
+    b"x-b3-sampled",
 )
 
 
-def without_trace_lines(raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+class PerRequestLines:
     """
-    Return a request head's bytes without its first C{traceparent} and
-    C{tracestate} lines (spelt in lower case), and what they held: each
-    header name as twisted.web stores it and the value as it does
-    (surrounding spaces and tabs stripped).
+    Takes the lines of per-request headers (L{PER_REQUEST_HEADERS} but
+    ``keyed``) out of a request head's bytes.
+    """
 
-    @return: ``None`` when the head has neither line, or one of them holds
-        anything but printable ASCII (then it has no key but its bytes).
-    """
-    key = raw
-    taken: list[tuple[bytes, bytes]] = []
-    for marker, name in _TRACE_LINES:
-        at = key.find(marker)
-        if at < 0:
-            continue
-        # always found: a head's bytes end with a blank line
-        end = key.find(b"\r\n", at + 2)
-        value = key[at + len(marker) : end]
-        if value.translate(None, _PRINTABLE):
+    def __init__(self, keyed: tuple[bytes, ...] = (), unread: tuple[bytes, ...] = PER_REQUEST_HEADERS) -> None:
+        #: the names taken, lower case
+        self.names = tuple(n for n in unread if n not in keyed)
+        # a line of one of them: its value up to the line's CRLF (a bare CR
+        # or LF in it: not matched, the line stays in the bytes)
+        self._line = re.compile(
+            rb"\r\n(" + b"|".join(re.escape(n) for n in self.names) + rb"):([^\r\n]*)(?=\r\n)", re.IGNORECASE
+        )
+
+    def split(self, raw: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
+        """
+        Return a request head's bytes without its lines of per-request
+        headers, and what they held: each header name as twisted.web stores
+        it and the value as it does (surrounding spaces and tabs stripped).
+
+        @return: ``None`` when the head has none of those lines, one of them
+            twice, or one holding anything but printable ASCII (then it has
+            no key but its bytes).
+        """
+        if not self.names:
             return None
-        key = key[:at] + key[end:]
-        taken.append((name, value.strip(b" \t")))
-    return (key, taken) if taken else None
+        parts: list[bytes] = []
+        taken: list[tuple[bytes, bytes]] = []
+        last = 0
+        for line in self._line.finditer(raw):
+            value = line.group(2)
+            if value.translate(None, _PRINTABLE):
+                return None
+            name = canonical_name(line.group(1).lower())
+            if _per_request(name, taken):
+                return None
+            parts.append(raw[last : line.start()])
+            last = line.end()
+            taken.append((name, value.strip(b" \t")))
+        if not taken:
+            return None
+        parts.append(raw[last:])
+        return b"".join(parts), taken
 
 
 def _per_request(name: bytes, trace: list[tuple[bytes, bytes]]) -> bool:
@@ -432,6 +469,8 @@ class FastPath:
         self.front = front
         self.answered = 0
         self._plans: dict[bytes, Plan] = {}
+        # what a caller sets anew each request, unless the configuration keys it
+        self._per_request = PerRequestLines(keyed=front.keyed_headers)
 
     @classmethod
     def for_site(cls, site: ApiSite, resource: Any) -> FastPath | None:
@@ -471,7 +510,7 @@ class FastPath:
                 if not self.answer(answers, plan):
                     break
             else:
-                traced = without_trace_lines(raw) if b"\r\ntrace" in raw else None
+                traced = self._per_request.split(raw)
                 plan = plans.get(traced[0]) if traced is not None else None
                 if plan is not None:
                     if not self.answer(answers, plan, traced[1]):  # type: ignore[index]
@@ -496,8 +535,8 @@ class FastPath:
         """
         Answer the request of ``head`` (first seen) if it is a hit whose
         checks pass, and remember its L{Plan} under ``raw``, its bytes, or
-        (``traced``: L{without_trace_lines} of them) under its bytes
-        without its trace context lines.
+        (``traced``: L{PerRequestLines.split} of them) under its bytes
+        without its per-request lines.
 
         @return: whether it was answered; if not, nothing was written and
             nothing counted.
@@ -545,9 +584,8 @@ class FastPath:
         key = raw
         if traced is not None:
             table = head.headers
-            # the trace context of this request only, once each: a head with
-            # another spelling or a second line of either is remembered as
-            # its bytes
+            # the per-request lines of this request only, once each: a head
+            # with a second line of one is remembered as its bytes
             if all(len(table.get(name, ())) == 1 for name, _ in traced[1]):
                 key = traced[0]
                 headers = headers_over({k: v for k, v in table.items() if not _per_request(k, traced[1])})
@@ -563,8 +601,8 @@ class FastPath:
         Answer a request whose head was answered as a hit before (``plan``)
         if it is a hit now: its token still verified, its entry fresh.
 
-        @param trace: the request's own trace context lines, when its plan
-            was found without them (L{without_trace_lines}).
+        @param trace: the request's own per-request lines (trace context,
+            request ids), when its plan was found without them (L{PerRequestLines.split}).
         @return: whether it was answered; if not, nothing was written and
             nothing counted.
         """

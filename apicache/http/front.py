@@ -59,6 +59,8 @@ class ApiFront(Resource):
         self._registry = registry
         self._verifier = self.verifier = verifier
         self._tenant_header = resolver.tenant_header
+        #: the request headers part of the key (lower case)
+        self.keyed_headers = resolver.keyed_headers
 
     def render(self, request: IRequest) -> Any:
         """
