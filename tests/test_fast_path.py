@@ -812,6 +812,22 @@ def test_a_new_request_id_each_time_is_answered_from_one_plan():
     assert list(w.site.fast_path._plans) == [request(headers=(K1, T1, (b"x-a", b"1")))]
 
 
+def test_per_request_lines_are_taken_out_of_the_bytes_once_each():
+    from apicache.http.fast import PerRequestLines
+
+    lines = PerRequestLines()
+    head = b"GET / HTTP/1.1\r\nX-Request-Id:  r1 \r\nHost: x\r\ntraceparent: 00-ab\r\n\r\n"
+    assert lines.split(head) == (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                                 [(b"X-Request-Id", b"r1"), (b"Traceparent", b"00-ab")])
+    assert lines.split(b"GET / HTTP/1.1\r\nB3: 1\r\n\r\n") == (b"GET / HTTP/1.1\r\n\r\n", [(b"B3", b"1")])
+    # a name within another's, twice, a control byte, a bare LF: the bytes as they are
+    assert lines.split(b"GET / HTTP/1.1\r\nx-request-ids: 1\r\nx-b3: 1\r\n\r\n") is None
+    assert lines.split(b"GET / HTTP/1.1\r\nb3: 1\r\nB3: 2\r\n\r\n") is None
+    assert lines.split(b"GET / HTTP/1.1\r\nb3: \x01\r\n\r\n") is None
+    assert lines.split(b"GET / HTTP/1.1\r\nb3: 1\n2\r\n\r\n") is None
+    assert PerRequestLines(unread=()).split(head) is None
+
+
 def test_a_keyed_request_id_stays_in_the_bytes_remembered():
     # forwarded and keyed by the configuration: each value is its own key
     w = World(True, upstream={"forward_headers": ["authorization", "x-request-id"]})
