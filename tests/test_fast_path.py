@@ -840,6 +840,17 @@ def test_a_keyed_request_id_stays_in_the_bytes_remembered():
     assert transport.value().count(b"X-Cache: HIT") == 1
 
 
+def test_a_tenant_header_named_like_a_request_id_stays_in_the_bytes_remembered():
+    # the plan holds its tenant: the tenant header is never taken out
+    from types import SimpleNamespace
+
+    from apicache.http.fast import FastPath
+
+    fast = FastPath(SimpleNamespace(tenant_header=b"X-Request-Id"), SimpleNamespace(keyed_headers=(b"b3",)))  # type: ignore[arg-type]
+    assert b"x-request-id" not in fast._per_request.names and b"b3" not in fast._per_request.names
+    assert b"traceparent" in fast._per_request.names
+
+
 def test_remembered_heads_are_bounded():
     from apicache.http.fast import PLAN_HEAD_BYTES, PLANS_MAX
 

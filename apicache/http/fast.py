@@ -476,8 +476,9 @@ class FastPath:
         self.front = front
         self.answered = 0
         self._plans: dict[bytes, Plan] = {}
-        # what a caller sets anew each request, unless the configuration keys it
-        self._per_request = PerRequestLines(keyed=front.keyed_headers)
+        # what a caller sets anew each request, unless the configuration keys
+        # it or names it the tenant header (its tenant is the plan's)
+        self._per_request = PerRequestLines(keyed=(*front.keyed_headers, site.tenant_header.lower()))
 
     @classmethod
     def for_site(cls, site: ApiSite, resource: Any) -> FastPath | None:
