@@ -443,7 +443,7 @@ class PerRequestLines:
                 return None
         stored = self._stored
         names = [stored[name.lower()] for name in pieces[1::3]]
-        if len(names) > 1 and len(set(names)) < len(names):
+        if len(set(names)) < len(names):
             return None
         return b"".join(pieces[0::3]), [(name, value.strip(b" \t")) for name, value in zip(names, values, strict=True)]
 

@@ -87,10 +87,9 @@ class Resolver:
         self._tenant_claim = config.server.tenant_claim
         # with [auth], the claim is read from the verified token only
         self._verified_claims = config.auth.enabled
-        self._keyed = [h.encode("ascii") for h in config.upstream.keyed_headers]
         #: the request headers part of the key (lower case)
-        self.keyed_headers = tuple(self._keyed)
-        self._raw_keyed = [canonical_name(h) for h in self._keyed]
+        self.keyed_headers = tuple(h.encode("ascii") for h in config.upstream.keyed_headers)
+        self._raw_keyed = [canonical_name(h) for h in self.keyed_headers]
         self._tenants: dict[bytes, str] = {}
         self._resolved: dict[tuple[Any, ...], Resolved] = {}
 
